@@ -1,0 +1,155 @@
+"""Convolutional networks: the Small CNN Zoo shape, a 1-d CNN and a compact
+depthwise/grouped CNN that exercises flatten, concatenation and GroupNorm."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from zoo.models._common import activation as make_activation
+from zoo.registry import register_model
+
+
+class SmallCNN(nn.Module):
+    """The Small CNN Zoo architecture (Unterthiner et al. 2020).
+
+    ``depth`` conv layers (3x3, stride 2, ``width`` filters) with an
+    activation (and optional dropout) after each, global average pooling, and
+    one linear classifier. With the defaults (1 input channel, 16 filters, 3
+    layers, 10 classes) it has exactly 4970 parameters, like the published zoo.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        width: int = 16,
+        depth: int = 3,
+        activation: str = "relu",
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for _ in range(depth):
+            layers += [nn.Conv2d(prev, width, 3, stride=2, padding=1), make_activation(activation)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            prev = width
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(prev, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+@register_model(
+    "cnn_small",
+    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    description="Small CNN Zoo shape: 3 conv x16 (3x3, stride 2) + global avg pool + linear",
+    tags=("cnn",),
+)
+def cnn_small(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    width: int = 16,
+    depth: int = 3,
+    activation: str = "relu",
+    dropout: float = 0.0,
+    image_size: int = 8,
+) -> nn.Module:
+    """``image_size`` only sets the example input (the network is size-agnostic)."""
+    del image_size
+    return SmallCNN(in_channels, num_classes, width, depth, activation, dropout)
+
+
+class CNN1d(nn.Module):
+    """1-d CNN for sequences such as MNIST-1D (40 samples, 1 channel)."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        width: int = 32,
+        depth: int = 3,
+        kernel_size: int = 5,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for _ in range(depth):
+            layers += [
+                nn.Conv1d(prev, width, kernel_size, stride=2, padding=kernel_size // 2),
+                make_activation(activation),
+            ]
+            prev = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(prev, num_classes)
+
+    def forward(self, x):
+        if x.dim() == 2:  # (B, L) -> (B, 1, L)
+            x = x.unsqueeze(1)
+        return self.classifier(self.features(x).mean(dim=-1))
+
+
+@register_model(
+    "cnn1d",
+    input_shape=lambda kw: (2, kw["in_channels"], kw["length"]),
+    description="1-d CNN for MNIST-1D style sequences",
+    tags=("cnn",),
+)
+def cnn1d(
+    in_channels: int = 1,
+    num_classes: int = 10,
+    width: int = 32,
+    depth: int = 3,
+    kernel_size: int = 5,
+    activation: str = "relu",
+    length: int = 40,
+) -> nn.Module:
+    del length
+    return CNN1d(in_channels, num_classes, width, depth, kernel_size, activation)
+
+
+class TinyMobileNet(nn.Module):
+    """Depthwise-separable CNN with grouped convs, GroupNorm, a two-branch
+    concatenation and a flatten of C x 2 x 2 into the classifier."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.stem = nn.Conv2d(in_channels, w, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(w)
+        self.dw = nn.Conv2d(w, w, 3, padding=1, groups=w, bias=False)  # depthwise
+        self.dw_bn = nn.BatchNorm2d(w)
+        self.pw = nn.Conv2d(w, 2 * w, 1)  # pointwise
+        self.grouped = nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1, groups=4)
+        self.gn = nn.GroupNorm(4, 2 * w)
+        self.branch_a = nn.Conv2d(2 * w, w, 1)
+        self.branch_b = nn.Conv2d(2 * w, w, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.classifier = nn.Linear(2 * w * 4, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.stem_bn(self.stem(x)))
+        x = torch.relu(self.dw_bn(self.dw(x)))
+        x = torch.relu(self.pw(x))
+        x = torch.relu(self.gn(self.grouped(x)))
+        x = torch.cat([self.branch_a(x), self.branch_b(x)], dim=1)
+        x = self.pool(torch.relu(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+@register_model(
+    "mobilenet_tiny",
+    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    description="depthwise/grouped CNN with GroupNorm, concat and flatten (C x 2 x 2)",
+    tags=("cnn",),
+)
+def mobilenet_tiny(
+    in_channels: int = 1, num_classes: int = 10, width: int = 16, image_size: int = 8
+) -> nn.Module:
+    del image_size
+    return TinyMobileNet(in_channels, num_classes, width)

@@ -1,0 +1,58 @@
+"""Multi-layer perceptrons."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+from zoo.models._common import activation as make_activation
+from zoo.registry import register_model
+
+
+class MLP(nn.Module):
+    """``in -> [Linear -> act -> dropout] * len(hidden) -> Linear -> out``.
+
+    Inputs of any trailing shape are flattened from dim 1, so the same MLP
+    takes ``(B, 64)`` vectors or ``(B, 1, 8, 8)`` images.
+    """
+
+    def __init__(
+        self,
+        in_features: int = 64,
+        hidden: Sequence[int] = (64, 64),
+        out_features: int = 10,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_features
+        for width in hidden:
+            layers += [nn.Linear(prev, width, bias=bias), make_activation(activation)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            prev = width
+        layers.append(nn.Linear(prev, out_features, bias=bias))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.layers(x.flatten(1))
+
+
+@register_model(
+    "mlp",
+    input_shape=lambda kw: (2, kw["in_features"]),
+    description="MLP on flat inputs (default: 64 digits pixels -> 64 -> 64 -> 10)",
+    tags=("mlp",),
+)
+def mlp(
+    in_features: int = 64,
+    hidden: Sequence[int] = (64, 64),
+    out_features: int = 10,
+    activation: str = "relu",
+    dropout: float = 0.0,
+    bias: bool = True,
+) -> nn.Module:
+    return MLP(in_features, tuple(hidden), out_features, activation, dropout, bias)

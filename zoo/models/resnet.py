@@ -1,0 +1,172 @@
+"""Residual networks: CIFAR-style ResNet-20 (with width multiplier) and the
+ImageNet ResNet-18 / ResNet-50 (torchvision layout, written here so the
+registry does not depend on torchvision)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from zoo.registry import register_model
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(planes),
+            )
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return torch.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        out_planes = planes * self.expansion
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or in_planes != out_planes:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False),
+                nn.BatchNorm2d(out_planes),
+            )
+
+    def forward(self, x):
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return torch.relu(out + identity)
+
+
+class CifarResNet(nn.Module):
+    """ResNet-6n+2 for small images (He et al. 2016, CIFAR variant) with
+    BatchNorm and a width multiplier (Git Re-Basin's ResNet20xW). Downsampling
+    shortcuts are 1x1 conv + BN (option B)."""
+
+    def __init__(
+        self,
+        depth: int = 20,
+        width: int = 1,
+        num_classes: int = 10,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        if (depth - 2) % 6 != 0:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, ...), got {depth}")
+        n = (depth - 2) // 6
+        widths = [16 * width, 32 * width, 64 * width]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        in_planes = widths[0]
+        stages = []
+        for i, planes in enumerate(widths):
+            blocks = []
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(BasicBlock(in_planes, planes, stride))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+@register_model(
+    "resnet20",
+    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    description="CIFAR ResNet-20 with BatchNorm and width multiplier",
+    tags=("cnn", "resnet"),
+)
+def resnet20(
+    width: int = 1, num_classes: int = 10, in_channels: int = 3, image_size: int = 32
+) -> nn.Module:
+    del image_size
+    return CifarResNet(20, width, num_classes, in_channels)
+
+
+class ImageNetResNet(nn.Module):
+    """torchvision's ResNet layout (7x7 stem, max-pool, four stages)."""
+
+    def __init__(
+        self,
+        block: type[nn.Module],
+        layers: Sequence[int],
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        width: int = 64,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        in_planes = width
+        stages = []
+        for i, n in enumerate(layers):
+            planes = width * 2**i
+            blocks = []
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(block(in_planes, planes, stride))
+                in_planes = planes * block.expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@register_model(
+    "resnet18",
+    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    description="ResNet-18 (torchvision layout, BasicBlock x [2,2,2,2])",
+    tags=("cnn", "resnet", "imagenet"),
+)
+def resnet18(num_classes: int = 1000, in_channels: int = 3, image_size: int = 64) -> nn.Module:
+    """``image_size`` sets the example input only (64 keeps tracing fast; the
+    parameter graph does not depend on it)."""
+    del image_size
+    return ImageNetResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels)
+
+
+@register_model(
+    "resnet50",
+    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    description="ResNet-50 (torchvision layout, Bottleneck x [3,4,6,3])",
+    tags=("cnn", "resnet", "imagenet"),
+)
+def resnet50(num_classes: int = 1000, in_channels: int = 3, image_size: int = 64) -> nn.Module:
+    del image_size
+    return ImageNetResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels)

@@ -89,8 +89,7 @@ class CNN1d(nn.Module):
         self.classifier = nn.Linear(prev, num_classes)
 
     def forward(self, x):
-        if x.dim() == 2:  # (B, L) -> (B, 1, L)
-            x = x.unsqueeze(1)
+        """``x``: (B, in_channels, L)."""
         return self.classifier(self.features(x).mean(dim=-1))
 
 

@@ -1,0 +1,195 @@
+"""Random, apply, invert, compose and canonicalize permutations of a spec.
+
+A permutation is ``{group name: LongTensor[size]}`` (gather convention
+``new[i] = old[perm[i]]``); neuron groups act before head groups. All
+functions are pure: they return new tensors and never modify their inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from weightspace.errors import SpecError
+from weightspace.symmetry.spec import PermutationSpec
+
+Permutation = dict[str, torch.Tensor]
+
+
+def identity_permutation(spec: PermutationSpec) -> Permutation:
+    """The identity: ``arange(size)`` for every group."""
+    return {g.name: torch.arange(g.size) for g in spec.groups}
+
+
+def random_permutation(
+    spec: PermutationSpec, seed: int | None = None, *, generator: torch.Generator | None = None
+) -> Permutation:
+    """A uniformly random permutation of every group.
+
+    Args:
+        seed: integer seed (ignored when ``generator`` is given). One of the
+            two is required: randomness is always explicit.
+    """
+    if generator is None:
+        if seed is None:
+            raise ValueError("random_permutation needs a seed or a torch.Generator")
+        generator = torch.Generator().manual_seed(int(seed))
+    return {g.name: torch.randperm(g.size, generator=generator) for g in spec.groups}
+
+
+def validate_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor]) -> None:
+    """Raise :class:`SpecError` unless ``perm`` has a valid permutation for
+    every group of ``spec`` (missing groups are an error; use
+    :func:`identity_permutation` to start from)."""
+    unknown = [k for k in perm if k not in spec._by_name]
+    if unknown:
+        raise SpecError(f"permutation has unknown group(s) {unknown}; the spec has {spec.names}")
+    for g in spec.groups:
+        if g.name not in perm:
+            raise SpecError(f"permutation is missing group {g.name!r}")
+        p = torch.as_tensor(perm[g.name])
+        if p.shape != (g.size,):
+            raise SpecError(f"group {g.name!r}: expected shape ({g.size},), got {tuple(p.shape)}")
+        if p.dtype.is_floating_point or not torch.equal(torch.sort(p).values, torch.arange(g.size)):
+            raise SpecError(f"group {g.name!r}: not a permutation of 0..{g.size - 1}")
+
+
+def block_index_maps(spec: PermutationSpec, perm: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Per block, the gather index of its neurons under ``perm``.
+
+    Returns:
+        list over ``spec.blocks`` of LongTensor ``[block size]`` with
+        ``new neuron c = old neuron maps[b][c]``.
+    """
+    validate_permutation(spec, perm)
+    maps = [torch.arange(b.size) for b in spec.blocks]
+    for kind in ("neuron", "head"):
+        for g in spec.groups:
+            if g.kind != kind:
+                continue
+            p = torch.as_tensor(perm[g.name]).long()
+            for b, s in g.targets:
+                span = g.size * g.unit
+                seg = maps[b][s : s + span].view(g.size, g.unit)[p].reshape(-1)
+                maps[b] = torch.cat([maps[b][:s], seg, maps[b][s + span :]])
+    return maps
+
+
+def _axis_index(ref, length: int, maps: list[torch.Tensor]) -> torch.Tensor:
+    idx = torch.arange(length)
+    for b, bs, n, astart in ref.segments:
+        src = maps[b][bs : bs + n] - bs
+        pos = (astart + src[:, None] * ref.rep + torch.arange(ref.rep)[None, :]).reshape(-1)
+        idx[astart : astart + n * ref.rep] = pos
+    return idx
+
+
+def apply_block_maps(
+    state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec, maps: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Permute every tensor of ``state_dict`` by per-block gather indices."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in state_dict.items():
+        refs = spec.param_axes.get(name)
+        if not refs:
+            out[name] = t.clone()
+            continue
+        if tuple(t.shape) != tuple(spec.param_shapes[name]):
+            raise SpecError(
+                f"tensor {name!r} has shape {tuple(t.shape)}, the spec expects {spec.param_shapes[name]}"
+            )
+        for ref in refs:
+            t = t.index_select(ref.axis, _axis_index(ref, t.shape[ref.axis], maps))
+        out[name] = t
+    return out
+
+
+def apply_permutation(
+    state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec, perm: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A new state_dict with every neuron axis permuted by ``perm``.
+
+    The network computes the same function (see ``tests/symmetry``).
+    """
+    return apply_block_maps(state_dict, spec, block_index_maps(spec, perm))
+
+
+def _invert_maps(maps: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [torch.argsort(m) for m in maps]
+
+
+def permutation_from_block_maps(spec: PermutationSpec, maps: list[torch.Tensor]) -> Permutation:
+    """Decompose per-block gather indices into group permutations (inverse of
+    :func:`block_index_maps` for maps generated by the spec's groups)."""
+    perm: Permutation = {}
+    for g in spec.head_groups:
+        b, s = g.targets[0]
+        starts = maps[b][s : s + g.size * g.unit : g.unit]
+        perm[g.name] = torch.div(starts - s, g.unit, rounding_mode="floor")
+    head_perm = {**{g.name: torch.arange(g.size) for g in spec.neuron_groups}, **perm}
+    head_maps = block_index_maps(spec, head_perm)
+    inv_head = _invert_maps(head_maps)
+    neuron_maps = [m[ih] for m, ih in zip(maps, inv_head)]
+    for g in spec.neuron_groups:
+        b, s = g.targets[0]
+        perm[g.name] = neuron_maps[b][s : s + g.size] - s
+    return {g.name: perm[g.name] for g in spec.groups}
+
+
+def invert_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor]) -> Permutation:
+    """``inv`` such that applying ``perm`` then ``inv`` is the identity."""
+    return permutation_from_block_maps(spec, _invert_maps(block_index_maps(spec, perm)))
+
+
+def compose_permutations(
+    spec: PermutationSpec, first: Mapping[str, torch.Tensor], second: Mapping[str, torch.Tensor]
+) -> Permutation:
+    """``r`` with ``apply(sd, r) == apply(apply(sd, first), second)``."""
+    m1, m2 = block_index_maps(spec, first), block_index_maps(spec, second)
+    return permutation_from_block_maps(spec, [a[b] for a, b in zip(m1, m2)])
+
+
+def neuron_energy(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec) -> list[torch.Tensor]:
+    """Per block neuron, the summed squared weight of every tensor slice that
+    belongs to it (float64, ``[block size]`` per block). Invariant to the
+    permutation of all other neurons; used as the canonical sort key."""
+    energy = [torch.zeros(b.size, dtype=torch.float64) for b in spec.blocks]
+    for name, refs in spec.param_axes.items():
+        t = state_dict[name].detach().to(torch.float64)
+        for ref in refs:
+            dims = [d for d in range(t.dim()) if d != ref.axis]
+            e = t.pow(2).sum(dim=dims) if dims else t.pow(2)
+            for b, bs, n, astart in ref.segments:
+                part = e[astart : astart + n * ref.rep].view(n, ref.rep).sum(1)
+                energy[b][bs : bs + n] += part
+    return energy
+
+
+def canonical_permutation(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec) -> Permutation:
+    """The permutation that sorts every group's units by decreasing energy
+    (:func:`neuron_energy`); heads by their total energy."""
+    energy = neuron_energy(state_dict, spec)
+    perm: Permutation = {}
+    for g in spec.groups:
+        score = torch.zeros(g.size, dtype=torch.float64)
+        for b, s in g.targets:
+            score += energy[b][s : s + g.size * g.unit].view(g.size, g.unit).sum(1)
+        perm[g.name] = torch.argsort(-score, stable=True)
+    return perm
+
+
+def canonicalize(
+    state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec
+) -> tuple[dict[str, torch.Tensor], Permutation]:
+    """A canonical representative of ``state_dict``'s permutation orbit.
+
+    Every group's units are sorted by decreasing energy, so two networks that
+    differ only by a spec permutation map to the same state_dict (exactly,
+    unless two units have equal energy).
+
+    Returns:
+        ``(canonical state_dict, the permutation applied)``.
+    """
+    perm = canonical_permutation(state_dict, spec)
+    return apply_permutation(state_dict, spec, perm), perm

@@ -1,0 +1,328 @@
+"""``torch.fx`` trace of a module -> :class:`ComputationGraph`.
+
+The module is traced symbolically, then the fx graph is executed once on the
+example input; every node computes its real value (for shapes) and its axis
+descriptors through the rules in :mod:`weightspace.trace.rules`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from weightspace.errors import TraceError, UnsupportedOperationError
+from weightspace.trace import rules as R
+from weightspace.trace.axes import Ctx
+from weightspace.trace.channels import ChannelState, Feat, Lazy, SplitAx
+
+
+@dataclass
+class ComputationGraph:
+    """Channel structure of a traced module.
+
+    Attributes:
+        state: blocks (neuron sets), ties, cuts and attention splits recorded
+            while tracing.
+        param_refs: ``{state_dict key: {axis: Feat}}``: which neurons each
+            parameter/buffer axis carries. Axes not listed are not neuron axes
+            (kernel taps, positions, vocabulary, ...).
+        param_shapes: shape of every state_dict entry.
+        float_keys: state_dict keys holding floating-point tensors (weights,
+            biases, running statistics) in state_dict order.
+        extra_keys: other state_dict keys (e.g. ``num_batches_tracked``).
+        aliases: ``{key: canonical key}`` for tied parameters (same tensor
+            under two names).
+        module_types: ``{module path: class name}`` of every call_module.
+        ops: ``(module path, op name)`` of every traced node, in order.
+        input_shapes: shapes of the example inputs.
+    """
+
+    state: ChannelState
+    param_refs: dict[str, dict[int, Feat]]
+    param_shapes: dict[str, tuple[int, ...]]
+    float_keys: list[str]
+    extra_keys: list[str]
+    aliases: dict[str, str]
+    module_types: dict[str, str]
+    ops: list[tuple[str, str]]
+    input_shapes: list[tuple[int, ...]]
+    arch: str | None = None
+    fx_graph: fx.Graph | None = field(default=None, repr=False)
+
+    @property
+    def blocks(self):
+        return self.state.blocks
+
+    def summary(self) -> dict:
+        """Counts for display: blocks, neurons, ties, parameters."""
+        st = self.state
+        return {
+            "blocks": len(st.blocks),
+            "neurons": sum(b.size for b in st.blocks),
+            "fixed_neurons": sum(b.size for b in st.blocks if b.fixed),
+            "ties": len(st.ties),
+            "attention_splits": len(st.attention_splits),
+            "parameters": len(self.float_keys),
+            "ops": len(self.ops),
+        }
+
+
+class _Tracer(fx.Tracer):
+    """fx tracer whose leaves are the modules we have rules for (plus every
+    other ``torch.nn`` module, which then fails with a clear error)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_stack_traces = False
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if type(m) in R.MODULE_RULES:
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def _module_path(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return str(node.target)
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        last = list(stack.values())[-1]
+        return str(last[0]) if isinstance(last, tuple) else str(last)
+    return ""
+
+
+def _op_name(node: fx.Node, root: nn.Module) -> str:
+    if node.op == "call_module":
+        return type(root.get_submodule(node.target)).__name__
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    if node.op == "call_function":
+        t = node.target
+        mod = getattr(t, "__module__", None) or ""
+        name = getattr(t, "__name__", repr(t))
+        if mod.startswith("torch.nn.functional"):
+            return f"F.{name}"
+        if mod.startswith("torch") or mod == "" or "torch" in repr(t):
+            return f"torch.{name}" if "built-in" not in repr(t) or "torch" in repr(t) else name
+        if mod in ("_operator", "operator"):
+            return f"operator.{name}"
+        return f"{mod}.{name}"
+    return str(node.target)
+
+
+def _tensor_descs(x: Any, key_prefix: tuple) -> Any:
+    if isinstance(x, torch.Tensor):
+        return tuple(Lazy(key_prefix + (a,), int(s)) for a, s in enumerate(x.shape))
+    if isinstance(x, (tuple, list)):
+        return [_tensor_descs(v, key_prefix + (i,)) for i, v in enumerate(x)]
+    return None
+
+
+def trace(
+    module: nn.Module,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    *,
+    arch: str | None = None,
+) -> ComputationGraph:
+    """Trace ``module`` on ``example_inputs`` and derive its channel structure.
+
+    Args:
+        module: any ``nn.Module`` that ``torch.fx.symbolic_trace`` can trace.
+        example_inputs: one tensor or a tuple of tensors (batch first); only
+            their shapes and dtypes matter. The module is run once in eval
+            mode under ``torch.no_grad`` (its training flags are restored and
+            nothing else is modified).
+        arch: optional registry name, kept for display.
+
+    Returns:
+        :class:`ComputationGraph`.
+
+    Raises:
+        TraceError: ``torch.fx`` cannot trace the module (names the cause).
+        UnsupportedOperationError: an op whose channel semantics are unknown
+            (names the op, the module path and a hint).
+    """
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(module)
+    except UnsupportedOperationError:
+        raise
+    except Exception as exc:  # fx raises many exception types
+        raise TraceError(
+            f"torch.fx could not trace {type(module).__name__}: {type(exc).__name__}: {exc}. "
+            "Hint: data-dependent control flow (if/for on tensor values) cannot be traced; "
+            "move it out of forward(), or wrap the offending submodule so it is a leaf "
+            "with a rule (weightspace.trace.register_module_rule)."
+        ) from exc
+    gm = fx.GraphModule(module, graph)
+
+    # canonical names for tied parameters (one tensor under several names)
+    sd = module.state_dict(keep_vars=True)
+    by_id: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for k, v in sd.items():
+        canon = by_id.setdefault(id(v), k)
+        aliases[k] = canon
+
+    state = ChannelState()
+    env: dict[fx.Node, tuple[Any, Any]] = {}
+    inputs = iter(example_inputs)
+    module_types: dict[str, str] = {}
+    ops: list[tuple[str, str]] = []
+    training = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        with torch.no_grad():
+            for node in graph.nodes:
+                where = _module_path(node)
+                if node.op == "placeholder":
+                    try:
+                        val = next(inputs)
+                    except StopIteration:
+                        if node.args:
+                            val = node.args[0]
+                        else:
+                            raise TraceError(
+                                f"forward() of {type(module).__name__} takes more inputs than the "
+                                f"{len(example_inputs)} example input(s) given (missing {node.target!r})"
+                            ) from None
+                    env[node] = (val, _tensor_descs(val, ("input", node.target)))
+                    continue
+                if node.op == "get_attr":
+                    val = _fetch_attr(gm, node.target)
+                    name = aliases.get(str(node.target), str(node.target))
+                    if str(node.target) in sd:
+                        desc = _tensor_descs(val, ("param", name))
+                    else:
+                        desc = R.untracked(val)
+                    env[node] = (val, desc)
+                    continue
+                if node.op == "output":
+                    _mark_outputs(state, fx.node.map_arg(node.args[0], lambda n: env[n][1]))
+                    continue
+                args = fx.node.map_arg(node.args, lambda n: env[n][0])
+                kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n][0])
+                dargs = fx.node.map_arg(node.args, lambda n: env[n][1])
+                dkwargs = fx.node.map_arg(node.kwargs, lambda n: env[n][1])
+                op = _op_name(node, module)
+                ops.append((where, op))
+                ctx = Ctx(state, where, op)
+                if node.op == "call_module":
+                    sub = module.get_submodule(node.target)
+                    module_types[str(node.target)] = type(sub).__name__
+                    val = sub(*args, **kwargs)
+                    rule = R.MODULE_RULES.get(type(sub))
+                    if rule is None:
+                        raise UnsupportedOperationError(
+                            type(sub).__name__, where,
+                            hint="register a channel rule with weightspace.trace.register_module_rule, "
+                                 "or rewrite it with supported layers",
+                        )
+                    desc = rule(ctx, sub, str(node.target), args, dargs, kwargs, dkwargs, val)
+                elif node.op == "call_function":
+                    val = node.target(*args, **kwargs)
+                    rule = R.FUNCTION_RULES.get(node.target)
+                    if rule is None:
+                        raise UnsupportedOperationError(
+                            op, where,
+                            hint="register a channel rule with weightspace.trace.register_function_rule",
+                        )
+                    desc = rule(ctx, args, dargs, kwargs, dkwargs, val)
+                elif node.op == "call_method":
+                    self_obj = args[0]
+                    val = getattr(self_obj, node.target)(*args[1:], **kwargs)
+                    rule = R.METHOD_RULES.get(str(node.target))
+                    if rule is None or not isinstance(self_obj, torch.Tensor):
+                        if not isinstance(self_obj, torch.Tensor):
+                            desc = R.untracked(val)
+                            env[node] = (val, desc)
+                            continue
+                        raise UnsupportedOperationError(
+                            op, where,
+                            hint="register a channel rule with weightspace.trace.register_method_rule",
+                        )
+                    desc = rule(ctx, args, dargs, kwargs, dkwargs, val)
+                else:  # pragma: no cover - fx has no other node kinds
+                    raise TraceError(f"unexpected fx node kind {node.op!r}")
+                env[node] = (val, desc)
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+
+    # parameter axis -> neurons, under canonical names
+    refs: dict[str, dict[int, Feat]] = {}
+    for key in list(state.lazy_parent):
+        if key[0] != "param" or len(key) != 3:
+            continue
+        feat = state.lazy_binding.get(state.lazy_find(key))
+        if feat is None:
+            continue
+        name, axis = aliases.get(key[1], key[1]), int(key[2])
+        prev = refs.setdefault(name, {}).get(axis)
+        if prev is None:
+            refs[name][axis] = feat
+        elif prev != feat:
+            state.tie_feats(prev, feat, "elementwise", name)
+    roles = {aliases.get(k, k): v for k, v in state.param_roles.items()}
+    meta = {aliases.get(k, k): v for k, v in state.param_meta.items()}
+    state.param_roles, state.param_meta = roles, meta
+    float_keys = [k for k, v in sd.items() if v.is_floating_point()]
+    extra_keys = [k for k, v in sd.items() if not v.is_floating_point()]
+    for k in float_keys:  # tied names share their canonical refs
+        c = aliases[k]
+        if c != k and c in refs:
+            refs[k] = refs[c]
+    return ComputationGraph(
+        state=state,
+        param_refs=refs,
+        param_shapes={k: tuple(v.shape) for k, v in sd.items()},
+        float_keys=float_keys,
+        extra_keys=extra_keys,
+        aliases=aliases,
+        module_types=module_types,
+        ops=ops,
+        input_shapes=[tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)],
+        arch=arch,
+        fx_graph=graph,
+    )
+
+
+def _fetch_attr(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for atom in target.split("."):
+        obj = getattr(obj, atom)
+    return obj
+
+
+def _mark_outputs(state: ChannelState, descs: Any) -> None:
+    """Model outputs are not permutable: fix every neuron axis they carry."""
+    if isinstance(descs, tuple) and all(
+        d is None or isinstance(d, (Feat, Lazy, SplitAx)) for d in descs
+    ):
+        for d in descs:
+            if isinstance(d, Lazy):
+                if d.key[0] == "param" and not d.opaque:
+                    state.fix(state.materialize(d, d.key[1], "output", "output"))
+                else:
+                    state.fix(d)
+            elif isinstance(d, SplitAx):
+                state.fix(d)
+                state.disable_heads(d.sid)
+            elif d is not None:
+                state.fix(d)
+                for s in d.segs:
+                    state.blocks[s.block].kind = "output" if state.blocks[s.block].kind == "hidden" else state.blocks[s.block].kind
+        return
+    if isinstance(descs, (list, tuple)):
+        for d in descs:
+            _mark_outputs(state, d)
+    elif isinstance(descs, dict):
+        for d in descs.values():
+            _mark_outputs(state, d)

@@ -1,0 +1,180 @@
+"""``weightspace similarity MODEL_A MODEL_B``: layer x layer CKA of two networks.
+
+Kept out of ``cli.py`` so the main CLI file stays a list of mounts; the work
+is done by :mod:`weightspace.similarity`.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+DATASETS = ("digits", "mnist1d", "random")
+
+
+def _load_state_dict(path: Path) -> dict:
+    import torch
+
+    if not path.is_file():
+        raise typer.BadParameter(f"weights file {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if path.suffix in (".pt", ".pth"):
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        if not isinstance(sd, dict):
+            raise typer.BadParameter(f"{str(path)!r} does not hold a state_dict")
+        return sd
+    raise typer.BadParameter(
+        f"unknown weights format {path.suffix!r} for {str(path)!r}; use .safetensors or .pt"
+    )
+
+
+def _build_model(spec: str, seed: int):
+    """``arch`` (random init with ``seed``) or ``arch:weights`` -> (model, description)."""
+    import zoo
+
+    arch, _, weights = spec.partition(":")
+    try:
+        zoo.get_model_info(arch)
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0])) from None
+    model = zoo.create_model(arch, seed=seed)
+    if not weights:
+        return model, arch, {"arch": arch, "weights": None, "seed": seed}
+    sd = _load_state_dict(Path(weights))
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise typer.BadParameter(f"weights {weights!r} do not fit architecture {arch!r}: {exc}") from None
+    return model, arch, {"arch": arch, "weights": str(weights), "seed": None}
+
+
+def _load_data(name: str, arch: str, n: Optional[int], seed: int):
+    """Model inputs ``(N, ...)`` as a float32 / int64 tensor."""
+    import numpy as np
+    import torch
+
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        x = torch.tensor(load_digits().data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
+    elif name == "mnist1d":
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        args = get_dataset_args()
+        args.seed = seed
+        if n is not None:
+            args.num_samples = max(int(n), 10)
+        d = make_dataset(args)  # procedural; never downloads
+        x = torch.tensor(np.concatenate([d["x"], d["x_test"]]), dtype=torch.float32).unsqueeze(1)
+    elif name == "random":
+        import zoo
+
+        x = zoo.example_input(arch, batch_size=n or 1024, seed=seed)
+    else:
+        raise typer.BadParameter(f"unknown data {name!r}; choose one of {DATASETS}")
+    return x if n is None else x[:n]
+
+
+def similarity(
+    model_a: Annotated[str, typer.Argument(help="ARCH (random init, see --seed) or ARCH:WEIGHTS (.safetensors / .pt)")],
+    model_b: Annotated[str, typer.Argument(help="second model, same format")],
+    data: Annotated[str, typer.Option(help="digits | mnist1d | random (example inputs of model a)")] = "digits",
+    out: Annotated[Path, typer.Option(help="output directory")] = Path("similarity_out"),
+    seed: Annotated[int, typer.Option(help="init seed of model a without weights; also the data seed")] = 0,
+    seed_b: Annotated[Optional[int], typer.Option(help="init seed of model b without weights [default: seed + 1]")] = None,
+    method: Annotated[str, typer.Option(help="linear (exact) | minibatch (Nguyen et al., unbiased)")] = "linear",
+    reduction: Annotated[str, typer.Option(help="flatten | pool_spatial | pool_tokens")] = "flatten",
+    layers_a: Annotated[Optional[str], typer.Option(help="comma-separated layer names of model a [default: all module outputs]")] = None,
+    layers_b: Annotated[Optional[str], typer.Option(help="comma-separated layer names of model b")] = None,
+    batch_size: Annotated[int, typer.Option(help="batch size")] = 256,
+    max_samples: Annotated[Optional[int], typer.Option(help="use at most this many samples")] = None,
+    match: Annotated[bool, typer.Option(help="also match neurons (Pearson, one-to-one) of same-named layers")] = True,
+) -> None:
+    """Compare two networks layer by layer with CKA.
+
+    Writes cka_heatmap.png/.svg and results.json to --out and prints a summary.
+
+    Example: weightspace similarity mlp mlp --seed 0 --seed-b 1 --data digits --out sim/
+    """
+    import numpy as np
+
+    from weightspace.similarity import (
+        DegenerateRepresentationWarning,
+        SimilarityInputError,
+        capture_activations,
+        match_neurons_by_layer,
+        model_cka_matrix,
+    )
+    from weightspace.similarity.plot import plot_similarity_heatmap
+
+    seed_b = seed + 1 if seed_b is None else seed_b
+    ma, arch_a, desc_a = _build_model(model_a, seed)
+    mb, arch_b, desc_b = _build_model(model_b, seed_b)
+    x = _load_data(data, arch_a, max_samples, seed)
+    la = [s.strip() for s in layers_a.split(",")] if layers_a else None
+    lb = [s.strip() for s in layers_b.split(",")] if layers_b else None
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DegenerateRepresentationWarning)
+            res = model_cka_matrix(
+                ma, mb, x, layers_a=la, layers_b=lb, method=method, reduction=reduction,
+                batch_size=batch_size,
+            )
+            matches = {}
+            common = [k for k in res.layers_a if k in res.layers_b]
+            if match and common:
+                acts_a = capture_activations(ma, common, x, reduction=reduction, batch_size=batch_size)
+                acts_b = capture_activations(mb, common, x, reduction=reduction, batch_size=batch_size)
+                small = [k for k in common if acts_a[k].shape[1] * acts_b[k].shape[1] <= 4096**2]
+                if small:
+                    matches = match_neurons_by_layer(acts_a, acts_b, layers=small)
+    except (SimilarityInputError, RuntimeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    degenerate = sorted({str(w.message) for w in caught if issubclass(w.category, DegenerateRepresentationWarning)})
+
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{method} CKA, {data} (n={res.n_samples}): {model_a} vs {model_b}"
+    files = plot_similarity_heatmap(
+        res, out / "cka_heatmap", title=title, xlabel=f"b: {model_b}", ylabel=f"a: {model_a}"
+    )
+    diag = res.matching_diagonal()
+    result = {
+        "model_a": desc_a,
+        "model_b": desc_b,
+        "data": data,
+        "n_samples": res.n_samples,
+        "method": method,
+        "reduction": reduction,
+        "cka": res.to_dict(),
+        "cka_same_name": diag,
+        "neuron_matching": {k: {"method": m.method, "mean_correlation": m.mean, "n_matched": int(m.rows.size)} for k, m in matches.items()},
+        "degenerate_warnings": degenerate,
+        "files": [str(p) for p in files],
+    }
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+
+    typer.echo(f"{method} CKA of {model_a} ({len(res.layers_a)} layers) vs {model_b} "
+               f"({len(res.layers_b)} layers) on {data}, n={res.n_samples}, reduction={reduction}")
+    width = max(len(k) for k in res.layers_a)
+    typer.echo(f"  {'layer a'.ljust(width)}  best layer b (CKA)" + ("    same-name CKA  matched corr" if diag else ""))
+    for i, name in enumerate(res.layers_a):
+        j = int(np.argmax(res.values[i]))
+        line = f"  {name.ljust(width)}  {res.layers_b[j]} ({res.values[i, j]:.3f})"
+        if name in diag:
+            line = line.ljust(width + 40) + f"  {diag[name]:.3f}"
+            if name in matches:
+                line += f"          {matches[name].mean:.3f}"
+        typer.echo(line)
+    if diag:
+        typer.echo(f"  mean same-name CKA: {np.mean(list(diag.values())):.3f}")
+    if degenerate:
+        typer.echo(f"  note: {len(degenerate)} zero-variance warning(s) (dead neurons/constant layers); see results.json")
+    typer.echo(f"wrote {', '.join(str(p) for p in files)}, {out / 'results.json'}")

@@ -8,3 +8,45 @@ axes can be permuted without changing the function), both derived from a
 """
 
 __version__ = "0.1.0"
+
+from weightspace.core import (  # noqa: E402
+    Analysis,
+    analyze,
+    graph_template,
+    parameter_graph,
+    permutation_spec,
+)
+from weightspace.errors import (  # noqa: E402
+    NonFiniteWeightsError,
+    SpecError,
+    StateDictError,
+    TraceError,
+    UnsupportedOperationError,
+    WeightspaceError,
+)
+from weightspace.symmetry import (  # noqa: E402
+    apply_permutation,
+    canonicalize,
+    compose_permutations,
+    invert_permutation,
+    random_permutation,
+)
+
+__all__ = [
+    "Analysis",
+    "analyze",
+    "graph_template",
+    "parameter_graph",
+    "permutation_spec",
+    "apply_permutation",
+    "canonicalize",
+    "compose_permutations",
+    "invert_permutation",
+    "random_permutation",
+    "NonFiniteWeightsError",
+    "SpecError",
+    "StateDictError",
+    "TraceError",
+    "UnsupportedOperationError",
+    "WeightspaceError",
+]

@@ -1,1 +1,23 @@
-"""weightspace.graph"""
+"""ParameterGraph: neurons as nodes, weights as edges, exact write-back."""
+
+from weightspace.graph.parameter_graph import (
+    EDGE_TYPES,
+    NODE_TYPES,
+    EdgeSet,
+    GraphTemplate,
+    ParameterGraph,
+    build_template,
+    to_pyg_batch,
+    validate_state_dict,
+)
+
+__all__ = [
+    "EDGE_TYPES",
+    "NODE_TYPES",
+    "EdgeSet",
+    "GraphTemplate",
+    "ParameterGraph",
+    "build_template",
+    "to_pyg_batch",
+    "validate_state_dict",
+]

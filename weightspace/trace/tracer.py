@@ -44,6 +44,7 @@ class ComputationGraph:
     state: ChannelState
     param_refs: dict[str, dict[int, Feat]]
     param_shapes: dict[str, tuple[int, ...]]
+    param_dtypes: dict[str, torch.dtype]
     float_keys: list[str]
     extra_keys: list[str]
     aliases: dict[str, str]
@@ -283,6 +284,7 @@ def trace(
         state=state,
         param_refs=refs,
         param_shapes={k: tuple(v.shape) for k, v in sd.items()},
+        param_dtypes={k: v.dtype for k, v in sd.items()},
         float_keys=float_keys,
         extra_keys=extra_keys,
         aliases=aliases,

@@ -1,0 +1,116 @@
+"""One-call entry points: a module (or a registered architecture name) to its
+ComputationGraph, PermutationSpec and ParameterGraph."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from weightspace.graph.parameter_graph import GraphTemplate, ParameterGraph, build_template
+from weightspace.symmetry.spec import PermutationSpec, build_spec
+from weightspace.trace.structure import Structure, resolve
+from weightspace.trace.tracer import ComputationGraph, trace
+
+
+@dataclass
+class Analysis:
+    """Everything derived from one trace of an architecture."""
+
+    module: nn.Module
+    example_input: Any
+    computation_graph: ComputationGraph
+    structure: Structure
+    spec: PermutationSpec
+    template: GraphTemplate
+
+
+def resolve_model(
+    model: nn.Module | str,
+    example_input: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+) -> tuple[nn.Module, Any, str | None]:
+    """``(module, example input, arch name)`` from a module or a registry name."""
+    if isinstance(model, str):
+        import zoo
+
+        module = zoo.create_model(model, seed=0, **dict(arch_kwargs or {}))
+        if example_input is None:
+            example_input = zoo.example_input(model, **dict(arch_kwargs or {}))
+        return module, example_input, model
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module or an architecture name, got {type(model).__name__}")
+    if example_input is None:
+        raise ValueError(
+            f"an example input is needed to trace {type(model).__name__}; pass example_input=... "
+            "(or register the architecture with an input_shape)"
+        )
+    return model, example_input, None
+
+
+def analyze(
+    model: nn.Module | str,
+    example_input: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    *,
+    arch_kwargs: Mapping[str, Any] | None = None,
+) -> Analysis:
+    """Trace ``model`` and derive its structure, spec and graph template."""
+    module, x, name = resolve_model(model, example_input, arch_kwargs)
+    cg = trace(module, x, arch=name)
+    structure = resolve(cg)
+    spec = build_spec(cg, structure)
+    template = build_template(cg, spec, structure)
+    return Analysis(module, x, cg, structure, spec, template)
+
+
+def permutation_spec(
+    model: nn.Module | str,
+    example_input: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    **arch_kwargs: Any,
+) -> PermutationSpec:
+    """The :class:`PermutationSpec` of a module or registered architecture."""
+    module, x, name = resolve_model(model, example_input, arch_kwargs)
+    cg = trace(module, x, arch=name)
+    return build_spec(cg)
+
+
+_TEMPLATES: dict[str, GraphTemplate] = {}
+
+
+def graph_template(arch: str, **arch_kwargs: Any) -> GraphTemplate:
+    """The (cached) :class:`GraphTemplate` of a registered architecture."""
+    key = json.dumps([arch, sorted((k, repr(v)) for k, v in arch_kwargs.items())])
+    if key not in _TEMPLATES:
+        _TEMPLATES[key] = analyze(arch, arch_kwargs=arch_kwargs).template
+    return _TEMPLATES[key]
+
+
+def parameter_graph(
+    model: nn.Module | Mapping[str, torch.Tensor] | str,
+    example_input: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    *,
+    arch: str | None = None,
+    allow_nonfinite: bool = False,
+    **arch_kwargs: Any,
+) -> ParameterGraph:
+    """The :class:`ParameterGraph` of a module, or of a state_dict plus ``arch``.
+
+    Examples::
+
+        g = parameter_graph(my_module, torch.randn(2, 3, 32, 32))
+        g = parameter_graph(state_dict, arch="cnn_small")
+        g = parameter_graph("resnet20", width=2)     # default init
+    """
+    if isinstance(model, Mapping):
+        if arch is None:
+            raise ValueError("a state_dict needs arch=<registered architecture name>")
+        return graph_template(arch, **arch_kwargs).graph(model, allow_nonfinite=allow_nonfinite)
+    if isinstance(model, str):
+        return graph_template(model, **arch_kwargs).graph(
+            resolve_model(model, None, arch_kwargs)[0].state_dict(), allow_nonfinite=allow_nonfinite
+        )
+    a = analyze(model, example_input)
+    return a.template.graph(model.state_dict(), allow_nonfinite=allow_nonfinite)

@@ -1,0 +1,600 @@
+"""ParameterGraph: neurons as nodes, weights as edges, with an exact index
+back into every tensor.
+
+Design choices (and why):
+
+* **Nodes are neurons.** One node per neuron of every block (the output
+  channels / units an op creates, plus the model's input features), one
+  *module node* per module that owns per-neuron parameters (biases, norm
+  scales and shifts, running statistics, class tokens, ...), and *virtual
+  nodes* for parameter axes that are positions rather than neurons
+  (embedding vocabulary).
+* **Every value lives on an edge.** A weight ``W[o, i]`` is an edge
+  ``i -> o``; a bias ``b[o]`` is an edge ``module node -> o`` (a bias is a
+  weight from a constant-one input, as in GMN); BatchNorm contributes four
+  such edges per channel (scale, shift, mean, variance), each with its own
+  edge type. Keeping values only on edges gives one uniform write-back rule.
+* **Conv kernels are edge feature vectors** (``k_h * k_w`` values per
+  ``(in, out)`` channel pair, in kernel order), not parallel edges: kernel
+  positions are not permutable, so they are features, and one edge per
+  channel pair keeps the edge count 9x smaller for 3x3 kernels. The same
+  holds for a Linear after ``flatten(C, H, W)``: the ``H * W`` weights
+  between channel ``c`` and unit ``o`` form one edge.
+* **Ties are structural edges.** Blocks whose neurons must move together
+  (the two sides of a residual add, q and k of one head, the groups of a
+  grouped conv) are connected neuron-to-neuron by edges of type ``tie`` /
+  ``contract`` that carry no value, so messages flow through residual
+  streams.
+* **Node features carry no neuron position** for permutable neurons, so any
+  message-passing network on the graph is invariant to the spec's
+  permutations; fixed neurons (inputs, outputs) carry their index.
+
+The structural part (nodes, edges, index back into tensors) depends only on
+the architecture: it is a :class:`GraphTemplate`, built once per
+architecture; a :class:`ParameterGraph` is a template plus the flat vector of
+values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import torch
+
+from weightspace.errors import NonFiniteWeightsError, StateDictError, UnsupportedOperationError
+from weightspace.symmetry.spec import PermutationSpec, build_spec
+from weightspace.symmetry.permutation import block_index_maps
+from weightspace.trace.structure import Structure, resolve
+from weightspace.trace.tracer import ComputationGraph
+
+NODE_TYPES = ("input", "hidden", "output", "module", "virtual")
+EDGE_TYPES = (
+    "tie",
+    "contract",
+    "linear.weight",
+    "conv.weight",
+    "bias",
+    "norm.weight",
+    "norm.bias",
+    "norm.running_mean",
+    "norm.running_var",
+    "embedding.weight",
+    "attention.in_proj_weight",
+    "param",
+)
+_NORMS = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm"}
+
+
+@dataclass
+class EdgeSet:
+    """Edges of one tensor (or structural ties) with a uniform feature width.
+
+    Attributes:
+        name: the state_dict key, or ``"tie:<k>"`` for structural edges.
+        etype: index into :data:`EDGE_TYPES`.
+        src, dst: LongTensor ``[E]`` node ids.
+        pos: LongTensor ``[E, F]``: flat position of each feature in the
+            graph's value vector (``None`` for structural edges, ``F = 0``).
+    """
+
+    name: str
+    etype: int
+    src: torch.Tensor
+    dst: torch.Tensor
+    pos: torch.Tensor | None
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.src.numel())
+
+    @property
+    def width(self) -> int:
+        return 0 if self.pos is None else int(self.pos.shape[1])
+
+
+@dataclass
+class GraphTemplate:
+    """Architecture-only part of a parameter graph (see module docstring).
+
+    Attributes:
+        spec: the architecture's :class:`PermutationSpec`.
+        node_type: ``[N]`` index into :data:`NODE_TYPES`.
+        node_layer: ``[N]`` creation order of the node's block (module and
+            virtual nodes: of the block they feed).
+        node_role: ``[N]`` which piece of its block a neuron is in; equal for
+            neurons a permutation may exchange (heads included).
+        node_pos: ``[N]`` index of fixed neurons (inputs, outputs, virtual);
+            ``-1`` for permutable ones.
+        node_block: ``[N]`` block id, ``-1`` for module/virtual nodes.
+        block_offset: ``[num blocks]`` first node id of each block.
+        edge_sets: list of :class:`EdgeSet`.
+        keys, shapes, dtypes, offsets: the floating-point state_dict entries
+            in order, and where each starts in the flat value vector.
+        extra_keys: non-float state_dict entries (``num_batches_tracked``)
+            carried through :meth:`ParameterGraph.to_state_dict` unchanged.
+        module_names: name of each module node, in node order.
+    """
+
+    spec: PermutationSpec
+    node_type: torch.Tensor
+    node_layer: torch.Tensor
+    node_role: torch.Tensor
+    node_pos: torch.Tensor
+    node_block: torch.Tensor
+    block_offset: torch.Tensor
+    edge_sets: list[EdgeSet]
+    keys: list[str]
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, torch.dtype]
+    offsets: dict[str, int]
+    extra_keys: list[str]
+    module_names: list[str]
+    arch: str | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.node_type.numel())
+
+    @property
+    def num_neurons(self) -> int:
+        return int(sum(b.size for b in self.spec.blocks))
+
+    @property
+    def num_edges(self) -> int:
+        return sum(s.num_edges for s in self.edge_sets)
+
+    @property
+    def num_weight_edges(self) -> int:
+        return sum(s.num_edges for s in self.edge_sets if s.pos is not None)
+
+    @property
+    def num_values(self) -> int:
+        return sum(math.prod(self.shapes[k]) for k in self.keys)
+
+    @property
+    def max_width(self) -> int:
+        return max((s.width for s in self.edge_sets), default=1) or 1
+
+    @property
+    def value_dtype(self) -> torch.dtype:
+        return _widest([self.dtypes[k] for k in self.keys])
+
+    def edge_index(self) -> torch.Tensor:
+        """``[2, E]`` over all edge sets (cached)."""
+        if "edge_index" not in self._cache:
+            src = torch.cat([s.src for s in self.edge_sets]) if self.edge_sets else torch.zeros(0, dtype=torch.long)
+            dst = torch.cat([s.dst for s in self.edge_sets]) if self.edge_sets else torch.zeros(0, dtype=torch.long)
+            self._cache["edge_index"] = torch.stack([src, dst])
+        return self._cache["edge_index"]
+
+    def edge_type(self) -> torch.Tensor:
+        """``[E]`` index into :data:`EDGE_TYPES`."""
+        if "edge_type" not in self._cache:
+            self._cache["edge_type"] = torch.cat(
+                [torch.full((s.num_edges,), s.etype, dtype=torch.long) for s in self.edge_sets]
+            )
+        return self._cache["edge_type"]
+
+    def edge_param(self) -> torch.Tensor:
+        """``[E]`` index into :attr:`keys` of the tensor behind each edge (-1: tie)."""
+        if "edge_param" not in self._cache:
+            ids = {k: i for i, k in enumerate(self.keys)}
+            self._cache["edge_param"] = torch.cat(
+                [torch.full((s.num_edges,), ids.get(s.name, -1), dtype=torch.long) for s in self.edge_sets]
+            )
+        return self._cache["edge_param"]
+
+    def edge_pos(self, width: int | None = None) -> torch.Tensor:
+        """``[E, width]`` flat value positions (-1 = padding / no value)."""
+        width = width or self.max_width
+        key = ("edge_pos", width)
+        if key not in self._cache:
+            parts = []
+            for s in self.edge_sets:
+                p = torch.full((s.num_edges, width), -1, dtype=torch.long)
+                if s.pos is not None:
+                    if s.width > width:
+                        raise ValueError(f"edge set {s.name} has width {s.width} > {width}")
+                    p[:, : s.width] = s.pos
+                parts.append(p)
+            self._cache[key] = torch.cat(parts) if parts else torch.zeros(0, width, dtype=torch.long)
+        return self._cache[key]
+
+    def node_permutation(self, perm: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Node gather index induced by a spec permutation.
+
+        Returns ``[N]`` with ``new node i = old node idx[i]``: building the
+        graph of ``apply_permutation(sd, spec, perm)`` gives the graph of
+        ``sd`` relabelled by this index.
+        """
+        maps = block_index_maps(self.spec, perm)
+        idx = torch.arange(self.num_nodes)
+        for b, m in enumerate(maps):
+            off = int(self.block_offset[b])
+            idx[off : off + m.numel()] = off + m
+        return idx
+
+    def graph(self, state_dict: Mapping[str, torch.Tensor], *, allow_nonfinite: bool = False) -> "ParameterGraph":
+        """The parameter graph of ``state_dict`` (validated against the template)."""
+        validate_state_dict(state_dict, self.shapes, self.keys + self.extra_keys, allow_nonfinite=allow_nonfinite)
+        dtype = self.value_dtype
+        values = torch.cat([state_dict[k].detach().reshape(-1).to(dtype) for k in self.keys]) if self.keys else torch.zeros(0)
+        extras = {k: state_dict[k].detach().clone() for k in self.extra_keys}
+        return ParameterGraph(self, values, extras)
+
+    def summary(self) -> dict:
+        return {
+            "arch": self.arch,
+            "nodes": self.num_nodes,
+            "neurons": self.num_neurons,
+            "module_nodes": int((self.node_type == NODE_TYPES.index("module")).sum()),
+            "virtual_nodes": int((self.node_type == NODE_TYPES.index("virtual")).sum()),
+            "edges": self.num_edges,
+            "weight_edges": self.num_weight_edges,
+            "tie_edges": self.num_edges - self.num_weight_edges,
+            "values": self.num_values,
+            "max_edge_width": self.max_width,
+        }
+
+
+@dataclass
+class ParameterGraph:
+    """A network's weights as a graph (a :class:`GraphTemplate` plus values).
+
+    Attributes:
+        template: the architecture's structure.
+        values: 1-D tensor, all floating-point state_dict entries flattened
+            and concatenated in state_dict order (dtype: the widest of them).
+        extras: non-float state_dict entries, carried through unchanged.
+    """
+
+    template: GraphTemplate
+    values: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    # -- views -------------------------------------------------------------
+    @property
+    def num_nodes(self) -> int:
+        return self.template.num_nodes
+
+    @property
+    def num_edges(self) -> int:
+        return self.template.num_edges
+
+    @property
+    def edge_index(self) -> torch.Tensor:
+        return self.template.edge_index()
+
+    def edge_attr(self, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Edge features ``[E, width]`` (zero padded) and their mask ``[E, width]``."""
+        pos = self.template.edge_pos(width)
+        mask = pos >= 0
+        attr = torch.zeros(pos.shape, dtype=self.values.dtype)
+        attr[mask] = self.values[pos[mask]]
+        return attr, mask
+
+    def with_edge_attr(self, edge_attr: torch.Tensor, width: int | None = None) -> "ParameterGraph":
+        """Write new edge features back (e.g. a metanetwork's output).
+
+        ``edge_attr``: ``[E, width]``; padded entries are ignored. Every value
+        of the network is on exactly one edge feature, so this defines a full
+        new set of weights.
+        """
+        pos = self.template.edge_pos(width or edge_attr.shape[1])
+        if edge_attr.shape != pos.shape:
+            raise ValueError(f"edge_attr must have shape {tuple(pos.shape)}, got {tuple(edge_attr.shape)}")
+        mask = pos >= 0
+        values = torch.empty_like(self.values)
+        values[pos[mask]] = edge_attr[mask].to(values.dtype)
+        return ParameterGraph(self.template, values, dict(self.extras))
+
+    def to_state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors back in their original shapes and dtypes (bit-exact)."""
+        t = self.template
+        out: dict[str, torch.Tensor] = {}
+        for k in t.keys:
+            n = math.prod(t.shapes[k])
+            off = t.offsets[k]
+            out[k] = self.values[off : off + n].reshape(t.shapes[k]).to(t.dtypes[k]).clone()
+        out.update({k: v.clone() for k, v in self.extras.items()})
+        return out
+
+    def to_pyg(self, width: int | None = None):
+        """A ``torch_geometric.data.Data`` with ``edge_index``, ``edge_attr``
+        ``[E, width]``, ``edge_mask``, ``edge_type``, ``node_type``,
+        ``node_layer``, ``node_role``, ``node_pos`` and ``num_nodes``."""
+        from torch_geometric.data import Data
+
+        t = self.template
+        attr, mask = self.edge_attr(width)
+        return Data(
+            edge_index=t.edge_index(),
+            edge_attr=attr,
+            edge_mask=mask,
+            edge_type=t.edge_type(),
+            node_type=t.node_type,
+            node_layer=t.node_layer,
+            node_role=t.node_role,
+            node_pos=t.node_pos,
+            num_nodes=t.num_nodes,
+        )
+
+
+def to_pyg_batch(graphs: Sequence[ParameterGraph]):
+    """Batch parameter graphs (of any architectures) into one
+    ``torch_geometric.data.Batch``; edge features are padded to the widest."""
+    from torch_geometric.data import Batch
+
+    if not graphs:
+        raise ValueError("to_pyg_batch needs at least one graph")
+    width = max(g.template.max_width for g in graphs)
+    return Batch.from_data_list([g.to_pyg(width) for g in graphs])
+
+
+def _widest(dtypes: Sequence[torch.dtype]) -> torch.dtype:
+    if not dtypes:
+        return torch.float32
+    order = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+    if torch.float16 in dtypes and torch.bfloat16 in dtypes:
+        return torch.float32 if torch.float64 not in dtypes else torch.float64
+    return max(dtypes, key=lambda d: order.index(d) if d in order else len(order))
+
+
+def validate_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, tuple[int, ...]],
+    expected_keys: Sequence[str],
+    *,
+    allow_nonfinite: bool = False,
+) -> None:
+    """Clear errors for missing, unexpected, mis-shaped or non-finite tensors.
+
+    Raises:
+        StateDictError: missing / unexpected keys, wrong shapes, non-tensors.
+        NonFiniteWeightsError: NaN or Inf in a floating tensor (unless
+            ``allow_nonfinite``).
+    """
+    keys = set(state_dict)
+    expected = set(expected_keys)
+    missing = [k for k in expected_keys if k not in keys]
+    extra = sorted(keys - expected)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if extra:
+            parts.append(f"unexpected keys {extra[:8]}{' ...' if len(extra) > 8 else ''}")
+        raise StateDictError(
+            "state_dict does not match the architecture: " + "; ".join(parts)
+            + ". Check that the architecture name and its arguments (width, depth, ...) match the checkpoint."
+        )
+    for k in expected_keys:
+        v = state_dict[k]
+        if not isinstance(v, torch.Tensor):
+            raise StateDictError(f"state_dict entry {k!r} is a {type(v).__name__}, not a tensor")
+        if tuple(v.shape) != tuple(shapes[k]):
+            raise StateDictError(
+                f"state_dict entry {k!r} has shape {tuple(v.shape)}, the architecture expects {tuple(shapes[k])}"
+            )
+        if not allow_nonfinite and v.is_floating_point() and not torch.isfinite(v).all():
+            bad = int((~torch.isfinite(v)).sum())
+            raise NonFiniteWeightsError(
+                f"state_dict entry {k!r} has {bad} NaN/Inf value(s); pass allow_nonfinite=True to keep them"
+            )
+
+
+# --------------------------------------------------------------------- build
+def build_template(
+    cg: ComputationGraph, spec: PermutationSpec | None = None, structure: Structure | None = None
+) -> GraphTemplate:
+    """The :class:`GraphTemplate` of a traced module."""
+    st = cg.state
+    structure = structure or resolve(cg)
+    spec = spec or build_spec(cg, structure)
+    blocks = st.blocks
+    sizes = [b.size for b in blocks]
+    block_offset = torch.tensor([0] + list(_cumsum(sizes))[:-1], dtype=torch.long) if blocks else torch.zeros(0, dtype=torch.long)
+    n_neurons = sum(sizes)
+
+    node_type = []
+    node_layer = []
+    node_role = []
+    node_pos = []
+    node_block = []
+    head_regions = {(b, s): g for g in spec.head_groups for b, s in g.targets}
+    for b, blk in enumerate(blocks):
+        kind = "input" if blk.kind == "input" else "output" if blk.kind == "output" else "hidden"
+        node_type.append(torch.full((blk.size,), NODE_TYPES.index(kind)))
+        node_layer.append(torch.full((blk.size,), b))
+        node_block.append(torch.full((blk.size,), b))
+        role = torch.zeros(blk.size, dtype=torch.long)
+        pieces = structure.pieces[b]
+        for k, p in enumerate(pieces):
+            role[p.start : p.stop] = k
+        for (hb, hs), g in head_regions.items():
+            if hb != b:
+                continue
+            # every head gets the roles of head 0 so heads stay exchangeable
+            head0 = role[hs : hs + g.unit].clone()
+            role[hs : hs + g.size * g.unit] = head0.repeat(g.size)
+        node_role.append(role)
+        if blk.fixed:
+            node_pos.append(torch.arange(blk.size))
+        else:
+            node_pos.append(torch.full((blk.size,), -1))
+
+    offsets: dict[str, int] = {}
+    pos = 0
+    for k in cg.float_keys:
+        offsets[k] = pos
+        pos += math.prod(cg.param_shapes[k])
+
+    def nodes_of(feat_like) -> torch.Tensor:
+        """Node ids of an AxisRef / Feat, one per neuron, in axis order."""
+        parts = []
+        for b, bs, n, _ in feat_like:
+            parts.append(block_offset[b] + torch.arange(bs, bs + n))
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+    def feat_segments(feat):
+        out, p = [], 0
+        for s in feat.segs:
+            out.append((s.block, s.start, s.length, p))
+            p += s.length * feat.rep
+        return out
+
+    extra_nodes_type: list[int] = []
+    extra_nodes_layer: list[int] = []
+    extra_nodes_pos: list[int] = []
+    module_names: list[str] = []
+    module_ids: dict[str, int] = {}
+    next_id = [n_neurons]
+
+    def module_node(owner: str, layer: int) -> int:
+        if owner not in module_ids:
+            module_ids[owner] = next_id[0]
+            next_id[0] += 1
+            module_names.append(owner)
+            extra_nodes_type.append(NODE_TYPES.index("module"))
+            extra_nodes_layer.append(layer)
+            extra_nodes_pos.append(-1)
+        return module_ids[owner]
+
+    def virtual_nodes(n: int, layer: int) -> torch.Tensor:
+        start = next_id[0]
+        next_id[0] += n
+        extra_nodes_type.extend([NODE_TYPES.index("virtual")] * n)
+        extra_nodes_layer.extend([layer] * n)
+        extra_nodes_pos.extend(range(n))
+        return torch.arange(start, start + n)
+
+    edge_sets: list[EdgeSet] = []
+    refs_by_name = {name: {r.axis: r for r in refs} for name, refs in spec.param_axes.items()}
+    for name in cg.float_keys:
+        shape = cg.param_shapes[name]
+        numel = math.prod(shape)
+        flat = torch.arange(offsets[name], offsets[name] + numel, dtype=torch.long).reshape(shape)
+        axes = refs_by_name.get(name, {})
+        roles = st.param_roles.get(name, {})
+        meta = st.param_meta.get(name, {})
+        owner, _, local = name.rpartition(".")
+        etype = _edge_type(cg, name, owner, local, len(axes), len(shape))
+        grouped = "groups" in meta
+        tracked = sorted(axes)
+        if grouped and 0 in axes:
+            # (grouped / depthwise) conv: edge (o, j) reads input channel
+            # (o // out_per_group) * in_per_group + j
+            g = int(meta["groups"])
+            out_nodes = nodes_of(axes[0].segments)
+            in_nodes = nodes_of(feat_segments(meta["graph_in"]))
+            cout, per_in = shape[0], shape[1]
+            per_out = cout // g
+            o = torch.arange(cout).repeat_interleave(per_in)
+            j = torch.arange(per_in).repeat(cout)
+            src = in_nodes[(o // per_out) * per_in + j]
+            dst = out_nodes[o]
+            pos_t = flat.reshape(cout * per_in, -1)
+            edge_sets.append(EdgeSet(name, etype, src, dst, pos_t))
+            continue
+        if len(tracked) == 2:
+            a_out = next((a for a in tracked if roles.get(a) == "out"), None)
+            a_in = next((a for a in tracked if roles.get(a) == "in"), None)
+            if a_out is None or a_in is None or a_out == a_in:
+                a_out, a_in = tracked[0], tracked[1]
+            r_out, r_in = axes[a_out], axes[a_in]
+            out_nodes, in_nodes = nodes_of(r_out.segments), nodes_of(r_in.segments)
+            rest = [d for d in range(len(shape)) if d not in (a_out, a_in)]
+            t = flat.permute(a_out, a_in, *rest)
+            n_out, n_in = out_nodes.numel(), in_nodes.numel()
+            t = t.reshape(n_out, r_out.rep, n_in, r_in.rep, -1).permute(0, 2, 1, 3, 4).reshape(n_out * n_in, -1)
+            src = in_nodes.repeat(n_out)
+            dst = out_nodes.repeat_interleave(n_in)
+            edge_sets.append(EdgeSet(name, etype, src, dst, t))
+        elif len(tracked) == 1:
+            a = tracked[0]
+            r = axes[a]
+            nodes = nodes_of(r.segments)
+            virt = [d for d in range(len(shape)) if roles.get(d) == "virtual" and d != a]
+            rest = [d for d in range(len(shape)) if d != a and d not in virt]
+            layer = r.segments[0][0]
+            if virt:
+                nv = math.prod(shape[d] for d in virt)
+                vn = virtual_nodes(nv, layer)
+                t = flat.permute(*virt, a, *rest).reshape(nv, nodes.numel(), r.rep, -1).reshape(nv * nodes.numel(), -1)
+                src = vn.repeat_interleave(nodes.numel())
+                dst = nodes.repeat(nv)
+            else:
+                m = module_node(owner or "<root>", layer)
+                t = flat.permute(a, *rest).reshape(nodes.numel(), -1)
+                src = torch.full((nodes.numel(),), m, dtype=torch.long)
+                dst = nodes
+            edge_sets.append(EdgeSet(name, etype, src, dst, t))
+        elif len(tracked) == 0:
+            m = module_node(owner or "<root>", len(blocks))
+            t = flat.reshape(-1, 1)
+            src = torch.full((numel,), m, dtype=torch.long)
+            edge_sets.append(EdgeSet(name, etype, src, src.clone(), t))
+        else:
+            raise UnsupportedOperationError(
+                f"parameter with {len(tracked)} neuron axes", owner,
+                detail=f"tensor {name!r} (shape {tuple(shape)}) has neuron axes {tracked}",
+                hint="parameter graphs support tensors with at most two neuron axes",
+            )
+    # structural tie edges
+    for k, tie in enumerate(st.ties):
+        a = block_offset[tie.a.block] + torch.arange(tie.a.start, tie.a.stop)
+        b = block_offset[tie.b.block] + torch.arange(tie.b.start, tie.b.stop)
+        kind = "contract" if tie.kind in ("contract", "within") else "tie"
+        edge_sets.append(EdgeSet(f"tie:{k}", EDGE_TYPES.index(kind), a, b, None))
+
+    def cat(parts, extra):
+        base = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+        return torch.cat([base.long(), torch.tensor(extra, dtype=torch.long)])
+
+    return GraphTemplate(
+        spec=spec,
+        node_type=cat(node_type, extra_nodes_type),
+        node_layer=cat(node_layer, extra_nodes_layer),
+        node_role=cat(node_role, [0] * len(extra_nodes_type)),
+        node_pos=cat(node_pos, extra_nodes_pos),
+        node_block=cat(node_block, [-1] * len(extra_nodes_type)),
+        block_offset=block_offset,
+        edge_sets=edge_sets,
+        keys=list(cg.float_keys),
+        shapes=dict(cg.param_shapes),
+        dtypes={k: cg.param_dtypes[k] for k in cg.float_keys},
+        offsets=offsets,
+        extra_keys=list(cg.extra_keys),
+        module_names=module_names,
+        arch=cg.arch,
+    )
+
+
+def _edge_type(cg: ComputationGraph, name: str, owner: str, local: str, n_tracked: int, ndim: int) -> int:
+    mtype = cg.module_types.get(owner, "")
+    if mtype in _NORMS:
+        key = {"weight": "norm.weight", "bias": "norm.bias", "running_mean": "norm.running_mean",
+               "running_var": "norm.running_var"}.get(local, "param")
+    elif local == "bias" and n_tracked <= 1:
+        key = "bias"
+    elif mtype == "Embedding":
+        key = "embedding.weight"
+    elif mtype == "MultiheadAttention" and local == "in_proj_weight":
+        key = "attention.in_proj_weight"
+    elif local == "in_proj_bias":
+        key = "bias"
+    elif n_tracked == 2 or (n_tracked == 1 and local == "weight" and ndim > 2):
+        key = "conv.weight" if ndim > 2 else "linear.weight"
+    else:
+        key = "param"
+    return EDGE_TYPES.index(key)
+
+
+def _cumsum(xs):
+    total = 0
+    for x in xs:
+        total += x
+        yield total

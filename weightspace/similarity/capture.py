@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import operator
 from collections import Counter
 from typing import Any, Callable, Iterable, Iterator, Sequence, Union
 
@@ -192,6 +193,12 @@ class ActivationCapture:
                 )
             nodes.append(table[name])
         self.layers: tuple[str, ...] = tuple(layers)
+        # element nodes of tuple-valued layers (for the error message), read
+        # before dead-code elimination removes the unused ones
+        self._getitems = {
+            name: [u.name for u in node.users if u.op == "call_function" and u.target is operator.getitem]
+            for name, node in zip(layers, nodes)
+        }
         output = next(n for n in graph.nodes if n.op == "output")
         output.args = (tuple(nodes),)
         gm = fx.GraphModule(tracer.root, graph)
@@ -199,10 +206,6 @@ class ActivationCapture:
         gm.graph.lint()
         gm.recompile()
         self._gm = gm
-        self._getitems = {
-            name: [u.name for u in node.users if u.op == "call_function" and "getitem" in u.name]
-            for name, node in zip(layers, nodes)
-        }
 
     def __call__(self, x: torch.Tensor) -> dict[str, Any]:
         with _eval_mode(self.model):

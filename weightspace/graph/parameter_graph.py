@@ -295,11 +295,13 @@ class ParameterGraph:
         """Tensors back in their original shapes and dtypes (bit-exact)."""
         t = self.template
         out: dict[str, torch.Tensor] = {}
-        for k in t.keys:
-            n = math.prod(t.shapes[k])
-            off = t.offsets[k]
-            out[k] = self.values[off : off + n].reshape(t.shapes[k]).to(t.dtypes[k]).clone()
-        out.update({k: v.clone() for k, v in self.extras.items()})
+        for k in t.shapes:  # state_dict order
+            if k in t.offsets:
+                n = math.prod(t.shapes[k])
+                off = t.offsets[k]
+                out[k] = self.values[off : off + n].reshape(t.shapes[k]).to(t.dtypes[k]).clone()
+            elif k in self.extras:
+                out[k] = self.extras[k].clone()
         return out
 
     def to_pyg(self, width: int | None = None):

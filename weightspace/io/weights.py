@@ -78,5 +78,5 @@ def state_dict_hash(state_dict: Mapping[str, torch.Tensor]) -> str:
         h.update(k.encode())
         h.update(str(v.dtype).encode())
         h.update(str(tuple(v.shape)).encode())
-        h.update(v.view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()

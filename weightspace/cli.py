@@ -121,5 +121,9 @@ def quickstart(
     typer.echo(f"\nreport: {out / 'report.md'}\nresults: {out / 'results.json'}")
 
 
+from weightspace.cli_similarity import similarity  # noqa: E402
+app.command("similarity")(similarity)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

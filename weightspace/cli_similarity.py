@@ -16,43 +16,45 @@ import typer
 DATASETS = ("digits", "mnist1d", "random")
 
 
-def _load_state_dict(path: Path) -> dict:
-    import torch
-
-    if not path.is_file():
-        raise typer.BadParameter(f"weights file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    if path.suffix in (".pt", ".pth"):
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-        if not isinstance(sd, dict):
-            raise typer.BadParameter(f"{str(path)!r} does not hold a state_dict")
-        return sd
-    raise typer.BadParameter(
-        f"unknown weights format {path.suffix!r} for {str(path)!r}; use .safetensors or .pt"
-    )
+def _parse_kwargs(items: list[str]) -> dict:
+    """``["width=2", "hidden=[32,32]"]`` -> ``{"width": 2, "hidden": [32, 32]}`` (JSON values)."""
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"architecture arguments are key=value, got {item!r}")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
 
 
-def _build_model(spec: str, seed: int):
-    """``arch`` (random init with ``seed``) or ``arch:weights`` -> (model, description)."""
+def _build_model(spec: str, seed: int, kwargs: dict):
+    """``arch`` (random init with ``seed``) or ``arch:weights`` -> (model, arch, description)."""
     import zoo
+    from weightspace.errors import StateDictError
+    from weightspace.io import load_state_dict
 
     arch, _, weights = spec.partition(":")
     try:
         zoo.get_model_info(arch)
     except KeyError as exc:
         raise typer.BadParameter(str(exc.args[0])) from None
-    model = zoo.create_model(arch, seed=seed)
-    if not weights:
-        return model, arch, {"arch": arch, "weights": None, "seed": seed}
-    sd = _load_state_dict(Path(weights))
     try:
-        model.load_state_dict(sd, strict=True)
+        model = zoo.create_model(arch, seed=seed, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise typer.BadParameter(f"cannot build {arch!r} with {kwargs}: {exc}") from None
+    desc = {"arch": arch, "kwargs": kwargs, "weights": weights or None, "seed": None if weights else seed}
+    if not weights:
+        return model, arch, desc
+    try:
+        model.load_state_dict(load_state_dict(weights), strict=True)
+    except (FileNotFoundError, StateDictError) as exc:
+        raise typer.BadParameter(str(exc)) from None
     except RuntimeError as exc:
         raise typer.BadParameter(f"weights {weights!r} do not fit architecture {arch!r}: {exc}") from None
-    return model, arch, {"arch": arch, "weights": str(weights), "seed": None}
+    return model, arch, desc
 
 
 def _load_data(name: str, arch: str, n: Optional[int], seed: int):
@@ -96,6 +98,8 @@ def similarity(
     batch_size: Annotated[int, typer.Option(help="batch size")] = 256,
     max_samples: Annotated[Optional[int], typer.Option(help="use at most this many samples")] = None,
     match: Annotated[bool, typer.Option(help="also match neurons (Pearson, one-to-one) of same-named layers")] = True,
+    arg_a: Annotated[Optional[list[str]], typer.Option("--arg-a", help="architecture argument of model a, key=value (repeatable)")] = None,
+    arg_b: Annotated[Optional[list[str]], typer.Option("--arg-b", help="architecture argument of model b, key=value (repeatable)")] = None,
 ) -> None:
     """Compare two networks layer by layer with CKA.
 
@@ -115,8 +119,8 @@ def similarity(
     from weightspace.similarity.plot import plot_similarity_heatmap
 
     seed_b = seed + 1 if seed_b is None else seed_b
-    ma, arch_a, desc_a = _build_model(model_a, seed)
-    mb, arch_b, desc_b = _build_model(model_b, seed_b)
+    ma, arch_a, desc_a = _build_model(model_a, seed, _parse_kwargs(arg_a or []))
+    mb, arch_b, desc_b = _build_model(model_b, seed_b, _parse_kwargs(arg_b or []))
     x = _load_data(data, arch_a, max_samples, seed)
     la = [s.strip() for s in layers_a.split(",")] if layers_a else None
     lb = [s.strip() for s in layers_b.split(",")] if layers_b else None

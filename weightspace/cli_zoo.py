@@ -1,0 +1,141 @@
+"""``weightspace zoo ...``: build, inspect, export and import model zoos.
+
+Subcommands call :mod:`zoo`; this module only parses arguments and prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    name="zoo",
+    help="Build, inspect, export and import model zoos (populations of trained networks).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _fail(exc: Exception) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def build(
+    recipe: str = typer.Argument(..., help="recipe file (.yaml/.toml) or the name of a shipped recipe"),
+    out: Path = typer.Argument(..., help="zoo directory (created, or resumed if it holds this recipe's zoo)"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="parallel workers (default: all CPUs)"),
+    backend: str = typer.Option("local", help="local (process pool), serial, or ray"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (with --backend ray)"),
+    max_members: Optional[int] = typer.Option(None, help="only the first N members of the recipe"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar with ETA"),
+) -> None:
+    """Train a zoo from RECIPE into OUT; re-running resumes an interrupted build.
+
+    Example: weightspace zoo build digits_cnn_small runs/digits --workers 2
+    """
+    import zoo
+
+    try:
+        report = zoo.build_zoo(
+            recipe, out, workers=workers, backend=backend, address=address,
+            max_members=max_members, progress=progress,
+        )
+    except (zoo.ZooError, ValueError, KeyError) as e:
+        _fail(e)
+    typer.echo(
+        f"zoo {out}: {report.total} members ({report.trained} trained now, {report.skipped} already done"
+        + (f", {len(report.removed)} unfinished leftovers removed" if report.removed else "")
+        + f") in {report.wall_time:.1f}s"
+        + (f" = {report.members_per_minute:.1f} members/min" if report.trained else "")
+    )
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@app.command()
+def info(zoo_dir: Path = typer.Argument(..., metavar="ZOO", help="zoo directory")) -> None:
+    """Summarise a zoo: source, members, architectures, metrics.
+
+    Example: weightspace zoo info runs/digits
+    """
+    import zoo
+
+    try:
+        z = zoo.Zoo(zoo_dir)
+    except zoo.ZooError as e:
+        _fail(e)
+    df = z.to_pandas()
+    typer.echo(f"zoo        {z.name}")
+    typer.echo(f"path       {z.path}")
+    typer.echo(f"source     {z.info.get('source')}" + (f" ({z.info['source_path']})" if z.info.get("source_path") else ""))
+    typer.echo(f"members    {len(z)}")
+    if len(z) == 0:
+        return
+    typer.echo("archs      " + ", ".join(f"{a} x{n}" for a, n in df["arch"].value_counts().items()))
+    typer.echo("status     " + ", ".join(f"{s} x{n}" for s, n in df["status"].value_counts().items()))
+    n_ck = int(df["n_checkpoints"].sum())
+    typer.echo(f"checkpoints {n_ck} ({_size(z.path) / 1e6:.1f} MB on disk)")
+    recipe = z.info.get("recipe")
+    if recipe:
+        s = recipe.get("search", {})
+        typer.echo(f"recipe     {recipe.get('name')} (data {recipe.get('data', {}).get('name')}, "
+                   f"search {s.get('method', 'grid')}, epochs {recipe.get('train', {}).get('epochs')})")
+    metric_cols = [c for c in ("test_acc", "val_acc", "train_acc", "gap_acc", "test_psnr", "train_psnr",
+                               "test_loss", "wall_time") if c in df.columns]
+    if metric_cols:
+        typer.echo(f"{'metric':12s} {'mean':>9s} {'min':>9s} {'max':>9s}")
+        for c in metric_cols:
+            col = df[c].astype(float)
+            typer.echo(f"{c:12s} {col.mean():9.4f} {col.min():9.4f} {col.max():9.4f}")
+
+
+@app.command()
+def export(
+    zoo_dir: Path = typer.Argument(..., metavar="ZOO", help="zoo directory"),
+    out: Path = typer.Argument(..., help="output .parquet file"),
+    checkpoints: bool = typer.Option(False, "--checkpoints", help="one row per checkpoint instead of per member"),
+) -> None:
+    """Write the zoo's table (configs, metrics, hashes, paths) to Parquet.
+
+    Example: weightspace zoo export runs/digits digits.parquet
+    """
+    import zoo
+
+    try:
+        z = zoo.Zoo(zoo_dir)
+        path = z.export_parquet(out, checkpoints=checkpoints)
+    except (zoo.ZooError, ImportError) as e:
+        _fail(e)
+    typer.echo(f"wrote {path} ({len(z.to_pandas(checkpoints=checkpoints))} rows)")
+
+
+@app.command("import-small-cnn-zoo")
+def import_small_cnn_zoo(
+    path: Path = typer.Argument(..., help="directory with weights.npy, metrics.csv.gz, layout.csv"),
+    out: Path = typer.Argument(..., help="zoo directory to write"),
+    steps: str = typer.Option("final", help="'final' (last step per run), 'all', or comma-separated steps"),
+    padding: str = typer.Option("valid", help="valid (as trained), same (TF SAME emulation) or torch (cnn_small)"),
+    limit: Optional[int] = typer.Option(None, help="import at most N members"),
+    keep_nonfinite: bool = typer.Option(False, help="keep runs with NaN/Inf weights"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Convert a Small CNN Zoo (Unterthiner et al. 2020) directory into a zoo.
+
+    Example: weightspace zoo import-small-cnn-zoo ~/data/smallcnnzoo/mnist runs/scz-mnist
+    """
+    from zoo.errors import ZooError
+    from zoo.loaders import import_small_cnn_zoo as _import
+
+    step_sel = steps if steps in ("final", "all") else [int(s) for s in steps.split(",") if s.strip()]
+    try:
+        z = _import(path, out, steps=step_sel, padding=padding, limit=limit,
+                    drop_nonfinite=not keep_nonfinite, progress=progress)
+    except (ZooError, ValueError) as e:
+        _fail(e)
+    typer.echo(f"imported {len(z)} members from {path} into {out}")

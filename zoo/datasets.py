@@ -1,0 +1,341 @@
+"""Datasets for zoo training that need no internet.
+
+Every dataset is built from data that ships inside installed packages or is
+generated procedurally, and every train/validation/test split is fixed by an
+explicit ``split_seed`` (the same for all members of a zoo, so their metrics
+are comparable).
+
+Built-in datasets (``load_dataset(name, **options)``):
+
+``digits``
+    ``sklearn.datasets.load_digits``: 1797 8x8 grey images in 10 classes,
+    scaled to [0, 1], shape ``(N, 1, 8, 8)``. Stratified split.
+``mnist1d``
+    MNIST-1D generated with ``mnist1d.data.make_dataset`` (never its URL):
+    sequences of shape ``(N, 1, 40)``, 10 classes. The generator's own 80/20
+    train/test split is the test split; validation is carved out of train.
+``inr_digits``
+    One ``load_digits`` image (``index``) as an INR target: coordinates in
+    [-1, 1]^2, shape ``(P, 2)``, grey values in [0, 1], shape ``(P, 1)``;
+    optionally upsampled to ``size`` x ``size``.
+``inr_sample_image``
+    A ``size`` x ``size`` grey crop of one of ``load_sample_images`` (china,
+    flower) after downscaling by ``scale``; the crop position is drawn from
+    ``index``.
+``inr_signal``
+    A procedural 2-d signal (sum of random sinusoids or Gaussian blobs)
+    drawn from ``index``.
+
+INR datasets fit all pixels by default; with ``val_fraction`` /
+``test_fraction`` > 0 those fractions of pixels are held out (interpolation
+test). With 0 the val/test sets are the full grid.
+
+Datasets are registered with :func:`register_dataset`, so recipes can say
+``data: {name: my_data}`` for a user loader.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from zoo.errors import RecipeError
+
+__all__ = [
+    "Dataset",
+    "load_dataset",
+    "list_datasets",
+    "register_dataset",
+    "MEMBER_LEVEL_DATA_KEYS",
+]
+
+#: Data options applied per member (with the member's seed) by the trainer,
+#: not by the loader: they never change the shared splits.
+MEMBER_LEVEL_DATA_KEYS = ("train_fraction", "label_noise")
+
+
+@dataclass
+class Dataset:
+    """Tensors of one dataset, already split.
+
+    Attributes:
+        name: dataset name.
+        task: ``"classification"`` (targets are class ids, int64 ``(N,)``) or
+            ``"inr"`` (targets are signal values, float32 ``(N, C)``).
+        x_train, y_train, x_val, y_val, x_test, y_test: the splits.
+        num_classes: number of classes (classification) or output channels (INR).
+        meta: extra facts (e.g. the digit ``label`` of an INR image, the grid shape).
+    """
+
+    name: str
+    task: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input (without the batch dimension)."""
+        return tuple(self.x_train.shape[1:])
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x, y)`` of split ``"train"``, ``"val"`` or ``"test"``."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; use 'train', 'val' or 'test'")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def sizes(self) -> dict[str, int]:
+        return {s: int(self.split(s)[0].shape[0]) for s in ("train", "val", "test")}
+
+
+_DATASETS: dict[str, Callable[..., Dataset]] = {}
+
+
+def register_dataset(name: str, *, overwrite: bool = False):
+    """Decorator registering a dataset loader ``(**options) -> Dataset``.
+
+    Loaders must be pure: the same options give the same tensors. Use the
+    ``split_seed`` option for any randomness.
+    """
+
+    def deco(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
+        if name in _DATASETS and not overwrite:
+            raise ValueError(f"dataset {name!r} is already registered; pass overwrite=True")
+        _DATASETS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    """Sorted names of the registered datasets."""
+    return sorted(_DATASETS)
+
+
+def load_dataset(name: str, **options: Any) -> Dataset:
+    """Load registered dataset ``name`` with ``options`` (cached per process).
+
+    Member-level options (``train_fraction``, ``label_noise``) are ignored
+    here; the trainer applies them with each member's seed.
+
+    Raises:
+        RecipeError: unknown dataset or option.
+    """
+    if name not in _DATASETS:
+        raise RecipeError(f"unknown dataset {name!r}; registered: {', '.join(list_datasets())}")
+    opts = {k: v for k, v in options.items() if k not in MEMBER_LEVEL_DATA_KEYS}
+    key = json.dumps(opts, sort_keys=True, default=str)
+    return _load_cached(name, key)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_cached(name: str, key: str) -> Dataset:
+    opts = json.loads(key)
+    try:
+        return _DATASETS[name](**opts)
+    except TypeError as e:
+        raise RecipeError(f"dataset {name!r}: {e}") from None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _split_indices(
+    n: int, val_fraction: float, test_fraction: float, seed: int, stratify: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded (stratified) train/val/test index split."""
+    from sklearn.model_selection import train_test_split
+
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise RecipeError(
+            f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1) "
+            "and sum to less than 1"
+        )
+    idx = np.arange(n)
+    rest, test = (idx, idx[:0])
+    if test_fraction > 0:
+        rest, test = train_test_split(
+            idx, test_size=test_fraction, random_state=seed, stratify=stratify
+        )
+    train, val = rest, rest[:0]
+    if val_fraction > 0:
+        strat = None if stratify is None else stratify[rest]
+        train, val = train_test_split(
+            rest, test_size=val_fraction / (1 - test_fraction), random_state=seed + 1, stratify=strat
+        )
+    return np.sort(train), np.sort(val), np.sort(test)
+
+
+def _coords(h: int, w: int) -> torch.Tensor:
+    """Pixel-centre coordinates in [-1, 1]^2, shape ``(h*w, 2)``, row-major (y, x)."""
+    ys = torch.linspace(-1, 1, h)
+    xs = torch.linspace(-1, 1, w)
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
+    return grid.reshape(-1, 2)
+
+
+def _inr_dataset(
+    name: str, image: torch.Tensor, val_fraction: float, test_fraction: float, split_seed: int, meta: dict
+) -> Dataset:
+    """Coordinates -> values dataset of one grey image ``(H, W)`` in [0, 1]."""
+    h, w = image.shape
+    coords = _coords(h, w)
+    values = image.reshape(-1, 1).to(torch.float32)
+    meta = dict(meta, height=h, width=w)
+    if val_fraction == 0 and test_fraction == 0:
+        return Dataset(name, "inr", coords, values, coords, values, coords, values, 1, meta)
+    tr, va, te = _split_indices(len(values), val_fraction, test_fraction, split_seed, None)
+    full = (coords, values)
+    va_xy = (coords[va], values[va]) if len(va) else full
+    te_xy = (coords[te], values[te]) if len(te) else full
+    return Dataset(name, "inr", coords[tr], values[tr], *va_xy, *te_xy, 1, meta)
+
+
+# --------------------------------------------------------------------------- built-ins
+
+
+@register_dataset("digits")
+def _digits(split_seed: int = 0, val_fraction: float = 0.15, test_fraction: float = 0.25) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    x = torch.tensor(X, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16.0
+    yt = torch.tensor(y, dtype=torch.int64)
+    tr, va, te = _split_indices(len(y), val_fraction, test_fraction, split_seed, y)
+    return Dataset(
+        "digits", "classification", x[tr], yt[tr], x[va], yt[va], x[te], yt[te], 10,
+        {"split_seed": split_seed},
+    )
+
+
+@register_dataset("mnist1d")
+def _mnist1d(
+    split_seed: int = 0,
+    val_fraction: float = 0.1,
+    num_samples: int = 5000,
+    data_seed: int = 42,
+) -> Dataset:
+    """MNIST-1D via ``make_dataset`` with an explicit ``data_seed``.
+
+    ``make_dataset`` seeds and uses the *global* numpy / ``random`` RNGs; we
+    save and restore both around the call so callers' RNG state is untouched.
+    """
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = int(num_samples)
+    args.seed = int(data_seed)
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    x_all = torch.tensor(np.asarray(data["x"]), dtype=torch.float32).unsqueeze(1)
+    y_all = torch.tensor(np.asarray(data["y"]), dtype=torch.int64)
+    x_te = torch.tensor(np.asarray(data["x_test"]), dtype=torch.float32).unsqueeze(1)
+    y_te = torch.tensor(np.asarray(data["y_test"]), dtype=torch.int64)
+    tr, va, _ = _split_indices(len(y_all), val_fraction, 0.0, split_seed, y_all.numpy())
+    return Dataset(
+        "mnist1d", "classification", x_all[tr], y_all[tr], x_all[va], y_all[va], x_te, y_te, 10,
+        {"split_seed": split_seed, "data_seed": data_seed, "num_samples": num_samples},
+    )
+
+
+@register_dataset("inr_digits")
+def _inr_digits(
+    index: int = 0,
+    size: int = 8,
+    split_seed: int = 0,
+    val_fraction: float = 0.0,
+    test_fraction: float = 0.0,
+) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    if not 0 <= index < len(d.images):
+        raise RecipeError(f"inr_digits: index {index} out of range [0, {len(d.images)})")
+    img = torch.tensor(d.images[index], dtype=torch.float32) / 16.0
+    if size != img.shape[0]:
+        img = torch.nn.functional.interpolate(
+            img[None, None], size=(size, size), mode="bilinear", align_corners=True
+        )[0, 0].clamp(0, 1)
+    return _inr_dataset(
+        "inr_digits", img, val_fraction, test_fraction, split_seed,
+        {"index": index, "label": int(d.target[index])},
+    )
+
+
+@register_dataset("inr_sample_image")
+def _inr_sample_image(
+    index: int = 0,
+    image: str = "china",
+    size: int = 32,
+    scale: float = 0.125,
+    split_seed: int = 0,
+    val_fraction: float = 0.0,
+    test_fraction: float = 0.0,
+) -> Dataset:
+    from sklearn.datasets import load_sample_images
+
+    names = {"china": 0, "flower": 1}
+    if image not in names:
+        raise RecipeError(f"inr_sample_image: image must be one of {sorted(names)}, got {image!r}")
+    arr = load_sample_images().images[names[image]].astype(np.float32).mean(-1) / 255.0
+    full = torch.tensor(arr)[None, None]
+    h, w = max(size, round(arr.shape[0] * scale)), max(size, round(arr.shape[1] * scale))
+    small = torch.nn.functional.interpolate(full, size=(h, w), mode="bilinear", antialias=True)[0, 0]
+    rng = np.random.default_rng([int(index), 7919])
+    top = int(rng.integers(0, h - size + 1))
+    left = int(rng.integers(0, w - size + 1))
+    crop = small[top : top + size, left : left + size].clamp(0, 1)
+    return _inr_dataset(
+        "inr_sample_image", crop, val_fraction, test_fraction, split_seed,
+        {"index": index, "image": image, "top": top, "left": left},
+    )
+
+
+@register_dataset("inr_signal")
+def _inr_signal(
+    index: int = 0,
+    kind: str = "sines",
+    size: int = 16,
+    components: int = 3,
+    split_seed: int = 0,
+    val_fraction: float = 0.0,
+    test_fraction: float = 0.0,
+) -> Dataset:
+    rng = np.random.default_rng([int(index), 104729])
+    c = _coords(size, size).numpy()
+    y, x = c[:, 0], c[:, 1]
+    if kind == "sines":
+        v = np.zeros_like(x)
+        for _ in range(components):
+            fx, fy = rng.uniform(0.5, 3.0, size=2)
+            phase = rng.uniform(0, 2 * math.pi)
+            v += rng.uniform(0.5, 1.0) * np.sin(math.pi * (fx * x + fy * y) + phase)
+    elif kind == "blobs":
+        v = np.zeros_like(x)
+        for _ in range(components):
+            cx, cy = rng.uniform(-0.8, 0.8, size=2)
+            s = rng.uniform(0.15, 0.5)
+            v += np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * s * s))
+    else:
+        raise RecipeError(f"inr_signal: kind must be 'sines' or 'blobs', got {kind!r}")
+    v = (v - v.min()) / max(v.max() - v.min(), 1e-8)
+    img = torch.tensor(v, dtype=torch.float32).reshape(size, size)
+    return _inr_dataset(
+        "inr_signal", img, val_fraction, test_fraction, split_seed, {"index": index, "kind": kind}
+    )

@@ -1,0 +1,260 @@
+"""Loaders for INR zoos (populations of SIRENs, one per image).
+
+DWSNets style (Navon et al. 2023; also used by Neural Graphs)
+    a dataset directory with ``splits.json`` = ``{"train": {"path": [...],
+    "label": [...]}, "val": ..., "test": ...}``; each path (relative to the
+    directory, or absolute) is a ``torch.save``-d state dict of an ``INR``:
+    ``seq.0.weight, seq.0.bias, ..., seq.{L-1}.weight, seq.{L-1}.bias`` with
+    ``sin(30 x)`` after every layer but the last, and ``+ 0.5`` added to the
+    output. Without ``splits.json`` every ``*.pth`` under the directory is read.
+
+NFN style (Zhou et al. 2023)
+    SIREN archives: a directory (or a ``.tar``/``.tar.gz`` archive, read
+    without extracting) of ``{prefix}_*/net{idx}.pth`` state dicts with keys
+    ``net.0.linear.weight, net.0.linear.bias, net.1.linear.*, net.2.weight,
+    net.2.bias`` (2 -> 32 -> 32 -> 1, ``sin(30 x)``, linear output); the digit
+    label is parsed from the path (``_(\\d)s``).
+
+Both become the registry's ``siren`` (``layers.i.*`` and ``out.*``) with
+``w0 = w0_first = 30``; the DWSNets output offset is folded into
+``out.bias`` (``output_offset``) so the torch ``siren`` computes exactly the
+published function. Files are read with ``torch.load(weights_only=True)``.
+Each INR becomes a member with one checkpoint (epoch 0: the training length
+is not recorded in these zoos) and its ``label`` / ``split`` in ``extra``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+from zoo.errors import ZooFormatError
+from zoo.loaders._common import (
+    ImportedMember, check_state_dict, import_members, load_weights_bytes, load_weights_file, short_hash,
+)
+from zoo.train import CheckpointResult
+
+__all__ = [
+    "inr_state_dict_to_siren",
+    "load_dwsnets_inrs",
+    "load_nfn_sirens",
+    "import_inr_zoo",
+]
+
+
+def inr_state_dict_to_siren(
+    sd: Mapping[str, torch.Tensor],
+    *,
+    path: Any = None,
+    output_offset: float = 0.0,
+    w0: float = 30.0,
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Map an MLP-INR state dict (weights and biases in layer order) to the
+    registry's ``siren``.
+
+    Returns:
+        ``(model_kwargs, state_dict)`` for ``zoo.create_model("siren", **model_kwargs)``.
+    """
+    weights = [(k, v) for k, v in sd.items() if k.endswith("weight")]
+    biases = [(k, v) for k, v in sd.items() if k.endswith("bias")]
+    other = [k for k in sd if not k.endswith(("weight", "bias"))]
+    if other:
+        raise ZooFormatError(f"unexpected tensor(s) {other[:4]} in an INR state dict", path=path, field=other[0])
+    if len(weights) < 2:
+        raise ZooFormatError(f"an INR needs at least 2 linear layers, found {len(weights)}", path=path,
+                             field="weight")
+    if len(biases) != len(weights):
+        raise ZooFormatError(f"{len(weights)} weights but {len(biases)} biases", path=path, field="bias")
+    prev = None
+    for (kw, w), (kb, b) in zip(weights, biases):
+        if w.dim() != 2:
+            raise ZooFormatError(f"weight has shape {tuple(w.shape)}, expected 2-d", path=path, field=kw)
+        if tuple(b.shape) != (w.shape[0],):
+            raise ZooFormatError(f"bias has shape {tuple(b.shape)}, expected ({w.shape[0]},)", path=path, field=kb)
+        if prev is not None and w.shape[1] != prev:
+            raise ZooFormatError(f"weight takes {w.shape[1]} inputs but the previous layer has {prev} outputs",
+                                 path=path, field=kw)
+        prev = w.shape[0]
+    kwargs = {
+        "in_features": int(weights[0][1].shape[1]),
+        "hidden": [int(w.shape[0]) for _, w in weights[:-1]],
+        "out_features": int(weights[-1][1].shape[0]),
+        "w0": float(w0),
+        "w0_first": float(w0),
+    }
+    out: dict[str, torch.Tensor] = {}
+    for i, ((_, w), (_, b)) in enumerate(zip(weights[:-1], biases[:-1])):
+        out[f"layers.{i}.weight"] = w.detach().clone().float()
+        out[f"layers.{i}.bias"] = b.detach().clone().float()
+    out["out.weight"] = weights[-1][1].detach().clone().float()
+    out["out.bias"] = biases[-1][1].detach().clone().float() + float(output_offset)
+    check_state_dict("siren", kwargs, out, path=path)
+    return kwargs, out
+
+
+def _member(index: int, rel: str, kwargs: dict, sd: dict, label: Any, split: str | None, source: str):
+    extra = {"file": rel}
+    if label is not None:
+        extra["label"] = int(label)
+    if split is not None:
+        extra["split"] = split
+    return ImportedMember(
+        member_id=f"{index:06d}-{short_hash(rel)}",
+        index=index,
+        config={"arch": "siren", "model": kwargs, "hparams": {"source": source}},
+        checkpoints=[CheckpointResult(epoch=0, step=None, metrics={}, state_dict=sd)],
+        seed=None,
+        extra=extra,
+    )
+
+
+def load_dwsnets_inrs(
+    path: str | Path,
+    *,
+    splits_file: str = "splits.json",
+    splits: Sequence[str] = ("train", "val", "test"),
+    output_offset: float = 0.5,
+    limit: int | None = None,
+) -> Iterator[ImportedMember]:
+    """Read a DWSNets-style INR dataset directory (see the module docstring).
+
+    Args:
+        output_offset: added to the output bias (DWSNets' INR adds 0.5 to its
+            output); pass 0.0 to keep the stored bias unchanged.
+
+    Raises:
+        ZooFormatError: missing/malformed ``splits.json`` (naming the split and
+            field), missing INR file, or a state dict that is not an MLP INR.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ZooFormatError("INR dataset directory not found", path=path)
+    entries: list[tuple[Path, Any, str | None]] = []
+    spath = path / splits_file
+    if spath.is_file():
+        try:
+            data = json.loads(spath.read_text())
+        except json.JSONDecodeError as e:
+            raise ZooFormatError(f"invalid JSON ({e.msg})", path=spath) from None
+        for split in splits:
+            if split not in data:
+                continue
+            part = data[split]
+            for fld in ("path", "label"):
+                if not isinstance(part, Mapping) or fld not in part:
+                    raise ZooFormatError(f"split {split!r} lacks the {fld!r} list", path=spath,
+                                         field=f"{split}.{fld}")
+            if len(part["path"]) != len(part["label"]):
+                raise ZooFormatError(f"split {split!r}: {len(part['path'])} paths but {len(part['label'])} labels",
+                                     path=spath, field=f"{split}.label")
+            entries += [(path / p, lab, split) for p, lab in zip(part["path"], part["label"])]
+    else:
+        entries = [(p, None, None) for p in sorted(path.rglob("*.pth"))]
+        if not entries:
+            raise ZooFormatError(f"no {splits_file} and no *.pth files", path=path)
+    for i, (f, label, split) in enumerate(entries):
+        if limit is not None and i >= limit:
+            return
+        sd = load_weights_file(f)
+        kwargs, out = inr_state_dict_to_siren(sd, path=f, output_offset=output_offset)
+        try:
+            rel = str(f.relative_to(path))
+        except ValueError:
+            rel = str(f)
+        yield _member(i, rel, kwargs, out, label, split, "dwsnets")
+
+
+def load_nfn_sirens(
+    path: str | Path,
+    *,
+    prefix: str | None = None,
+    index_pattern: str = r"net(\d+)\.pth?$",
+    label_pattern: str = r"_(\d)s",
+    limit: int | None = None,
+) -> Iterator[ImportedMember]:
+    """Read NFN-style SIREN state dicts from a directory or a tar archive.
+
+    Args:
+        path: directory, or ``.tar`` / ``.tar.gz`` / ``.tgz`` archive (read in place).
+        prefix: only files under ``{prefix}_*/`` (e.g. ``"randinit_test"``).
+        index_pattern / label_pattern: regexes applied to the file path; the
+            index orders the members, the label goes to ``extra["label"]``.
+
+    Raises:
+        ZooFormatError: no SIREN files, unreadable file, or not a SIREN state dict.
+    """
+    path = Path(path)
+    idx_re, lab_re = re.compile(index_pattern), re.compile(label_pattern)
+    pref_re = re.compile(rf"(^|/){re.escape(prefix)}_[^/]*/[^/]+$") if prefix else None
+
+    def wanted(name: str) -> bool:
+        return name.endswith((".pth", ".pt")) and (pref_re is None or bool(pref_re.search(name)))
+
+    files: list[tuple[str, Any]] = []  # (relative name, loader)
+    if path.is_dir():
+        for f in sorted(path.rglob("*")):
+            rel = str(f.relative_to(path))
+            if f.is_file() and wanted(rel):
+                files.append((rel, f))
+    elif path.is_file() and tarfile.is_tarfile(path):
+        tar = tarfile.open(path)
+        for ti in tar.getmembers():
+            if ti.isfile() and wanted(ti.name):
+                files.append((ti.name, ti))
+    else:
+        raise ZooFormatError("not a directory or a tar archive of SIRENs", path=path)
+    if not files:
+        raise ZooFormatError(
+            "no SIREN files found" + (f" under {prefix}_*/" if prefix else ""), path=path
+        )
+
+    def order(item):
+        m = idx_re.search(item[0])
+        return (int(m.group(1)) if m else 1 << 62, item[0])
+
+    files.sort(key=order)
+    for i, (rel, src) in enumerate(files):
+        if limit is not None and i >= limit:
+            return
+        where = f"{path}/{rel}" if not isinstance(src, Path) else src
+        if isinstance(src, tarfile.TarInfo):
+            data = tar.extractfile(src).read()  # bytes in memory; nothing written to disk
+            sd = load_weights_bytes(data, path=where)
+        else:
+            sd = load_weights_file(src)
+        kwargs, out = inr_state_dict_to_siren(sd, path=where)
+        m = idx_re.search(rel)
+        lab = lab_re.search(rel)
+        yield _member(int(m.group(1)) if m else i, rel, kwargs, out, lab.group(1) if lab else None, None, "nfn")
+
+
+def import_inr_zoo(
+    path: str | Path,
+    out: str | Path,
+    *,
+    style: str,
+    progress: bool = True,
+    **options: Any,
+):
+    """Convert an INR zoo (``style="dwsnets"`` or ``"nfn"``) into a weightspace
+    zoo at ``out``. ``options`` go to the matching ``load_*`` function."""
+    path = Path(path)
+    if style == "dwsnets":
+        members = load_dwsnets_inrs(path, **options)
+    elif style == "nfn":
+        members = load_nfn_sirens(path, **options)
+    else:
+        raise ValueError(f"style must be 'dwsnets' or 'nfn', got {style!r}")
+    info = {
+        "name": f"inr_{style}:{path.name}",
+        "source": f"inr_{style}",
+        "source_path": str(path.resolve()),
+        "recipe": None,
+        "recipe_hash": short_hash(repr(sorted((k, str(v)) for k, v in options.items())), 16),
+    }
+    return import_members(members, out, info=info, progress=progress)

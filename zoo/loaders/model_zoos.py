@@ -1,0 +1,251 @@
+"""Loader for model-zoos.cc style zoos (Schürholt et al. 2022, "Model Zoos: A
+Dataset of Diverse Populations of Neural Network Models").
+
+These zoos are Ray Tune experiment directories: one trial directory per
+network, each with
+
+``params.json``
+    the trial's config (``"model::type"``, ``"optim::lr"``, ``"seed"``, ...).
+``result.json``
+    JSON lines, one per training iteration (``train_loss``, ``train_acc``,
+    ``test_loss``, ``test_acc``, ``training_iteration``, Ray bookkeeping ...).
+``checkpoint_000NNN/checkpoints``
+    the model's ``state_dict`` saved with ``torch.save`` after iteration NNN
+    (loaded here with ``torch.load(weights_only=True)``, never unpickled).
+
+The metrics of ``checkpoint_N`` are those of the result line whose
+``training_iteration`` is N (or, without that field, line N-1); checkpoint 0
+(the initialisation, when present) gets the line with ``training_iteration``
+0 if any.
+
+The networks of these zoos are defined in their own code base, so the
+caller says which registered architecture to build (``arch``) and, when the
+parameter names differ, how to rename them (``key_map``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence, Union
+
+from zoo.errors import ZooFormatError
+from zoo.loaders._common import (
+    ImportedMember, add_gaps, check_state_dict, import_members, load_weights_file, short_hash,
+)
+from zoo.train import CheckpointResult
+
+__all__ = ["load_model_zoos", "import_model_zoos", "read_result_json"]
+
+ArchSpec = Union[str, Mapping[str, str], Callable[[dict], "tuple[str, dict]"]]
+KeyMap = Union[None, str, Mapping[str, str], Callable[[str], str]]
+
+_CKPT_RE = re.compile(r"^checkpoint_(\d+)$")
+_CKPT_FILES = ("checkpoints", "checkpoint", "model_state_dict", "model.pt", "state_dict.pt")
+_RAY_KEYS = {
+    "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "time_since_restore",
+    "timesteps_since_restore", "iterations_since_restore", "timesteps_total", "episodes_total",
+    "pid", "node_ip", "hostname", "date", "trial_id", "experiment_id", "done", "episodes_this_iter",
+    "timesteps_this_iter", "experiment_tag", "should_checkpoint", "warmup_time", "checkpoint_dir_name",
+}
+_RENAME = {"train_accuracy": "train_acc", "test_accuracy": "test_acc", "val_accuracy": "val_acc",
+           "validation_acc": "val_acc", "validation_loss": "val_loss"}
+
+
+def read_result_json(path: Path) -> list[dict]:
+    """The JSON lines of a Ray Tune ``result.json`` (errors name the line)."""
+    if not path.is_file():
+        raise ZooFormatError("file not found", path=path)
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ZooFormatError(f"line {i} is not valid JSON ({e.msg})", path=path, field=f"line {i}") from None
+    return rows
+
+
+def _resolve_arch(arch: ArchSpec, params: dict, model_kwargs: Mapping[str, Any] | None, ppath: Path):
+    if callable(arch) and not isinstance(arch, str):
+        name, kwargs = arch(params)
+        kwargs = dict(kwargs)
+    elif isinstance(arch, Mapping):
+        mtype = params.get("model::type")
+        if mtype is None:
+            raise ZooFormatError("missing field 'model::type'", path=ppath, field="model::type")
+        if mtype not in arch:
+            raise ZooFormatError(
+                f"unknown architecture {mtype!r}; the arch mapping knows {sorted(arch)}",
+                path=ppath, field="model::type",
+            )
+        name, kwargs = arch[mtype], {}
+    else:
+        name, kwargs = str(arch), {}
+    kwargs.update(model_kwargs or {})
+    from zoo.registry import get_model_info
+
+    try:
+        info = get_model_info(name)
+        kwargs = info.resolve_kwargs(**kwargs)
+    except KeyError as e:
+        raise ZooFormatError(f"unknown architecture: {e.args[0]}", path=ppath, field="model::type") from None
+    except TypeError as e:
+        raise ZooFormatError(str(e), path=ppath, field="model::type") from None
+    return name, {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
+
+
+def _apply_key_map(sd: dict, key_map: KeyMap, arch: str, kwargs: dict, fpath: Path) -> dict:
+    if key_map is None:
+        return sd
+    if key_map == "by_order":
+        from zoo.registry import create_model
+
+        ref = create_model(arch, **kwargs).state_dict()
+        if len(ref) != len(sd):
+            raise ZooFormatError(
+                f"has {len(sd)} tensors but {arch!r} has {len(ref)}; cannot map by order",
+                path=fpath, field="key_map",
+            )
+        return {new: v for new, v in zip(ref, sd.values())}
+    if isinstance(key_map, Mapping):
+        return {key_map.get(k, k): v for k, v in sd.items()}
+    if callable(key_map):
+        return {key_map(k): v for k, v in sd.items()}
+    raise ValueError(f"key_map must be None, 'by_order', a mapping or a callable, got {key_map!r}")
+
+
+def _checkpoint_file(d: Path) -> Path:
+    for name in _CKPT_FILES:
+        if (d / name).is_file():
+            return d / name
+    pts = sorted(d.glob("*.pt")) + sorted(d.glob("*.pth"))
+    if pts:
+        return pts[0]
+    raise ZooFormatError(f"no state dict file found (looked for {list(_CKPT_FILES)} and *.pt)", path=d)
+
+
+def _metrics_for(iteration: int, rows: list[dict]) -> dict:
+    row = None
+    if any("training_iteration" in r for r in rows):
+        row = next((r for r in rows if r.get("training_iteration") == iteration), None)
+    elif 1 <= iteration <= len(rows):
+        row = rows[iteration - 1]
+    if row is None:
+        return {}
+    m = {}
+    for k, v in row.items():
+        if k in _RAY_KEYS or k.startswith("config") or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        m[_RENAME.get(k, k)] = float(v)
+    return add_gaps(m)
+
+
+def load_model_zoos(
+    path: str | Path,
+    *,
+    arch: ArchSpec,
+    model_kwargs: Mapping[str, Any] | None = None,
+    key_map: KeyMap = None,
+    epochs: str | Sequence[int] = "all",
+    limit: int | None = None,
+) -> Iterator[ImportedMember]:
+    """Read a model-zoos style Ray Tune directory as :class:`ImportedMember` s.
+
+    Args:
+        path: the experiment directory (its sub-directories holding
+            ``params.json`` are the trials), or one trial directory.
+        arch: registered architecture name; or a mapping from
+            ``params["model::type"]`` to a name; or ``params -> (name, kwargs)``.
+        model_kwargs: extra architecture kwargs (override those from ``arch``).
+        key_map: how checkpoint tensor names become the architecture's:
+            ``None`` (identical), ``"by_order"`` (positional, shapes checked),
+            a mapping ``{old: new}`` or a callable ``old -> new``.
+        epochs: ``"all"`` checkpoints, ``"final"`` (highest), or a list of iterations.
+        limit: stop after this many members.
+
+    Raises:
+        ZooFormatError: missing ``params.json`` / ``result.json`` /
+            checkpoint file, unknown architecture, or tensors that do not fit.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ZooFormatError("model zoo directory not found", path=path)
+    trials = [path] if (path / "params.json").is_file() else sorted(
+        d for d in path.iterdir() if d.is_dir() and (d / "params.json").is_file()
+    )
+    if not trials:
+        candidates = [d for d in path.iterdir() if d.is_dir() and any(d.glob("checkpoint_*"))]
+        if candidates:
+            raise ZooFormatError("missing file params.json", path=candidates[0] / "params.json", field="params.json")
+        raise ZooFormatError("no trial directories (with params.json) found", path=path)
+    count = 0
+    for index, trial in enumerate(trials):
+        ppath = trial / "params.json"
+        try:
+            params = json.loads(ppath.read_text())
+        except json.JSONDecodeError as e:
+            raise ZooFormatError(f"invalid JSON ({e.msg})", path=ppath) from None
+        rows = read_result_json(trial / "result.json")
+        name, kwargs = _resolve_arch(arch, params, model_kwargs, ppath)
+        ck_dirs = sorted(
+            (int(m.group(1)), d) for d in trial.iterdir()
+            if d.is_dir() and (m := _CKPT_RE.match(d.name))
+        )
+        if not ck_dirs:
+            raise ZooFormatError("no checkpoint_* directories", path=trial, field="checkpoint_*")
+        if epochs == "final":
+            ck_dirs = ck_dirs[-1:]
+        elif epochs != "all":
+            wanted = {int(e) for e in epochs}
+            ck_dirs = [c for c in ck_dirs if c[0] in wanted]
+        cks = []
+        for it, d in ck_dirs:
+            fpath = _checkpoint_file(d)
+            sd = load_weights_file(fpath)
+            sd = _apply_key_map(sd, key_map, name, kwargs, fpath)
+            check_state_dict(name, kwargs, sd, path=fpath)
+            cks.append(CheckpointResult(epoch=it, step=it, metrics=_metrics_for(it, rows),
+                                        state_dict={k: v.detach().clone() for k, v in sd.items()}))
+        if not cks:
+            continue
+        seed = params.get("seed")
+        yield ImportedMember(
+            member_id=f"{index:06d}-{short_hash(trial.name)}",
+            index=index,
+            config={"arch": name, "model": kwargs, "hparams": params},
+            checkpoints=cks,
+            seed=int(seed) if isinstance(seed, (int, float)) and not isinstance(seed, bool) else None,
+            extra={"trial": trial.name},
+        )
+        count += 1
+        if limit is not None and count >= limit:
+            return
+
+
+def import_model_zoos(
+    path: str | Path,
+    out: str | Path,
+    *,
+    arch: ArchSpec,
+    model_kwargs: Mapping[str, Any] | None = None,
+    key_map: KeyMap = None,
+    epochs: str | Sequence[int] = "all",
+    limit: int | None = None,
+    progress: bool = True,
+):
+    """Convert a model-zoos style directory into a weightspace zoo at ``out``.
+    Returns the :class:`~zoo.store.Zoo`; options as in :func:`load_model_zoos`."""
+    path = Path(path)
+    info = {
+        "name": f"model_zoos:{path.name}",
+        "source": "model_zoos",
+        "source_path": str(path.resolve()),
+        "recipe": None,
+        "recipe_hash": short_hash(repr((str(arch), epochs, limit)), 16),
+    }
+    members = load_model_zoos(path, arch=arch, model_kwargs=model_kwargs, key_map=key_map, epochs=epochs,
+                              limit=limit)
+    return import_members(members, out, info=info, progress=progress)

@@ -172,90 +172,15 @@ def trace(
         canon = by_id.setdefault(id(v), k)
         aliases[k] = canon
 
-    state = ChannelState()
-    env: dict[fx.Node, tuple[Any, Any]] = {}
-    inputs = iter(example_inputs)
-    module_types: dict[str, str] = {}
-    ops: list[tuple[str, str]] = []
-    training = {m: m.training for m in module.modules()}
-    module.eval()
+    # Shapes are all the rules need: run on the meta device first (no
+    # arithmetic), and fall back to real tensors if an op has no meta kernel
+    # or mixes in tensors created on the CPU inside forward().
     try:
-        with torch.no_grad():
-            for node in graph.nodes:
-                where = _module_path(node)
-                if node.op == "placeholder":
-                    try:
-                        val = next(inputs)
-                    except StopIteration:
-                        if node.args:
-                            val = node.args[0]
-                        else:
-                            raise TraceError(
-                                f"forward() of {type(module).__name__} takes more inputs than the "
-                                f"{len(example_inputs)} example input(s) given (missing {node.target!r})"
-                            ) from None
-                    env[node] = (val, _tensor_descs(val, ("input", node.target)))
-                    continue
-                if node.op == "get_attr":
-                    val = _fetch_attr(gm, node.target)
-                    name = aliases.get(str(node.target), str(node.target))
-                    if str(node.target) in sd:
-                        desc = _tensor_descs(val, ("param", name))
-                    else:
-                        desc = R.untracked(val)
-                    env[node] = (val, desc)
-                    continue
-                if node.op == "output":
-                    _mark_outputs(state, fx.node.map_arg(node.args[0], lambda n: env[n][1]))
-                    continue
-                args = fx.node.map_arg(node.args, lambda n: env[n][0])
-                kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n][0])
-                dargs = fx.node.map_arg(node.args, lambda n: env[n][1])
-                dkwargs = fx.node.map_arg(node.kwargs, lambda n: env[n][1])
-                op = _op_name(node, module)
-                ops.append((where, op))
-                ctx = Ctx(state, where, op)
-                if node.op == "call_module":
-                    sub = module.get_submodule(node.target)
-                    module_types[str(node.target)] = type(sub).__name__
-                    val = sub(*args, **kwargs)
-                    rule = R.MODULE_RULES.get(type(sub))
-                    if rule is None:
-                        raise UnsupportedOperationError(
-                            type(sub).__name__, where,
-                            hint="register a channel rule with weightspace.trace.register_module_rule, "
-                                 "or rewrite it with supported layers",
-                        )
-                    desc = rule(ctx, sub, str(node.target), args, dargs, kwargs, dkwargs, val)
-                elif node.op == "call_function":
-                    val = node.target(*args, **kwargs)
-                    rule = R.FUNCTION_RULES.get(node.target)
-                    if rule is None:
-                        raise UnsupportedOperationError(
-                            op, where,
-                            hint="register a channel rule with weightspace.trace.register_function_rule",
-                        )
-                    desc = rule(ctx, args, dargs, kwargs, dkwargs, val)
-                elif node.op == "call_method":
-                    self_obj = args[0]
-                    val = getattr(self_obj, node.target)(*args[1:], **kwargs)
-                    rule = R.METHOD_RULES.get(str(node.target))
-                    if rule is None or not isinstance(self_obj, torch.Tensor):
-                        if not isinstance(self_obj, torch.Tensor):
-                            desc = R.untracked(val)
-                            env[node] = (val, desc)
-                            continue
-                        raise UnsupportedOperationError(
-                            op, where,
-                            hint="register a channel rule with weightspace.trace.register_method_rule",
-                        )
-                    desc = rule(ctx, args, dargs, kwargs, dkwargs, val)
-                else:  # pragma: no cover - fx has no other node kinds
-                    raise TraceError(f"unexpected fx node kind {node.op!r}")
-                env[node] = (val, desc)
-    finally:
-        for m, flag in training.items():
-            m.training = flag
+        state, module_types, ops = _execute(module, gm, graph, example_inputs, sd, aliases, meta=True)
+    except (UnsupportedOperationError, TraceError):
+        raise
+    except Exception:
+        state, module_types, ops = _execute(module, gm, graph, example_inputs, sd, aliases, meta=False)
 
     # parameter axis -> neurons, under canonical names
     refs: dict[str, dict[int, Feat]] = {}
@@ -294,6 +219,113 @@ def trace(
         arch=arch,
         fx_graph=graph,
     )
+
+
+def _to_meta(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to("meta")
+    if isinstance(x, (tuple, list)):
+        return type(x)(_to_meta(v) for v in x)
+    return x
+
+
+def _call_module(sub: nn.Module, args, kwargs, meta: bool):
+    if not meta:
+        return sub(*args, **kwargs)
+    tensors = {k: v.to("meta") for k, v in sub.named_parameters()}
+    tensors.update({k: v.to("meta") for k, v in sub.named_buffers()})
+    return torch.func.functional_call(sub, tensors, tuple(args), dict(kwargs))
+
+
+def _execute(module, gm, graph, example_inputs, sd, aliases, meta: bool):
+    state = ChannelState()
+    env: dict[fx.Node, tuple[Any, Any]] = {}
+    inputs = iter(example_inputs)
+    module_types: dict[str, str] = {}
+    ops: list[tuple[str, str]] = []
+    training = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        with torch.no_grad():
+            for node in graph.nodes:
+                where = _module_path(node)
+                if node.op == "placeholder":
+                    try:
+                        val = next(inputs)
+                        val = _to_meta(val) if meta else val
+                    except StopIteration:
+                        if node.args:
+                            val = node.args[0]
+                        else:
+                            raise TraceError(
+                                f"forward() of {type(module).__name__} takes more inputs than the "
+                                f"{len(example_inputs)} example input(s) given (missing {node.target!r})"
+                            ) from None
+                    env[node] = (val, _tensor_descs(val, ("input", node.target)))
+                    continue
+                if node.op == "get_attr":
+                    val = _fetch_attr(gm, node.target)
+                    val = _to_meta(val) if meta else val
+                    name = aliases.get(str(node.target), str(node.target))
+                    if str(node.target) in sd:
+                        desc = _tensor_descs(val, ("param", name))
+                    else:
+                        desc = R.untracked(val)
+                    env[node] = (val, desc)
+                    continue
+                if node.op == "output":
+                    _mark_outputs(state, fx.node.map_arg(node.args[0], lambda n: env[n][1]))
+                    continue
+                args = fx.node.map_arg(node.args, lambda n: env[n][0])
+                kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n][0])
+                dargs = fx.node.map_arg(node.args, lambda n: env[n][1])
+                dkwargs = fx.node.map_arg(node.kwargs, lambda n: env[n][1])
+                op = _op_name(node, module)
+                ops.append((where, op))
+                ctx = Ctx(state, where, op)
+                if node.op == "call_module":
+                    sub = module.get_submodule(node.target)
+                    module_types[str(node.target)] = type(sub).__name__
+                    val = _call_module(sub, args, kwargs, meta)
+                    rule = R.MODULE_RULES.get(type(sub))
+                    if rule is None:
+                        raise UnsupportedOperationError(
+                            type(sub).__name__, where,
+                            hint="register a channel rule with weightspace.trace.register_module_rule, "
+                                 "or rewrite it with supported layers",
+                        )
+                    desc = rule(ctx, sub, str(node.target), args, dargs, kwargs, dkwargs, val)
+                elif node.op == "call_function":
+                    val = node.target(*args, **kwargs)
+                    rule = R.FUNCTION_RULES.get(node.target)
+                    if rule is None:
+                        raise UnsupportedOperationError(
+                            op, where,
+                            hint="register a channel rule with weightspace.trace.register_function_rule",
+                        )
+                    desc = rule(ctx, args, dargs, kwargs, dkwargs, val)
+                elif node.op == "call_method":
+                    self_obj = args[0]
+                    val = getattr(self_obj, node.target)(*args[1:], **kwargs)
+                    rule = R.METHOD_RULES.get(str(node.target))
+                    if rule is None or not isinstance(self_obj, torch.Tensor):
+                        if not isinstance(self_obj, torch.Tensor):
+                            desc = R.untracked(val)
+                            env[node] = (val, desc)
+                            continue
+                        raise UnsupportedOperationError(
+                            op, where,
+                            hint="register a channel rule with weightspace.trace.register_method_rule",
+                        )
+                    desc = rule(ctx, args, dargs, kwargs, dkwargs, val)
+                else:  # pragma: no cover - fx has no other node kinds
+                    raise TraceError(f"unexpected fx node kind {node.op!r}")
+                env[node] = (val, desc)
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+
+    return state, module_types, ops
 
 
 def _fetch_attr(root: nn.Module, target: str) -> Any:

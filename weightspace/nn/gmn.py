@@ -1,0 +1,298 @@
+"""GMN: a Graph Metanetwork over parameter graphs of any architecture.
+
+Invariant (graph-level) and equivariant (node-, edge-level) outputs, by
+construction: node features never encode the position of a permutable
+neuron, every layer treats all nodes and edges alike, and every aggregation
+is symmetric. See :class:`~weightspace.nn.conv.GMNConv` for the layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from weightspace.graph import EDGE_TYPES, NODE_TYPES, ParameterGraph
+from weightspace.nn.base import MetaNetwork, register_metanetwork
+from weightspace.nn.batch import GraphBatch, collate, from_pyg
+from weightspace.nn.conv._common import AGGRS, NORMS, activation, mlp
+from weightspace.nn.conv.gmn_conv import GMNConv, PyGContext
+
+__all__ = ["GMN", "GMNOutput", "BACKENDS"]
+
+BACKENDS = ("pyg", "dgl")
+LAYER_ENCODINGS = ("embedding", "depth", "both")
+_DEPTH_FREQS = 4
+
+
+@dataclass
+class GMNOutput:
+    """Outputs of :class:`GMN` (``None`` where the readout is off).
+
+    Attributes:
+        graph: ``[B, out_dim]`` invariant graph-level output.
+        node: ``[N, node_out]`` equivariant per-node output.
+        edge: ``[E, edge_out]`` equivariant per-edge output (write it back
+            with :meth:`GraphBatch.write_back` when ``edge_out >=`` the
+            graphs' edge width).
+        batch: the :class:`GraphBatch` the outputs refer to.
+    """
+
+    graph: Tensor | None
+    node: Tensor | None
+    edge: Tensor | None
+    batch: GraphBatch
+
+
+@register_metanetwork
+class GMN(MetaNetwork):
+    """Graph Metanetwork (Lim et al., 2024; Kofinas et al., 2024) on
+    :class:`~weightspace.graph.ParameterGraph` batches.
+
+    Input encoding (all permutation invariant per node / edge):
+
+    * node: embeddings of ``node_type``, ``node_role`` (clamped to
+      ``max_roles``), ``node_layer`` (embedding clamped to ``max_layers``
+      and/or sinusoidal features of the per-graph normalized depth, see
+      ``layer_encoding``), ``node_pos`` for fixed neurons only (``-1`` has its
+      own embedding; clamped to ``max_pos``), ``log(1 + degree)``, and
+      optional extra features (``extra_dim``, e.g. probe activations);
+    * edge: embedding of ``edge_type`` plus linear maps of the zero-padded
+      values and of their mask (edge width up to ``edge_dim``).
+
+    Then ``num_layers`` :class:`~weightspace.nn.conv.GMNConv` layers update
+    nodes, edges and a per-graph global vector, and up to three readouts run:
+    graph (``out_dim``; MLP on the global vector and the pooled nodes and
+    edges), node (``node_out``), edge (``edge_out``; with
+    ``edge_residual=True`` the readout is added to the input values, i.e. it
+    predicts a weight update).
+
+    Args:
+        out_dim: graph-level output size (0: no graph readout).
+        hidden: feature width.
+        num_layers: message-passing depth.
+        aggr: ``"sum"`` | ``"mean"`` | ``"max"`` | ``"pna"``.
+        norm: ``"layer"`` | ``"batch"`` | ``"none"``.
+        act: ``"silu"`` | ``"relu"`` | ``"gelu"`` | ``"tanh"``.
+        dropout: dropout inside the MLPs.
+        edge_dim: widest edge feature supported (49 covers 7x7 kernels).
+        node_out, edge_out: sizes of the equivariant readouts (0: off).
+        edge_residual: edge readout = input values + MLP output.
+        pool: graph readout pooling, ``"mean"`` | ``"sum"`` | ``"max"``.
+        layer_encoding: ``"embedding"`` (block id, for zoos of one
+            architecture), ``"depth"`` (normalized depth, comparable across
+            architectures) or ``"both"``.
+        max_layers, max_roles, max_pos: embedding table sizes (larger ids
+            share the last row).
+        extra_dim: width of per-node extra features (0: none).
+        backend: ``"pyg"`` (default) or ``"dgl"``; the parameters are the same,
+            so a state_dict moves between backends (:meth:`with_backend`).
+
+    Shapes:
+        ``forward(batch)`` with ``B`` graphs, ``N`` nodes and ``E`` edges
+        returns :class:`GMNOutput` with ``graph [B, out_dim]``,
+        ``node [N, node_out]``, ``edge [E, edge_out]``.
+    """
+
+    def __init__(
+        self,
+        out_dim: int = 1,
+        hidden: int = 32,
+        num_layers: int = 3,
+        *,
+        aggr: str = "sum",
+        norm: str = "layer",
+        act: str = "silu",
+        dropout: float = 0.0,
+        edge_dim: int = 64,
+        node_out: int = 0,
+        edge_out: int = 0,
+        edge_residual: bool = False,
+        pool: str = "mean",
+        layer_encoding: str = "both",
+        max_layers: int = 64,
+        max_roles: int = 16,
+        max_pos: int = 128,
+        extra_dim: int = 0,
+        backend: str = "pyg",
+    ) -> None:
+        super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if aggr not in AGGRS:
+            raise ValueError(f"aggr must be one of {sorted(AGGRS)}, got {aggr!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if pool not in ("mean", "sum", "max"):
+            raise ValueError(f"pool must be 'mean', 'sum' or 'max', got {pool!r}")
+        if layer_encoding not in LAYER_ENCODINGS:
+            raise ValueError(f"layer_encoding must be one of {LAYER_ENCODINGS}, got {layer_encoding!r}")
+        if edge_residual and edge_out < edge_dim:
+            raise ValueError("edge_residual needs edge_out >= edge_dim (the output adds to the input values)")
+        if hidden < 1 or num_layers < 0 or edge_dim < 1:
+            raise ValueError("hidden and edge_dim must be >= 1 and num_layers >= 0")
+        self.hparams = dict(
+            out_dim=out_dim, hidden=hidden, num_layers=num_layers, aggr=aggr, norm=norm, act=act,
+            dropout=dropout, edge_dim=edge_dim, node_out=node_out, edge_out=edge_out,
+            edge_residual=edge_residual, pool=pool, layer_encoding=layer_encoding, max_layers=max_layers,
+            max_roles=max_roles, max_pos=max_pos, extra_dim=extra_dim, backend=backend,
+        )
+        self.backend = backend
+        h = hidden
+        act_cls = activation(act)
+        # node encoder
+        self.node_type_emb = nn.Embedding(len(NODE_TYPES), h)
+        self.role_emb = nn.Embedding(max_roles, h)
+        self.pos_emb = nn.Embedding(max_pos + 1, h)
+        self.layer_emb = nn.Embedding(max_layers, h) if layer_encoding in ("embedding", "both") else None
+        self.depth_lin = nn.Linear(1 + 2 * _DEPTH_FREQS, h) if layer_encoding in ("depth", "both") else None
+        self.deg_lin = nn.Linear(2, h)
+        self.extra_lin = nn.Linear(extra_dim, h) if extra_dim else None
+        # edge encoder
+        self.edge_type_emb = nn.Embedding(len(EDGE_TYPES), h)
+        self.edge_val = nn.Linear(edge_dim, h, bias=False)
+        self.edge_mask_lin = nn.Linear(edge_dim, h, bias=False)
+        self.u0 = nn.Parameter(torch.zeros(h))
+        conv_cls = self._conv_class(backend)
+        self.convs = nn.ModuleList(conv_cls(h, aggr=aggr, norm=norm, act=act_cls, dropout=dropout) for _ in range(num_layers))
+        self.graph_head = mlp(3 * h, h, out_dim, act_cls) if out_dim else None
+        self.node_head = mlp(h, h, node_out, act_cls) if node_out else None
+        self.edge_head = mlp(h, h, edge_out, act_cls) if edge_out else None
+        self.reset_parameters()
+
+    @staticmethod
+    def _conv_class(backend: str) -> type[GMNConv]:
+        if backend == "dgl":
+            from weightspace.nn.dgl.gmn_conv import DGLGMNConv, require_dgl
+
+            require_dgl()
+            return DGLGMNConv
+        return GMNConv
+
+    def reset_parameters(self) -> None:
+        """Re-initialize all parameters (PyTorch defaults; ``u0`` = 0)."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters") and not isinstance(m, GMNConv):
+                m.reset_parameters()
+        for c in self.convs:
+            c.reset_parameters()
+        nn.init.zeros_(self.u0)
+
+    def with_backend(self, backend: str) -> "GMN":
+        """A copy of this model running on ``backend`` (same parameters)."""
+        other = GMN(**{**self.hparams, "backend": backend})
+        other.load_state_dict(self.state_dict())
+        other.train(self.training)
+        return other.to(self.device)
+
+    # ----------------------------------------------------------------- input
+    def collate(self, graphs: Sequence[ParameterGraph], node_extra: Sequence[Tensor] | None = None) -> GraphBatch:
+        """:func:`weightspace.nn.collate` with this model's ``edge_dim`` check."""
+        w = max(g.template.max_width for g in graphs)
+        if w > self.hparams["edge_dim"]:
+            raise ValueError(
+                f"a graph has edge width {w} > edge_dim={self.hparams['edge_dim']}; build the GMN with edge_dim>={w}"
+            )
+        return collate(graphs, node_extra=node_extra)
+
+    def _as_batch(self, batch: Any) -> GraphBatch:
+        if isinstance(batch, GraphBatch):
+            return batch
+        if isinstance(batch, ParameterGraph):
+            return self.collate([batch])
+        if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], ParameterGraph):
+            return self.collate(batch)
+        if hasattr(batch, "edge_index") and hasattr(batch, "node_type"):
+            return from_pyg(batch)
+        raise TypeError(
+            f"GMN expects a GraphBatch, ParameterGraph(s) or a PyG Data/Batch, got {type(batch).__name__}"
+        )
+
+    def context(self, batch: GraphBatch):
+        """The backend's view of ``batch``'s structure (cached on the batch)."""
+        key = ("ctx", self.backend)
+        if key not in batch._cache:
+            if self.backend == "dgl":
+                from weightspace.nn.dgl.gmn_conv import DGLContext
+
+                batch._cache[key] = DGLContext(batch)
+            else:
+                batch._cache[key] = PyGContext(batch)
+        return batch._cache[key]
+
+    def encode_nodes(self, batch: GraphBatch, ctx: Any) -> Tensor:
+        """Initial node features ``[N, H]`` (no permutable-neuron index)."""
+        hp = self.hparams
+        x = self.node_type_emb(batch.node_type)
+        x = x + self.role_emb(batch.node_role.clamp(0, hp["max_roles"] - 1))
+        pos = torch.where(batch.node_pos >= 0, batch.node_pos.clamp(max=hp["max_pos"] - 1) + 1, 0)
+        x = x + self.pos_emb(pos)
+        if self.layer_emb is not None:
+            x = x + self.layer_emb(batch.node_layer.clamp(0, hp["max_layers"] - 1))
+        if self.depth_lin is not None:
+            d = batch.node_depth.to(x.dtype)[:, None]
+            k = torch.arange(1, _DEPTH_FREQS + 1, device=d.device, dtype=d.dtype)[None, :] * math.pi
+            x = x + self.depth_lin(torch.cat([d, torch.sin(k * d), torch.cos(k * d)], dim=1))
+        x = x + self.deg_lin(ctx.log_deg)
+        if self.extra_lin is not None:
+            if batch.node_extra is None:
+                raise ValueError(f"this GMN expects node_extra features of width {hp['extra_dim']}")
+            x = x + self.extra_lin(batch.node_extra)
+        return x
+
+    def encode_edges(self, batch: GraphBatch) -> Tensor:
+        """Initial edge features ``[E, H]``: type embedding + linear maps of
+        the values and mask. Only the batch's ``F`` columns are used (padding
+        up to ``edge_dim`` would add zeros)."""
+        F = batch.width
+        if F > self.hparams["edge_dim"]:
+            raise ValueError(f"batch edge width {F} > edge_dim={self.hparams['edge_dim']}")
+        attr = batch.edge_attr * batch.edge_mask
+        e = self.edge_type_emb(batch.edge_type)
+        e = e + torch.nn.functional.linear(attr, self.edge_val.weight[:, :F])
+        e = e + torch.nn.functional.linear(batch.edge_mask.to(attr.dtype), self.edge_mask_lin.weight[:, :F])
+        return e
+
+    # --------------------------------------------------------------- forward
+    def forward(self, batch: Any) -> GMNOutput:
+        """Run the GMN on a :class:`GraphBatch` (or graphs / a PyG batch)."""
+        batch = self._as_batch(batch)
+        dev = self.u0.device
+        if batch.edge_attr.device != dev:
+            batch = batch.to(dev)
+        ctx = self.context(batch)
+        x = self.encode_nodes(batch, ctx)
+        e = self.encode_edges(batch)
+        u = self.u0.expand(batch.num_graphs, -1)
+        for conv in self.convs:
+            x, e, u = conv(x, e, u, ctx)
+        graph = node = edge = None
+        if self.graph_head is not None:
+            pool = self.hparams["pool"]
+            graph = self.graph_head(torch.cat([u, ctx.pool(x, "node", pool), ctx.pool(e, "edge", pool)], dim=1))
+        if self.node_head is not None:
+            node = self.node_head(x)
+        if self.edge_head is not None:
+            edge = self.edge_head(e)
+            if self.hparams["edge_residual"]:
+                pad = edge.shape[1] - batch.width
+                edge = edge + torch.nn.functional.pad(batch.edge_attr * batch.edge_mask, (0, pad))
+        return GMNOutput(graph, node, edge, batch)
+
+    def predict(self, batch: Any) -> Tensor:
+        """Graph-level output ``[B, out_dim]``."""
+        out = self(batch).graph
+        if out is None:
+            raise ValueError("this GMN has no graph readout (out_dim=0)")
+        return out
+
+    def write_back(self, batch: Any) -> list[ParameterGraph]:
+        """Run the model and write its edge output back as new weights:
+        one :class:`~weightspace.graph.ParameterGraph` per input graph."""
+        out = self(batch)
+        if out.edge is None:
+            raise ValueError("this GMN has no edge readout (edge_out=0)")
+        return out.batch.write_back(out.edge)

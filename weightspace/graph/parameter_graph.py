@@ -219,9 +219,12 @@ class GraphTemplate:
 
     def graph(self, state_dict: Mapping[str, torch.Tensor], *, allow_nonfinite: bool = False) -> "ParameterGraph":
         """The parameter graph of ``state_dict`` (validated against the template)."""
-        validate_state_dict(state_dict, self.shapes, self.keys + self.extra_keys, allow_nonfinite=allow_nonfinite)
+        validate_state_dict(state_dict, self.shapes, self.keys + self.extra_keys, allow_nonfinite=True)
         dtype = self.value_dtype
         values = torch.cat([state_dict[k].detach().reshape(-1).to(dtype) for k in self.keys]) if self.keys else torch.zeros(0)
+        if not allow_nonfinite and not bool(torch.isfinite(values).all()):
+            # one check on the flat vector; name the culprit only on failure
+            validate_state_dict(state_dict, self.shapes, self.keys + self.extra_keys, allow_nonfinite=False)
         extras = {k: state_dict[k].detach().clone() for k in self.extra_keys}
         return ParameterGraph(self, values, extras)
 

@@ -99,7 +99,8 @@ CREATE INDEX IF NOT EXISTS members_idx ON members(idx);
 
 def _as_tensors(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return {
-        k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v)))
+        # np.require keeps 0-d arrays 0-d (np.ascontiguousarray would make them 1-d)
+        k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.require(np.asarray(v), requirements="C")))
         for k, v in state_dict.items()
     }
 

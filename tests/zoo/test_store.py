@@ -1,0 +1,203 @@
+import json
+import os
+import sqlite3
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import zoo
+from zoo.errors import ZooFormatError, ZooLockedError
+from zoo.store import Zoo, ZooWriter, load_safetensors, save_safetensors, state_dict_sha256
+from zoo.train import CheckpointResult
+
+
+def _fake_member(i: int, act: str, seed: int, acc: float):
+    model = zoo.create_model("mlp", seed=seed, in_features=4, hidden=[3], out_features=2, activation=act)
+    sd0 = {k: v.clone() for k, v in model.state_dict().items()}
+    sd1 = {k: v + 1.0 for k, v in sd0.items()}
+    cfg = {"arch": "mlp", "model": {"in_features": 4, "hidden": [3], "out_features": 2, "activation": act},
+           "train": {"lr": 0.1 * (i + 1)}, "seed": seed}
+    cks = [CheckpointResult(0, 0, {"test_acc": 0.1}, sd0), CheckpointResult(5, 50, {"test_acc": acc}, sd1)]
+    return dict(member_id=f"m{i:03d}", index=i, config=cfg, checkpoints=cks, seed=seed,
+                metrics={"test_acc": acc, "train_acc": acc + 0.05}, wall_time=1.0 + i, extra={"label": i % 3})
+
+
+@pytest.fixture
+def small_zoo(tmp_path):
+    path = tmp_path / "z"
+    with ZooWriter(path, {"name": "fake", "source": "test"}) as w:
+        for i in range(8):
+            w.add_member(**_fake_member(i, ["relu", "tanh"][i % 2], seed=i // 2, acc=i / 10))
+    return Zoo(path)
+
+
+def test_safetensors_round_trip_and_hash(tmp_path):
+    sd = {"b": torch.arange(3.0), "a": torch.ones(2, 2, dtype=torch.float64), "n": torch.tensor(4)}
+    digest = save_safetensors(tmp_path / "x.safetensors", sd, {"k": "v"})
+    back = load_safetensors(tmp_path / "x.safetensors")
+    assert set(back) == set(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
+    assert digest == state_dict_sha256(back) == state_dict_sha256({k: v.numpy() for k, v in sd.items()})
+    changed = dict(sd, b=torch.tensor([0.0, 1.0, 2.5]))
+    assert state_dict_sha256(changed) != digest
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
+
+
+def test_zoo_round_trip(small_zoo):
+    z = small_zoo
+    assert len(z) == 8 and z.member_ids[0] == "m000"
+    m = z["m003"]
+    assert m.arch == "mlp" and m.seed == 1 and m.final_epoch == 5 and [c.epoch for c in m.checkpoints] == [0, 5]
+    assert m.metrics["test_acc"] == pytest.approx(0.3) and m.extra == {"label": 0}
+    sd = m.state_dict()
+    ref = zoo.create_model("mlp", seed=1, **m.model_kwargs).state_dict()
+    assert torch.allclose(sd["layers.0.weight"], ref["layers.0.weight"] + 1.0)
+    assert torch.equal(m.state_dict(0)["layers.0.weight"], ref["layers.0.weight"])
+    mod = m.module()
+    assert not mod.training and mod(torch.zeros(1, 4)).shape == (1, 2)
+    assert z.verify() == []
+
+
+def test_iteration_yields_state_dicts_or_modules_with_metrics(small_zoo):
+    items = list(small_zoo)
+    assert len(items) == 8
+    sd, met = items[2]
+    assert isinstance(sd, dict) and met["member_id"] == "m002" and met["epoch"] == 5
+    assert met["test_acc"] == pytest.approx(0.2)
+    mods = list(small_zoo.iter_members(as_module=True, epoch=0))
+    assert isinstance(mods[0][0], torch.nn.Module) and mods[0][1]["epoch"] == 0
+    assert len(list(small_zoo.iter_members(all_checkpoints=True))) == 16
+    st = small_zoo.stacked()
+    assert st["layers.0.weight"].shape == (8, 3, 4)
+
+
+def test_dataframe_columns(small_zoo):
+    df = small_zoo.to_pandas()
+    for col in ("member_id", "arch", "seed", "status", "wall_time", "sha256", "path", "test_acc",
+                "train_acc", "label", "config.model.activation", "config.train.lr", "config.model.hidden"):
+        assert col in df.columns, col
+    assert df["config.model.hidden"].iloc[0] == "[3]"
+    assert (df["sha256"] == [m.sha256 for m in small_zoo.members()]).all()
+    dfc = small_zoo.to_pandas(checkpoints=True)
+    assert len(dfc) == 16 and set(dfc["epoch"]) == {0, 5}
+    assert dfc.loc[dfc.epoch == 0, "test_acc"].eq(0.1).all()
+
+
+def test_filter(small_zoo):
+    z = small_zoo
+    assert z.filter(activation="relu").member_ids == ["m000", "m002", "m004", "m006"]
+    assert z.filter("test_acc > 0.45").member_ids == ["m005", "m006", "m007"]
+    assert z.filter("test_acc > 0.25", activation="tanh").member_ids == ["m003", "m005", "m007"]
+    assert z.filter(seed=[0, 3]).member_ids == ["m000", "m001", "m006", "m007"]
+    assert z.filter(**{"config.train.lr": lambda c: c < 0.25}).member_ids == ["m000", "m001"]
+    assert len(z.filter("test_acc > 5")) == 0
+    with pytest.raises(KeyError, match="no column"):
+        z.filter(nonexistent=1)
+    # a filtered view iterates only its members
+    assert [m["member_id"] for _, m in z.filter(activation="tanh")] == ["m001", "m003", "m005", "m007"]
+
+
+def test_split_by_member_and_by_seed(small_zoo):
+    tr, va, te = small_zoo.split((0.5, 0.25, 0.25), seed=0)
+    ids = tr.member_ids + va.member_ids + te.member_ids
+    assert sorted(ids) == small_zoo.member_ids and (len(tr), len(va), len(te)) == (4, 2, 2)
+    assert small_zoo.split((0.5, 0.25, 0.25), seed=0)[0].member_ids == tr.member_ids
+    assert small_zoo.split((0.5, 0.25, 0.25), seed=1)[0].member_ids != tr.member_ids
+    tr, va, te = small_zoo.split((0.5, 0.25, 0.25), by="seed", seed=0)
+    seeds = [{small_zoo[m].seed for m in part.member_ids} for part in (tr, va, te)]
+    assert not (seeds[0] & seeds[1]) and not (seeds[0] & seeds[2]) and not (seeds[1] & seeds[2])
+    assert all(len(part) == 2 * len(s) for part, s in zip((tr, va, te), seeds))
+
+
+def test_ood_split_by_hyperparameter(small_zoo):
+    tr, va, te = small_zoo.split(by="activation", values={"train": ["relu"], "test": ["tanh"]})
+    assert {small_zoo[m].config["model"]["activation"] for m in tr.member_ids} == {"relu"}
+    assert {small_zoo[m].config["model"]["activation"] for m in te.member_ids} == {"tanh"}
+    assert len(va) == 0
+    with pytest.raises(ValueError, match="both"):
+        small_zoo.split(by="activation", values={"train": ["relu"], "test": ["relu"]})
+
+
+def test_parquet_export(small_zoo, tmp_path):
+    out = small_zoo.filter(activation="relu").export_parquet(tmp_path / "z.parquet")
+    df = pd.read_parquet(out)
+    assert len(df) == 4 and "config.model.activation" in df.columns
+    dfc = pd.read_parquet(small_zoo.export_parquet(tmp_path / "c.parquet", checkpoints=True))
+    assert len(dfc) == 16
+
+
+def test_verify_detects_corruption(small_zoo):
+    ck = small_zoo["m001"].checkpoint()
+    sd = load_safetensors(ck.path)
+    sd["layers.0.weight"][0, 0] += 1
+    save_safetensors(ck.path, sd)
+    problems = Zoo(small_zoo.path).verify()
+    assert len(problems) == 1 and "m001" in problems[0] and "hash mismatch" in problems[0]
+    with pytest.raises(ZooFormatError, match="hash mismatch"):
+        small_zoo["m001"].state_dict(verify=True)
+
+
+def test_one_writer_at_a_time(small_zoo):
+    with ZooWriter(small_zoo.path, {"source": "test"}):
+        with pytest.raises(ZooLockedError, match="another process"):
+            ZooWriter(small_zoo.path, {"source": "test"})
+    ZooWriter(small_zoo.path, {"source": "test"}).close()  # released
+
+
+def test_orphans_of_interrupted_writes_are_removed(small_zoo):
+    wdir = small_zoo.path / "weights"
+    (wdir / "m999").mkdir()
+    (wdir / "m999" / "epoch_00001.safetensors").write_bytes(b"half a file")
+    (wdir / "m000" / ".epoch_00005.safetensors.abc.tmp").write_bytes(b"x")
+    (small_zoo.path / ".zoo.json.x.tmp").write_bytes(b"x")
+    with ZooWriter(small_zoo.path, {"source": "test"}) as w:
+        assert sorted(w.removed_orphans) == sorted(
+            ["weights/m999", "weights/m000/.epoch_00005.safetensors.abc.tmp", ".zoo.json.x.tmp"]
+        )
+    assert not (wdir / "m999").exists() and len(Zoo(small_zoo.path)) == 8
+
+
+def test_member_is_all_or_nothing(small_zoo, tmp_path):
+    """A failure inside the index transaction leaves no trace of the member."""
+    with ZooWriter(small_zoo.path, {"source": "test"}) as w:
+        dup = _fake_member(1, "relu", 0, 0.5)  # m001 exists: the INSERT fails
+        with pytest.raises(sqlite3.IntegrityError):
+            w.add_members([_fake_member(20, "relu", 0, 0.5), dup])
+    conn = sqlite3.connect(small_zoo.path / "index.sqlite")
+    assert conn.execute("SELECT COUNT(*) FROM members").fetchone()[0] == 8
+    assert conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 16
+    conn.close()
+    # its files were written before the failed commit; the next writer removes them
+    assert (small_zoo.path / "weights" / "m020").exists()
+    ZooWriter(small_zoo.path, {"source": "test"}).close()
+    assert not (small_zoo.path / "weights" / "m020").exists()
+
+
+def test_refuses_foreign_directories(tmp_path, small_zoo):
+    d = tmp_path / "notes"
+    d.mkdir()
+    (d / "todo.txt").write_text("x")
+    with pytest.raises(ZooFormatError, match="not empty and is not a zoo"):
+        ZooWriter(d, {"source": "test"})
+    with pytest.raises(ZooFormatError, match="different zoo"):
+        ZooWriter(small_zoo.path, {"source": "other"})
+    with pytest.raises(ZooFormatError, match="zoo.json is missing"):
+        Zoo(d)
+    info = json.loads((small_zoo.path / "zoo.json").read_text())
+    info["version"] = 99
+    (small_zoo.path / "zoo.json").write_text(json.dumps(info))
+    with pytest.raises(ZooFormatError, match="newer"):
+        Zoo(small_zoo.path)
+
+
+def test_parameter_graphs_placeholder_is_explicit(small_zoo):
+    with pytest.raises(NotImplementedError, match="weightspace.graph"):
+        small_zoo.parameter_graphs()
+
+
+def test_files_on_disk_match_index(small_zoo):
+    on_disk = {str(p.relative_to(small_zoo.path)) for p in (small_zoo.path / "weights").rglob("*.safetensors")}
+    indexed = {str(c.path.relative_to(small_zoo.path)) for m in small_zoo.members() for c in m.checkpoints}
+    assert on_disk == indexed and len(on_disk) == 16
+    assert oct(os.stat(next(iter(small_zoo.members())).checkpoint().path).st_mode & 0o777) != "0o600"

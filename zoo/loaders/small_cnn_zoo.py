@@ -190,7 +190,7 @@ def tf_vector_to_state_dict(
                 f"{k.varname} with shape {k.shape} does not fit torch tensor {name} {want}",
                 path=path, field="shape",
             )
-        sd[name] = np.ascontiguousarray(arr, dtype=np.float32)
+        sd[name] = np.array(arr, dtype=np.float32, order="C", copy=True)  # own, writable memory
         bname = name[: -len("weight")] + "bias"
         if bname in template:
             if "bias" not in layer:
@@ -202,7 +202,7 @@ def tf_vector_to_state_dict(
                     f"{b.varname} with shape {b.shape} does not fit {bname} {tuple(template[bname].shape)}",
                     path=path, field="shape",
                 )
-            sd[bname] = np.ascontiguousarray(barr, dtype=np.float32)
+            sd[bname] = np.array(barr, dtype=np.float32, order="C", copy=True)
     missing = [k for k in template if k not in sd]
     if missing:
         raise ZooFormatError(f"torch tensors {missing} have no variable in the layout", path=path, field="varname")

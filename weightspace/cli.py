@@ -124,6 +124,9 @@ def quickstart(
 from weightspace.cli_similarity import similarity  # noqa: E402
 app.command("similarity")(similarity)
 
+from weightspace.cli_zoo import app as zoo_app  # noqa: E402
+app.add_typer(zoo_app, name="zoo")
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()

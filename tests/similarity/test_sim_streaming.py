@@ -148,3 +148,16 @@ def test_minibatch_is_translation_invariant():
     a = minibatch_cka([(X[:20], Y[:20]), (X[20:], Y[20:])])
     b = minibatch_cka([(X[:20] + 50, Y[:20]), (X[20:] - 50, Y[20:])])
     assert a == pytest.approx(b, rel=1e-9)
+
+
+def test_float32_batches_accumulate_in_float64():
+    X, Y = data(n=100)
+    X32, Y32 = X.astype(np.float32) + np.float32(1e3), torch.tensor(Y, dtype=torch.float32)
+    want = linear_cka(X32.astype(np.float64), Y32.double().numpy())
+    acc, mb = LinearCKAAccumulator(), MinibatchCKAAccumulator()
+    for s in split(100, [50, 50]):
+        acc.update(X32[s], Y32[s])
+        mb.update(X32[s], Y32[s])
+    assert acc.result().values[0, 0] == pytest.approx(want, rel=1e-10)
+    ref = minibatch_cka((X32[s].astype(np.float64), Y32[s].double().numpy()) for s in split(100, [50, 50]))
+    assert mb.result().values[0, 0] == pytest.approx(ref, rel=1e-9)

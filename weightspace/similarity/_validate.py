@@ -26,10 +26,11 @@ class DegenerateRepresentationWarning(UserWarning):
     returns its documented fallback value (e.g. CKA = 0) instead of NaN."""
 
 
-def to_numpy(x: Any, name: str = "X") -> np.ndarray:
+def to_numpy(x: Any, name: str = "X", keep_float: bool = False) -> np.ndarray:
     """``x`` (torch tensor, numpy array or nested sequence) as a float64 numpy
-    array. Tensors are detached and moved to the CPU; the input is never
-    modified (a copy is made whenever the dtype changes)."""
+    array -- or, with ``keep_float``, float32/float64 arrays as they are (no
+    copy; :func:`center` converts while centring). Tensors are detached and
+    moved to the CPU; the input is never modified."""
     try:
         import torch
     except ImportError:  # pragma: no cover - torch is a hard dependency
@@ -37,22 +38,29 @@ def to_numpy(x: Any, name: str = "X") -> np.ndarray:
     if torch is not None and isinstance(x, torch.Tensor):
         if x.is_complex():
             raise SimilarityInputError(f"{name} is complex ({x.dtype}); pass real activations")
-        x = x.detach().to("cpu", torch.float64).numpy()
+        keep = keep_float and x.dtype in (torch.float32, torch.float64)
+        x = x.detach().to("cpu", None if keep else torch.float64).numpy()
     arr = np.asarray(x)
     if arr.dtype == object:
         raise SimilarityInputError(f"{name} could not be converted to a numeric array")
     if np.iscomplexobj(arr):
         raise SimilarityInputError(f"{name} is complex ({arr.dtype}); pass real activations")
+    if keep_float and arr.dtype in (np.float32, np.float64):
+        return arr
     return arr.astype(np.float64, copy=False)
 
 
-def as_activations(x: Any, name: str = "X", min_samples: int = 2) -> np.ndarray:
+def as_activations(
+    x: Any, name: str = "X", min_samples: int = 2, keep_float: bool = False
+) -> np.ndarray:
     """Validate one activation matrix.
 
     Args:
         x: activations, shape ``(n_samples, n_features)``.
         name: how the argument is named in error messages.
         min_samples: fewest samples the caller's estimator is defined for.
+        keep_float: return float32 input as float32 (the caller centres it
+            with :func:`center`, which converts to float64 in the same pass).
 
     Returns:
         float64 array of shape ``(n_samples, n_features)`` (a view of ``x``
@@ -62,7 +70,7 @@ def as_activations(x: Any, name: str = "X", min_samples: int = 2) -> np.ndarray:
         SimilarityInputError: not 2-D, fewer than ``min_samples`` rows, no
             columns, or non-finite values.
     """
-    arr = to_numpy(x, name)
+    arr = to_numpy(x, name, keep_float)
     if arr.ndim != 2:
         hint = ""
         if arr.ndim > 2:
@@ -92,15 +100,19 @@ def as_activations(x: Any, name: str = "X", min_samples: int = 2) -> np.ndarray:
 
 
 def as_activation_pair(
-    x: Any, y: Any, min_samples: int = 2, names: tuple[str, str] = ("X", "Y")
+    x: Any,
+    y: Any,
+    min_samples: int = 2,
+    names: tuple[str, str] = ("X", "Y"),
+    keep_float: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate two activation matrices over the same samples.
 
     Shapes: ``x`` is ``(n, p)``, ``y`` is ``(n, q)``; feature counts may
     differ, sample counts may not.
     """
-    a = as_activations(x, names[0], min_samples)
-    b = as_activations(y, names[1], min_samples)
+    a = as_activations(x, names[0], min_samples, keep_float)
+    b = as_activations(y, names[1], min_samples, keep_float)
     if a.shape[0] != b.shape[0]:
         raise SimilarityInputError(
             f"{names[0]} and {names[1]} must hold the same samples in the same order: "
@@ -110,14 +122,14 @@ def as_activation_pair(
 
 
 def center(x: np.ndarray) -> np.ndarray:
-    """Column-centred copy of ``x`` (shape ``(n, p)``).
+    """Column-centred float64 copy of ``x`` (shape ``(n, p)``, any real dtype).
 
     The first row is subtracted before the mean so that an exactly constant
     column becomes exactly zero (plain ``x - x.mean(0)`` can leave rounding
     noise of order 1e-17 that would otherwise turn "no variance" into an
     arbitrary similarity), and so large offsets do not cost precision.
     """
-    shifted = x - x[:1]
+    shifted = np.subtract(x, x[:1], dtype=np.float64)
     shifted -= shifted.mean(axis=0, keepdims=True)
     return shifted
 

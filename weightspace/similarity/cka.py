@@ -253,8 +253,15 @@ class _LinearRep:
         self.n, self.p = self.x.shape
         self._gram: np.ndarray | None = None
         self._self_dot: float | None = None
-        self.row_sq = np.einsum("ij,ij->i", self.x, self.x)
-        self.sq = float(self.row_sq.sum())
+        self._row_sq: np.ndarray | None = None
+        self.sq = float(np.vdot(self.x, self.x))
+
+    @property
+    def row_sq(self) -> np.ndarray:
+        """Row squared norms ``(n,)`` (only the unbiased estimator needs them)."""
+        if self._row_sq is None:
+            self._row_sq = np.einsum("ij,ij->i", self.x, self.x)
+        return self._row_sq
 
     @property
     def has_gram(self) -> bool:
@@ -336,7 +343,7 @@ def linear_cka(X: Any, Y: Any, *, unbiased: bool = False) -> float:
         SimilarityInputError: different sample counts, ``n < 2`` (``n < 4``
             unbiased), not 2-D, NaN/Inf.
     """
-    x, y = as_activation_pair(X, Y, 4 if unbiased else 2)
+    x, y = as_activation_pair(X, Y, 4 if unbiased else 2, keep_float=True)
     return _linear_cka_reps(_LinearRep(x), _LinearRep(y), unbiased)
 
 
@@ -453,8 +460,11 @@ def cka_matrix(
     if not names_a or not names_b:
         raise SimilarityInputError("cka_matrix needs at least one layer on each side")
     min_n = 4 if unbiased else 2
-    xs_a = [as_activations(v, f"layer {k!r}", min_n) for k, v in zip(names_a, raw_a)]
-    xs_b = xs_a if acts_b is None else [as_activations(v, f"layer {k!r}", min_n) for k, v in zip(names_b, raw_b)]
+    keep = kernel == "linear"  # _LinearRep centres (and converts) in one pass
+    xs_a = [as_activations(v, f"layer {k!r}", min_n, keep) for k, v in zip(names_a, raw_a)]
+    xs_b = xs_a if acts_b is None else [
+        as_activations(v, f"layer {k!r}", min_n, keep) for k, v in zip(names_b, raw_b)
+    ]
     n = xs_a[0].shape[0]
     for k, v in zip(names_a + names_b, xs_a + xs_b):
         if v.shape[0] != n:

@@ -28,7 +28,6 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from weightspace.similarity._linalg import cov_upper, gram_upper, sym_vdot
 from weightspace.similarity._validate import (
     SimilarityInputError,
     as_activations,
@@ -42,14 +41,15 @@ _SINGLE = "x"
 
 
 def _layers(acts: Any, side: str, min_samples: int) -> tuple[list[str], list[np.ndarray]]:
-    """``acts`` (one ``(b, p)`` array or ``{name: (b, p)}``) -> names, float64 arrays."""
+    """``acts`` (one ``(b, p)`` array or ``{name: (b, p)}``) -> names, validated
+    float32/float64 arrays (converted to float64 when first centred/shifted)."""
     if isinstance(acts, Mapping):
         if not acts:
             raise SimilarityInputError(f"acts_{side} is an empty mapping")
         names = [str(k) for k in acts]
-        arrays = [as_activations(v, f"acts_{side}[{k!r}]", min_samples) for k, v in acts.items()]
+        arrays = [as_activations(v, f"acts_{side}[{k!r}]", min_samples, True) for k, v in acts.items()]
     else:
-        names, arrays = [_SINGLE], [as_activations(acts, f"acts_{side}", min_samples)]
+        names, arrays = [_SINGLE], [as_activations(acts, f"acts_{side}", min_samples, True)]
     b = arrays[0].shape[0]
     for k, v in zip(names, arrays):
         if v.shape[0] != b:
@@ -155,7 +155,7 @@ class LinearCKAAccumulator(_Stream):
         self._shift_b: np.ndarray | None = None
         self._mean_a = np.zeros(P)
         self._mean_b = np.zeros(Q)
-        # upper triangles of each layer's centred second moment
+        # each layer's centred second moment (co-moment with itself)
         self._self_a = [np.zeros((p, p)) for p in self.widths_a]
         self._self_b = [np.zeros((q, q)) for q in self.widths_b]
         self._cross = np.zeros((P, Q))
@@ -178,12 +178,12 @@ class LinearCKAAccumulator(_Stream):
         if self._shift_a is None:
             # Shift by the first sample ever seen: exactly constant features stay
             # exactly zero and large offsets cost no precision.
-            self._shift_a = ba[0].copy()
-        ba = ba - self._shift_a
+            self._shift_a = ba[0].astype(np.float64)
+        ba = np.subtract(ba, self._shift_a, dtype=np.float64)
         bb = np.concatenate(xb, axis=1) if len(xb) > 1 else xb[0]
         if self._shift_b is None:
-            self._shift_b = bb[0].copy()
-        bb = bb - self._shift_b
+            self._shift_b = bb[0].astype(np.float64)
+        bb = np.subtract(bb, self._shift_b, dtype=np.float64)
         m = ba.shape[0]
         n = self.n_samples
         tot = n + m
@@ -193,17 +193,17 @@ class LinearCKAAccumulator(_Stream):
         w = n * m / tot
         for i, s in enumerate(self._self_a):
             sl = slice(self._off_a[i], self._off_a[i + 1])
-            s += cov_upper(ca[:, sl])
+            s += ca[:, sl].T @ ca[:, sl]
             if n:
-                s += np.triu(w * np.outer(da[sl], da[sl]))
+                s += w * np.outer(da[sl], da[sl])
         mean_bb = bb.mean(axis=0)
         cb = bb - mean_bb
         db = mean_bb - self._mean_b
         for j, s in enumerate(self._self_b):
             sl = slice(self._off_b[j], self._off_b[j + 1])
-            s += cov_upper(cb[:, sl])
+            s += cb[:, sl].T @ cb[:, sl]
             if n:
-                s += np.triu(w * np.outer(db[sl], db[sl]))
+                s += w * np.outer(db[sl], db[sl])
         self._cross += ca.T @ cb
         if n:
             self._cross += w * np.outer(da, db)
@@ -224,8 +224,8 @@ class LinearCKAAccumulator(_Stream):
         if self.n_samples < 2:
             raise SimilarityInputError(f"linear CKA needs >= 2 samples, got {self.n_samples}")
         na, nb = self.names_a, self.names_b
-        self_a = [sym_vdot(s, s) for s in self._self_a]
-        self_b = [sym_vdot(s, s) for s in self._self_b]
+        self_a = [float(np.vdot(s, s)) for s in self._self_a]
+        self_b = [float(np.vdot(s, s)) for s in self._self_b]
         out = np.zeros((len(na), len(nb)))
         for i in range(len(na)):
             for j in range(len(nb)):
@@ -248,7 +248,7 @@ class MinibatchCKAAccumulator(_Stream):
             acc.update(xa, xb)
         acc.result().values
 
-    Each update forms one ``(b, b)`` linear Gram per layer (BLAS ``syrk``) and
+    Each update forms one ``(b, b)`` linear Gram per layer and
     the HSIC_1 of every layer pair; nothing grows with the number of batches.
     Batches should be i.i.d. draws of similar size (each counts equally, as in
     the paper).
@@ -264,13 +264,14 @@ class MinibatchCKAAccumulator(_Stream):
     @staticmethod
     def _terms(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
         """Unbiased-HSIC pieces of one layer's batch ``x`` ``(b, p)``:
-        (flattened upper triangle of K~, row sums of K~, 1^T K~ 1, <K~, K~>)."""
-        xc = x - x.mean(axis=0)  # HSIC_1 is translation invariant; centring only helps rounding
-        u = gram_upper(xc)
-        np.fill_diagonal(u, 0.0)
-        rows = u.sum(axis=1) + u.sum(axis=0)
-        flat = u.ravel(order="K")
-        return flat, rows, float(rows.sum()), 2.0 * float(flat @ flat)
+        (flattened K~, row sums of K~, 1^T K~ 1, <K~, K~>), K~ = Gram with zero diagonal."""
+        # HSIC_1 is translation invariant; centring (in float64) only helps rounding
+        xc = np.subtract(x, x.mean(axis=0, dtype=np.float64), dtype=np.float64)
+        k = xc @ xc.T
+        np.fill_diagonal(k, 0.0)
+        rows = k.sum(axis=1)
+        flat = k.ravel()
+        return flat, rows, float(rows.sum()), float(flat @ flat)
 
     def update(self, acts_a: Any, acts_b: Any = None) -> "MinibatchCKAAccumulator":
         """Add one minibatch (``b >= 4`` samples).
@@ -300,7 +301,7 @@ class MinibatchCKAAccumulator(_Stream):
 
         fa = np.stack([t[0] for t in ta])
         fb = fa if self.self_mode else np.stack([t[0] for t in tb])
-        dots = 2.0 * (fa @ fb.T)  # <K~_i, L~_j> for all pairs at once
+        dots = fa @ fb.T  # <K~_i, L~_j> for all pairs at once
         ra = np.stack([t[1] for t in ta])
         rb = ra if self.self_mode else np.stack([t[1] for t in tb])
         sa = np.array([t[2] for t in ta])

@@ -148,6 +148,7 @@ def test_killed_process_pool_build_resumes_exactly(tmp_path):
         assert [c.sha256 for c in z[mid].checkpoints] == [zoo.state_dict_sha256(c.state_dict) for c in fresh.checkpoints]
 
 
+@pytest.mark.slow  # starting Ray takes tens of seconds on 2 cores
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="ray is not installed (optional extra)")
 def test_ray_backend_matches_serial(tmp_path):
     recipe = tiny_recipe_dict(num_members=3)
@@ -162,3 +163,14 @@ def test_ray_backend_without_ray_is_a_clear_error(tmp_path, tiny_recipe, monkeyp
         pytest.skip("ray is installed")
     with pytest.raises(ZooError, match="pip install"):
         zoo.build_zoo(tiny_recipe, tmp_path / "z", backend="ray", progress=False)
+
+
+@pytest.mark.slow
+def test_shipped_digits_recipe_gives_a_spread_of_accuracies(tmp_path):
+    """Training-scale check of the default zoo: 24 members of digits_cnn_small."""
+    rep = zoo.build_zoo("digits_cnn_small", tmp_path / "z", max_members=24, workers=2, progress=False)
+    df = rep.open().to_pandas()
+    assert len(df) == 24 and (df["status"] == "ok").all()
+    assert df["test_acc"].max() > 0.85  # some members learn digits well
+    assert df["test_acc"].min() < 0.3  # and some barely learn
+    assert df["test_acc"].std() > 0.15

@@ -1,4 +1,27 @@
-"""Model zoos: the architecture registry, recipes, training, storage and loaders."""
+"""Model zoos: the architecture registry, recipes, training, storage and loaders.
+
+Quick tour::
+
+    import zoo
+
+    report = zoo.build_zoo("digits_cnn_small", "runs/digits", workers=2)  # resumable
+    z = zoo.Zoo("runs/digits")
+    df = z.to_pandas()                                   # configs, metrics, hashes, paths
+    good = z.filter("test_acc > 0.5", activation="tanh")
+    train, val, test = z.split((0.8, 0.1, 0.1), by="seed", seed=0)
+    ood = z.split(by="activation", values={"train": ["relu", "tanh"], "test": ["gelu"]})
+    for state_dict, metrics in train:                    # or train.iter_members(as_module=True)
+        ...
+
+    from zoo.loaders import import_small_cnn_zoo       # published zoos, from a local path
+    scz = import_small_cnn_zoo("~/data/smallcnnzoo/mnist", "runs/scz-mnist")
+
+Modules: :mod:`zoo.recipe` (recipes, search spaces), :mod:`zoo.datasets`
+(offline datasets), :mod:`zoo.train` (one member), :mod:`zoo.build`
+(parallel builds, resume), :mod:`zoo.store` (on-disk format, :class:`Zoo`),
+:mod:`zoo.loaders` (Small CNN Zoo, model-zoos, INR zoos), :mod:`zoo.tf_compat`
+(``cnn_small_tf``).
+"""
 
 from zoo.registry import (
     ModelInfo,

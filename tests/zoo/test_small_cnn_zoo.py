@@ -143,6 +143,17 @@ def test_final_step_filter_and_all_steps(scz):
     assert len(list(load_small_cnn_zoo(path, limit=2))) == 2
 
 
+def test_runs_from_checkpoint_path_index(scz):
+    """Without a ``modeldir`` column, runs come from a checkpoint-path index
+    (``.../<run>/permanent_ckpt-<step>``) as in the paper's notebook."""
+    path, w, df = scz
+    idx = [f"{d}/permanent_ckpt-{s}" for d, s in zip(df["modeldir"], df["step"])]
+    df.drop(columns=["modeldir"]).set_axis(idx).to_csv(path / "metrics.csv.gz", compression="gzip")
+    ms = list(load_small_cnn_zoo(path))
+    assert len(ms) == 3 and all([c.epoch for c in m.checkpoints] == [86] for m in ms)
+    assert [m.extra["modeldir"] for m in ms] == list(dict.fromkeys(df["modeldir"]))
+
+
 def test_nonfinite_runs_are_dropped(tmp_path):
     path = tmp_path / "z"
     w, df = write_small_cnn_zoo(path)

@@ -264,6 +264,8 @@ def load_small_cnn_zoo(
         ZooFormatError: a file is missing or malformed; the message names the
             file and the column / field.
     """
+    import pandas as pd
+
     from zoo.registry import create_model
 
     path = Path(path)
@@ -295,7 +297,13 @@ def load_small_cnn_zoo(
     cfg_cols = [c for c in metrics.columns if c.startswith("config.")]
     metric_cols = [c for c in metrics.columns if c not in cfg_cols and c not in ("step", "modeldir")
                    and not c.startswith("Unnamed")]
-    run_col = metrics["modeldir"] if "modeldir" in metrics.columns else metrics.index.astype(str)
+    if "modeldir" in metrics.columns:
+        run_col = metrics["modeldir"].astype(str)
+    elif len(metrics.columns) and str(metrics.columns[0]).startswith("Unnamed") and metrics.iloc[:, 0].astype(str).str.contains("/").all():
+        # Written with the checkpoint path as index (".../<run>/permanent_ckpt-<step>"): the run is its parent.
+        run_col = metrics.iloc[:, 0].astype(str).str.rsplit("/", n=1).str[0]
+    else:  # no run information: every row is its own member
+        run_col = pd.Series([str(i) for i in range(len(metrics))])
     groups: dict[str, list[int]] = {}
     for row, run in enumerate(run_col.tolist()):
         groups.setdefault(str(run), []).append(row)

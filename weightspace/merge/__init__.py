@@ -1,1 +1,65 @@
-"""weightspace.merge"""
+"""Model merging and fusion for any traced architecture.
+
+Alignment (:mod:`~weightspace.merge.matching`): weight matching, activation
+matching and straight-through-estimator matching (Git Re-Basin), all driven
+by the :class:`~weightspace.symmetry.PermutationSpec` derived from the trace,
+so residual streams, BatchNorm, flattens, concatenations and attention heads
+need no hand-written spec. Multi-model merging
+(:mod:`~weightspace.merge.multi`), optimal-transport fusion with
+heterogeneous widths (:mod:`~weightspace.merge.ot_fusion`), the averaging
+family (:mod:`~weightspace.merge.average`), REPAIR and BatchNorm reset
+(:mod:`~weightspace.merge.repair`), linear-path barriers
+(:mod:`~weightspace.merge.barrier`) and a YAML config runner
+(:mod:`~weightspace.merge.config`).
+
+Conventions: a permutation returned by a matcher maps model ``b`` onto model
+``a`` (``apply_permutation(sd_b, spec, perm)``); functions never modify their
+inputs; randomness comes from explicit seeds; progress bars are off unless
+``progress=True``.
+"""
+
+from weightspace.merge._common import MergeError
+from weightspace.merge.average import (
+    average,
+    diagonal_fisher,
+    fisher_average,
+    interpolate,
+    task_arithmetic,
+)
+from weightspace.merge.barrier import PathResult, barrier, evaluate, linear_path
+from weightspace.merge.matching import (
+    MatchResult,
+    activation_matching,
+    match_objective,
+    ste_matching,
+    weight_matching,
+)
+from weightspace.merge.multi import MultiMergeResult, align_to_reference, merge_many
+from weightspace.merge.ot_fusion import FusionResult, check_same_family, ot_fusion
+from weightspace.merge.repair import repair, reset_bn_stats
+
+__all__ = [
+    "FusionResult",
+    "MatchResult",
+    "MergeError",
+    "MultiMergeResult",
+    "PathResult",
+    "activation_matching",
+    "align_to_reference",
+    "average",
+    "barrier",
+    "check_same_family",
+    "diagonal_fisher",
+    "evaluate",
+    "fisher_average",
+    "interpolate",
+    "linear_path",
+    "match_objective",
+    "merge_many",
+    "ot_fusion",
+    "repair",
+    "reset_bn_stats",
+    "ste_matching",
+    "task_arithmetic",
+    "weight_matching",
+]

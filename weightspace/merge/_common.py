@@ -1,0 +1,255 @@
+"""Shared helpers of :mod:`weightspace.merge`: validation at the boundary,
+spec resolution, head layouts, tensor slicing and running a state_dict
+through a module template."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from weightspace.errors import NonFiniteWeightsError, SpecError, StateDictError, WeightspaceError
+from weightspace.symmetry.spec import PermGroup, PermutationSpec
+
+StateDict = dict[str, torch.Tensor]
+
+
+class MergeError(WeightspaceError, ValueError):
+    """Models cannot be merged as asked (different architectures, wrong
+    weights, missing data, unknown method, ...)."""
+
+
+# ----------------------------------------------------------------- validation
+def model_label(i: int, names: Sequence[str] | None) -> str:
+    if names is not None and i < len(names) and names[i]:
+        return f"model {i} ({names[i]})"
+    return f"model {i}"
+
+
+def check_state_dict(
+    sd: Mapping[str, torch.Tensor], spec: PermutationSpec, label: str = "model"
+) -> None:
+    """Raise a clear error unless ``sd`` fits ``spec`` exactly.
+
+    Raises:
+        StateDictError: missing (e.g. BatchNorm running statistics) or
+            unexpected keys, or a tensor of the wrong shape -- naming it.
+        NonFiniteWeightsError: NaN/Inf in a floating tensor, naming it.
+    """
+    from weightspace.graph import validate_state_dict
+
+    if not isinstance(sd, Mapping):
+        raise MergeError(f"{label}: expected a state_dict (mapping of names to tensors), got {type(sd).__name__}")
+    try:
+        validate_state_dict(sd, spec.param_shapes, list(spec.float_keys) + list(spec.extra_keys))
+    except StateDictError as exc:
+        missing_stats = [
+            k for k in spec.float_keys if k not in sd and (k.endswith(".running_mean") or k.endswith(".running_var"))
+        ]
+        hint = ""
+        if missing_stats:
+            hint = (
+                f" BatchNorm running statistics are missing ({missing_stats[:4]}); save the model's full "
+                "state_dict() (buffers included), or re-estimate them with reset_bn_stats on the full state_dict."
+            )
+        raise StateDictError(f"{label}: {exc}{hint}") from None
+    except NonFiniteWeightsError as exc:
+        raise NonFiniteWeightsError(f"{label}: {exc}") from None
+
+
+def check_state_dicts(
+    sds: Sequence[Mapping[str, torch.Tensor]],
+    spec: PermutationSpec,
+    names: Sequence[str] | None = None,
+    *,
+    min_models: int = 1,
+) -> None:
+    """:func:`check_state_dict` for every model, plus a count check. Two
+    models of different architectures fail here with the keys that differ."""
+    if len(sds) < min_models:
+        raise MergeError(f"need at least {min_models} model(s), got {len(sds)}")
+    for i, sd in enumerate(sds):
+        check_state_dict(sd, spec, model_label(i, names))
+
+
+def resolve_spec(spec: PermutationSpec | str, **arch_kwargs: Any) -> PermutationSpec:
+    """A :class:`PermutationSpec`, or the spec of registered architecture ``spec``."""
+    if isinstance(spec, PermutationSpec):
+        return spec
+    if isinstance(spec, str):
+        from weightspace.core import permutation_spec
+
+        return permutation_spec(spec, **arch_kwargs)
+    raise TypeError(f"spec must be a PermutationSpec or an architecture name, got {type(spec).__name__}")
+
+
+def is_running_stat(key: str) -> bool:
+    """BatchNorm running statistics: buffers, not learned weights."""
+    return key.endswith(".running_mean") or key.endswith(".running_var")
+
+
+# --------------------------------------------------------------- head layout
+@dataclass(frozen=True)
+class HeadLayout:
+    """An attention head group and the neuron groups nested inside its heads.
+
+    Attributes:
+        group: the head group (``size`` heads of ``unit`` neurons).
+        subs: ``subs[k][j]`` = the nested neuron group of kind ``k`` (e.g.
+            q/k pairs, v) at head slot ``j``; ``len(subs[k]) == group.size``.
+        uncovered: per entry of ``group.axes``, a bool mask ``[unit]`` of the
+            within-head positions no nested group permutes (usually none).
+    """
+
+    group: PermGroup
+    subs: tuple[tuple[PermGroup, ...], ...]
+    uncovered: tuple[torch.Tensor, ...]
+
+
+def _entry_region(spec: PermutationSpec, H: PermGroup, p: str, ax: int, st: int) -> tuple[int, int, int]:
+    """``(block, block position, rep)`` of axis position ``st`` of ``p``."""
+    for ref in spec.param_axes[p]:
+        if ref.axis != ax:
+            continue
+        for b, bs, length, astart in ref.segments:
+            if astart <= st < astart + length * ref.rep:
+                return b, bs + (st - astart) // ref.rep, ref.rep
+    raise SpecError(f"internal: head group {H.name!r} axis entry ({p}, {ax}, {st}) has no segment")
+
+
+def split_groups(spec: PermutationSpec) -> tuple[list[PermGroup], list[HeadLayout]]:
+    """Neuron groups that are not inside attention heads, and the head layouts.
+
+    Raises:
+        SpecError: a neuron group straddles a head boundary or only partly
+            lies inside heads (not a structure the matchers understand).
+    """
+    nested: set[str] = set()
+    layouts: list[HeadLayout] = []
+    for H in spec.head_groups:
+        regions = list(H.targets)
+        span = H.size * H.unit
+        by_key: dict[tuple, dict[int, PermGroup]] = {}
+        covered: set[tuple[int, int]] = set()
+        for g in spec.neuron_groups:
+            locs = []
+            for b, ts in g.targets:
+                hit = None
+                for ri, (rb, rs) in enumerate(regions):
+                    if rb == b and rs <= ts < rs + span:
+                        hit = (ri, (ts - rs) // H.unit, (ts - rs) % H.unit)
+                locs.append(hit)
+            if all(h is None for h in locs):
+                continue
+            if any(h is None for h in locs) or len({h[1] for h in locs}) != 1 or any(
+                h[2] + g.size > H.unit for h in locs
+            ):
+                raise SpecError(
+                    f"neuron group {g.name!r} lies partly outside the heads of {H.name!r} or spans "
+                    "several heads; weightspace.merge cannot align it"
+                )
+            key = (g.size,) + tuple((h[0], h[2]) for h in locs)
+            slot = locs[0][1]
+            by_key.setdefault(key, {})[slot] = g
+            nested.add(g.name)
+            for b, ts in g.targets:
+                covered.update((b, ts + r) for r in range(g.size))
+        subs = []
+        for key, slots in sorted(by_key.items()):
+            if sorted(slots) != list(range(H.size)):
+                raise SpecError(f"head group {H.name!r}: nested groups {key} missing for some heads")
+            subs.append(tuple(slots[j] for j in range(H.size)))
+        unc = []
+        for p, ax, st, ue in H.axes:
+            b, pos, _ = _entry_region(spec, H, p, ax, st)
+            unc.append(torch.tensor([(b, pos + o) not in covered for o in range(H.unit)]))
+        layouts.append(HeadLayout(H, tuple(subs), tuple(unc)))
+    free = [g for g in spec.neuron_groups if g.name not in nested]
+    return free, layouts
+
+
+# -------------------------------------------------------------- tensor slices
+def unit_rows(t: torch.Tensor, axis: int, start: int, n: int, u: int) -> torch.Tensor:
+    """Positions ``start + i*u + r`` of ``axis`` as rows: ``[n, u * rest]``."""
+    return t.narrow(axis, start, n * u).movedim(axis, 0).reshape(n, -1)
+
+
+def axis_index(ref, length: int, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Gather index of one tensor axis under per-block neuron maps."""
+    from weightspace.symmetry.permutation import _axis_index
+
+    return _axis_index(ref, length, maps)
+
+
+def permute_except(
+    t: torch.Tensor, spec: PermutationSpec, name: str, maps: Sequence[torch.Tensor], skip_axis: int | None
+) -> torch.Tensor:
+    """``t`` (tensor ``name``) gathered by ``maps`` on every neuron axis but ``skip_axis``."""
+    for ref in spec.param_axes.get(name, ()):
+        if ref.axis != skip_axis:
+            t = t.index_select(ref.axis, axis_index(ref, t.shape[ref.axis], maps))
+    return t
+
+
+# ----------------------------------------------------------- running a model
+def instantiate(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> nn.Module:
+    """A copy of ``model`` holding ``sd`` (``model`` is not modified)."""
+    m = copy.deepcopy(model)
+    try:
+        m.load_state_dict(dict(sd), strict=True)
+    except RuntimeError as exc:
+        raise StateDictError(f"state_dict does not fit {type(model).__name__}: {exc}") from None
+    return m
+
+
+def iter_batches(data: Any, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    """``(x, y or None)`` batches from ``(x, y)`` tensors, an ``x`` tensor, or
+    an iterable of such batches (e.g. a ``DataLoader``)."""
+    if isinstance(data, torch.Tensor):
+        for i in range(0, data.shape[0], batch_size):
+            yield data[i : i + batch_size], None
+        return
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, torch.Tensor) for d in data):
+        x, y = data
+        if x.shape[0] != y.shape[0]:
+            raise MergeError(f"data: x has {x.shape[0]} samples but y has {y.shape[0]}")
+        for i in range(0, x.shape[0], batch_size):
+            yield x[i : i + batch_size], y[i : i + batch_size]
+        return
+    if data is None:
+        raise MergeError("this step needs data: pass (x, y) tensors, an x tensor or an iterable of batches")
+    for batch in data:
+        if isinstance(batch, torch.Tensor):
+            yield batch, None
+        elif isinstance(batch, (tuple, list)) and len(batch) >= 1:
+            yield batch[0], (batch[1] if len(batch) > 1 else None)
+        else:
+            raise MergeError(f"data yielded a {type(batch).__name__}; yield x or (x, y) tensors")
+
+
+def check_finite_data(x: torch.Tensor, what: str = "data") -> None:
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise NonFiniteWeightsError(f"{what} contains NaN/Inf values")
+
+
+def producer_modules(model: nn.Module) -> dict[str, nn.Module]:
+    return dict(model.named_modules())
+
+
+def channel_axis(module: nn.Module | None) -> int:
+    """Which axis of a module's output holds its neurons: 1 for convolutions
+    and norms over ``(B, C, *S)``, the last axis otherwise (Linear, Embedding)."""
+    conv_like = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.GroupNorm)
+    return 1 if isinstance(module, conv_like) else -1
+
+
+def as_samples(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """``(B, ..., C, ...)`` activations -> ``(samples, C)``: positions and
+    tokens count as samples (a neuron is the same function at every position)."""
+    return t.movedim(axis, -1).reshape(-1, t.shape[axis])
+
+
+Callback = Callable[..., Any]

@@ -1,0 +1,246 @@
+"""The averaging family: plain, weighted, Fisher-weighted (Matena & Raffel
+2022), task arithmetic (Ilharco et al. 2023) and linear interpolation.
+
+All functions take state_dicts with identical keys and shapes and return a
+new state_dict. Non-floating entries (e.g. ``num_batches_tracked``) are taken
+from the first model. Averaging permutation-misaligned models is rarely
+useful: align them first (:mod:`weightspace.merge.matching`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from weightspace.errors import NonFiniteWeightsError, StateDictError
+from weightspace.merge._common import (
+    MergeError,
+    check_finite_data,
+    instantiate,
+    iter_batches,
+    model_label,
+)
+
+__all__ = [
+    "average",
+    "diagonal_fisher",
+    "fisher_average",
+    "interpolate",
+    "task_arithmetic",
+]
+
+
+def _check_same(sds: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str] | None = None) -> None:
+    if not sds:
+        raise MergeError("need at least one state_dict")
+    ref = sds[0]
+    for i, sd in enumerate(sds[1:], start=1):
+        if set(sd) != set(ref):
+            missing = sorted(set(ref) - set(sd))[:6]
+            extra = sorted(set(sd) - set(ref))[:6]
+            raise StateDictError(
+                f"{model_label(i, names)} has different keys than {model_label(0, names)} "
+                f"(missing {missing}, unexpected {extra}): are they the same architecture?"
+            )
+        for k, v in sd.items():
+            if tuple(v.shape) != tuple(ref[k].shape):
+                raise StateDictError(
+                    f"tensor {k!r}: {model_label(i, names)} has shape {tuple(v.shape)}, "
+                    f"{model_label(0, names)} has {tuple(ref[k].shape)}: different widths? "
+                    "Use ot_fusion for models of different widths"
+                )
+    for i, sd in enumerate(sds):
+        for k, v in sd.items():
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise NonFiniteWeightsError(f"{model_label(i, names)}: tensor {k!r} has NaN/Inf values")
+
+
+def average(
+    sds: Sequence[Mapping[str, torch.Tensor]],
+    weights: Sequence[float] | None = None,
+    *,
+    names: Sequence[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """(Weighted) average ``sum_i w_i * sd_i`` with ``w`` normalised to sum 1.
+
+    Args:
+        sds: ``N`` state_dicts of the same shapes.
+        weights: ``N`` non-negative weights (default uniform).
+        names: labels of the models for error messages.
+
+    Returns:
+        new state_dict (floating tensors in the first model's dtype).
+    """
+    _check_same(sds, names)
+    n = len(sds)
+    w = torch.ones(n, dtype=torch.float64) if weights is None else torch.as_tensor(list(weights), dtype=torch.float64)
+    if w.shape != (n,) or (w < 0).any() or not torch.isfinite(w).all() or float(w.sum()) <= 0:
+        raise MergeError(f"weights must be {n} finite non-negative numbers with a positive sum, got {list(weights or [])}")
+    w = w / w.sum()
+    out = {}
+    for k, v in sds[0].items():
+        if v.is_floating_point():
+            acc = sum(float(w[i]) * sds[i][k].double() for i in range(n))
+            out[k] = acc.to(v.dtype)
+        else:
+            out[k] = v.clone()
+    return out
+
+
+def interpolate(
+    sd_a: Mapping[str, torch.Tensor], sd_b: Mapping[str, torch.Tensor], lam: float
+) -> dict[str, torch.Tensor]:
+    """``(1 - lam) * a + lam * b`` (``lam`` may lie outside [0, 1])."""
+    _check_same([sd_a, sd_b])
+    out = {}
+    for k, v in sd_a.items():
+        out[k] = ((1 - lam) * v.double() + lam * sd_b[k].double()).to(v.dtype) if v.is_floating_point() else v.clone()
+    return out
+
+
+def task_arithmetic(
+    base: Mapping[str, torch.Tensor],
+    finetuned: Sequence[Mapping[str, torch.Tensor]],
+    scale: float | Sequence[float] = 1.0,
+) -> dict[str, torch.Tensor]:
+    """``base + sum_i scale_i * (finetuned_i - base)`` (task vectors).
+
+    Args:
+        base: the pre-trained state_dict every fine-tuned model started from.
+        finetuned: ``N`` fine-tuned state_dicts (same shapes as ``base``).
+        scale: one scaling coefficient, or one per task.
+    """
+    _check_same([base, *finetuned], ["base"] + [f"finetuned {i}" for i in range(len(finetuned))])
+    n = len(finetuned)
+    s = [float(scale)] * n if isinstance(scale, (int, float)) else [float(x) for x in scale]
+    if len(s) != n:
+        raise MergeError(f"scale has {len(s)} entries for {n} fine-tuned models")
+    out = {}
+    for k, v in base.items():
+        if v.is_floating_point():
+            acc = v.double().clone()
+            for si, ft in zip(s, finetuned):
+                acc += si * (ft[k].double() - v.double())
+            out[k] = acc.to(v.dtype)
+        else:
+            out[k] = v.clone()
+    return out
+
+
+def diagonal_fisher(
+    model: nn.Module,
+    sd: Mapping[str, torch.Tensor],
+    data: Any,
+    *,
+    batch_size: int = 64,
+    max_samples: int | None = None,
+    labels: str = "sampled",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Diagonal empirical/true Fisher information of a classifier.
+
+    ``F = E_x E_{y ~ p(y|x)} [(d log p(y|x) / d theta)^2]``, estimated per
+    example (Matena & Raffel 2022).
+
+    Args:
+        model: module template (not modified).
+        sd: the weights to evaluate the Fisher at.
+        data: ``x (N, ...)``, ``(x, y)`` or an iterable of batches.
+        labels: ``"sampled"`` (y drawn from the model, the true Fisher; needs
+            ``seed``), ``"argmax"`` or ``"given"`` (the data's labels: the
+            empirical Fisher).
+        max_samples: use at most this many examples.
+
+    Returns:
+        ``{parameter name: Fisher diagonal of the same shape}`` (float32),
+        only for trainable parameters (buffers get no Fisher).
+    """
+    from torch.func import functional_call, grad, vmap
+
+    if labels not in ("sampled", "argmax", "given"):
+        raise MergeError(f"labels must be 'sampled', 'argmax' or 'given', got {labels!r}")
+    m = instantiate(model, sd).eval()
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    buffers = {k: v.detach() for k, v in m.named_buffers()}
+    gen = torch.Generator().manual_seed(int(seed))
+
+    def logp(p, x, y):
+        out = functional_call(m, (p, buffers), (x.unsqueeze(0),))
+        return torch.log_softmax(out, -1)[0, y]
+
+    per_example = vmap(grad(logp), in_dims=(None, 0, 0))
+    fisher = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in params.items()}
+    seen = 0
+    for x, y in iter_batches(data, batch_size):
+        if max_samples is not None and seen >= max_samples:
+            break
+        if max_samples is not None:
+            x = x[: max_samples - seen]
+            y = None if y is None else y[: max_samples - seen]
+        check_finite_data(x)
+        with torch.no_grad():
+            logits = m(x)
+        if labels == "given":
+            if y is None:
+                raise MergeError("labels='given' needs (x, y) data")
+            yy = y.long()
+        elif labels == "argmax":
+            yy = logits.argmax(-1)
+        else:
+            yy = torch.multinomial(torch.softmax(logits.double(), -1), 1, generator=gen).squeeze(1)
+        g = per_example(params, x, yy)
+        for k in fisher:
+            fisher[k] += g[k].pow(2).sum(0).float()
+        seen += x.shape[0]
+    if seen == 0:
+        raise MergeError("diagonal_fisher: data yielded no samples")
+    return {k: v / seen for k, v in fisher.items()}
+
+
+def fisher_average(
+    sds: Sequence[Mapping[str, torch.Tensor]],
+    fishers: Sequence[Mapping[str, torch.Tensor]],
+    weights: Sequence[float] | None = None,
+    *,
+    eps: float = 1e-8,
+    names: Sequence[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Fisher-weighted average ``sum_i w_i F_i theta_i / sum_i w_i F_i``
+    elementwise (Matena & Raffel 2022).
+
+    Args:
+        sds: ``N`` state_dicts (aligned first when they are independent runs).
+        fishers: per model, ``{name: Fisher diagonal}`` from
+            :func:`diagonal_fisher`; entries without a Fisher (buffers such as
+            BatchNorm statistics) are plainly averaged.
+        weights: per-model scalar weights (default uniform).
+        eps: added to every Fisher so that zero-information entries fall back
+            to the plain average.
+    """
+    _check_same(sds, names)
+    n = len(sds)
+    if len(fishers) != n:
+        raise MergeError(f"got {len(fishers)} Fisher dicts for {n} models")
+    w = [1.0 / n] * n if weights is None else [float(x) for x in weights]
+    plain = average(sds, w, names=names)
+    out = {}
+    for k, v in sds[0].items():
+        if not v.is_floating_point() or not all(k in f for f in fishers):
+            out[k] = plain[k]
+            continue
+        num = torch.zeros_like(v, dtype=torch.float64)
+        den = torch.zeros_like(v, dtype=torch.float64)
+        for i in range(n):
+            f = fishers[i][k].double()
+            if f.shape != v.shape or (f < 0).any() or not torch.isfinite(f).all():
+                raise MergeError(f"Fisher of {model_label(i, names)} for {k!r} must be finite, >= 0 and shaped {tuple(v.shape)}")
+            fw = w[i] * (f + eps)
+            num += fw * sds[i][k].double()
+            den += fw
+        out[k] = (num / den).to(v.dtype)
+    return out
+
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

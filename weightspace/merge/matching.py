@@ -1,0 +1,704 @@
+"""Permutation alignment of two networks (Git Re-Basin, Ainsworth et al. 2023).
+
+All matchers return a :class:`MatchResult` whose ``perm`` maps model ``b``
+onto model ``a``: ``apply_permutation(sd_b, spec, perm)`` is ``b`` expressed
+in ``a``'s neuron order (the same function as ``b``).
+
+Weight matching maximises ``sum_W <W_a, P(W_b)>`` over every tensor the spec
+permutes, by coordinate descent over the spec's groups: each step fixes the
+other groups and solves one linear assignment problem
+(``scipy.optimize.linear_sum_assignment``) whose cost matrix sums one matmul
+per tensor axis the group touches (``group.axes``), with the current
+permutations of the other groups applied to the other axes.
+
+Attention heads: a head group and the neuron groups nested in its heads
+(q/k pairs, v) are one coordinate. For every pair (head ``i`` of ``a``, head
+``j`` of ``b``) the best within-head alignment is solved exactly (one small
+LAP per nested group), its value is the head-pair similarity, and an outer
+LAP assigns heads. This is exact block coordinate descent over
+(head assignment, within-head permutations).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from weightspace.errors import SpecError
+from weightspace.merge._common import (
+    HeadLayout,
+    MergeError,
+    as_samples,
+    channel_axis,
+    check_finite_data,
+    check_state_dicts,
+    is_running_stat,
+    iter_batches,
+    permute_except,
+    resolve_spec,
+    split_groups,
+    unit_rows,
+)
+from weightspace.symmetry.permutation import (
+    Permutation,
+    apply_permutation,
+    block_index_maps,
+    identity_permutation,
+    validate_permutation,
+)
+from weightspace.symmetry.spec import PermGroup, PermutationSpec
+
+__all__ = [
+    "MatchResult",
+    "block_moments",
+    "head_costs_from_blocks",
+    "activation_matching",
+    "match_objective",
+    "weight_matching",
+    "ste_matching",
+]
+
+
+@dataclass
+class MatchResult:
+    """A permutation aligning model ``b`` to model ``a``.
+
+    Attributes:
+        perm: ``{group: LongTensor[size]}``, gather convention.
+        spec: the spec it belongs to.
+        method: ``"weight"``, ``"activation"``, ``"ste"``.
+        objective: final matching objective (weights: ``sum <W_a, P(W_b)>``;
+            activations: summed correlation of matched neurons).
+        sweeps: coordinate-descent sweeps run (weight matching).
+        converged: the last sweep changed nothing.
+        info: method-specific details (e.g. groups that fell back to weights,
+            STE loss history).
+    """
+
+    perm: Permutation
+    spec: PermutationSpec
+    method: str
+    objective: float = float("nan")
+    sweeps: int = 0
+    converged: bool = True
+    info: dict = field(default_factory=dict)
+
+    def apply(self, sd_b: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``sd_b`` permuted into ``a``'s neuron order (a new state_dict)."""
+        return apply_permutation(sd_b, self.spec, self.perm)
+
+
+# --------------------------------------------------------------- LAP helpers
+def _lap(cost: torch.Tensor) -> tuple[np.ndarray, float]:
+    """Maximising assignment of a square ``[n, n]`` similarity: ``(cols, value)``."""
+    c = cost.detach().to(torch.float64).numpy()
+    rows, cols = linear_sum_assignment(c, maximize=True)
+    return cols, float(c[rows, cols].sum())
+
+
+def _solve_heads(
+    S: Sequence[torch.Tensor], R: torch.Tensor
+) -> tuple[np.ndarray, list[np.ndarray], float]:
+    """Head assignment with optimal within-head alignment.
+
+    Args:
+        S: per nested kind ``k``, similarities ``[h, n_k, h, n_k]`` between
+            neuron ``r`` of head ``i`` of ``a`` and neuron ``r'`` of head ``j``
+            of ``b``.
+        R: ``[h, h]`` similarity of the within-head positions no nested
+            group permutes.
+
+    Returns:
+        ``sigma [h]`` (head of ``b`` assigned to head ``i`` of ``a``), per kind
+        ``pi_k [h, n_k]`` (within-head permutation of *old* head ``j`` of ``b``),
+        and the optimal value.
+    """
+    h = R.shape[0]
+    V = R.detach().to(torch.float64).clone()
+    cols = [[[None] * h for _ in range(h)] for _ in S]
+    for k, Sk in enumerate(S):
+        Sk = Sk.detach().to(torch.float64)
+        for i in range(h):
+            for j in range(h):
+                c, v = _lap(Sk[i, :, j, :])
+                cols[k][i][j] = c
+                V[i, j] += v
+    sigma, value = _lap(V)
+    pis = []
+    for k, Sk in enumerate(S):
+        pi = np.zeros((h, Sk.shape[1]), dtype=np.int64)
+        for i in range(h):
+            pi[sigma[i]] = cols[k][i][sigma[i]]
+        pis.append(pi)
+    return sigma, pis, value
+
+
+def _head_value(
+    S: Sequence[torch.Tensor], R: torch.Tensor, layout: HeadLayout, perm: Mapping[str, torch.Tensor]
+) -> float:
+    """Objective of the current (head, within-head) permutation."""
+    sigma = perm[layout.group.name].long()
+    val = float(R.to(torch.float64)[torch.arange(len(sigma)), sigma].sum())
+    for Sk, subs in zip(S, layout.subs):
+        Sk = Sk.to(torch.float64)
+        n = Sk.shape[1]
+        for i, j in enumerate(sigma.tolist()):
+            pj = perm[subs[j].name].long()
+            val += float(Sk[i, torch.arange(n), j, pj].sum())
+    return val
+
+
+def _set_heads(perm: Permutation, layout: HeadLayout, sigma: np.ndarray, pis: Sequence[np.ndarray]) -> None:
+    perm[layout.group.name] = torch.as_tensor(sigma, dtype=torch.long)
+    for subs, pi in zip(layout.subs, pis):
+        for j, g in enumerate(subs):
+            perm[g.name] = torch.as_tensor(pi[j], dtype=torch.long)
+
+
+# ------------------------------------------------------------ weight matching
+class _WeightCosts:
+    """Cost matrices of weight matching for one pair of state_dicts."""
+
+    def __init__(self, spec, sd_a, sd_b, keys: set[str], dtype: torch.dtype) -> None:
+        self.spec = spec
+        keys = {k for k in keys if k in sd_a and k in sd_b}
+        self.keys = keys
+        self.A = {k: sd_a[k].detach().to(dtype) for k in keys}
+        self.B = {k: sd_b[k].detach().to(dtype) for k in keys}
+
+    def _b_except(self, cache: dict, p: str, ax: int, maps) -> torch.Tensor:
+        key = (p, ax)
+        if key not in cache:
+            cache[key] = permute_except(self.B[p], self.spec, p, maps, ax)
+        return cache[key]
+
+    def neuron(self, g: PermGroup, maps) -> torch.Tensor:
+        """``[n, n]``: similarity of unit ``i`` of ``a`` and unit ``j`` of ``b``."""
+        C = torch.zeros(g.size, g.size, dtype=torch.float64)
+        cache: dict = {}
+        for p, ax, st, u in g.axes:
+            if p not in self.keys:
+                continue
+            a = unit_rows(self.A[p], ax, st, g.size, u)
+            b = unit_rows(self._b_except(cache, p, ax, maps), ax, st, g.size, u)
+            C += (a @ b.T).to(torch.float64)
+        return C
+
+    def heads(self, L: HeadLayout, maps) -> tuple[list[torch.Tensor], torch.Tensor]:
+        H = L.group
+        h = H.size
+        cache: dict = {}
+        S = []
+        for subs in L.subs:
+            n = subs[0].size
+            Sk = torch.zeros(h * n, h * n, dtype=torch.float64)
+            for e, (p, ax, _, u) in enumerate(subs[0].axes):
+                if p not in self.keys:
+                    continue
+                bt = self._b_except(cache, p, ax, maps)
+                a = torch.cat([unit_rows(self.A[p], ax, g.axes[e][2], n, u) for g in subs])
+                b = torch.cat([unit_rows(bt, ax, g.axes[e][2], n, u) for g in subs])
+                Sk += (a @ b.T).to(torch.float64)
+            S.append(Sk.view(h, n, h, n))
+        R = torch.zeros(h, h, dtype=torch.float64)
+        for (p, ax, st, ue), mask in zip(H.axes, L.uncovered):
+            if p not in self.keys or not bool(mask.any()):
+                continue
+            rep = ue // H.unit
+            sel = mask.repeat_interleave(rep)
+            a = unit_rows(self.A[p], ax, st, h, ue).view(h, ue, -1)[:, sel].reshape(h, -1)
+            bt = self._b_except(cache, p, ax, maps)
+            b = unit_rows(bt, ax, st, h, ue).view(h, ue, -1)[:, sel].reshape(h, -1)
+            R += (a @ b.T).to(torch.float64)
+        return S, R
+
+
+def match_objective(
+    sd_a: Mapping[str, torch.Tensor],
+    sd_b: Mapping[str, torch.Tensor],
+    spec: PermutationSpec,
+    perm: Mapping[str, torch.Tensor] | None = None,
+    *,
+    include_buffers: bool = False,
+) -> float:
+    """``sum_W <W_a, P(W_b)>`` over the permuted float tensors (float64).
+
+    Args:
+        perm: permutation of ``b`` (``None`` = identity).
+        include_buffers: also count BatchNorm running statistics.
+    """
+    pb = apply_permutation(sd_b, spec, perm) if perm is not None else sd_b
+    keys = [k for k in spec.param_axes if include_buffers or not is_running_stat(k)]
+    return float(sum((sd_a[k].double() * pb[k].double()).sum() for k in keys))
+
+
+def weight_matching(
+    sd_a: Mapping[str, torch.Tensor],
+    sd_b: Mapping[str, torch.Tensor],
+    spec: PermutationSpec | str,
+    *,
+    seed: int = 0,
+    max_sweeps: int = 100,
+    init: Mapping[str, torch.Tensor] | None = None,
+    groups: Sequence[str] | None = None,
+    include_buffers: bool = False,
+    dtype: torch.dtype = torch.float32,
+    tol: float = 1e-9,
+    progress: bool = False,
+    validate: bool = True,
+) -> MatchResult:
+    """Align ``b`` to ``a`` by weight matching (Git Re-Basin, Alg. 1).
+
+    Args:
+        sd_a: reference state_dict (tensors of the shapes in ``spec.param_shapes``).
+        sd_b: state_dict to permute (same keys and shapes).
+        spec: the architecture's :class:`PermutationSpec` (or a registered
+            architecture name).
+        seed: seeds the random order of coordinates in every sweep.
+        max_sweeps: sweeps over all coordinates at most; stops earlier when a
+            whole sweep improves nothing.
+        init: starting permutation (default identity).
+        groups: optimise only these coordinates (neuron group names, or head
+            group names -- a head group carries its nested groups); the rest
+            stay at ``init``. Default: all.
+        include_buffers: also match BatchNorm running statistics (off: they
+            are estimates, not weights).
+        dtype: matmul precision of the cost matrices (accumulated in float64).
+        tol: relative improvement below which a step counts as no progress.
+        progress: show a tqdm bar over sweeps.
+        validate: check both state_dicts against ``spec`` (keys, shapes, finite).
+
+    Returns:
+        :class:`MatchResult` with ``perm`` mapping ``b`` onto ``a``.
+    """
+    spec = resolve_spec(spec)
+    if validate:
+        check_state_dicts([sd_a, sd_b], spec, min_models=2)
+    keys = {k for k in spec.param_axes if include_buffers or not is_running_stat(k)}
+    free, heads = split_groups(spec)
+    coords: list[tuple[str, Any]] = [("neuron", g) for g in free] + [("head", L) for L in heads]
+    if groups is not None:
+        wanted = set(groups)
+        unknown = wanted - {c[1].name if c[0] == "neuron" else c[1].group.name for c in coords}
+        if unknown:
+            raise SpecError(
+                f"groups {sorted(unknown)} are not matchable coordinates (nested head neurons are "
+                "optimised through their head group)"
+            )
+        coords = [c for c in coords if (c[1].name if c[0] == "neuron" else c[1].group.name) in wanted]
+    perm = {k: v.clone().long() for k, v in (init or identity_permutation(spec)).items()}
+    validate_permutation(spec, perm)
+    costs = _WeightCosts(spec, sd_a, sd_b, keys, dtype)
+
+    # A coordinate's cost matrix only changes when a coordinate sharing one of
+    # its tensors changes; a coordinate whose cost is unchanged since it was
+    # last solved is already optimal, so it is skipped (same result, and the
+    # final confirming sweep costs nothing).
+    def tensors_of(c) -> set[str]:
+        if c[0] == "neuron":
+            return {p for p, *_ in c[1].axes}
+        return {p for p, *_ in c[1].group.axes} | {p for subs in c[1].subs for g in subs for p, *_ in g.axes}
+
+    touched = [tensors_of(c) for c in coords]
+    neighbours = [[j for j, t in enumerate(touched) if t & ti] for ti in touched]
+    dirty = [True] * len(coords)
+    timing = {"build_s": 0.0, "lap_s": 0.0, "steps": 0}
+    per_group: dict[str, dict[str, float]] = {}
+    rng = np.random.default_rng(seed)
+    maps = block_index_maps(spec, perm)
+    sweeps, converged = 0, False
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(max_sweeps), disable=not progress, desc="weight matching", leave=False)
+    for _ in bar:
+        if not any(dirty):
+            converged = True
+            break
+        sweeps += 1
+        improved = False
+        for ci in rng.permutation(len(coords)):
+            if not dirty[ci]:
+                continue
+            dirty[ci] = False
+            kind, obj = coords[ci]
+            name = obj.name if kind == "neuron" else obj.group.name
+            t0 = time.perf_counter()
+            if kind == "neuron":
+                C = costs.neuron(obj, maps)
+                t1 = time.perf_counter()
+                cols, new = _lap(C)
+                old = float(C[torch.arange(obj.size), perm[obj.name]].sum())
+                changed = new - old > tol * max(1.0, abs(old))
+                if changed:
+                    perm[obj.name] = torch.as_tensor(cols, dtype=torch.long)
+            else:
+                S, R = costs.heads(obj, maps)
+                t1 = time.perf_counter()
+                sigma, pis, new = _solve_heads(S, R)
+                old = _head_value(S, R, obj, perm)
+                changed = new - old > tol * max(1.0, abs(old))
+                if changed:
+                    _set_heads(perm, obj, sigma, pis)
+            t2 = time.perf_counter()
+            pg = per_group.setdefault(name, {"build_s": 0.0, "lap_s": 0.0, "steps": 0})
+            pg["build_s"] += t1 - t0
+            pg["lap_s"] += t2 - t1
+            pg["steps"] += 1
+            if changed:
+                improved = True
+                maps = block_index_maps(spec, perm)
+                for j in neighbours[ci]:
+                    if j != ci:
+                        dirty[j] = True
+        if not improved:
+            converged = True
+            break
+    else:
+        converged = not any(dirty)
+    for pg in per_group.values():
+        for k in timing:
+            timing[k] += pg[k]
+    objective = match_objective(sd_a, sd_b, spec, perm, include_buffers=include_buffers)
+    return MatchResult(
+        perm, spec, "weight", objective, sweeps, converged, {"timing": timing, "per_group": per_group}
+    )
+
+
+# -------------------------------------------------------- activation matching
+class _CrossCorr:
+    """Streaming second moments of two ``(m, n_a)`` / ``(m, n_b)`` streams:
+    Pearson cross-correlation and mean squared distance ``[n_a, n_b]``."""
+
+    def __init__(self, n_a: int, n_b: int | None = None) -> None:
+        n_b = n_a if n_b is None else n_b
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
+        self.m = 0
+        self.sa, self.sb, self.saa, self.sbb, self.sab = z(n_a), z(n_b), z(n_a), z(n_b), z(n_a, n_b)
+
+    def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        a, b = a.double(), b.double()
+        self.m += a.shape[0]
+        self.sa += a.sum(0)
+        self.sb += b.sum(0)
+        self.saa += (a * a).sum(0)
+        self.sbb += (b * b).sum(0)
+        self.sab += a.T @ b
+
+    def corr(self) -> torch.Tensor:
+        m = max(self.m, 1)
+        ma, mb = self.sa / m, self.sb / m
+        cov = self.sab / m - ma[:, None] * mb[None, :]
+        sa = (self.saa / m - ma**2).clamp_min(0).sqrt()
+        sb = (self.sbb / m - mb**2).clamp_min(0).sqrt()
+        den = sa[:, None] * sb[None, :]
+        # dead (constant) neurons correlate 0 with everything
+        return torch.where(den > 1e-12, cov / den.clamp_min(1e-12), torch.zeros_like(cov))
+
+    def sqdist(self) -> torch.Tensor:
+        """``E[(a_i - b_j)^2]`` over samples."""
+        m = max(self.m, 1)
+        return (self.saa[:, None] / m + self.sbb[None, :] / m - 2 * self.sab / m).clamp_min(0)
+
+
+def _capture_plan(model: nn.Module, spec: PermutationSpec, blocks: set[int]) -> tuple[dict[int, tuple[str, int]], list[int]]:
+    """Which blocks can be captured as module outputs: ``{block: (layer, axis)}``
+    and the blocks that cannot (their groups fall back to weights)."""
+    from weightspace.similarity.capture import capturable_layers
+
+    names = set(capturable_layers(model))
+    mods = dict(model.named_modules())
+    plan, missing = {}, []
+    for b in sorted(blocks):
+        prod = spec.blocks[b].producer
+        if prod in names and prod in mods:
+            plan[b] = (prod, channel_axis(mods[prod]))
+        else:
+            missing.append(b)
+    return plan, missing
+
+
+def block_moments(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Any,
+    spec_a: PermutationSpec,
+    blocks: Sequence[int] | None = None,
+    *,
+    spec_b: PermutationSpec | None = None,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+) -> tuple[dict[int, "_CrossCorr"], list[int]]:
+    """Streaming second moments between the neurons of each block of ``a``
+    and ``b`` (the same architecture family; widths may differ).
+
+    Activations are the outputs of the op that creates the block
+    (``spec.blocks[b].producer``), captured through an fx trace; spatial
+    positions and tokens count as samples.
+
+    Args:
+        data: ``x`` ``(N, ...)``, ``(x, y)`` or an iterable of batches.
+        blocks: block indices (default: every non-fixed block).
+        spec_b: ``b``'s spec when its widths differ (default ``spec_a``).
+
+    Returns:
+        ``({block: accumulator with .corr() / .sqdist() [size_a, size_b]},
+        blocks whose producer output could not be captured)``.
+    """
+    from weightspace.similarity.capture import ActivationCapture
+
+    spec_b = spec_b or spec_a
+    want = set(range(len(spec_a.blocks))) if blocks is None else set(blocks)
+    want = {b for b in want if not spec_a.blocks[b].fixed}
+    plan, missing = _capture_plan(model_a, spec_a, want)
+    layers = sorted({v[0] for v in plan.values()})
+    acc = {b: _CrossCorr(spec_a.blocks[b].size, spec_b.blocks[b].size) for b in plan}
+    if layers:
+        cap_a, cap_b = ActivationCapture(model_a, layers), ActivationCapture(model_b, layers)
+        seen = 0
+        dtype = next(model_a.parameters()).dtype
+        for x, _ in iter_batches(data, batch_size):
+            if max_samples is not None:
+                if seen >= max_samples:
+                    break
+                x = x[: max_samples - seen]
+            x = torch.as_tensor(x)
+            check_finite_data(x)
+            if x.is_floating_point():
+                x = x.to(dtype)
+            seen += x.shape[0]
+            oa, ob = cap_a(x), cap_b(x)
+            for b, (layer, axis) in list(plan.items()):
+                ta, tb = oa[layer], ob[layer]
+                ok = (
+                    isinstance(ta, torch.Tensor)
+                    and isinstance(tb, torch.Tensor)
+                    and ta.ndim >= 2
+                    and ta.shape[axis] == spec_a.blocks[b].size
+                    and tb.shape[axis] == spec_b.blocks[b].size
+                )
+                if not ok:
+                    missing.append(b)
+                    del plan[b], acc[b]
+                    continue
+                acc[b].update(as_samples(ta, axis), as_samples(tb, axis))
+        if seen == 0:
+            raise MergeError("data yielded no samples to capture activations from")
+    return acc, sorted(set(missing))
+
+
+def head_costs_from_blocks(
+    L_a: HeadLayout, L_b: HeadLayout, mats: Mapping[int, torch.Tensor]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Head-solver inputs from block-level neuron similarities.
+
+    Args:
+        L_a, L_b: the same head group in ``a``'s and ``b``'s spec.
+        mats: ``{block: [size_a, size_b]}`` similarity of neurons.
+
+    Returns:
+        ``S`` (per nested kind ``[h, n_k, h, n_k]``) and ``R [h, h]`` as
+        taken by the head solver.
+    """
+    H, Hb = L_a.group, L_b.group
+    h = H.size
+    S = []
+    for subs, subs_b in zip(L_a.subs, L_b.subs):
+        n = subs[0].size
+        Sk = torch.zeros(h * n, h * n, dtype=torch.float64)
+        for t in range(len(subs[0].targets)):
+            b = subs[0].targets[t][0]
+            ia = torch.cat([torch.arange(g.targets[t][1], g.targets[t][1] + n) for g in subs])
+            ib = torch.cat([torch.arange(g.targets[t][1], g.targets[t][1] + n) for g in subs_b])
+            Sk += mats[b][ia][:, ib]
+        S.append(Sk.view(h, n, h, n))
+    R = torch.zeros(h, h, dtype=torch.float64)
+    for (rb, rs), (_, rs_b) in zip(H.targets, Hb.targets):
+        covered = torch.zeros(H.unit, dtype=torch.bool)
+        for subs in L_a.subs:
+            for gb, gs in subs[0].targets:
+                if gb == rb and rs <= gs < rs + H.unit:
+                    covered[gs - rs : gs - rs + subs[0].size] = True
+        for o in torch.nonzero(~covered).flatten().tolist():
+            pa = rs + torch.arange(h) * H.unit + o
+            pb = rs_b + torch.arange(h) * Hb.unit + o
+            R += mats[rb][pa][:, pb]
+    return S, R
+
+
+def activation_matching(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Any,
+    spec: PermutationSpec | None = None,
+    *,
+    example_input: torch.Tensor | None = None,
+    batch_size: int = 256,
+    max_samples: int | None = None,
+    fallback: str = "weights",
+    seed: int = 0,
+) -> MatchResult:
+    """Align ``b`` to ``a`` by activation correlation (Git Re-Basin, Sec. 3.1).
+
+    For every neuron group the cost is the summed Pearson correlation, over
+    all blocks the group spans (both sides of a residual add, ...), between
+    the neurons of ``a`` and ``b`` on ``data``; one LAP per group (no
+    coordinate descent: activations of ``b`` do not depend on how its other
+    layers are permuted). Heads: as in :func:`weight_matching`.
+
+    Args:
+        model_a, model_b: modules of the same architecture (not modified;
+            run in eval mode).
+        data: inputs ``(N, ...)``, ``(x, y)`` or an iterable of batches.
+        spec: defaults to the spec traced from ``model_a`` on two samples.
+        fallback: for groups whose blocks cannot be captured as a module
+            output (e.g. ``nn.MultiheadAttention``'s packed in-projection):
+            ``"weights"`` matches them by weight matching with the others
+            fixed; ``"error"`` raises.
+        seed: seed of that weight-matching fallback.
+
+    Returns:
+        :class:`MatchResult` (``info["fallback_groups"]`` lists groups matched
+        by weights).
+    """
+    sd_a, sd_b = model_a.state_dict(), model_b.state_dict()
+    if spec is None:
+        from weightspace.core import permutation_spec
+
+        x0 = example_input
+        if x0 is None:
+            x0 = next(iter_batches(data, 2))[0][:2]
+        spec = permutation_spec(model_a, x0)
+    check_state_dicts([sd_a, sd_b], spec, min_models=2)
+    free, heads = split_groups(spec)
+    blocks = {b for g in free for b, _ in g.targets} | {b for L in heads for b, _ in L.group.targets}
+    moments, missing = block_moments(
+        model_a, model_b, data, spec, sorted(blocks), batch_size=batch_size, max_samples=max_samples
+    )
+    corr = {b: m.corr() for b, m in moments.items()}
+    perm = identity_permutation(spec)
+    todo: list[str] = []
+    total = 0.0
+    for g in free:
+        if any(b not in corr for b, _ in g.targets):
+            todo.append(g.name)
+            continue
+        C = sum(corr[b][s : s + g.size, s : s + g.size] for b, s in g.targets)
+        cols, v = _lap(C)
+        perm[g.name] = torch.as_tensor(cols, dtype=torch.long)
+        total += v
+    for L in heads:
+        H = L.group
+        if any(b not in corr for b, _ in H.targets):
+            todo.append(H.name)
+            continue
+        S, R = head_costs_from_blocks(L, L, corr)
+        sigma, pis, v = _solve_heads(S, R)
+        _set_heads(perm, L, sigma, pis)
+        total += v
+    info: dict = {"fallback_groups": todo, "uncaptured_blocks": [spec.blocks[b].producer for b in missing]}
+    if todo:
+        if fallback == "error":
+            raise MergeError(
+                f"activation matching cannot capture the outputs of {info['uncaptured_blocks']} "
+                f"(groups {todo}); use fallback='weights'"
+            )
+        if fallback != "weights":
+            raise MergeError(f"fallback must be 'weights' or 'error', got {fallback!r}")
+        wm = weight_matching(sd_a, sd_b, spec, seed=seed, init=perm, groups=todo, validate=False)
+        perm = wm.perm
+    return MatchResult(perm, spec, "activation", total, 1, True, info)
+
+
+# ---------------------------------------------------------------- STE matching
+def ste_matching(
+    model: nn.Module,
+    sd_a: Mapping[str, torch.Tensor],
+    sd_b: Mapping[str, torch.Tensor],
+    data: tuple[torch.Tensor, torch.Tensor],
+    spec: PermutationSpec | str,
+    *,
+    steps: int = 200,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    lam: float = 0.5,
+    loss_fn: Any = None,
+    seed: int = 0,
+    init: Mapping[str, torch.Tensor] | None = None,
+    progress: bool = False,
+) -> MatchResult:
+    """Straight-through estimator matching (Git Re-Basin, Alg. 2).
+
+    A free copy ``theta`` of ``b`` in ``a``'s basis is trained so that the
+    midpoint model ``(1 - lam) * a + lam * P(b)`` has low loss, where ``P`` is
+    the weight-matching projection of ``b`` onto ``theta`` and gradients pass
+    straight through ``P(b)`` to ``theta``. BatchNorm layers use batch
+    statistics during training (running statistics of the midpoint are
+    meaningless before a reset).
+
+    Args:
+        model: a module of the architecture (template; not modified).
+        sd_a, sd_b: endpoint state_dicts.
+        data: ``(x (N, ...), y (N,))`` training data for the midpoint loss.
+        spec: the architecture's spec (or registered name).
+        steps: optimiser steps (Adam, ``lr``); minibatches drawn with ``seed``.
+        lam: interpolation weight of ``b`` in the trained model.
+        loss_fn: ``(logits, y) -> scalar``; default cross-entropy.
+        init: starting permutation (default: weight matching of ``b`` to ``a``).
+
+    Returns:
+        :class:`MatchResult` (``info["loss"]``: loss per step; the projection
+        of the final ``theta``).
+    """
+    from torch.func import functional_call
+
+    spec = resolve_spec(spec)
+    check_state_dicts([sd_a, sd_b], spec, min_models=2)
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise MergeError("ste_matching needs data=(x, y) tensors")
+    x, y = data
+    check_finite_data(x)
+    loss_fn = loss_fn or torch.nn.functional.cross_entropy
+    gen = torch.Generator().manual_seed(int(seed))
+    m = copy.deepcopy(model)
+    m.load_state_dict(dict(sd_a))
+    m.train()
+    for mod in m.modules():  # only BatchNorm runs in training mode (no dropout noise)
+        if not isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.training = False
+    param_keys = [k for k, _ in m.named_parameters()]
+    perm = dict(init) if init is not None else weight_matching(sd_a, sd_b, spec, seed=seed, validate=False).perm
+    pb = apply_permutation(sd_b, spec, perm)
+    theta = {k: pb[k].detach().clone().float().requires_grad_(True) for k in param_keys}
+    opt = torch.optim.Adam(theta.values(), lr=lr)
+    losses = []
+    from tqdm.auto import tqdm
+
+    for step in tqdm(range(steps), disable=not progress, desc="STE matching", leave=False):
+        th = {k: v.detach() for k, v in theta.items()}
+        perm = weight_matching(th, sd_b, spec, seed=seed + step, init=perm, validate=False).perm
+        pb = apply_permutation(sd_b, spec, perm)
+        idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=gen)
+        params = {}
+        for k in sd_a:
+            if k in theta:
+                bk = theta[k] + (pb[k].float() - theta[k]).detach()  # straight-through
+                params[k] = (1 - lam) * sd_a[k].float() + lam * bk
+            else:
+                v = sd_a[k]
+                params[k] = ((1 - lam) * v.float() + lam * pb[k].float()) if v.is_floating_point() else v.clone()
+        out = functional_call(m, params, (x[idx],))
+        loss = loss_fn(out, y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    th = {k: v.detach() for k, v in theta.items()}
+    final = weight_matching(th, sd_b, spec, seed=seed, init=perm, validate=False)
+    return MatchResult(final.perm, spec, "ste", final.objective, steps, True, {"loss": losses})

@@ -335,6 +335,7 @@ def _pieces(ctx: Ctx, x: torch.Tensor, d: tuple, dim: int, bounds: list[tuple[in
 
 
 def chunk_rule(ctx: Ctx, args, descs, kwargs, kdescs, out):
+    """``chunk`` / ``split`` / ``tensor_split``: consecutive pieces along ``dim``."""
     x, d = args[0], descs[0]
     dim = norm_dim(int(get_arg(args, kwargs, 2, "dim", 0)), x.dim())
     bounds, pos = [], 0
@@ -345,15 +346,7 @@ def chunk_rule(ctx: Ctx, args, descs, kwargs, kdescs, out):
     return _pieces(ctx, x, d, dim, bounds)
 
 
-def split_rule(ctx: Ctx, args, descs, kwargs, kdescs, out):
-    x, d = args[0], descs[0]
-    dim = norm_dim(int(get_arg(args, kwargs, 2, "dim", 0)), x.dim())
-    bounds, pos = [], 0
-    for o in out:
-        n = int(o.shape[dim])
-        bounds.append((pos, pos + n))
-        pos += n
-    return _pieces(ctx, x, d, dim, bounds)
+split_rule = chunk_rule
 
 
 def unbind_rule(ctx: Ctx, args, descs, kwargs, kdescs, out):

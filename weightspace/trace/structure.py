@@ -17,19 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from weightspace.trace.channels import ChannelState, Feat, slice_segs
+from weightspace.trace.channels import ChannelState, Feat, Seg, slice_segs
 from weightspace.trace.tracer import ComputationGraph
 
 
-@dataclass(frozen=True)
-class Piece:
-    block: int
-    start: int
-    stop: int
-
-    @property
-    def length(self) -> int:
-        return self.stop - self.start
+# A piece is a slice of a block, like a Seg: ``Piece(block, start, stop)``.
+Piece = Seg
 
 
 @dataclass(frozen=True)

@@ -168,7 +168,7 @@ def diagonal_fisher(
 
     def logp(p, x, y):
         out = functional_call(m, (p, buffers), (x.unsqueeze(0),))
-        return torch.log_softmax(out, -1)[0, y]
+        return torch.log_softmax(out, -1)[0].gather(0, y.reshape(1)).squeeze(0)
 
     per_example = vmap(grad(logp), in_dims=(None, 0, 0))
     fisher = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in params.items()}

@@ -84,6 +84,13 @@ def check_same_family(specs: Sequence[PermutationSpec], names: Sequence[str] | N
         if set(s.float_keys) != set(ref.float_keys):
             d = sorted(set(s.float_keys) ^ set(ref.float_keys))[:6]
             raise MergeError(f"{who}: different tensors {d}: not the same architecture family")
+        hs = [(g.size, g.unit) for g in s.head_groups]
+        hr = [(g.size, g.unit) for g in ref.head_groups]
+        if hs != hr:
+            raise MergeError(
+                f"{who}: attention heads differ ({hs} vs {hr}, heads x head size per attention layer); "
+                "OT fusion needs equal head counts and head sizes"
+            )
         if len(s.blocks) != len(ref.blocks) or len(s.groups) != len(ref.groups):
             raise MergeError(
                 f"{who}: different structure ({len(s.blocks)} vs {len(ref.blocks)} blocks, "

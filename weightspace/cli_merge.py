@@ -1,0 +1,89 @@
+"""``weightspace merge CONFIG OUT.safetensors``: merge models as a YAML config
+says (see :mod:`weightspace.merge.config`). The work is done by
+:func:`weightspace.merge.config.run_config`; this file prints and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _plot_paths(outcome, png: Path) -> list[Path]:
+    """Loss/accuracy along the linear path, aligned vs naive (PNG + SVG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for p, label, style in ((outcome.path_naive, "naive", "--"), (outcome.path, outcome.summary["method"], "-")):
+        if p is None:
+            continue
+        axes[0].plot(p.lambdas, p.loss, style, label=f"{label} (barrier {p.loss_barrier:.3f})")
+        axes[1].plot(p.lambdas, p.accuracy, style, label=f"{label} (barrier {p.error_barrier:.3f})")
+    axes[0].set(xlabel="lambda", ylabel="loss", title="loss along the linear path")
+    axes[1].set(xlabel="lambda", ylabel="accuracy", title="accuracy along the linear path")
+    for ax in axes:
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    svg = png.with_suffix(".svg")
+    fig.savefig(png, dpi=120)
+    fig.savefig(svg)
+    plt.close(fig)
+    return [png, svg]
+
+
+def merge(
+    config: Annotated[Path, typer.Argument(help="YAML merge config (models, method, options, data)")],
+    out: Annotated[Path, typer.Argument(help="where to write the merged weights (.safetensors)")],
+    progress: Annotated[bool, typer.Option("--progress/--quiet", help="show progress bars")] = False,
+) -> None:
+    """Merge models as a YAML config describes (mergekit-style).
+
+    Writes OUT (safetensors, architecture in its metadata); with `data` and
+    `barrier` in the config also OUT.barrier.json and OUT.barrier.png/.svg.
+
+    Example: weightspace merge merge.yaml merged.safetensors
+    """
+    from weightspace.errors import WeightspaceError
+    from weightspace.io import save_state_dict
+    from weightspace.merge.config import load_config, run_config
+
+    if out.suffix != ".safetensors":
+        raise typer.BadParameter(f"OUT must end in .safetensors, got {out}")
+    try:
+        cfg = load_config(config)
+        outcome = run_config(cfg, progress=progress)
+    except (WeightspaceError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+    s = outcome.summary
+    meta = {"arch": outcome.arch, "arch_kwargs": json.dumps(outcome.arch_kwargs), "method": s["method"]}
+    save_state_dict(outcome.state_dict, out, metadata=meta)
+    typer.echo(f"method     {s['method']}" + (f" + {s['repair']}" if s.get("repair", "none") != "none" else ""))
+    typer.echo(f"arch       {outcome.arch} {outcome.arch_kwargs or ''}".rstrip())
+    for i, m in enumerate(s["models"]):
+        typer.echo(f"model {i}    {m}")
+    for name, ev in s.get("eval", {}).items():
+        typer.echo(f"{name:10s} loss {ev['loss']:.4f}  accuracy {ev['accuracy']:.4f}")
+    if "barrier" in s:
+        b = s["barrier"]
+        typer.echo(
+            f"barrier    aligned loss {b['aligned']['loss']:.4f} error {b['aligned']['error']:.4f} | "
+            f"naive loss {b['naive']['loss']:.4f} error {b['naive']['error']:.4f}"
+        )
+    typer.echo(f"wrote      {out}")
+    if outcome.path is not None:
+        stem = out.with_suffix("")
+        jpath = Path(f"{stem}.barrier.json")
+        jpath.write_text(json.dumps({
+            "summary": s,
+            "aligned": outcome.path.to_dict(),
+            "naive": outcome.path_naive.to_dict() if outcome.path_naive else None,
+        }, indent=2))
+        files = _plot_paths(outcome, Path(f"{stem}.barrier.png"))
+        typer.echo(f"wrote      {jpath}, {', '.join(str(f) for f in files)}")

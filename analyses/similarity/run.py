@@ -15,13 +15,17 @@ and writes figures (PNG + SVG), ``table.md`` and ``results.json`` to --out.
 
 Run: python analyses/similarity/run.py [--out DIR] [--quick]
 
-Git Re-Basin before/after comparison: see ``rebasin_alignment`` (TODO hook;
-it waits for ``weightspace.merge`` and records "pending" until then).
+Git Re-Basin before/after: model b of every seed pair is permuted onto model
+a with ``weightspace.merge.weight_matching``; the analysis records the
+correlation of *same-index* neurons (should rise after alignment), the
+one-to-one matched correlation (an upper bound that permutations cannot
+change) and CKA (permutation invariant: unchanged).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import time
@@ -91,25 +95,27 @@ def accuracy(model, x, y) -> float:
     return float((model.eval()(x).argmax(1) == y).float().mean())
 
 
-def rebasin_alignment(model_a: nn.Module, model_b: nn.Module):
-    """TODO(merge): Git Re-Basin before/after comparison.
+def rebasin_alignment(model_a: nn.Module, model_b: nn.Module, example_input: torch.Tensor):
+    """Git Re-Basin weight matching of ``model_b`` onto ``model_a``.
 
-    When ``weightspace.merge`` provides weight matching, permute ``model_b``
-    onto ``model_a`` with it and return the aligned model; the caller then
-    recomputes the neuron-matched correlation / same-layer CKA on the aligned
-    pair ("after") next to the unaligned one ("before"). Expected: the
-    correlation between *same-index* neurons rises after alignment, while CKA
-    (permutation invariant) does not change. Weight matching is deliberately
-    not implemented here. Returns None until the merge module exists.
+    Uses ``weightspace.merge.weight_matching`` with the spec derived from the
+    trace (nothing is re-implemented here). Returns ``(aligned copy of b,
+    info)`` or ``(None, reason)`` when the merge module or its API is not
+    available, so the rest of the analysis still runs.
     """
     try:
-        from weightspace import merge  # noqa: F401
-    except ImportError:  # pragma: no cover - the package exists, the function may not
-        return None
-    matcher = getattr(merge, "weight_matching", None)
-    if matcher is None:
-        return None
-    return None  # TODO(merge): call matcher and apply the permutation once its API is fixed
+        from weightspace.core import permutation_spec
+        from weightspace.merge import weight_matching
+    except ImportError as exc:  # merge not built yet
+        return None, f"pending: {exc}"
+    try:
+        spec = permutation_spec(model_a, example_input)
+        res = weight_matching(model_a.state_dict(), model_b.state_dict(), spec, seed=0)
+        aligned = copy.deepcopy(model_b)
+        aligned.load_state_dict(res.apply(model_b.state_dict()))
+    except Exception as exc:  # noqa: BLE001 - report, never abort the analysis
+        return None, f"failed: {type(exc).__name__}: {exc}"
+    return aligned.eval(), {"groups": list(res.perm), "sweeps": res.sweeps, "converged": res.converged}
 
 
 def same_index_correlation(acts_a, acts_b, layers) -> dict[str, float]:
@@ -117,6 +123,38 @@ def same_index_correlation(acts_a, acts_b, layers) -> dict[str, float]:
     from weightspace.similarity import neuron_correlation
 
     return {k: float(np.mean(np.diag(neuron_correlation(acts_a[k], acts_b[k])))) for k in layers}
+
+
+def rebasin_block(family, width, seeds, models, match_acts, acts, x) -> dict:
+    """Before/after Git Re-Basin statistics over all seed pairs of one width."""
+    after_idx = {k: [] for k in MATCH_LAYERS[family]}
+    after_match = {k: [] for k in MATCH_LAYERS[family]}
+    cka_change = {k: [] for k in LAYERS[family]}
+    infos = []
+    for s1, s2 in itertools.combinations(seeds, 2):
+        ka, kb = f"{family}/w{width}/s{s1}", f"{family}/w{width}/s{s2}"
+        aligned, info = rebasin_alignment(models[ka], models[kb], x[:2])
+        if aligned is None:
+            return {"status": info}
+        infos.append(info)
+        al = capture_activations(aligned, MATCH_LAYERS[family], x, reduction=MATCH_REDUCTION[family])
+        for k, v in same_index_correlation(match_acts[ka], al, MATCH_LAYERS[family]).items():
+            after_idx[k].append(v)
+        for k, mt in match_neurons_by_layer(match_acts[ka], al).items():
+            after_match[k].append(mt.mean)
+        al_cka = capture_activations(aligned, LAYERS[family], x, reduction=REDUCTION[family])
+        before = cka_matrix(acts[ka], acts[kb]).matching_diagonal()
+        after = cka_matrix(acts[ka], al_cka).matching_diagonal()
+        for k in LAYERS[family]:
+            cka_change[k].append(abs(after[k] - before[k]))
+    ms = lambda d: {k: {"mean": float(np.mean(v)), "std": float(np.std(v))} for k, v in d.items()}
+    return {
+        "status": "done",
+        "weight_matching": infos,
+        "same_index_after": ms(after_idx),
+        "matched_after": ms(after_match),
+        "cka_abs_change": {k: {"mean": float(np.max(v)), "std": 0.0} for k, v in cka_change.items()},
+    }
 
 
 def main(argv=None) -> dict:
@@ -140,8 +178,8 @@ def main(argv=None) -> dict:
                                 "n_test": len(yte), "layers": LAYERS, "reduction": REDUCTION,
                                 "match_reduction": MATCH_REDUCTION, "cka": "linear, exact, test set"},
                      "models": {}, "same_layer_cka": {}, "neuron_matching": {}, "heatmaps": {},
-                     "rebasin": "pending: weightspace.merge weight matching not available (TODO hook rebasin_alignment)"}
-    acts, acts_init, match_acts = {}, {}, {}
+                     "rebasin": {}}
+    acts, acts_init, match_acts, models = {}, {}, {}, {}
     t0 = time.perf_counter()
     for family in LAYERS:
         for width, seed in itertools.product(widths[family], seeds):
@@ -152,6 +190,7 @@ def main(argv=None) -> dict:
             model = train(build(family, width, seed), xtr, ytr, seed=seed, epochs=epochs)
             results["models"][key] = {"test_accuracy": accuracy(model, xte, yte),
                                       "train_seconds": time.perf_counter() - t}
+            models[key] = model
             acts[key] = capture_activations(model, LAYERS[family], xte, reduction=REDUCTION[family])
             match_acts[key] = capture_activations(model, MATCH_LAYERS[family], xte, reduction=MATCH_REDUCTION[family])
     results["total_train_seconds"] = time.perf_counter() - t0
@@ -183,6 +222,12 @@ def main(argv=None) -> dict:
                 results["neuron_matching"][f"{family}/w{width}"] = {"matched": stats, "same_index": stats_idx}
                 table_rows.append((family, width, "matched neuron corr", stats))
                 table_rows.append((family, width, "same-index neuron corr", stats_idx))
+                rb = rebasin_block(family, width, seeds, models, match_acts, acts, xte)
+                results["rebasin"][f"{family}/w{width}"] = rb
+                if "same_index_after" in rb:
+                    table_rows.append((family, width, "same-index corr after Re-Basin", rb["same_index_after"]))
+                    table_rows.append((family, width, "matched corr after Re-Basin", rb["matched_after"]))
+                    table_rows.append((family, width, "max |CKA change| after Re-Basin", rb["cka_abs_change"]))
 
         # heatmaps: two seeds of the middle width; narrowest vs widest of seed 0
         for family in LAYERS:

@@ -1,0 +1,154 @@
+"""Train / validation / test splits of a :class:`~weightspace.predict.WeightDataset`.
+
+Every split keeps the rows of one *group* together (by default a zoo member,
+so checkpoints of one network never straddle train and test). They return
+index arrays, so one dataset can be split many ways without reloading.
+
+* :func:`random_split` -- groups shuffled with a seed.
+* :func:`seed_split` -- groups = training seed (members sharing a seed stay together).
+* :func:`hyperparameter_split` -- out of distribution: train on some values
+  (or the low end) of a hyperparameter, test on others (the high end), as in
+  the GMN paper's "train on narrow, test on wide" experiment.
+
+(:meth:`zoo.Zoo.split` does the same for zoo views; these work on the
+per-checkpoint rows of a dataset and add numeric thresholds.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+__all__ = ["Split", "random_split", "seed_split", "hyperparameter_split", "resolve_column"]
+
+
+class Split(NamedTuple):
+    """Row indices ``[n_train]``, ``[n_val]``, ``[n_test]`` (sorted, disjoint)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def resolve_column(meta: Any, column: str) -> str:
+    """``column`` or the unique ``meta`` column ending in ``.<column>``
+    (``lr`` -> ``config.train.lr``)."""
+    cols = list(meta.columns)
+    if column in cols:
+        return column
+    hits = [c for c in cols if c.endswith("." + column)]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise KeyError(f"no column {column!r}; columns: {cols}")
+    raise KeyError(f"column {column!r} is ambiguous: {hits}; use the full name")
+
+
+def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
+    return tuple(float(f) for f in fractions)  # type: ignore[return-value]
+
+
+def _keys(values: Sequence[Any]) -> np.ndarray:
+    return np.array([json.dumps(v, default=str, sort_keys=True) for v in values])
+
+
+def _group_split(keys: np.ndarray, fractions: Sequence[float], seed: int) -> Split:
+    f = _check_fractions(fractions)
+    groups = np.array(sorted(set(keys.tolist())))
+    order = np.random.default_rng(int(seed)).permutation(len(groups))
+    g = len(groups)
+    n_tr = int(round(f[0] * g))
+    n_va = min(g - n_tr, int(round(f[1] * g)))
+    where = {}
+    for rank, gi in enumerate(order):
+        where[groups[gi]] = 0 if rank < n_tr else 1 if rank < n_tr + n_va else 2
+    part = np.array([where[k] for k in keys], dtype=np.int64)
+    return Split(*(np.flatnonzero(part == s) for s in range(3)))
+
+
+def random_split(
+    dataset: Any, fractions: Sequence[float] = (0.7, 0.15, 0.15), *, seed: int = 0, group: str = "member_id"
+) -> Split:
+    """Random split of groups (default: members) by ``fractions``.
+
+    Args:
+        dataset: a :class:`~weightspace.predict.WeightDataset`.
+        fractions: train / val / test fractions of the *groups*.
+        seed: shuffling seed (``numpy.random.default_rng``).
+        group: meta column whose rows stay together.
+    """
+    col = resolve_column(dataset.meta, group)
+    return _group_split(_keys(dataset.meta[col].tolist()), fractions, seed)
+
+
+def seed_split(dataset: Any, fractions: Sequence[float] = (0.7, 0.15, 0.15), *, seed: int = 0) -> Split:
+    """Random split keeping members of one training seed together."""
+    return random_split(dataset, fractions, seed=seed, group="seed")
+
+
+def hyperparameter_split(
+    dataset: Any,
+    column: str,
+    *,
+    train: Sequence[Any] | None = None,
+    test: Sequence[Any] | None = None,
+    threshold: float | None = None,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    group: str = "member_id",
+) -> Split:
+    """Out-of-distribution split on a hyperparameter.
+
+    Either by values (``train=[...]``, ``test=[...]``; e.g. train on relu and
+    tanh, test on gelu) or by ``threshold`` for a numeric column (train on
+    ``value <= threshold``, test on ``value > threshold``; e.g. narrow vs
+    wide, small vs large learning rates). Rows matching neither are left
+    out. The validation set is ``val_fraction`` of the training groups,
+    drawn with ``seed`` (so it is in-distribution, as model selection must be).
+
+    Args:
+        dataset: a :class:`~weightspace.predict.WeightDataset`.
+        column: meta column (a unique suffix works: ``"activation"``).
+        train, test: value lists (``test`` defaults to every other value).
+        threshold: numeric cut instead of value lists.
+        val_fraction: fraction of training groups held out for validation.
+        seed: seed of the validation draw.
+        group: meta column whose rows stay together.
+    """
+    meta = dataset.meta
+    col = resolve_column(meta, column)
+    vals = meta[col].tolist()
+    if threshold is not None:
+        if train is not None or test is not None:
+            raise ValueError("give either threshold or train/test values, not both")
+        try:
+            num = np.asarray(vals, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"threshold split needs a numeric column; {col!r} has values like {vals[:3]}") from None
+        in_train = num <= float(threshold)
+        in_test = num > float(threshold)
+    else:
+        if train is None:
+            raise ValueError("hyperparameter_split needs train=[values] (and optionally test=[values]) or threshold=")
+        tr_keys = set(_keys(list(train)).tolist())
+        te_keys = set(_keys(list(test)).tolist()) if test is not None else None
+        both = tr_keys & te_keys if te_keys is not None else set()
+        if both:
+            raise ValueError(f"values {sorted(both)} are listed in both train and test")
+        keys = _keys(vals)
+        in_train = np.array([k in tr_keys for k in keys])
+        in_test = np.array([(k in te_keys) if te_keys is not None else (k not in tr_keys) for k in keys])
+    if not in_train.any() or not in_test.any():
+        raise ValueError(
+            f"split on {col!r} leaves {int(in_train.sum())} training and {int(in_test.sum())} test rows; "
+            f"values present: {sorted(set(map(str, vals)))[:10]}"
+        )
+    gcol = resolve_column(meta, group)
+    tr_idx = np.flatnonzero(in_train)
+    inner = _group_split(_keys(meta[gcol].iloc[tr_idx].tolist()), (1.0 - val_fraction, val_fraction, 0.0), seed)
+    return Split(np.sort(tr_idx[inner.train]), np.sort(tr_idx[inner.val]), np.flatnonzero(in_test))

@@ -625,7 +625,7 @@ def ste_matching(
     spec: PermutationSpec | str,
     *,
     steps: int = 200,
-    lr: float = 1e-3,
+    lr: float = 1e-2,
     batch_size: int = 128,
     lam: float = 0.5,
     loss_fn: Any = None,
@@ -635,7 +635,8 @@ def ste_matching(
 ) -> MatchResult:
     """Straight-through estimator matching (Git Re-Basin, Alg. 2).
 
-    A free copy ``theta`` of ``b`` in ``a``'s basis is trained so that the
+    A free copy ``theta`` of ``b`` in ``a``'s basis (initialised to ``a``) is
+    trained so that the
     midpoint model ``(1 - lam) * a + lam * P(b)`` has low loss, where ``P`` is
     the weight-matching projection of ``b`` onto ``theta`` and gradients pass
     straight through ``P(b)`` to ``theta``. BatchNorm layers use batch
@@ -648,6 +649,8 @@ def ste_matching(
         data: ``(x (N, ...), y (N,))`` training data for the midpoint loss.
         spec: the architecture's spec (or registered name).
         steps: optimiser steps (Adam, ``lr``); minibatches drawn with ``seed``.
+            The projection only changes once ``theta`` has moved far enough:
+            with few steps use a larger ``lr`` (e.g. ``1e-2``).
         lam: interpolation weight of ``b`` in the trained model.
         loss_fn: ``(logits, y) -> scalar``; default cross-entropy.
         init: starting permutation (default: weight matching of ``b`` to ``a``).
@@ -674,8 +677,8 @@ def ste_matching(
             mod.training = False
     param_keys = [k for k, _ in m.named_parameters()]
     perm = dict(init) if init is not None else weight_matching(sd_a, sd_b, spec, seed=seed, validate=False).perm
-    pb = apply_permutation(sd_b, spec, perm)
-    theta = {k: pb[k].detach().clone().float().requires_grad_(True) for k in param_keys}
+    # theta starts at a (Alg. 2: "theta_B <- theta_A"); its first projection is weight matching
+    theta = {k: sd_a[k].detach().clone().float().requires_grad_(True) for k in param_keys}
     opt = torch.optim.Adam(theta.values(), lr=lr)
     losses = []
     from tqdm.auto import tqdm

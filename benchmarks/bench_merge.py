@@ -1,0 +1,198 @@
+"""Wall time of weight matching (Git Re-Basin) on ResNet-20x4 and ResNet-18
+pairs; LAP time vs cost-matrix build time per permutation group; and, when it
+can be imported, the ``rebasin`` PyPI package on the same pairs.
+
+Both tools solve the same problem (coordinate descent over permutation
+groups maximising ``sum <W_a, P(W_b)>``), so besides the wall time each run
+reports the objective it reached (higher is better; computed with
+``weightspace.merge.match_objective`` on the returned weights) and whether it
+recovers a planted permutation exactly.
+
+``rebasin`` 0.0.47 pins no torch version; install it into a throwaway
+environment that sees this one's packages and pass its interpreter::
+
+    python -m venv /tmp/rbvenv
+    python -c "import site; print(site.getsitepackages()[0])" > /tmp/rbvenv/lib/python3.11/site-packages/ws.pth
+    /tmp/rbvenv/bin/pip install rebasin
+    python benchmarks/bench_merge.py --rebasin-python /tmp/rbvenv/bin/python
+
+Prints a table and writes ``benchmarks/results/merge.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import weightspace as ws  # noqa: E402
+import zoo  # noqa: E402
+from weightspace.io import load_state_dict, save_state_dict  # noqa: E402
+from weightspace.merge import match_objective, weight_matching  # noqa: E402
+from weightspace.symmetry import apply_permutation, random_permutation  # noqa: E402
+
+PAIRS = {
+    "resnet20x4": ("resnet20", {"width": 4}),
+    "resnet18": ("resnet18", {"num_classes": 1000, "image_size": 64}),
+}
+
+_REBASIN_SCRIPT = r"""
+import json, sys, time, torch, zoo
+torch.set_num_threads(int(sys.argv[5]))
+from rebasin import PermutationCoordinateDescent
+from weightspace.io import load_state_dict, save_state_dict
+arch, kw, pa, pb = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+a = zoo.create_model(arch, **kw).eval(); a.load_state_dict(load_state_dict(pa))
+b = zoo.create_model(arch, **kw).eval(); b.load_state_dict(load_state_dict(pb))
+x = zoo.example_input(arch, batch_size=2, **kw)
+t0 = time.perf_counter()
+pcd = PermutationCoordinateDescent(a, b, x)
+t1 = time.perf_counter()
+pcd.rebasin()
+t2 = time.perf_counter()
+save_state_dict(b.state_dict(), pb + ".rebasin.safetensors")
+print(json.dumps({"init_s": t1 - t0, "match_s": t2 - t1}))
+"""
+
+
+def perturb(sd: dict, seed: int) -> dict:
+    """Random BN statistics / biases so every tensor carries the neuron order."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in sd.items():
+        if not v.is_floating_point():
+            out[k] = v
+        elif k.endswith("running_var"):
+            out[k] = 0.5 + torch.rand(v.shape, generator=g)
+        elif v.dim() == 1:
+            out[k] = v + 0.1 * torch.randn(v.shape, generator=g)
+        else:
+            out[k] = v
+    return out
+
+
+def run_rebasin(python: str, arch: str, kw: dict, sd_a: dict, sd_b: dict, threads: int) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        pa, pb = os.path.join(d, "a.safetensors"), os.path.join(d, "b.safetensors")
+        save_state_dict(sd_a, pa)
+        save_state_dict(sd_b, pb)
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = subprocess.run(
+            [python, "-c", _REBASIN_SCRIPT, arch, json.dumps(kw), pa, pb, str(threads)],
+            capture_output=True, text=True, env=env, timeout=3600,
+        )
+        if proc.returncode != 0:
+            return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+        out["state_dict"] = load_state_dict(pb + ".rebasin.safetensors")
+        return out
+
+
+def bench_pair(label: str, repeats: int, rebasin_python: str | None, threads: int, seed: int) -> dict:
+    arch, kw = PAIRS[label]
+    t0 = time.perf_counter()
+    spec = ws.permutation_spec(arch, **kw)
+    spec_s = time.perf_counter() - t0
+    sd_a = perturb(zoo.create_model(arch, seed=1, **kw).state_dict(), 11)
+    sd_b = perturb(zoo.create_model(arch, seed=2, **kw).state_dict(), 12)
+    planted = apply_permutation(sd_a, spec, random_permutation(spec, seed=seed))
+    res: dict = {"pair": label, "arch": arch, "arch_kwargs": kw, "groups": len(spec), "spec_s": spec_s,
+                 "parameters": sum(v.numel() for v in sd_a.values())}
+    times, last = [], None
+    for r in range(repeats):
+        t = time.perf_counter()
+        last = weight_matching(sd_a, sd_b, spec, seed=seed + r)
+        times.append(time.perf_counter() - t)
+    res["ours"] = {
+        "wall_s_median": statistics.median(times), "wall_s": times, "sweeps": last.sweeps,
+        "objective": last.objective, "build_s": last.info["timing"]["build_s"],
+        "lap_s": last.info["timing"]["lap_s"], "steps": last.info["timing"]["steps"],
+        "per_group": last.info["per_group"],
+    }
+    t = time.perf_counter()
+    rec = weight_matching(sd_a, planted, spec, seed=seed)
+    res["ours"]["planted_s"] = time.perf_counter() - t
+    back = rec.apply(planted)
+    res["ours"]["planted_exact"] = all(torch.equal(back[k], sd_a[k]) for k in sd_a)
+    res["identity_objective"] = match_objective(sd_a, sd_b, spec)
+    if rebasin_python:
+        rb = run_rebasin(rebasin_python, arch, kw, sd_a, sd_b, threads)
+        if "error" in rb:
+            res["rebasin"] = {"error": rb["error"]}
+        else:
+            rb_sd = rb.pop("state_dict")
+            rb["objective"] = match_objective(sd_a, rb_sd, spec)
+            rb["wall_s"] = rb["init_s"] + rb["match_s"]
+            rbp = run_rebasin(rebasin_python, arch, kw, sd_a, planted, threads)
+            if "error" not in rbp:
+                psd = rbp.pop("state_dict")
+                rb["planted_exact"] = all(torch.equal(psd[k], sd_a[k]) for k in sd_a if psd[k].is_floating_point())
+                rb["planted_max_abs_diff"] = max(
+                    float((psd[k].double() - sd_a[k].double()).abs().max()) for k in sd_a if sd_a[k].is_floating_point()
+                )
+            res["rebasin"] = rb
+            res["speedup_match_only"] = rb["match_s"] / res["ours"]["wall_s_median"]
+            res["speedup_with_setup"] = rb["wall_s"] / (res["ours"]["wall_s_median"] + spec_s)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both tools")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pairs", nargs="*", default=list(PAIRS))
+    ap.add_argument("--rebasin-python", default=None, help="interpreter that can `import rebasin` (see module doc)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "merge.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rebasin_python = args.rebasin_python
+    rebasin_note = None
+    if rebasin_python is None:
+        try:
+            import rebasin  # noqa: F401
+
+            rebasin_python = sys.executable
+        except ImportError as exc:
+            rebasin_note = f"rebasin not importable here ({exc}); pass --rebasin-python"
+    results = [bench_pair(p, args.repeats, rebasin_python, args.threads, args.seed) for p in args.pairs]
+    print(f"{'pair':12s} {'groups':>6s} {'spec s':>7s} {'WM s':>7s} {'build s':>8s} {'LAP s':>7s} {'sweeps':>6s} "
+          f"{'objective':>11s} {'planted':>7s} | {'rebasin s':>9s} {'objective':>11s} {'planted':>7s} {'speedup':>7s}")
+    for r in results:
+        o, rb = r["ours"], r.get("rebasin", {})
+        rb_s = f"{rb['match_s']:9.2f}" if "match_s" in rb else f"{'-':>9s}"
+        rb_o = f"{rb['objective']:11.2f}" if "objective" in rb else f"{'-':>11s}"
+        rb_p = str(rb.get("planted_exact", "-"))
+        sp = f"{r['speedup_match_only']:7.1f}" if "speedup_match_only" in r else f"{'-':>7s}"
+        print(f"{r['pair']:12s} {r['groups']:6d} {r['spec_s']:7.2f} {o['wall_s_median']:7.2f} {o['build_s']:8.2f} "
+              f"{o['lap_s']:7.3f} {o['sweeps']:6d} {o['objective']:11.2f} {str(o['planted_exact']):>7s} | "
+              f"{rb_s} {rb_o} {rb_p:>7s} {sp}")
+    for r in results:
+        print(f"\n{r['pair']}: per group (build s / LAP s / steps)")
+        for g, t in r["ours"]["per_group"].items():
+            print(f"  {g:28s} {t['build_s']:8.3f} {t['lap_s']:8.4f} {t['steps']:4d}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
+        "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "rebasin_note": rebasin_note,
+        "results": results,
+    }
+    args.out.write_text(json.dumps(payload, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -60,6 +60,7 @@ def run(members: int, workers: int, keep: Path | None = None) -> dict:
     import zoo
 
     recipe = zoo.load_recipe("digits_cnn_small").with_members(members)
+    load_before = os.getloadavg()
     base = Path(tempfile.mkdtemp(prefix="bench_zoo_"))
     try:
         full = base / "full"
@@ -116,7 +117,10 @@ def run(members: int, workers: int, keep: Path | None = None) -> dict:
             "test_acc": {"min": round(float(acc.min()), 4), "median": round(float(acc.median()), 4),
                          "max": round(float(acc.max()), 4)},
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                        "platform": platform.platform()},
+                        "platform": platform.platform(),
+                        # other processes on the machine slow every timing above
+                        "loadavg_1m_before": round(load_before[0], 2),
+                        "loadavg_1m_after": round(os.getloadavg()[0], 2)},
         }
         if keep is not None:
             if keep.exists():
@@ -150,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         ("kill+resume overhead [s]", res["kill_resume_overhead_s"]),
         ("resumed == uninterrupted", res["resumed_identical_to_uninterrupted"]),
         ("test_acc min/median/max", "{min} / {median} / {max}".format(**res["test_acc"])),
+        ("load average before/after", f"{res['machine']['loadavg_1m_before']} / {res['machine']['loadavg_1m_after']}"),
     ]
     print(f"{'zoo benchmark (digits_cnn_small)':34s} value")
     for k, v in rows:

@@ -87,7 +87,9 @@ class _StandardizedMLP(MetaNetwork):
         """Set the per-feature mean / std buffers from ``graphs``."""
         x = self.collate(graphs)
         self.feat_mean.copy_(x.mean(0))
-        self.feat_std.copy_(x.std(0, unbiased=False).clamp(min=1e-8) if len(graphs) > 1 else torch.ones_like(x[0]))
+        std = x.std(0, unbiased=False) if len(graphs) > 1 else torch.ones_like(x[0])
+        # constant features (e.g. padding) keep scale 1 instead of exploding
+        self.feat_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
         return self
 
     def forward(self, batch: Tensor) -> Tensor:
@@ -221,10 +223,11 @@ class NFN(MetaNetwork):
         return ws, bs
 
     def fit_normalization(self, graphs: Sequence[ParameterGraph]) -> "MetaNetwork":
-        """One scale per tensor (its std over the training graphs); a scalar
-        per tensor keeps the layer equivariant."""
+        """One scale per tensor (its root mean square over the training
+        graphs); a scalar per tensor keeps the layer equivariant."""
         ws, bs = self.collate(graphs)
-        s = [t.std(unbiased=False).clamp(min=1e-8) for t in ws] + [t.std(unbiased=False).clamp(min=1e-8) for t in bs]
+        s = [t.pow(2).mean().sqrt() for t in ws + bs]
+        s = [torch.where(v > 1e-8, v, torch.ones_like(v)) for v in s]
         self.scale.copy_(torch.stack(s))
         return self
 

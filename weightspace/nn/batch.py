@@ -155,6 +155,16 @@ def _template_tensors(template) -> dict:
     return d
 
 
+def _edge_gather_index(template, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(positions clamped to >= 0, mask)``, both ``[E, width]`` (cached)."""
+    d = _template_tensors(template)
+    key = ("gather", width)
+    if key not in d:
+        pos = template.edge_pos(width)
+        d[key] = (pos.clamp(min=0), pos >= 0)
+    return d[key]
+
+
 def collate(
     graphs: Sequence[ParameterGraph],
     *,
@@ -200,11 +210,9 @@ def collate(
         groups.setdefault(id(g.template), []).append(i)
     for idx in groups.values():
         t = graphs[idx[0]].template
-        pos = t.edge_pos(w)  # [E_t, w], -1 = padding
-        m = pos >= 0
+        safe, m = _edge_gather_index(t, w)
         vals = torch.stack([graphs[i].values for i in idx]).to(dtype)  # [k, V]
-        safe = pos.clamp(min=0)
-        a = vals[:, safe] * m  # [k, E_t, w]
+        a = (vals[:, safe.reshape(-1)] * m.reshape(-1)).reshape(len(idx), *safe.shape)  # [k, E_t, w]
         for j, i in enumerate(idx):
             s, e = int(edge_ptr[i]), int(edge_ptr[i + 1])
             attr[s:e] = a[j]

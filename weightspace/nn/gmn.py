@@ -156,6 +156,9 @@ class GMN(MetaNetwork):
         self.edge_val = nn.Linear(edge_dim, h, bias=False)
         self.edge_mask_lin = nn.Linear(edge_dim, h, bias=False)
         self.u0 = nn.Parameter(torch.zeros(h))
+        # per edge type scale of the input values (fit_normalization); a
+        # scalar per type keeps every symmetry
+        self.register_buffer("edge_scale", torch.ones(len(EDGE_TYPES)))
         conv_cls = self._conv_class(backend)
         self.convs = nn.ModuleList(conv_cls(h, aggr=aggr, norm=norm, act=act_cls, dropout=dropout) for _ in range(num_layers))
         self.graph_head = mlp(3 * h, h, out_dim, act_cls) if out_dim else None
@@ -250,11 +253,26 @@ class GMN(MetaNetwork):
         F = batch.width
         if F > self.hparams["edge_dim"]:
             raise ValueError(f"batch edge width {F} > edge_dim={self.hparams['edge_dim']}")
-        attr = batch.edge_attr * batch.edge_mask
+        attr = batch.edge_attr * batch.edge_mask / self.edge_scale[batch.edge_type][:, None]
         e = self.edge_type_emb(batch.edge_type)
         e = e + torch.nn.functional.linear(attr, self.edge_val.weight[:, :F])
         e = e + torch.nn.functional.linear(batch.edge_mask.to(attr.dtype), self.edge_mask_lin.weight[:, :F])
         return e
+
+    def fit_normalization(self, graphs: Sequence[ParameterGraph]) -> "GMN":
+        """Set ``edge_scale``: the RMS of the input values of each edge type
+        over ``graphs`` (1 for types without values). Returns ``self``."""
+        b = collate(list(graphs), keep_graphs=False)
+        sq = (b.edge_attr * b.edge_mask).pow(2).sum(1).double()
+        cnt = b.edge_mask.sum(1).double()
+        n = len(EDGE_TYPES)
+        from torch_geometric.utils import scatter
+
+        tot = scatter(sq, b.edge_type, dim=0, dim_size=n, reduce="sum")
+        num = scatter(cnt, b.edge_type, dim=0, dim_size=n, reduce="sum")
+        rms = torch.where(num > 0, (tot / num.clamp(min=1)).sqrt(), torch.ones_like(tot))
+        self.edge_scale.copy_(rms.clamp(min=1e-8).to(self.edge_scale.dtype))
+        return self
 
     # --------------------------------------------------------------- forward
     def forward(self, batch: Any) -> GMNOutput:

@@ -9,7 +9,11 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
+from torch_geometric.nn.aggr import MaxAggregation, MeanAggregation, SumAggregation
+
 from weightspace.nn.conv._common import AGGRS, make_norm, mlp
+
+_POOLS = {"mean": MeanAggregation(), "sum": SumAggregation(), "max": MaxAggregation()}
 
 __all__ = ["GMNConv", "PyGContext"]
 
@@ -17,30 +21,43 @@ __all__ = ["GMNConv", "PyGContext"]
 class PyGContext:
     """Graph structure of a batch for the PyG backend.
 
+    Aggregations run as CSR segment reductions (PyG ``Aggregation`` modules
+    called with ``ptr``): the edges are sorted once per batch by target
+    (``"in"``) and by source (``"out"``). On CPU this is several times faster
+    than scatter-based aggregation over unsorted indices, and nodes / edges of
+    one graph are already contiguous, so pooling needs no sort at all.
+
     Attributes:
-        edge_index: ``[2, E]``; edge_index_rev: ``[2, E]`` (flipped).
+        edge_index: ``[2, E]``.
+        order, ptr: per direction, edge permutation ``[E]`` grouping edges by
+            target / source node, and CSR offsets ``[N + 1]``.
+        node_ptr, edge_ptr: ``[B + 1]`` offsets of each graph.
         node_batch ``[N]``, edge_batch ``[E]``, num_graphs ``B``, num_nodes ``N``.
         log_deg: ``[N, 2]`` ``log(1 + in/out degree)``.
     """
 
     def __init__(self, batch) -> None:
         self.edge_index = batch.edge_index
-        self.edge_index_rev = batch.edge_index.flip(0)
         self.node_batch = batch.node_batch
         self.edge_batch = batch.edge_batch
+        self.node_ptr = batch.node_ptr
+        self.edge_ptr = batch.edge_ptr
         self.num_graphs = batch.num_graphs
-        self.num_nodes = batch.num_nodes
+        self.num_nodes = n = batch.num_nodes
+        self.order: dict[str, Tensor] = {}
+        self.ptr: dict[str, Tensor] = {}
         din, dout = batch.degrees()
+        zero = torch.zeros(1, dtype=torch.long, device=batch.edge_index.device)
+        for direction, row, deg in (("in", batch.edge_index[1], din), ("out", batch.edge_index[0], dout)):
+            self.order[direction] = torch.argsort(row, stable=True)
+            self.ptr[direction] = torch.cat([zero, deg.long().cumsum(0)])
         self.log_deg = torch.stack([din, dout], dim=1).log1p()
 
     def pool(self, x: Tensor, level: str, reduce: str) -> Tensor:
         """Per-graph pooling of node (``level="node"``) or edge features:
         ``[N or E, H] -> [B, H]``."""
-        from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
-
-        index = self.node_batch if level == "node" else self.edge_batch
-        fn = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}[reduce]
-        return fn(x, index, size=self.num_graphs)
+        ptr = self.node_ptr if level == "node" else self.edge_ptr
+        return _POOLS[reduce](x, ptr=ptr, dim_size=self.num_graphs)
 
 
 class GMNConv(MessagePassing):
@@ -139,9 +156,11 @@ class GMNConv(MessagePassing):
     def aggregate_edges(self, ctx: PyGContext, m: Tensor, direction: str) -> Tensor:
         """Aggregate edge messages ``[E, H]`` into their target
         (``direction="in"``) or source (``"out"``) nodes: ``[N, k*H]`` with
-        the reducers of :data:`AGGRS` concatenated."""
-        ei = ctx.edge_index if direction == "in" else ctx.edge_index_rev
-        return self.propagate(ei, m=m, size=(ctx.num_nodes, ctx.num_nodes))
+        the reducers of :data:`AGGRS` concatenated (this layer's PyG
+        aggregation module, run on CSR segments)."""
+        order = ctx.order[direction]
+        return self.aggregate(self.message(m.index_select(0, order)), index=None,
+                              ptr=ctx.ptr[direction], dim_size=ctx.num_nodes)
 
     def pool(self, ctx: PyGContext, x: Tensor, level: str) -> Tensor:
         """Per-graph mean of node or edge features ``-> [B, H]``."""

@@ -57,8 +57,8 @@ class NPLinear(nn.Module):
         - **output:** the same lists with ``c_out`` channels.
     """
 
-    W_TERMS = 9
-    B_TERMS = 5
+    W_TERMS = 8  # plus the 2-channel-block global term
+    B_TERMS = 4
 
     def __init__(self, layer_sizes: Sequence[int], c_in: int, c_out: int) -> None:
         super().__init__()

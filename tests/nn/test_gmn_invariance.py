@@ -1,0 +1,165 @@
+"""GMN symmetry: graph outputs invariant, node/edge outputs equivariant, for
+every registered architecture and a random permutation from its spec."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.nn.helpers import BIG_ARCHS, analysis, fast_archs, graph_and_permuted, max_sd_diff
+from weightspace.nn import GMN, FlatMLP, StatNN, collate, probe_features
+from weightspace.symmetry import apply_permutation
+
+TOL = 1e-4
+
+
+def _check_arch(arch: str, aggr: str, hidden: int = 16, num_layers: int = 2) -> None:
+    g, gp, perm = graph_and_permuted(arch)
+    a = analysis(arch)
+    width = g.template.max_width
+    torch.manual_seed(0)
+    model = GMN(out_dim=3, hidden=hidden, num_layers=num_layers, aggr=aggr, node_out=2,
+                edge_out=max(width, 1), edge_dim=max(width, 1)).eval()
+    with torch.no_grad():
+        out, out_p = model([g]), model([gp])
+    # invariant graph output, and it is not trivially constant
+    assert out.graph.shape == (1, 3)
+    assert float((out.graph - out_p.graph).abs().max()) <= TOL
+    # equivariant node output: node i of the permuted graph is node idx[i]
+    idx = g.template.node_permutation(perm)
+    assert float((out_p.node - out.node[idx]).abs().max()) <= TOL
+    # equivariant edge output: write back, permute, compare with the output on the permuted graph
+    new_sd = out.batch.write_back(out.edge)[0].to_state_dict()
+    new_sd_p = out_p.batch.write_back(out_p.edge)[0].to_state_dict()
+    assert max_sd_diff(apply_permutation(new_sd, a.spec, perm), new_sd_p) <= TOL
+    # the edge output is not itself invariant (else the test above is vacuous)
+    assert max_sd_diff(new_sd, new_sd_p) > 10 * TOL
+
+
+@pytest.mark.parametrize("arch", fast_archs())
+def test_gmn_invariant_and_equivariant(arch):
+    _check_arch(arch, "sum")
+
+
+@pytest.mark.parametrize("arch", ["cnn_small", "resnet20", "vit_tiny", "token_transformer", "mobilenet_tiny"])
+@pytest.mark.parametrize("aggr", ["mean", "max", "pna"])
+def test_gmn_symmetry_every_aggregation(arch, aggr):
+    _check_arch(arch, aggr)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", BIG_ARCHS)
+def test_gmn_invariant_big_archs(arch):
+    _check_arch(arch, "sum", hidden=4, num_layers=1)
+
+
+def test_flat_mlp_is_not_invariant():
+    """Control: a model that reads weights in storage order sees the
+    permutation (so the invariance tests above can fail)."""
+    g, gp, _ = graph_and_permuted("cnn_small")
+    torch.manual_seed(0)
+    flat = FlatMLP.for_template(g.template, out_dim=3).eval()
+    with torch.no_grad():
+        diff = float((flat.predict(flat.collate([g])) - flat.predict(flat.collate([gp]))).abs().max())
+    assert diff > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["cnn_small", "vit_tiny", "resnet20"])
+def test_statnn_is_invariant(arch):
+    g, gp, _ = graph_and_permuted(arch)
+    torch.manual_seed(0)
+    m = StatNN.for_template(g.template, out_dim=2).eval()
+    with torch.no_grad():
+        assert float((m.predict(m.collate([g])) - m.predict(m.collate([gp]))).abs().max()) <= TOL
+
+
+def test_node_features_carry_no_neuron_position():
+    """The initial encodings of exchangeable neurons (same block, same role)
+    are identical, so nothing downstream can tell them apart."""
+    g, _, _ = graph_and_permuted("cnn_small")
+    torch.manual_seed(0)
+    model = GMN(out_dim=1, hidden=8).eval()
+    b = collate([g])
+    with torch.no_grad():
+        x = model.encode_nodes(b, model.context(b))
+    t = g.template
+    hidden = (t.node_pos == -1) & (t.node_block >= 0)
+    for blk in t.node_block[hidden].unique():
+        rows = x[(t.node_block == blk) & hidden]
+        assert float((rows - rows[0]).abs().max()) <= 1e-6
+    # fixed neurons (inputs/outputs) are told apart by their position
+    out_nodes = (t.node_type == 2)
+    assert float((x[out_nodes][0] - x[out_nodes][1]).abs().max()) > 0
+
+
+def test_heterogeneous_batch_matches_single_graphs():
+    """One batch mixing MLP, CNN, ResNet and transformer graphs gives, per
+    graph, the outputs of running each alone; permuting one member moves
+    only its own outputs."""
+    archs = ["mlp", "cnn_small", "resnet20", "vit_tiny", "token_transformer"]
+    pairs = [graph_and_permuted(a) for a in archs]
+    graphs = [p[0] for p in pairs]
+    torch.manual_seed(0)
+    model = GMN(out_dim=2, hidden=16, num_layers=2, aggr="pna", layer_encoding="depth", edge_out=17).eval()
+    with torch.no_grad():
+        out = model(graphs)
+        singles = torch.cat([model([g]).graph for g in graphs])
+        assert out.graph.shape == (len(archs), 2)
+        assert float((out.graph - singles).abs().max()) <= TOL
+        mixed = [pairs[0][1]] + graphs[1:]
+        out2 = model(mixed)
+        assert float((out2.graph - out.graph).abs().max()) <= TOL
+        new = out.batch.write_back(out.edge)
+    assert [n.template.arch for n in new] == archs
+
+
+def test_probe_features_keep_invariance():
+    """Probe activations are equivariant node features: with them the GMN
+    stays invariant, and they are not all zero."""
+    arch = "cnn_small"
+    g, gp, perm = graph_and_permuted(arch)
+    module = analysis(arch).module
+    probes = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    f, fp = probe_features(g, module, probes), probe_features(gp, module, probes)
+    assert f.shape == (g.num_nodes, 4) and f.abs().sum() > 0
+    assert float((fp - f[g.template.node_permutation(perm)]).abs().max()) <= TOL
+    torch.manual_seed(0)
+    model = GMN(out_dim=1, hidden=16, extra_dim=4).eval()
+    with torch.no_grad():
+        y = model.predict(collate([g], node_extra=[f]))
+        yp = model.predict(collate([gp], node_extra=[fp]))
+    assert float((y - yp).abs().max()) <= TOL
+
+
+def test_edge_residual_with_zero_head_returns_the_input_weights():
+    g, _, _ = graph_and_permuted("resnet20")
+    model = GMN(out_dim=0, hidden=8, num_layers=1, edge_dim=9, edge_out=9, edge_residual=True).eval()
+    torch.nn.init.zeros_(model.edge_head[-1].weight)
+    torch.nn.init.zeros_(model.edge_head[-1].bias)
+    with torch.no_grad():
+        new = model.write_back([g])[0]
+    assert max_sd_diff(new.to_state_dict(), g.to_state_dict()) <= 1e-6
+
+
+def test_pyg_batch_input_matches_collate():
+    from weightspace.graph import to_pyg_batch
+
+    gs = [graph_and_permuted(a)[0] for a in ("cnn_small", "mlp")]
+    torch.manual_seed(0)
+    model = GMN(out_dim=2, hidden=8).eval()
+    with torch.no_grad():
+        a = model.predict(gs)
+        b = model.predict(to_pyg_batch(gs))
+    assert float((a - b).abs().max()) <= 1e-5
+
+
+def test_clear_errors():
+    g, _, _ = graph_and_permuted("cnn_small")
+    with pytest.raises(ValueError, match="edge_dim"):
+        GMN(edge_dim=4)([g])
+    with pytest.raises(ValueError, match="backend"):
+        GMN(backend="jax")
+    with pytest.raises(ValueError, match="aggr"):
+        GMN(aggr="median")
+    with pytest.raises(ValueError, match="edge readout"):
+        GMN(out_dim=1).write_back([g])

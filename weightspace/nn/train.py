@@ -1,0 +1,367 @@
+"""One plain training loop for every :class:`~weightspace.nn.MetaNetwork`.
+
+Data is a list of ``(ParameterGraph, target)`` (or ``(graph, target,
+node_extra)``) or a zoo (:func:`dataset_from_zoo`). Example::
+
+    from weightspace.nn import GMN, StatNN
+    from weightspace.nn.train import TrainConfig, dataset_from_zoo, split_dataset, fit, evaluate
+
+    data = dataset_from_zoo(zoo, target="test_acc")
+    train, val, test = split_dataset(data, (0.7, 0.15, 0.15), seed=0)
+    result = fit(GMN(out_dim=1), train, val, TrainConfig(epochs=100, seed=0))
+    metrics = evaluate(result.model, test, result)      # kendall_tau, r2, ...
+    save_checkpoint(result.model, "runs/gmn", result=result)
+
+Randomness (init is the caller's; shuffling, dropout, augmentation here) is
+driven by ``TrainConfig.seed`` inside a forked RNG, so a run is reproducible
+and the global RNG is left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from weightspace.graph import ParameterGraph
+from weightspace.nn.base import MetaNetwork, build_metanetwork
+
+__all__ = [
+    "TrainConfig",
+    "FitResult",
+    "dataset_from_zoo",
+    "split_dataset",
+    "permute_sample",
+    "fit",
+    "evaluate",
+    "predict",
+    "regression_metrics",
+    "classification_metrics",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+Sample = tuple  # (ParameterGraph, target) or (ParameterGraph, target, node_extra [N, P])
+
+
+@dataclass
+class TrainConfig:
+    """Hyperparameters of :func:`fit`.
+
+    Attributes:
+        task: ``"regression"`` (MSE on standardized targets) or
+            ``"classification"`` (cross-entropy on integer labels).
+        epochs: maximum number of epochs.
+        batch_size: graphs per step.
+        lr, weight_decay: AdamW.
+        patience: stop after this many epochs without a better validation
+            loss (the best model is restored); ``0`` disables early stopping.
+        seed: shuffling, dropout and augmentation seed.
+        augment: replace every training graph, every epoch, by a random
+            spec permutation of itself (:func:`permute_sample`). Useless for
+            invariant models, important for :class:`~weightspace.nn.FlatMLP`.
+        normalize_targets: standardize regression targets with the training
+            mean/std (predictions are mapped back).
+        grad_clip: max gradient norm (``None``: off).
+        progress: show a tqdm progress bar.
+        device: torch device for the model and batches.
+    """
+
+    task: str = "regression"
+    epochs: int = 200
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 30
+    seed: int = 0
+    augment: bool = False
+    normalize_targets: bool = True
+    grad_clip: float | None = 5.0
+    progress: bool = False
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.task not in ("regression", "classification"):
+            raise ValueError(f"task must be 'regression' or 'classification', got {self.task!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        model: the trained model (best validation state, eval mode).
+        config: the :class:`TrainConfig`.
+        target_mean, target_std: regression target standardization.
+        best_epoch: epoch of the restored state (0-based).
+        history: per epoch ``{"epoch", "train_loss", "val_loss"}``.
+    """
+
+    model: MetaNetwork
+    config: TrainConfig
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    best_epoch: int = -1
+    history: list[dict] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------- data
+def dataset_from_zoo(
+    zoo: Any,
+    target: str | Callable[[dict], float] = "test_acc",
+    *,
+    epoch: int | None = None,
+    all_checkpoints: bool = False,
+) -> list[tuple[ParameterGraph, float]]:
+    """``(ParameterGraph, target)`` for every member (checkpoint) of a
+    :class:`zoo.Zoo`.
+
+    Args:
+        zoo: a ``zoo.Zoo`` (or a view from ``filter``/``split``).
+        target: a metric name of the checkpoint (``"test_acc"``) or a
+            function of the checkpoint's metrics dict.
+        epoch: which checkpoint (``None``: each member's final one).
+        all_checkpoints: one sample per stored checkpoint instead.
+    """
+    from weightspace.core import graph_template
+
+    out = []
+    for m in zoo.members():
+        template = graph_template(m.arch, **m.model_kwargs)
+        cks = m.checkpoints if all_checkpoints else (m.checkpoint(epoch),)
+        for ck in cks:
+            metrics = dict(ck.metrics)
+            for k, v in m.metrics.items():
+                metrics.setdefault(k, v)
+            y = target(metrics) if callable(target) else metrics.get(target)
+            if y is None:
+                raise KeyError(f"member {m.member_id} epoch {ck.epoch} has no metric {target!r}; it has {sorted(metrics)}")
+            out.append((template.graph(ck.state_dict()), float(y)))
+    return out
+
+
+def split_dataset(
+    items: Sequence[Sample], fractions: Sequence[float] = (0.7, 0.15, 0.15), *, seed: int = 0
+) -> tuple[list[Sample], ...]:
+    """Shuffle (seeded) and cut into parts of the given fractions (the last
+    part takes the rounding remainder)."""
+    if abs(sum(fractions) - 1.0) > 1e-6 or any(f < 0 for f in fractions):
+        raise ValueError(f"fractions must be >= 0 and sum to 1, got {fractions}")
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(int(seed))).tolist()
+    parts, start = [], 0
+    for i, f in enumerate(fractions):
+        stop = len(items) if i == len(fractions) - 1 else start + int(round(f * len(items)))
+        parts.append([items[j] for j in order[start:stop]])
+        start = stop
+    return tuple(parts)
+
+
+def permute_sample(sample: Sample, generator: torch.Generator) -> Sample:
+    """The same network under a uniformly random spec permutation (same
+    function, relabelled neurons); node extras are relabelled with it."""
+    from weightspace.symmetry import apply_permutation, random_permutation
+
+    g = sample[0]
+    t = g.template
+    perm = random_permutation(t.spec, generator=generator)
+    new = t.graph(apply_permutation(g.to_state_dict(), t.spec, perm))
+    if len(sample) > 2 and sample[2] is not None:
+        return (new, sample[1], sample[2][t.node_permutation(perm)])
+    return (new, sample[1])
+
+
+def _collate(model: MetaNetwork, samples: Sequence[Sample]):
+    graphs = [s[0] for s in samples]
+    extras = [s[2] for s in samples] if len(samples[0]) > 2 and samples[0][2] is not None else None
+    return model.collate(graphs, node_extra=extras) if extras is not None else model.collate(graphs)
+
+
+def _targets(samples: Sequence[Sample], task: str) -> Tensor:
+    ys = [s[1] for s in samples]
+    if task == "classification":
+        return torch.as_tensor(ys, dtype=torch.long)
+    return torch.as_tensor(np.asarray(ys, dtype=np.float32)).reshape(len(ys), -1)
+
+
+# ---------------------------------------------------------------- metrics
+def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """MSE, RMSE, MAE, R², Kendall τ and Spearman ρ (first output column)."""
+    from scipy.stats import kendalltau, spearmanr
+
+    p = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)[:, 0]
+    y = np.asarray(target, dtype=np.float64).reshape(len(target), -1)[:, 0]
+    mse = float(np.mean((p - y) ** 2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((p - y) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
+    tau = kendalltau(p, y).statistic if len(p) > 1 else float("nan")
+    rho = spearmanr(p, y).statistic if len(p) > 1 else float("nan")
+    return {"mse": mse, "rmse": math.sqrt(mse), "mae": float(np.mean(np.abs(p - y))), "r2": r2,
+            "kendall_tau": float(tau), "spearman": float(rho), "n": int(len(p))}
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Accuracy and cross-entropy."""
+    lg = torch.as_tensor(np.asarray(logits, dtype=np.float32))
+    lb = torch.as_tensor(np.asarray(labels)).long()
+    return {"accuracy": float((lg.argmax(1) == lb).float().mean()),
+            "cross_entropy": float(torch.nn.functional.cross_entropy(lg, lb)), "n": int(len(lb))}
+
+
+# ------------------------------------------------------------------- loop
+def _batches(n: int, size: int, generator: torch.Generator | None) -> Iterable[list[int]]:
+    order = torch.randperm(n, generator=generator).tolist() if generator is not None else list(range(n))
+    for i in range(0, n, size):
+        yield order[i : i + size]
+
+
+def _loss(out: Tensor, y: Tensor, task: str) -> Tensor:
+    if task == "classification":
+        return torch.nn.functional.cross_entropy(out, y)
+    return torch.nn.functional.mse_loss(out, y)
+
+
+@torch.no_grad()
+def predict(model: MetaNetwork, samples: Sequence[Sample], result: FitResult | None = None,
+            *, batch_size: int = 64) -> Tensor:
+    """Graph-level predictions ``[n, out_dim]`` (regression outputs mapped
+    back to target units with ``result``'s standardization)."""
+    was = model.training
+    model.eval()
+    outs = []
+    try:
+        for idx in _batches(len(samples), batch_size, None):
+            outs.append(model.predict(_collate(model, [samples[i] for i in idx])).float().cpu())
+    finally:
+        model.train(was)
+    out = torch.cat(outs) if outs else torch.zeros(0, 1)
+    if result is not None and result.config.task == "regression":
+        out = out * result.target_std + result.target_mean
+    return out
+
+
+def evaluate(model: MetaNetwork, samples: Sequence[Sample], result: FitResult | None = None,
+             *, task: str | None = None) -> dict[str, float]:
+    """Metrics of ``model`` on ``samples``: :func:`regression_metrics` or
+    :func:`classification_metrics` (task from ``result`` or ``task``)."""
+    task = task or (result.config.task if result is not None else "regression")
+    pred = predict(model, samples, result).numpy()
+    y = _targets(samples, task).numpy()
+    return classification_metrics(pred, y) if task == "classification" else regression_metrics(pred, y)
+
+
+def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | None = None,
+        config: TrainConfig | None = None) -> FitResult:
+    """Train ``model`` on ``train`` with early stopping on ``val``.
+
+    Calls ``model.fit_normalization`` on the training graphs first, then
+    AdamW with MSE (standardized targets) or cross-entropy. The model is
+    trained in place (it is the thing being fitted) and returned in
+    ``FitResult.model`` with its best-validation state, in eval mode.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config or TrainConfig()
+    if len(train) == 0:
+        raise ValueError("fit needs at least one training sample")
+    dev = torch.device(cfg.device)
+    model.to(dev)
+    result = FitResult(model=model, config=cfg)
+    if cfg.task == "regression" and cfg.normalize_targets:
+        y = _targets(train, "regression")
+        result.target_mean = float(y.mean())
+        result.target_std = float(y.std(unbiased=False).clamp(min=1e-8)) if len(train) > 1 else 1.0
+    model.fit_normalization([s[0] for s in train])
+
+    def norm_y(samples):
+        y = _targets(samples, cfg.task)
+        return (y - result.target_mean) / result.target_std if cfg.task == "regression" else y
+
+    val_batches = None
+    if val:
+        val_batches = [(_collate(model, [val[i] for i in idx]), norm_y([val[i] for i in idx]).to(dev))
+                       for idx in _batches(len(val), cfg.batch_size, None)]
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    best = (math.inf, -1, None)
+    devices = [dev] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        aug_gen = torch.Generator().manual_seed(cfg.seed + 1)
+        bar = tqdm(range(cfg.epochs), disable=not cfg.progress, desc=type(model).__name__, leave=False)
+        for epoch in bar:
+            model.train()
+            total, count = 0.0, 0
+            for idx in _batches(len(train), cfg.batch_size, gen):
+                samples = [train[i] for i in idx]
+                if cfg.augment:
+                    samples = [permute_sample(s, aug_gen) for s in samples]
+                out = model.predict(_collate(model, samples))
+                loss = _loss(out, norm_y(samples).to(dev), cfg.task)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
+            row = {"epoch": epoch, "train_loss": total / count}
+            if val_batches:
+                model.eval()
+                with torch.no_grad():
+                    vl = sum(float(_loss(model.predict(b), y, cfg.task)) * len(y) for b, y in val_batches)
+                row["val_loss"] = vl / len(val)
+            result.history.append(row)
+            score = row.get("val_loss", row["train_loss"])
+            if score < best[0]:
+                best = (score, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            bar.set_postfix(loss=f"{row['train_loss']:.4f}", val=f"{row.get('val_loss', float('nan')):.4f}")
+            if cfg.patience and epoch - best[1] >= cfg.patience:
+                break
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    result.best_epoch = best[1]
+    model.eval()
+    return result
+
+
+# ------------------------------------------------------------- checkpoint
+def save_checkpoint(model: MetaNetwork, path: str | os.PathLike, *, result: FitResult | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write ``model.safetensors`` (weights) and ``config.json`` (class,
+    constructor config, training config, target standardization, ``extra``)
+    into directory ``path``; returns it."""
+    from weightspace.io import save_state_dict
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_state_dict(sd, path / "model.safetensors")
+    info: dict[str, Any] = {"class": type(model).__name__, "config": model.config(), "extra": extra or {}}
+    if result is not None:
+        info.update(train=asdict(result.config), target_mean=result.target_mean, target_std=result.target_std,
+                    best_epoch=result.best_epoch, history=result.history)
+    tmp = path / "config.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2, default=str))
+    os.replace(tmp, path / "config.json")
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[MetaNetwork, dict]:
+    """``(model, info)`` from :func:`save_checkpoint`'s directory; ``overrides``
+    replace constructor arguments (e.g. ``backend="dgl"``)."""
+    from weightspace.io import load_state_dict
+
+    path = Path(path)
+    info = json.loads((path / "config.json").read_text())
+    model = build_metanetwork(info["class"], {**info["config"], **overrides})
+    model.load_state_dict(load_state_dict(path / "model.safetensors"))
+    return model.eval(), info

@@ -877,9 +877,32 @@ class Zoo:
     # ``member.model_kwargs`` + ``zoo.registry.example_input``) once per
     # architecture, fill in the weights of each checkpoint, and return a batch
     # (e.g. a PyG ``Batch``) together with the metrics as targets.
-    def parameter_graphs(self, *args: Any, **kwargs: Any):
-        """Batched parameter graphs of the members (not wired yet)."""
-        raise NotImplementedError(
-            "Zoo.parameter_graphs() is reserved for weightspace.graph and is not wired yet; "
-            "iterate the zoo (state dicts or modules) in the meantime"
-        )
+    def parameter_graphs(
+        self,
+        epoch: int | None = None,
+        *,
+        all_checkpoints: bool = False,
+        batch: bool = False,
+        allow_nonfinite: bool = False,
+    ):
+        """Parameter graphs of the members.
+
+        One :class:`weightspace.graph.ParameterGraph` per member (its final
+        checkpoint, or ``epoch``), or per checkpoint with ``all_checkpoints``.
+        Graph templates are traced once per (architecture, model config).
+
+        Returns:
+            a list of graphs, in member order, or one
+            ``torch_geometric.data.Batch`` when ``batch=True`` (members of
+            different architectures batch together).
+        """
+        from weightspace.core import graph_template
+        from weightspace.graph import to_pyg_batch
+
+        graphs = []
+        for m in self.members:
+            template = graph_template(m.arch, **m.model_kwargs)
+            epochs = [c.epoch for c in m.checkpoints] if all_checkpoints else [epoch]
+            for e in epochs:
+                graphs.append(template.graph(m.state_dict(e), allow_nonfinite=allow_nonfinite))
+        return to_pyg_batch(graphs) if batch else graphs

@@ -191,9 +191,20 @@ def test_refuses_foreign_directories(tmp_path, small_zoo):
         Zoo(small_zoo.path)
 
 
-def test_parameter_graphs_placeholder_is_explicit(small_zoo):
-    with pytest.raises(NotImplementedError, match="weightspace.graph"):
-        small_zoo.parameter_graphs()
+def test_parameter_graphs_of_members(small_zoo):
+    graphs = small_zoo.parameter_graphs()
+    assert len(graphs) == len(small_zoo)
+    for g, m in zip(graphs, small_zoo.members):
+        back = g.to_state_dict()
+        sd = m.state_dict()
+        assert all(torch.equal(back[k], sd[k]) for k in sd)
+    every = small_zoo.parameter_graphs(all_checkpoints=True)
+    assert len(every) == 2 * len(small_zoo)
+    first = small_zoo.parameter_graphs(epoch=0)
+    assert torch.equal(first[3].to_state_dict()["layers.0.weight"], small_zoo["m003"].state_dict(0)["layers.0.weight"])
+    batch = small_zoo.parameter_graphs(batch=True)
+    assert batch.num_graphs == len(small_zoo)
+    assert batch.num_nodes == sum(g.num_nodes for g in graphs)
 
 
 def test_files_on_disk_match_index(small_zoo):

@@ -900,7 +900,7 @@ class Zoo:
         from weightspace.graph import to_pyg_batch
 
         graphs = []
-        for m in self.members:
+        for m in self.members():
             template = graph_template(m.arch, **m.model_kwargs)
             epochs = [c.epoch for c in m.checkpoints] if all_checkpoints else [epoch]
             for e in epochs:

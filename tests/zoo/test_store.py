@@ -194,7 +194,7 @@ def test_refuses_foreign_directories(tmp_path, small_zoo):
 def test_parameter_graphs_of_members(small_zoo):
     graphs = small_zoo.parameter_graphs()
     assert len(graphs) == len(small_zoo)
-    for g, m in zip(graphs, small_zoo.members):
+    for g, m in zip(graphs, small_zoo.members()):
         back = g.to_state_dict()
         sd = m.state_dict()
         assert all(torch.equal(back[k], sd[k]) for k in sd)

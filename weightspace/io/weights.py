@@ -63,6 +63,10 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=dict(metadata) if metadata else None)
+        # mkstemp creates 0600; give the file the usual umask-based mode
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -96,3 +96,7 @@ __all__ = [
     "weight_features",
     "zoo_dataset",
 ]
+
+from weightspace.predict.workflow import FitReport, fit_zoo, lower_is_better, rank_checkpoints  # noqa: E402
+
+__all__ += ["FitReport", "fit_zoo", "lower_is_better", "rank_checkpoints"]

@@ -192,14 +192,27 @@ class BasePredictor:
     def _allow_new(self) -> bool:
         return False
 
-    def _check_architectures(self, nets: Sequence[Network]) -> None:
+    def _align(self, nets: Sequence[Network]) -> list:
+        """``nets`` checked against the fitted architectures.
+
+        A state_dict holding exactly the tensors of a fitted layout in another
+        order (e.g. read from safetensors, which sorts names) is reordered to
+        that layout. A network whose tensor shapes match no fitted layout
+        raises :class:`ArchitectureMismatchError` (unless new architectures
+        are allowed).
+        """
         self._check_fitted()
-        if self._allow_new():
-            return
         known = {layout_signature(lay) for lay in self.layouts_}
+        out = []
         for i, n in enumerate(nets):
             lay = network_layout(n)
-            if layout_signature(lay) not in known:
+            if isinstance(n, Mapping) and lay not in self.layouts_:
+                for ref in self.layouts_:
+                    if dict(lay) == dict(ref):
+                        n = {**{k: n[k] for k, _ in ref}, **{k: v for k, v in n.items() if k not in dict(ref)}}
+                        lay = ref
+                        break
+            if not self._allow_new() and layout_signature(lay) not in known:
                 diff = layout_difference(self.layouts_[0], lay)
                 more = f" (or any of {len(self.layouts_)} architectures it saw)" if len(self.layouts_) > 1 else ""
                 hint = (" A GMN predictor built with allow_new_architectures=True accepts other architectures."
@@ -208,6 +221,8 @@ class BasePredictor:
                     f"network {i} does not have the architecture this {self.kind or type(self).__name__} predictor "
                     f"was fit on{more}: {diff}.{hint}"
                 )
+            out.append(n)
+        return out
 
     @staticmethod
     def _check_finite(nets: Sequence[Network]) -> None:
@@ -301,7 +316,7 @@ class _FeaturePredictor(BasePredictor):
                     "(filter the zoo, e.g. zoo.filter(width=16), or use a GMN predictor)"
                 )
         else:
-            self._check_architectures(nets)
+            nets = self._align(nets)
         self._check_finite(nets)
         X, _ = weight_features(nets, spectral=bool(self.spectral))
         return X
@@ -518,7 +533,7 @@ class MeanPredictor(BasePredictor):
     def predict(self, X: Any) -> np.ndarray:
         self._check_fitted()
         nets, _, _ = _unpack(X)
-        self._check_architectures(nets)
+        nets = self._align(nets)
         return np.full(len(nets), self.mean_)
 
     def _state(self):
@@ -640,13 +655,13 @@ class MetaNetPredictor(BasePredictor):
                 out.append(n)
                 continue
             lay = network_layout(n)
-            match = [a for a in archs if _layout_from_json(a["layout"]) == lay]
+            match = [a for a in archs if dict(_layout_from_json(a["layout"])) == dict(lay)]
             if match:
                 a = match[0]
                 out.append(graph_template(a["arch"], **a["kwargs"]).graph(n))
                 continue
             if not self._allow_new():
-                self._check_architectures([n])  # raises, naming the difference
+                self._align([n])  # raises, naming the difference
             known = [f"{a['arch']}({a['kwargs']})" for a in archs]
             raise ArchitectureMismatchError(
                 f"network {i} is a state_dict of an architecture this predictor cannot build a graph for "
@@ -697,8 +712,7 @@ class MetaNetPredictor(BasePredictor):
 
         self._check_fitted()
         nets, _, _ = _unpack(X)
-        graphs = self._graphs(nets)
-        self._check_architectures(graphs)
+        graphs = self._align(self._graphs(nets))
         self._check_finite(graphs)
         with _torch_threads(self.num_threads):
             out = predict(self.model_, [(g, 0.0) for g in graphs], None, batch_size=batch_size)
@@ -787,6 +801,10 @@ def load_predictor(path: str | os.PathLike) -> BasePredictor:
     if cls is None:
         raise ValueError(f"{info_path}: unknown predictor class {info.get('class')!r}; known: {sorted(PREDICTORS)}")
     params = dict(info["params"])
+    defaults = {k: v.default for k, v in inspect.signature(cls.__init__).parameters.items()}
+    for k, v in params.items():  # JSON has no tuples
+        if isinstance(defaults.get(k), tuple) and isinstance(v, list):
+            params[k] = tuple(v)
     obj = cls(**params) if cls is not MetaNetPredictor else cls(params.pop("model"), **params)
     arrays_path = path / "arrays.safetensors"
     arrays = load_file(str(arrays_path)) if arrays_path.is_file() else {}

@@ -1,0 +1,159 @@
+"""``weightspace predict ...``: fit a performance predictor on a zoo, rank checkpoints.
+
+* ``weightspace predict fit ZOO --target test_acc --model gbm --out P``
+* ``weightspace predict rank CHECKPOINT... --predictor P``
+
+The work is done by :mod:`weightspace.predict` (:func:`~weightspace.predict.fit_zoo`,
+:func:`~weightspace.predict.rank_checkpoints`); this file parses and prints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(
+    name="predict",
+    help="Predict a network's performance from its weights: fit a predictor on a zoo, rank checkpoints.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _kv(items: List[str], what: str) -> dict:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            _fail(f"{what} expects key=value, got {item!r}")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def _values(text: Optional[str]) -> Optional[list]:
+    if text is None:
+        return None
+    out = []
+    for v in text.split(","):
+        v = v.strip()
+        try:
+            out.append(json.loads(v))
+        except json.JSONDecodeError:
+            out.append(v)
+    return out
+
+
+@app.command()
+def fit(
+    zoo_dir: Path = typer.Argument(..., metavar="ZOO", help="zoo directory (built with `weightspace zoo build` or imported)"),
+    target: str = typer.Option("test_acc", "--target", "-t", help="metric to predict (test_acc, gap_acc, test_loss, ...; test_accuracy is accepted)"),
+    model: str = typer.Option("gbm", "--model", "-m", help="gbm | linear | gmn | statnn | flatmlp | nfn"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory to save the fitted predictor to"),
+    checkpoints: str = typer.Option("all", help="all | final | comma-separated epochs (e.g. 5,10)"),
+    split: str = typer.Option("random", help="random (by member) | seed (by training seed) | ood (by a hyperparameter)"),
+    test_fraction: float = typer.Option(0.2, help="held-out fraction of members for the metrics (0: fit on everything)"),
+    ood_column: Optional[str] = typer.Option(None, help="--split ood: hyperparameter column (e.g. activation, lr, config.model.width)"),
+    ood_train: Optional[str] = typer.Option(None, help="--split ood: comma-separated training values"),
+    ood_test: Optional[str] = typer.Option(None, help="--split ood: comma-separated test values (default: all others)"),
+    ood_threshold: Optional[float] = typer.Option(None, help="--split ood: train on values <= threshold, test on the rest"),
+    seed: int = typer.Option(0, help="split and predictor seed"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs (metanetworks)"),
+    param: List[str] = typer.Option([], "--param", "-p", help="predictor argument key=value (repeatable, JSON values), e.g. -p max_iter=500"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
+) -> None:
+    """Fit a predictor on a zoo and report held-out Kendall tau / Spearman / R2 with 95% bootstrap CIs.
+
+    Examples:
+
+      weightspace predict fit runs/digits --target test_acc --model gbm --out predictors/gbm
+
+      weightspace predict fit runs/digits --model gmn --epochs 100 -p 'model_kwargs={"hidden": 64}' --out predictors/gmn
+
+      weightspace predict fit runs/digits --split ood --ood-column activation --ood-train relu,tanh --ood-test gelu
+    """
+    from weightspace.errors import WeightspaceError
+    from weightspace.predict import fit_zoo
+    from zoo.errors import ZooError
+
+    params = _kv(param, "--param")
+    if epochs is not None:
+        params["epochs"] = epochs
+    ck: object = checkpoints
+    if checkpoints not in ("all", "final"):
+        try:
+            ck = [int(e) for e in checkpoints.split(",")]
+        except ValueError:
+            _fail(f"--checkpoints must be all, final or comma-separated epochs, got {checkpoints!r}")
+    try:
+        rep = fit_zoo(zoo_dir, target, model, checkpoints=ck, split=split, test_fraction=test_fraction, seed=seed,
+                      ood_column=ood_column, ood_train=_values(ood_train), ood_test=_values(ood_test),
+                      ood_threshold=ood_threshold, params=params, out=out)
+    except (WeightspaceError, ZooError, KeyError, ValueError, TypeError, ImportError, FileNotFoundError) as exc:
+        _fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+    typer.echo(f"predictor  {model} ({type(rep.predictor).__name__})")
+    typer.echo(f"target     {rep.target}")
+    typer.echo(f"split      {rep.split}: {rep.n_train} training / {rep.n_test} test networks")
+    if any(rep.dropped.values()):
+        typer.echo(f"dropped    {rep.dropped}")
+    if rep.metrics:
+        typer.echo("")
+        typer.echo(f"{'metric':12s} {'value':>8s}   95% CI (bootstrap over members)")
+        for name, m in rep.metrics.items():
+            typer.echo(f"{name:12s} {m.value:8.3f}   [{m.low:.3f}, {m.high:.3f}]")
+    if rep.path is not None:
+        typer.echo(f"\nsaved      {rep.path}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(rep.to_dict(), indent=2, default=str))
+        typer.echo(f"wrote      {json_out}")
+
+
+@app.command()
+def rank(
+    checkpoints: List[Path] = typer.Argument(..., metavar="CHECKPOINT...", help="checkpoint files (.safetensors, or .pt read with weights_only)"),
+    predictor: Path = typer.Option(..., "--predictor", "-P", help="directory of a predictor saved by `predict fit --out`"),
+    arch: Optional[str] = typer.Option(None, help="registered architecture of the checkpoints (only for a GMN predictor "
+                                                  "fit with allow_new_architectures, on an unseen architecture)"),
+    arg: List[str] = typer.Option([], "--arg", "-a", help="architecture argument key=value (with --arch)"),
+    order: str = typer.Option("auto", help="auto (from the target: losses and gaps ascending) | desc | asc"),
+    top: Optional[int] = typer.Option(None, help="show only the best N"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the ranking as JSON"),
+) -> None:
+    """Rank checkpoints by predicted performance, best first, without running any data through them.
+
+    Example: weightspace predict rank runs/*.safetensors --predictor predictors/gbm
+    """
+    from weightspace.errors import WeightspaceError
+    from weightspace.predict import load_predictor, lower_is_better, rank_checkpoints
+
+    if order not in ("auto", "desc", "asc"):
+        _fail(f"--order must be auto, desc or asc, got {order!r}")
+    try:
+        p = load_predictor(predictor)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(str(exc))
+    descending = None if order == "auto" else order == "desc"
+    try:
+        ranking = rank_checkpoints(checkpoints, p, arch=arch, arch_kwargs=_kv(arg, "--arg") if arg else None,
+                                   descending=descending)
+    except (WeightspaceError, FileNotFoundError, ValueError, KeyError, TypeError) as exc:
+        _fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+    shown = ranking if top is None else ranking[: max(0, top)]
+    desc = not lower_is_better(p.target_) if descending is None else descending
+    typer.echo(f"predictor  {predictor} ({p.kind}, target {p.target_ or '?'}, {'higher' if desc else 'lower'} is better)")
+    typer.echo(f"{'rank':>4s} {'predicted':>10s}  checkpoint")
+    for r in shown:
+        typer.echo(f"{r['rank']:4d} {r['prediction']:10.4f}  {r['checkpoint']}")
+    if json_out is not None:
+        json_out.write_text(json.dumps({"predictor": str(predictor), "target": p.target_, "ranking": ranking}, indent=2))
+        typer.echo(f"wrote {json_out}")

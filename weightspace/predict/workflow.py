@@ -1,0 +1,212 @@
+"""End-to-end helpers behind ``weightspace predict``: fit a predictor on a
+zoo with a held-out evaluation, and rank checkpoint files with a saved one."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from weightspace.predict.data import WeightDataset, zoo_dataset
+from weightspace.predict.metrics import MetricCI, evaluate
+from weightspace.predict.predictors import BasePredictor, load_predictor, make_predictor
+from weightspace.predict.splits import Split, hyperparameter_split, random_split, seed_split
+
+__all__ = ["FitReport", "fit_zoo", "make_split", "rank_checkpoints", "lower_is_better"]
+
+SPLITS = ("random", "seed", "ood")
+
+
+@dataclass
+class FitReport:
+    """What :func:`fit_zoo` did.
+
+    Attributes:
+        predictor: the fitted predictor (fit on the training part only).
+        target: target metric name.
+        model: predictor kind.
+        split: split description.
+        n_train, n_test: rows (checkpoints) in each part.
+        metrics: held-out metrics with bootstrap CIs over members (empty if
+            there is no test part).
+        test_true, test_pred: ``[n_test]`` arrays.
+        path: where the predictor was saved (or ``None``).
+        dropped: rows the dataset left out (non-finite weights / targets).
+    """
+
+    predictor: BasePredictor
+    target: str
+    model: str
+    split: str
+    n_train: int
+    n_test: int
+    metrics: dict[str, MetricCI] = field(default_factory=dict)
+    test_true: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    test_pred: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    path: Path | None = None
+    dropped: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "target": self.target, "model": self.model, "split": self.split, "n_train": self.n_train,
+            "n_test": self.n_test, "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
+            "path": None if self.path is None else str(self.path), "dropped": dict(self.dropped),
+            "params": {k: v for k, v in self.predictor.get_params().items()},
+        }
+
+
+def make_split(
+    dataset: WeightDataset,
+    split: str = "random",
+    *,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+    ood_column: str | None = None,
+    ood_train: Sequence[Any] | None = None,
+    ood_test: Sequence[Any] | None = None,
+    ood_threshold: float | None = None,
+) -> Split:
+    """One of the splits of :mod:`~weightspace.predict.splits` by name:
+    ``"random"`` (members), ``"seed"`` (training seeds) or ``"ood"`` (by
+    ``ood_column`` values or threshold)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "ood":
+        if ood_column is None:
+            raise ValueError("split='ood' needs ood_column (e.g. 'activation' or 'lr')")
+        return hyperparameter_split(dataset, ood_column, train=ood_train, test=ood_test, threshold=ood_threshold,
+                                    val_fraction=val_fraction, seed=seed)
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    fr = (1.0 - test_fraction - val_fraction, val_fraction, test_fraction)
+    return (seed_split if split == "seed" else random_split)(dataset, fr, seed=seed)
+
+
+def fit_zoo(
+    zoo: Any,
+    target: str = "test_acc",
+    model: str = "gbm",
+    *,
+    checkpoints: str | Sequence[int] = "all",
+    split: str = "random",
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    ood_column: str | None = None,
+    ood_train: Sequence[Any] | None = None,
+    ood_test: Sequence[Any] | None = None,
+    ood_threshold: float | None = None,
+    params: Mapping[str, Any] | None = None,
+    n_resamples: int = 1000,
+    out: str | os.PathLike | None = None,
+) -> FitReport:
+    """Fit a predictor on a zoo, evaluate it on held-out members, save it.
+
+    Args:
+        zoo: a ``zoo.Zoo`` or the path of a zoo directory.
+        target: metric to predict (see :func:`~weightspace.predict.zoo_dataset`).
+        model: predictor kind (:func:`~weightspace.predict.make_predictor`).
+        checkpoints: ``"all"``, ``"final"`` or a list of epochs.
+        split: ``"random"``, ``"seed"`` or ``"ood"`` (see :func:`make_split`).
+        test_fraction: held-out fraction of members (0: fit on everything,
+            no metrics) for the random / seed splits.
+        seed: split seed; also the predictor's seed unless ``params`` sets one.
+        ood_column, ood_train, ood_test, ood_threshold: the OOD split.
+        params: predictor constructor arguments.
+        n_resamples: bootstrap resamples of the metrics' CIs.
+        out: directory to save the fitted predictor to.
+
+    Returns:
+        :class:`FitReport`.
+    """
+    from zoo import Zoo
+
+    z = zoo if hasattr(zoo, "members") else Zoo(zoo)
+    ds = zoo_dataset(z, target, checkpoints=checkpoints)
+    if len(ds) < 4:
+        raise ValueError(f"the zoo gives only {len(ds)} usable networks; need at least 4")
+    kw = dict(params or {})
+    if model.lower() != "linear" and model.lower() != "mean":
+        kw.setdefault("seed", seed)
+    predictor = make_predictor(model, **kw)
+    if split != "ood" and test_fraction == 0:
+        sp = Split(np.arange(len(ds)), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+        desc = "none (fit on every network)"
+    else:
+        sp = make_split(ds, split, test_fraction=test_fraction, seed=seed, ood_column=ood_column,
+                        ood_train=ood_train, ood_test=ood_test, ood_threshold=ood_threshold)
+        desc = split if split != "ood" else f"ood on {ood_column}"
+    train_idx = np.sort(np.concatenate([sp.train, sp.val]))
+    predictor.fit(ds.subset(train_idx))
+    report = FitReport(predictor, ds.target, model, desc, int(train_idx.size), int(sp.test.size), dropped=ds.dropped)
+    if sp.test.size >= 2:
+        test = ds.subset(sp.test)
+        pred = predictor.predict(test)
+        report.test_true, report.test_pred = test.y, pred
+        report.metrics = evaluate(test.y, pred, groups=test.groups, n_resamples=n_resamples, seed=seed)
+    if out is not None:
+        report.path = predictor.save(out)
+    return report
+
+
+def lower_is_better(target: str | None) -> bool:
+    """Whether smaller values of ``target`` are better (losses, gaps)."""
+    t = (target or "").lower()
+    return "loss" in t or t.startswith("gap") or "error" in t
+
+
+def rank_checkpoints(
+    checkpoints: Sequence[str | os.PathLike | Mapping],
+    predictor: BasePredictor | str | os.PathLike,
+    *,
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    descending: bool | None = None,
+) -> list[dict]:
+    """Predict and rank checkpoints, best first.
+
+    Args:
+        checkpoints: checkpoint files (``.safetensors``, or torch files read
+            with ``weights_only=True``) or state_dicts.
+        predictor: a fitted predictor or the directory of a saved one.
+        arch, arch_kwargs: registered architecture of the checkpoints; only
+            needed for a metanetwork predictor meeting an architecture it did
+            not record (with ``allow_new_architectures``).
+        descending: best = highest prediction; default from the target
+            (:func:`lower_is_better`).
+
+    Returns:
+        ``[{"rank", "checkpoint", "prediction"}]`` sorted best first.
+    """
+    from weightspace.io import load_state_dict
+
+    p = predictor if isinstance(predictor, BasePredictor) else load_predictor(predictor)
+    nets, names = [], []
+    for c in checkpoints:
+        if isinstance(c, Mapping):
+            nets.append(dict(c))
+            names.append(f"<state_dict {len(names)}>")
+        else:
+            nets.append(load_state_dict(c))
+            names.append(str(c))
+    if arch is not None:
+        from weightspace.core import parameter_graph
+
+        nets = [parameter_graph(sd, arch=arch, **dict(arch_kwargs or {})) for sd in nets]
+    try:
+        pred = p.predict(nets)
+    except (ValueError, KeyError) as exc:  # name the file, not "network i"
+        msg = str(exc)
+        m = re.match(r"network (\d+) ", msg)
+        if m is None or int(m.group(1)) >= len(names):
+            raise
+        new = type(exc)(f"checkpoint {names[int(m.group(1))]} " + msg[m.end():])
+        raise new from exc
+    if descending is None:
+        descending = not lower_is_better(p.target_)
+    order = np.argsort(-pred if descending else pred, kind="stable")
+    return [{"rank": r + 1, "checkpoint": names[i], "prediction": float(pred[i])} for r, i in enumerate(order)]

@@ -127,6 +127,9 @@ app.command("similarity")(similarity)
 from weightspace.cli_zoo import app as zoo_app  # noqa: E402
 app.add_typer(zoo_app, name="zoo")
 
+from weightspace.cli_predict import app as predict_app  # noqa: E402
+app.add_typer(predict_app, name="predict")
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()

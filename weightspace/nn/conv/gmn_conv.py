@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -14,6 +15,26 @@ from torch_geometric.nn.aggr import MaxAggregation, MeanAggregation, SumAggregat
 from weightspace.nn.conv._common import AGGRS, make_norm, mlp
 
 _POOLS = {"mean": MeanAggregation(), "sum": SumAggregation(), "max": MaxAggregation()}
+
+
+@functools.lru_cache(maxsize=None)
+def _ptr_only() -> bool:
+    """Whether this PyG runs an ``Aggregation`` from ``ptr`` alone (CSR
+    segments; PyG >= 2.6, or older with torch-scatter). Older versions need
+    the (sorted) ``index`` and scatter instead: same result, slower."""
+    try:
+        SumAggregation()(torch.ones(2, 1), ptr=torch.tensor([0, 2]), dim_size=1)
+    except Exception:
+        return False
+    return True
+
+
+def segment_aggregate(aggr: nn.Module, x: Tensor, index: Tensor, ptr: Tensor, dim_size: int) -> Tensor:
+    """Run a PyG aggregation on rows grouped by ``index`` (sorted, with CSR
+    offsets ``ptr [dim_size + 1]``): ``[M, H] -> [dim_size, H']``."""
+    if _ptr_only():
+        return aggr(x, ptr=ptr, dim_size=dim_size)
+    return aggr(x, index, dim_size=dim_size)
 
 __all__ = ["GMNConv", "PyGContext"]
 
@@ -45,19 +66,22 @@ class PyGContext:
         self.num_graphs = batch.num_graphs
         self.num_nodes = n = batch.num_nodes
         self.order: dict[str, Tensor] = {}
+        self.index: dict[str, Tensor] = {}
         self.ptr: dict[str, Tensor] = {}
         din, dout = batch.degrees()
         zero = torch.zeros(1, dtype=torch.long, device=batch.edge_index.device)
         for direction, row, deg in (("in", batch.edge_index[1], din), ("out", batch.edge_index[0], dout)):
             self.order[direction] = torch.argsort(row, stable=True)
+            self.index[direction] = row[self.order[direction]]
             self.ptr[direction] = torch.cat([zero, deg.long().cumsum(0)])
         self.log_deg = torch.stack([din, dout], dim=1).log1p()
 
     def pool(self, x: Tensor, level: str, reduce: str) -> Tensor:
         """Per-graph pooling of node (``level="node"``) or edge features:
         ``[N or E, H] -> [B, H]``."""
-        ptr = self.node_ptr if level == "node" else self.edge_ptr
-        return _POOLS[reduce](x, ptr=ptr, dim_size=self.num_graphs)
+        if level == "node":
+            return segment_aggregate(_POOLS[reduce], x, self.node_batch, self.node_ptr, self.num_graphs)
+        return segment_aggregate(_POOLS[reduce], x, self.edge_batch, self.edge_ptr, self.num_graphs)
 
 
 class GMNConv(MessagePassing):
@@ -159,8 +183,8 @@ class GMNConv(MessagePassing):
         the reducers of :data:`AGGRS` concatenated (this layer's PyG
         aggregation module, run on CSR segments)."""
         order = ctx.order[direction]
-        return self.aggregate(self.message(m.index_select(0, order)), index=None,
-                              ptr=ctx.ptr[direction], dim_size=ctx.num_nodes)
+        return segment_aggregate(self.aggr_module, self.message(m.index_select(0, order)),
+                                 ctx.index[direction], ctx.ptr[direction], ctx.num_nodes)
 
     def pool(self, ctx: PyGContext, x: Tensor, level: str) -> Tensor:
         """Per-graph mean of node or edge features ``-> [B, H]``."""

@@ -1,0 +1,285 @@
+"""Predicting generalization from raw weights: every predictor on real zoos.
+
+Zoos (built here with the recipe machinery, or loaded from a path):
+
+* ``digits``: ``cnn_small`` (4970 parameters, the Small CNN Zoo shape) on
+  sklearn digits, the shipped ``digits_cnn_small`` recipe grown to 300
+  members (random search over activation, dropout, optimizer, learning rate,
+  weight decay, init scale, train fraction, label noise), checkpoints after
+  epochs 1, 2, 5, 10.
+* ``mnist1d``: ``cnn1d`` (width 16, depth 3, kernel 5) on MNIST-1D, the
+  shipped ``mnist1d_cnn1d`` recipe with the architecture fixed (so the
+  per-tensor feature baselines apply) and activation, optimizer, learning
+  rate, weight decay, init scale, train fraction and label noise varied;
+  150 members, checkpoints after epochs 1, 2, 5, 10.
+* ``small_cnn_zoo`` (``--small-cnn-zoo PATH``): a published Small CNN Zoo
+  directory (Unterthiner et al. 2020) imported with ``zoo.loaders``.
+
+Initialization checkpoints (epoch 0) are left out by default
+(``--include-init`` keeps them): their accuracy is chance by construction and
+they would add thousands of tied pairs that say nothing about training.
+
+Predictors: mean (reference), linear (ridge on weight statistics), GBM
+(sklearn HistGradientBoosting on weight statistics), StatNN, FlatMLP
+(permutation augmentation), GMN. Splits: random by member (80 % train, 20 %
+test; the metanetworks hold out 15 % of the training members for early
+stopping), and on digits an out-of-distribution split by activation (train
+relu/gelu/silu, test tanh).
+
+Metrics on the test members: Kendall τ, Spearman ρ and R² with 95 %
+bootstrap CIs resampling members (all their checkpoints together), plus τ on
+the final checkpoints only.
+
+Outputs in --out: ``table.md``, ``results.json``, ``scatter_<zoo>_<split>.png/.svg``
+(predicted vs true per method), ``predictions_<zoo>_<split>.csv``.
+
+Run:
+    python analyses/predict_generalization/run.py --out runs/predict            # full (hours on 2 CPUs)
+    python analyses/predict_generalization/run.py --small --out runs/predict_small
+    python analyses/predict_generalization/run.py --digits-zoo PATH --skip-mnist1d ...
+    python analyses/predict_generalization/run.py --small-cnn-zoo /data/small-cnn-zoo/mnist ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import zoo
+from weightspace.predict import evaluate, hyperparameter_split, kendall_tau, make_predictor, random_split, zoo_dataset
+
+METHODS = ("mean", "linear", "gbm", "statnn", "flatmlp", "gmn")
+LABELS = {"mean": "mean", "linear": "linear (stats)", "gbm": "GBM (stats)", "statnn": "StatNN",
+          "flatmlp": "FlatMLP (+aug)", "gmn": "GMN"}
+
+
+def digits_recipe(n: int) -> zoo.Recipe:
+    return zoo.load_recipe("digits_cnn_small").with_members(n)
+
+
+def mnist1d_recipe(n: int) -> zoo.Recipe:
+    r = zoo.load_recipe("mnist1d_cnn1d").to_dict()
+    r["name"] = "mnist1d_cnn1d_fixed"
+    r["description"] = "cnn1d (width 16, depth 3, kernel 5) on MNIST-1D with training hyperparameters varied"
+    r["model"].update(width=16, depth=3, kernel_size=5)
+    space = r["search"]["space"]
+    for k in ("model.width", "model.depth", "model.kernel_size"):
+        space.pop(k, None)
+    space["model.activation"] = ["relu", "gelu", "tanh", "silu"]
+    space["train.init_scale"] = {"log_uniform": [0.5, 2.0]}
+    space["data.label_noise"] = {"choice": [0.0, 0.0, 0.1, 0.3]}
+    r["checkpoints"] = [0, 1, 2, 5, 10]
+    r["search"]["num_members"] = int(n)
+    return zoo.load_recipe(r)
+
+
+def method_params(method: str, small: bool, seed: int, epochs: int | None) -> dict:
+    if method in ("mean", "linear"):
+        return {}
+    if method == "gbm":
+        return {"seed": seed}
+    ep = epochs or (30 if small else {"gmn": 100, "statnn": 200, "flatmlp": 100}[method])
+    p = {"epochs": ep, "patience": max(10, ep // 4), "seed": seed, "lr": 1e-3, "batch_size": 32}
+    if method == "gmn":
+        p["model_kwargs"] = {"hidden": 32, "num_layers": 3}
+    return p
+
+
+def build_or_open(recipe: zoo.Recipe, path: Path, workers: int, log) -> zoo.Zoo:
+    t = time.time()
+    rep = zoo.build_zoo(recipe, path, workers=workers, progress=True)
+    log(f"  zoo {recipe.name}: {rep.total} members ({rep.trained} trained now, {rep.skipped} reused) in {time.time() - t:.0f}s")
+    return rep.open()
+
+
+def run_split(name, ds, split, methods, small, seed, epochs, log):
+    """Fit every method on ``split.train + split.val``, evaluate on ``split.test``."""
+    train_idx = np.sort(np.concatenate([split.train, split.val]))
+    train, test = ds.subset(train_idx), ds.subset(split.test)
+    final_epoch = int(ds.meta["epoch"].max())
+    is_final = test.meta["epoch"].to_numpy() == final_epoch
+    out = {"n_train": len(train), "n_test": len(test), "n_train_members": int(len(set(train.groups))),
+           "n_test_members": int(len(set(test.groups))), "methods": {}}
+    preds = {}
+    for m in methods:
+        t = time.time()
+        p = make_predictor(m, **method_params(m, small, seed, epochs))
+        p.fit(train)
+        fit_s = time.time() - t
+        pred = p.predict(test)
+        preds[m] = pred
+        metrics = ("r2",) if m == "mean" else ("kendall_tau", "spearman", "r2")
+        res = evaluate(test.y, pred, metrics, groups=test.groups, n_resamples=1000, seed=seed)
+        row = {k: v.to_dict() for k, v in res.items()}
+        row["fit_seconds"] = fit_s
+        row["params"] = method_params(m, small, seed, epochs)
+        if m != "mean" and is_final.sum() > 2:
+            row["kendall_tau_final"] = kendall_tau(test.y[is_final], pred[is_final])
+        if hasattr(p, "fit_result_"):
+            row["best_epoch"] = int(p.fit_result_.best_epoch)
+            row["epochs_run"] = len(p.history_)
+            row["history"] = p.history_
+        out["methods"][m] = row
+        tau = row.get("kendall_tau", {}).get("value", float("nan"))
+        log(f"    {name:28s} {m:8s} tau {tau:6.3f}  R2 {row['r2']['value']:7.3f}  ({fit_s:.0f}s)")
+    return out, test, preds
+
+
+def scatter(path: Path, title: str, test, preds: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ms = [m for m in preds if m != "mean"]
+    cols = min(3, len(ms))
+    rows = int(np.ceil(len(ms) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+    lo = min(test.y.min(), *(preds[m].min() for m in ms))
+    hi = max(test.y.max(), *(preds[m].max() for m in ms))
+    epochs = test.meta["epoch"].to_numpy()
+    for ax, m in zip(axes.flat, ms):
+        sc = ax.scatter(test.y, preds[m], c=epochs, s=9, alpha=0.7, cmap="viridis")
+        ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--")
+        tau = kendall_tau(test.y, preds[m])
+        r2v = 1 - ((test.y - preds[m]) ** 2).sum() / ((test.y - test.y.mean()) ** 2).sum()
+        ax.set_title(f"{LABELS.get(m, m)}: τ={tau:.3f}, R²={r2v:.3f}", fontsize=9)
+        ax.set_xlabel(f"true {test.target}")
+        ax.set_ylabel("predicted")
+    for ax in list(axes.flat)[len(ms):]:
+        ax.axis("off")
+    fig.colorbar(sc, ax=axes, shrink=0.8, label="checkpoint epoch")
+    fig.suptitle(title, fontsize=10)
+    for ext in ("png", "svg"):
+        fig.savefig(path.with_suffix(f".{ext}"), dpi=130, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write_predictions(path: Path, test, preds: dict) -> None:
+    df = test.meta[["member_id", "epoch"]].copy()
+    df["true"] = test.y
+    for m, p in preds.items():
+        df[f"pred_{m}"] = p
+    df.to_csv(path, index=False)
+
+
+def fmt(ci: dict | None) -> str:
+    if ci is None:
+        return "–"
+    return f"{ci['value']:.3f} [{ci['low']:.3f}, {ci['high']:.3f}]"
+
+
+def table(results: dict) -> str:
+    lines = ["# Predicting generalization (test accuracy) from weights", "",
+             "Kendall τ, Spearman ρ and R² on held-out members with 95 % bootstrap CIs "
+             "(1000 resamples of members); τ-final: final checkpoints only.", ""]
+    for key, r in results["experiments"].items():
+        lines += [f"## {key}", "",
+                  f"{r['n_train']} training / {r['n_test']} test checkpoints "
+                  f"({r['n_train_members']} / {r['n_test_members']} members). {r.get('note', '')}", "",
+                  "| method | Kendall τ | Spearman ρ | R² | τ-final | fit s |", "|---|---|---|---|---|---|"]
+        for m, row in r["methods"].items():
+            tf = row.get("kendall_tau_final")
+            lines.append(f"| {LABELS.get(m, m)} | {fmt(row.get('kendall_tau'))} | {fmt(row.get('spearman'))} | "
+                         f"{fmt(row.get('r2'))} | {'–' if tf is None else f'{tf:.3f}'} | {row['fit_seconds']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs/predict_generalization"))
+    ap.add_argument("--work", type=Path, default=None, help="where zoos are built (default: OUT/zoos)")
+    ap.add_argument("--small", action="store_true", help="quick run: 60 digits / 40 mnist1d members, 30 epochs")
+    ap.add_argument("--digits-zoo", type=Path, default=None, help="use this digits cnn_small zoo instead of building one")
+    ap.add_argument("--mnist1d-zoo", type=Path, default=None, help="use this mnist1d cnn1d zoo instead of building one")
+    ap.add_argument("--small-cnn-zoo", type=Path, default=None, help="also run on a published Small CNN Zoo directory")
+    ap.add_argument("--skip-mnist1d", action="store_true")
+    ap.add_argument("--skip-ood", action="store_true")
+    ap.add_argument("--include-init", action="store_true", help="keep epoch-0 checkpoints")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--epochs", type=int, default=None, help="override metanetwork epochs")
+    ap.add_argument("--digits-members", type=int, default=None)
+    ap.add_argument("--mnist1d-members", type=int, default=None)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        ap.error(f"unknown methods {bad}; choose from {METHODS}")
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    work = args.work or out / "zoos"
+    logf = open(out / "log.txt", "a")
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+        logf.write(msg + "\n")
+        logf.flush()
+
+    n_digits = args.digits_members or (60 if args.small else 300)
+    n_mnist = args.mnist1d_members or (40 if args.small else 150)
+    ckpts = "all" if args.include_init else [1, 2, 5, 10]
+    results = {"config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                          "checkpoints": ckpts, "methods": methods},
+               "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
+                               "cpus": os.cpu_count()},
+               "zoos": {}, "experiments": {}}
+    t0 = time.time()
+
+    zoos = []
+    log(f"[{time.strftime('%H:%M:%S')}] zoos")
+    z = zoo.Zoo(args.digits_zoo) if args.digits_zoo else build_or_open(digits_recipe(n_digits), work / f"digits_{n_digits}", args.workers, log)
+    zoos.append(("digits_cnn_small", z, True))
+    if not args.skip_mnist1d:
+        z = zoo.Zoo(args.mnist1d_zoo) if args.mnist1d_zoo else build_or_open(mnist1d_recipe(n_mnist), work / f"mnist1d_{n_mnist}", args.workers, log)
+        zoos.append(("mnist1d_cnn1d", z, False))
+    if args.small_cnn_zoo:
+        from zoo.loaders import import_small_cnn_zoo
+
+        z = import_small_cnn_zoo(args.small_cnn_zoo, work / f"small_cnn_zoo_{args.small_cnn_zoo.name}", progress=True)
+        zoos.append((f"small_cnn_zoo_{args.small_cnn_zoo.name}", z, False))
+
+    for name, z, do_ood in zoos:
+        ds = zoo_dataset(z, "test_acc", checkpoints="final" if name.startswith("small_cnn_zoo") else ckpts)
+        results["zoos"][name] = {"path": str(z.path), "members": len(z), "checkpoints": len(ds), "dropped": ds.dropped,
+                                 "target_mean": float(ds.y.mean()), "target_std": float(ds.y.std()),
+                                 "target_quantiles": np.quantile(ds.y, [0, 0.25, 0.5, 0.75, 1]).tolist(),
+                                 "architectures": ds.architectures()}
+        log(f"[{time.strftime('%H:%M:%S')}] {name}: {len(z)} members, {len(ds)} checkpoints, "
+            f"test_acc {ds.y.mean():.3f} ± {ds.y.std():.3f}")
+        splits = [("random", random_split(ds, (0.8, 0.0, 0.2), seed=args.seed), "random split by member")]
+        if do_ood and not args.skip_ood:
+            try:
+                sp = hyperparameter_split(ds, "activation", train=["relu", "gelu", "silu"], test=["tanh"],
+                                          val_fraction=0.0, seed=args.seed)
+                splits.append(("ood_activation", sp, "OOD: train relu/gelu/silu, test tanh"))
+            except ValueError as e:
+                log(f"  no OOD split: {e}")
+        for split_name, sp, note in splits:
+            key = f"{name}/{split_name}"
+            r, test, preds = run_split(key, ds, sp, methods, args.small, args.seed, args.epochs, log)
+            r["note"] = note
+            results["experiments"][key] = r
+            scatter(out / f"scatter_{name}_{split_name}", f"{name} — {note}", test, preds)
+            write_predictions(out / f"predictions_{name}_{split_name}.csv", test, preds)
+            (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+            (out / "table.md").write_text(table(results))
+    results["wall_seconds"] = time.time() - t0
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "table.md").write_text(table(results))
+    log(f"done in {time.time() - t0:.0f}s -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,1 +1,34 @@
-"""weightspace.generate"""
+"""Generating weights.
+
+* :mod:`~weightspace.generate.hypernet`: a graph hypernetwork (GHN-2 style)
+  that predicts all parameters of an architecture from its parameter graph,
+  including architectures it never saw in training.
+* :mod:`~weightspace.generate.checkpoint_flow`: a G.pt-style conditional
+  generator (flow matching over the parameter vector of one architecture,
+  conditioned on a target metric) trained on a zoo, with a novelty report
+  for every sample set (:mod:`~weightspace.generate.checkpoint_novelty`).
+* :mod:`~weightspace.generate.inr_init`: meta-learned (Reptile)
+  initialisations for SIREN INRs.
+"""
+
+from weightspace.generate._common import ArchSpec, TaskData, as_arch, fit_steps, load_task
+from weightspace.generate.hypernet import (
+    GraphHyperNetwork,
+    HypernetHistory,
+    compare_inits,
+    default_archs,
+    train_hypernet,
+)
+
+__all__ = [
+    "ArchSpec",
+    "GraphHyperNetwork",
+    "HypernetHistory",
+    "TaskData",
+    "as_arch",
+    "compare_inits",
+    "default_archs",
+    "fit_steps",
+    "load_task",
+    "train_hypernet",
+]

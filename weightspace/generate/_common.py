@@ -1,0 +1,256 @@
+"""Helpers shared by the generators: architectures by name, task data,
+training/evaluation of a network from a given state_dict."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["ArchSpec", "TaskData", "as_arch", "load_task", "fit_steps", "accuracy", "has_batchnorm"]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A registered architecture with its arguments.
+
+    Attributes:
+        name: name in the ``zoo`` registry (see ``weightspace models``).
+        kwargs: architecture arguments as sorted ``(key, value)`` pairs
+            (hashable; use :attr:`arch_kwargs` for a dict).
+    """
+
+    name: str
+    kwargs: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+    @classmethod
+    def of(cls, name: str, **kwargs: Any) -> "ArchSpec":
+        """``ArchSpec.of("cnn_small", width=8)``: validates the name and arguments."""
+        import zoo
+
+        info = zoo.get_model_info(name)  # KeyError listing the registry for unknown names
+        info.resolve_kwargs(**kwargs)  # TypeError for unknown arguments
+        return cls(name, tuple(sorted((k, _freeze(v)) for k, v in kwargs.items())))
+
+    @property
+    def arch_kwargs(self) -> dict[str, Any]:
+        return {k: _thaw(v) for k, v in self.kwargs}
+
+    @property
+    def label(self) -> str:
+        """Short human-readable id, e.g. ``cnn_small(depth=2,width=8)``."""
+        if not self.kwargs:
+            return self.name
+        args = ",".join(f"{k}={_fmt(v)}" for k, v in self.kwargs)
+        return f"{self.name}({args})"
+
+    def template(self):
+        """The (cached) :class:`~weightspace.graph.GraphTemplate`."""
+        from weightspace.core import graph_template
+
+        return graph_template(self.name, **self.arch_kwargs)
+
+    def module(self, seed: int = 0) -> nn.Module:
+        """A freshly initialised module (PyTorch default init under ``seed``)."""
+        import zoo
+
+        return zoo.create_model(self.name, seed=int(seed), **self.arch_kwargs)
+
+    def input_shape(self) -> tuple[int, ...]:
+        """Example input shape without the batch dimension."""
+        import zoo
+
+        return tuple(zoo.get_model_info(self.name).example_input_shape(1, **self.arch_kwargs)[1:])
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, ...]`` reshaped to this architecture's input shape
+        ``[B, *input_shape]`` (e.g. 8x8 digits as a 64-vector for an MLP or
+        a 1x64 sequence for a 1-d CNN). Raises ``ValueError`` when the sizes
+        differ."""
+        shape = self.input_shape()
+        if math.prod(shape) != math.prod(x.shape[1:]):
+            raise ValueError(
+                f"{self.label} expects inputs of shape {shape} ({math.prod(shape)} values); the data has "
+                f"{tuple(x.shape[1:])}. Pass architecture arguments that match the data (e.g. in_features, length)."
+            )
+        return x.reshape(x.shape[0], *shape)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kwargs": self.arch_kwargs}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ArchSpec":
+        return cls.of(d["name"], **dict(d.get("kwargs", {})))
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    return v
+
+
+def _thaw(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, tuple):
+        return "x".join(str(x) for x in v)
+    return str(v)
+
+
+def as_arch(arch: "ArchSpec | str | Mapping[str, Any] | tuple", **kwargs: Any) -> ArchSpec:
+    """An :class:`ArchSpec` from an ArchSpec, a name (plus ``kwargs``), a
+    ``{"name", "kwargs"}`` dict or a ``(name, kwargs)`` pair."""
+    if isinstance(arch, ArchSpec):
+        if kwargs:
+            return ArchSpec.of(arch.name, **{**arch.arch_kwargs, **kwargs})
+        return arch
+    if isinstance(arch, str):
+        return ArchSpec.of(arch, **kwargs)
+    if isinstance(arch, Mapping):
+        return ArchSpec.of(arch["name"], **{**dict(arch.get("kwargs", {})), **kwargs})
+    if isinstance(arch, tuple) and len(arch) == 2 and isinstance(arch[0], str):
+        return ArchSpec.of(arch[0], **{**dict(arch[1]), **kwargs})
+    raise TypeError(f"cannot make an architecture from {arch!r}; pass a registered name or ArchSpec")
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A classification task: train and test tensors.
+
+    Attributes:
+        x_train ``[N, ...]``, y_train ``[N]`` (int64), x_test, y_test.
+        num_classes: number of classes.
+        name: dataset name.
+    """
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    name: str = ""
+
+
+def load_task(name: str = "digits", **options: Any) -> TaskData:
+    """A :class:`TaskData` from ``zoo.load_dataset(name, **options)`` (train
+    split for fitting, test split for accuracy)."""
+    import zoo
+
+    ds = zoo.load_dataset(name, **options)
+    if ds.task != "classification":
+        raise ValueError(f"dataset {name!r} is a {ds.task} task; a classification dataset is needed")
+    return TaskData(ds.x_train, ds.y_train, ds.x_test, ds.y_test, int(ds.num_classes), name)
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+@torch.no_grad()
+def _recalibrate_bn_(module: nn.Module, x: torch.Tensor, batch_size: int = 256) -> None:
+    """Re-estimate BatchNorm running statistics of ``module`` on ``x`` in place
+    (cumulative average over the whole of ``x``)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [(m.momentum, m.training) for m in bns]
+    was = module.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    module.train()
+    for i in range(0, len(x), batch_size):
+        module(x[i : i + batch_size])
+    for m, (mom, _) in zip(bns, saved):
+        m.momentum = mom
+    module.train(was)
+
+
+@torch.no_grad()
+def accuracy(module: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of ``module`` (eval mode) on ``(x [N, ...], y [N])``."""
+    was = module.training
+    module.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        correct += int((module(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum())
+    module.train(was)
+    return correct / max(len(x), 1)
+
+
+@torch.no_grad()
+def predictions(module: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Predicted classes ``[N]`` (eval mode)."""
+    was = module.training
+    module.eval()
+    out = torch.cat([module(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    module.train(was)
+    return out
+
+
+def fit_steps(
+    arch: ArchSpec,
+    state_dict: Mapping[str, torch.Tensor],
+    data: TaskData,
+    *,
+    steps: Sequence[int] = (0, 1, 5, 50),
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict[int, float]:
+    """Test accuracy of ``arch`` started from ``state_dict`` after each number
+    of SGD steps in ``steps``.
+
+    The network is trained with SGD (cross-entropy, minibatches of
+    ``batch_size`` drawn with ``seed``), and evaluated at every ``k`` in
+    ``steps``; BatchNorm statistics are re-estimated on the training inputs
+    before each evaluation (predicted weights carry no statistics), the same
+    for every initialisation.
+
+    Returns:
+        ``{k: test accuracy}``. A run that diverges (non-finite loss) keeps
+        its last weights and scores them as they are.
+    """
+    module = arch.module(seed=0)
+    module.load_state_dict({k: v.detach().clone() for k, v in state_dict.items()})
+    x_tr, x_te = arch.view(data.x_train), arch.view(data.x_test)
+    bn = has_batchnorm(module)
+    opt = torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum)
+    gen = torch.Generator().manual_seed(int(seed))
+    wanted = sorted(set(int(k) for k in steps))
+    out: dict[int, float] = {}
+    step = 0
+    diverged = False
+    while True:
+        if step in wanted:
+            if bn:
+                _recalibrate_bn_(module, x_tr)
+            out[step] = accuracy(module, x_te, data.y_test)
+        if step >= wanted[-1]:
+            break
+        if not diverged:
+            idx = torch.randint(0, len(x_tr), (batch_size,), generator=gen)
+            module.train()
+            loss = F.cross_entropy(module(x_tr[idx]), data.y_train[idx])
+            if torch.isfinite(loss):
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            else:
+                diverged = True
+        step += 1
+    return out
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)

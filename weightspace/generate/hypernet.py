@@ -1,0 +1,633 @@
+"""Graph hypernetwork: predict every parameter of an architecture from its
+parameter graph (GHN-2 style, Knyazev et al. 2021).
+
+How it works
+------------
+* **Input = the architecture plus a random draw.** The encoder reads the
+  architecture's :class:`~weightspace.graph.GraphTemplate` (node type /
+  role / depth / fixed-neuron position, degrees, edge type, and which cells
+  of a ``G x G`` kernel grid each edge owns) and one random draw ``r ~ N(0,
+  1)`` per weight value (:meth:`GraphHyperNetwork.draw`). No weight of any
+  trained network is ever read. The draw is the symmetry breaker: neurons
+  that a permutation may exchange have identical structural features, so
+  any equivariant function of the structure alone gives them identical
+  weights (a rank-one, useless network). With the draw the hypernetwork is
+  a learned *distribution* over weights, and equivariance holds jointly:
+  permuting the draw by a spec permutation permutes the predicted weights
+  exactly (``tests/generate/test_hypernet.py``).
+* **Encoder** = :class:`weightspace.nn.GMN` (``GMNConv`` layers, PyG
+  backend). Its edge readout plus a multiplicative term ``K (u_i * v_j)``
+  of the node readouts of an edge's two neurons is a *correction* added to
+  the draw; the correction's last layers start at zero, so an untrained
+  hypernetwork predicts the He-scaled draw itself.
+* **Output through the graph index.** The corrected grid values are read
+  back into each edge's feature vector and written with
+  :meth:`ParameterGraph.with_edge_attr`. Conv kernels use a shared ``G x G``
+  grid (default ``G = 7``): a ``k x k`` kernel takes the centre ``k x k``
+  cells, a 1-d kernel of size ``k`` the centre of the middle row, a plain
+  weight / bias / norm value the centre cell, so a 3x3 and a 5x5 kernel share
+  the meaning of their centre cells (as GHN-2 slices its largest kernel).
+  Other multi-value edges (a Linear after ``flatten(C, H, W)``, positional
+  embeddings) use ``generic_width`` further channels in feature order.
+* **Per-layer output scaling** (GHN-2's operation-dependent normalisation):
+  each weight tensor is standardised over the tensor and scaled to the
+  He-init standard deviation ``sqrt(gain / fan_in)`` (times
+  ``output_scale`` for the layer that writes the logits), so activations
+  keep a sane variance in any depth or width. Biases and norm shifts are
+  ``0.1 tanh(raw)``, norm scales ``1 + 0.1 tanh(raw)``, embeddings
+  N(0, 1)-scaled, other parameters (class tokens, positional embeddings)
+  0.02-scaled; BatchNorm running statistics are 0 / 1 (buffers, not
+  predicted; re-estimate them on data before evaluating in eval mode).
+
+Training (:func:`train_hypernet`) samples a few architectures per step,
+predicts their weights from fresh draws and backpropagates the task loss
+through them with ``torch.func.functional_call``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from weightspace.generate._common import ArchSpec, TaskData, as_arch, fit_steps
+from weightspace.graph import EDGE_TYPES, NODE_TYPES, GraphTemplate, ParameterGraph
+
+__all__ = [
+    "GraphHyperNetwork",
+    "HypernetHistory",
+    "train_hypernet",
+    "compare_inits",
+    "default_archs",
+]
+
+_ET = {name: i for i, name in enumerate(EDGE_TYPES)}
+_WEIGHT_TYPES = {_ET["linear.weight"], _ET["conv.weight"], _ET["attention.in_proj_weight"]}
+
+# kinds of output rule per tensor
+_K_WEIGHT, _K_BIAS, _K_NORM_W, _K_NORM_B, _K_MEAN, _K_VAR, _K_EMB, _K_PARAM = range(8)
+
+
+def _tensor_kind(etype: int, ndim: int) -> int:
+    if etype in _WEIGHT_TYPES and ndim >= 2:
+        return _K_WEIGHT
+    if etype == _ET["bias"]:
+        return _K_BIAS
+    if etype == _ET["norm.weight"]:
+        return _K_NORM_W
+    if etype == _ET["norm.bias"]:
+        return _K_NORM_B
+    if etype == _ET["norm.running_mean"]:
+        return _K_MEAN
+    if etype == _ET["norm.running_var"]:
+        return _K_VAR
+    if etype == _ET["embedding.weight"]:
+        return _K_EMB
+    if etype in _WEIGHT_TYPES:  # 1-d "weight" (e.g. a weight vector): treat like a bias
+        return _K_BIAS
+    return _K_PARAM
+
+
+@dataclass
+class _Layout:
+    """Per-template index tensors (built once per template and hypernet layout)."""
+
+    cols: Tensor  # [E, W] output channel of each edge feature (-1: none)
+    in_mask: Tensor  # [E, D] bool, cells owned by each edge in the output layout
+    edge_param: Tensor  # [E] tensor id (-1: tie edge)
+    kinds: list[int]  # per tensor (template.keys order)
+    fan_in: list[int]
+    to_output: list[bool]  # tensor writes into the network's output neurons
+    extras: dict[str, Tensor]
+
+
+class GraphHyperNetwork(nn.Module):
+    """Predicts all parameters of an architecture from its parameter graph.
+
+    Args:
+        hidden: GMN feature width.
+        num_layers: GMN message-passing layers.
+        kernel_grid: ``G``, the largest kernel side the output grid holds.
+        generic_width: channels for multi-value edges that are not kernels.
+        gain: He gain of the per-layer scaling (2 for ReLU networks).
+        rank: width of the multiplicative edge head ``K (u_i * v_j)``.
+        output_scale: extra factor on the tensors that write into the
+            network's output neurons (small logits at the start: a
+            hypernetwork whose first predictions are confidently wrong learns
+            to kill the signal, i.e. dead ReLUs, before anything else).
+        correction: bound ``c`` of the learned correction ``c tanh(delta)``
+            added to the unit-variance draw (so a weight's variance stays
+            within ``[1, 1 + c^2]`` times the He variance).
+        aggr: GMN aggregation (``"mean"`` keeps messages comparable across widths).
+        norm: GMN normalisation.
+
+    Shapes:
+        :meth:`forward` takes ``T`` templates (and draws ``[V_t]``) and returns ``T`` value vectors
+        ``[V_t]`` (``V_t`` = number of float values of architecture ``t``, in
+        the template's flat order), differentiable w.r.t. the hypernetwork.
+    """
+
+    def __init__(
+        self,
+        hidden: int = 64,
+        num_layers: int = 4,
+        *,
+        kernel_grid: int = 7,
+        generic_width: int = 32,
+        gain: float = 2.0,
+        rank: int = 64,
+        output_scale: float = 0.1,
+        correction: float = 1.0,
+        probes: Tensor | None = None,
+        aggr: str = "mean",
+        norm: str = "layer",
+    ) -> None:
+        super().__init__()
+        if kernel_grid < 1 or generic_width < 1:
+            raise ValueError("kernel_grid and generic_width must be >= 1")
+        from weightspace.nn import GMN
+
+        self.hparams = dict(
+            hidden=hidden, num_layers=num_layers, kernel_grid=kernel_grid,
+            generic_width=generic_width, gain=gain, rank=rank, output_scale=output_scale, correction=correction, aggr=aggr, norm=norm,
+        )
+        self.grid = int(kernel_grid)
+        self.generic = int(generic_width)
+        self.width = self.grid * self.grid + self.generic
+        n_probe = 0 if probes is None else int(probes.shape[0])
+        self.gmn = GMN(
+            out_dim=0, hidden=hidden, num_layers=num_layers, aggr=aggr, norm=norm,
+            edge_dim=self.width, edge_out=self.width, node_out=2 * rank, layer_encoding="depth",
+            extra_dim=n_probe,
+        )
+        self.register_buffer("probes", None if probes is None else probes.detach().clone().to(torch.float32))
+        self._arch_modules: dict[ArchSpec, nn.Module] = {}
+        # multiplicative edge head K (u_i * v_j) from the node readout: an
+        # additive head f(a(x_i) + b(x_j)) is close to rank 2 in (i, j), the
+        # product lets e.g. a readout weight be <class template, feature>.
+        self.bilinear = nn.Linear(rank, self.width, bias=False)
+        # The correction starts at exactly zero: an untrained hypernetwork
+        # predicts the (He-scaled) draw itself, a trainable network, and
+        # training learns how to change it. (Starting from a random
+        # correction, training collapsed to dead-ReLU networks in tens of steps.)
+        with torch.no_grad():
+            self.bilinear.weight.zero_()
+            self.gmn.edge_head[-1].weight.zero_()
+            self.gmn.edge_head[-1].bias.zero_()
+        self._layouts: dict[int, tuple[GraphTemplate, _Layout]] = {}
+
+    # ------------------------------------------------------------- layout
+    def layout(self, template: GraphTemplate) -> _Layout:
+        """Index tensors mapping the edge readout onto ``template``'s edges.
+
+        Raises:
+            ValueError: a kernel larger than ``kernel_grid`` with more values
+                than ``generic_width``, or another edge wider than
+                ``generic_width``.
+        """
+        hit = self._layouts.get(id(template))
+        if hit is not None and hit[0] is template:
+            return hit[1]
+        G, D = self.grid, self.width
+        centre = (G // 2) * G + G // 2
+        W = template.max_width
+        parts, kinds_by_key = [], {}
+        for s in template.edge_sets:
+            c = torch.full((s.num_edges, W), -1, dtype=torch.long)
+            if s.pos is not None:
+                shape = template.shapes[s.name]
+                kinds_by_key[s.name] = _tensor_kind(s.etype, len(shape))
+                c[:, : s.width] = torch.as_tensor(self._columns(template, s, shape, centre))
+            parts.append(c)
+        cols = torch.cat(parts) if parts else torch.zeros(0, W, dtype=torch.long)
+        in_mask = torch.zeros(cols.shape[0], D, dtype=torch.bool)
+        rows = torch.arange(cols.shape[0])[:, None].expand_as(cols)
+        ok = cols >= 0
+        in_mask[rows[ok], cols[ok]] = True
+        kinds = [kinds_by_key[k] for k in template.keys]
+        fan_in = [max(1, math.prod(template.shapes[k][1:])) if len(template.shapes[k]) >= 2 else 1 for k in template.keys]
+        extras = {k: torch.zeros(template.shapes[k], dtype=torch.long) for k in template.extra_keys}
+        out_type = NODE_TYPES.index("output")
+        to_output = {s.name: bool((template.node_type[s.dst] == out_type).any()) for s in template.edge_sets if s.pos is not None}
+        lay = _Layout(cols, in_mask, template.edge_param(), kinds, fan_in, [to_output[k] for k in template.keys], extras)
+        if len(self._layouts) > 256:
+            self._layouts.clear()
+        self._layouts[id(template)] = (template, lay)
+        return lay
+
+    def _columns(self, template: GraphTemplate, s, shape: tuple[int, ...], centre: int) -> list[int]:
+        G = self.grid
+        w = s.width
+        kernel = tuple(shape[2:])
+        if s.etype == _ET["conv.weight"] and 1 <= len(kernel) <= 2 and math.prod(kernel) == w and max(kernel) <= G:
+            kh, kw = (1, kernel[0]) if len(kernel) == 1 else kernel
+            r0, c0 = (G - kh) // 2, (G - kw) // 2
+            return [(r0 + i) * G + (c0 + j) for i in range(kh) for j in range(kw)]
+        if w == 1:
+            return [centre]
+        if w <= self.generic:
+            return [G * G + j for j in range(w)]
+        arch = template.arch or "this architecture"
+        raise ValueError(
+            f"{arch}: tensor {s.name!r} has {w} values per edge (shape {tuple(shape)}); this hypernetwork "
+            f"predicts kernels up to {G}x{G} and other edge features up to {self.generic} wide. "
+            "Build it with a larger kernel_grid / generic_width."
+        )
+
+    # ------------------------------------------------------------ forward
+    def draw(self, template: GraphTemplate, generator: torch.Generator) -> Tensor:
+        """A random draw ``[V]`` for ``template``: N(0, 1) for every weight-like
+        tensor (linear / conv / attention / embedding / other parameters),
+        zero for biases and norm parameters. This is the hypernetwork's only
+        source of randomness (it breaks the symmetry between exchangeable
+        neurons); it is never the weights of a trained network."""
+        lay = self.layout(template)
+        z = torch.randn(template.num_values, generator=generator)
+        keep = torch.zeros(template.num_values, dtype=torch.bool)
+        for i, k in enumerate(template.keys):
+            if lay.kinds[i] in (_K_WEIGHT, _K_EMB, _K_PARAM):
+                off = template.offsets[k]
+                keep[off : off + math.prod(template.shapes[k])] = True
+        return z * keep
+
+    def forward(
+        self,
+        archs: Sequence[ArchSpec | str],
+        draws: Sequence[Tensor] | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> list[Tensor]:
+        """Predicted flat value vectors, one ``[V_t]`` per architecture.
+
+        Args:
+            archs: ``T`` architectures (:class:`ArchSpec` or registered names).
+            draws: per-architecture random draws ``[V_t]`` (:meth:`draw`);
+                drawn from ``generator`` when omitted (one of the two is required).
+        """
+        from weightspace.nn import collate
+
+        specs = [as_arch(a) for a in archs]
+        templates = [a.template() for a in specs]
+        if draws is None:
+            if generator is None:
+                raise ValueError("pass draws=... or generator=... (randomness is always explicit)")
+            draws = [self.draw(t, generator) for t in templates]
+        if len(draws) != len(templates):
+            raise ValueError(f"{len(draws)} draws for {len(templates)} architectures")
+        layouts = [self.layout(t) for t in templates]
+        for a, t, d in zip(specs, templates, draws):
+            if tuple(d.shape) != (t.num_values,):
+                raise ValueError(f"a draw for {a.label} must have shape ({t.num_values},), got {tuple(d.shape)}")
+        dev = self.gmn.u0.device
+        D = self.width
+        graphs, grids, extra = [], [], []
+        for a, t, lay, d in zip(specs, templates, layouts, draws):
+            graphs.append(ParameterGraph(t, torch.zeros(t.num_values, dtype=t.value_dtype), dict(lay.extras)))
+            # the draw, laid out on the shared kernel grid (one extra dump column for padding)
+            vals, _ = ParameterGraph(t, d.to(torch.float32)).edge_attr(t.max_width)
+            cols = torch.where(lay.cols >= 0, lay.cols, D)
+            grids.append(torch.zeros(cols.shape[0], D + 1).scatter(1, cols, vals)[:, :D])
+            if self.probes is not None:
+                extra.append(self._probe_features(a, t, lay, d))
+        batch = collate(graphs, keep_graphs=False, node_extra=extra or None)
+        grid = torch.cat(grids)
+        mask = torch.cat([lay.in_mask for lay in layouts])
+        batch = _replace(batch, edge_attr=grid, edge_mask=mask).to(dev)
+        res = self.gmn(batch)
+        r = self.hparams["rank"]
+        src, dst = batch.edge_index
+        delta = res.edge + self.bilinear(res.node[src, :r] * res.node[dst, r:])  # [E, D]
+        # bounded correction: it cannot erase the draw (when a free correction
+        # was standardised together with the draw, training drove every weight
+        # matrix to rank one within 100 steps: all hidden units one template)
+        delta = self.hparams["correction"] * torch.tanh(delta)
+        parts = batch.split_edges(delta)
+        out = []
+        for t, g, lay, part, d in zip(templates, graphs, layouts, parts, draws):
+            cols = lay.cols.to(dev)
+            attr = torch.gather(part, 1, cols.clamp(min=0)) * (cols >= 0)
+            dvals = ParameterGraph(t, g.values.to(dev, part.dtype), g.extras).with_edge_attr(attr).values
+            out.append(self._values(t, lay, dvals, d.to(dev)))
+        return out
+
+    def _probe_features(self, arch: ArchSpec, t: GraphTemplate, lay: _Layout, draw: Tensor) -> Tensor:
+        """``[N, P]`` activations of the drawn network (correction 0) on the
+        probe inputs, each block scaled to unit RMS (equivariant: they move
+        with the neurons)."""
+        from weightspace.nn import probe_features
+
+        key = arch
+        if key not in self._arch_modules:
+            self._arch_modules[key] = arch.module(seed=0)
+        module = self._arch_modules[key]
+        with torch.no_grad():
+            v0 = self._values(t, lay, torch.zeros_like(draw), draw)
+            g0 = ParameterGraph(t, v0.to(t.value_dtype), dict(lay.extras))
+            f = probe_features(g0, module, arch.view(self.probes))
+            blk = t.node_block
+            out = torch.zeros_like(f)
+            for b in range(len(t.spec.blocks)):
+                sel = blk == b
+                fb = f[sel]
+                out[sel] = fb / (fb.pow(2).mean().sqrt() + 1e-6)
+        return out
+
+    def _values(self, t: GraphTemplate, lay: _Layout, dvals: Tensor, draw: Tensor) -> Tensor:
+        """The draw ``[V_t]`` plus the correction ``dvals`` ``[V_t]`` (double-centred
+        per weight tensor), scaled per tensor -> flat values ``[V_t]``."""
+        raw = dvals
+        gain = float(self.hparams["gain"])
+        out_scale = float(self.hparams["output_scale"])
+        pieces = []
+        for i, k in enumerate(t.keys):
+            off, n = t.offsets[k], math.prod(t.shapes[k])
+            v = raw[off : off + n]
+            kind = lay.kinds[i]
+            if kind in (_K_WEIGHT, _K_EMB, _K_PARAM):
+                v = draw[off : off + n].to(v.dtype) + _double_centre(v.reshape(t.shapes[k])).reshape(-1)
+                std = math.sqrt(gain / lay.fan_in[i]) if kind == _K_WEIGHT else (1.0 if kind == _K_EMB else 0.02)
+                if lay.to_output[i]:
+                    std = std * out_scale
+                v = v * std
+            elif kind in (_K_BIAS, _K_NORM_B):
+                v = 0.1 * (v - v.mean()) * (out_scale if lay.to_output[i] else 1.0)
+            elif kind == _K_NORM_W:
+                v = 1.0 + 0.1 * v
+            elif kind == _K_MEAN:
+                v = torch.zeros_like(v)
+            else:  # running variance
+                v = torch.ones_like(v)
+            pieces.append(v)
+        return torch.cat(pieces) if pieces else raw
+
+    # ------------------------------------------------------------ predict
+    def predict(
+        self,
+        arch: ArchSpec | str,
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        draw: Tensor | None = None,
+        **arch_kwargs: Any,
+    ) -> dict[str, Tensor]:
+        """A full state_dict for ``arch`` (detached; BatchNorm statistics 0/1).
+
+        Example::
+
+            sd = hn.predict("cnn_small", width=24, depth=4, seed=0)
+            model = zoo.create_model("cnn_small", width=24, depth=4)
+            model.load_state_dict(sd)
+        """
+        a = as_arch(arch, **arch_kwargs)
+        t = a.template()
+        if draw is None:
+            if generator is None:
+                if seed is None:
+                    raise ValueError("predict needs seed=..., generator=... or draw=...")
+                generator = torch.Generator().manual_seed(int(seed))
+            draw = self.draw(t, generator)
+        with torch.no_grad():
+            values = self([a], [draw])[0]
+        return self.write_back(t, values)
+
+    def write_back(self, template: GraphTemplate, values: Tensor) -> dict[str, Tensor]:
+        """State_dict from a predicted value vector ``[V]`` (keeps autograd)."""
+        lay = self.layout(template)
+        return ParameterGraph(template, values, dict(lay.extras)).to_state_dict()
+
+    # ------------------------------------------------------------ save / load
+    def config(self) -> dict[str, Any]:
+        return dict(self.hparams)
+
+    def save(self, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
+        """Write the weights (safetensors) and config (in the file's metadata)."""
+        from weightspace.io import save_state_dict
+
+        meta = {"kind": "GraphHyperNetwork", "config": json.dumps(self.config()),
+                "probe_shape": json.dumps(None if self.probes is None else list(self.probes.shape))}
+        if metadata:
+            meta["metadata"] = json.dumps(dict(metadata), default=str)
+        return save_state_dict({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, path, meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "GraphHyperNetwork":
+        """Inverse of :meth:`save`."""
+        from safetensors import safe_open
+
+        from weightspace.io import load_state_dict
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if meta.get("kind") != "GraphHyperNetwork":
+            raise ValueError(f"{path} is not a saved GraphHyperNetwork (metadata kind={meta.get('kind')!r})")
+        shape = json.loads(meta.get("probe_shape", "null"))
+        hn = cls(**json.loads(meta["config"]), probes=None if shape is None else torch.zeros(shape))
+        hn.load_state_dict(load_state_dict(path))
+        return hn.eval()
+
+
+def _double_centre(x: Tensor) -> Tensor:
+    """``x`` minus its means over axis 0 and over axis 1 (plus the grand mean).
+
+    Applied to the learned correction of every weight tensor: it removes the
+    additive components ``a_i + b_j`` (one template shared by all units, a
+    common shift), the directions along which training otherwise collapsed to
+    identical or dead units, and keeps everything that depends on the pair.
+    Means over axes commute with permutations of those axes (equivariant).
+    """
+    if x.dim() < 2:
+        return x - x.mean()
+    return x - x.mean(0, keepdim=True) - x.mean(1, keepdim=True) + x.mean((0, 1), keepdim=True)
+
+
+def _replace(batch, **kw):
+    from dataclasses import replace
+
+    return replace(batch, _cache={}, **kw)
+
+
+# ---------------------------------------------------------------- training
+def default_archs(small: bool = False) -> tuple[list[ArchSpec], list[ArchSpec]]:
+    """``(train, held-out)`` architecture lists for 8x8 digits.
+
+    Held-out ones differ from every training one in width, depth, kernel
+    size or family: MLP widths 96/48 and depth 4, a 4-layer CNN of width 24,
+    a 1-d CNN with kernel 5 (training sees 3 and 7), ResNet-20 at width 2
+    (training sees width 1) and the depthwise/grouped ``mobilenet_tiny``
+    (family never seen).
+    """
+    A = ArchSpec.of
+    train = [
+        A("mlp", hidden=[32]), A("mlp", hidden=[128]), A("mlp", hidden=[64, 64]), A("mlp", hidden=[32, 32]),
+        A("mlp", hidden=[128, 64]), A("mlp", hidden=[32, 32, 32]),
+        A("cnn_small", width=8, depth=2), A("cnn_small", width=16, depth=3), A("cnn_small", width=32, depth=2),
+        A("cnn_small", width=16, depth=2), A("cnn_small", width=32, depth=3),
+        A("cnn1d", width=16, depth=2, kernel_size=3, length=64), A("cnn1d", width=32, depth=3, kernel_size=7, length=64),
+        A("cnn1d", width=16, depth=3, kernel_size=7, length=64), A("cnn1d", width=32, depth=2, kernel_size=3, length=64),
+        A("resnet20", width=1, in_channels=1, image_size=8),
+    ]
+    held = [
+        A("mlp", hidden=[96, 48]), A("mlp", hidden=[64, 64, 64, 64]),
+        A("cnn_small", width=24, depth=4), A("cnn1d", width=24, depth=3, kernel_size=5, length=64),
+        A("resnet20", width=2, in_channels=1, image_size=8), A("mobilenet_tiny"),
+    ]
+    if small:
+        train = [a for a in train if a.name != "resnet20"]
+        held = [a for a in held if a.name != "resnet20"]
+    return train, held
+
+
+@dataclass
+class HypernetHistory:
+    """Training record: per step the mean task loss and accuracy on the batch."""
+
+    loss: list[float]
+    acc: list[float]
+    archs: list[str]
+
+    def to_dict(self) -> dict:
+        return {"loss": self.loss, "acc": self.acc, "archs": self.archs}
+
+
+def train_hypernet(
+    archs: Sequence[ArchSpec | str],
+    data: TaskData,
+    *,
+    hypernet: GraphHyperNetwork | None = None,
+    steps: int = 1000,
+    archs_per_step: int = 4,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-5,
+    grad_clip: float = 5.0,
+    num_probes: int = 32,
+    seed: int = 0,
+    progress: bool = False,
+    callback: Callable[[int, float], None] | None = None,
+    **hparams: Any,
+) -> tuple[GraphHyperNetwork, HypernetHistory]:
+    """Train a :class:`GraphHyperNetwork` on ``archs`` by backpropagating the
+    task loss through the predicted weights.
+
+    Each step draws ``archs_per_step`` architectures and one minibatch of
+    ``batch_size`` examples per architecture, predicts all weights with fresh
+    draws, runs each network with ``torch.func.functional_call`` (train
+    mode: BatchNorm uses batch statistics) and takes an Adam step on the mean
+    cross-entropy.
+
+    Args:
+        archs: training architectures (inputs must fit ``data``; see
+            :meth:`ArchSpec.view`).
+        data: the task.
+        hypernet: start from a copy of this one (default: a new
+            ``GraphHyperNetwork(**hparams)`` initialised under ``seed``).
+        num_probes: for a new hypernetwork, the number of training inputs
+            (drawn with ``seed``, no labels) used as probe inputs; 0 = none.
+        progress: tqdm bar.
+        callback: called with ``(step, loss)`` after every step.
+
+    Returns:
+        ``(trained hypernetwork (eval mode), HypernetHistory)``.
+    """
+    from torch.func import functional_call
+    from tqdm.auto import tqdm
+
+    specs = [as_arch(a) for a in archs]
+    if not specs:
+        raise ValueError("train_hypernet needs at least one architecture")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        if hypernet is not None:
+            hn = copy.deepcopy(hypernet)
+        else:
+            probes = None
+            if num_probes > 0:
+                pick = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(int(seed)))
+                probes = data.x_train[pick[:num_probes]]
+            hn = GraphHyperNetwork(**hparams, probes=probes)
+    hn.train()
+    templates = [a.template() for a in specs]
+    for t in templates:
+        hn.layout(t)  # clear error for unsupported architectures before training starts
+    modules = [a.module(seed=0).train() for a in specs]
+    xs = [a.view(data.x_train) for a in specs]
+    opt = torch.optim.Adam(hn.parameters(), lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(int(seed) + 1)
+    hist = HypernetHistory([], [], [a.label for a in specs])
+    n = len(data.y_train)
+    for step in tqdm(range(int(steps)), disable=not progress, desc="hypernet"):
+        pick = torch.randperm(len(specs), generator=gen)[: min(archs_per_step, len(specs))].tolist()
+        values = hn([specs[i] for i in pick], generator=gen)
+        losses, correct = [], 0
+        for i, v in zip(pick, values):
+            sd = hn.write_back(templates[i], v)
+            names = dict(modules[i].named_parameters())
+            sd = {k: (t if k in names else t.detach()) for k, t in sd.items()}
+            idx = torch.randint(0, n, (batch_size,), generator=gen)
+            out = functional_call(modules[i], sd, (xs[i][idx],))
+            losses.append(F.cross_entropy(out, data.y_train[idx]))
+            correct += int((out.argmax(1) == data.y_train[idx]).sum())
+        loss = torch.stack(losses).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(hn.parameters(), grad_clip)
+        opt.step()
+        hist.loss.append(float(loss.detach()))
+        hist.acc.append(correct / (batch_size * len(pick)))
+        if callback is not None:
+            callback(step, float(loss.detach()))
+    return hn.eval(), hist
+
+
+def compare_inits(
+    hypernet: GraphHyperNetwork,
+    archs: Sequence[ArchSpec | str],
+    data: TaskData,
+    *,
+    steps: Sequence[int] = (0, 1, 5, 50),
+    seeds: Sequence[int] = (0, 1, 2),
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    batch_size: int = 64,
+    baseline: GraphHyperNetwork | None = None,
+    progress: bool = False,
+) -> list[dict]:
+    """Test accuracy after ``k`` SGD steps from three initialisations.
+
+    * ``hypernet``: weights predicted by ``hypernet`` (draw seed ``s``);
+    * ``default``: PyTorch's default init (``zoo.create_model(seed=s)``);
+    * ``random``: weights predicted by ``baseline``, an *untrained* hypernetwork
+      of the same configuration, i.e. random weights with exactly the same
+      per-layer scaling (default: a fresh one initialised with seed 12345).
+
+    Every run uses the same SGD settings and minibatch order (seed ``s``).
+
+    Returns:
+        rows ``{"arch", "init", "seed", "acc": {k: accuracy}}``.
+    """
+    from tqdm.auto import tqdm
+
+    if baseline is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(12345)
+            baseline = GraphHyperNetwork(**hypernet.config(), probes=hypernet.probes).eval()
+    rows = []
+    jobs = [(as_arch(a), s) for a in archs for s in seeds]
+    for a, s in tqdm(jobs, disable=not progress, desc="compare inits"):
+        inits = {
+            "hypernet": hypernet.predict(a, seed=s),
+            "default": a.module(seed=s).state_dict(),
+            "random": baseline.predict(a, seed=s),
+        }
+        for name, sd in inits.items():
+            acc = fit_steps(a, sd, data, steps=steps, lr=lr, momentum=momentum, batch_size=batch_size, seed=s)
+            rows.append({"arch": a.label, "init": name, "seed": int(s), "acc": {int(k): v for k, v in acc.items()}})
+    return rows

@@ -27,6 +27,7 @@ from weightspace.merge.average import (
     task_arithmetic,
 )
 from weightspace.merge.barrier import PathResult, barrier, evaluate, linear_path
+from weightspace.merge.config import MergeConfig, MergeOutcome, load_config, run_config
 from weightspace.merge.matching import (
     MatchResult,
     activation_matching,
@@ -41,7 +42,9 @@ from weightspace.merge.repair import repair, reset_bn_stats
 __all__ = [
     "FusionResult",
     "MatchResult",
+    "MergeConfig",
     "MergeError",
+    "MergeOutcome",
     "MultiMergeResult",
     "PathResult",
     "activation_matching",
@@ -54,11 +57,13 @@ __all__ = [
     "fisher_average",
     "interpolate",
     "linear_path",
+    "load_config",
     "match_objective",
     "merge_many",
     "ot_fusion",
     "repair",
     "reset_bn_stats",
+    "run_config",
     "ste_matching",
     "task_arithmetic",
     "weight_matching",

@@ -36,6 +36,7 @@ from weightspace.merge._common import (
     HeadLayout,
     MergeError,
     as_samples,
+    axis_index,
     channel_axis,
     check_finite_data,
     check_state_dicts,
@@ -97,8 +98,16 @@ class MatchResult:
 
 # --------------------------------------------------------------- LAP helpers
 def _lap(cost: torch.Tensor) -> tuple[np.ndarray, float]:
-    """Maximising assignment of a square ``[n, n]`` similarity: ``(cols, value)``."""
+    """Maximising assignment of a square ``[n, n]`` similarity: ``(cols, value)``.
+
+    When the row maxima already form a permutation that is the optimum (no
+    assignment can beat every row's maximum), and scipy is skipped.
+    """
     c = cost.detach().to(torch.float64).numpy()
+    n = c.shape[0]
+    best = c.argmax(1)
+    if np.unique(best).size == n:
+        return best, float(c[np.arange(n), best].sum())
     rows, cols = linear_sum_assignment(c, maximize=True)
     return cols, float(c[rows, cols].sum())
 
@@ -164,14 +173,28 @@ def _set_heads(perm: Permutation, layout: HeadLayout, sigma: np.ndarray, pis: Se
 
 # ------------------------------------------------------------ weight matching
 class _WeightCosts:
-    """Cost matrices of weight matching for one pair of state_dicts."""
+    """Cost matrices of weight matching for one pair of state_dicts.
 
-    def __init__(self, spec, sd_a, sd_b, keys: set[str], dtype: torch.dtype) -> None:
+    The product ``A_e @ B_e^T`` of one tensor axis entry only depends on how
+    the *other* axes of that tensor are currently permuted; it is cached with
+    those gather indices and reused while they are unchanged (``cache``).
+    """
+
+    def __init__(self, spec, sd_a, sd_b, keys: set[str], dtype: torch.dtype, cache: bool = True) -> None:
         self.spec = spec
         keys = {k for k in keys if k in sd_a and k in sd_b}
         self.keys = keys
         self.A = {k: sd_a[k].detach().to(dtype) for k in keys}
         self.B = {k: sd_b[k].detach().to(dtype) for k in keys}
+        self.use_cache = cache
+        self.rows_a: dict = {}
+        self.products: dict = {}
+
+    def _other_indices(self, p: str, ax: int, maps) -> tuple[tuple[int, torch.Tensor], ...]:
+        shape = self.B[p].shape
+        return tuple(
+            (ref.axis, axis_index(ref, shape[ref.axis], maps)) for ref in self.spec.param_axes.get(p, ()) if ref.axis != ax
+        )
 
     def _b_except(self, cache: dict, p: str, ax: int, maps) -> torch.Tensor:
         key = (p, ax)
@@ -179,16 +202,32 @@ class _WeightCosts:
             cache[key] = permute_except(self.B[p], self.spec, p, maps, ax)
         return cache[key]
 
+    def product(self, p: str, ax: int, st: int, n: int, u: int, maps) -> torch.Tensor:
+        """``[n, n]`` float64: ``rows(A) @ rows(P_other(B))^T`` for one axis entry."""
+        idx = self._other_indices(p, ax, maps)
+        key = (p, ax, st, n, u)
+        hit = self.products.get(key)
+        if hit is not None and all(torch.equal(x, y) for (_, x), (_, y) in zip(hit[0], idx)):
+            return hit[1]
+        a = self.rows_a.get(key)
+        if a is None:
+            a = unit_rows(self.A[p], ax, st, n, u)
+            if self.use_cache:
+                self.rows_a[key] = a
+        bt = self.B[p]
+        for axis, ix in idx:
+            bt = bt.index_select(axis, ix)
+        prod = (a @ unit_rows(bt, ax, st, n, u).T).to(torch.float64)
+        if self.use_cache:
+            self.products[key] = (idx, prod)
+        return prod
+
     def neuron(self, g: PermGroup, maps) -> torch.Tensor:
         """``[n, n]``: similarity of unit ``i`` of ``a`` and unit ``j`` of ``b``."""
         C = torch.zeros(g.size, g.size, dtype=torch.float64)
-        cache: dict = {}
         for p, ax, st, u in g.axes:
-            if p not in self.keys:
-                continue
-            a = unit_rows(self.A[p], ax, st, g.size, u)
-            b = unit_rows(self._b_except(cache, p, ax, maps), ax, st, g.size, u)
-            C += (a @ b.T).to(torch.float64)
+            if p in self.keys:
+                C += self.product(p, ax, st, g.size, u, maps)
         return C
 
     def heads(self, L: HeadLayout, maps) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -236,7 +275,7 @@ def match_objective(
     """
     pb = apply_permutation(sd_b, spec, perm) if perm is not None else sd_b
     keys = [k for k in spec.param_axes if include_buffers or not is_running_stat(k)]
-    return float(sum((sd_a[k].double() * pb[k].double()).sum() for k in keys))
+    return float(sum((sd_a[k].float() * pb[k].float()).sum(dtype=torch.float64) for k in keys))
 
 
 def weight_matching(
@@ -251,6 +290,7 @@ def weight_matching(
     include_buffers: bool = False,
     dtype: torch.dtype = torch.float32,
     tol: float = 1e-9,
+    cache: bool = True,
     progress: bool = False,
     validate: bool = True,
 ) -> MatchResult:
@@ -272,6 +312,9 @@ def weight_matching(
             are estimates, not weights).
         dtype: matmul precision of the cost matrices (accumulated in float64).
         tol: relative improvement below which a step counts as no progress.
+        cache: keep each tensor's ``[n, n]`` product and reuse it while the
+            permutations of its other axes are unchanged (memory: one
+            ``n x n`` float64 matrix per tensor axis; off for huge models).
         progress: show a tqdm bar over sweeps.
         validate: check both state_dicts against ``spec`` (keys, shapes, finite).
 
@@ -295,7 +338,7 @@ def weight_matching(
         coords = [c for c in coords if (c[1].name if c[0] == "neuron" else c[1].group.name) in wanted]
     perm = {k: v.clone().long() for k, v in (init or identity_permutation(spec)).items()}
     validate_permutation(spec, perm)
-    costs = _WeightCosts(spec, sd_a, sd_b, keys, dtype)
+    costs = _WeightCosts(spec, sd_a, sd_b, keys, dtype, cache)
 
     # A coordinate's cost matrix only changes when a coordinate sharing one of
     # its tensors changes; a coordinate whose cost is unchanged since it was

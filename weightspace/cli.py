@@ -130,6 +130,9 @@ app.add_typer(zoo_app, name="zoo")
 from weightspace.cli_predict import app as predict_app  # noqa: E402
 app.add_typer(predict_app, name="predict")
 
+from weightspace.cli_merge import merge  # noqa: E402
+app.command("merge")(merge)
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -4,11 +4,9 @@ import json
 
 import pytest
 import torch
-import typer
 import yaml
 from typer.testing import CliRunner
 
-import weightspace as ws
 import zoo
 from tests.merge.helpers import analysis, digits
 from weightspace.errors import NonFiniteWeightsError, StateDictError
@@ -142,11 +140,7 @@ def test_config_weight_matching_with_repair_and_barrier(tmp_path):
 
 
 def test_cli_merge_writes_weights_plot_and_json(tmp_path):
-    from weightspace.cli_merge import merge
-
-    app = typer.Typer()
-    app.command()(merge)
-    app.command("noop")(lambda: None)  # force subcommand mode
+    from weightspace.cli import app
     paths = _write_models(tmp_path, "cnn_small")
     cfg_path = tmp_path / "merge.yaml"
     cfg_path.write_text(yaml.safe_dump({

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -235,10 +235,6 @@ def check_finite_data(x: torch.Tensor, what: str = "data") -> None:
         raise NonFiniteWeightsError(f"{what} contains NaN/Inf values")
 
 
-def producer_modules(model: nn.Module) -> dict[str, nn.Module]:
-    return dict(model.named_modules())
-
-
 def channel_axis(module: nn.Module | None) -> int:
     """Which axis of a module's output holds its neurons: 1 for convolutions
     and norms over ``(B, C, *S)``, the last axis otherwise (Linear, Embedding)."""
@@ -251,5 +247,3 @@ def as_samples(t: torch.Tensor, axis: int) -> torch.Tensor:
     tokens count as samples (a neuron is the same function at every position)."""
     return t.movedim(axis, -1).reshape(-1, t.shape[axis])
 
-
-Callback = Callable[..., Any]

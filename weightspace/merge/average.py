@@ -9,7 +9,7 @@ useful: align them first (:mod:`weightspace.merge.matching`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -242,5 +242,3 @@ def fisher_average(
         out[k] = (num / den).to(v.dtype)
     return out
 
-
-Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

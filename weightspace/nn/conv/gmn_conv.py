@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -42,16 +43,16 @@ __all__ = ["GMNConv", "PyGContext"]
 class PyGContext:
     """Graph structure of a batch for the PyG backend.
 
-    Aggregations run as CSR segment reductions (PyG ``Aggregation`` modules
-    called with ``ptr``): the edges are sorted once per batch by target
-    (``"in"``) and by source (``"out"``). On CPU this is several times faster
-    than scatter-based aggregation over unsorted indices, and nodes / edges of
-    one graph are already contiguous, so pooling needs no sort at all.
+    Edge-to-node aggregation is a sparse-dense product with the batch's
+    incidence matrix (``torch_geometric.utils.spmm`` on a CSR matrix
+    ``[N, E]``, one per direction, built once per batch): on CPU about 3x
+    faster than gather + scatter/segment reduction. Nodes and edges of one
+    graph are contiguous, so pooling is a CSR segment reduction.
 
     Attributes:
         edge_index: ``[2, E]``.
-        order, ptr: per direction, edge permutation ``[E]`` grouping edges by
-            target / source node, and CSR offsets ``[N + 1]``.
+        adj: ``{"in": [N, E], "out": [N, E]}`` CSR incidence matrices (row =
+            target resp. source node of each edge).
         node_ptr, edge_ptr: ``[B + 1]`` offsets of each graph.
         node_batch ``[N]``, edge_batch ``[E]``, num_graphs ``B``, num_nodes ``N``.
         log_deg: ``[N, 2]`` ``log(1 + in/out degree)``.
@@ -65,15 +66,17 @@ class PyGContext:
         self.edge_ptr = batch.edge_ptr
         self.num_graphs = batch.num_graphs
         self.num_nodes = n = batch.num_nodes
-        self.order: dict[str, Tensor] = {}
-        self.index: dict[str, Tensor] = {}
-        self.ptr: dict[str, Tensor] = {}
+        self.adj: dict[str, Tensor] = {}
         din, dout = batch.degrees()
-        zero = torch.zeros(1, dtype=torch.long, device=batch.edge_index.device)
+        dev = batch.edge_index.device
+        zero = torch.zeros(1, dtype=torch.long, device=dev)
+        ones = torch.ones(batch.num_edges, dtype=batch.edge_attr.dtype, device=dev)
         for direction, row, deg in (("in", batch.edge_index[1], din), ("out", batch.edge_index[0], dout)):
-            self.order[direction] = torch.argsort(row, stable=True)
-            self.index[direction] = row[self.order[direction]]
-            self.ptr[direction] = torch.cat([zero, deg.long().cumsum(0)])
+            ptr = torch.cat([zero, deg.long().cumsum(0)])
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore")
+                self.adj[direction] = torch.sparse_csr_tensor(
+                    ptr, torch.argsort(row, stable=True), ones, size=(n, batch.num_edges))
         self.log_deg = torch.stack([din, dout], dim=1).log1p()
 
     def pool(self, x: Tensor, level: str, reduce: str) -> Tensor:
@@ -93,27 +96,30 @@ class GMNConv(MessagePassing):
     :math:`i`), each direction aggregated separately:
 
     .. math::
-        \mathbf{e}'_{ij} &= \mathrm{N}_e\Big(\mathbf{e}_{ij} + \phi_e\big(
-            \mathbf{W}_s\mathbf{x}_i + \mathbf{W}_d\mathbf{x}_j
-            + \mathbf{W}_e\mathbf{e}_{ij} + \mathbf{W}_u\mathbf{u}_{b}\big)\Big)
+        \mathbf{e}'_{ij} &= \mathbf{e}_{ij} + \phi_e\big(
+            \mathbf{W}_s\hat{\mathbf{x}}_i + \mathbf{W}_d\hat{\mathbf{x}}_j
+            + \mathbf{W}_e\hat{\mathbf{e}}_{ij} + \mathbf{W}_u\hat{\mathbf{u}}_{b}\big)
 
         \mathbf{m}^{\rightarrow}_j &= \bigoplus_{i:\,(i,j)\in\mathcal{E}} \mathbf{e}'_{ij},
         \qquad
         \mathbf{m}^{\leftarrow}_i = \bigoplus_{j:\,(i,j)\in\mathcal{E}} \mathbf{e}'_{ij}
 
-        \mathbf{x}'_v &= \mathrm{N}_v\Big(\mathbf{x}_v + \phi_v\big(
-            [\mathbf{x}_v, \mathbf{m}^{\rightarrow}_v, \mathbf{m}^{\leftarrow}_v,
-            \mathbf{u}_{b}, \log(1+\deg_v)]\big)\Big)
+        \mathbf{x}'_v &= \mathbf{x}_v + \phi_v\big(
+            [\hat{\mathbf{x}}_v, \mathbf{m}^{\rightarrow}_v, \mathbf{m}^{\leftarrow}_v,
+            \hat{\mathbf{u}}_{b}, \log(1+\deg_v)]\big)
 
-        \mathbf{u}'_b &= \mathrm{N}_u\Big(\mathbf{u}_b + \phi_u\big([\mathbf{u}_b,
-            \mathrm{mean}_{v\in b}\mathbf{x}'_v, \mathrm{mean}_{(i,j)\in b}\mathbf{e}'_{ij}]\big)\Big)
+        \mathbf{u}'_b &= \mathbf{u}_b + \phi_u\big([\hat{\mathbf{u}}_b,
+            \mathrm{mean}_{v\in b}\mathbf{x}'_v, \mathrm{mean}_{v\in b}\mathbf{m}^{\rightarrow}_v]\big)
 
     where :math:`\bigoplus` is ``sum``, ``mean``, ``max`` or the PNA-style
     concatenation of ``mean``, ``min``, ``max`` and ``std`` (Corso et al.,
     2020; the log-degree input plays the role of PNA's degree scalers),
-    :math:`\phi` are two-layer MLPs, :math:`\mathrm{N}` a normalization
-    (``layer``, ``batch`` or ``none``) and :math:`b` the node's / edge's
-    graph. Every function is applied identically to every node and edge and
+    :math:`\phi` are two-layer MLPs, :math:`\hat{\cdot} = \mathrm{N}(\cdot)` a
+    normalization (``layer``, ``batch`` or ``none``; pre-norm, so the residual
+    stream keeps the scale of the weights) and :math:`b` the node's / edge's
+    graph. (The global update pools the aggregated edge messages per node
+    rather than every edge: the same information at ``N`` instead of ``E``
+    rows.) Every function is applied identically to every node and edge and
     every aggregation is symmetric, so the layer is equivariant to any node
     relabelling that preserves the node features, in particular the
     permutations of a :class:`~weightspace.symmetry.PermutationSpec`.
@@ -157,7 +163,7 @@ class GMNConv(MessagePassing):
         self.edge_act = act()
         self.edge_out = nn.Sequential(nn.Dropout(dropout), nn.Linear(h, h))
         self.node_mlp = mlp(h * (2 + 2 * k) + 2, h, h, act, dropout)
-        self.glob_mlp = mlp(3 * h, h, h, act, dropout)
+        self.glob_mlp = mlp((2 + k) * h, h, h, act, dropout)
         self.edge_norm = make_norm(norm, h)
         self.node_norm = make_norm(norm, h)
         self.glob_norm = make_norm(norm, h)
@@ -180,11 +186,22 @@ class GMNConv(MessagePassing):
     def aggregate_edges(self, ctx: PyGContext, m: Tensor, direction: str) -> Tensor:
         """Aggregate edge messages ``[E, H]`` into their target
         (``direction="in"``) or source (``"out"``) nodes: ``[N, k*H]`` with
-        the reducers of :data:`AGGRS` concatenated (this layer's PyG
-        aggregation module, run on CSR segments)."""
-        order = ctx.order[direction]
-        return segment_aggregate(self.aggr_module, self.message(m.index_select(0, order)),
-                                 ctx.index[direction], ctx.ptr[direction], ctx.num_nodes)
+        the reducers of :data:`AGGRS` concatenated (empty neighbourhoods
+        give 0)."""
+        from torch_geometric.utils import spmm
+
+        adj = ctx.adj[direction]
+        outs, mean = [], None
+        for r in AGGRS[self.aggr_name]:
+            if r in ("mean", "var") and mean is None:
+                mean = spmm(adj, m, reduce="mean")
+            if r == "mean":
+                outs.append(mean)
+            elif r == "var":
+                outs.append(spmm(adj, m * m, reduce="mean") - mean * mean)
+            else:
+                outs.append(spmm(adj, m, reduce=r))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
     def pool(self, ctx: PyGContext, x: Tensor, level: str) -> Tensor:
         """Per-graph mean of node or edge features ``-> [B, H]``."""
@@ -200,13 +217,20 @@ class GMNConv(MessagePassing):
     # --------------------------------------------------------------- forward
     def forward(self, x: Tensor, e: Tensor, u: Tensor, ctx: Any) -> tuple[Tensor, Tensor, Tensor]:
         """One layer: ``(x [N,H], e [E,H], u [B,H]) -> (x', e', u')``."""
-        gathered = self.edge_gather(ctx, self.lin_src(x), self.lin_dst(x))
-        pre = gathered + self.lin_edge(e) + self.lin_glob(u)[ctx.edge_batch]
-        e = self.edge_norm(e + self.edge_out(self.edge_act(pre)))
+        # pre-norm residual updates: the residual stream keeps the scale of
+        # the weights (post-norm would normalize it away at every layer)
+        xn, en, un = self.node_norm(x), self.edge_norm(e), self.glob_norm(u)
+        # W_u u_b is added per source node (an edge's graph is its source
+        # node's graph): N x H work instead of E x H
+        a = self.lin_src(xn) + self.lin_glob(un).index_select(0, ctx.node_batch)
+        pre = torch.addmm(self.edge_gather(ctx, a, self.lin_dst(xn)), en, self.lin_edge.weight.t())
+        e = e + self.edge_out(self.edge_act(pre + self.lin_edge.bias))
         m_in = self._finish(self.aggregate_edges(ctx, e, "in"))
         m_out = self._finish(self.aggregate_edges(ctx, e, "out"))
-        x = self.node_norm(x + self.node_mlp(torch.cat([x, m_in, m_out, u[ctx.node_batch], ctx.log_deg], dim=1)))
-        u = self.glob_norm(u + self.glob_mlp(torch.cat([u, self.pool(ctx, x, "node"), self.pool(ctx, e, "edge")], dim=1)))
+        u_n = un.index_select(0, ctx.node_batch)
+        x = x + self.node_mlp(torch.cat([xn, m_in, m_out, u_n, ctx.log_deg], dim=1))
+        pooled = self.pool(ctx, torch.cat([x, m_in], dim=1), "node")
+        u = u + self.glob_mlp(torch.cat([un, pooled], dim=1))
         return x, e, u
 
     def _finish(self, agg: Tensor) -> Tensor:

@@ -1,0 +1,162 @@
+"""GMN forward throughput (networks/s) and memory per graph, PyG and DGL.
+
+Batch of 64 ``cnn_small`` parameter graphs (63 nodes, 746 edges each), CPU,
+eval mode, ``no_grad``. Reports the forward pass on a collated batch, the
+end-to-end time (collate + forward), and memory per graph (input tensors,
+and peak resident-memory growth over a forward of the batch). Target (issue
+#5): >= 1000 small CNNs/s forward on CPU.
+
+Writes ``benchmarks/results/gmn_<backend>.json`` per backend run; the DGL part
+runs only where dgl imports (the DGL environment: ``.ci/dgl_lane.sh`` builds
+it), e.g.::
+
+    python benchmarks/bench_gmn.py                      # PyG (+ DGL if importable)
+    .venv-dgl/bin/python benchmarks/bench_gmn.py --backend dgl
+    python benchmarks/bench_gmn.py --table              # both JSON files side by side
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _dgl_ok() -> bool:
+    try:
+        import dgl  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def bench(backend: str, *, batch: int, repeats: int, hidden: int, layers: int, aggr: str, arch: str,
+          threads: int | None) -> dict:
+    import weightspace as ws
+    import zoo
+    from weightspace.nn import GMN, collate
+
+    if threads:
+        torch.set_num_threads(threads)
+    t = ws.graph_template(arch)
+    graphs = [t.graph(zoo.create_model(arch, seed=i).state_dict()) for i in range(batch)]
+    torch.manual_seed(0)
+    model = GMN(out_dim=1, hidden=hidden, num_layers=layers, aggr=aggr, backend=backend).eval()
+    b = model.collate(graphs)
+    input_bytes = sum(v.numel() * v.element_size() for v in (
+        b.edge_index, b.edge_attr, b.edge_mask, b.edge_type, b.node_type, b.node_layer, b.node_role,
+        b.node_pos, b.node_depth, b.node_batch, b.edge_batch))
+    fwd, e2e, col = [], [], []
+    with torch.no_grad():
+        for _ in range(3):  # warm-up (allocator, PyG templates, DGL graph build)
+            model.predict(model.collate(graphs))
+        rss0 = _rss_mb()
+        peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        for _ in range(repeats):
+            b = collate(graphs)
+            t0 = time.perf_counter()
+            model.predict(b)  # includes building the backend's graph structures
+            t1 = time.perf_counter()
+            fwd.append(t1 - t0)
+            t0 = time.perf_counter()
+            bb = model.collate(graphs)
+            t1 = time.perf_counter()
+            model.predict(bb)
+            t2 = time.perf_counter()
+            col.append(t1 - t0)
+            e2e.append(t2 - t0)
+        peak1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    med_f, med_e = statistics.median(fwd), statistics.median(e2e)
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {
+        "backend": backend,
+        "arch": arch,
+        "batch": batch,
+        "nodes_per_graph": t.num_nodes,
+        "edges_per_graph": t.num_edges,
+        "model": {"hidden": hidden, "num_layers": layers, "aggr": aggr,
+                  "parameters": sum(p.numel() for p in model.parameters())},
+        "forward_s_median": med_f,
+        "forward_s_min": min(fwd),
+        "networks_per_s": batch / med_f,
+        "networks_per_s_best": batch / min(fwd),
+        "collate_s_median": statistics.median(col),
+        "end_to_end_networks_per_s": batch / med_e,
+        "input_bytes_per_graph": input_bytes / batch,
+        "peak_rss_growth_mb_per_graph": max(peak1 - peak0, 0.0) / batch,
+        "rss_mb_after_warmup": rss0,
+        "repeats": repeats,
+        "target_networks_per_s": 1000,
+        "meets_target": batch / med_f >= 1000,
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "loadavg_1_5_15": load, "python": platform.python_version(),
+                    "torch": torch.__version__, "platform": platform.platform()},
+    }
+
+
+def _table(rows: list[dict]) -> str:
+    head = f"{'backend':8} {'nets/s fwd':>11} {'best':>8} {'nets/s e2e':>11} {'fwd ms':>8} {'collate ms':>11} {'in KB/graph':>12} {'peak MB/graph':>14}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['backend']:8} {r['networks_per_s']:11.0f} {r['networks_per_s_best']:8.0f} "
+            f"{r['end_to_end_networks_per_s']:11.0f} {1000 * r['forward_s_median']:8.1f} "
+            f"{1000 * r['collate_s_median']:11.1f} {r['input_bytes_per_graph'] / 1024:12.1f} "
+            f"{r['peak_rss_growth_mb_per_graph']:14.3f}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", choices=["pyg", "dgl", "auto"], default="auto",
+                    help="auto: PyG, and DGL too where dgl imports")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--hidden", type=int, default=32)
+    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--aggr", default="sum")
+    ap.add_argument("--arch", default="cnn_small")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--table", action="store_true", help="print the stored JSON results side by side and exit")
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args()
+    if args.table:
+        rows = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("gmn_*.json"))]
+        print(_table(rows))
+        return
+    backends = ["pyg", "dgl"] if args.backend == "auto" and _dgl_ok() else (
+        ["pyg"] if args.backend == "auto" else [args.backend])
+    rows = []
+    for be in backends:
+        r = bench(be, batch=args.batch, repeats=args.repeats, hidden=args.hidden, layers=args.layers,
+                  aggr=args.aggr, arch=args.arch, threads=args.threads)
+        rows.append(r)
+        if not args.no_save:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            out = RESULTS / f"gmn_{be}.json"
+            tmp = out.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(r, indent=2))
+            os.replace(tmp, out)
+    print(_table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,16 @@
 """
 
 from weightspace.generate._common import ArchSpec, TaskData, as_arch, fit_steps, load_task
+from weightspace.generate.inr_init import SignalSet, fit_curve, load_signals, reptile
+from weightspace.generate.checkpoint_flow import (
+    CheckpointFlow,
+    CheckpointSet,
+    collect_checkpoints,
+    generate,
+    permutation_bank,
+    train_checkpoint_flow,
+)
+from weightspace.generate.checkpoint_novelty import NoveltyReport, aligned_distance, novelty_report
 from weightspace.generate.hypernet import (
     GraphHyperNetwork,
     HypernetHistory,
@@ -22,6 +32,19 @@ from weightspace.generate.hypernet import (
 
 __all__ = [
     "ArchSpec",
+    "CheckpointFlow",
+    "CheckpointSet",
+    "NoveltyReport",
+    "SignalSet",
+    "aligned_distance",
+    "collect_checkpoints",
+    "fit_curve",
+    "generate",
+    "load_signals",
+    "novelty_report",
+    "permutation_bank",
+    "reptile",
+    "train_checkpoint_flow",
     "GraphHyperNetwork",
     "HypernetHistory",
     "TaskData",

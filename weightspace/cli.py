@@ -101,37 +101,40 @@ def graph(
 @app.command()
 def quickstart(
     out: Path = typer.Option(Path("weightspace-quickstart"), "--out", "-o", help="output directory"),
-    small: bool = typer.Option(False, "--small", help="a faster tour on fewer architectures"),
+    small: bool = typer.Option(False, "--small", help="a ~3 minute tour (fewer architectures, smaller zoo)"),
     seed: int = typer.Option(0, help="random seed"),
 ) -> None:
-    """Run the end-to-end tour offline and write a report.
+    """Run the whole toolkit end to end, offline, and write a report.
+
+    Builds a small zoo on digits, fits performance predictors, merges two
+    MLPs (weight matching, REPAIR, OT fusion), compares them with CKA and
+    trains a tiny graph hypernetwork. Re-running resumes the zoo.
 
     Example: weightspace quickstart --small --out /tmp/ws
     """
     from weightspace.quickstart import run_quickstart
 
-    results = run_quickstart(out, small=small, seed=seed, progress=lambda name: typer.echo(f"  tracing {name} ..."))
+    r = run_quickstart(out, small=small, seed=seed, log=lambda m: typer.echo(f"  {m} ..."), progress=True)
     typer.echo("")
-    typer.echo(f"{'arch':20s} {'groups':>6s} {'nodes':>8s} {'edges':>10s} {'build s':>8s} {'perm diff':>10s} {'broken':>10s}")
-    for r in results["foundation"]:
-        typer.echo(
-            f"{r['arch']:20s} {r['groups']:6d} {r['nodes']:8d} {r['edges']:10d} {r['build_seconds']:8.3f} "
-            f"{r['max_abs_diff_permuted']:10.1e} {r['max_abs_diff_broken']:10.1e}"
-        )
+    typer.echo(f"{'arch':20s} {'groups':>6s} {'nodes':>8s} {'edges':>10s} {'perm diff':>10s} {'broken':>10s}")
+    for g in r["graphs"]:
+        typer.echo(f"{g['arch']:20s} {g['groups']:6d} {g['nodes']:8d} {g['edges']:10d} "
+                   f"{g['max_abs_diff_permuted']:10.1e} {g['max_abs_diff_broken']:10.1e}")
+    typer.echo(f"\nzoo: {r['zoo']['members']} members at {r['zoo']['path']}")
+    typer.echo(f"\n{'predictor':10s} {'kendall tau':>12s} {'R2':>8s}")
+    for m, v in r["predict"]["methods"].items():
+        typer.echo(f"{m:10s} {v['kendall_tau']['value']:12.3f} {v['r2']['value']:8.3f}")
+    typer.echo(f"\n{'merge':24s} {'loss barrier':>12s} {'error barrier':>13s}")
+    for name in ("naive", "weight_matching", "weight_matching+repair"):
+        p = r["merge"][name]
+        typer.echo(f"{name:24s} {p['loss_barrier']:12.3f} {p['error_barrier']:13.3f}")
+    typer.echo(f"{'OT fusion accuracy':24s} {r['merge']['ot_fusion']['accuracy']:12.3f}")
+    sim = r["similarity"]["same_index_correlation"]
+    typer.echo("\nsame-index neuron correlation before -> after alignment: " + ", ".join(
+        f"{k} {sim['before'][k]:.2f} -> {sim['after'][k]:.2f}" for k in sim["before"]))
+    gen = r["generate"]
+    typer.echo("\ngenerate: " + (gen["skipped"] if "skipped" in gen else json.dumps(gen.get("summary", gen))[:300]))
     typer.echo(f"\nreport: {out / 'report.md'}\nresults: {out / 'results.json'}")
-
-
-from weightspace.cli_similarity import similarity  # noqa: E402
-app.command("similarity")(similarity)
-
-from weightspace.cli_zoo import app as zoo_app  # noqa: E402
-app.add_typer(zoo_app, name="zoo")
-
-from weightspace.cli_predict import app as predict_app  # noqa: E402
-app.add_typer(predict_app, name="predict")
-
-from weightspace.cli_merge import merge  # noqa: E402
-app.command("merge")(merge)
 
 
 if __name__ == "__main__":  # pragma: no cover

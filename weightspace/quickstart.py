@@ -1,36 +1,52 @@
-"""``weightspace quickstart``: a short end-to-end tour that runs offline on a
-laptop CPU. Returns results as data; the CLI prints and writes the report.
+"""``weightspace quickstart``: the whole toolkit, end to end, offline on a CPU.
 
-It grows as capabilities land; today it covers the foundation: parameter
-graphs and permutation specs for every registered architecture, and a check
-that a random permutation from each spec leaves the network's function
-unchanged while permuting only one side of a group does not.
+Every step returns data; :func:`run_quickstart` collects it into
+``results.json``, writes figures (PNG + SVG) and a Markdown report. The CLI
+prints. Steps:
+
+1. **graphs** — parameter graph and permutation spec of every registered
+   architecture, with the symmetry check (a spec permutation keeps the
+   function, a one-sided one does not);
+2. **zoo** — a zoo of ``cnn_small`` networks on digits (resumes if re-run);
+3. **predict** — performance predictors fit on the zoo, Kendall τ / R²;
+4. **merge** — two independently trained MLPs merged naively, with weight
+   matching (± REPAIR) and with OT fusion, loss/accuracy barriers;
+5. **similarity** — CKA and neuron correlations before/after alignment;
+6. **generate** — a tiny graph hypernetwork, accuracy of its predicted
+   weights on an architecture it never saw (when the module is available).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 
 import zoo
 from weightspace.core import analyze
 from weightspace.symmetry import apply_permutation, random_permutation
 
+Log = Callable[[str], None]
 
-def foundation_tour(
-    archs: list[str] | None = None, seed: int = 0, progress: Callable[[str], None] | None = None
-) -> list[dict]:
+
+def _noop(msg: str) -> None:
+    return None
+
+
+# ----------------------------------------------------------------- 1. graphs
+def foundation_tour(archs: list[str] | None = None, seed: int = 0, progress: Log | None = None) -> list[dict]:
     """For each architecture: graph/spec sizes, build time, and the output
     difference under a random spec permutation (float64) and under a broken
     one (only the first tensor axis of the largest group permuted)."""
     rows = []
     for name in archs or zoo.list_models():
-        if progress:
-            progress(name)
+        (progress or _noop)(f"graph {name}")
         t0 = time.perf_counter()
         a = analyze(name)
         build = time.perf_counter() - t0
@@ -51,8 +67,7 @@ def foundation_tour(
             t = bad[p]
             shift = torch.roll(torch.arange(g.size), 1)
             idx = torch.arange(t.shape[axis])
-            block = idx[start : start + g.size * unit].view(g.size, unit)[shift].reshape(-1)
-            idx[start : start + g.size * unit] = block
+            idx[start : start + g.size * unit] = idx[start : start + g.size * unit].view(g.size, unit)[shift].reshape(-1)
             bad[p] = t.index_select(axis, idx)
             permuted.load_state_dict(bad)
             with torch.no_grad():
@@ -74,26 +89,323 @@ def foundation_tour(
     return rows
 
 
-def run_quickstart(out: Path, small: bool = False, seed: int = 0, progress: Callable[[str], None] | None = None) -> dict:
-    """Run the tour, write ``results.json`` and ``report.md`` into ``out``."""
+# -------------------------------------------------------------------- 2. zoo
+def build_digits_zoo(out: Path, members: int, workers: int = 2, progress: bool = False) -> Any:
+    """The shipped ``digits_cnn_small`` recipe cut to ``members`` (resumable)."""
+    recipe = zoo.load_recipe("digits_cnn_small").with_members(members)
+    report = zoo.build_zoo(recipe, out, workers=workers, progress=progress)
+    return report.open()
+
+
+# ---------------------------------------------------------------- 3. predict
+def predict_performance(z: Any, methods: list[str], seed: int = 0, epochs: int = 100, log: Log | None = None) -> dict:
+    """Fit each predictor on 70% of the members (all checkpoints), report
+    Kendall τ and R² (bootstrap 95% CI) on the held-out 30%."""
+    from weightspace.predict import evaluate, make_predictor, random_split, zoo_dataset
+
+    ds = zoo_dataset(z, target="test_acc", checkpoints="all")
+    split = random_split(ds, (0.7, 0.0, 0.3), seed=seed)
+    tr, te = split[0], split[2]
+    out: dict[str, Any] = {"samples": len(ds), "train": len(tr), "test": len(te), "methods": {}}
+    preds = {}
+    for m in ["mean", *methods]:
+        (log or _noop)(f"predict {m}")
+        t0 = time.perf_counter()
+        params: dict[str, Any] = {}
+        if m in ("gbm", "statnn", "gmn", "flatmlp"):
+            params["seed"] = seed
+        if m in ("statnn", "gmn"):
+            params["epochs"] = epochs
+        model = make_predictor(m, **params)
+        model.fit(ds.subset(tr))
+        yhat = model.predict(ds.subset(te))
+        res = evaluate(ds.y[te], yhat, groups=ds.groups[te], n_resamples=300, seed=seed)
+        out["methods"][m] = {k: v.to_dict() for k, v in res.items()} | {"seconds": time.perf_counter() - t0}
+        preds[m] = yhat.tolist()
+    out["y_true"] = ds.y[te].tolist()
+    out["y_pred"] = preds
+    return out
+
+
+# ------------------------------------------------------------------ 4. merge
+def _train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(x.shape[0], generator=gen)
+        for i in range(0, x.shape[0], 64):
+            b = order[i : i + 64]
+            opt.zero_grad()
+            F.cross_entropy(model(x[b]), y[b]).backward()
+            opt.step()
+    return model.eval()
+
+
+def train_pair(width: int = 128, epochs: int = 30, seeds: tuple[int, int] = (0, 1)):
+    """Two MLPs (64 -> width -> width -> 10) trained on digits from different seeds."""
+    data = zoo.load_dataset("digits")
+    x_tr, y_tr = data.split("train")
+    x_te, y_te = data.split("test")
+    models = []
+    for s in seeds:
+        m = zoo.create_model("mlp", seed=s, hidden=[width, width])
+        models.append(_train(m, x_tr.flatten(1), y_tr, epochs, seed=s))
+    return models, (x_tr.flatten(1), y_tr), (x_te.flatten(1), y_te)
+
+
+def merge_pair(models, train, test, num_lambdas: int = 11, seed: int = 0) -> dict:
+    """Barriers on the linear path for naive averaging, weight matching and
+    weight matching + REPAIR; accuracy of the OT-fused midpoint."""
+    from weightspace.merge import evaluate, linear_path, ot_fusion, weight_matching
+
+    a, b = models
+    spec = analyze(a, train[0][:2]).spec
+    sd_a, sd_b = a.state_dict(), b.state_dict()
+    t0 = time.perf_counter()
+    match = weight_matching(sd_a, sd_b, spec, seed=seed)
+    wm_seconds = time.perf_counter() - t0
+    sd_b_aligned = match.apply(sd_b)
+    paths = {
+        "naive": linear_path(a, sd_a, sd_b, test, num_lambdas=num_lambdas),
+        "weight_matching": linear_path(a, sd_a, sd_b_aligned, test, num_lambdas=num_lambdas),
+        "weight_matching+repair": linear_path(
+            a, sd_a, sd_b_aligned, test, num_lambdas=num_lambdas, correction="repair",
+            correction_data=train[0], spec=spec,
+        ),
+    }
+    fused = ot_fusion([sd_a, sd_b], spec, solver="emd")
+    fused_loss, fused_acc = evaluate(a, fused.state_dict, test)
+    out = {name: p.to_dict() for name, p in paths.items()}
+    out["ot_fusion"] = {"loss": fused_loss, "accuracy": fused_acc}
+    out["weight_matching_seconds"] = wm_seconds
+    out["weight_matching_sweeps"] = match.sweeps
+    out["perm"] = {k: v.tolist() for k, v in match.perm.items()}
+    return out
+
+
+# ------------------------------------------------------------- 5. similarity
+def similarity_pair(models, data, perm: dict) -> dict:
+    """Layer-by-layer linear CKA (unchanged by permutations) and the mean
+    correlation of same-index neurons before/after weight matching."""
+    from weightspace.similarity import (
+        DegenerateRepresentationWarning,
+        capture_activations,
+        model_cka_matrix,
+        neuron_correlation,
+    )
+
+    a, b = models
+    x = data[0]
+    cka = model_cka_matrix(a, b, x)
+    spec = analyze(a, x[:2]).spec
+    aligned = zoo.create_model("mlp", hidden=[a.layers[0].out_features, a.layers[2].out_features])
+    aligned.load_state_dict(apply_permutation(b.state_dict(), spec, {k: torch.tensor(v) for k, v in perm.items()}))
+    aligned.eval()
+    layers = ["layers.1", "layers.3"]
+    acts_a = capture_activations(a, layers, x)
+    out = {"cka_layers_a": list(cka.layers_a), "cka_layers_b": list(cka.layers_b),
+           "cka": cka.values.tolist(), "same_index_correlation": {}}
+    for name, other in (("before", b), ("after", aligned)):
+        acts_o = capture_activations(other, layers, x)
+        # dead ReLU units have zero variance: their correlation is defined as 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DegenerateRepresentationWarning)
+            out["same_index_correlation"][name] = {
+                layer: float(torch.as_tensor(neuron_correlation(acts_a[layer], acts_o[layer])).diagonal().mean())
+                for layer in layers
+            }
+    return out
+
+
+# --------------------------------------------------------------- 6. generate
+def generate_tour(small: bool, seed: int = 0, log: Log | None = None) -> dict:
+    """Train a tiny graph hypernetwork on a few MLP/CNN shapes and evaluate
+    its predicted weights on held-out shapes (if the module is present)."""
+    try:
+        from weightspace.generate import hypernet  # noqa: F401
+        from weightspace.generate.hypernet import quick_demo
+    except ImportError as exc:  # the generation module is optional in this build
+        return {"skipped": f"weightspace.generate.hypernet not available ({exc})"}
+    (log or _noop)("generate: training a tiny graph hypernetwork")
+    return quick_demo(small=small, seed=seed)
+
+
+# ----------------------------------------------------------------- report
+def _plot_barriers(merge: dict, stem: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.2))
+    ax1, ax2 = fig.subplots(1, 2)
+    for name in ("naive", "weight_matching", "weight_matching+repair"):
+        p = merge[name]
+        ax1.plot(p["lambdas"], p["loss"], marker="o", ms=3, label=name)
+        ax2.plot(p["lambdas"], p["accuracy"], marker="o", ms=3, label=name)
+    ax1.set(xlabel="λ", ylabel="test loss", title="loss along (1-λ)·A + λ·B")
+    ax2.set(xlabel="λ", ylabel="test accuracy", title="accuracy")
+    ax2.axhline(merge["ot_fusion"]["accuracy"], color="k", ls="--", lw=1, label="OT fusion")
+    ax2.legend(fontsize=7)
+    fig.tight_layout()
+    paths = []
+    for ext in ("png", "svg"):
+        fig.savefig(f"{stem}.{ext}", dpi=120)
+        paths.append(f"{stem.name}.{ext}")
+    return paths
+
+
+def _plot_prediction(pred: dict, stem: Path) -> list[str]:
+    from matplotlib.figure import Figure
+
+    methods = [m for m in pred["y_pred"] if m != "mean"]
+    fig = Figure(figsize=(3.2 * len(methods), 3.2))
+    axes = fig.subplots(1, len(methods), squeeze=False)[0]
+    for ax, m in zip(axes, methods):
+        ax.scatter(pred["y_true"], pred["y_pred"][m], s=8, alpha=0.6)
+        ax.plot([0, 1], [0, 1], color="k", lw=0.8)
+        tau = pred["methods"][m]["kendall_tau"]["value"]
+        ax.set(title=f"{m} (τ={tau:.2f})", xlabel="true test accuracy", ylabel="predicted")
+    fig.tight_layout()
+    paths = []
+    for ext in ("png", "svg"):
+        fig.savefig(f"{stem}.{ext}", dpi=120)
+        paths.append(f"{stem.name}.{ext}")
+    return paths
+
+
+def _plot_cka(sim: dict, stem: Path) -> list[str]:
+    from weightspace.similarity.plot import plot_similarity_heatmap  # noqa: F401
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4, 3.5))
+    ax = fig.subplots()
+    im = ax.imshow(sim["cka"], vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(sim["cka_layers_b"])), sim["cka_layers_b"], rotation=90, fontsize=6)
+    ax.set_yticks(range(len(sim["cka_layers_a"])), sim["cka_layers_a"], fontsize=6)
+    ax.set(title="linear CKA, MLP seed 0 vs seed 1")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    paths = []
+    for ext in ("png", "svg"):
+        fig.savefig(f"{stem}.{ext}", dpi=120)
+        paths.append(f"{stem.name}.{ext}")
+    return paths
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def run_quickstart(out: Path, small: bool = False, seed: int = 0, log: Log | None = None, progress: bool = False) -> dict:
+    """Run every step, write ``results.json``, figures and ``report.md``.
+
+    ``small``: fewer architectures, a 16-member zoo and lighter models
+    (about 2-3 minutes on 2 cores); the default builds a 48-member zoo.
+    """
+    log = log or _noop
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    results: dict[str, Any] = {"small": small, "seed": seed}
+
+    t = time.perf_counter()
     archs = ["mlp", "cnn_small", "resnet20", "vit_tiny", "token_transformer"] if small else None
-    rows = foundation_tour(archs, seed=seed, progress=progress)
-    results = {"foundation": rows}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    lines = [
-        "# weightspace quickstart",
-        "",
-        "## Parameter graphs and permutation symmetries",
-        "",
-        "| arch | params | groups | heads | nodes | edges | build s | diff (spec perm) | diff (broken perm) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['arch']} | {r['parameters']} | {r['groups']} | {r['head_groups']} | {r['nodes']} | "
-            f"{r['edges']} | {r['build_seconds']:.3f} | {r['max_abs_diff_permuted']:.1e} | {r['max_abs_diff_broken']:.1e} |"
-        )
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    results["graphs"] = foundation_tour(archs, seed=seed, progress=log)
+    timings["graphs"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    log("zoo: building digits_cnn_small (resumes if re-run)")
+    z = build_digits_zoo(out / "zoo", members=16 if small else 48, progress=progress)
+    df = z.to_pandas()
+    results["zoo"] = {"path": str(out / "zoo"), "members": len(z),
+                      "test_acc_min": float(df["test_acc"].min()), "test_acc_max": float(df["test_acc"].max())}
+    timings["zoo"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    methods = ["gbm", "linear", "statnn"] if small else ["gbm", "linear", "statnn", "gmn"]
+    results["predict"] = predict_performance(z, methods, seed=seed, epochs=60 if small else 150, log=log)
+    timings["predict"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    log("merge: training two MLPs on digits")
+    models, train, test = train_pair(width=64 if small else 128, epochs=20 if small else 40)
+    results["merge"] = merge_pair(models, train, test, num_lambdas=11 if small else 25, seed=seed)
+    timings["merge"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    log("similarity: CKA before/after alignment")
+    results["similarity"] = similarity_pair(models, test, results["merge"]["perm"])
+    timings["similarity"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    results["generate"] = generate_tour(small, seed=seed, log=log)
+    timings["generate"] = time.perf_counter() - t
+    results["seconds"] = timings
+
+    figures = {
+        "merge": _plot_barriers(results["merge"], out / "barriers"),
+        "predict": _plot_prediction(results["predict"], out / "prediction"),
+        "similarity": _plot_cka(results["similarity"], out / "cka"),
+    }
+    results["figures"] = figures
+    (out / "results.json").write_text(json.dumps(_finite(results), indent=2))
+    (out / "report.md").write_text(render_report(results))
     return results
+
+
+def render_report(r: dict) -> str:
+    """Markdown report of :func:`run_quickstart` results."""
+    L = ["# weightspace quickstart", ""]
+    L += ["## 1. Parameter graphs and permutation symmetries", "",
+          "| arch | params | groups | heads | nodes | edges | build s | diff (spec perm) | diff (broken perm) |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    for g in r["graphs"]:
+        L.append(f"| {g['arch']} | {g['parameters']} | {g['groups']} | {g['head_groups']} | {g['nodes']} | {g['edges']} | "
+                 f"{g['build_seconds']:.3f} | {g['max_abs_diff_permuted']:.1e} | {g['max_abs_diff_broken']:.1e} |")
+    z = r["zoo"]
+    L += ["", "## 2. Model zoo", "",
+          f"{z['members']} `cnn_small` networks on digits at `{z['path']}`; test accuracy "
+          f"{z['test_acc_min']:.2f} – {z['test_acc_max']:.2f}.", ""]
+    p = r["predict"]
+    L += ["## 3. Predicting test accuracy from weights", "",
+          f"{p['samples']} checkpoints; held-out members: {p['test']} checkpoints. 95% bootstrap CIs over members.", "",
+          "| method | Kendall τ | R² | seconds |", "|---|---|---|---|"]
+    for m, v in p["methods"].items():
+        tau, r2 = v["kendall_tau"], v["r2"]
+        L.append(f"| {m} | {tau['value']:.3f} [{tau['low']:.3f}, {tau['high']:.3f}] | "
+                 f"{r2['value']:.3f} [{r2['low']:.3f}, {r2['high']:.3f}] | {v['seconds']:.1f} |")
+    L += ["", "![prediction](prediction.png)", ""]
+    mg = r["merge"]
+    L += ["## 4. Merging two independently trained MLPs", "",
+          "| method | loss barrier | error barrier | midpoint accuracy |", "|---|---|---|---|"]
+    for name in ("naive", "weight_matching", "weight_matching+repair"):
+        pth = mg[name]
+        mid = min(range(len(pth["lambdas"])), key=lambda i: abs(pth["lambdas"][i] - 0.5))
+        L.append(f"| {name} | {pth['loss_barrier']:.3f} | {pth['error_barrier']:.3f} | {pth['accuracy'][mid]:.3f} |")
+    L.append(f"| OT fusion (exact) | – | – | {mg['ot_fusion']['accuracy']:.3f} |")
+    L += ["", f"Weight matching: {mg['weight_matching_sweeps']} sweeps, {mg['weight_matching_seconds']:.2f} s.", "",
+          "![barriers](barriers.png)", ""]
+    s = r["similarity"]
+    L += ["## 5. Representation similarity", "",
+          "Linear CKA is invariant to neuron permutations, so alignment leaves it unchanged; the correlation of "
+          "same-index neurons is what alignment raises.", "",
+          "| layer | same-index corr. before | after |", "|---|---|---|"]
+    for layer, v in s["same_index_correlation"]["before"].items():
+        L.append(f"| {layer} | {v:.3f} | {s['same_index_correlation']['after'][layer]:.3f} |")
+    L += ["", "![cka](cka.png)", ""]
+    gen = r.get("generate", {})
+    L += ["## 6. Generating weights", ""]
+    if "skipped" in gen:
+        L.append(f"Skipped: {gen['skipped']}")
+    else:
+        L.append("```json\n" + json.dumps(_finite(gen), indent=2) + "\n```")
+    L += ["", "## Time", "", " · ".join(f"{k} {v:.0f} s" for k, v in r["seconds"].items()), ""]
+    return "\n".join(L)

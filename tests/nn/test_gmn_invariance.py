@@ -41,10 +41,10 @@ def test_gmn_invariant_and_equivariant(arch):
     _check_arch(arch, "sum")
 
 
-@pytest.mark.parametrize("arch", ["cnn_small", "resnet20", "vit_tiny", "token_transformer", "mobilenet_tiny"])
+@pytest.mark.parametrize("arch", ["cnn_small", "vit_tiny", "token_transformer", "mobilenet_tiny"])
 @pytest.mark.parametrize("aggr", ["mean", "max", "pna"])
 def test_gmn_symmetry_every_aggregation(arch, aggr):
-    _check_arch(arch, aggr)
+    _check_arch(arch, aggr, hidden=8)
 
 
 @pytest.mark.slow

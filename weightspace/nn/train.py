@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -202,8 +203,10 @@ def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]
     mse = float(np.mean((p - y) ** 2))
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     r2 = 1.0 - float(np.sum((p - y) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
-    tau = kendalltau(p, y).statistic if len(p) > 1 else float("nan")
-    rho = spearmanr(p, y).statistic if len(p) > 1 else float("nan")
+    with warnings.catch_warnings():  # constant predictions: nan, not a warning
+        warnings.simplefilter("ignore")
+        tau = kendalltau(p, y).statistic if len(p) > 1 else float("nan")
+        rho = spearmanr(p, y).statistic if len(p) > 1 else float("nan")
     return {"mse": mse, "rmse": math.sqrt(mse), "mae": float(np.mean(np.abs(p - y))), "r2": r2,
             "kendall_tau": float(tau), "spearman": float(rho), "n": int(len(p))}
 

@@ -137,5 +137,23 @@ def quickstart(
     typer.echo(f"\nreport: {out / 'report.md'}\nresults: {out / 'results.json'}")
 
 
+# Subcommands owned by their modules, mounted here.
+from weightspace.cli_similarity import similarity  # noqa: E402
+
+app.command("similarity")(similarity)
+
+from weightspace.cli_zoo import app as zoo_app  # noqa: E402
+
+app.add_typer(zoo_app, name="zoo")
+
+from weightspace.cli_predict import app as predict_app  # noqa: E402
+
+app.add_typer(predict_app, name="predict")
+
+from weightspace.cli_merge import merge  # noqa: E402
+
+app.command("merge")(merge)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -164,3 +164,14 @@ def test_gmn_learns_accuracy_on_digits_zoo(tmp_path):
     mean_mse = float(np.mean((y - np.mean([s[1] for s in train])) ** 2))
     assert m["kendall_tau"] > 0.5
     assert m["mse"] < mean_mse
+
+
+def test_gmn_edge_scale_is_the_rms_per_edge_type():
+    from weightspace.graph import EDGE_TYPES
+
+    data = _toy_data(3)
+    m = GMN(out_dim=1, hidden=8).fit_normalization([d[0] for d in data])
+    conv = torch.cat([torch.cat([v.reshape(-1) for k, v in d[0].to_state_dict().items()
+                                 if k.endswith("weight") and v.dim() == 4]) for d in data])
+    assert float(m.edge_scale[EDGE_TYPES.index("conv.weight")]) == pytest.approx(float(conv.pow(2).mean().sqrt()), rel=1e-5)
+    assert float(m.edge_scale[EDGE_TYPES.index("tie")]) == 1.0

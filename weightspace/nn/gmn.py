@@ -262,14 +262,18 @@ class GMN(MetaNetwork):
     def fit_normalization(self, graphs: Sequence[ParameterGraph]) -> "GMN":
         """Set ``edge_scale``: the RMS of the input values of each edge type
         over ``graphs`` (1 for types without values). Returns ``self``."""
-        b = collate(list(graphs), keep_graphs=False)
-        sq = (b.edge_attr * b.edge_mask).pow(2).sum(1).double()
-        cnt = b.edge_mask.sum(1).double()
-        n = len(EDGE_TYPES)
         from torch_geometric.utils import scatter
 
-        tot = scatter(sq, b.edge_type, dim=0, dim_size=n, reduce="sum")
-        num = scatter(cnt, b.edge_type, dim=0, dim_size=n, reduce="sum")
+        n = len(EDGE_TYPES)
+        tot = torch.zeros(n, dtype=torch.float64)
+        num = torch.zeros(n, dtype=torch.float64)
+        graphs = list(graphs)
+        for i in range(0, len(graphs), 64):  # chunks bound the memory for big zoos
+            b = collate(graphs[i : i + 64], keep_graphs=False)
+            sq = (b.edge_attr * b.edge_mask).pow(2).sum(1).double()
+            cnt = b.edge_mask.sum(1).double()
+            tot += scatter(sq, b.edge_type, dim=0, dim_size=n, reduce="sum")
+            num += scatter(cnt, b.edge_type, dim=0, dim_size=n, reduce="sum")
         rms = torch.where(num > 0, (tot / num.clamp(min=1)).sqrt(), torch.ones_like(tot))
         self.edge_scale.copy_(rms.clamp(min=1e-8).to(self.edge_scale.dtype))
         return self

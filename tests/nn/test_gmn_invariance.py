@@ -163,3 +163,17 @@ def test_clear_errors():
         GMN(aggr="median")
     with pytest.raises(ValueError, match="edge readout"):
         GMN(out_dim=1).write_back([g])
+
+
+def test_collate_matches_parameter_graph_edge_attr():
+    """Batched edge values/masks equal each graph's own edge_attr, for
+    consecutive and interleaved templates."""
+    g1, g2 = (graph_and_permuted("cnn_small", seed=s)[0] for s in (1, 2))
+    h = graph_and_permuted("vit_tiny")[0]
+    for graphs in ([g1, g2, h], [g1, h, g2]):
+        b = collate(graphs)
+        for i, g in enumerate(graphs):
+            attr, mask = g.edge_attr(b.width)
+            s0, s1 = int(b.edge_ptr[i]), int(b.edge_ptr[i + 1])
+            assert torch.equal(b.edge_attr[s0:s1], attr.float()) and torch.equal(b.edge_mask[s0:s1], mask)
+            assert torch.equal(b.edge_index[:, s0:s1] - b.node_ptr[i], g.template.edge_index())

@@ -155,5 +155,10 @@ from weightspace.cli_merge import merge  # noqa: E402
 app.command("merge")(merge)
 
 
+from weightspace.cli_generate import app as generate_app  # noqa: E402
+
+app.add_typer(generate_app, name="generate")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

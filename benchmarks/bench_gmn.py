@@ -4,7 +4,8 @@ Batch of 64 ``cnn_small`` parameter graphs (63 nodes, 746 edges each), CPU,
 eval mode, ``no_grad``. Reports the forward pass on a collated batch, the
 end-to-end time (collate + forward), and memory per graph (input tensors,
 and peak resident-memory growth over a forward of the batch). Target (issue
-#5): >= 1000 small CNNs/s forward on CPU.
+#5): >= 1000 small CNNs/s forward on CPU. Also reports networks per CPU
+second of this process (robust to other load on a shared machine).
 
 Writes ``benchmarks/results/gmn_<backend>.json`` per backend run; the DGL part
 runs only where dgl imports (the DGL environment: ``.ci/dgl_lane.sh`` builds
@@ -60,7 +61,7 @@ def bench(backend: str, *, batch: int, repeats: int, hidden: int, layers: int, a
     input_bytes = sum(v.numel() * v.element_size() for v in (
         b.edge_index, b.edge_attr, b.edge_mask, b.edge_type, b.node_type, b.node_layer, b.node_role,
         b.node_pos, b.node_depth, b.node_batch, b.edge_batch))
-    fwd, e2e, col = [], [], []
+    fwd, e2e, col, cpu = [], [], [], []
     with torch.no_grad():
         for _ in range(3):  # warm-up (allocator, PyG templates, DGL graph build)
             model.predict(model.collate(graphs))
@@ -68,10 +69,11 @@ def bench(backend: str, *, batch: int, repeats: int, hidden: int, layers: int, a
         peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         for _ in range(repeats):
             b = collate(graphs)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             model.predict(b)  # includes building the backend's graph structures
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             fwd.append(t1 - t0)
+            cpu.append(c1 - c0)
             t0 = time.perf_counter()
             bb = model.collate(graphs)
             t1 = time.perf_counter()
@@ -97,6 +99,11 @@ def bench(backend: str, *, batch: int, repeats: int, hidden: int, layers: int, a
         "forward_s_min": min(fwd),
         "networks_per_s": batch / med_f,
         "networks_per_s_best": batch / min(fwd),
+        # CPU seconds of this process per forward: on a shared, loaded machine
+        # wall time overstates the cost; with 1 thread this is the rate of one
+        # unloaded core
+        "forward_cpu_s_median": statistics.median(cpu),
+        "networks_per_cpu_s": batch / statistics.median(cpu),
         "collate_s_median": statistics.median(col),
         "end_to_end_networks_per_s": batch / med_e,
         "input_bytes_per_graph": input_bytes / batch,
@@ -112,11 +119,12 @@ def bench(backend: str, *, batch: int, repeats: int, hidden: int, layers: int, a
 
 
 def _table(rows: list[dict]) -> str:
-    head = f"{'backend':8} {'nets/s fwd':>11} {'best':>8} {'nets/s e2e':>11} {'fwd ms':>8} {'collate ms':>11} {'in KB/graph':>12} {'peak MB/graph':>14}"
+    head = f"{'backend':8} {'nets/s fwd':>11} {'best':>8} {'nets/cpu-s':>11} {'nets/s e2e':>11} {'fwd ms':>8} {'collate ms':>11} {'in KB/graph':>12} {'peak MB/graph':>14}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
             f"{r['backend']:8} {r['networks_per_s']:11.0f} {r['networks_per_s_best']:8.0f} "
+            f"{r.get('networks_per_cpu_s', float('nan')):11.0f} "
             f"{r['end_to_end_networks_per_s']:11.0f} {1000 * r['forward_s_median']:8.1f} "
             f"{1000 * r['collate_s_median']:11.1f} {r['input_bytes_per_graph'] / 1024:12.1f} "
             f"{r['peak_rss_growth_mb_per_graph']:14.3f}"

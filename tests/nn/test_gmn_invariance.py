@@ -177,3 +177,12 @@ def test_collate_matches_parameter_graph_edge_attr():
             s0, s1 = int(b.edge_ptr[i]), int(b.edge_ptr[i + 1])
             assert torch.equal(b.edge_attr[s0:s1], attr.float()) and torch.equal(b.edge_mask[s0:s1], mask)
             assert torch.equal(b.edge_index[:, s0:s1] - b.node_ptr[i], g.template.edge_index())
+
+
+def test_write_back_matches_with_edge_attr():
+    g = graph_and_permuted("vit_tiny")[0]
+    b = collate([g, g])
+    out = torch.randn(b.num_edges, 20, generator=torch.Generator().manual_seed(0))
+    new = b.write_back(out)
+    ref = g.with_edge_attr(b.split_edges(out)[1][:, : g.template.max_width].contiguous())
+    assert torch.equal(new[1].values, ref.values)

@@ -122,10 +122,17 @@ class GraphBatch:
             raise ValueError("this batch does not hold its source graphs; collate(..., keep_graphs=True)")
         out = []
         for g, part in zip(self.graphs, self.split_edges(edge_out)):
-            w = g.template.max_width
-            if part.shape[1] < w:
-                raise ValueError(f"edge output has width {part.shape[1]} < the graph's edge width {w}")
-            out.append(g.with_edge_attr(part[:, :w].contiguous()))
+            t = g.template
+            if part.shape[1] < t.max_width:
+                raise ValueError(f"edge output has width {part.shape[1]} < the graph's edge width {t.max_width}")
+            # every value lives on exactly one edge feature (ParameterGraph
+            # invariant), so the edge sets overwrite all of them; same result
+            # as g.with_edge_attr without its padded [E, width] int64 index
+            plan, _ = _edge_fill_plan(t, t.max_width)
+            values = torch.empty_like(g.values)
+            for off, n, pos in plan:
+                values[pos] = part[off : off + n, : pos.shape[1]].to(values.dtype)
+            out.append(ParameterGraph(t, values, dict(g.extras)))
         return out
 
 

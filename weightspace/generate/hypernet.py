@@ -32,8 +32,11 @@ How it works
 * **Per-layer output scaling** (GHN-2's operation-dependent normalisation):
   each weight tensor is standardised over the tensor and scaled to the
   He-init standard deviation ``sqrt(gain / fan_in)`` (times
-  ``output_scale`` for the layer that writes the logits), so activations
-  keep a sane variance in any depth or width. Biases and norm shifts are
+  ``output_scale`` for the layer that writes the logits, which also gets a
+  learned gain ``exp(g)``, ``g = 2 tanh(s)`` above 0 and ``0.1 tanh(s)``
+  below, ``s`` = mean of one extra edge channel over the tensor's edges, a
+  permutation invariant, 0 untrained), so activations keep a sane variance
+  in any depth or width. Biases and norm shifts are
   ``0.1 tanh(raw)``, norm scales ``1 + 0.1 tanh(raw)``, embeddings
   N(0, 1)-scaled, other parameters (class tokens, positional embeddings)
   0.02-scaled; BatchNorm running statistics are 0 / 1 (buffers, not
@@ -105,6 +108,7 @@ class _Layout:
     kinds: list[int]  # per tensor (template.keys order)
     fan_in: list[int]
     to_output: list[bool]  # tensor writes into the network's output neurons
+    out_mask: Tensor  # [K] float, 1 for weight-like tensors writing into output neurons
     extras: dict[str, Tensor]
 
 
@@ -164,7 +168,7 @@ class GraphHyperNetwork(nn.Module):
         n_probe = 0 if probes is None else int(probes.shape[0])
         self.gmn = GMN(
             out_dim=0, hidden=hidden, num_layers=num_layers, aggr=aggr, norm=norm,
-            edge_dim=self.width, edge_out=self.width, node_out=2 * rank, layer_encoding="depth",
+            edge_dim=self.width, edge_out=self.width + 1, node_out=2 * rank, layer_encoding="depth",
             extra_dim=n_probe,
         )
         self.register_buffer("probes", None if probes is None else probes.detach().clone().to(torch.float32))
@@ -172,7 +176,7 @@ class GraphHyperNetwork(nn.Module):
         # multiplicative edge head K (u_i * v_j) from the node readout: an
         # additive head f(a(x_i) + b(x_j)) is close to rank 2 in (i, j), the
         # product lets e.g. a readout weight be <class template, feature>.
-        self.bilinear = nn.Linear(rank, self.width, bias=False)
+        self.bilinear = nn.Linear(rank, self.width + 1, bias=False)
         # The correction starts at exactly zero: an untrained hypernetwork
         # predicts the (He-scaled) draw itself, a trainable network, and
         # training learns how to change it. (Starting from a random
@@ -216,7 +220,9 @@ class GraphHyperNetwork(nn.Module):
         extras = {k: torch.zeros(template.shapes[k], dtype=torch.long) for k in template.extra_keys}
         out_type = NODE_TYPES.index("output")
         to_output = {s.name: bool((template.node_type[s.dst] == out_type).any()) for s in template.edge_sets if s.pos is not None}
-        lay = _Layout(cols, in_mask, template.edge_param(), kinds, fan_in, [to_output[k] for k in template.keys], extras)
+        to_out = [to_output[k] for k in template.keys]
+        out_mask = torch.tensor([float(o and kd in (_K_WEIGHT, _K_EMB, _K_PARAM)) for o, kd in zip(to_out, kinds)])
+        lay = _Layout(cols, in_mask, template.edge_param(), kinds, fan_in, to_out, out_mask, extras)
         if len(self._layouts) > 256:
             self._layouts.clear()
         self._layouts[id(template)] = (template, lay)
@@ -307,14 +313,27 @@ class GraphHyperNetwork(nn.Module):
         # bounded correction: it cannot erase the draw (when a free correction
         # was standardised together with the draw, training drove every weight
         # matrix to rank one within 100 steps: all hidden units one template)
-        delta = self.hparams["correction"] * torch.tanh(delta)
-        parts = batch.split_edges(delta)
+        corr = self.hparams["correction"] * torch.tanh(delta[:, :D])
+        parts = batch.split_edges(torch.cat([corr, delta[:, D:]], dim=1))
         out = []
         for t, g, lay, part, d in zip(templates, graphs, layouts, parts, draws):
             cols = lay.cols.to(dev)
-            attr = torch.gather(part, 1, cols.clamp(min=0)) * (cols >= 0)
+            attr = torch.gather(part[:, :D], 1, cols.clamp(min=0)) * (cols >= 0)
             dvals = ParameterGraph(t, g.values.to(dev, part.dtype), g.extras).with_edge_attr(attr).values
-            out.append(self._values(t, lay, dvals, d.to(dev)))
+            # learned per-tensor log-gain: mean of the last channel over the tensor's edges (invariant)
+            ep = lay.edge_param.to(dev)
+            ok = ep >= 0
+            K = len(t.keys)
+            s = torch.zeros(K, device=dev, dtype=part.dtype).index_add(0, ep[ok], part[ok, D])
+            s = s / torch.bincount(ep[ok], minlength=K).clamp(min=1).to(part.dtype)
+            # Only the logits layer has a learned gain, in [-0.1, 2]: with the fixed
+            # output_scale the readout's size was capped (loss stalled near 2.0);
+            # with free gains on every layer (or a gain that can shrink a lot),
+            # training on fresh draws first shrinks the network to constant outputs
+            # (random logits only cost) and never recovers.
+            s = torch.tanh(s)
+            gain = torch.where(s > 0, 2.0 * s, 0.1 * s) * lay.out_mask.to(dev, s.dtype)
+            out.append(self._values(t, lay, dvals, d.to(dev), gain))
         return out
 
     def _probe_features(self, arch: ArchSpec, t: GraphTemplate, lay: _Layout, draw: Tensor) -> Tensor:
@@ -339,9 +358,10 @@ class GraphHyperNetwork(nn.Module):
                 out[sel] = fb / (fb.pow(2).mean().sqrt() + 1e-6)
         return out
 
-    def _values(self, t: GraphTemplate, lay: _Layout, dvals: Tensor, draw: Tensor) -> Tensor:
+    def _values(self, t: GraphTemplate, lay: _Layout, dvals: Tensor, draw: Tensor, log_gain: Tensor | None = None) -> Tensor:
         """The draw ``[V_t]`` plus the correction ``dvals`` ``[V_t]`` (double-centred
-        per weight tensor), scaled per tensor -> flat values ``[V_t]``."""
+        per weight tensor), scaled per tensor (He std times ``exp(log_gain)``,
+        ``[K]`` per tensor) -> flat values ``[V_t]``."""
         raw = dvals
         gain = float(self.hparams["gain"])
         out_scale = float(self.hparams["output_scale"])
@@ -355,7 +375,7 @@ class GraphHyperNetwork(nn.Module):
                 std = math.sqrt(gain / lay.fan_in[i]) if kind == _K_WEIGHT else (1.0 if kind == _K_EMB else 0.02)
                 if lay.to_output[i]:
                     std = std * out_scale
-                v = v * std
+                v = v * std if log_gain is None else v * (std * torch.exp(log_gain[i]))
             elif kind in (_K_BIAS, _K_NORM_B):
                 v = 0.1 * (v - v.mean()) * (out_scale if lay.to_output[i] else 1.0)
             elif kind == _K_NORM_W:

@@ -19,7 +19,8 @@ checkpoint generator with its novelty report, and Reptile SIREN inits.
    held-out signals vs the standard SIREN init (and across families).
 
 Writes ``hypernet_*.png/svg``, ``flow_*.png/svg``, ``inr_*.png/svg``,
-``table.md`` and ``results.json`` to ``--out``.
+``<part>.json`` per part, ``results.json`` (all parts found in ``--out``)
+and ``table.md`` to ``--out``; parts may run in separate processes.
 
 Run: python analyses/generation/run.py [--out DIR] [--small] [--parts hypernet,flow,inr]
 """
@@ -59,7 +60,7 @@ def run_hypernet(out: Path, small: bool, seed: int, log) -> dict:
 
     data = load_task("digits")
     train, held = default_archs(small=small)
-    steps = 300 if small else 2000
+    steps = 300 if small else 1500
     seeds = (0,) if small else (0, 1, 2)
     t0 = time.time()
     log(f"hypernet: training on {len(train)} architectures for {steps} steps")
@@ -336,21 +337,24 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results["settings"] = {"small": args.small, "seed": args.seed, "torch": torch.__version__}
-
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     parts = {"hypernet": run_hypernet, "flow": run_flow, "inr": run_inr}
+    settings = {"small": args.small, "seed": args.seed, "torch": torch.__version__, "threads": args.threads}
     for name in args.parts.split(","):
+        if name not in parts:
+            raise SystemExit(f"unknown part {name!r}; choose from {sorted(parts)}")
         t0 = time.time()
-        results[name] = parts[name](args.out, args.small, args.seed, log)
-        results[name]["seconds"] = time.time() - t0
-        path.write_text(json.dumps(results, indent=1, default=float))
-        (args.out / "table.md").write_text(_table(results))
+        res = parts[name](args.out, args.small, args.seed, log)
+        res["seconds"] = time.time() - t0
+        res["settings"] = settings
+        # one file per part, so parts can run in separate processes; results.json merges them
+        (args.out / f"{name}.json").write_text(json.dumps(res, indent=1, default=float))
         log(f"{name} done in {time.time() - t0:.0f}s")
+    results = {n: json.loads((args.out / f"{n}.json").read_text()) for n in parts if (args.out / f"{n}.json").exists()}
+    (args.out / "results.json").write_text(json.dumps(results, indent=1, default=float))
+    (args.out / "table.md").write_text(_table(results))
     print(_table(results))
     return results
 

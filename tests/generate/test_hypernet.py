@@ -188,3 +188,10 @@ def test_bad_input_gives_clear_errors():
         with tempfile.TemporaryDirectory() as d:
             p = save_state_dict({"a": torch.zeros(1)}, f"{d}/x.safetensors")
             GraphHyperNetwork.load(p)
+
+
+def test_archspec_is_canonical():
+    assert ArchSpec.of("mlp", hidden=[32]) == ArchSpec.of("mlp", hidden=(32,), activation="relu", in_features=64)
+    assert ArchSpec.of("mlp", hidden=[32]).label == "mlp(hidden=32)"
+    assert ArchSpec.of("mlp") != ArchSpec.of("mlp", hidden=[32])
+    assert ArchSpec.of("mlp", hidden=[32]).arch_kwargs == {"hidden": [32]}

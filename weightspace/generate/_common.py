@@ -21,8 +21,9 @@ class ArchSpec:
 
     Attributes:
         name: name in the ``zoo`` registry (see ``weightspace models``).
-        kwargs: architecture arguments as sorted ``(key, value)`` pairs
-            (hashable; use :attr:`arch_kwargs` for a dict).
+        kwargs: architecture arguments that differ from the factory's
+            defaults, as sorted ``(key, value)`` pairs (hashable; use
+            :attr:`arch_kwargs` for a dict). Build with :meth:`of`.
     """
 
     name: str
@@ -34,8 +35,12 @@ class ArchSpec:
         import zoo
 
         info = zoo.get_model_info(name)  # KeyError listing the registry for unknown names
-        info.resolve_kwargs(**kwargs)  # TypeError for unknown arguments
-        return cls(name, tuple(sorted((k, _freeze(v)) for k, v in kwargs.items())))
+        resolved = info.resolve_kwargs(**kwargs)  # TypeError for unknown arguments
+        defaults = info.resolve_kwargs()
+        # canonical: arguments equal to the factory default are dropped, so
+        # mlp(hidden=[32]) == mlp(hidden=(32,), activation="relu")
+        keep = {k: v for k, v in resolved.items() if k not in defaults or _freeze(v) != _freeze(defaults[k])}
+        return cls(name, tuple(sorted((k, _freeze(v)) for k, v in keep.items())))
 
     @property
     def arch_kwargs(self) -> dict[str, Any]:

@@ -7,21 +7,28 @@ How it works
   architecture's :class:`~weightspace.graph.GraphTemplate` (node type /
   role / depth / fixed-neuron position, degrees, edge type, and which cells
   of a ``G x G`` kernel grid each edge owns) and one random draw ``r ~ N(0,
-  1)`` per weight value (:meth:`GraphHyperNetwork.draw`). No weight of any
-  trained network is ever read. The draw is the symmetry breaker: neurons
-  that a permutation may exchange have identical structural features, so
-  any equivariant function of the structure alone gives them identical
-  weights (a rank-one, useless network). With the draw the hypernetwork is
-  a learned *distribution* over weights, and equivariance holds jointly:
-  permuting the draw by a spec permutation permutes the predicted weights
-  exactly (``tests/generate/test_hypernet.py``).
+  1)`` per weight value (:meth:`GraphHyperNetwork.draw`); optionally also
+  *probe features*: each neuron's activations on ``P`` fixed unlabeled task
+  inputs in the drawn (He-scaled) network (:func:`weightspace.nn.probe_features`).
+  No weight of any trained network is ever read. The draw is the symmetry
+  breaker: neurons that a permutation may exchange have identical
+  structural features, so any equivariant function of the structure alone
+  gives them identical weights (a rank-one, useless network). With the draw
+  the hypernetwork is a learned *distribution* over weights, and
+  equivariance holds jointly: permuting the draw by a spec permutation
+  permutes the predicted weights exactly (``tests/generate/test_hypernet.py``).
 * **Encoder** = :class:`weightspace.nn.GMN` (``GMNConv`` layers, PyG
-  backend). Its edge readout plus a multiplicative term ``K (u_i * v_j)``
-  of the node readouts of an edge's two neurons is a *correction* added to
-  the draw; the correction's last layers start at zero, so an untrained
-  hypernetwork predicts the He-scaled draw itself.
-* **Output through the graph index.** The corrected grid values are read
-  back into each edge's feature vector and written with
+  backend). Its edge readout plus a multiplicative term ``K (u_i * v_j)`` of
+  the node readouts of an edge's two neurons gives a *correction* that is
+  bounded (``c tanh``) and double-centred per weight tensor (the additive
+  ``a_i + b_j`` part is removed) before it is added to the draw. The
+  correction's last layers start at zero, so an untrained hypernetwork
+  predicts the He-scaled draw itself (a trainable network). Each of these
+  choices removes a failure seen in development: a free correction drove
+  every matrix to rank one (all units one template) or to dead ReLUs
+  within ~100 steps.
+* **Output through the graph index.** The correction is read back into each
+  edge's feature vector and written with
   :meth:`ParameterGraph.with_edge_attr`. Conv kernels use a shared ``G x G``
   grid (default ``G = 7``): a ``k x k`` kernel takes the centre ``k x k``
   cells, a 1-d kernel of size ``k`` the centre of the middle row, a plain
@@ -30,14 +37,14 @@ How it works
   Other multi-value edges (a Linear after ``flatten(C, H, W)``, positional
   embeddings) use ``generic_width`` further channels in feature order.
 * **Per-layer output scaling** (GHN-2's operation-dependent normalisation):
-  each weight tensor is standardised over the tensor and scaled to the
-  He-init standard deviation ``sqrt(gain / fan_in)`` (times
-  ``output_scale`` for the layer that writes the logits, which also gets a
-  learned gain ``exp(g)``, ``g = 2 tanh(s)`` above 0 and ``0.1 tanh(s)``
-  below, ``s`` = mean of one extra edge channel over the tensor's edges, a
-  permutation invariant, 0 untrained), so activations keep a sane variance
-  in any depth or width. Biases and norm shifts are
-  ``0.1 tanh(raw)``, norm scales ``1 + 0.1 tanh(raw)``, embeddings
+  every weight tensor is scaled to the He-init standard deviation
+  ``sqrt(gain / fan_in)`` (the draw has unit variance, the correction is
+  bounded), the layer that writes the logits additionally by
+  ``output_scale`` and a learned gain ``exp(g)`` (``g = 2 tanh(s)`` above 0,
+  ``0.1 tanh(s)`` below; ``s`` = mean of one extra edge channel over the
+  tensor's edges, a permutation invariant, 0 untrained), so activations keep
+  a sane variance in any depth or width. Biases and norm shifts are
+  ``0.1 x`` the centred correction, norm scales ``1 + 0.1 x`` it, embeddings
   N(0, 1)-scaled, other parameters (class tokens, positional embeddings)
   0.02-scaled; BatchNorm running statistics are 0 / 1 (buffers, not
   predicted; re-estimate them on data before evaluating in eval mode).

@@ -141,7 +141,7 @@ def scatter(path: Path, title: str, test, preds: dict) -> None:
     ms = [m for m in preds if m != "mean"]
     cols = min(3, len(ms))
     rows = int(np.ceil(len(ms) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 0.8, 3.4 * rows), squeeze=False, layout="constrained")
     lo = min(test.y.min(), *(preds[m].min() for m in ms))
     hi = max(test.y.max(), *(preds[m].max() for m in ms))
     epochs = test.meta["epoch"].to_numpy()
@@ -158,7 +158,7 @@ def scatter(path: Path, title: str, test, preds: dict) -> None:
     fig.colorbar(sc, ax=axes, shrink=0.8, label="checkpoint epoch")
     fig.suptitle(title, fontsize=10)
     for ext in ("png", "svg"):
-        fig.savefig(path.with_suffix(f".{ext}"), dpi=130, bbox_inches="tight")
+        fig.savefig(path.with_suffix(f".{ext}"), dpi=130)
     plt.close(fig)
 
 

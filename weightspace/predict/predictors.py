@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import os
 import warnings
 from pathlib import Path

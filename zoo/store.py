@@ -761,14 +761,9 @@ class Zoo:
 
     # ------------------------------------------------------------------ queries
     def _resolve_column(self, key: str, columns: Sequence[str]) -> str:
-        if key in columns:
-            return key
-        hits = [c for c in columns if c.endswith("." + key)]
-        if len(hits) == 1:
-            return hits[0]
-        if not hits:
-            raise KeyError(f"no column {key!r} in zoo {self.path}; columns: {list(columns)}")
-        raise KeyError(f"column {key!r} is ambiguous: {hits}; use the full name")
+        from weightspace.predict.splits import resolve_column
+
+        return resolve_column(columns, key, where=f" in zoo {self.path}")
 
     def filter(self, query: str | None = None, /, **conditions: Any) -> "Zoo":
         """Members matching a pandas ``query`` string and/or conditions.

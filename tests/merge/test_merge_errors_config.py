@@ -174,3 +174,17 @@ def test_config_ot_fusion_of_different_widths(tmp_path):
                        "method": "weight_matching"})
     with pytest.raises(MergeError, match="ot_fusion"):
         run_config(cfg)
+
+
+def test_iter_batches_stops_after_max_samples_and_cuts_the_last_batch():
+    import torch
+
+    from weightspace.merge._common import iter_batches
+
+    x, y = torch.arange(10.0)[:, None], torch.arange(10)
+    got = list(iter_batches((x, y), 4, max_samples=7))
+    assert [b[0].shape[0] for b in got] == [4, 3]
+    assert torch.equal(torch.cat([b[1] for b in got]), y[:7])
+    assert [b[0].shape[0] for b in iter_batches(x, 4)] == [4, 4, 2]
+    loader = [(x[:5], y[:5]), (x[5:], y[5:])]
+    assert [b[0].shape[0] for b in iter_batches(loader, 99, max_samples=6)] == [5, 1]

@@ -122,3 +122,25 @@ def test_split_errors():
         hyperparameter_split(ds, "lr", threshold=10.0)
     with pytest.raises(ValueError, match="numeric"):
         hyperparameter_split(ds, "activation", threshold=0.5)
+
+
+def test_rank_correlation_of_a_constant_prediction_is_nan_without_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(kendall_tau([0.1, 0.5, 0.9], [0.3, 0.3, 0.3]))
+        assert np.isnan(spearman([0.2, 0.2, 0.2], [0.1, 0.5, 0.9]))
+    assert kendall_tau([0.1, 0.5, 0.9], [0.1, 0.4, 0.2]) == pytest.approx(kendalltau([0.1, 0.5, 0.9], [0.1, 0.4, 0.2]).statistic)
+
+
+def test_resolve_column_accepts_a_frame_or_names_and_names_the_problem():
+    from weightspace.predict.splits import resolve_column
+
+    cols = ["config.train.lr", "config.model.lr", "config.data.seed", "test_acc"]
+    assert resolve_column(pd.DataFrame(columns=cols), "seed") == "config.data.seed"
+    assert resolve_column(cols, "test_acc") == "test_acc"
+    with pytest.raises(KeyError, match="ambiguous"):
+        resolve_column(cols, "lr")
+    with pytest.raises(KeyError, match="no column 'width' in zoo /z"):
+        resolve_column(cols, "width", where=" in zoo /z")

@@ -205,9 +205,25 @@ def instantiate(model: nn.Module, sd: Mapping[str, torch.Tensor]) -> nn.Module:
     return m
 
 
-def iter_batches(data: Any, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+def iter_batches(
+    data: Any, batch_size: int, max_samples: int | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     """``(x, y or None)`` batches from ``(x, y)`` tensors, an ``x`` tensor, or
-    an iterable of such batches (e.g. a ``DataLoader``)."""
+    an iterable of such batches (e.g. a ``DataLoader``); with
+    ``max_samples``, stop after that many samples (the last batch is cut)."""
+    if max_samples is None:
+        yield from _iter_batches(data, batch_size)
+        return
+    seen = 0
+    for x, y in _iter_batches(data, batch_size):
+        if seen >= max_samples:
+            return
+        x, y = x[: max_samples - seen], (None if y is None else y[: max_samples - seen])
+        seen += x.shape[0]
+        yield x, y
+
+
+def _iter_batches(data: Any, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
     if isinstance(data, torch.Tensor):
         for i in range(0, data.shape[0], batch_size):
             yield data[i : i + batch_size], None

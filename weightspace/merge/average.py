@@ -173,12 +173,7 @@ def diagonal_fisher(
     per_example = vmap(grad(logp), in_dims=(None, 0, 0))
     fisher = {k: torch.zeros_like(v, dtype=torch.float32) for k, v in params.items()}
     seen = 0
-    for x, y in iter_batches(data, batch_size):
-        if max_samples is not None and seen >= max_samples:
-            break
-        if max_samples is not None:
-            x = x[: max_samples - seen]
-            y = None if y is None else y[: max_samples - seen]
+    for x, y in iter_batches(data, batch_size, max_samples):
         check_finite_data(x)
         with torch.no_grad():
             logits = m(x)

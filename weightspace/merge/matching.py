@@ -506,11 +506,7 @@ def block_moments(
         cap_a, cap_b = ActivationCapture(model_a, layers), ActivationCapture(model_b, layers)
         seen = 0
         dtype = next(model_a.parameters()).dtype
-        for x, _ in iter_batches(data, batch_size):
-            if max_samples is not None:
-                if seen >= max_samples:
-                    break
-                x = x[: max_samples - seen]
+        for x, _ in iter_batches(data, batch_size, max_samples):
             x = torch.as_tensor(x)
             check_finite_data(x)
             if x.is_floating_point():

@@ -57,11 +57,7 @@ def _reset_bn_(m: nn.Module, data: Any, batch_size: int, max_samples: int | None
     seen = 0
     try:
         with torch.no_grad():
-            for x, _ in iter_batches(data, batch_size):
-                if max_samples is not None:
-                    if seen >= max_samples:
-                        break
-                    x = x[: max_samples - seen]
+            for x, _ in iter_batches(data, batch_size, max_samples):
                 check_finite_data(x)
                 if x.shape[0] < 2:
                     continue
@@ -145,11 +141,7 @@ def _stats(m: nn.Module, layers: Sequence[tuple[str, int]], data, batch_size, ma
     axis = dict(layers)
     acc = {l: [0, 0.0, 0.0] for l in names}
     seen = 0
-    for x, _ in iter_batches(data, batch_size):
-        if max_samples is not None:
-            if seen >= max_samples:
-                break
-            x = x[: max_samples - seen]
+    for x, _ in iter_batches(data, batch_size, max_samples):
         check_finite_data(x)
         seen += x.shape[0]
         out = cap(x)

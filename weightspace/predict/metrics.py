@@ -40,12 +40,19 @@ def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
     return t, p
 
 
+def _constant(t: np.ndarray, p: np.ndarray) -> bool:
+    """Rank correlation is undefined (NaN, documented) when either side is constant."""
+    return bool((t == t[0]).all() or (p == p[0]).all())
+
+
 def kendall_tau(y_true, y_pred) -> float:
     """Kendall's τ-b between targets ``[n]`` and predictions ``[n]``
     (``scipy.stats.kendalltau``; NaN if either is constant)."""
     from scipy.stats import kendalltau
 
     t, p = _pair(y_true, y_pred)
+    if _constant(t, p):
+        return math.nan
     return float(kendalltau(t, p).statistic)
 
 
@@ -55,6 +62,8 @@ def spearman(y_true, y_pred) -> float:
     from scipy.stats import spearmanr
 
     t, p = _pair(y_true, y_pred)
+    if _constant(t, p):
+        return math.nan
     return float(spearmanr(t, p).statistic)
 
 

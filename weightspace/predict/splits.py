@@ -33,17 +33,18 @@ class Split(NamedTuple):
     test: np.ndarray
 
 
-def resolve_column(meta: Any, column: str) -> str:
-    """``column`` or the unique ``meta`` column ending in ``.<column>``
-    (``lr`` -> ``config.train.lr``)."""
-    cols = list(meta.columns)
+def resolve_column(meta: Any, column: str, *, where: str = "") -> str:
+    """``column`` or the unique column ending in ``.<column>``
+    (``lr`` -> ``config.train.lr``). ``meta`` is a DataFrame or a sequence
+    of column names; ``where`` is appended to the error message."""
+    cols = list(meta.columns) if hasattr(meta, "columns") else list(meta)
     if column in cols:
         return column
     hits = [c for c in cols if c.endswith("." + column)]
     if len(hits) == 1:
         return hits[0]
     if not hits:
-        raise KeyError(f"no column {column!r}; columns: {cols}")
+        raise KeyError(f"no column {column!r}{where}; columns: {cols}")
     raise KeyError(f"column {column!r} is ambiguous: {hits}; use the full name")
 
 

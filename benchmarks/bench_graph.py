@@ -70,7 +70,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     targets = {"resnet18": 1.0, "resnet50": 2.0}
+    import os
+
+    load_before = os.getloadavg()[0]
     rows = [bench(a, args.repeats, args.image_size) for a in args.archs]
+    load_after = os.getloadavg()[0]
     print(f"{'arch':10s} {'params':>10s} {'nodes':>7s} {'edges':>10s} {'trace':>7s} {'spec':>7s} {'graph':>7s} {'values':>7s} {'total':>7s} target")
     for r in rows:
         tgt = targets.get(r["arch"])
@@ -81,7 +85,10 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                               "image_size": args.image_size, "rows": rows}, indent=2))
+                               "image_size": args.image_size,
+                               "load_average_1min": {"before": load_before, "after": load_after},
+                               "rows": rows}, indent=2))
+    print(f"load average (1 min) before/after: {load_before:.2f} / {load_after:.2f} (other work on the machine slows these timings)")
     print(f"wrote {out}")
 
 

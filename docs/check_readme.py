@@ -1,6 +1,6 @@
 """Run the examples of README.md's capability sections against this checkout.
 
-Every ```python block from "## Model zoos" up to "## Benchmarks" runs, in
+Every ```python block from "## Parameter graphs" up to "## Benchmarks" runs, in
 document order, as its own ``python`` process in one scratch directory (so
 later examples see the zoos earlier ones built: ``runs/tiny``, ``runs/pair``,
 ``runs/pred``, ...). A ```yaml block whose first line is ``# NAME.yaml`` is
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST, LAST = "## Model zoos", "## Benchmarks"
+FIRST, LAST = "## Parameter graphs and permutation specs", "## Benchmarks"
 
 
 def blocks(readme: Path) -> list[tuple[str, str, int]]:

@@ -115,6 +115,17 @@ def export(
     typer.echo(f"wrote {path} ({len(z.to_pandas(checkpoints=checkpoints))} rows)")
 
 
+def _member_count(path: Path) -> int:
+    """Members already in the zoo at ``path`` (0 when there is none yet)."""
+    from zoo.errors import ZooError
+    from zoo.store import Zoo
+
+    try:
+        return len(Zoo(path))
+    except (ZooError, OSError):
+        return 0
+
+
 @app.command("import-small-cnn-zoo")
 def import_small_cnn_zoo(
     path: Path = typer.Argument(..., help="directory with weights.npy, metrics.csv.gz, layout.csv"),
@@ -133,9 +144,12 @@ def import_small_cnn_zoo(
     from zoo.loaders import import_small_cnn_zoo as _import
 
     step_sel = steps if steps in ("final", "all") else [int(s) for s in steps.split(",") if s.strip()]
+    before = _member_count(out)
     try:
         z = _import(path, out, steps=step_sel, padding=padding, limit=limit,
                     drop_nonfinite=not keep_nonfinite, progress=progress)
     except (ZooError, ValueError) as e:
         _fail(e)
-    typer.echo(f"imported {len(z)} members from {path} into {out}")
+    new = len(z) - before
+    typer.echo(f"imported {new} new members from {path} into {out} "
+               f"({len(z)} in the zoo; {before} were already there)")

@@ -99,8 +99,9 @@ CREATE INDEX IF NOT EXISTS members_idx ON members(idx);
 
 def _as_tensors(state_dict: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return {
-        # np.require keeps 0-d arrays 0-d (np.ascontiguousarray would make them 1-d)
-        k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.require(np.asarray(v), requirements="C")))
+        # np.require keeps 0-d arrays 0-d (np.ascontiguousarray would make them 1-d);
+        # "W": arrays that come back from Ray's object store are read-only
+        k: (v if isinstance(v, torch.Tensor) else torch.from_numpy(np.require(np.asarray(v), requirements="CW")))
         for k, v in state_dict.items()
     }
 
@@ -226,7 +227,7 @@ class ZooWriter:
         compatible: Callable[[dict], bool] | None = None,
         recipe_yaml: str | None = None,
     ) -> None:
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _acquire_lock(self.path)
         try:
@@ -553,7 +554,7 @@ class Zoo:
     """
 
     def __init__(self, path: str | Path, *, member_ids: Sequence[str] | None = None) -> None:
-        self.path = Path(path)
+        self.path = Path(path).expanduser()
         self.info = _read_info(self.path)
         index = self.path / INDEX_FILE
         if not index.is_file():

@@ -144,3 +144,15 @@ def test_resolve_column_accepts_a_frame_or_names_and_names_the_problem():
         resolve_column(cols, "lr")
     with pytest.raises(KeyError, match="no column 'width' in zoo /z"):
         resolve_column(cols, "width", where=" in zoo /z")
+
+
+def test_bootstrap_ci_drops_a_few_degenerate_resamples():
+    from weightspace.predict import bootstrap_ci
+
+    # 4 members: about 1 resample in 64 draws one member 4 times (tau NaN),
+    # which used to make the whole interval NaN
+    y = np.array([0.1, 0.1, 0.4, 0.4, 0.8, 0.8, 0.9, 0.9])
+    p = np.array([0.2, 0.1, 0.5, 0.3, 0.7, 0.6, 0.95, 0.9])
+    groups = np.repeat(np.arange(4), 2)
+    ci = bootstrap_ci(y, p, "kendall_tau", groups=groups, n_resamples=400, seed=0)
+    assert np.isfinite(ci.low) and np.isfinite(ci.high) and ci.low <= ci.value <= ci.high

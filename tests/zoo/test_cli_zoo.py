@@ -42,7 +42,9 @@ def test_import_small_cnn_zoo(tmp_path):
     out = tmp_path / "scz"
     r = runner.invoke(app, ["zoo", "import-small-cnn-zoo", str(src), str(out), "--steps", "all", "--no-progress"])
     assert r.exit_code == 0, r.output
-    assert "imported 2 members" in r.output
+    assert "imported 2 new members" in r.output
+    r = runner.invoke(app, ["zoo", "import-small-cnn-zoo", str(src), str(out), "--steps", "all", "--no-progress"])
+    assert r.exit_code == 0 and "imported 0 new members" in r.output and "2 were already there" in r.output
     z = Zoo(out)
     assert [c.epoch for c in z.members()[0].checkpoints] == [0, 1, 86]
     (src / "layout.csv").unlink()

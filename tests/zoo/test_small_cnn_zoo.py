@@ -266,3 +266,13 @@ def test_pickled_npy_is_refused(scz):
     np.save(path / "weights.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ZooFormatError, match=r"weights\.npy.*not a plain numeric"):
         list(load_small_cnn_zoo(path))
+
+
+def test_paths_with_a_tilde_are_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_small_cnn_zoo(tmp_path / "scz" / "mnist", runs=2)
+    members = list(load_small_cnn_zoo("~/scz/mnist"))
+    assert len(members) == 2
+    z = import_small_cnn_zoo("~/scz/mnist", "~/imported", progress=False)
+    assert len(z) == 2 and (tmp_path / "imported").is_dir()
+    assert len(zoo.Zoo("~/imported")) == 2

@@ -156,7 +156,10 @@ def bootstrap_ci(
         n_resamples: bootstrap resamples.
         confidence: confidence level of the interval.
         method: ``"percentile"`` (default), ``"basic"`` or ``"BCa"``
-            (BCa costs one extra evaluation per group).
+            (BCa costs one extra evaluation per group). With
+            ``"percentile"``, resamples whose metric is undefined (NaN, e.g.
+            constant targets) are dropped as long as at least half are
+            finite; otherwise the interval is NaN.
         seed: resampling seed.
 
     Returns:
@@ -197,6 +200,13 @@ def bootstrap_ci(
                 confidence_level=float(confidence), method=method, rng=np.random.default_rng(int(seed)),
             )
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        dist = np.asarray(res.bootstrap_distribution, dtype=np.float64)
+        finite = dist[np.isfinite(dist)]
+        if method == "percentile" and finite.size < dist.size and finite.size >= 0.5 * dist.size:
+            # a few degenerate resamples (e.g. all-constant targets of a tiny
+            # test set) make scipy's interval NaN; drop them, keep the rest
+            a = (1.0 - float(confidence)) / 2.0
+            low, high = (float(v) for v in np.quantile(finite, [a, 1.0 - a]))
     return MetricCI(value, low, high, float(confidence), int(n_resamples), int(t.size), int(G))
 
 

@@ -131,7 +131,7 @@ def load_dwsnets_inrs(
         ZooFormatError: missing/malformed ``splits.json`` (naming the split and
             field), missing INR file, or a state dict that is not an MLP INR.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_dir():
         raise ZooFormatError("INR dataset directory not found", path=path)
     entries: list[tuple[Path, Any, str | None]] = []
@@ -188,7 +188,7 @@ def load_nfn_sirens(
     Raises:
         ZooFormatError: no SIREN files, unreadable file, or not a SIREN state dict.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     idx_re, lab_re = re.compile(index_pattern), re.compile(label_pattern)
     pref_re = re.compile(rf"(^|/){re.escape(prefix)}_[^/]*/[^/]+$") if prefix else None
 
@@ -243,7 +243,7 @@ def import_inr_zoo(
 ):
     """Convert an INR zoo (``style="dwsnets"`` or ``"nfn"``) into a weightspace
     zoo at ``out``. ``options`` go to the matching ``load_*`` function."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if style == "dwsnets":
         members = load_dwsnets_inrs(path, **options)
     elif style == "nfn":

@@ -170,7 +170,7 @@ def load_model_zoos(
         ZooFormatError: missing ``params.json`` / ``result.json`` /
             checkpoint file, unknown architecture, or tensors that do not fit.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_dir():
         raise ZooFormatError("model zoo directory not found", path=path)
     trials = [path] if (path / "params.json").is_file() else sorted(
@@ -238,7 +238,7 @@ def import_model_zoos(
 ):
     """Convert a model-zoos style directory into a weightspace zoo at ``out``.
     Returns the :class:`~zoo.store.Zoo`; options as in :func:`load_model_zoos`."""
-    path = Path(path)
+    path = Path(path).expanduser()
     info = {
         "name": f"model_zoos:{path.name}",
         "source": "model_zoos",

@@ -108,7 +108,7 @@ def _read_csv(path: Path, required: Sequence[str]):
 
 def read_layout(path: str | Path) -> list[LayoutEntry]:
     """Parse ``layout.csv`` (sorted by ``start_idx``; checked to tile the row)."""
-    path = Path(path)
+    path = Path(path).expanduser()
     df = _read_csv(path, ("varname", "start_idx", "end_idx", "shape"))
     entries = []
     for i, row in df.iterrows():
@@ -268,7 +268,7 @@ def load_small_cnn_zoo(
 
     from zoo.registry import create_model
 
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_dir():
         raise ZooFormatError("Small CNN Zoo directory not found", path=path)
     layout = read_layout(path / "layout.csv")
@@ -379,7 +379,7 @@ def import_small_cnn_zoo(
     """Convert a Small CNN Zoo directory into a weightspace zoo at ``out``
     (resumable). Returns the :class:`~zoo.store.Zoo`. Options as in
     :func:`load_small_cnn_zoo`."""
-    path = Path(path)
+    path = Path(path).expanduser()
     opts = {"steps": steps if isinstance(steps, str) else list(steps), "drop_nonfinite": drop_nonfinite,
             "padding": padding, "image_size": image_size, "limit": limit}
     info = {

@@ -20,13 +20,21 @@ How it works
 * **Encoder** = :class:`weightspace.nn.GMN` (``GMNConv`` layers, PyG
   backend). Its edge readout plus a multiplicative term ``K (u_i * v_j)`` of
   the node readouts of an edge's two neurons gives a *correction* that is
-  bounded (``c tanh``) and double-centred per weight tensor (the additive
-  ``a_i + b_j`` part is removed) before it is added to the draw. The
-  correction's last layers start at zero, so an untrained hypernetwork
-  predicts the He-scaled draw itself (a trainable network). Each of these
-  choices removes a failure seen in development: a free correction drove
-  every matrix to rank one (all units one template) or to dead ReLUs
-  within ~100 steps.
+  double-centred per weight tensor (the additive ``a_i + b_j`` part is
+  removed), then bounded (``c tanh``; ``c = correction`` = 1 for hidden
+  layers, ``c = output_correction`` = 10 for the logits layer) and centred
+  again before it is added to the draw. The correction's last layers start
+  at zero, so an untrained hypernetwork predicts the He-scaled draw itself
+  (a trainable network). Each of these choices removes a failure seen in
+  development: a free correction drove every matrix to rank one (all units
+  one template) or to dead ReLUs within ~100 steps; centring only *after*
+  the ``tanh`` let training saturate it with a row / column term (which the
+  centring then removed exactly), so within ~100 steps every correction was
+  switched off with zero gradient and the trained hypernetwork predicted
+  exactly what an untrained one does; a logits-layer bound of 1 (the
+  draw's own size) capped the accuracy of the predicted networks near 0.2
+  even for the ideal class-mean readout (the readout's draw noise could not
+  be outweighed).
 * **Output through the graph index.** The correction is read back into each
   edge's feature vector and written with
   :meth:`ParameterGraph.with_edge_attr`. Conv kernels use a shared ``G x G``
@@ -134,8 +142,15 @@ class GraphHyperNetwork(nn.Module):
             hypernetwork whose first predictions are confidently wrong learns
             to kill the signal, i.e. dead ReLUs, before anything else).
         correction: bound ``c`` of the learned correction ``c tanh(delta)``
-            added to the unit-variance draw (so a weight's variance stays
-            within ``[1, 1 + c^2]`` times the He variance).
+            (``delta`` double-centred first) added to the unit-variance draw
+            of hidden layers (so a weight's variance stays within
+            ``[1, 1 + c^2]`` times the He variance).
+        output_correction: the same bound for the weight tensors that write
+            the logits. It must be well above the draw's size 1: the
+            readout has to be mostly learned (class templates over the
+            hidden units' probe activations) rather than the draw's noise;
+            with 1 the predicted networks stayed near chance. Its slope at
+            0 is ``output_correction`` too, so the readout learns faster.
         aggr: GMN aggregation (``"mean"`` keeps messages comparable across widths).
         norm: GMN normalisation.
 
@@ -159,6 +174,7 @@ class GraphHyperNetwork(nn.Module):
         probes: Tensor | None = None,
         aggr: str = "mean",
         norm: str = "layer",
+        output_correction: float = 10.0,
     ) -> None:
         super().__init__()
         if kernel_grid < 1 or generic_width < 1:
@@ -168,6 +184,7 @@ class GraphHyperNetwork(nn.Module):
         self.hparams = dict(
             hidden=hidden, num_layers=num_layers, kernel_grid=kernel_grid,
             generic_width=generic_width, gain=gain, rank=rank, output_scale=output_scale, correction=correction, aggr=aggr, norm=norm,
+            output_correction=output_correction,
         )
         self.grid = int(kernel_grid)
         self.generic = int(generic_width)
@@ -317,10 +334,11 @@ class GraphHyperNetwork(nn.Module):
         r = self.hparams["rank"]
         src, dst = batch.edge_index
         delta = res.edge + self.bilinear(res.node[src, :r] * res.node[dst, r:])  # [E, D]
-        # bounded correction: it cannot erase the draw (when a free correction
-        # was standardised together with the draw, training drove every weight
-        # matrix to rank one within 100 steps: all hidden units one template)
-        corr = self.hparams["correction"] * torch.tanh(delta[:, :D])
+        # bounded correction (in _values): in hidden layers it cannot erase the
+        # draw (when a free correction was standardised together with the draw,
+        # training drove every weight matrix to rank one within 100 steps: all
+        # hidden units one template)
+        corr = delta[:, :D]  # centred and bounded per tensor in _values
         parts = batch.split_edges(torch.cat([corr, delta[:, D:]], dim=1))
         out = []
         for t, g, lay, part, d in zip(templates, graphs, layouts, parts, draws):
@@ -370,6 +388,8 @@ class GraphHyperNetwork(nn.Module):
         per weight tensor), scaled per tensor (He std times ``exp(log_gain)``,
         ``[K]`` per tensor) -> flat values ``[V_t]``."""
         raw = dvals
+        c_hid = float(self.hparams["correction"])
+        c_out = float(self.hparams["output_correction"])
         gain = float(self.hparams["gain"])
         out_scale = float(self.hparams["output_scale"])
         pieces = []
@@ -377,6 +397,17 @@ class GraphHyperNetwork(nn.Module):
             off, n = t.offsets[k], math.prod(t.shapes[k])
             v = raw[off : off + n]
             kind = lay.kinds[i]
+            # centre BEFORE bounding: a row / column / constant term of the raw
+            # correction would otherwise saturate the tanh, i.e. switch the
+            # pair-dependent part off with zero gradient (and the centring
+            # after the tanh then removes the saturated constant exactly).
+            # Training fell into that state within ~100 steps and stayed there:
+            # predictions identical to the untrained hypernetwork's.
+            if kind in (_K_WEIGHT, _K_EMB, _K_PARAM):
+                v = _double_centre(v.reshape(t.shapes[k])).reshape(-1)
+            elif kind in (_K_BIAS, _K_NORM_B):
+                v = v - v.mean()
+            v = (c_out if lay.out_mask[i] > 0 else c_hid) * torch.tanh(v)
             if kind in (_K_WEIGHT, _K_EMB, _K_PARAM):
                 v = draw[off : off + n].to(v.dtype) + _double_centre(v.reshape(t.shapes[k])).reshape(-1)
                 std = math.sqrt(gain / lay.fan_in[i]) if kind == _K_WEIGHT else (1.0 if kind == _K_EMB else 0.02)
@@ -531,10 +562,10 @@ def train_hypernet(
     steps: int = 1000,
     archs_per_step: int = 4,
     batch_size: int = 64,
-    lr: float = 1e-3,
+    lr: float = 3e-3,
     weight_decay: float = 1e-5,
     grad_clip: float = 5.0,
-    num_probes: int = 32,
+    num_probes: int = 128,
     seed: int = 0,
     progress: bool = False,
     callback: Callable[[int, float], None] | None = None,
@@ -555,8 +586,13 @@ def train_hypernet(
         data: the task.
         hypernet: start from a copy of this one (default: a new
             ``GraphHyperNetwork(**hparams)`` initialised under ``seed``).
+        lr: Adam learning rate (3e-3: a few hundred steps give clearly
+            better-than-chance networks without any SGD on them).
         num_probes: for a new hypernetwork, the number of training inputs
             (drawn with ``seed``, no labels) used as probe inputs; 0 = none.
+            The readout is learned from the hidden units' activations on
+            them, so more probes help (128 learned markedly faster than 32
+            at about the same cost per step).
         progress: tqdm bar.
         callback: called with ``(step, loss)`` after every step.
 

@@ -127,25 +127,6 @@ def run_hypernet(out: Path, small: bool, seed: int, log) -> dict:
 
 
 # ----------------------------------------------------------------- flow
-def _zoo_recipe(n_members: int) -> dict:
-    return {
-        "name": "digits_mlp32_generation",
-        "description": "1-hidden-layer MLPs (64-32-10) on digits with varied optimiser/lr/wd/data fraction; "
-                       "checkpoints at epochs 0, 1, 2, 4, 8 (training data for the checkpoint generator)",
-        "arch": "mlp",
-        "model": {"hidden": [32], "in_features": 64},
-        "data": {"name": "digits", "split_seed": 0},
-        "train": {"epochs": 8, "batch_size": 64, "optimizer": "adam", "lr": 0.003},
-        "checkpoints": [0, 1, 2, 4, 8],
-        "search": {"method": "random", "num_members": n_members, "seed": 0, "space": {
-            "train.lr": {"log_uniform": [0.0003, 0.03]},
-            "train.optimizer": ["adam", "sgd"],
-            "train.weight_decay": {"choice": [0.0, 0.0001, 0.001]},
-            "data.train_fraction": {"choice": [0.25, 0.5, 1.0]},
-        }},
-    }
-
-
 def run_flow(out: Path, small: bool, seed: int, log) -> dict:
     import matplotlib.pyplot as plt
 
@@ -157,7 +138,7 @@ def run_flow(out: Path, small: bool, seed: int, log) -> dict:
     steps = 600 if small else 3000
     n_samples = 8 if small else 16
     zoo_dir = out / f"zoo_mlp32_{n_members}"
-    rep = zoo.build_zoo(_zoo_recipe(n_members), zoo_dir, workers=1, backend="serial", progress=False)
+    rep = zoo.build_zoo(zoo.load_recipe("digits_mlp32").with_members(n_members), zoo_dir, workers=1, backend="serial", progress=False)
     z = rep.open()
     cs = collect_checkpoints(z, metric="test_acc")
     data = load_task("digits", split_seed=0)

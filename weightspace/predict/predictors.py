@@ -70,6 +70,7 @@ from weightspace.predict.features import (
     weight_features,
 )
 from weightspace.predict.metrics import METRICS
+from weightspace.runtime import torch_threads
 
 __all__ = [
     "ArchitectureMismatchError",
@@ -543,21 +544,6 @@ class MeanPredictor(BasePredictor):
 
 
 # ============================================================ metanetworks
-class _torch_threads:
-    """Temporarily set ``torch.set_num_threads`` (``None``: no change)."""
-
-    def __init__(self, n: int | None) -> None:
-        self.n = n
-
-    def __enter__(self) -> None:
-        self.old = torch.get_num_threads()
-        if self.n is not None:
-            torch.set_num_threads(int(self.n))
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.old)
-
-
 #: ``kind -> weightspace.nn class name``
 METANETWORKS = {"gmn": "GMN", "statnn": "StatNN", "flatmlp": "FlatMLP", "nfn": "NFN"}
 
@@ -695,7 +681,7 @@ class MetaNetPredictor(BasePredictor):
         cfg = TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
                           weight_decay=float(self.weight_decay), patience=int(self.patience) if val else 0,
                           seed=int(self.seed), augment=augment, progress=bool(self.progress), device=self.device)
-        with _torch_threads(self.num_threads):
+        with torch_threads(self.num_threads):
             self.fit_result_ = fit(model, train, val or None, cfg)
         self.model_ = self.fit_result_.model
         self.target_mean_ = float(self.fit_result_.target_mean)
@@ -713,7 +699,7 @@ class MetaNetPredictor(BasePredictor):
         nets, _, _ = _unpack(X)
         graphs = self._align(self._graphs(nets))
         self._check_finite(graphs)
-        with _torch_threads(self.num_threads):
+        with torch_threads(self.num_threads):
             out = predict(self.model_, [(g, 0.0) for g in graphs], None, batch_size=batch_size)
         return out[:, 0].double().numpy() * self.target_std_ + self.target_mean_
 

@@ -43,5 +43,9 @@ def test_quickstart_small(tmp_path):
     report = (tmp_path / "report.md").read_text()
     for heading in ("Parameter graphs", "Model zoo", "Predicting", "Merging", "similarity", "Generating"):
         assert heading in report
-    for fig in ("barriers", "prediction", "cka"):
+    gen = results["generate"]
+    assert all(math.isfinite(x) for x in _numbers(gen["hypernet"]["accuracy"]))
+    assert gen["checkpoint_flow"]["summary"]["copies"] >= 0 and math.isfinite(gen["checkpoint_flow"]["summary"]["ratio_median"])
+    assert results["zoo"]["mnist1d"]["members"] > 0
+    for fig in ("barriers", "prediction", "cka", "generate"):
         assert (tmp_path / f"{fig}.png").exists() and (tmp_path / f"{fig}.svg").exists()

@@ -106,9 +106,10 @@ def quickstart(
 ) -> None:
     """Run the whole toolkit end to end, offline, and write a report.
 
-    Builds a small zoo on digits, fits performance predictors, merges two
-    MLPs (weight matching, REPAIR, OT fusion), compares them with CKA and
-    trains a tiny graph hypernetwork. Re-running resumes the zoo.
+    Builds small zoos on digits and MNIST-1D, fits performance predictors,
+    merges two MLPs (weight matching, REPAIR, OT fusion), compares them with
+    CKA, trains a tiny graph hypernetwork and a checkpoint generator (with
+    its novelty report). Re-running resumes the zoos.
 
     Example: weightspace quickstart --small --out /tmp/ws
     """
@@ -120,7 +121,8 @@ def quickstart(
     for g in r["graphs"]:
         typer.echo(f"{g['arch']:20s} {g['groups']:6d} {g['nodes']:8d} {g['edges']:10d} "
                    f"{g['max_abs_diff_permuted']:10.1e} {g['max_abs_diff_broken']:10.1e}")
-    typer.echo(f"\nzoo: {r['zoo']['members']} members at {r['zoo']['path']}")
+    typer.echo(f"\nzoo: {r['zoo']['members']} members at {r['zoo']['path']}, "
+               f"{r['zoo']['mnist1d']['members']} at {r['zoo']['mnist1d']['path']}")
     typer.echo(f"\n{'predictor':10s} {'kendall tau':>12s} {'R2':>8s}")
     for m, v in r["predict"]["methods"].items():
         typer.echo(f"{m:10s} {v['kendall_tau']['value']:12.3f} {v['r2']['value']:8.3f}")
@@ -132,8 +134,20 @@ def quickstart(
     sim = r["similarity"]["same_index_correlation"]
     typer.echo("\nsame-index neuron correlation before -> after alignment: " + ", ".join(
         f"{k} {sim['before'][k]:.2f} -> {sim['after'][k]:.2f}" for k in sim["before"]))
-    gen = r["generate"]
-    typer.echo("\ngenerate: " + (gen["skipped"] if "skipped" in gen else json.dumps(gen.get("summary", gen))[:300]))
+    hn = r["generate"]["hypernet"]
+    ks = hn["sgd_steps"]
+    typer.echo(f"\ngraph hypernetwork ({hn['steps']} steps on {len(hn['train_archs'])} architectures): "
+               "test accuracy on unseen architectures after k SGD steps")
+    typer.echo(f"{'architecture':30s} {'init':9s} " + " ".join(f"{'k=' + str(k):>6s}" for k in ks))
+    for arch, inits in hn["accuracy"].items():
+        for ini, accs in inits.items():
+            typer.echo(f"{arch:30s} {ini:9s} " + " ".join(f"{a:6.3f}" for a in accs))
+    cf = r["generate"].get("checkpoint_flow")
+    if cf:
+        sm = cf["summary"]
+        typer.echo(f"\ncheckpoint flow: {cf['samples']} samples for test_acc {cf['condition']:.3f} reach "
+                   f"{sm.get('accuracy_mean', float('nan')):.3f}; nearest training checkpoint at "
+                   f"{sm['ratio_median']:.2f}x the between-runs distance, {sm['copies']} copies")
     typer.echo(f"\nreport: {out / 'report.md'}\nresults: {out / 'results.json'}")
 
 

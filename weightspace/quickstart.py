@@ -278,7 +278,8 @@ def generate_tour(small: bool, seed: int = 0, log: Log | None = None, zoo_dir: P
         "train_seconds": train_s, "sgd_steps": list(ks), "seeds": list(seeds),
         "train_loss_first": float(np.mean(hist.loss[:w])), "train_loss_last": float(np.mean(hist.loss[-w:])),
         "accuracy": per_arch,
-        "novelty": "trained on the task loss only; no checkpoint is ever read, so there is nothing to memorize",
+        "novelty": "The hypernetwork is trained on the task loss only and never reads a checkpoint, "
+                   "so there is no training checkpoint it could copy",
     }}
     if zoo_dir is not None:
         log("generate: building digits_mlp32 (checkpoints for the generator; resumes if re-run)")
@@ -534,8 +535,9 @@ def render_report(r: dict) -> str:
     cf = gen.get("checkpoint_flow")
     if cf:
         sm, ref = cf["summary"], cf["reference"]
-        L += [f"A conditional flow trained on the zoo's {cf['checkpoints']} `{cf['arch']}` checkpoints "
-              f"({cf['steps']} steps, {cf['train_seconds']:.0f} s) sampled {cf['samples']} networks for "
+        L += [f"A conditional flow trained on the {cf['checkpoints']} `{cf['arch']}` checkpoints of a `digits_mlp32` "
+              f"zoo ({cf['steps']} steps, {'with' if cf.get('augment') else 'no'} permutation augmentation, "
+              f"{cf['train_seconds']:.0f} s) sampled {cf['samples']} networks for "
               f"test accuracy {cf['condition']:.3f}: mean accuracy {sm.get('accuracy_mean', float('nan')):.3f}.", "",
               f"Novelty ({cf['alignment']} alignment): median distance to the nearest training checkpoint is "
               f"{sm['ratio_median']:.2f}× the median distance between two training runs "

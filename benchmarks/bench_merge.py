@@ -168,6 +168,8 @@ def main() -> None:
             rebasin_python = sys.executable
         except ImportError as exc:
             rebasin_note = f"rebasin not importable here ({exc}); pass --rebasin-python"
+    if rebasin_python is not None and not Path(rebasin_python).exists():
+        raise SystemExit(f"--rebasin-python {rebasin_python}: no such interpreter; build it as the module docstring says")
     results = [bench_pair(p, args.repeats, rebasin_python, args.threads, args.seed) for p in args.pairs]
     print(f"{'pair':12s} {'groups':>6s} {'spec s':>7s} {'WM s':>7s} {'build s':>8s} {'LAP s':>7s} {'sweeps':>6s} "
           f"{'objective':>11s} {'planted':>7s} | {'rebasin s':>9s} {'objective':>11s} {'planted':>7s} {'speedup':>7s}")

@@ -202,3 +202,12 @@ def test_zoo_dataset_targets_and_checkpoints(tiny_zoo):
         zoo_dataset(tiny_zoo, checkpoints="best")
     assert torch.equal(final.graphs[0].values, ws.parameter_graph(
         tiny_zoo[final.meta.member_id[0]].state_dict(), arch="cnn_small", **tiny_zoo[0].model_kwargs).values)
+
+
+def test_gbm_warns_when_too_few_rows_to_split(tiny_dataset):
+    small = tiny_dataset.subset(np.arange(12))
+    with pytest.warns(UserWarning, match="min_samples_leaf=10"):
+        GBMPredictor().fit(small)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        GBMPredictor(min_samples_leaf=2).fit(small)

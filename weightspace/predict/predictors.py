@@ -409,6 +409,13 @@ class GBMPredictor(_FeaturePredictor):
         _check_finite_targets(y)
         feats = self._features(nets, fitting=True)
         self._fit_arrays(feats, y)
+        if len(y) < 2 * int(self.min_samples_leaf):
+            warnings.warn(
+                f"GBMPredictor: {len(y)} training rows but min_samples_leaf={self.min_samples_leaf}: no tree can "
+                "split, so every prediction is the training mean (rank correlation undefined). Pass a smaller "
+                "min_samples_leaf, or use make_predictor('linear') on this few networks.",
+                UserWarning, stacklevel=2,
+            )
         self._record_architectures(nets, ds)
         self.n_train_ = len(nets)
         self._X_train, self._y_train = feats, y

@@ -6,20 +6,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.nn.helpers import BIG_ARCHS, analysis, fast_archs, graph_and_permuted, max_sd_diff
+from tests.nn.helpers import analysis, fast_archs, graph_and_permuted, max_sd_diff
 from weightspace.nn import GMN, FlatMLP, StatNN, collate, probe_features
 from weightspace.symmetry import apply_permutation
 
 TOL = 1e-4
 
 
-def _check_arch(arch: str, aggr: str, hidden: int = 16, num_layers: int = 2) -> None:
+def _check_arch(arch: str, aggr: str, hidden: int = 16, num_layers: int = 2,
+                dtype: torch.dtype = torch.float32, relative: bool = False) -> None:
+    """``relative``: node / edge (equivariant) outputs compared at ``TOL``
+    times their largest magnitude (at least 1) instead of absolutely; the
+    invariant graph output is always compared absolutely."""
     g, gp, perm = graph_and_permuted(arch)
     a = analysis(arch)
     width = g.template.max_width
     torch.manual_seed(0)
     model = GMN(out_dim=3, hidden=hidden, num_layers=num_layers, aggr=aggr, node_out=2,
-                edge_out=max(width, 1), edge_dim=max(width, 1)).eval()
+                edge_out=max(width, 1), edge_dim=max(width, 1)).to(dtype).eval()
     with torch.no_grad():
         out, out_p = model([g]), model([gp])
     # invariant graph output, and it is not trivially constant
@@ -27,11 +31,12 @@ def _check_arch(arch: str, aggr: str, hidden: int = 16, num_layers: int = 2) -> 
     assert float((out.graph - out_p.graph).abs().max()) <= TOL
     # equivariant node output: node i of the permuted graph is node idx[i]
     idx = g.template.node_permutation(perm)
-    assert float((out_p.node - out.node[idx]).abs().max()) <= TOL
+    tol = TOL * max(1.0, float(out.node.abs().max()), float(out.edge.abs().max())) if relative else TOL
+    assert float((out_p.node - out.node[idx]).abs().max()) <= tol
     # equivariant edge output: write back, permute, compare with the output on the permuted graph
     new_sd = out.batch.write_back(out.edge)[0].to_state_dict()
     new_sd_p = out_p.batch.write_back(out_p.edge)[0].to_state_dict()
-    assert max_sd_diff(apply_permutation(new_sd, a.spec, perm), new_sd_p) <= TOL
+    assert max_sd_diff(apply_permutation(new_sd, a.spec, perm), new_sd_p) <= tol
     # the edge output is not itself invariant (else the test above is vacuous)
     assert max_sd_diff(new_sd, new_sd_p) > 10 * TOL
 
@@ -47,10 +52,22 @@ def test_gmn_symmetry_every_aggregation(arch, aggr):
     _check_arch(arch, aggr, hidden=8)
 
 
+def test_gmn_symmetry_in_float64():
+    _check_arch("resnet20", "sum", dtype=torch.float64)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", BIG_ARCHS)
-def test_gmn_invariant_big_archs(arch):
-    _check_arch(arch, "sum", hidden=4, num_layers=1)
+def test_gmn_invariant_resnet18_float64():
+    _check_arch("resnet18", "sum", hidden=4, num_layers=1, dtype=torch.float64)
+
+
+@pytest.mark.slow
+def test_gmn_invariant_resnet50():
+    """float32 (float64 does not fit in 24 GiB for ResNet-50's 15.5M edges):
+    the graph output is invariant to 1e-4 absolutely; node / edge outputs of
+    size ~34 move by ~2e-4 (6e-6 relative) from the summation order alone, so
+    they are compared at 1e-4 relative to their scale."""
+    _check_arch("resnet50", "sum", hidden=4, num_layers=1, relative=True)
 
 
 def test_flat_mlp_is_not_invariant():

@@ -79,14 +79,19 @@ class GraphBatch:
     def width(self) -> int:
         return int(self.edge_attr.shape[1])
 
-    def to(self, device: torch.device | str) -> "GraphBatch":
-        """A copy with every tensor on ``device``."""
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "GraphBatch":
+        """A copy with every tensor on ``device`` and every floating tensor
+        in ``dtype`` (``None``: unchanged)."""
         kw = {}
         for name in ("edge_index", "edge_attr", "edge_mask", "edge_type", "node_type", "node_layer",
                      "node_role", "node_pos", "node_depth", "node_batch", "edge_batch", "node_ptr",
                      "edge_ptr", "node_extra"):
             v = getattr(self, name)
-            kw[name] = None if v is None else v.to(device)
+            if v is not None:
+                v = v.to(device) if device is not None else v
+                if dtype is not None and v.is_floating_point():
+                    v = v.to(dtype)
+            kw[name] = v
         return replace(self, _cache={}, **kw)
 
     def degrees(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -282,9 +282,9 @@ class GMN(MetaNetwork):
     def forward(self, batch: Any) -> GMNOutput:
         """Run the GMN on a :class:`GraphBatch` (or graphs / a PyG batch)."""
         batch = self._as_batch(batch)
-        dev = self.u0.device
-        if batch.edge_attr.device != dev:
-            batch = batch.to(dev)
+        dev, dtype = self.u0.device, self.u0.dtype
+        if batch.edge_attr.device != dev or batch.edge_attr.dtype != dtype:
+            batch = batch.to(dev, dtype)  # e.g. a float64 GMN (model.double()) for exact symmetry checks
         ctx = self.context(batch)
         x = self.encode_nodes(batch, ctx)
         e = self.encode_edges(batch)

@@ -8,30 +8,15 @@ from typing import List, Optional
 
 import typer
 
+from weightspace.cli_common import fail as _fail
+from weightspace.cli_common import parse_kv
+
 app = typer.Typer(
     name="weightspace",
     help="Trained neural networks as data: graphs, symmetries, merging, prediction, generation.",
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
-def _parse_kwargs(items: List[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            _fail(f"--arg expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
 
 
 @app.command()
@@ -68,7 +53,7 @@ def graph(
     from weightspace.errors import WeightspaceError
     from weightspace.io import load_state_dict
 
-    kwargs = _parse_kwargs(arg)
+    kwargs = parse_kv(arg, "--arg")
     try:
         zoo.get_model_info(model)
     except KeyError as exc:

@@ -13,23 +13,15 @@ from typing import List, Optional
 
 import typer
 
+from weightspace.cli_common import fail as _fail
+from weightspace.cli_common import parse_kv
+
 app = typer.Typer(
     name="generate",
     help="Generate weights: graph-hypernetwork inits, checkpoints from a zoo-trained generator, INR inits.",
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _fail(exc: Exception | str) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
-def _kwargs(items: List[str]) -> dict:
-    from weightspace.cli import _parse_kwargs
-
-    return _parse_kwargs(items)
 
 
 def _threads(n: Optional[int]) -> None:
@@ -86,7 +78,7 @@ def init(
     from weightspace.io import save_state_dict
 
     try:
-        a = as_arch(arch, **_kwargs(arg))
+        a = as_arch(arch, **parse_kv(arg, "--arg"))
         sd = GraphHyperNetwork.load(hypernet).predict(a, seed=seed)
     except (KeyError, TypeError, ValueError, FileNotFoundError) as e:
         _fail(e.args[0] if isinstance(e, KeyError) else e)

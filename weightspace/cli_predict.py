@@ -15,30 +15,15 @@ from typing import List, Optional
 
 import typer
 
+from weightspace.cli_common import fail as _fail
+from weightspace.cli_common import parse_kv as _kv
+
 app = typer.Typer(
     name="predict",
     help="Predict a network's performance from its weights: fit a predictor on a zoo, rank checkpoints.",
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
-def _kv(items: List[str], what: str) -> dict:
-    out = {}
-    for item in items:
-        k, sep, v = item.partition("=")
-        if not sep or not k:
-            _fail(f"{what} expects key=value, got {item!r}")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
 
 
 def _values(text: Optional[str]) -> Optional[list]:

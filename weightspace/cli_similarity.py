@@ -16,18 +16,6 @@ import typer
 DATASETS = ("digits", "mnist1d", "random")
 
 
-def _parse_kwargs(items: list[str]) -> dict:
-    """``["width=2", "hidden=[32,32]"]`` -> ``{"width": 2, "hidden": [32, 32]}`` (JSON values)."""
-    out = {}
-    for item in items:
-        k, sep, v = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"architecture arguments are key=value, got {item!r}")
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k] = v
-    return out
 
 
 def _build_model(spec: str, seed: int, kwargs: dict):
@@ -119,8 +107,10 @@ def similarity(
     from weightspace.similarity.plot import plot_similarity_heatmap
 
     seed_b = seed + 1 if seed_b is None else seed_b
-    ma, arch_a, desc_a = _build_model(model_a, seed, _parse_kwargs(arg_a or []))
-    mb, arch_b, desc_b = _build_model(model_b, seed_b, _parse_kwargs(arg_b or []))
+    from weightspace.cli_common import parse_kv
+
+    ma, arch_a, desc_a = _build_model(model_a, seed, parse_kv(arg_a, "--arg-a"))
+    mb, arch_b, desc_b = _build_model(model_b, seed_b, parse_kv(arg_b, "--arg-b"))
     x = _load_data(data, arch_a, max_samples, seed)
     la = [s.strip() for s in layers_a.split(",")] if layers_a else None
     lb = [s.strip() for s in layers_b.split(",")] if layers_b else None

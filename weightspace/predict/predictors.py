@@ -125,11 +125,16 @@ def _layout_from_json(obj: list) -> Layout:
     return tuple((str(k), tuple(int(x) for x in s)) for k, s in obj)
 
 
-def _check_finite_targets(y: np.ndarray) -> None:
+def _unpack_fit(X: Any, y: Any) -> tuple[list, np.ndarray, WeightDataset | None]:
+    """:func:`_unpack` for ``fit``: targets are required, non-empty and finite."""
+    nets, y, ds = _unpack(X, y)
+    if y is None:
+        raise ValueError("fit needs targets y (or a WeightDataset)")
     if y.size == 0:
         raise ValueError("fit needs at least one network")
     if not np.isfinite(y).all():
         raise ValueError(f"y has {int((~np.isfinite(y)).sum())} non-finite target(s); drop them first")
+    return nets, y, ds
 
 
 class BasePredictor:
@@ -403,10 +408,7 @@ class GBMPredictor(_FeaturePredictor):
 
     def fit(self, X: Any, y: Any = None) -> "GBMPredictor":
         """Fit on networks ``X`` (one architecture) and targets ``y`` ``[n]``."""
-        nets, y, ds = _unpack(X, y)
-        if y is None:
-            raise ValueError("fit needs targets y (or a WeightDataset)")
-        _check_finite_targets(y)
+        nets, y, ds = _unpack_fit(X, y)
         feats = self._features(nets, fitting=True)
         self._fit_arrays(feats, y)
         if len(y) < 2 * int(self.min_samples_leaf):
@@ -484,10 +486,7 @@ class LinearPredictor(_FeaturePredictor):
         """Fit on networks ``X`` (one architecture) and targets ``y`` ``[n]``."""
         from sklearn.linear_model import RidgeCV
 
-        nets, y, ds = _unpack(X, y)
-        if y is None:
-            raise ValueError("fit needs targets y (or a WeightDataset)")
-        _check_finite_targets(y)
+        nets, y, ds = _unpack_fit(X, y)
         feats = self._features(nets, fitting=True)
         mean = feats.mean(0)
         scale = feats.std(0)
@@ -528,10 +527,7 @@ class MeanPredictor(BasePredictor):
         pass
 
     def fit(self, X: Any, y: Any = None) -> "MeanPredictor":
-        nets, y, ds = _unpack(X, y)
-        if y is None:
-            raise ValueError("fit needs targets y (or a WeightDataset)")
-        _check_finite_targets(y)
+        nets, y, ds = _unpack_fit(X, y)
         self.mean_ = float(np.mean(y))
         self._record_architectures(nets, ds)
         self.n_train_ = len(nets)
@@ -666,10 +662,7 @@ class MetaNetPredictor(BasePredictor):
         """Train on networks ``X`` (ParameterGraphs or a WeightDataset) and targets ``y`` ``[n]``."""
         from weightspace.nn.train import TrainConfig, fit
 
-        nets, y, ds = _unpack(X, y)
-        if y is None:
-            raise ValueError("fit needs targets y (or a WeightDataset)")
-        _check_finite_targets(y)
+        nets, y, ds = _unpack_fit(X, y)
         if not all(isinstance(n, ParameterGraph) for n in nets):
             raise TypeError("fit a metanetwork predictor on ParameterGraphs or a WeightDataset, not state_dicts")
         self._check_finite(nets)

@@ -60,8 +60,11 @@ class _StandardizedMLP(MetaNetwork):
     """Shared body: a fixed-width feature vector per graph, standardized with
     training-set statistics (buffers), then an MLP."""
 
-    def __init__(self, in_features: int, out_dim: int, hidden: int, num_layers: int, act: str, dropout: float) -> None:
+    def __init__(self, in_features: int, out_dim: int = 1, hidden: int = 64, num_layers: int = 2,
+                 act: str = "relu", dropout: float = 0.0) -> None:
         super().__init__()
+        self.hparams = dict(in_features=in_features, out_dim=out_dim, hidden=hidden, num_layers=num_layers,
+                            act=act, dropout=dropout)
         self.register_buffer("feat_mean", torch.zeros(in_features))
         self.register_buffer("feat_std", torch.ones(in_features))
         self.head = _mlp_head(in_features, hidden, num_layers, out_dim, act, dropout)
@@ -111,13 +114,6 @@ class StatNN(_StandardizedMLP):
         out_dim, hidden, num_layers, act, dropout: the MLP.
     """
 
-    def __init__(self, in_features: int, out_dim: int = 1, hidden: int = 64, num_layers: int = 2,
-                 act: str = "relu", dropout: float = 0.0) -> None:
-        self_hp = dict(in_features=in_features, out_dim=out_dim, hidden=hidden, num_layers=num_layers,
-                       act=act, dropout=dropout)
-        super().__init__(in_features, out_dim, hidden, num_layers, act, dropout)
-        self.hparams = self_hp
-
     @classmethod
     def for_template(cls, template: GraphTemplate, **kwargs) -> "StatNN":
         """A StatNN sized for one architecture."""
@@ -136,13 +132,6 @@ class FlatMLP(_StandardizedMLP):
             networks are zero padded.
         out_dim, hidden, num_layers, act, dropout: the MLP.
     """
-
-    def __init__(self, in_features: int, out_dim: int = 1, hidden: int = 64, num_layers: int = 2,
-                 act: str = "relu", dropout: float = 0.0) -> None:
-        hp = dict(in_features=in_features, out_dim=out_dim, hidden=hidden, num_layers=num_layers,
-                  act=act, dropout=dropout)
-        super().__init__(in_features, out_dim, hidden, num_layers, act, dropout)
-        self.hparams = hp
 
     @classmethod
     def for_template(cls, template: GraphTemplate, **kwargs) -> "FlatMLP":

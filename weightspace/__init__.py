@@ -17,6 +17,9 @@ from weightspace.core import (  # noqa: E402
     permutation_spec,
 )
 from weightspace.errors import (  # noqa: E402
+    ConfigError,
+    InputFileError,
+    MissingFileError,
     NonFiniteWeightsError,
     SpecError,
     StateDictError,
@@ -43,6 +46,9 @@ __all__ = [
     "compose_permutations",
     "invert_permutation",
     "random_permutation",
+    "ConfigError",
+    "InputFileError",
+    "MissingFileError",
     "NonFiniteWeightsError",
     "SpecError",
     "StateDictError",

@@ -8,15 +8,28 @@ from typing import List, Optional
 
 import typer
 
+from weightspace.cli_common import ErrorBoundary, parse_kv
 from weightspace.cli_common import fail as _fail
-from weightspace.cli_common import parse_kv
 
 app = typer.Typer(
     name="weightspace",
     help="Trained neural networks as data: graphs, symmetries, merging, prediction, generation.",
     no_args_is_help=True,
     add_completion=False,
+    cls=ErrorBoundary,
+    pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="show the Python traceback of an error instead of one line"),
+) -> None:
+    """Trained neural networks as data: graphs, symmetries, merging, prediction, generation.
+
+    Errors print one line `error: ...` and exit with code 2 (bad input) or 1
+    (a bug); `--debug` shows the traceback.
+    """
 
 
 @app.command()

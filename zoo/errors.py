@@ -1,34 +1,27 @@
-"""Exceptions raised by ``zoo``. Each names the file and the field at fault."""
+"""Exceptions raised by ``zoo``. Each names the file and the field at fault
+(``path`` / ``field`` attributes, see :class:`weightspace.errors.WeightspaceError`)."""
 
 from __future__ import annotations
 
-from weightspace.errors import WeightspaceError
+from weightspace.errors import ConfigError, InputFileError, WeightspaceError
 
 
 class ZooError(WeightspaceError):
     """Base class of all zoo errors."""
 
 
-class RecipeError(ZooError, ValueError):
+class RecipeError(ZooError, ConfigError):
     """A zoo recipe is malformed (unknown key, bad search space, unknown
     architecture or dataset). The message names the recipe source and field."""
 
 
-class ZooFormatError(ZooError, ValueError):
+class ZooFormatError(ZooError, InputFileError):
     """A zoo on disk (ours or a published one) is malformed or incomplete.
 
     Attributes:
         path: the file at fault (``None`` when not file-specific).
         field: the column / key / tensor at fault (``None`` when not field-specific).
     """
-
-    def __init__(self, message: str, *, path: object = None, field: str | None = None) -> None:
-        self.path = None if path is None else str(path)
-        self.field = field
-        prefix = f"{self.path}: " if self.path else ""
-        if field is not None:
-            prefix += f"[{field}] "
-        super().__init__(prefix + message)
 
 
 class ZooLockedError(ZooError, RuntimeError):

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from weightspace.errors import StateDictError
+from weightspace.errors import InputFileError, MissingFileError, StateDictError
+from weightspace.io.files import atomic_write, read_safetensors
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -21,24 +21,26 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ``model`` / ``model_state_dict`` entry (common checkpoint layouts).
 
     Raises:
-        FileNotFoundError: no such file.
+        InputFileError: no such file, a directory, or a truncated/corrupt file.
         StateDictError: the file holds no tensor mapping, or would need to
             unpickle code (``weights_only`` refused it).
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"no weights file at {path}")
+        raise MissingFileError("no weights file at this path", path=path)
+    if path.is_dir():
+        raise InputFileError("is a directory, expected a weights file (.safetensors or .pt)", path=path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return dict(load_file(str(path)))
+        return read_safetensors(path, what="weights file")
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
         raise StateDictError(
-            f"{path}: torch.load(weights_only=True) refused the file ({type(exc).__name__}: {exc}). "
-            "weightspace never unpickles code; re-save the weights as a plain state_dict or safetensors."
-        ) from exc
+            f"torch.load(weights_only=True) refused the file ({type(exc).__name__}: {first}). "
+            "weightspace never unpickles code; re-save the weights as a plain state_dict or safetensors.",
+            path=path,
+        ) from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict", "model"):
             if key in obj and isinstance(obj[key], Mapping):
@@ -46,7 +48,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 break
         if all(isinstance(v, torch.Tensor) for v in obj.values()):
             return dict(obj)
-    raise StateDictError(f"{path}: expected a mapping of tensor names to tensors, got {type(obj).__name__}")
+    raise StateDictError(f"expected a mapping of tensor names to tensors, got {type(obj).__name__}", path=path)
 
 
 def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
@@ -56,22 +58,9 @@ def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
     """
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=dict(metadata) if metadata else None)
-        # mkstemp creates 0600; give the file the usual umask-based mode
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    meta = dict(metadata) if metadata else None
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def state_dict_hash(state_dict: Mapping[str, torch.Tensor]) -> str:

@@ -1,0 +1,220 @@
+"""Reading and writing files at the library's boundary.
+
+Every reader here turns a foreign error (``OSError``, ``SafetensorError``,
+``json``/``yaml`` decode errors, numpy format errors) into an
+:class:`~weightspace.errors.InputFileError` naming the file, so no caller has
+to know which library failed. Every writer goes through :func:`atomic_write`:
+temp file in the same directory, ``fsync``, ``os.replace``, ``fsync`` of the
+directory; a crash leaves either the old file or the new one, never half.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from weightspace.errors import InputFileError, MissingFileError
+
+__all__ = [
+    "atomic_write",
+    "read_text",
+    "read_json",
+    "read_yaml",
+    "read_safetensors",
+    "read_safetensors_metadata",
+    "read_npy",
+    "check_numel",
+    "MAX_NUMEL",
+]
+
+#: Largest tensor (in elements) a size read from a file may ask for before the
+#: reader allocates it: 2**31 elements (8 GiB of float32). Larger sizes in a
+#: config are treated as tampering, not as a model.
+MAX_NUMEL = 2**31
+
+
+def _umask_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], None]) -> Path:
+    """Write ``path`` atomically and durably.
+
+    Args:
+        path: destination file; its parent directory is created.
+        data: the bytes (or text, UTF-8) to write, or a callable that writes
+            the content to the temporary path it is given (e.g.
+            ``lambda p: safetensors.torch.save_file(tensors, p)``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputFileError: ``path`` is an existing directory, or its parent cannot
+            be created or written.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise InputFileError("is a directory; give a file name to write", path=path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputFileError(f"cannot write here ({exc.strerror or exc})", path=path) from None
+    try:
+        if callable(data):
+            os.close(fd)
+            fd = -1
+            data(Path(tmp))
+            fd = os.open(tmp, os.O_RDWR)
+        else:
+            os.write(fd, data.encode() if isinstance(data, str) else bytes(data))
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _check_file(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise MissingFileError(f"no {what} at this path", path=p)
+    if p.is_dir():
+        raise InputFileError(f"is a directory, expected a {what}", path=p)
+    return p
+
+
+def read_text(path: str | os.PathLike, *, what: str = "file") -> str:
+    """The UTF-8 text of ``path``; :class:`InputFileError` if it is missing,
+    a directory, unreadable or not text."""
+    p = _check_file(path, what)
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputFileError(f"not a text file (invalid UTF-8); expected a {what}", path=p) from None
+    except OSError as exc:
+        raise InputFileError(f"cannot read ({exc.strerror or exc})", path=p) from None
+
+
+def read_json(path: str | os.PathLike, *, what: str = "JSON file") -> Any:
+    """Parse the JSON file ``path``; errors name the file and line."""
+    p = Path(path).expanduser()
+    text = read_text(p, what=what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputFileError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", path=p) from None
+
+
+def read_yaml(path: str | os.PathLike, *, what: str = "YAML file") -> Any:
+    """Parse the YAML file ``path`` with ``yaml.safe_load`` (no tags that run
+    code); errors name the file and line."""
+    import yaml
+
+    p = Path(path).expanduser()
+    text = read_text(p, what=what)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputFileError(f"invalid YAML{where}: {problem}", path=p) from None
+
+
+def read_safetensors(path: str | os.PathLike, *, what: str = "safetensors file") -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file; a truncated or corrupt file is an
+    :class:`InputFileError` naming it."""
+    from safetensors.torch import load_file
+
+    p = _check_file(path, what)
+    try:
+        return dict(load_file(str(p)))
+    except Exception as exc:  # SafetensorError, OSError, header errors
+        raise InputFileError(
+            f"corrupt or truncated safetensors file ({_one_line(exc)}); restore it or re-create it", path=p
+        ) from None
+
+
+def read_safetensors_metadata(path: str | os.PathLike, *, what: str = "safetensors file") -> dict[str, str]:
+    """The string metadata of a safetensors header (``{}`` when it has none)."""
+    from safetensors import safe_open
+
+    p = _check_file(path, what)
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:
+        raise InputFileError(
+            f"corrupt or truncated safetensors file ({_one_line(exc)}); restore it or re-create it", path=p
+        ) from None
+
+
+def read_npy(path: str | os.PathLike, *, what: str = "numpy file"):
+    """Load a ``.npy``/``.npz`` file with ``allow_pickle=False``. An ``.npz`` is
+    read completely (a dict of arrays), so no file handle stays open."""
+    import numpy as np
+
+    p = _check_file(path, what)
+    try:
+        obj = np.load(p, allow_pickle=False)
+        if isinstance(obj, np.lib.npyio.NpzFile):
+            with obj:
+                return {k: obj[k] for k in obj.files}
+        return obj
+    except Exception as exc:  # ValueError (pickled / bad header), EOFError, OSError, zipfile errors
+        raise InputFileError(f"cannot read as a {what} ({_one_line(exc)})", path=p) from None
+
+
+def check_numel(shape: Any, *, path: object = None, field: str | None = None, limit: int = MAX_NUMEL) -> tuple[int, ...]:
+    """Validate a tensor shape read from a file before anything is allocated.
+
+    Returns the shape as a tuple of ints; raises :class:`InputFileError` if it
+    is not a list of non-negative ints or asks for more than ``limit`` elements.
+    """
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape):
+        raise InputFileError(f"expected a shape (a list of non-negative integers), got {shape!r}", path=path, field=field)
+    n = 1
+    for s in shape:
+        n *= s
+    if n > limit:
+        raise InputFileError(
+            f"shape {list(shape)} asks for {n} elements (limit {limit}); the file is damaged or tampered with",
+            path=path, field=field,
+        )
+    return tuple(shape)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+

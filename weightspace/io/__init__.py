@@ -2,35 +2,10 @@
 atomic writes, guarded readers that name the file on any failure, and a
 schema checker for configs."""
 
-from weightspace.io.files import (
-    MAX_NUMEL,
-    atomic_write,
-    check_numel,
-    read_json,
-    read_npy,
-    read_safetensors,
-    read_safetensors_metadata,
-    read_text,
-    read_yaml,
-)
-from weightspace.io.schema import Field, check_type, did_you_mean, validate
+from weightspace.io import files as _files
+from weightspace.io import schema as _schema
+from weightspace.io.files import *  # noqa: F401,F403
+from weightspace.io.schema import *  # noqa: F401,F403
 from weightspace.io.weights import load_state_dict, save_state_dict, state_dict_hash
 
-__all__ = [
-    "load_state_dict",
-    "save_state_dict",
-    "state_dict_hash",
-    "atomic_write",
-    "read_text",
-    "read_json",
-    "read_yaml",
-    "read_safetensors",
-    "read_safetensors_metadata",
-    "read_npy",
-    "check_numel",
-    "MAX_NUMEL",
-    "Field",
-    "validate",
-    "check_type",
-    "did_you_mean",
-]
+__all__ = ["load_state_dict", "save_state_dict", "state_dict_hash", *_files.__all__, *_schema.__all__]

@@ -15,6 +15,8 @@ def _plot_paths(outcome, png: Path) -> list[Path]:
     """Loss/accuracy along the linear path, aligned vs naive (PNG + SVG)."""
     import matplotlib
 
+    from weightspace.io import atomic_write
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -31,9 +33,11 @@ def _plot_paths(outcome, png: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     svg = png.with_suffix(".svg")
-    fig.savefig(png, dpi=120)
-    fig.savefig(svg)
-    plt.close(fig)
+    try:
+        atomic_write(png, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+        atomic_write(svg, lambda tmp: fig.savefig(tmp, format="svg"))
+    finally:
+        plt.close(fig)
     return [png, svg]
 
 
@@ -49,18 +53,18 @@ def merge(
 
     Example: weightspace merge merge.yaml merged.safetensors
     """
-    from weightspace.errors import WeightspaceError
-    from weightspace.io import save_state_dict
+    from weightspace.errors import InputFileError
+    from weightspace.io import atomic_write, save_state_dict
     from weightspace.merge.config import load_config, run_config
 
+    # Bad configs, weights and data files raise WeightspaceError subclasses
+    # naming the file and key; the app's ErrorBoundary prints them (exit 2).
+    if out.is_dir():
+        raise InputFileError(f"OUT is a directory; give a file name such as {out / 'merged.safetensors'}", path=out)
     if out.suffix != ".safetensors":
         raise typer.BadParameter(f"OUT must end in .safetensors, got {out}")
-    try:
-        cfg = load_config(config)
-        outcome = run_config(cfg, progress=progress)
-    except (WeightspaceError, FileNotFoundError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
+    cfg = load_config(config)
+    outcome = run_config(cfg, progress=progress)
     s = outcome.summary
     meta = {"arch": outcome.arch, "arch_kwargs": json.dumps(outcome.arch_kwargs), "method": s["method"]}
     save_state_dict(outcome.state_dict, out, metadata=meta)
@@ -80,7 +84,7 @@ def merge(
     if outcome.path is not None:
         stem = out.with_suffix("")
         jpath = Path(f"{stem}.barrier.json")
-        jpath.write_text(json.dumps({
+        atomic_write(jpath, json.dumps({
             "summary": s,
             "aligned": outcome.path.to_dict(),
             "naive": outcome.path_naive.to_dict() if outcome.path_naive else None,

@@ -18,7 +18,7 @@ inputs; randomness comes from explicit seeds; progress bars are off unless
 ``progress=True``.
 """
 
-from weightspace.merge._common import MergeError
+from weightspace.merge._common import MergeConfigError, MergeError
 from weightspace.merge.average import (
     average,
     diagonal_fisher,
@@ -43,6 +43,7 @@ __all__ = [
     "FusionResult",
     "MatchResult",
     "MergeConfig",
+    "MergeConfigError",
     "MergeError",
     "MergeOutcome",
     "MultiMergeResult",

@@ -11,7 +11,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from weightspace.errors import NonFiniteWeightsError, SpecError, StateDictError, WeightspaceError
+from weightspace.errors import ConfigError, NonFiniteWeightsError, SpecError, StateDictError, WeightspaceError
 from weightspace.symmetry.spec import PermGroup, PermutationSpec
 
 StateDict = dict[str, torch.Tensor]
@@ -20,6 +20,12 @@ StateDict = dict[str, torch.Tensor]
 class MergeError(WeightspaceError, ValueError):
     """Models cannot be merged as asked (different architectures, wrong
     weights, missing data, unknown method, ...)."""
+
+
+class MergeConfigError(MergeError, ConfigError):
+    """A merge config holds a wrong type, an out-of-range value, an unknown
+    key, method, option or architecture. ``path`` names the config file and
+    ``field`` the dotted key (``models[1].weight``)."""
 
 
 # ----------------------------------------------------------------- validation
@@ -73,6 +79,45 @@ def check_state_dicts(
         raise MergeError(f"need at least {min_models} model(s), got {len(sds)}")
     for i, sd in enumerate(sds):
         check_state_dict(sd, spec, model_label(i, names))
+
+
+def merge_non_float(
+    key: str, values: Sequence[torch.Tensor], names: Sequence[str] | None = None
+) -> torch.Tensor:
+    """The merged value of a non-floating tensor (integer or bool buffer).
+
+    Every function that combines state_dicts (:func:`~weightspace.merge.average`
+    and with it every matcher's final average, ``interpolate``,
+    ``task_arithmetic``) applies this one rule:
+
+    - identical in every model: copied;
+    - ``*.num_batches_tracked`` (BatchNorm's batch counter; it only matters
+      with ``momentum=None``): the maximum over the models. ``reset_bn_stats``
+      and ``repair`` reset it and count the re-estimation batches instead;
+    - any other tensor that differs: :class:`MergeError` naming the tensor,
+      because no average of counters, indices or masks is right in general.
+
+    Args:
+        key: the tensor's state_dict name (named in errors).
+        values: one tensor per model, all of the same shape and dtype.
+        names: labels of the models for error messages.
+    """
+    first = values[0]
+    for i, v in enumerate(values[1:], start=1):
+        if v.dtype != first.dtype:
+            raise MergeError(
+                f"tensor {key!r}: {model_label(i, names)} has dtype {v.dtype}, "
+                f"{model_label(0, names)} has {first.dtype}"
+            )
+    if all(torch.equal(v, first) for v in values[1:]):
+        return first.clone()
+    if key == "num_batches_tracked" or key.endswith(".num_batches_tracked"):
+        return torch.stack(list(values)).amax(0)
+    i = next(i for i, v in enumerate(values) if not torch.equal(v, first))
+    raise MergeError(
+        f"non-floating tensor {key!r} differs between {model_label(0, names)} and {model_label(i, names)}; "
+        "integer/bool buffers cannot be averaged: make them equal (or drop them) before merging"
+    )
 
 
 def resolve_spec(spec: PermutationSpec | str, **arch_kwargs: Any) -> PermutationSpec:

@@ -2,8 +2,10 @@
 2022), task arithmetic (Ilharco et al. 2023) and linear interpolation.
 
 All functions take state_dicts with identical keys and shapes and return a
-new state_dict. Non-floating entries (e.g. ``num_batches_tracked``) are taken
-from the first model. Averaging permutation-misaligned models is rarely
+new state_dict. Non-floating entries follow one rule
+(:func:`~weightspace.merge._common.merge_non_float`): identical ones are
+copied, ``num_batches_tracked`` takes the maximum, any other that differs
+between the models is a :class:`MergeError` naming it. Averaging permutation-misaligned models is rarely
 useful: align them first (:mod:`weightspace.merge.matching`).
 """
 
@@ -20,6 +22,7 @@ from weightspace.merge._common import (
     check_finite_data,
     instantiate,
     iter_batches,
+    merge_non_float,
     model_label,
 )
 
@@ -85,7 +88,7 @@ def average(
             acc = sum(float(w[i]) * sds[i][k].double() for i in range(n))
             out[k] = acc.to(v.dtype)
         else:
-            out[k] = v.clone()
+            out[k] = merge_non_float(k, [sd[k] for sd in sds], names)
     return out
 
 
@@ -96,7 +99,10 @@ def interpolate(
     _check_same([sd_a, sd_b])
     out = {}
     for k, v in sd_a.items():
-        out[k] = ((1 - lam) * v.double() + lam * sd_b[k].double()).to(v.dtype) if v.is_floating_point() else v.clone()
+        if v.is_floating_point():
+            out[k] = ((1 - lam) * v.double() + lam * sd_b[k].double()).to(v.dtype)
+        else:
+            out[k] = merge_non_float(k, [v, sd_b[k]])
     return out
 
 
@@ -112,7 +118,8 @@ def task_arithmetic(
         finetuned: ``N`` fine-tuned state_dicts (same shapes as ``base``).
         scale: one scaling coefficient, or one per task.
     """
-    _check_same([base, *finetuned], ["base"] + [f"finetuned {i}" for i in range(len(finetuned))])
+    labels = ["base"] + [f"finetuned {i}" for i in range(len(finetuned))]
+    _check_same([base, *finetuned], labels)
     n = len(finetuned)
     s = [float(scale)] * n if isinstance(scale, (int, float)) else [float(x) for x in scale]
     if len(s) != n:
@@ -125,7 +132,7 @@ def task_arithmetic(
                 acc += si * (ft[k].double() - v.double())
             out[k] = acc.to(v.dtype)
         else:
-            out[k] = v.clone()
+            out[k] = merge_non_float(k, [v] + [ft[k] for ft in finetuned], labels)
     return out
 
 

@@ -25,20 +25,31 @@ Example::
 Methods (``METHODS``): ``average``, ``weight_matching``, ``merge_many``,
 ``activation_matching``, ``ste``, ``ot_fusion`` (widths may differ),
 ``fisher``, ``task_arithmetic`` (needs ``base: {path: ...}``).
+
+Validation happens before anything runs: every key is checked for its type
+and range, unknown keys, methods, architectures, architecture arguments and
+method options (against the method function's signature) are refused with a
+did-you-mean, and every error is a :class:`MergeConfigError` naming the config
+file and the dotted key (``models[1].weight``). Relative paths (``models``,
+``base``, ``data.path``) are resolved against the config file's folder.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
-from weightspace.merge._common import MergeError
+from weightspace.errors import ConfigError, InputFileError, MissingFileError, WeightspaceError
+from weightspace.io import Field, check_type, did_you_mean, read_npy, read_yaml, validate
+from weightspace.merge._common import MergeConfigError, MergeError, check_state_dict
 
-__all__ = ["METHODS", "MergeConfig", "MergeOutcome", "ModelEntry", "load_config", "run_config"]
+__all__ = ["METHODS", "MergeConfig", "MergeConfigError", "MergeOutcome", "ModelEntry", "load_config", "run_config"]
 
 METHODS = (
     "average",
@@ -51,22 +62,57 @@ METHODS = (
     "task_arithmetic",
 )
 _REPAIR = ("none", "reset_bn", "repair")
-_TOP_KEYS = {"arch", "arch_kwargs", "models", "method", "reference", "options", "data", "repair", "barrier", "base", "seed"}
+_SPLITS = ("train", "val", "test")
+
+_TOP_SCHEMA = {
+    "method": Field(str, required=True, choices=METHODS),
+    "models": Field(list, required=True),
+    "arch": Field(str, nullable=True),
+    "arch_kwargs": Field(dict, nullable=True),
+    "reference": Field(int, default=0, min=0),
+    "options": Field(dict, nullable=True),
+    "data": Field(dict, nullable=True),
+    "repair": Field(str, nullable=True, choices=_REPAIR),
+    "barrier": Field((dict, bool), nullable=True),
+    "base": Field((dict, str), nullable=True),
+    "seed": Field(int, default=0),
+}
+_MODEL_SCHEMA = {
+    "path": Field(str, required=True),
+    "arch": Field(str, nullable=True),
+    "arch_kwargs": Field(dict, nullable=True),
+    "weight": Field(float, default=1.0, min=0.0),
+}
+_DATA_SCHEMA = {
+    "dataset": Field(str),
+    "path": Field(str),
+    "options": Field(dict, nullable=True),
+    "split": Field(str, choices=_SPLITS),
+    "eval_split": Field(str, choices=_SPLITS),
+    "max_samples": Field(int, min=1, nullable=True),
+}
 
 
 @dataclass
 class ModelEntry:
-    """One model of a config: weights file, architecture, averaging weight."""
+    """One model of a config: weights file, architecture, averaging weight.
+
+    ``key`` is the entry's dotted key in the config (``models[1]``, ``base``)
+    and ``kwargs_key`` the key its ``arch_kwargs`` came from; both are named
+    in errors."""
 
     path: Path
     arch: str
     arch_kwargs: dict = field(default_factory=dict)
     weight: float = 1.0
+    key: str = "models[0]"
+    kwargs_key: str = "arch_kwargs"
 
 
 @dataclass
 class MergeConfig:
-    """A validated merge config (see module docstring)."""
+    """A validated merge config (see module docstring). ``source`` is the
+    config file (``None`` for a config given as a mapping)."""
 
     models: list[ModelEntry]
     method: str
@@ -77,119 +123,424 @@ class MergeConfig:
     barrier: dict | None = None
     base: ModelEntry | None = None
     seed: int = 0
+    source: Path | None = None
 
 
-def _entry(raw: Any, i: str, default_arch: str | None, default_kw: Mapping, root: Path) -> ModelEntry:
+def _zoo():
+    """The architecture registry and datasets. The one place this module
+    reaches into ``zoo`` (registry names, building models, loading datasets)."""
+    import zoo
+
+    return zoo
+
+
+def _check(value: Any, schema: Mapping[str, Field], source: Path | None, where: str) -> dict:
+    """:func:`weightspace.io.validate`, raising :class:`MergeConfigError`."""
+    try:
+        return validate(value, schema, path=source, where=where)
+    except ConfigError as exc:
+        raise MergeConfigError(exc.message, path=exc.path, field=exc.field) from None
+
+
+def _resolve(p: str, root: Path) -> Path:
+    path = Path(os.path.expanduser(p))
+    return path if path.is_absolute() else root / path
+
+
+# ------------------------------------------------------- option signatures
+def _option_targets(method: str) -> list[tuple[Callable, set[str]]]:
+    """The functions whose keyword arguments are a method's ``options``, and
+    per function the arguments the runner sets itself (or that YAML cannot
+    carry: modules, tensors, callables, dtypes)."""
+    from weightspace.merge.average import diagonal_fisher, fisher_average, task_arithmetic
+    from weightspace.merge.matching import activation_matching, ste_matching, weight_matching
+    from weightspace.merge.multi import merge_many
+    from weightspace.merge.ot_fusion import ot_fusion
+
+    return {
+        "average": [],
+        "weight_matching": [(weight_matching, {"init", "dtype", "progress", "validate"})],
+        "merge_many": [(merge_many, {"weights", "names"})],
+        "activation_matching": [(activation_matching, {"spec", "example_input"})],
+        "ste": [(ste_matching, {"loss_fn", "init", "progress"})],
+        "ot_fusion": [(ot_fusion, {"target", "weights", "models", "data", "names"})],
+        "fisher": [(diagonal_fisher, set()), (fisher_average, {"weights", "names"})],
+        "task_arithmetic": [(task_arithmetic, set())],
+    }[method]
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """``text`` split at ``sep`` outside brackets."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == sep and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return parts + [cur]
+
+
+_SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+_SEQUENCE_TYPES = ("Sequence", "list", "tuple")
+# ranges and choices of option names the methods share
+_POSITIVE = {"batch_size", "max_samples", "max_sweeps", "max_rounds", "num_itermax", "steps", "num_lambdas"}
+_NON_NEGATIVE = {"lr", "reg", "eps", "tol", "lam"}
+_CHOICES = {
+    "fallback": ("weights", "error"),
+    "labels": ("sampled", "argmax", "given"),
+    "solver": ("emd", "sinkhorn"),
+    "ground": ("weights", "activations"),
+}
+
+
+def _parse_annotation(ann: Any) -> tuple[list[type], bool, type | None]:
+    """``(types, nullable, list element type)`` of an annotation string such as
+    ``"int"``, ``"int | None"``, ``"float | Sequence[float]"``; ``[object]``
+    (anything) for an annotation it does not understand."""
+    types: list[type] = []
+    nullable, element = False, None
+    for part in (p.strip() for p in _split_top(ann if isinstance(ann, str) else "", "|")):
+        if part == "None":
+            nullable = True
+        elif part in _SIMPLE_TYPES:
+            types.append(_SIMPLE_TYPES[part])
+        elif part.split("[")[0] in _SEQUENCE_TYPES:
+            types.append(list)
+            element = _SIMPLE_TYPES.get(part.partition("[")[2].rstrip("]").strip())
+        else:
+            return [object], True, None
+    return types or [object], nullable, element
+
+
+def _field_of(name: str, param: inspect.Parameter) -> Field:
+    """A schema :class:`Field` from a keyword argument's annotation."""
+    types, nullable, _ = _parse_annotation(param.annotation)
+    return Field(
+        tuple(types) if len(types) > 1 else types[0],
+        nullable=nullable or param.default is None,
+        min=1 if name in _POSITIVE else (0.0 if name in _NON_NEGATIVE else None),
+        choices=_CHOICES.get(name),
+    )
+
+
+def _signature_params(targets: list[tuple[Callable, set[str]]]) -> dict[str, inspect.Parameter]:
+    """The keyword arguments with defaults of ``targets`` the config may set."""
+    params: dict[str, inspect.Parameter] = {}
+    for fn, skip in targets:
+        for name, p in inspect.signature(fn).parameters.items():
+            if p.default is inspect.Parameter.empty or name in skip:
+                continue
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                params[name] = p
+    return params
+
+
+def _signature_schema(targets: list[tuple[Callable, set[str]]]) -> dict[str, Field]:
+    return {name: _field_of(name, p) for name, p in _signature_params(targets).items()}
+
+
+def _check_signature_options(values: Any, targets: list[tuple[Callable, set[str]]], source: Path | None,
+                             where: str) -> dict:
+    """``values`` checked against the keyword arguments of ``targets``:
+    unknown names (did-you-mean), types, ranges, choices and list elements."""
+    params = _signature_params(targets)
+    out = _check(values, {name: _field_of(name, p) for name, p in params.items()}, source, where)
+    for name, v in out.items():
+        element = _parse_annotation(params[name].annotation)[2]
+        if isinstance(v, list) and element is not None:
+            for i, item in enumerate(v):
+                try:
+                    check_type(item, element, path=source, field=f"{where}.{name}[{i}]")
+                except ConfigError as exc:
+                    raise MergeConfigError(exc.message, path=exc.path, field=exc.field) from None
+    return out
+
+
+def option_schema(method: str) -> dict[str, Field]:
+    """The ``options`` a method accepts (name -> :class:`Field`), derived from
+    the signature of the function(s) that run it."""
+    return _signature_schema(_option_targets(method))
+
+
+def _barrier_targets() -> list[tuple[Callable, set[str]]]:
+    from weightspace.merge.barrier import linear_path
+
+    return [(linear_path, {"correction", "correction_data", "loss_fn", "spec", "progress"})]
+
+
+# ------------------------------------------------------------- architectures
+def _check_arch(arch: str, kw: Mapping, own_kw: Mapping, arch_key: str, kw_key: str, source: Path | None) -> None:
+    """``arch`` is registered and ``kw`` names only its arguments."""
+    zoo = _zoo()
+    names = zoo.list_models()
+    if arch not in names:
+        raise MergeConfigError(
+            f"unknown architecture {arch!r}{did_you_mean(arch, names)} (registered: {', '.join(names)})",
+            path=source, field=arch_key,
+        )
+    params = inspect.signature(zoo.get_model_info(arch).factory).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for k in kw:
+        if k not in params:
+            where = kw_key if k in own_kw else "arch_kwargs"
+            raise MergeConfigError(
+                f"architecture {arch!r} has no argument {k!r}{did_you_mean(k, list(params))} "
+                f"(it accepts: {', '.join(params)})",
+                path=source, field=f"{where}.{k}",
+            )
+
+
+def _entry(raw: Any, key: str, default_arch: str | None, default_kw: Mapping, root: Path,
+           source: Path | None) -> ModelEntry:
     if isinstance(raw, str):
         raw = {"path": raw}
-    if not isinstance(raw, Mapping) or "path" not in raw:
-        raise MergeError(f"config: {i} must be a mapping with a 'path' (got {raw!r})")
-    unknown = set(raw) - {"path", "arch", "arch_kwargs", "weight"}
-    if unknown:
-        raise MergeError(f"config: {i} has unknown keys {sorted(unknown)}")
-    arch = raw.get("arch", default_arch)
+    e = _check(raw, _MODEL_SCHEMA, source, key)
+    arch = e.get("arch") or default_arch
     if not arch:
-        raise MergeError(f"config: {i} has no 'arch' and the config has no default 'arch'")
+        raise MergeConfigError("has no 'arch' and the config has no default 'arch'", path=source, field=f"{key}.arch")
+    own_kw = dict(e.get("arch_kwargs") or {})
     kw = dict(default_kw)
-    kw.update(raw.get("arch_kwargs") or {})
-    path = Path(os.path.expanduser(str(raw["path"])))
-    if not path.is_absolute():
-        path = root / path
-    w = float(raw.get("weight", 1.0))
-    return ModelEntry(path, str(arch), kw, w)
+    kw.update(own_kw)
+    kw_key = f"{key}.arch_kwargs" if own_kw else "arch_kwargs"
+    _check_arch(str(arch), kw, own_kw, f"{key}.arch" if e.get("arch") else "arch", kw_key, source)
+    return ModelEntry(_resolve(e["path"], root), str(arch), kw, float(e["weight"]), key, kw_key)
+
+
+def _check_data(raw: Mapping, root: Path, source: Path | None) -> dict:
+    d = _check(raw, _DATA_SCHEMA, source, "data")
+    has = [k for k in ("dataset", "path") if k in d]
+    if len(has) != 1:
+        raise MergeConfigError(
+            "needs exactly one of 'dataset' (a zoo dataset name) or 'path' (.npz with arrays x, y, "
+            f"optionally x_test, y_test); got {has or 'neither'}",
+            path=source, field="data",
+        )
+    if "path" in d:
+        for k in ("options", "split", "eval_split"):
+            if k in d:
+                raise MergeConfigError(
+                    "only applies to data.dataset; a data file holds x, y (and optionally x_test, y_test)",
+                    path=source, field=f"data.{k}",
+                )
+        d["path"] = _resolve(d["path"], root)
+    else:
+        d["options"] = dict(d.get("options") or {})
+        d.setdefault("split", "train")
+        d.setdefault("eval_split", "test")
+    return d
 
 
 def load_config(path_or_dict: str | os.PathLike | Mapping) -> MergeConfig:
     """Parse and validate a YAML config file (or an already-loaded mapping).
 
-    Relative model paths are resolved against the config file's folder.
+    Every key is checked before anything runs. Relative paths (models, base,
+    ``data.path``) are resolved against the config file's folder (the working
+    directory for a mapping).
 
     Raises:
-        MergeError: unknown keys or method, missing paths/architectures.
-        FileNotFoundError: the config file does not exist.
+        MergeConfigError: a wrong type or range, an unknown key, method,
+            option, architecture or architecture argument -- naming the file
+            and the dotted key.
+        InputFileError: the config file is missing, unreadable or not YAML.
     """
-    import yaml
-
     if isinstance(path_or_dict, Mapping):
-        raw, root = dict(path_or_dict), Path.cwd()
+        raw, root, source = dict(path_or_dict), Path.cwd(), None
     else:
-        p = Path(path_or_dict)
-        if not p.exists():
-            raise FileNotFoundError(f"no merge config at {p}")
-        raw = yaml.safe_load(p.read_text())
-        root = p.resolve().parent
-    if not isinstance(raw, Mapping):
-        raise MergeError("config: the top level must be a mapping")
-    unknown = set(raw) - _TOP_KEYS
-    if unknown:
-        raise MergeError(f"config: unknown keys {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
-    method = raw.get("method")
-    if method not in METHODS:
-        raise MergeError(f"config: method must be one of {list(METHODS)}, got {method!r}")
-    models_raw = raw.get("models")
-    if not isinstance(models_raw, list) or not models_raw:
-        raise MergeError("config: 'models' must be a non-empty list")
-    arch, kw = raw.get("arch"), raw.get("arch_kwargs") or {}
-    models = [_entry(m, f"models[{i}]", arch, kw, root) for i, m in enumerate(models_raw)]
-    base = _entry(raw["base"], "base", arch, kw, root) if raw.get("base") is not None else None
+        source = Path(path_or_dict).expanduser()
+        raw = read_yaml(source, what="merge config")
+        root = source.resolve().parent
+    if raw is None:
+        raise MergeConfigError("the config is empty; it needs at least 'method' and 'models'", path=source)
+    top = _check(raw, _TOP_SCHEMA, source, "")
+    method = top["method"]
+    models_raw = top["models"]
+    if not models_raw:
+        raise MergeConfigError("must list at least one model", path=source, field="models")
+    arch, kw = top.get("arch"), dict(top.get("arch_kwargs") or {})
+    models = [_entry(m, f"models[{i}]", arch, kw, root, source) for i, m in enumerate(models_raw)]
+    if sum(m.weight for m in models) <= 0:
+        raise MergeConfigError("the models' weights sum to 0; give at least one a positive weight",
+                               path=source, field="models[0].weight")
+    base = None
+    if top.get("base") is not None:
+        base = _entry(top["base"], "base", arch, kw, root, source)
+        if method != "task_arithmetic":
+            raise MergeConfigError(f"'base' is only used by method task_arithmetic, not {method!r}",
+                                   path=source, field="base")
     if method == "task_arithmetic" and base is None:
-        raise MergeError("config: method task_arithmetic needs 'base: {path: ...}'")
-    ref = int(raw.get("reference", 0))
-    if not 0 <= ref < len(models):
-        raise MergeError(f"config: reference {ref} out of range for {len(models)} models")
-    rep = str(raw.get("repair", "none") or "none")
-    if rep not in _REPAIR:
-        raise MergeError(f"config: repair must be one of {list(_REPAIR)}, got {rep!r}")
-    data = raw.get("data")
-    if data is not None and (not isinstance(data, Mapping) or not ({"dataset", "path"} & set(data))):
-        raise MergeError("config: data needs 'dataset' (a zoo dataset name) or 'path' (.npz/.pt with x, y)")
-    barrier = raw.get("barrier")
+        raise MergeConfigError("method task_arithmetic needs 'base: {path: ...}' (the pre-trained model)",
+                               path=source, field="base")
+    if method == "task_arithmetic" and top.get("repair") == "repair":
+        raise MergeConfigError("REPAIR needs endpoint models; it is not defined for task_arithmetic "
+                               "(use reset_bn or none)", path=source, field="repair")
+    ref = top["reference"]
+    if ref >= len(models):
+        raise MergeConfigError(f"reference {ref} is out of range for {len(models)} models (0..{len(models) - 1})",
+                               path=source, field="reference")
+    opts = dict(top.get("options") or {})
+    if opts and not option_schema(method):
+        names = sorted(map(str, opts))
+        raise MergeConfigError(f"method {method!r} takes no options, got {names}",
+                               path=source, field=f"options.{names[0]}")
+    opts = _check_signature_options(opts, _option_targets(method), source, "options")
+    if isinstance(opts.get("scale"), list) and len(opts["scale"]) != len(models):
+        raise MergeConfigError(f"has {len(opts['scale'])} entries for {len(models)} models",
+                               path=source, field="options.scale")
+    data = _check_data(top["data"], root, source) if top.get("data") is not None else None
+    if opts.get("ground") == "activations" and data is None:
+        raise MergeConfigError("ground: activations needs 'data' in the config", path=source, field="options.ground")
+    barrier = top.get("barrier")
     if barrier is True:
         barrier = {}
+    elif barrier is False:
+        barrier = None
+    if barrier is not None:
+        barrier = _check_signature_options(barrier, _barrier_targets(), source, "barrier")
     return MergeConfig(
-        models, str(method), ref, dict(raw.get("options") or {}), dict(data) if data else None,
-        rep, dict(barrier) if isinstance(barrier, Mapping) else None, base, int(raw.get("seed", 0)),
+        models, method, ref, opts, data, top.get("repair") or "none", barrier, base, top["seed"], source,
     )
 
 
 # -------------------------------------------------------------------- data
-def load_data(cfg: Mapping) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """``((x, y) for matching/statistics, (x, y) for evaluation)`` from a config's ``data``."""
-    n = cfg.get("max_samples")
-    if "dataset" in cfg:
-        from zoo.datasets import load_dataset
+def _read_arrays(path: Path) -> dict[str, Any]:
+    """The arrays of a data file (``.npz``; ``.pt``/``.pth`` read with
+    ``weights_only``), never unpickling anything."""
+    if path.suffix == ".npz":
+        arrays = read_npy(path, what="data file (.npz)")
+        if not isinstance(arrays, dict):  # pragma: no cover - read_npy returns a dict for .npz
+            raise InputFileError("expected an .npz archive of arrays", path=path)
+        return arrays
+    if path.suffix in (".pt", ".pth"):
+        if not path.exists():
+            raise MissingFileError("no data file at this path", path=path)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise InputFileError(
+                f"cannot read as a data file ({type(exc).__name__}: {first}); save a dict of tensors x, y",
+                path=path,
+            ) from None
+        if not isinstance(obj, Mapping):
+            raise InputFileError(f"expected a dict of tensors x, y, got {type(obj).__name__}", path=path)
+        return dict(obj)
+    raise InputFileError("expected an .npz file with arrays x, y (optionally x_test, y_test)", path=path)
 
-        ds = load_dataset(cfg["dataset"], **dict(cfg.get("options") or {}))
-        split, ev = cfg.get("split", "train"), cfg.get("eval_split", "test")
-        for s in (split, ev):
-            if s not in ("train", "val", "test"):
-                raise MergeError(f"config: data split must be train, val or test, got {s!r}")
+
+def _as_tensor(arrays: Mapping[str, Any], name: str, path: Path) -> torch.Tensor:
+    import numpy as np
+
+    a = arrays[name]
+    if isinstance(a, np.ndarray):
+        if a.dtype.kind not in "biuf":
+            raise InputFileError(f"holds {a.dtype} values; expected numbers", path=path, field=name)
+        t = torch.from_numpy(a.astype(np.int64) if a.dtype.kind in "biu" else a.astype(np.float32))
+    elif isinstance(a, torch.Tensor):
+        if a.is_complex():
+            raise InputFileError(f"holds {a.dtype} values; expected real numbers", path=path, field=name)
+        t = a.detach().float() if a.is_floating_point() else a.detach().long()
+    else:
+        raise InputFileError(f"expected an array, got {type(a).__name__}", path=path, field=name)
+    if t.dim() == 0 or t.shape[0] == 0:
+        raise InputFileError(f"expected (samples, ...) with at least one sample, got shape {tuple(t.shape)}",
+                             path=path, field=name)
+    return t
+
+
+def _xy(arrays: Mapping[str, Any], xk: str, yk: str, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = _as_tensor(arrays, xk, path), _as_tensor(arrays, yk, path)
+    if x.is_floating_point() and not torch.isfinite(x).all():
+        raise InputFileError("contains NaN/Inf values", path=path, field=xk)
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise InputFileError(
+            f"expected one class label per sample, shape ({x.shape[0]},) like {xk}; got {tuple(y.shape)}",
+            path=path, field=yk,
+        )
+    if y.is_floating_point():
+        if not torch.isfinite(y).all() or not torch.equal(y, y.round()):
+            raise InputFileError("expected integer class labels, got fractional or NaN values", path=path, field=yk)
+        y = y.long()
+    if int(y.min()) < 0:
+        raise InputFileError(f"class labels must be >= 0, got {int(y.min())}", path=path, field=yk)
+    return x, y
+
+
+def load_data(data: Mapping, *, source: Path | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``((x, y) for matching/statistics, (x, y) for evaluation)`` from a
+    validated config's ``data`` (``x`` float32 or int64 token ids, ``y`` int64).
+
+    Raises:
+        InputFileError: the data file is missing or unreadable, lacks ``x``/``y``,
+            holds non-numeric arrays or mismatched shapes (naming file and array).
+        MergeConfigError: an unknown dataset or dataset option.
+    """
+    n = data.get("max_samples")
+    if "dataset" in data:
+        try:
+            ds = _zoo().load_dataset(data["dataset"], **dict(data.get("options") or {}))
+        except WeightspaceError as exc:
+            raise MergeConfigError(exc.message, path=source, field="data.dataset") from None
+        split, ev = data.get("split", "train"), data.get("eval_split", "test")
         fit = (getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}"))
         evl = (getattr(ds, f"x_{ev}"), getattr(ds, f"y_{ev}"))
+        fit = (fit[0].float() if fit[0].is_floating_point() else fit[0], fit[1].long())
+        evl = (evl[0].float() if evl[0].is_floating_point() else evl[0], evl[1].long())
     else:
-        path = Path(os.path.expanduser(str(cfg["path"])))
-        if not path.exists():
-            raise FileNotFoundError(f"no data file at {path}")
-        if path.suffix == ".npz":
-            import numpy as np
-
-            with np.load(path) as z:
-                arrays = {k: torch.as_tensor(z[k]) for k in z.files}
-        else:
-            arrays = dict(torch.load(path, map_location="cpu", weights_only=True))
-        if "x" not in arrays or "y" not in arrays:
-            raise MergeError(f"{path}: data file needs arrays 'x' and 'y' (optionally 'x_test', 'y_test')")
-        fit = (arrays["x"], arrays["y"])
-        evl = (arrays.get("x_test", arrays["x"]), arrays.get("y_test", arrays["y"]))
+        path = Path(data["path"])
+        try:
+            arrays = _read_arrays(path)
+        except MissingFileError as exc:
+            where = f" (data.path of {source})" if source else " (data.path)"
+            raise MissingFileError(exc.message + where, path=path, field="data.path") from None
+        for k in ("x", "y"):
+            if k not in arrays:
+                raise InputFileError(
+                    f"no array {k!r}{did_you_mean(k, list(arrays))} (the file has: {', '.join(arrays) or 'none'}); "
+                    "a data file needs x, y (optionally x_test, y_test)",
+                    path=path, field=k,
+                )
+        if ("x_test" in arrays) != ("y_test" in arrays):
+            missing = "y_test" if "x_test" in arrays else "x_test"
+            raise InputFileError("missing: x_test and y_test come together", path=path, field=missing)
+        fit = _xy(arrays, "x", "y", path)
+        evl = _xy(arrays, "x_test", "y_test", path) if "x_test" in arrays else fit
+        if tuple(evl[0].shape[1:]) != tuple(fit[0].shape[1:]):
+            raise InputFileError(
+                f"samples of shape {tuple(evl[0].shape[1:])}, but x has {tuple(fit[0].shape[1:])}",
+                path=path, field="x_test",
+            )
     x, y = fit
-    if x.is_floating_point():
-        x = x.float()
-    ex, ey = evl
-    if ex.is_floating_point():
-        ex = ex.float()
     if n is not None:
         x, y = x[: int(n)], y[: int(n)]
-    return (x, y.long()), (ex, ey.long())
+    return (x, y), evl
+
+
+def _check_data_fits(module: torch.nn.Module, fit: tuple, evl: tuple, data: Mapping, source: Path | None) -> None:
+    """The model runs on the data and has an output for every class label."""
+    if "path" in data:
+        where = [(data["path"], "x", "y", fit), (data["path"], "x_test", "y_test", evl)]
+    else:
+        where = [(source, "data.split", "data.split", fit), (source, "data.eval_split", "data.eval_split", evl)]
+    m = copy.deepcopy(module).eval()
+    for path, xk, yk, (x, y) in where:
+        try:
+            with torch.no_grad():
+                out = m(x[:2])
+        except Exception as exc:  # the model's own shape/dtype errors
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise InputFileError(
+                f"the model cannot run on samples of shape {tuple(x.shape[1:])} ({type(exc).__name__}: {first[:200]})",
+                path=path, field=xk,
+            ) from None
+        if out.dim() == 2 and int(y.max()) >= out.shape[1]:
+            raise InputFileError(
+                f"class label {int(y.max())} is out of range for a model with {out.shape[1]} outputs",
+                path=path, field=yk,
+            )
 
 
 # ------------------------------------------------------------------ running
@@ -215,60 +566,109 @@ class MergeOutcome:
     path_naive: Any = None
 
 
+def _at_key(exc: WeightspaceError, entry: ModelEntry, source: Path | None) -> WeightspaceError:
+    """``exc`` (from loading/checking ``entry``'s weights) re-raised naming the
+    weights file and the config key it came from."""
+    where = f" ({entry.key}.path" + (f" of {source})" if source else ")")
+    try:
+        return type(exc)(exc.message + where, path=exc.path or entry.path, field=f"{entry.key}.path")
+    except TypeError:  # pragma: no cover - an error class with another constructor
+        return MergeError(str(exc) + where, path=entry.path, field=f"{entry.key}.path")
+
+
+def _load_weights(entry: ModelEntry, spec: Any, source: Path | None) -> dict[str, torch.Tensor]:
+    from weightspace.io import load_state_dict
+
+    try:
+        sd = load_state_dict(entry.path)
+        check_state_dict(sd, spec, f"weights for architecture {entry.arch!r} {entry.arch_kwargs or ''}".rstrip())
+    except WeightspaceError as exc:
+        raise _at_key(exc, entry, source) from None
+    return sd
+
+
+def _build(entry: ModelEntry, source: Path | None) -> torch.nn.Module:
+    """The module of ``entry``'s architecture; bad ``arch_kwargs`` values are
+    a :class:`MergeConfigError` naming the key."""
+    try:
+        return _zoo().create_model(entry.arch, seed=0, **entry.arch_kwargs)
+    except WeightspaceError:
+        raise
+    except Exception as exc:  # the factory's own TypeError/ValueError on a bad argument value
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise MergeConfigError(
+            f"cannot build architecture {entry.arch!r} with {entry.arch_kwargs} ({type(exc).__name__}: {first[:200]})",
+            path=source, field=entry.kwargs_key,
+        ) from None
+
+
 def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
     """Load the models of ``cfg``, merge them, optionally REPAIR and measure
     the barrier. Never prints.
 
-    Raises:
-        MergeError, StateDictError, NonFiniteWeightsError: with the file and
-        tensor at fault.
-    """
-    import zoo
+    Everything is checked before the merge starts: the architectures build,
+    every weights file exists and fits its architecture, the data file holds
+    usable ``x``/``y`` arrays the model runs on.
 
+    Raises:
+        MergeConfigError: the config asks for something impossible (naming
+            the config file and key).
+        MissingFileError, InputFileError, StateDictError, NonFiniteWeightsError:
+            a weights or data file at fault (naming it and the config key).
+        MergeError: the merge itself failed.
+    """
     from weightspace.core import permutation_spec
-    from weightspace.io import load_state_dict
-    from weightspace.merge import average as avg_mod
     from weightspace.merge._common import instantiate
+    from weightspace.merge.average import average, diagonal_fisher, fisher_average, task_arithmetic
     from weightspace.merge.barrier import evaluate, linear_path
     from weightspace.merge.matching import activation_matching, ste_matching, weight_matching
     from weightspace.merge.multi import align_to_reference, merge_many
     from weightspace.merge.ot_fusion import ot_fusion
     from weightspace.merge.repair import repair, reset_bn_stats
 
-    names = [str(m.path) for m in cfg.models]
-    sds = []
-    for m in cfg.models:
-        try:
-            sds.append(load_state_dict(m.path))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"model weights not found: {m.path}") from None
+    src = cfg.source
+    if cfg.data is None and (cfg.method in ("activation_matching", "ste", "fisher") or cfg.repair != "none"):
+        what = f"repair {cfg.repair!r}" if cfg.repair != "none" else f"method {cfg.method!r}"
+        raise MergeConfigError(f"{what} needs 'data' in the config (data: {{path: data.npz}} or {{dataset: ...}})",
+                               path=src, field="data")
+    if cfg.method == "task_arithmetic" and cfg.base is None:
+        raise MergeConfigError("method task_arithmetic needs 'base: {path: ...}'", path=src, field="base")
     ref = cfg.models[cfg.reference]
     arch_keys = {(m.arch, repr(sorted(m.arch_kwargs.items()))) for m in cfg.models}
     if len({a for a, _ in arch_keys}) > 1:
-        raise MergeError(
+        raise MergeConfigError(
             f"models have different architectures {sorted({m.arch for m in cfg.models})}; "
-            "only models of one architecture (family) can be merged"
+            "only models of one architecture (family) can be merged", path=src, field="models",
         )
     if len(arch_keys) > 1 and cfg.method != "ot_fusion":
-        raise MergeError(
+        raise MergeConfigError(
             f"models have different architecture arguments ({[m.arch_kwargs for m in cfg.models]}); "
-            "only method ot_fusion merges different widths"
+            "only method ot_fusion merges different widths", path=src, field="method",
         )
-    module = zoo.create_model(ref.arch, seed=0, **ref.arch_kwargs)
-    spec = permutation_spec(ref.arch, **ref.arch_kwargs)
+    # one module and spec per distinct architecture (several only for ot_fusion)
+    built: dict[tuple, tuple[torch.nn.Module, Any]] = {}
+    for m in [*cfg.models, *([cfg.base] if cfg.base is not None else [])]:
+        k = (m.arch, repr(sorted(m.arch_kwargs.items())))
+        if k not in built:
+            built[k] = (_build(m, src), permutation_spec(m.arch, **m.arch_kwargs))
+    of = lambda m: built[(m.arch, repr(sorted(m.arch_kwargs.items())))]  # noqa: E731
+    module, spec = of(ref)
+
+    names = [str(m.path) for m in cfg.models]
+    sds = [_load_weights(m, of(m)[1], src) for m in cfg.models]
+    base_sd = _load_weights(cfg.base, of(cfg.base)[1], src) if cfg.method == "task_arithmetic" else None
     fit = evl = None
     if cfg.data is not None:
-        fit, evl = load_data(cfg.data)
-    needs_data = cfg.method in ("activation_matching", "ste", "fisher") or cfg.repair != "none"
-    if needs_data and fit is None:
-        raise MergeError(f"method {cfg.method!r} / repair {cfg.repair!r} needs 'data' in the config")
+        fit, evl = load_data(cfg.data, source=src)
+        for mod in {id(b[0]): b[0] for b in built.values()}.values():
+            _check_data_fits(mod, fit, evl, cfg.data, src)
     opts = dict(cfg.options)
     weights = [m.weight for m in cfg.models]
     aligned = None
     summary: dict = {"method": cfg.method, "models": names, "arch": ref.arch, "arch_kwargs": ref.arch_kwargs}
     n = len(sds)
     if cfg.method == "average":
-        merged = avg_mod.average(sds, weights, names=names)
+        merged = average(sds, weights, names=names)
         aligned = sds
     elif cfg.method == "weight_matching":
         opts.setdefault("seed", cfg.seed)
@@ -283,6 +683,7 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
         merged, aligned = res.state_dict, res.aligned
         summary["rounds"] = res.rounds
     elif cfg.method == "activation_matching":
+        opts.setdefault("seed", cfg.seed)
         mods = [instantiate(module, sd) for sd in sds]
         res = align_to_reference(
             sds, spec, reference=cfg.reference, weights=weights, names=names,
@@ -299,34 +700,36 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
         )
         merged, aligned = res.state_dict, res.aligned
     elif cfg.method == "ot_fusion":
-        specs = [permutation_spec(m.arch, **m.arch_kwargs) for m in cfg.models]
+        specs = [of(m)[1] for m in cfg.models]
         if opts.get("ground") == "activations":
-            opts["models"] = [
-                instantiate(zoo.create_model(m.arch, seed=0, **m.arch_kwargs), sd)
-                for m, sd in zip(cfg.models, sds)
-            ]
+            opts["models"] = [instantiate(of(m)[0], sd) for m, sd in zip(cfg.models, sds)]
             opts["data"] = fit[0]
         res = ot_fusion(sds, specs, target=cfg.reference, weights=weights, names=names, **opts)
         merged, aligned = res.state_dict, res.aligned
     elif cfg.method == "fisher":
-        fishers = [
-            avg_mod.diagonal_fisher(module, sd, fit, seed=cfg.seed, **{k: v for k, v in opts.items() if k in ("labels", "max_samples", "batch_size")})
-            for sd in sds
-        ]
-        merged = avg_mod.fisher_average(sds, fishers, weights, names=names, eps=float(opts.get("eps", 1e-8)))
+        fisher_params = inspect.signature(diagonal_fisher).parameters
+        fopts = {k: v for k, v in opts.items() if k in fisher_params}
+        fopts.setdefault("seed", cfg.seed)
+        fishers = [diagonal_fisher(module, sd, fit, **fopts) for sd in sds]
+        eps = {k: v for k, v in opts.items() if k not in fisher_params}
+        merged = fisher_average(sds, fishers, weights, names=names, **eps)
         aligned = sds
     elif cfg.method == "task_arithmetic":
-        base = load_state_dict(cfg.base.path)
-        merged = avg_mod.task_arithmetic(base, sds, opts.get("scale", 1.0))
+        merged = task_arithmetic(base_sd, sds, opts.get("scale", 1.0))
     else:  # pragma: no cover - validated in load_config
-        raise MergeError(f"unknown method {cfg.method!r}")
+        raise MergeConfigError(f"unknown method {cfg.method!r}", path=src, field="method")
 
-    if cfg.repair == "reset_bn":
-        merged = reset_bn_stats(module, merged, fit[0])
-    elif cfg.repair == "repair":
-        if aligned is None:
-            raise MergeError("repair needs endpoint models; it is not defined for task_arithmetic")
-        merged = repair(module, merged, aligned, fit[0], weights=weights, spec=spec)
+    try:
+        if cfg.repair == "reset_bn":
+            merged = reset_bn_stats(module, merged, fit[0])
+        elif cfg.repair == "repair":
+            if aligned is None:
+                raise MergeError("repair needs endpoint models; it is not defined for task_arithmetic")
+            merged = repair(module, merged, aligned, fit[0], weights=weights, spec=spec)
+    except MergeError as exc:
+        if exc.path is not None:
+            raise
+        raise MergeConfigError(f"{exc.message} (repair: {cfg.repair})", path=src, field="repair") from None
     summary["repair"] = cfg.repair
 
     path = path_naive = None

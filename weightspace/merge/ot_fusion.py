@@ -270,7 +270,14 @@ class _Aligner:
         out = {}
         for k, v in sd_t.items():
             if not v.is_floating_point():
-                out[k] = v.clone()
+                # the model's own copy, so that the final average applies the
+                # shared rule for non-floating tensors (merge_non_float)
+                if tuple(sd_m[k].shape) != tuple(v.shape):
+                    raise MergeError(
+                        f"non-floating tensor {k!r}: {tuple(sd_m[k].shape)} vs {tuple(v.shape)}; "
+                        "integer/bool buffers of different widths cannot be fused"
+                    )
+                out[k] = sd_m[k].detach().clone()
             elif k in self.sm.param_axes:
                 out[k] = self.align(k).to(v.dtype)
             else:

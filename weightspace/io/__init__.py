@@ -13,7 +13,7 @@ from weightspace.io.files import (
     read_text,
     read_yaml,
 )
-from weightspace.io.schema import Field, check_type, did_you_mean, validate
+from weightspace.io.schema import Field, check_count, check_type, did_you_mean, validate
 from weightspace.io.weights import load_state_dict, save_state_dict, state_dict_hash
 
 __all__ = [
@@ -32,5 +32,6 @@ __all__ = [
     "Field",
     "validate",
     "check_type",
+    "check_count",
     "did_you_mean",
 ]

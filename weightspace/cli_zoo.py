@@ -27,10 +27,10 @@ def _fail(exc: Exception) -> None:
 def build(
     recipe: str = typer.Argument(..., help="recipe file (.yaml/.toml) or the name of a shipped recipe"),
     out: Path = typer.Argument(..., help="zoo directory (created, or resumed if it holds this recipe's zoo)"),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="parallel workers (default: all CPUs)"),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="parallel workers (default: all CPUs)"),
     backend: str = typer.Option("local", help="local (process pool), serial, or ray"),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (with --backend ray)"),
-    max_members: Optional[int] = typer.Option(None, help="only the first N members of the recipe"),
+    max_members: Optional[int] = typer.Option(None, min=1, help="only the first N members of the recipe"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar with ETA"),
 ) -> None:
     """Train a zoo from RECIPE into OUT; re-running resumes an interrupted build.
@@ -126,13 +126,28 @@ def _member_count(path: Path) -> int:
         return 0
 
 
+def _parse_steps(steps: str):
+    """``--steps``: 'final', 'all' or comma-separated non-negative integers."""
+    if steps in ("final", "all"):
+        return steps
+    items = [s.strip() for s in steps.split(",") if s.strip()]
+    if not items or not all(s.isdigit() for s in items):
+        raise typer.BadParameter(f"expected 'final', 'all' or comma-separated steps like 0,20,86; got {steps!r}",
+                                 param_hint="--steps")
+    return [int(s) for s in items]
+
+
 @app.command("import-small-cnn-zoo")
 def import_small_cnn_zoo(
     path: Path = typer.Argument(..., help="directory with weights.npy, metrics.csv.gz, layout.csv"),
     out: Path = typer.Argument(..., help="zoo directory to write"),
     steps: str = typer.Option("final", help="'final' (last step per run), 'all', or comma-separated steps"),
     padding: str = typer.Option("valid", help="valid (as trained), same (TF SAME emulation) or torch (cnn_small)"),
-    limit: Optional[int] = typer.Option(None, help="import at most N members"),
+    image_size: Optional[int] = typer.Option(
+        None, "--image-size", min=1,
+        help="input image size (default from config.dataset; required for other datasets)",
+    ),
+    limit: Optional[int] = typer.Option(None, min=1, help="import at most N members"),
     keep_nonfinite: bool = typer.Option(False, help="keep runs with NaN/Inf weights"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
@@ -140,16 +155,15 @@ def import_small_cnn_zoo(
 
     Example: weightspace zoo import-small-cnn-zoo ~/data/smallcnnzoo/mnist runs/scz-mnist
     """
-    from zoo.errors import ZooError
     from zoo.loaders import import_small_cnn_zoo as _import
 
-    step_sel = steps if steps in ("final", "all") else [int(s) for s in steps.split(",") if s.strip()]
+    if padding not in ("valid", "same", "torch"):
+        raise typer.BadParameter(f"expected valid, same or torch; got {padding!r}", param_hint="--padding")
+    step_sel = _parse_steps(steps)
     before = _member_count(out)
-    try:
-        z = _import(path, out, steps=step_sel, padding=padding, limit=limit,
-                    drop_nonfinite=not keep_nonfinite, progress=progress)
-    except (ZooError, ValueError) as e:
-        _fail(e)
+    # Errors (malformed files, unknown dataset ...) reach the CLI's error boundary: one line, exit 2.
+    z = _import(path, out, steps=step_sel, padding=padding, image_size=image_size, limit=limit,
+                drop_nonfinite=not keep_nonfinite, progress=progress)
     new = len(z) - before
     typer.echo(f"imported {new} new members from {path} into {out} "
                f"({len(z)} in the zoo; {before} were already there)")

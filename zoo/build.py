@@ -105,10 +105,10 @@ def build_zoo(
             name of a shipped recipe.
         out: zoo directory (created if needed; an existing zoo of the same
             recipe is resumed or, for random search with more members, grown).
-        workers: parallel workers (default: the CPUs this process may use).
+        workers: parallel workers (>= 1; default: the CPUs this process may use).
         backend: ``"local"``, ``"serial"`` or ``"ray"``.
         address: Ray cluster address (``backend="ray"`` only).
-        max_members: only the first ``max_members`` members of the recipe.
+        max_members: only the first ``max_members`` members of the recipe (>= 1).
         progress: show a tqdm progress bar (with ETA) on stderr.
         on_member: called with each :class:`~zoo.train.MemberResult` after it
             is written (in the calling process).
@@ -123,9 +123,12 @@ def build_zoo(
     """
     from tqdm.auto import tqdm
 
+    from weightspace.io import check_count
     from zoo.store import ZooWriter
 
     t0 = time.perf_counter()
+    check_count(max_members, "max_members")
+    check_count(workers, "workers")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if address is not None and backend != "ray":

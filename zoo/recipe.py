@@ -49,6 +49,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from weightspace.errors import ConfigError, InputFileError
+from weightspace.io import Field, check_type, did_you_mean, read_text
+from weightspace.io import validate as _validate_fields
 from zoo.errors import RecipeError
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "TRAIN_DEFAULTS",
     "canonical_json",
     "config_hash",
+    "MAX_MEMBERS",
 ]
 
 #: Training options and their defaults (a recipe may override any of them).
@@ -74,6 +78,39 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr_schedule": "constant",  # constant | cosine
     "grad_clip": None,  # max global grad norm, or None
     "eval_batch_size": 1024,
+}
+
+#: Most members a recipe may expand to (grid size, ``num_members``, a
+#: ``range``): larger numbers are a typo, and expanding them would hang.
+MAX_MEMBERS = 1_000_000
+
+#: Types and ranges of the training options (``lr``, ``init_scale`` and
+#: ``grad_clip`` must moreover be > 0). The option names are not checked
+#: here: a wrong optimizer fails the member that uses it, naming it.
+_TRAIN_FIELDS: dict[str, Field] = {
+    "epochs": Field(int, min=1),
+    "batch_size": Field(int, min=1),
+    "optimizer": Field(str),
+    "lr": Field(float, min=0.0),
+    "momentum": Field(float, min=0.0),
+    "weight_decay": Field(float, min=0.0),
+    "init_scale": Field(float, min=0.0),
+    "lr_schedule": Field(str),
+    "grad_clip": Field(float, min=0.0, nullable=True),
+    "eval_batch_size": Field(int, min=1),
+}
+_STRICTLY_POSITIVE = {"lr", "init_scale", "grad_clip"}
+#: Data options every dataset understands (the others are checked by the dataset).
+_DATA_FIELDS: dict[str, Field] = {
+    "train_fraction": Field(float, min=0.0, max=1.0),  # and > 0
+    "label_noise": Field(float, min=0.0, max=1.0),
+    "split_seed": Field(int, min=0),
+}
+#: Architecture arguments that are counts or sizes: when the factory's default
+#: is a positive int (or a tuple of them), the recipe's value must be too.
+_COUNT_KWARGS = {
+    "in_channels", "num_classes", "width", "depth", "kernel_size", "length", "image_size", "in_features",
+    "out_features", "hidden", "vocab_size", "seq_len", "dim", "num_heads", "patch_size",
 }
 
 _TOP_KEYS = {"name", "description", "arch", "model", "data", "train", "checkpoints", "search"}
@@ -163,18 +200,22 @@ class Recipe:
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "<dict>") -> "Recipe":
         """Validate ``d`` and build a recipe. Errors name ``source`` and the field."""
         if not isinstance(d, Mapping):
-            raise RecipeError(f"{source}: a recipe must be a mapping, got {type(d).__name__}")
-        unknown = set(d) - _TOP_KEYS
-        if unknown:
-            raise RecipeError(
-                f"{source}: unknown top-level key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}"
-            )
+            raise RecipeError(f"a recipe must be a mapping, got {type(d).__name__}", path=source)
+        for key in d:
+            if key not in _TOP_KEYS:
+                raise RecipeError(
+                    f"unknown top-level key {key!r}{did_you_mean(str(key), sorted(_TOP_KEYS))} "
+                    f"(allowed: {', '.join(sorted(_TOP_KEYS))})",
+                    path=source, field=str(key),
+                )
         for req in ("name", "arch"):
             if req not in d:
-                raise RecipeError(f"{source}: missing required field {req!r}")
+                raise RecipeError(f"missing required field {req!r}", path=source, field=req)
+            if not isinstance(d[req], str) or not d[req].strip():
+                raise RecipeError(f"must be a non-empty string, got {d[req]!r}", path=source, field=req)
         for sect in ("model", "data", "train", "search"):
             if sect in d and d[sect] is not None and not isinstance(d[sect], Mapping):
-                raise RecipeError(f"{source}: field {sect!r} must be a mapping")
+                raise RecipeError(f"must be a mapping, got {type(d[sect]).__name__}", path=source, field=sect)
         r = cls(
             name=str(d["name"]),
             arch=str(d["arch"]),
@@ -192,24 +233,30 @@ class Recipe:
     @classmethod
     def from_file(cls, path: str | Path) -> "Recipe":
         """Read a ``.yaml``/``.yml`` or ``.toml`` recipe."""
-        path = Path(path)
-        if not path.is_file():
-            raise RecipeError(f"{path}: recipe file not found")
-        text = path.read_text()
+        path = Path(path).expanduser()
+        if not path.exists():
+            raise RecipeError("recipe file not found", path=path)
+        try:
+            text = read_text(path, what="recipe file (.yaml or .toml)")
+        except InputFileError as e:
+            raise RecipeError(e.message, path=path) from None
         if path.suffix == ".toml":
             import tomllib
 
             try:
                 d = tomllib.loads(text)
             except tomllib.TOMLDecodeError as e:
-                raise RecipeError(f"{path}: invalid TOML: {e}") from None
+                raise RecipeError(f"invalid TOML: {e}", path=path) from None
         else:
             import yaml
 
             try:
                 d = yaml.safe_load(text)
             except yaml.YAMLError as e:
-                raise RecipeError(f"{path}: invalid YAML: {e}") from None
+                mark = getattr(e, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+                problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+                raise RecipeError(f"invalid YAML{where}: {problem}", path=path) from None
         return cls.from_dict(d, source=str(path))
 
     def to_dict(self) -> dict:
@@ -258,39 +305,39 @@ class Recipe:
         default = "random" if "num_members" in self.search else "grid"
         return str(self.search.get("method", default))
 
+    def _err(self, message: str, field: str | None = None) -> RecipeError:
+        return RecipeError(message, path=self.source, field=field)
+
     def validate(self) -> None:
+        """Check every field (types, ranges, counts, search space); raise
+        :class:`RecipeError` naming :attr:`source` and the dotted field."""
         from zoo.datasets import list_datasets
         from zoo.registry import get_model_info
 
-        src = self.source
         try:
             info = get_model_info(self.arch)
         except KeyError as e:
-            raise RecipeError(f"{src}: field 'arch': {e.args[0]}") from None
-        unknown_s = set(self.search) - _SEARCH_KEYS
-        if unknown_s:
-            raise RecipeError(
-                f"{src}: unknown key(s) in 'search': {sorted(unknown_s)}; allowed: {sorted(_SEARCH_KEYS)}"
-            )
-        if self.method not in ("grid", "random"):
-            raise RecipeError(f"{src}: search.method must be 'grid' or 'random', got {self.method!r}")
-        if self.method == "random" and int(self.search.get("num_members", 0)) <= 0:
-            raise RecipeError(f"{src}: search.num_members must be a positive int for random search")
+            raise self._err(e.args[0], "arch") from None
+        self._validate_search()
         if "name" not in self.data:
-            raise RecipeError(f"{src}: field 'data.name' is required (one of {list_datasets()})")
+            raise self._err(f"field 'data.name' is required (one of {list_datasets()})", "data.name")
         if self.data["name"] not in list_datasets():
-            raise RecipeError(
-                f"{src}: field 'data.name': unknown dataset {self.data['name']!r}; "
-                f"registered: {list_datasets()}"
-            )
-        unknown_t = set(self.train) - set(TRAIN_DEFAULTS)
-        if unknown_t:
-            raise RecipeError(
-                f"{src}: unknown key(s) in 'train': {sorted(unknown_t)}; allowed: {sorted(TRAIN_DEFAULTS)}"
-            )
+            raise self._err(f"unknown dataset {self.data['name']!r}; registered: {list_datasets()}", "data.name")
+        for key in self.train:
+            if key not in TRAIN_DEFAULTS:
+                raise self._err(
+                    f"unknown key {key!r} in 'train'{did_you_mean(str(key), list(TRAIN_DEFAULTS))}; "
+                    f"allowed: {sorted(TRAIN_DEFAULTS)}",
+                    f"train.{key}",
+                )
+        for key, value in self.train.items():
+            self._check_value(f"train.{key}", value, f"train.{key}")
+        for key, value in self.data.items():
+            if key in _DATA_FIELDS:
+                self._check_value(f"data.{key}", value, f"data.{key}")
         space = self.search.get("space") or {}
         if not isinstance(space, Mapping):
-            raise RecipeError(f"{src}: search.space must be a mapping")
+            raise self._err(f"must be a mapping, got {type(space).__name__}", "search.space")
         for key, spec in space.items():
             self._check_space_entry(key, spec)
         # Architecture kwargs: the fixed ones plus every model.* search key must be accepted.
@@ -301,79 +348,249 @@ class Recipe:
         try:
             info.resolve_kwargs(**model_keys)
         except TypeError as e:
-            raise RecipeError(f"{src}: field 'model': {e}") from None
+            raise self._err(str(e), "model") from None
+        for key, value in self.model.items():
+            self._check_value(f"model.{key}", value, f"model.{key}")
         for key in space:
             if key.startswith("train.") and key[len("train.") :] not in TRAIN_DEFAULTS:
-                raise RecipeError(
-                    f"{src}: search.space key {key!r}: unknown training option; "
-                    f"allowed: {sorted(TRAIN_DEFAULTS)}"
+                sub = key[len("train.") :]
+                raise self._err(
+                    f"unknown training option {sub!r}{did_you_mean(sub, list(TRAIN_DEFAULTS))}; "
+                    f"allowed: {sorted(TRAIN_DEFAULTS)}",
+                    f"search.space.{key}",
                 )
-        epochs = self._epochs_for_validation()
-        self._checkpoint_epochs(epochs)  # raises on malformed
+        for key, spec in space.items():
+            for value, where in self._space_candidates(key, spec):
+                self._check_value(key, value, where)
+        for epochs in self._epochs_for_validation():
+            self._checkpoint_epochs(epochs)  # raises on malformed
         if self.method == "grid":
             for key, spec in space.items():
                 if isinstance(spec, Mapping) and next(iter(spec)) in ("uniform", "log_uniform", "int_uniform"):
-                    raise RecipeError(
-                        f"{src}: search.space key {key!r}: grid search needs a list of values, "
-                        f"got a {next(iter(spec))} distribution"
+                    raise self._err(
+                        f"grid search needs a list of values, got a {next(iter(spec))} distribution",
+                        f"search.space.{key}",
                     )
+            size = self._grid_size(space)
+            if size > MAX_MEMBERS:
+                raise self._err(
+                    f"the grid expands to {size} members (more than {MAX_MEMBERS}); shrink the search space",
+                    "search.space",
+                )
 
-    def _epochs_for_validation(self) -> int:
-        return int(self.train.get("epochs", TRAIN_DEFAULTS["epochs"]))
+    def _validate_search(self) -> None:
+        s = self.search
+        for key in s:
+            if key not in _SEARCH_KEYS:
+                raise self._err(
+                    f"unknown key {key!r} in 'search'{did_you_mean(str(key), sorted(_SEARCH_KEYS))}; "
+                    f"allowed: {sorted(_SEARCH_KEYS)}",
+                    f"search.{key}",
+                )
+        if self.method not in ("grid", "random"):
+            raise self._err(f"must be 'grid' or 'random', got {self.method!r}", "search.method")
+        if self.method == "random":
+            if "num_members" not in s:
+                raise self._err("random search needs num_members (a positive int)", "search.num_members")
+            n = s["num_members"]
+            if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                raise self._err(f"num_members must be a positive int for random search, got {n!r}",
+                                "search.num_members")
+            if n > MAX_MEMBERS:
+                raise self._err(f"num_members must be at most {MAX_MEMBERS}, got {n}", "search.num_members")
+        for key in ("seed", "base_seed"):
+            if key in s:
+                v = s[key]
+                if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                    raise self._err(f"must be a non-negative int, got {v!r}", f"search.{key}")
+        if "seeds" in s:
+            seeds = s["seeds"]
+            if isinstance(seeds, int) and not isinstance(seeds, bool):
+                if not 1 <= seeds <= MAX_MEMBERS:
+                    raise self._err(
+                        f"must be a positive int (seeds 0..n-1) or a non-empty list of seeds, got {seeds!r}",
+                        "search.seeds",
+                    )
+            elif isinstance(seeds, list) and seeds:
+                for i, v in enumerate(seeds):
+                    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                        raise self._err(f"seeds must be non-negative ints, got {v!r}", f"search.seeds[{i}]")
+                dup = sorted({v for v in seeds if seeds.count(v) > 1})
+                if dup:
+                    raise self._err(f"repeated seed(s) {dup} would train identical members", "search.seeds")
+            else:
+                raise self._err(
+                    f"must be a positive int (seeds 0..n-1) or a non-empty list of seeds, got {seeds!r}",
+                    "search.seeds",
+                )
+
+    def _check_value(self, key: str, value: Any, where: str) -> None:
+        """Check one value of option ``key`` (``train.lr``, ``data.label_noise``,
+        ``model.width``, ``seed``) wherever it comes from (``where``)."""
+        section, _, sub = key.partition(".")
+        try:
+            if key == "seed":
+                check_type(value, int, path=self.source, field=where)
+                if value < 0:
+                    raise self._err(f"seeds must be non-negative, got {value!r}", where)
+            elif section == "train" and sub in _TRAIN_FIELDS:
+                _validate_fields({sub: value}, {sub: _TRAIN_FIELDS[sub]}, path=self.source)
+                if sub in _STRICTLY_POSITIVE and value is not None and value <= 0:
+                    raise self._err(f"must be > 0, got {value!r}", where)
+            elif section == "data" and sub in _DATA_FIELDS:
+                _validate_fields({sub: value}, {sub: _DATA_FIELDS[sub]}, path=self.source)
+                if sub == "train_fraction" and value <= 0:
+                    raise self._err(f"must be in (0, 1], got {value!r}", where)
+            elif section == "model":
+                self._check_model_value(sub, value, where)
+        except RecipeError:
+            raise
+        except ConfigError as e:
+            raise self._err(e.message, where) from None
+
+    def _model_defaults(self) -> dict:
+        from zoo.registry import get_model_info
+
+        return get_model_info(self.arch).resolve_kwargs()
+
+    def _check_model_value(self, name: str, value: Any, where: str) -> None:
+        if name == "dropout" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not 0 <= value < 1:
+                raise self._err(f"dropout must be in [0, 1), got {value!r}", where)
+            return
+        if name not in _COUNT_KWARGS:
+            return
+        default = self._model_defaults().get(name)
+        positive_int = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+        if positive_int(default):
+            if not positive_int(value):
+                raise self._err(f"{name} is a count and must be a positive int, got {value!r}", where)
+        elif isinstance(default, (tuple, list)) and all(positive_int(v) for v in default):
+            if not isinstance(value, (list, tuple)) or not all(positive_int(v) for v in value):
+                raise self._err(f"{name} must be a list of positive ints, got {value!r}", where)
+
+    def _space_candidates(self, key: str, spec: Any) -> list[tuple[Any, str]]:
+        """The values (or bounds) a search-space entry can give, with where each is."""
+        where = f"search.space.{key}"
+        if isinstance(spec, list):
+            return [(v, f"{where}[{i}]") for i, v in enumerate(spec)]
+        kind, arg = next(iter(spec.items()))
+        if kind in ("choice", "grid"):
+            return [(v, f"{where}.{kind}[{i}]") for i, v in enumerate(arg)]
+        if kind == "range":
+            return [(v, f"{where}.range") for v in range(*arg)]
+        if kind == "int_uniform":
+            return [(arg[0], f"{where}.int_uniform[0]"), (arg[1], f"{where}.int_uniform[1]")]
+        # uniform / log_uniform: continuous; an integer option cannot take them
+        if key == "seed" or self._is_int_option(key):
+            raise self._err(f"{kind} gives non-integer values; use int_uniform or a list", where)
+        return [(float(arg[0]), f"{where}.{kind}[0]"), (float(arg[1]), f"{where}.{kind}[1]")]
+
+    def _is_int_option(self, key: str) -> bool:
+        section, _, sub = key.partition(".")
+        if section == "train" and sub in _TRAIN_FIELDS:
+            return _TRAIN_FIELDS[sub].type is int
+        if section == "data" and sub in _DATA_FIELDS:
+            return _DATA_FIELDS[sub].type is int
+        if section == "model" and sub in _COUNT_KWARGS:
+            default = self._model_defaults().get(sub)
+            return isinstance(default, int) and not isinstance(default, bool)
+        return False
+
+    def _grid_size(self, space: Mapping[str, Any]) -> int:
+        n = 1
+        for spec in space.values():
+            n *= len(_grid_values(spec))
+            if n > MAX_MEMBERS:
+                return n
+        if "seed" not in space:
+            seeds = self.search.get("seeds", 1)
+            n *= seeds if isinstance(seeds, int) else len(seeds)
+        return n
+
+    def _epochs_for_validation(self) -> list[int]:
+        """The fewest epochs a member may train (checkpoints must lie within)."""
+        epochs = int(self.train.get("epochs", TRAIN_DEFAULTS["epochs"]))
+        spec = (self.search.get("space") or {}).get("train.epochs")
+        if spec is not None:
+            candidates = [v for v, _ in self._space_candidates("train.epochs", spec)]
+            return [min(int(v) for v in candidates)]
+        return [epochs]
 
     def _check_space_entry(self, key: str, spec: Any) -> None:
-        src = self.source
-        if key != "seed" and not key.startswith(("model.", "data.", "train.")):
-            raise RecipeError(
-                f"{src}: search.space key {key!r} must start with 'model.', 'data.' or 'train.' (or be 'seed')"
+        where = f"search.space.{key}"
+        if not isinstance(key, str) or (key != "seed" and not key.startswith(("model.", "data.", "train."))):
+            raise self._err(
+                f"search.space key {key!r} must start with 'model.', 'data.' or 'train.' (or be 'seed')", where
             )
         if key == "data.name":
-            raise RecipeError(f"{src}: search.space cannot vary 'data.name'")
+            raise self._err("search.space cannot vary 'data.name'", where)
         if isinstance(spec, list):
             if not spec:
-                raise RecipeError(f"{src}: search.space key {key!r}: empty list")
+                raise self._err("empty list", where)
             return
         if not isinstance(spec, Mapping) or len(spec) != 1 or next(iter(spec)) not in _DIST_KEYS:
-            raise RecipeError(
-                f"{src}: search.space key {key!r}: expected a list or a one-key mapping with one of "
-                f"{sorted(_DIST_KEYS)}, got {spec!r}"
+            raise self._err(
+                f"expected a list or a one-key mapping with one of {sorted(_DIST_KEYS)}, got {spec!r}", where
             )
         kind, arg = next(iter(spec.items()))
         if kind in ("choice", "grid"):
             if not isinstance(arg, list) or not arg:
-                raise RecipeError(f"{src}: search.space key {key!r}: {kind} needs a non-empty list")
+                raise self._err(f"{kind} needs a non-empty list", where)
         elif kind == "range":
-            if not isinstance(arg, list) or len(arg) not in (2, 3):
-                raise RecipeError(f"{src}: search.space key {key!r}: range needs [start, stop(, step)]")
+            if not isinstance(arg, list) or len(arg) not in (2, 3) or not all(
+                isinstance(a, int) and not isinstance(a, bool) for a in arg
+            ):
+                raise self._err(f"range needs integers [start, stop(, step)], got {arg!r}", where)
+            if len(arg) == 3 and arg[2] == 0:
+                raise self._err("range step must not be 0", where)
+            n = len(range(*arg))
+            if n == 0:
+                raise self._err(f"range {arg} is empty", where)
+            if n > MAX_MEMBERS:
+                raise self._err(f"range {arg} has {n} values (more than {MAX_MEMBERS})", where)
         else:
-            if not isinstance(arg, list) or len(arg) != 2 or not all(isinstance(a, (int, float)) for a in arg):
-                raise RecipeError(f"{src}: search.space key {key!r}: {kind} needs [low, high]")
+            if not isinstance(arg, list) or len(arg) != 2 or not all(
+                isinstance(a, (int, float)) and not isinstance(a, bool) and math.isfinite(a) for a in arg
+            ):
+                raise self._err(f"{kind} needs finite numbers [low, high], got {arg!r}", where)
             lo, hi = arg
+            if kind == "int_uniform" and not all(isinstance(a, int) for a in arg):
+                raise self._err(f"int_uniform needs integer bounds, got {arg}", where)
             if lo > hi or (kind == "log_uniform" and lo <= 0):
-                raise RecipeError(f"{src}: search.space key {key!r}: bad bounds {arg} for {kind}")
+                raise self._err(f"bad bounds {arg} for {kind}", where)
 
     def _checkpoint_epochs(self, epochs: int) -> list[int]:
         """Sorted epochs to keep for a member trained ``epochs`` epochs."""
         ck = self.checkpoints
-        src = self.source
         if ck in (None, "final"):
             out = {epochs}
         elif ck == "all":
             out = set(range(0, epochs + 1))
         elif isinstance(ck, Mapping):
+            for key in ck:
+                if key not in ("every", "include_init"):
+                    raise self._err(
+                        f"unknown key {key!r}{did_you_mean(str(key), ['every', 'include_init'])}; "
+                        "allowed: every, include_init",
+                        f"checkpoints.{key}",
+                    )
             every = ck.get("every")
-            if not isinstance(every, int) or every <= 0:
-                raise RecipeError(f"{src}: checkpoints.every must be a positive int, got {every!r}")
-            out = set(range(0 if ck.get("include_init", True) else every, epochs + 1, every))
+            if not isinstance(every, int) or isinstance(every, bool) or every <= 0:
+                raise self._err(f"checkpoints.every must be a positive int, got {every!r}", "checkpoints.every")
+            include_init = ck.get("include_init", True)
+            if not isinstance(include_init, bool):
+                raise self._err(f"must be true or false, got {include_init!r}", "checkpoints.include_init")
+            out = set(range(0 if include_init else every, epochs + 1, every))
             out.add(epochs)
         elif isinstance(ck, list) and all(isinstance(e, int) and not isinstance(e, bool) for e in ck):
             bad = [e for e in ck if e < 0 or e > epochs]
             if bad:
-                raise RecipeError(f"{src}: checkpoints {bad} outside [0, epochs={epochs}]")
+                raise self._err(f"checkpoints {bad} outside [0, epochs={epochs}]", "checkpoints")
             out = set(ck) | {epochs}
         else:
-            raise RecipeError(
-                f"{src}: checkpoints must be 'final', 'all', a list of epochs or {{every: k}}, got {ck!r}"
+            raise self._err(
+                f"checkpoints must be 'final', 'all', a list of epochs or {{every: k}}, got {ck!r}", "checkpoints"
             )
         return sorted(out)
 

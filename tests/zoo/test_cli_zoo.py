@@ -49,4 +49,5 @@ def test_import_small_cnn_zoo(tmp_path):
     assert [c.epoch for c in z.members()[0].checkpoints] == [0, 1, 86]
     (src / "layout.csv").unlink()
     r = runner.invoke(app, ["zoo", "import-small-cnn-zoo", str(src), str(tmp_path / "o2"), "--no-progress"])
-    assert r.exit_code == 1 and "layout.csv: file not found" in r.output
+    # the CLI's error boundary: one line, exit 2 (user error)
+    assert r.exit_code == 2 and "layout.csv: file not found" in r.output and "Traceback" not in r.output

@@ -178,14 +178,25 @@ def read_safetensors_metadata(path: str | os.PathLike, *, what: str = "safetenso
         ) from None
 
 
-def read_npy(path: str | os.PathLike, *, what: str = "numpy file"):
+def read_npy(path: str | os.PathLike, *, what: str = "numpy file", mmap_mode: str | None = None):
     """Load a ``.npy``/``.npz`` file with ``allow_pickle=False``. An ``.npz`` is
-    read completely (a dict of arrays), so no file handle stays open."""
+    read completely (a dict of arrays), so no file handle stays open.
+    ``mmap_mode="r"`` maps a large ``.npy`` instead of reading it (a file
+    shorter than its header says is refused here, not at first access)."""
     import numpy as np
 
     p = _check_file(path, what)
     try:
-        obj = np.load(p, allow_pickle=False)
+        with open(p, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise InputFileError(f"cannot read ({exc.strerror or exc})", path=p) from None
+    if not magic:
+        raise InputFileError(f"is empty; expected a {what}", path=p)
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+        raise InputFileError(f"not a .npy/.npz file (no numpy header); expected a {what}", path=p)
+    try:
+        obj = np.load(p, allow_pickle=False, mmap_mode=mmap_mode)
         if isinstance(obj, np.lib.npyio.NpzFile):
             with obj:
                 return {k: obj[k] for k in obj.files}

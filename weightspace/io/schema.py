@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from weightspace.errors import ConfigError
 
-__all__ = ["Field", "validate", "check_type", "did_you_mean"]
+__all__ = ["Field", "validate", "check_type", "check_count", "did_you_mean"]
 
 _MISSING = object()
 
@@ -88,6 +89,20 @@ def check_type(value: Any, types: type | tuple[type, ...], *, path: object = Non
         raise ConfigError(f"expected {_describe(types)}, got {type(value).__name__} {value!r}"[:200],
                           path=path, field=field)
     return value
+
+
+def check_count(value: Any, name: str, *, min: int = 1, nullable: bool = True) -> int | None:
+    """Return ``value`` if it is an int ``>= min`` (``None`` too when
+    ``nullable``); else raise :class:`ConfigError` naming the argument ``name``.
+    For counts given to library functions (``limit=``, ``workers=``, ...)."""
+    if value is None and nullable:
+        return None
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise ConfigError(f"{name} must be an integer >= {min}, got {type(value).__name__} {value!r}"[:200],
+                          field=name)
+    if value < min:
+        raise ConfigError(f"{name} must be >= {min}, got {value}", field=name)
+    return int(value)
 
 
 def validate(value: Any, schema: Mapping[str, Field], *, path: object = None, where: str = "",

@@ -15,7 +15,10 @@ import torch
 from zoo.errors import ZooFormatError
 from zoo.train import CheckpointResult
 
-__all__ = ["ImportedMember", "import_members", "check_state_dict", "load_weights_file", "load_weights_bytes", "add_gaps"]
+__all__ = [
+    "ImportedMember", "import_members", "check_state_dict", "load_weights_file", "load_weights_bytes", "add_gaps",
+    "check_limit", "import_identity", "describe_option", "reference_state_dict",
+]
 
 
 @dataclass
@@ -58,16 +61,28 @@ def add_gaps(metrics: dict) -> dict:
     return m
 
 
-def check_state_dict(arch: str, model_kwargs: Mapping[str, Any], sd: Mapping[str, Any], *, path: Any) -> None:
-    """Raise :class:`ZooFormatError` (naming ``path`` and the tensor) unless
-    ``sd`` has exactly the tensors of ``arch(**model_kwargs)``."""
+def reference_state_dict(arch: str, model_kwargs: Mapping[str, Any], *, path: Any) -> dict[str, torch.Tensor]:
+    """The state dict of ``arch(**model_kwargs)``; an unknown architecture or
+    arguments it refuses (e.g. a negative width) are a :class:`ZooFormatError`
+    naming ``path``."""
     from zoo.registry import create_model, get_model_info
 
     try:
         get_model_info(arch)
     except KeyError as e:
         raise ZooFormatError(f"unknown architecture: {e.args[0]}", path=path, field="arch") from None
-    ref = create_model(arch, **model_kwargs).state_dict()
+    try:
+        return create_model(arch, **model_kwargs).state_dict()
+    except (TypeError, ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ZooFormatError(f"cannot build {arch}({dict(model_kwargs)}): {type(e).__name__}: {first}",
+                             path=path, field="model_kwargs") from None
+
+
+def check_state_dict(arch: str, model_kwargs: Mapping[str, Any], sd: Mapping[str, Any], *, path: Any) -> None:
+    """Raise :class:`ZooFormatError` (naming ``path`` and the tensor) unless
+    ``sd`` has exactly the tensors of ``arch(**model_kwargs)``."""
+    ref = reference_state_dict(arch, model_kwargs, path=path)
     missing = [k for k in ref if k not in sd]
     extra = [k for k in sd if k not in ref]
     if missing:
@@ -93,18 +108,18 @@ def check_state_dict(arch: str, model_kwargs: Mapping[str, Any], sd: Mapping[str
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a ``.safetensors`` or torch file, via
     :func:`weightspace.io.load_state_dict` (``torch.load(weights_only=True)``:
-    never runs pickled code), with errors that name the file."""
-    from weightspace.errors import StateDictError
+    never runs pickled code). Any failure (missing, a directory, empty,
+    truncated, corrupt, not a state dict) is a :class:`ZooFormatError` naming
+    the file."""
+    from weightspace.errors import MissingFileError, WeightspaceError
     from weightspace.io import load_state_dict
 
     try:
         return load_state_dict(path)
-    except FileNotFoundError:
+    except MissingFileError:
         raise ZooFormatError("file not found", path=path) from None
-    except StateDictError as e:
-        msg = str(e)
-        prefix = f"{path}: "
-        raise ZooFormatError(msg[len(prefix):] if msg.startswith(prefix) else msg, path=path) from None
+    except WeightspaceError as e:  # InputFileError, StateDictError
+        raise ZooFormatError(e.message, path=path, field=e.field) from None
 
 
 def load_weights_bytes(data: bytes, *, path: Any) -> dict[str, torch.Tensor]:
@@ -129,6 +144,79 @@ def finite(sd: Mapping[str, Any]) -> bool:
                if np.asarray(v).dtype.kind == "f")
 
 
+def check_limit(limit: Any) -> int | None:
+    """``limit`` (``None`` or an int >= 1); else :class:`~weightspace.errors.ConfigError` naming it."""
+    from weightspace.io import check_count
+
+    return check_count(limit, "limit")
+
+
+def describe_option(value: Any) -> Any:
+    """A JSON-able description of an import option (callables by their
+    qualified name), as stored in ``zoo.json`` and compared on resume."""
+    if callable(value) and not isinstance(value, (str, Mapping)):
+        return f"<callable {getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__name__)}>"
+    if isinstance(value, Mapping):
+        return {str(k): describe_option(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [describe_option(v) for v in value]
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+def import_identity(options: Mapping[str, Any]) -> tuple[dict, str]:
+    """``(import_options, recipe_hash)`` of an import: the options as stored
+    in ``zoo.json`` (JSON round-tripped, so they compare equal to what a
+    later run reads back) and their hash, which decides whether a later
+    import may resume into the same directory."""
+    import json
+
+    opts = json.loads(json.dumps({k: describe_option(v) for k, v in options.items()}, sort_keys=True))
+    return opts, short_hash(json.dumps(opts, sort_keys=True, separators=(",", ":")), 16)
+
+
+def _check_resume(out: Path, info: Mapping[str, Any]) -> None:
+    """Refuse (before anything is written) to resume an import into a zoo
+    made from another source directory or with other options, naming the
+    option and both values."""
+    from weightspace.errors import WeightspaceError
+    from weightspace.io import read_json
+
+    zpath = out / "zoo.json"
+    if not zpath.is_file():
+        return
+    try:
+        old = read_json(zpath)
+    except WeightspaceError:
+        return  # the zoo writer reports a damaged zoo.json
+    if not isinstance(old, Mapping) or old.get("source") != info.get("source"):
+        return  # a different kind of zoo: the zoo writer refuses it
+    hint = "use a new output directory (or the same options to resume)"
+    if old.get("name") != info.get("name"):
+        raise ZooFormatError(
+            f"this directory holds the import {old.get('name')!r}, not {info.get('name')!r}; {hint}",
+            path=zpath, field="name",
+        )
+    if old.get("recipe_hash") == info.get("recipe_hash"):
+        return
+    old_opts, new_opts = old.get("import_options"), info.get("import_options") or {}
+    if not isinstance(old_opts, Mapping):
+        raise ZooFormatError(
+            f"this directory holds an import made with other (unrecorded) options; {hint}", path=zpath,
+        )
+    for key in sorted(set(old_opts) | set(new_opts)):
+        if old_opts.get(key) != new_opts.get(key):
+            raise ZooFormatError(
+                f"this directory holds an import made with {key}={old_opts.get(key)!r}, "
+                f"this import has {key}={new_opts.get(key)!r}; {hint}",
+                path=zpath, field=f"import_options.{key}",
+            )
+    raise ZooFormatError(f"this directory holds an import made with other options; {hint}", path=zpath)
+
+
 def import_members(
     members: Iterable[ImportedMember],
     out: str | Path,
@@ -139,17 +227,34 @@ def import_members(
     batch: int = 256,
 ):
     """Write imported members into a zoo directory (resumable: members already
-    in the index are skipped). Returns the :class:`~zoo.store.Zoo`."""
+    in the index are skipped). Returns the :class:`~zoo.store.Zoo`.
+
+    Raises:
+        ZooFormatError: ``out`` holds an import from another source or with
+            other options (naming the option and both values), or ``members``
+            is empty (nothing is written then).
+    """
+    import itertools
+
     from tqdm.auto import tqdm
 
     from zoo.store import Zoo, ZooWriter
 
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ZooFormatError("exists and is not a directory; give a directory for the zoo", path=out)
+    _check_resume(out, info)
+    it = iter(members)
+    first = next(it, None)  # reads (and checks) the source before anything is written
+    if first is None:
+        raise ZooFormatError("no members to import (the source holds none that match the options)",
+                             path=info.get("source_path"))
     with ZooWriter(out, info) as w:
         have = w.member_ids()
         buf: list[dict] = []
         bar = tqdm(total=total, desc=f"import {info.get('name', '')}", unit="member", disable=not progress)
         try:
-            for m in members:
+            for m in itertools.chain([first], it):
                 bar.update(1)
                 if m.member_id in have:
                     continue

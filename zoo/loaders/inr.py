@@ -25,17 +25,20 @@ is not recorded in these zoos) and its ``label`` / ``split`` in ``extra``.
 
 from __future__ import annotations
 
-import json
 import re
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
+from weightspace.errors import ConfigError, WeightspaceError
+from weightspace.io import did_you_mean, read_json
 from zoo.errors import ZooFormatError
 from zoo.loaders._common import (
-    ImportedMember, check_state_dict, import_members, load_weights_bytes, load_weights_file, short_hash,
+    ImportedMember, check_limit, check_state_dict, import_identity, import_members, load_weights_bytes,
+    load_weights_file, short_hash,
 )
 from zoo.train import CheckpointResult
 
@@ -113,50 +116,122 @@ def _member(index: int, rel: str, kwargs: dict, sd: dict, label: Any, split: str
     )
 
 
+def _as_label(value: Any, *, path: Any, field: str) -> int:
+    """An integer class label (ints, or strings of digits as DWSNets writes them)."""
+    if isinstance(value, bool):
+        ok = False
+    elif isinstance(value, int):
+        return value
+    elif isinstance(value, float) and value.is_integer():
+        return int(value)
+    else:
+        ok = isinstance(value, str) and value.strip().lstrip("-").isdigit()
+    if not ok:
+        raise ZooFormatError(f"expected an integer class label, got {value!r}", path=path, field=field)
+    return int(value)
+
+
+_KNOWN_SPLITS = ("train", "val", "test")
+
+
+def _read_splits(spath: Path, splits: Sequence[str], root: Path) -> list[tuple[Path, int, str]]:
+    """The ``(file, label, split)`` entries of a DWSNets ``splits.json``,
+    every key and value checked (unknown keys get a did-you-mean)."""
+    try:
+        data = read_json(spath, what="splits file (JSON)")
+    except WeightspaceError as e:
+        raise ZooFormatError(e.message, path=spath) from None
+    if not isinstance(data, dict):
+        raise ZooFormatError(
+            f"expected a JSON object {{split: {{'path': [...], 'label': [...]}}}}, got a {type(data).__name__}",
+            path=spath,
+        )
+    known = list(dict.fromkeys([*_KNOWN_SPLITS, *splits]))
+    for key in data:
+        if key not in known:
+            raise ZooFormatError(
+                f"unknown split {key!r}{did_you_mean(str(key), known)} (known: {', '.join(known)}; "
+                "pass splits=[...] to read other splits)",
+                path=spath, field=str(key),
+            )
+    entries: list[tuple[Path, int, str]] = []
+    for split in splits:
+        if split not in data:
+            continue
+        part = data[split]
+        if not isinstance(part, dict):
+            raise ZooFormatError(f"split {split!r} must be an object with 'path' and 'label' lists, "
+                                 f"got a {type(part).__name__}", path=spath, field=split)
+        for key in part:
+            if key not in ("path", "label"):
+                raise ZooFormatError(
+                    f"unknown key {key!r} in split {split!r}{did_you_mean(str(key), ['path', 'label'])} "
+                    "(allowed: path, label)",
+                    path=spath, field=f"{split}.{key}",
+                )
+        for fld in ("path", "label"):
+            if fld not in part:
+                raise ZooFormatError(f"split {split!r} lacks the {fld!r} list", path=spath, field=f"{split}.{fld}")
+            if not isinstance(part[fld], list):
+                raise ZooFormatError(f"split {split!r}: {fld!r} must be a list, got a {type(part[fld]).__name__}",
+                                     path=spath, field=f"{split}.{fld}")
+        if len(part["path"]) != len(part["label"]):
+            raise ZooFormatError(f"split {split!r}: {len(part['path'])} paths but {len(part['label'])} labels",
+                                 path=spath, field=f"{split}.label")
+        for i, (p, lab) in enumerate(zip(part["path"], part["label"])):
+            if not isinstance(p, str) or not p:
+                raise ZooFormatError(f"expected a file path, got {p!r}", path=spath, field=f"{split}.path[{i}]")
+            entries.append((root / p, _as_label(lab, path=spath, field=f"{split}.label[{i}]"), split))
+    if not entries:
+        raise ZooFormatError(
+            f"no INR files listed for the split(s) {list(splits)} (the file has {sorted(data)})",
+            path=spath,
+        )
+    return entries
+
+
 def load_dwsnets_inrs(
     path: str | Path,
     *,
-    splits_file: str = "splits.json",
-    splits: Sequence[str] = ("train", "val", "test"),
+    splits_file: str | None = None,
+    splits: Sequence[str] = _KNOWN_SPLITS,
     output_offset: float = 0.5,
     limit: int | None = None,
 ) -> Iterator[ImportedMember]:
     """Read a DWSNets-style INR dataset directory (see the module docstring).
 
     Args:
+        splits_file: the splits file inside ``path``. Default: ``splits.json``
+            if there is one, else every ``*.pth`` under ``path``. A file
+            named here must exist.
+        splits: the splits to read (the file may hold only these and
+            ``train``/``val``/``test``: any other key is taken for a typo).
         output_offset: added to the output bias (DWSNets' INR adds 0.5 to its
             output); pass 0.0 to keep the stored bias unchanged.
+        limit: stop after this many members (>= 1).
 
     Raises:
-        ZooFormatError: missing/malformed ``splits.json`` (naming the split and
-            field), missing INR file, or a state dict that is not an MLP INR.
+        ZooFormatError: missing/malformed splits file (naming the split and
+            field; unknown keys with a did-you-mean), no INR listed, missing
+            or unreadable INR file, or a state dict that is not an MLP INR.
     """
+    check_limit(limit)
+    if isinstance(splits, str) or not all(isinstance(s, str) for s in splits) or not list(splits):
+        raise ConfigError(f"splits must be a non-empty list of split names, got {splits!r}", field="splits")
     path = Path(path).expanduser()
-    if not path.is_dir():
+    if not path.exists():
         raise ZooFormatError("INR dataset directory not found", path=path)
-    entries: list[tuple[Path, Any, str | None]] = []
-    spath = path / splits_file
-    if spath.is_file():
-        try:
-            data = json.loads(spath.read_text())
-        except json.JSONDecodeError as e:
-            raise ZooFormatError(f"invalid JSON ({e.msg})", path=spath) from None
-        for split in splits:
-            if split not in data:
-                continue
-            part = data[split]
-            for fld in ("path", "label"):
-                if not isinstance(part, Mapping) or fld not in part:
-                    raise ZooFormatError(f"split {split!r} lacks the {fld!r} list", path=spath,
-                                         field=f"{split}.{fld}")
-            if len(part["path"]) != len(part["label"]):
-                raise ZooFormatError(f"split {split!r}: {len(part['path'])} paths but {len(part['label'])} labels",
-                                     path=spath, field=f"{split}.label")
-            entries += [(path / p, lab, split) for p, lab in zip(part["path"], part["label"])]
+    if not path.is_dir():
+        raise ZooFormatError("is a file; expected an INR dataset directory", path=path)
+    spath = path / (splits_file or "splits.json")
+    if splits_file is not None and not spath.exists():
+        raise ZooFormatError("splits file not found", path=spath)
+    if spath.exists():
+        entries: list[tuple[Path, Any, str | None]] = list(_read_splits(spath, splits, path))
     else:
         entries = [(p, None, None) for p in sorted(path.rglob("*.pth"))]
         if not entries:
-            raise ZooFormatError(f"no {splits_file} and no *.pth files", path=path)
+            raise ZooFormatError("no splits.json and no *.pth files", path=path)
     for i, (f, label, split) in enumerate(entries):
         if limit is not None and i >= limit:
             return
@@ -184,53 +259,79 @@ def load_nfn_sirens(
         prefix: only files under ``{prefix}_*/`` (e.g. ``"randinit_test"``).
         index_pattern / label_pattern: regexes applied to the file path; the
             index orders the members, the label goes to ``extra["label"]``.
+        limit: stop after this many members (>= 1).
 
     Raises:
-        ZooFormatError: no SIREN files, unreadable file, or not a SIREN state dict.
+        ZooFormatError: no SIREN files, unreadable file or archive (truncated,
+            corrupt), or not a SIREN state dict.
     """
+    check_limit(limit)
     path = Path(path).expanduser()
-    idx_re, lab_re = re.compile(index_pattern), re.compile(label_pattern)
+    patterns = {}
+    for name, pat in (("index_pattern", index_pattern), ("label_pattern", label_pattern)):
+        try:
+            patterns[name] = re.compile(pat)
+        except (re.error, TypeError) as e:
+            raise ConfigError(f"not a valid regular expression ({e})", field=name) from None
+    idx_re, lab_re = patterns["index_pattern"], patterns["label_pattern"]
     pref_re = re.compile(rf"(^|/){re.escape(prefix)}_[^/]*/[^/]+$") if prefix else None
 
     def wanted(name: str) -> bool:
         return name.endswith((".pth", ".pt")) and (pref_re is None or bool(pref_re.search(name)))
 
     files: list[tuple[str, Any]] = []  # (relative name, loader)
+    tar = None
     if path.is_dir():
         for f in sorted(path.rglob("*")):
             rel = str(f.relative_to(path))
             if f.is_file() and wanted(rel):
                 files.append((rel, f))
     elif path.is_file() and tarfile.is_tarfile(path):
-        tar = tarfile.open(path)
-        for ti in tar.getmembers():
+        try:
+            tar = tarfile.open(path)
+            members = tar.getmembers()
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            raise ZooFormatError(f"corrupt or truncated tar archive ({type(e).__name__}: {e})", path=path) from None
+        for ti in members:
             if ti.isfile() and wanted(ti.name):
                 files.append((ti.name, ti))
+    elif not path.exists():
+        raise ZooFormatError("not found: not a directory or a tar archive of SIRENs", path=path)
     else:
         raise ZooFormatError("not a directory or a tar archive of SIRENs", path=path)
-    if not files:
-        raise ZooFormatError(
-            "no SIREN files found" + (f" under {prefix}_*/" if prefix else ""), path=path
-        )
+    try:
+        if not files:
+            raise ZooFormatError(
+                "no SIREN files found" + (f" under {prefix}_*/" if prefix else ""), path=path
+            )
 
-    def order(item):
-        m = idx_re.search(item[0])
-        return (int(m.group(1)) if m else 1 << 62, item[0])
+        def order(item):
+            m = idx_re.search(item[0])
+            return (int(m.group(1)) if m and m.group(1).isdigit() else 1 << 62, item[0])
 
-    files.sort(key=order)
-    for i, (rel, src) in enumerate(files):
-        if limit is not None and i >= limit:
-            return
-        where = f"{path}/{rel}" if not isinstance(src, Path) else src
-        if isinstance(src, tarfile.TarInfo):
-            data = tar.extractfile(src).read()  # bytes in memory; nothing written to disk
-            sd = load_weights_bytes(data, path=where)
-        else:
-            sd = load_weights_file(src)
-        kwargs, out = inr_state_dict_to_siren(sd, path=where)
-        m = idx_re.search(rel)
-        lab = lab_re.search(rel)
-        yield _member(int(m.group(1)) if m else i, rel, kwargs, out, lab.group(1) if lab else None, None, "nfn")
+        files.sort(key=order)
+        for i, (rel, src) in enumerate(files):
+            if limit is not None and i >= limit:
+                return
+            where = f"{path}/{rel}" if not isinstance(src, Path) else src
+            if isinstance(src, tarfile.TarInfo):
+                try:
+                    data = tar.extractfile(src).read()  # bytes in memory; nothing written to disk
+                except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+                    raise ZooFormatError(f"cannot be read from the archive ({type(e).__name__}: {e})",
+                                         path=where) from None
+                sd = load_weights_bytes(data, path=where)
+            else:
+                sd = load_weights_file(src)
+            kwargs, out = inr_state_dict_to_siren(sd, path=where)
+            m = idx_re.search(rel)
+            lab = lab_re.search(rel)
+            label = _as_label(lab.group(1), path=where, field="label_pattern") if lab else None
+            index = int(m.group(1)) if m and m.group(1).isdigit() else i
+            yield _member(index, rel, kwargs, out, label, None, "nfn")
+    finally:
+        if tar is not None:
+            tar.close()
 
 
 def import_inr_zoo(
@@ -242,18 +343,22 @@ def import_inr_zoo(
     **options: Any,
 ):
     """Convert an INR zoo (``style="dwsnets"`` or ``"nfn"``) into a weightspace
-    zoo at ``out``. ``options`` go to the matching ``load_*`` function."""
+    zoo at ``out``. ``options`` go to the matching ``load_*`` function.
+    Nothing is written when the source is malformed or yields no INR; ``out``
+    resumes only an import of the same directory with the same options."""
     path = Path(path).expanduser()
     if style == "dwsnets":
         members = load_dwsnets_inrs(path, **options)
     elif style == "nfn":
         members = load_nfn_sirens(path, **options)
     else:
-        raise ValueError(f"style must be 'dwsnets' or 'nfn', got {style!r}")
+        raise ConfigError(f"style must be 'dwsnets' or 'nfn', got {style!r}", field="style")
+    import_options, _ = import_identity(options)
     info = {
         "name": f"inr_{style}:{path.name}",
         "source": f"inr_{style}",
         "source_path": str(path.resolve()),
+        "import_options": import_options,
         "recipe": None,
         "recipe_hash": short_hash(repr(sorted((k, str(v)) for k, v in options.items())), 16),
     }

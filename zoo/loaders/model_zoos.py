@@ -11,7 +11,8 @@ network, each with
     ``test_loss``, ``test_acc``, ``training_iteration``, Ray bookkeeping ...).
 ``checkpoint_000NNN/checkpoints``
     the model's ``state_dict`` saved with ``torch.save`` after iteration NNN
-    (loaded here with ``torch.load(weights_only=True)``, never unpickled).
+    (loaded here with ``torch.load(weights_only=True)``, never unpickled; a
+    ``*.safetensors`` file there is read as well).
 
 The metrics of ``checkpoint_N`` are those of the result line whose
 ``training_iteration`` is N (or, without that field, line N-1); checkpoint 0
@@ -30,9 +31,12 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
+from weightspace.errors import ConfigError, WeightspaceError
+from weightspace.io import check_count, read_json, read_text
 from zoo.errors import ZooFormatError
 from zoo.loaders._common import (
-    ImportedMember, add_gaps, check_state_dict, import_members, load_weights_file, short_hash,
+    ImportedMember, add_gaps, check_limit, check_state_dict, import_identity, import_members, load_weights_file,
+    reference_state_dict, short_hash,
 )
 from zoo.train import CheckpointResult
 
@@ -55,23 +59,44 @@ _RENAME = {"train_accuracy": "train_acc", "test_accuracy": "test_acc", "val_accu
 
 def read_result_json(path: Path) -> list[dict]:
     """The JSON lines of a Ray Tune ``result.json`` (errors name the line)."""
-    if not path.is_file():
+    path = Path(path)
+    if not path.exists():
         raise ZooFormatError("file not found", path=path)
+    try:
+        text = read_text(path, what="Ray Tune result.json")
+    except WeightspaceError as e:
+        raise ZooFormatError(e.message, path=path) from None
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ZooFormatError(f"line {i} is not valid JSON ({e.msg})", path=path, field=f"line {i}") from None
+        if not isinstance(row, dict):
+            raise ZooFormatError(f"line {i} is a JSON {type(row).__name__}, expected an object", path=path,
+                                 field=f"line {i}")
+        rows.append(row)
     return rows
+
+
+def _read_params(path: Path) -> dict:
+    try:
+        params = read_json(path, what="Ray Tune params.json")
+    except WeightspaceError as e:
+        raise ZooFormatError(e.message, path=path) from None
+    if not isinstance(params, dict):
+        raise ZooFormatError(f"expected a JSON object, got a {type(params).__name__}", path=path)
+    return params
 
 
 def _resolve_arch(arch: ArchSpec, params: dict, model_kwargs: Mapping[str, Any] | None, ppath: Path):
     if callable(arch) and not isinstance(arch, str):
-        name, kwargs = arch(params)
-        kwargs = dict(kwargs)
+        res = arch(params)
+        if not (isinstance(res, tuple) and len(res) == 2 and isinstance(res[0], str) and isinstance(res[1], Mapping)):
+            raise ConfigError(f"the arch callable must return (name, kwargs), got {res!r}"[:200], field="arch")
+        name, kwargs = res[0], dict(res[1])
     elif isinstance(arch, Mapping):
         mtype = params.get("model::type")
         if mtype is None:
@@ -101,9 +126,7 @@ def _apply_key_map(sd: dict, key_map: KeyMap, arch: str, kwargs: dict, fpath: Pa
     if key_map is None:
         return sd
     if key_map == "by_order":
-        from zoo.registry import create_model
-
-        ref = create_model(arch, **kwargs).state_dict()
+        ref = reference_state_dict(arch, kwargs, path=fpath)
         if len(ref) != len(sd):
             raise ZooFormatError(
                 f"has {len(sd)} tensors but {arch!r} has {len(ref)}; cannot map by order",
@@ -114,17 +137,20 @@ def _apply_key_map(sd: dict, key_map: KeyMap, arch: str, kwargs: dict, fpath: Pa
         return {key_map.get(k, k): v for k, v in sd.items()}
     if callable(key_map):
         return {key_map(k): v for k, v in sd.items()}
-    raise ValueError(f"key_map must be None, 'by_order', a mapping or a callable, got {key_map!r}")
+    raise ConfigError(f"key_map must be None, 'by_order', a mapping or a callable, got {key_map!r}", field="key_map")
 
 
 def _checkpoint_file(d: Path) -> Path:
     for name in _CKPT_FILES:
         if (d / name).is_file():
             return d / name
-    pts = sorted(d.glob("*.pt")) + sorted(d.glob("*.pth"))
+    pts = sorted(d.glob("*.pt")) + sorted(d.glob("*.pth")) + sorted(d.glob("*.safetensors"))
+    pts = [p for p in pts if p.is_file()]
     if pts:
         return pts[0]
-    raise ZooFormatError(f"no state dict file found (looked for {list(_CKPT_FILES)} and *.pt)", path=d)
+    raise ZooFormatError(
+        f"no state dict file found (looked for {list(_CKPT_FILES)}, *.pt, *.pth and *.safetensors)", path=d
+    )
 
 
 def _metrics_for(iteration: int, rows: list[dict]) -> dict:
@@ -141,6 +167,32 @@ def _metrics_for(iteration: int, rows: list[dict]) -> dict:
             continue
         m[_RENAME.get(k, k)] = float(v)
     return add_gaps(m)
+
+
+def _check_options(arch: Any, model_kwargs: Any, key_map: Any, epochs: Any, limit: Any) -> None:
+    if not (isinstance(arch, (str, Mapping)) or callable(arch)):
+        raise ConfigError(f"arch must be a name, a mapping or a callable, got {arch!r}", field="arch")
+    if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+        raise ConfigError(f"model_kwargs must be a mapping, got {type(model_kwargs).__name__}", field="model_kwargs")
+    if not (key_map is None or key_map == "by_order" or isinstance(key_map, Mapping)
+            or (callable(key_map) and not isinstance(key_map, str))):
+        raise ConfigError(f"key_map must be None, 'by_order', a mapping or a callable, got {key_map!r}",
+                          field="key_map")
+    if isinstance(epochs, str):
+        if epochs not in ("all", "final"):
+            raise ConfigError(f"epochs must be 'all', 'final' or a list of iterations, got {epochs!r}",
+                              field="epochs")
+    else:
+        try:
+            vals = list(epochs)
+        except TypeError:
+            raise ConfigError(f"epochs must be 'all', 'final' or a list of iterations, got {epochs!r}",
+                              field="epochs") from None
+        if not vals:
+            raise ConfigError("epochs is an empty list; give at least one iteration", field="epochs")
+        for v in vals:
+            check_count(v, "epochs", min=0, nullable=False)
+    check_limit(limit)
 
 
 def load_model_zoos(
@@ -164,15 +216,21 @@ def load_model_zoos(
             ``None`` (identical), ``"by_order"`` (positional, shapes checked),
             a mapping ``{old: new}`` or a callable ``old -> new``.
         epochs: ``"all"`` checkpoints, ``"final"`` (highest), or a list of iterations.
-        limit: stop after this many members.
+        limit: stop after this many members (>= 1).
 
     Raises:
-        ZooFormatError: missing ``params.json`` / ``result.json`` /
-            checkpoint file, unknown architecture, or tensors that do not fit.
+        ZooFormatError: missing or malformed ``params.json`` / ``result.json``
+            / checkpoint file (truncated, corrupt, not a state dict), unknown
+            architecture, tensors that do not fit, or no checkpoint matching
+            ``epochs``; the message names the file.
+        ConfigError: an option has the wrong type or range (names it).
     """
+    _check_options(arch, model_kwargs, key_map, epochs, limit)
     path = Path(path).expanduser()
-    if not path.is_dir():
+    if not path.exists():
         raise ZooFormatError("model zoo directory not found", path=path)
+    if not path.is_dir():
+        raise ZooFormatError("is a file; expected a model zoo directory (Ray Tune trial directories)", path=path)
     trials = [path] if (path / "params.json").is_file() else sorted(
         d for d in path.iterdir() if d.is_dir() and (d / "params.json").is_file()
     )
@@ -184,10 +242,7 @@ def load_model_zoos(
     count = 0
     for index, trial in enumerate(trials):
         ppath = trial / "params.json"
-        try:
-            params = json.loads(ppath.read_text())
-        except json.JSONDecodeError as e:
-            raise ZooFormatError(f"invalid JSON ({e.msg})", path=ppath) from None
+        params = _read_params(ppath)
         rows = read_result_json(trial / "result.json")
         name, kwargs = _resolve_arch(arch, params, model_kwargs, ppath)
         ck_dirs = sorted(
@@ -223,6 +278,11 @@ def load_model_zoos(
         count += 1
         if limit is not None and count >= limit:
             return
+    if count == 0:
+        raise ZooFormatError(
+            f"none of the {len(trials)} trial(s) has a checkpoint at iterations {sorted(int(e) for e in epochs)}",
+            path=path, field="epochs",
+        )
 
 
 def import_model_zoos(
@@ -237,14 +297,25 @@ def import_model_zoos(
     progress: bool = True,
 ):
     """Convert a model-zoos style directory into a weightspace zoo at ``out``.
-    Returns the :class:`~zoo.store.Zoo`; options as in :func:`load_model_zoos`."""
+    Returns the :class:`~zoo.store.Zoo`; options as in :func:`load_model_zoos`.
+
+    ``out`` resumes only an import of the same directory with the same
+    ``arch``, ``model_kwargs``, ``key_map``, ``epochs`` and ``limit``
+    (callables compare by qualified name); otherwise a
+    :class:`ZooFormatError` names the option and both values."""
+    _check_options(arch, model_kwargs, key_map, epochs, limit)
     path = Path(path).expanduser()
+    options, recipe_hash = import_identity({
+        "arch": arch, "model_kwargs": dict(model_kwargs or {}), "key_map": key_map,
+        "epochs": epochs if isinstance(epochs, str) else [int(e) for e in epochs], "limit": limit,
+    })
     info = {
         "name": f"model_zoos:{path.name}",
         "source": "model_zoos",
         "source_path": str(path.resolve()),
+        "import_options": options,
         "recipe": None,
-        "recipe_hash": short_hash(repr((str(arch), epochs, limit)), 16),
+        "recipe_hash": recipe_hash,
     }
     members = load_model_zoos(path, arch=arch, model_kwargs=model_kwargs, key_map=key_map, epochs=epochs,
                               limit=limit)

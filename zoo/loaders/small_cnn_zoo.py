@@ -30,6 +30,12 @@ exactly (``padding="same"`` emulates TF's asymmetric SAME padding instead). With
 ``padding=1``): same weights, different function -- fine for weight-space
 learning, not for evaluating the networks.
 
+Image size: the networks pool globally, so the weights do not determine the
+input size, yet TF's SAME padding depends on it. It comes from
+``config.dataset`` for the four published datasets; for any other dataset
+pass ``image_size=`` (CLI ``--image-size``) -- there is no silent default.
+Input channels, classes, width and depth are read from ``layout.csv``.
+
 The usual filter (as in the paper's notebook): one checkpoint per run, the
 last ``step`` (``steps="final"``), and runs whose weights are not all finite
 dropped (``drop_nonfinite=True``).
@@ -37,6 +43,7 @@ dropped (``drop_nonfinite=True``).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +51,12 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from weightspace.errors import ConfigError, InputFileError
+from weightspace.io import check_count, check_numel, read_npy
 from zoo.errors import ZooFormatError
-from zoo.loaders._common import ImportedMember, add_gaps, check_state_dict, finite, import_members, short_hash
+from zoo.loaders._common import (
+    ImportedMember, add_gaps, check_limit, finite, import_identity, import_members, short_hash,
+)
 from zoo.train import CheckpointResult
 
 __all__ = [
@@ -65,6 +76,7 @@ _METRIC_RENAME = {
     "train_loss": "train_loss",
 }
 _IMAGE_SIZE = {"mnist": 28, "fashion_mnist": 28, "cifar10": 32, "svhn_cropped": 32}
+_PADDINGS = ("valid", "same", "torch")
 _ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "elu": "elu", "gelu": "gelu",
                 "linear": "identity", "swish": "silu", "silu": "silu"}
 
@@ -92,12 +104,17 @@ class LayoutEntry:
 def _read_csv(path: Path, required: Sequence[str]):
     import pandas as pd
 
-    if not path.is_file():
+    if not path.exists():
         raise ZooFormatError("file not found", path=path)
+    if not path.is_file():
+        raise ZooFormatError("is a directory, expected a CSV file", path=path)
     try:
         df = pd.read_csv(path)
-    except Exception as e:
-        raise ZooFormatError(f"cannot be read as CSV ({type(e).__name__}: {e})", path=path) from None
+    except pd.errors.EmptyDataError:
+        raise ZooFormatError("is empty (no header row)", path=path) from None
+    except Exception as e:  # ParserError, UnicodeDecodeError, BadGzipFile, EOFError (truncated .gz), OSError
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ZooFormatError(f"cannot be read as CSV ({type(e).__name__}: {first})", path=path) from None
     for col in required:
         if col not in df.columns:
             raise ZooFormatError(
@@ -106,20 +123,46 @@ def _read_csv(path: Path, required: Sequence[str]):
     return df
 
 
+def _int_column(df, col: str, path: Path, *, min_value: int = 0) -> list[int]:
+    """The integer values of column ``col``; a blank, non-integer or too small
+    value is a :class:`ZooFormatError` naming the file, column and row."""
+    out = []
+    for i, v in enumerate(df[col].tolist()):
+        try:
+            f = float(v)
+            ok = math.isfinite(f) and f == int(f) and int(f) >= min_value
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ZooFormatError(
+                f"row {i}: expected an integer >= {min_value}, got {v!r}", path=path, field=col
+            )
+        out.append(int(f))
+    return out
+
+
 def read_layout(path: str | Path) -> list[LayoutEntry]:
     """Parse ``layout.csv`` (sorted by ``start_idx``; checked to tile the row)."""
     path = Path(path).expanduser()
     df = _read_csv(path, ("varname", "start_idx", "end_idx", "shape"))
+    if len(df) == 0:
+        raise ZooFormatError("has no variables (only a header row)", path=path)
+    starts = _int_column(df, "start_idx", path)
+    ends = _int_column(df, "end_idx", path)
     entries = []
-    for i, row in df.iterrows():
-        shape = tuple(int(s) for s in re.findall(r"\d+", str(row["shape"])))
-        start, end = int(row["start_idx"]), int(row["end_idx"])
-        if not shape or end - start != int(np.prod(shape)):
+    for i, (name, raw_shape, start, end) in enumerate(zip(df["varname"].tolist(), df["shape"].tolist(), starts, ends)):
+        if not isinstance(name, str) or not name:
+            raise ZooFormatError(f"row {i}: empty variable name", path=path, field="varname")
+        shape = tuple(int(s) for s in re.findall(r"\d+", str(raw_shape)))
+        if not shape:
+            raise ZooFormatError(f"row {i} ({name}): no shape in {raw_shape!r}", path=path, field="shape")
+        check_numel(list(shape), path=path, field="shape")
+        if end - start != int(np.prod(shape)):
             raise ZooFormatError(
-                f"row {i} ({row['varname']}): end_idx - start_idx = {end - start} does not match shape {row['shape']}",
+                f"row {i} ({name}): end_idx - start_idx = {end - start} does not match shape {raw_shape}",
                 path=path, field="shape",
             )
-        entries.append(LayoutEntry(str(row["varname"]), start, end, shape))
+        entries.append(LayoutEntry(name, start, end, shape))
     entries.sort(key=lambda e: e.start)
     pos = 0
     for e in entries:
@@ -209,7 +252,52 @@ def tf_vector_to_state_dict(
     return sd
 
 
-def _arch_for(cfg: dict, padding: str, image_size: int | None, metrics_path: Path) -> tuple[str, dict]:
+def _layout_arch(layout: Sequence[LayoutEntry], path: Any) -> dict[str, int]:
+    """Architecture sizes the layout determines: input channels, classes,
+    width and depth (from the conv kernels ``(kh, kw, in, out)`` and the
+    output layer's bias). The input *image size* is not among them: the
+    network pools globally, so its weights are the same for any image size."""
+    layers = _layers(layout, path)
+    convs = [d["kernel"].shape for d in layers if len(d["kernel"].shape) == 4]
+    if not convs or len(layers[-1]["kernel"].shape) != 2:
+        raise ZooFormatError(
+            f"expected conv kernels (4-d) followed by a dense kernel (2-d), got kernel shapes "
+            f"{[d['kernel'].shape for d in layers]}",
+            path=path, field="shape",
+        )
+    last = layers[-1]
+    num_classes = last["bias"].shape[0] if "bias" in last else last["kernel"].shape[1]
+    return {"in_channels": int(convs[0][2]), "num_classes": int(num_classes),
+            "width": int(convs[0][3]), "depth": len(convs)}
+
+
+def _cfg_int(cfg: dict, key: str, default: int, metrics_path: Path) -> int:
+    v = cfg.get(key)
+    if v is None:
+        return default
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ZooFormatError(f"expected a positive integer, got {v!r}", path=metrics_path, field=f"config.{key}")
+    return v
+
+
+def _image_size_for(cfg: dict, image_size: int | None, metrics_path: Path) -> int:
+    if image_size is not None:
+        return image_size
+    dataset = cfg.get("dataset")
+    if dataset in _IMAGE_SIZE:
+        return _IMAGE_SIZE[dataset]
+    raise ZooFormatError(
+        f"unknown dataset {dataset!r} (known: {', '.join(sorted(_IMAGE_SIZE))}): its input image size cannot "
+        "be read from the weights (the network pools globally); pass image_size=... "
+        "(CLI: --image-size) or padding='torch'",
+        path=metrics_path, field="config.dataset",
+    )
+
+
+def _arch_for(cfg: dict, padding: str, image_size: int | None, metrics_path: Path,
+              sizes: dict[str, int]) -> tuple[str, dict]:
     arch_name = str(cfg.get("dnn_architecture", "cnn"))
     if arch_name != "cnn":
         raise ZooFormatError(
@@ -225,18 +313,43 @@ def _arch_for(cfg: dict, padding: str, image_size: int | None, metrics_path: Pat
             path=metrics_path, field="config.activation",
         )
     kwargs: dict[str, Any] = {
-        "in_channels": 1,
-        "num_classes": 10,
-        "width": int(cfg.get("num_units", 16)),
-        "depth": int(cfg.get("num_layers", 3)),
+        "in_channels": sizes["in_channels"],
+        "num_classes": sizes["num_classes"],
+        "width": _cfg_int(cfg, "num_units", sizes["width"], metrics_path),
+        "depth": _cfg_int(cfg, "num_layers", sizes["depth"], metrics_path),
         "activation": _ACTIVATIONS[act],
     }
     if padding == "torch":
         return "cnn_small", kwargs
-    if padding not in ("valid", "same"):
-        raise ValueError(f"padding must be 'valid', 'same' or 'torch', got {padding!r}")
-    size = image_size or _IMAGE_SIZE.get(str(cfg.get("dataset", "mnist")), 28)
+    size = _image_size_for(cfg, image_size, metrics_path)
     return "cnn_small_tf", dict(kwargs, padding=padding, image_size=int(size))
+
+
+def _check_options(steps: Any, padding: str, image_size: Any, limit: Any) -> None:
+    if padding not in _PADDINGS:
+        raise ConfigError(f"padding must be one of {', '.join(_PADDINGS)}, got {padding!r}", field="padding")
+    check_count(image_size, "image_size")
+    check_limit(limit)
+    if isinstance(steps, str):
+        if steps not in ("final", "all"):
+            raise ConfigError(f"steps must be 'final', 'all' or a list of steps, got {steps!r}", field="steps")
+        return
+    try:
+        vals = list(steps)
+    except TypeError:
+        raise ConfigError(f"steps must be 'final', 'all' or a list of steps, got {steps!r}", field="steps") from None
+    if not vals:
+        raise ConfigError("steps is an empty list; give at least one step", field="steps")
+    for v in vals:
+        check_count(v, "steps", min=0, nullable=False)
+
+
+def _metrics_path(path: Path) -> Path:
+    """``metrics.csv.gz`` as published, or an uncompressed ``metrics.csv``."""
+    gz = path / "metrics.csv.gz"
+    if not gz.exists() and (path / "metrics.csv").exists():
+        return path / "metrics.csv"
+    return gz
 
 
 def load_small_cnn_zoo(
@@ -251,35 +364,52 @@ def load_small_cnn_zoo(
     """Read a Small CNN Zoo directory as :class:`ImportedMember` s (lazily).
 
     Args:
-        path: directory with ``weights.npy``, ``metrics.csv.gz``, ``layout.csv``.
+        path: directory with ``weights.npy``, ``metrics.csv.gz`` (or
+            ``metrics.csv``), ``layout.csv``.
         steps: ``"final"`` (last step of each run -- the usual filter),
             ``"all"`` (every step becomes a checkpoint), or a list of steps.
         drop_nonfinite: skip runs whose kept weights have NaN/Inf.
         padding: ``"valid"`` (default; what the zoo was trained with),
             ``"same"`` or ``"torch"`` -- see the module docstring.
-        image_size: input size for ``cnn_small_tf`` (default from ``config.dataset``).
-        limit: stop after this many members.
+        image_size: input size for ``cnn_small_tf``. Default: from
+            ``config.dataset`` (28 for mnist / fashion_mnist, 32 for cifar10 /
+            svhn_cropped); the weights do not determine it (global pooling),
+            so any other dataset needs it (not with ``padding="torch"``).
+        limit: stop after this many members (>= 1).
 
     Raises:
-        ZooFormatError: a file is missing or malformed; the message names the
-            file and the column / field.
+        ZooFormatError: a file is missing or malformed, the dataset's image
+            size is unknown, or no member matches the options; the message
+            names the file and the column / field.
+        ConfigError: an option is out of range (names the option).
     """
     import pandas as pd
 
     from zoo.registry import create_model
 
+    _check_options(steps, padding, image_size, limit)
     path = Path(path).expanduser()
-    if not path.is_dir():
+    if not path.exists():
         raise ZooFormatError("Small CNN Zoo directory not found", path=path)
-    layout = read_layout(path / "layout.csv")
+    if not path.is_dir():
+        raise ZooFormatError(
+            "is a file; expected the Small CNN Zoo directory (weights.npy, metrics.csv.gz, layout.csv)", path=path
+        )
+    lpath = path / "layout.csv"
+    layout = read_layout(lpath)
+    sizes = _layout_arch(layout, lpath)
     n_params = layout[-1].end
     wpath = path / "weights.npy"
-    if not wpath.is_file():
+    if not wpath.exists():
         raise ZooFormatError("file not found", path=wpath)
     try:
-        weights = np.load(wpath, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise ZooFormatError(f"not a plain numeric .npy array ({e})", path=wpath) from None
+        weights = read_npy(wpath, what="weights.npy array", mmap_mode="r")
+    except InputFileError as e:
+        raise ZooFormatError(f"not a plain numeric .npy array: {e.message}", path=wpath) from None
+    if not isinstance(weights, np.ndarray):
+        raise ZooFormatError("is an .npz archive; expected a single .npy array", path=wpath)
+    if weights.dtype.kind not in "fiu":
+        raise ZooFormatError(f"not a plain numeric .npy array (dtype {weights.dtype})", path=wpath, field="dtype")
     if weights.ndim != 2:
         raise ZooFormatError(f"expected a 2-d array (rows x {n_params}), got shape {weights.shape}",
                              path=wpath, field="shape")
@@ -288,12 +418,15 @@ def load_small_cnn_zoo(
             f"rows have {weights.shape[1]} values but layout.csv describes {n_params} parameters",
             path=wpath, field="shape",
         )
-    mpath = path / "metrics.csv.gz"
+    if weights.shape[0] == 0:
+        raise ZooFormatError("has no rows (no checkpoints to import)", path=wpath, field="shape")
+    mpath = _metrics_path(path)
     metrics = _read_csv(mpath, ("step",))
     if len(metrics) != weights.shape[0]:
         raise ZooFormatError(
             f"has {len(metrics)} rows but weights.npy has {weights.shape[0]}", path=mpath, field="rows"
         )
+    step_of = _int_column(metrics, "step", mpath)
     cfg_cols = [c for c in metrics.columns if c.startswith("config.")]
     metric_cols = [c for c in metrics.columns if c not in cfg_cols and c not in ("step", "modeldir")
                    and not c.startswith("Unnamed")]
@@ -308,22 +441,26 @@ def load_small_cnn_zoo(
     for row, run in enumerate(run_col.tolist()):
         groups.setdefault(str(run), []).append(row)
     templates: dict[str, dict] = {}
-    count = 0
+    count = n_selected = n_nonfinite = 0
     for run_idx, (run, rows) in enumerate(groups.items()):
-        rows = sorted(rows, key=lambda r: int(metrics.at[r, "step"]))
+        rows = sorted(rows, key=lambda r: step_of[r])
         if steps == "final":
             rows = rows[-1:]
         elif steps != "all":
             wanted = {int(s) for s in steps}
-            rows = [r for r in rows if int(metrics.at[r, "step"]) in wanted]
+            rows = [r for r in rows if step_of[r] in wanted]
         if not rows:
             continue
+        n_selected += 1
         first = metrics.iloc[rows[0]]
         cfg = {c[len("config."):]: _py(first[c]) for c in cfg_cols}
-        arch, kwargs = _arch_for(cfg, padding, image_size, mpath)
+        arch, kwargs = _arch_for(cfg, padding, image_size, mpath, sizes)
         key = repr((arch, sorted(kwargs.items())))
         if key not in templates:
-            templates[key] = create_model(arch, **kwargs).state_dict()
+            try:
+                templates[key] = create_model(arch, **kwargs).state_dict()
+            except (ValueError, TypeError, RuntimeError) as e:
+                raise ZooFormatError(f"cannot build {arch}({kwargs}): {e}", path=mpath) from None
             n_torch = sum(v.numel() for v in templates[key].values())
             if n_torch != n_params:
                 raise ZooFormatError(
@@ -333,15 +470,16 @@ def load_small_cnn_zoo(
         cks = []
         for r in rows:
             sd = tf_vector_to_state_dict(np.asarray(weights[r], dtype=np.float32), layout, templates[key],
-                                         path=path / "layout.csv")
+                                         path=lpath)
             m = {}
             for c in metric_cols:
                 v = _py(metrics.at[r, c])
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     m[_METRIC_RENAME.get(c, c)] = float(v)
-            step = int(metrics.at[r, "step"])
+            step = step_of[r]
             cks.append(CheckpointResult(epoch=step, step=step, metrics=add_gaps(m), state_dict=sd))
         if drop_nonfinite and not all(finite(c.state_dict) for c in cks):
+            n_nonfinite += 1
             continue
         cfg_full = {"arch": arch, "model": kwargs, "hparams": cfg}
         yield ImportedMember(
@@ -355,6 +493,18 @@ def load_small_cnn_zoo(
         count += 1
         if limit is not None and count >= limit:
             return
+    if count == 0:
+        if n_selected == 0:
+            raise ZooFormatError(
+                f"no run has a checkpoint at steps {sorted({int(s) for s in steps})} "
+                f"(steps present: {sorted(set(step_of))[:20]})",
+                path=mpath, field="step",
+            )
+        raise ZooFormatError(
+            f"all {n_selected} runs have non-finite weights; pass drop_nonfinite=False "
+            "(CLI: --keep-nonfinite) to import them anyway",
+            path=wpath,
+        )
 
 
 def _py(v: Any) -> Any:
@@ -377,17 +527,21 @@ def import_small_cnn_zoo(
     progress: bool = True,
 ):
     """Convert a Small CNN Zoo directory into a weightspace zoo at ``out``
-    (resumable). Returns the :class:`~zoo.store.Zoo`. Options as in
-    :func:`load_small_cnn_zoo`."""
+    (resumable with the same options). Returns the :class:`~zoo.store.Zoo`.
+    Options as in :func:`load_small_cnn_zoo`; nothing is written when the
+    source is malformed or holds no member that matches them."""
+    _check_options(steps, padding, image_size, limit)
     path = Path(path).expanduser()
-    opts = {"steps": steps if isinstance(steps, str) else list(steps), "drop_nonfinite": drop_nonfinite,
+    opts = {"steps": steps if isinstance(steps, str) else [int(s) for s in steps], "drop_nonfinite": drop_nonfinite,
             "padding": padding, "image_size": image_size, "limit": limit}
+    options, _ = import_identity(opts)
     info = {
         "name": f"small_cnn_zoo:{path.name}",
         "source": "small_cnn_zoo",
         "source_path": str(path.resolve()),
-        "import_options": opts,
+        "import_options": options,
         "recipe": None,
+        # the hash of earlier versions, so their zoos still resume
         "recipe_hash": short_hash(repr(sorted(opts.items())), 16),
     }
     members = load_small_cnn_zoo(path, steps=steps, drop_nonfinite=drop_nonfinite, padding=padding,

@@ -127,8 +127,8 @@ def set_roles(ctx: Ctx, desc: tuple | None, roles: dict[int, str], **meta) -> No
     if not desc:
         return
     for d in desc:
-        if isinstance(d, Lazy) and d.key[0] == "param":
-            name = d.key[1]
+        if isinstance(d, Lazy) and d.kind == "param":
+            name = d.name
             ctx.state.param_roles.setdefault(name, dict(roles))
             if meta:
                 ctx.state.param_meta.setdefault(name, {}).update(meta)

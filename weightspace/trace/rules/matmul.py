@@ -38,8 +38,8 @@ def matmul_rule(ctx: Ctx, args, descs, kwargs, kdescs, out):
 
 def _matmul_out_roles(ctx: Ctx, da, db) -> None:
     # x @ W with a parameter W: rows of W are inputs, columns outputs
-    if db and isinstance(db[-1], Lazy) and db[-1].key[0] == "param":
-        name = db[-1].key[1]
+    if db and isinstance(db[-1], Lazy) and db[-1].kind == "param":
+        name = db[-1].name
         nd = len(db)
         ctx.state.param_roles.setdefault(name, {nd - 2: "in", nd - 1: "out"})
 

@@ -7,7 +7,7 @@ import operator
 
 import torch
 
-from weightspace.trace.axes import Ctx, apply_resplit
+from weightspace.trace.axes import Ctx, Resplit, apply_resplit
 from weightspace.trace.channels import Feat, SplitAx
 from weightspace.trace.rules._base import (
     function_rule,
@@ -188,7 +188,7 @@ def _pieces(ctx: Ctx, x: torch.Tensor, d: tuple, dim: int, bounds: list[tuple[in
     for a, b in bounds:
         r = ctx.slice_axis(d[dim], int(x.shape[dim]), a, b)
         dd = list(d)
-        if isinstance(r, tuple) and r and r[0] == "resplit":
+        if isinstance(r, Resplit):
             dd = apply_resplit(dd, r)
         else:
             dd[dim] = r
@@ -227,7 +227,7 @@ def unbind_rule(ctx: Ctx, args, descs, kwargs, kdescs, out):
 def _select(ctx: Ctx, x, d: tuple, dim: int, index: int) -> tuple:
     r = ctx.select_axis(d[dim], int(x.shape[dim]), index)
     dd = list(d)
-    if isinstance(r, tuple) and r and r[0] in ("resplit", "resplit-feat"):
+    if isinstance(r, Resplit):
         dd = apply_resplit(dd, r)
     del dd[dim]
     return tuple(dd)
@@ -279,38 +279,36 @@ def tensor_index(ctx: Ctx, x: torch.Tensor, d: tuple, idx, out):
         idx = idx[:k] + (slice(None),) * (x.dim() - n_real) + idx[k + 1:]
     idx = idx + (slice(None),) * (x.dim() - sum(1 for i in idx if i is not None))
     dd = list(d)
-    res: list = []
+    # per output axis: the input axis it keeps, or None (new / advanced-indexed)
+    res: list[int | None] = []
     axis = 0
     for i in idx:
         if i is None:
-            res.append(("new",))
+            res.append(None)
             continue
         if isinstance(i, slice):
             r = ctx.slice_axis(dd[axis], int(x.shape[axis]), i.start if i.start is not None else 0,
                                i.stop if i.stop is not None else int(x.shape[axis]), i.step or 1)
-            if isinstance(r, tuple) and r and r[0] == "resplit":
+            if isinstance(r, Resplit):
                 dd = apply_resplit(dd, r)
-                res.append(("axis", axis))
             else:
                 dd[axis] = r
-                res.append(("axis", axis))
+            res.append(axis)
             axis += 1
         elif isinstance(i, int):
             r = ctx.select_axis(dd[axis], int(x.shape[axis]), i)
-            if isinstance(r, tuple) and r and r[0] in ("resplit", "resplit-feat"):
+            if isinstance(r, Resplit):
                 dd = apply_resplit(dd, r)
             axis += 1
         elif is_tensor(i) or isinstance(i, (list,)):
             # advanced indexing: positions along this axis are picked by value
             if isinstance(dd[axis], (Feat, SplitAx)):
                 ctx.state.fix(dd[axis])
-            res.append(("adv",))
+            res.append(None)
             axis += 1
         else:
             raise ctx.unsupported(f"index of type {type(i).__name__}")
-    descs = []
-    for r in res:
-        descs.append(dd[r[1]] if r[0] == "axis" else None)
+    descs = [dd[a] if a is not None else None for a in res]
     if is_tensor(out) and len(descs) != out.dim():
         # advanced indexing reorders/merges axes: keep only what is certain
         return tuple(None for _ in range(out.dim()))

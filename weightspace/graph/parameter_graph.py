@@ -44,7 +44,7 @@ from typing import Mapping, Sequence
 import torch
 
 from weightspace.errors import NonFiniteWeightsError, StateDictError, UnsupportedOperationError
-from weightspace.symmetry.spec import PermutationSpec, build_spec
+from weightspace.symmetry.spec import AxisSegment, PermutationSpec, build_spec
 from weightspace.symmetry.permutation import block_index_maps
 from weightspace.trace.structure import Structure, resolve
 from weightspace.trace.tracer import ComputationGraph
@@ -409,7 +409,7 @@ def build_template(
     node_role = []
     node_pos = []
     node_block = []
-    head_regions = {(b, s): g for g in spec.head_groups for b, s in g.targets}
+    head_regions = {t: g for g in spec.head_groups for t in g.targets}
     for b, blk in enumerate(blocks):
         kind = "input" if blk.kind == "input" else "output" if blk.kind == "output" else "hidden"
         node_type.append(torch.full((blk.size,), NODE_TYPES.index(kind)))
@@ -419,12 +419,12 @@ def build_template(
         pieces = structure.pieces[b]
         for k, p in enumerate(pieces):
             role[p.start : p.stop] = k
-        for (hb, hs), g in head_regions.items():
-            if hb != b:
+        for t, g in head_regions.items():
+            if t.block != b:
                 continue
             # every head gets the roles of head 0 so heads stay exchangeable
-            head0 = role[hs : hs + g.unit].clone()
-            role[hs : hs + g.size * g.unit] = head0.repeat(g.size)
+            head0 = role[t.start : t.start + g.unit].clone()
+            role[t.start : t.start + g.size * g.unit] = head0.repeat(g.size)
         node_role.append(role)
         if blk.fixed:
             node_pos.append(torch.arange(blk.size))
@@ -437,17 +437,17 @@ def build_template(
         offsets[k] = pos
         pos += math.prod(cg.param_shapes[k])
 
-    def nodes_of(feat_like) -> torch.Tensor:
-        """Node ids of an AxisRef / Feat, one per neuron, in axis order."""
+    def nodes_of(segments) -> torch.Tensor:
+        """Node ids of an axis' segments, one per neuron, in axis order."""
         parts = []
-        for b, bs, n, _ in feat_like:
-            parts.append(block_offset[b] + torch.arange(bs, bs + n))
+        for seg in segments:
+            parts.append(block_offset[seg.block] + torch.arange(seg.block_start, seg.block_start + seg.length))
         return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
-    def feat_segments(feat):
+    def feat_segments(feat) -> list[AxisSegment]:
         out, p = [], 0
         for s in feat.segs:
-            out.append((s.block, s.start, s.length, p))
+            out.append(AxisSegment(s.block, s.start, s.length, p))
             p += s.length * feat.rep
         return out
 
@@ -524,7 +524,7 @@ def build_template(
             nodes = nodes_of(r.segments)
             virt = [d for d in range(len(shape)) if roles.get(d) == "virtual" and d != a]
             rest = [d for d in range(len(shape)) if d != a and d not in virt]
-            layer = r.segments[0][0]
+            layer = r.segments[0].block
             if virt:
                 nv = math.prod(shape[d] for d in virt)
                 vn = virtual_nodes(nv, layer)

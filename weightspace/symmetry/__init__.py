@@ -17,11 +17,23 @@ from weightspace.symmetry.permutation import (
     random_permutation,
     validate_permutation,
 )
-from weightspace.symmetry.spec import AxisRef, BlockInfo, PermGroup, PermutationSpec, build_spec
+from weightspace.symmetry.spec import (
+    AxisRef,
+    AxisSegment,
+    BlockInfo,
+    GroupAxis,
+    PermGroup,
+    PermutationSpec,
+    build_spec,
+)
+from weightspace.trace.structure import BlockPos
 
 __all__ = [
     "AxisRef",
+    "AxisSegment",
     "BlockInfo",
+    "BlockPos",
+    "GroupAxis",
     "PermGroup",
     "Permutation",
     "PermutationSpec",

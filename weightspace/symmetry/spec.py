@@ -8,15 +8,15 @@ block
     Linear, the model's input features, ...), ``spec.blocks[b]``.
 group
     a free permutation. A *neuron* group of size ``n`` permutes ``n``
-    neurons at once in each of its targets ``(block, start)`` (several
-    targets = neurons that must move together, e.g. both sides of a residual
-    add). A *head* group permutes ``n`` units of ``unit`` consecutive neurons
-    (attention heads) in each target.
+    neurons at once in each of its targets ``BlockPos(block, start)``
+    (several targets = neurons that must move together, e.g. both sides of
+    a residual add). A *head* group permutes ``n`` units of ``unit``
+    consecutive neurons (attention heads) in each target.
 axes
-    ``group.axes`` lists every ``(parameter, axis, start, unit)`` the group
-    acts on: positions ``start + i * unit + r`` (``i < size``, ``r < unit``)
-    of that tensor axis are unit ``i``. This is what weight matching needs to
-    build cost matrices.
+    ``group.axes`` lists every :class:`GroupAxis` ``(param, axis, start,
+    unit)`` the group acts on: positions ``start + i * unit + r``
+    (``i < size``, ``r < unit``) of that tensor axis are unit ``i``. This is
+    what weight matching needs to build cost matrices.
 
 A permutation is a ``dict`` ``{group name: LongTensor[size]}`` with the
 gather convention ``new[i] = old[perm[i]]``. Neuron groups act first, head
@@ -26,9 +26,9 @@ groups second.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
-from weightspace.trace.structure import Structure, resolve
+from weightspace.trace.structure import BlockPos, Structure, resolve
 from weightspace.trace.tracer import ComputationGraph
 
 
@@ -43,18 +43,40 @@ class BlockInfo:
     fixed: bool
 
 
+class AxisSegment(NamedTuple):
+    """Neurons ``block_start .. block_start + length`` of block ``block``,
+    laid out along a tensor axis from position ``axis_start`` on."""
+
+    block: int
+    block_start: int
+    length: int
+    axis_start: int
+
+
 @dataclass(frozen=True)
 class AxisRef:
     """How axis ``axis`` of tensor ``param`` maps onto block neurons.
 
-    ``segments``: ``(block, block_start, length, axis_start)``; neuron
-    ``block_start + u`` occupies positions ``axis_start + u * rep + r``.
+    ``segments``: :class:`AxisSegment` ``(block, block_start, length,
+    axis_start)``; neuron ``block_start + u`` occupies positions
+    ``axis_start + u * rep + r``.
     """
 
     param: str
     axis: int
-    segments: tuple[tuple[int, int, int, int], ...]
+    segments: tuple[AxisSegment, ...]
     rep: int = 1
+
+
+class GroupAxis(NamedTuple):
+    """A tensor axis a group acts on: positions ``start + i * unit + r``
+    (``i < group size``, ``r < unit``) of axis ``axis`` of ``param`` are the
+    group's unit ``i``."""
+
+    param: str
+    axis: int
+    start: int
+    unit: int
 
 
 @dataclass(frozen=True)
@@ -65,8 +87,8 @@ class PermGroup:
     size: int
     kind: str  # "neuron" | "head"
     unit: int
-    targets: tuple[tuple[int, int], ...]
-    axes: tuple[tuple[str, int, int, int], ...]
+    targets: tuple[BlockPos, ...]
+    axes: tuple[GroupAxis, ...]
 
 
 @dataclass(frozen=True)
@@ -139,9 +161,7 @@ class PermutationSpec:
                     "kind": g.kind,
                     "size": g.size,
                     "unit": g.unit,
-                    "axes": [
-                        {"param": p, "axis": a, "start": s, "unit": u} for p, a, s, u in g.axes
-                    ],
+                    "axes": [ax._asdict() for ax in g.axes],
                 }
                 for g in self.groups
             ],
@@ -167,20 +187,22 @@ def build_spec(cg: ComputationGraph, structure: Structure | None = None) -> Perm
                 )
             segs, pos = [], 0
             for s in feat.segs:
-                segs.append((s.block, s.start, s.length, pos))
+                segs.append(AxisSegment(s.block, s.start, s.length, pos))
                 pos += s.length * feat.rep
             refs.append(AxisRef(name, axis, tuple(segs), feat.rep))
         if refs:
             param_axes[name] = tuple(refs)
 
-    def members(targets, size: int, unit: int):
+    def members(targets: tuple[BlockPos, ...], size: int, unit: int) -> tuple[GroupAxis, ...]:
         out = []
         for name, refs in param_axes.items():
             for ref in refs:
-                for b, bs, length, astart in ref.segments:
-                    for tb, ts in targets:
-                        if tb == b and bs <= ts and ts + size * unit <= bs + length:
-                            out.append((name, ref.axis, astart + (ts - bs) * ref.rep, unit * ref.rep))
+                for seg in ref.segments:
+                    lo, hi = seg.block_start, seg.block_start + seg.length
+                    for t in targets:
+                        if t.block == seg.block and lo <= t.start and t.start + size * unit <= hi:
+                            start = seg.axis_start + (t.start - lo) * ref.rep
+                            out.append(GroupAxis(name, ref.axis, start, unit * ref.rep))
         return tuple(out)
 
     pieces_per_block = {b: len(ps) for b, ps in structure.pieces.items()}
@@ -198,12 +220,12 @@ def build_spec(cg: ComputationGraph, structure: Structure | None = None) -> Perm
         base = blk.producer or f"block{first.block}"
         if pieces_per_block[first.block] > 1:
             base += f"[{first.start}:{first.stop}]"
-        targets = tuple(sorted((p.block, p.start) for p in g.pieces))
+        targets = tuple(sorted(BlockPos(p.block, p.start) for p in g.pieces))
         groups.append(
             PermGroup(unique(base), g.size, "neuron", 1, targets, members(targets, g.size, 1))
         )
     for h in structure.head_groups:
-        b0, s0 = h.regions[0]
+        b0 = h.regions[0].block
         base = f"{st.blocks[b0].producer or f'block{b0}'}.heads"
         groups.append(
             PermGroup(unique(base), h.heads, "head", h.unit, tuple(h.regions),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 
@@ -11,6 +11,25 @@ from weightspace.errors import UnsupportedOperationError
 from weightspace.trace.channels import ChannelState, Feat, Lazy, SplitAx, slice_segs
 
 Desc = Any  # None | Feat | Lazy | SplitAx
+
+
+class Resplit(NamedTuple):
+    """Returned by :meth:`Ctx.slice_axis` / :meth:`Ctx.select_axis` instead of
+    a descriptor when level 0 (the heads) of split ``old`` was sliced or
+    indexed: the tensor's other levels of ``old`` must be rewritten with
+    :func:`apply_resplit`.
+
+    ``kind == "resplit"``: they become levels of split ``new`` (a split id),
+    shifted by ``level_shift`` (0 after a slice, -1 after an integer index
+    removed level 0). ``kind == "resplit-feat"``: an integer index left a
+    single head of a (heads, head_dim) split; ``new`` is the :class:`Feat`
+    of that head's neurons.
+    """
+
+    kind: str
+    old: int
+    new: Any  # split id, or Feat for "resplit-feat"
+    level_shift: int = 0
 
 
 class Ctx:
@@ -263,13 +282,13 @@ class Ctx:
                 # e.g. flattening an input image for an MLP: the merged axis is
                 # a new lazy input axis (all pixels are input features)
                 root = st.lazy_find(first.key) if first.key in st.lazy_parent else first.key
-                kind = "input" if first.key[0] == "input" else "param-merged"
+                kind = "input" if first.kind == "input" else "param-merged"
                 if kind != "input":
                     raise self.unsupported(
                         "reshape merges axes of a parameter",
                         hint="use parameters with their natural shape in F.linear / F.conv",
                     )
-                key = ("input", first.key[1], f"{first.key[2]}..{first.key[2] + len(in_sizes) - 1}")
+                key = ("input", first.name, f"{first.key[2]}..{first.key[2] + len(in_sizes) - 1}")
                 del root
                 return Lazy(key, math.prod(in_sizes))
         if isinstance(first, SplitAx):
@@ -279,7 +298,7 @@ class Ctx:
     def _split(self, size: int, d: Desc, out_sizes: list[int]) -> list[Desc]:
         st = self.state
         if isinstance(d, Lazy):
-            if d.key[0] == "input":
+            if d.kind == "input":
                 # an input axis reshaped: positions stay meaningful, nothing to track
                 return [None] * len(out_sizes)
             raise self.unsupported(
@@ -310,7 +329,8 @@ class Ctx:
 
     # -------------------------------------------------------------- indexing
     def slice_axis(self, d: Desc, size: int, start: int, stop: int, step: int = 1) -> Desc:
-        """Descriptor of ``x[..., start:stop:step, ...]`` along one axis."""
+        """Descriptor of ``x[..., start:stop:step, ...]`` along one axis (or a
+        :class:`Resplit` marker when a split's level 0 is sliced)."""
         st = self.state
         start, stop, step = slice(start, stop, step).indices(size)
         if start == 0 and stop == size and step == 1:
@@ -318,7 +338,7 @@ class Ctx:
         if d is None:
             return None
         if step != 1:
-            if isinstance(d, Lazy) and d.key[0] == "input":
+            if isinstance(d, Lazy) and d.kind == "input":
                 return None
             raise self.unsupported("strided slice of a neuron axis")
         if isinstance(d, Feat):
@@ -328,7 +348,7 @@ class Ctx:
             st.add_cuts(d, [a, b], slice_cut=True)
             return d.slice_units(a, b)
         if isinstance(d, Lazy):
-            if d.key[0] == "input":
+            if d.kind == "input":
                 return None
             return Lazy(("param-slice",) + d.key[1:] + (start, stop), stop - start, opaque=True)
         if isinstance(d, SplitAx):
@@ -338,13 +358,13 @@ class Ctx:
                 segs = slice_segs(sp.segs, start * u, stop * u)
                 st.add_cuts(Feat(sp.segs), [start * u, stop * u], slice_cut=True)
                 new = st.new_split(segs, (stop - start,) + sp.sizes[1:])
-                return ("resplit", d.sid, new)
+                return Resplit("resplit", d.sid, new)
             raise self.unsupported("slice inside a head (of the head_dim axis)")
         return None
 
     def select_axis(self, d: Desc, size: int, index: int) -> Desc:
         """Descriptor effect of removing an axis by integer indexing. Returns a
-        ``("resplit", old, new)`` marker when a split level 0 is selected."""
+        :class:`Resplit` marker when a split level 0 is selected."""
         st = self.state
         if d is None or size <= 1:
             return None
@@ -362,27 +382,23 @@ class Ctx:
                 segs = slice_segs(sp.segs, index * u, (index + 1) * u)
                 st.add_cuts(Feat(sp.segs), [index * u, (index + 1) * u], slice_cut=True)
                 if len(sp.sizes) == 2:
-                    return ("resplit-feat", d.sid, Feat(segs))
+                    return Resplit("resplit-feat", d.sid, Feat(segs))
                 new = st.new_split(segs, sp.sizes[1:])
-                return ("resplit", d.sid, new, -1)
+                return Resplit("resplit", d.sid, new, level_shift=-1)
             raise self.unsupported("integer index inside a head (head_dim axis)")
         return None
 
 
-def apply_resplit(descs: list, marker: tuple) -> list:
+def apply_resplit(descs: list, marker: Resplit) -> list:
     """Rewrite the other axes of a tensor after a split's level 0 was sliced
-    (``resplit``, levels unchanged) or selected (levels shift down by one)."""
-    kind = marker[0]
-    old = marker[1]
+    (levels unchanged) or selected (levels shift down by one)."""
     out = []
     for d in descs:
-        if isinstance(d, SplitAx) and d.sid == old:
-            if kind == "resplit-feat":
-                out.append(marker[2] if d.level == 1 else None)
-            elif len(marker) == 4:  # selected: levels shift
-                out.append(SplitAx(marker[2], d.level - 1))
+        if isinstance(d, SplitAx) and d.sid == marker.old:
+            if marker.kind == "resplit-feat":
+                out.append(marker.new if d.level == 1 else None)
             else:
-                out.append(SplitAx(marker[2], d.level))
+                out.append(SplitAx(marker.new, d.level + marker.level_shift))
         else:
             out.append(d)
     return out

@@ -86,6 +86,16 @@ class Lazy:
     size: int
     opaque: bool = False
 
+    @property
+    def kind(self) -> str:
+        """``key[0]``: ``"input"``, ``"param"`` or ``"param-slice"``."""
+        return self.key[0]
+
+    @property
+    def name(self) -> str:
+        """``key[1]``: the input's or the parameter's name."""
+        return self.key[1]
+
 
 @dataclass(frozen=True)
 class SplitAx:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from weightspace.trace.channels import ChannelState, Feat, Seg, slice_segs
 from weightspace.trace.tracer import ComputationGraph
@@ -23,6 +24,13 @@ from weightspace.trace.tracer import ComputationGraph
 
 # A piece is a slice of a block, like a Seg: ``Piece(block, start, stop)``.
 Piece = Seg
+
+
+class BlockPos(NamedTuple):
+    """Neuron ``start`` of block ``block``: where a group's run of units begins."""
+
+    block: int
+    start: int
 
 
 @dataclass(frozen=True)
@@ -35,10 +43,10 @@ class NeuronGroupDef:
 
 @dataclass(frozen=True)
 class HeadGroupDef:
-    """Regions ``(block, start)`` of ``heads`` consecutive units of ``unit``
-    neurons each; one permutation moves whole units in all regions."""
+    """Regions ``BlockPos(block, start)`` of ``heads`` consecutive units of
+    ``unit`` neurons each; one permutation moves whole units in all regions."""
 
-    regions: tuple[tuple[int, int], ...]
+    regions: tuple[BlockPos, ...]
     heads: int
     unit: int
 
@@ -178,12 +186,12 @@ def _head_groups(cg: ComputationGraph, cuts, pieces, fixed) -> list[HeadGroupDef
             if len(segs) != 1:
                 ok = False
                 break
-            regions.append((segs[0].block, segs[0].start))
+            regions.append(BlockPos(segs[0].block, segs[0].start))
         if not ok:
             continue
         regions = sorted(set(regions))
         span = heads * unit
-        if any(b in fixed_blocks for b, _ in regions):
+        if any(r.block in fixed_blocks for r in regions):
             continue
         if not _heads_movable(cg, regions, span, unit, sids):
             continue
@@ -197,14 +205,14 @@ def _heads_movable(cg: ComputationGraph, regions, span: int, unit: int, sids) ->
     st = cg.state
     region_set = set(regions)
 
-    def overlaps(block: int, lo: int, hi: int):
-        for b, s in regions:
-            if b == block and lo < s + span and s < hi:
-                return (b, s)
+    def overlaps(block: int, lo: int, hi: int) -> BlockPos | None:
+        for reg in regions:
+            if reg.block == block and lo < reg.start + span and reg.start < hi:
+                return reg
         return None
 
-    def contains_region(block: int, lo: int, hi: int, reg) -> bool:
-        return reg[0] == block and lo <= reg[1] and reg[1] + span <= hi
+    def contains_region(block: int, lo: int, hi: int, reg: BlockPos) -> bool:
+        return reg.block == block and lo <= reg.start and reg.start + span <= hi
 
     for t in st.ties:
         if t.kind == "within":
@@ -216,7 +224,7 @@ def _heads_movable(cg: ComputationGraph, regions, span: int, unit: int, sids) ->
             if not contains_region(x.block, x.start, x.stop, reg):
                 return False
             # the tied side must be one of our regions at the same offset
-            other = (y.block, y.start + (reg[1] - x.start))
+            other = BlockPos(y.block, y.start + (reg.start - x.start))
             if other not in region_set:
                 return False
     for axes in cg.param_refs.values():
@@ -228,9 +236,9 @@ def _heads_movable(cg: ComputationGraph, regions, span: int, unit: int, sids) ->
     for source in (st.cuts, st.slice_cuts):
         for b, cs in source.items():
             for reg in regions:
-                if reg[0] != b:
+                if reg.block != b:
                     continue
-                if any(reg[1] < c < reg[1] + span for c in cs):
+                if any(reg.start < c < reg.start + span for c in cs):
                     return False
     # splits of these regions that are not part of the attention component
     for k, sp in enumerate(st.splits):
@@ -243,4 +251,4 @@ def _heads_movable(cg: ComputationGraph, regions, span: int, unit: int, sids) ->
     return True
 
 
-__all__ = ["Piece", "NeuronGroupDef", "HeadGroupDef", "Structure", "resolve", "slice_segs"]
+__all__ = ["BlockPos", "Piece", "NeuronGroupDef", "HeadGroupDef", "Structure", "resolve", "slice_segs"]

@@ -342,8 +342,8 @@ def _mark_outputs(state: ChannelState, descs: Any) -> None:
     ):
         for d in descs:
             if isinstance(d, Lazy):
-                if d.key[0] == "param" and not d.opaque:
-                    state.fix(state.materialize(d, d.key[1], "output", "output"))
+                if d.kind == "param" and not d.opaque:
+                    state.fix(state.materialize(d, d.name, "output", "output"))
                 else:
                     state.fix(d)
             elif isinstance(d, SplitAx):

@@ -195,10 +195,42 @@ def _train_one(spec: dict):
     return train_member(spec, threads=1)
 
 
-def _worker_init() -> None:
+#: Seconds between a pool worker's checks that its builder is still alive.
+_WATCHDOG_INTERVAL = 0.2
+
+
+def _worker_init(parent_pid: int | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
+
+
+def _exit_with_parent(parent_pid: int, interval: float = _WATCHDOG_INTERVAL) -> None:
+    """End this worker process as soon as ``parent_pid`` (the builder) dies.
+
+    A builder killed with SIGKILL cannot shut its pool down; its workers would
+    wait on the pool's pipes forever (and keep the multiprocessing resource
+    tracker alive with them). A daemon thread compares ``os.getppid()`` with
+    the builder's pid: once the builder is gone the worker is re-parented, and
+    it exits at once (``os._exit``: it holds no zoo state; only the builder
+    writes). A thread rather than ``prctl(PR_SET_PDEATHSIG)``: the latter fires
+    when the *thread* that spawned the worker ends, is Linux-only, and still
+    needs this check for a builder that died before the call.
+    """
+    import threading
+
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="zoo-builder-watchdog", daemon=True).start()
 
 
 def _failed(spec: dict, exc: BaseException) -> ZooError:
@@ -225,7 +257,10 @@ def _run_local(todo: list[MemberSpec], *, workers: int, address: str | None) -> 
     queue.reverse()  # pop() from the end keeps recipe order
     max_in_flight = 2 * workers
     ctx = mp.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=ctx, initializer=_worker_init)
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(queue)), mp_context=ctx,
+        initializer=_worker_init, initargs=(os.getpid(),),  # workers exit when this process dies
+    )
     pending: dict[Any, dict] = {}
     try:
         while queue or pending:

@@ -100,7 +100,7 @@ MEMBER_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}")
 _CHECKPOINT_NAME = re.compile(r"epoch_(\d{5,})\.safetensors")
 # Temporary files of atomic_write (".<name>.<random>.tmp") for the files the
 # writer itself creates; nothing else is ever removed as a temp file.
-_TOP_TMP = re.compile(r"\.(zoo\.json|recipe\.yaml|index\.sqlite)\.[A-Za-z0-9_]+\.tmp")
+_TOP_TMP = re.compile(r"\.(zoo\.json|recipe\.yaml)\.[A-Za-z0-9_]+\.tmp|\.index\.sqlite\.[A-Za-z0-9_]+\.tmp(-journal)?")
 _MEMBER_TMP = re.compile(r"\.(epoch_\d{5,}\.safetensors|\.writing)\.[A-Za-z0-9_]+\.tmp")
 REPAIR_HINT = "weightspace zoo repair"
 
@@ -235,6 +235,19 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {o!r}")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 def _index_error(index: Path, problem: str) -> ZooFormatError:
@@ -439,7 +452,14 @@ class ZooWriter:
                 f"rebuild it with: {REPAIR_HINT} {self.path}; otherwise move the directory away and run again",
                 path=d,
             )
-        atomic_write(d / WRITING_MARKER, f"{os.getpid()} {_now()}\n")
+        new_weights = not d.parent.is_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        _fsync_dir(d.parent)  # the new directory entries are durable before any file in them
+        if new_weights:
+            _fsync_dir(self.path)
+        # No fsync of its own: the first checkpoint's atomic_write fsyncs this
+        # directory, so the marker is on disk no later than any checkpoint.
+        (d / WRITING_MARKER).write_text(f"{os.getpid()} {_now()}\n")
         return d
 
     def add_member(
@@ -573,17 +593,20 @@ def _open_index_for_writing(index: Path) -> sqlite3.Connection:
     disown every member, so it is a :class:`ZooFormatError` naming
     ``weightspace zoo repair``.
     """
-    n_files = _count_checkpoint_files(index.parent / WEIGHTS_DIR)
+    weights = index.parent / WEIGHTS_DIR
     problem = None
-    if index.is_symlink() or (index.exists() and not index.is_file()):
-        problem = "is not a regular file"
+    if index.exists() and not index.is_file():
+        problem = "is not a file"
     elif not index.exists():
         problem = "is missing"
     elif index.stat().st_size == 0:
         problem = "is empty"
-    if problem and (n_files or problem == "is not a regular file"):
+    n_files = _count_checkpoint_files(weights) if problem else 0
+    if problem and n_files:
         raise _index_error(index, f"{problem}, but {WEIGHTS_DIR}/ holds {n_files} checkpoint file(s); "
                                   "refusing to start a new index over them")
+    if problem == "is not a file":
+        raise _index_error(index, problem)
     try:
         conn = _connect(index, readonly=False)
     except sqlite3.Error as e:
@@ -594,6 +617,7 @@ def _open_index_for_writing(index: Path) -> sqlite3.Connection:
                 conn.execute("SELECT member_id FROM members LIMIT 1").fetchall()
                 conn.execute("SELECT member_id FROM checkpoints LIMIT 1").fetchall()
             except sqlite3.Error as e:
+                n_files = _count_checkpoint_files(weights)
                 if n_files:
                     raise _index_error(index, f"cannot be read ({type(e).__name__}: {e}), but {WEIGHTS_DIR}/ "
                                               f"holds {n_files} checkpoint file(s)") from None

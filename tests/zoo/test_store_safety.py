@@ -101,6 +101,7 @@ def test_user_entries_under_weights_survive_a_build(built):
     (wdir / "m_user" / "epoch_00001.safetensors").write_bytes(b"my own file")
     (wdir / "README.txt").write_text("hello")
     (built / ".notes.tmp").write_text("not the writer's temp file")
+    (wdir / Zoo(built).member_ids[0] / ".mine.tmp").write_text("nor is this")
     before = snapshot(built)
     rep = zoo.build_zoo(BUILT_RECIPE, built, backend="serial", progress=False)
     assert (rep.trained, rep.removed) == (0, [])
@@ -132,8 +133,9 @@ def test_interrupted_write_is_still_cleaned(tmp_path, monkeypatch):
     left = path / "weights" / "m007"
     assert (left / ".writing").is_file() and (left / "epoch_00000.safetensors").is_file()
     (path / ".zoo.json.k3j4h5g6.tmp").write_bytes(b"x")  # an atomic_write temp of the writer
+    (path / ".index.sqlite.q1w2e3r4.tmp").write_bytes(b"x")  # ... and of an interrupted repair
     with ZooWriter(path, {"source": "test"}) as w:
-        assert sorted(w.removed_orphans) == [".zoo.json.k3j4h5g6.tmp", "weights/m007"]
+        assert sorted(w.removed_orphans) == [".index.sqlite.q1w2e3r4.tmp", ".zoo.json.k3j4h5g6.tmp", "weights/m007"]
         assert w.unknown_entries == []
         w.add_member(**fake_member(7))
     assert not (left / ".writing").exists()

@@ -39,19 +39,28 @@ def build(
     """
     import zoo
 
+    from weightspace.cli_common import fail
+    from weightspace.errors import WeightspaceError
+
     try:
         report = zoo.build_zoo(
             recipe, out, workers=workers, backend=backend, address=address,
             max_members=max_members, progress=progress,
         )
-    except (zoo.ZooError, ValueError, KeyError) as e:
-        _fail(e)
+    except (ValueError, KeyError) as e:  # bad arguments; zoo errors reach the CLI's error boundary (exit 2)
+        if isinstance(e, WeightspaceError):
+            raise
+        fail(e)
     typer.echo(
         f"zoo {out}: {report.total} members ({report.trained} trained now, {report.skipped} already done"
         + (f", {len(report.removed)} unfinished leftovers removed" if report.removed else "")
         + f") in {report.wall_time:.1f}s"
         + (f" = {report.members_per_minute:.1f} members/min" if report.trained else "")
     )
+    if report.unknown:
+        typer.echo(f"left alone: {len(report.unknown)} entr{'y' if len(report.unknown) == 1 else 'ies'} under "
+                   f"weights/ that this zoo did not write: " + ", ".join(report.unknown[:5])
+                   + (" ..." if len(report.unknown) > 5 else ""))
 
 
 def _size(path: Path) -> int:
@@ -66,10 +75,7 @@ def info(zoo_dir: Path = typer.Argument(..., metavar="ZOO", help="zoo directory"
     """
     import zoo
 
-    try:
-        z = zoo.Zoo(zoo_dir)
-    except zoo.ZooError as e:
-        _fail(e)
+    z = zoo.Zoo(zoo_dir)  # a damaged zoo: ZooFormatError -> one line, exit 2 (the CLI's error boundary)
     df = z.to_pandas()
     typer.echo(f"zoo        {z.name}")
     typer.echo(f"path       {z.path}")
@@ -86,6 +92,11 @@ def info(zoo_dir: Path = typer.Argument(..., metavar="ZOO", help="zoo directory"
         s = recipe.get("search", {})
         typer.echo(f"recipe     {recipe.get('name')} (data {recipe.get('data', {}).get('name')}, "
                    f"search {s.get('method', 'grid')}, epochs {recipe.get('train', {}).get('epochs')})")
+    problems = z.verify(quick=True)  # headers and sizes only; `zoo verify` re-hashes
+    if problems:
+        typer.echo(f"damaged    {len(problems)} checkpoint file(s); `weightspace zoo verify {zoo_dir}` lists all:")
+        for p in problems[:5]:
+            typer.echo(f"  {p}")
     metric_cols = [c for c in ("test_acc", "val_acc", "train_acc", "gap_acc", "test_psnr", "train_psnr",
                                "test_loss", "wall_time") if c in df.columns]
     if metric_cols:
@@ -93,6 +104,61 @@ def info(zoo_dir: Path = typer.Argument(..., metavar="ZOO", help="zoo directory"
         for c in metric_cols:
             col = df[c].astype(float)
             typer.echo(f"{c:12s} {col.mean():9.4f} {col.min():9.4f} {col.max():9.4f}")
+
+
+@app.command()
+def verify(
+    zoo_dir: Path = typer.Argument(..., metavar="ZOO", help="zoo directory"),
+    quick: bool = typer.Option(False, "--quick", help="check file headers and sizes only, do not re-hash"),
+) -> None:
+    """Re-hash every checkpoint against the index; list missing, truncated,
+    corrupt or altered files. Exit 0 when intact, 2 when something is damaged.
+
+    Example: weightspace zoo verify runs/digits
+    """
+    import zoo
+
+    from weightspace.cli_common import fail
+
+    z = zoo.Zoo(zoo_dir)
+    n = sum(len(m.checkpoints) for m in z.members())
+    problems = z.verify(quick=quick)
+    for p in problems:
+        typer.echo(p)
+    if problems:
+        fail(f"{z.path}: {len(problems)} of {n} checkpoint file(s) are missing or damaged (listed above); "
+             "restore them from a copy")
+    typer.echo(f"zoo {z.path}: {n} checkpoints of {len(z)} members intact"
+               + (" (headers and sizes; without --quick every file is re-hashed)" if quick else ""))
+
+
+@app.command()
+def repair(zoo_dir: Path = typer.Argument(..., metavar="ZOO", help="zoo directory")) -> None:
+    """Rebuild ZOO/index.sqlite from the checkpoint files (after the index was
+    lost, emptied or damaged). Nothing is deleted: the old index is moved to
+    index.sqlite.broken-<time>; files that cannot be placed are listed and left.
+
+    Example: weightspace zoo repair runs/digits
+    """
+    import zoo
+
+    rep = zoo.repair_zoo(zoo_dir)
+    typer.echo(f"zoo {rep.path}: index rebuilt with {len(rep.members)} members, {rep.checkpoints} checkpoints")
+    if rep.moved_index is not None:
+        typer.echo(f"old index moved to {rep.moved_index}"
+                   + (f" (it was unreadable: {rep.old_index_error})" if rep.old_index_error else ""))
+    if rep.from_old_index:
+        typer.echo(f"{len(rep.from_old_index)} member(s) of files without metadata restored from the old index")
+    if rep.unplaced:
+        typer.echo(f"{len(rep.unplaced)} file(s) could not be placed (left where they are):")
+        for rel, why in rep.unplaced:
+            typer.echo(f"  {rel}: {why}")
+    if rep.missing:
+        typer.echo(f"{len(rep.missing)} member(s) of the old index are not restored: " + ", ".join(rep.missing[:10])
+                   + (" ..." if len(rep.missing) > 10 else ""))
+    if rep.unknown:
+        typer.echo(f"left alone under weights/ (not member directories): " + ", ".join(rep.unknown[:10])
+                   + (" ..." if len(rep.unknown) > 10 else ""))
 
 
 @app.command()

@@ -19,6 +19,7 @@ Quick tour::
 Modules: :mod:`zoo.recipe` (recipes, search spaces), :mod:`zoo.datasets`
 (offline datasets), :mod:`zoo.train` (one member), :mod:`zoo.build`
 (parallel builds, resume), :mod:`zoo.store` (on-disk format, :class:`Zoo`),
+:mod:`zoo.repair` (rebuild a lost index from the checkpoint files),
 :mod:`zoo.loaders` (Small CNN Zoo, model-zoos, INR zoos), :mod:`zoo.tf_compat`
 (``cnn_small_tf``).
 """
@@ -38,6 +39,7 @@ from zoo.build import BuildReport, build_zoo  # noqa: E402
 from zoo.datasets import Dataset, list_datasets, load_dataset, register_dataset  # noqa: E402
 from zoo.errors import RecipeError, ZooError, ZooFormatError, ZooLockedError  # noqa: E402
 from zoo.recipe import MemberSpec, Recipe, list_recipes, load_recipe  # noqa: E402
+from zoo.repair import RepairReport, repair_zoo  # noqa: E402
 from zoo.store import Checkpoint, Member, Zoo, ZooWriter, state_dict_sha256  # noqa: E402
 from zoo.train import MemberResult, train_member  # noqa: E402
 
@@ -67,6 +69,8 @@ __all__ = [
     "Checkpoint",
     "ZooWriter",
     "state_dict_sha256",
+    "repair_zoo",
+    "RepairReport",
     # errors
     "ZooError",
     "RecipeError",

@@ -4,8 +4,9 @@
 output zoo's index, trains the rest on a backend and writes each finished
 member from the calling process (the only sqlite writer). Killing a build and
 running the same call again resumes it: finished members are kept, members
-that were being trained or written are trained again (their stray files are
-removed first), and nothing is duplicated.
+that were being trained or written are trained again (the files their
+interrupted write left are removed first), and nothing is duplicated. Nothing
+the build did not write is ever removed (see :mod:`zoo.store`).
 
 Backends:
 
@@ -46,7 +47,9 @@ class BuildReport:
         total: members the recipe asks for (after ``max_members``).
         skipped: members already in the index (not retrained).
         trained: members trained and written by this call.
-        removed: stray files/directories of unfinished members removed on open.
+        removed: what unfinished writes of this zoo left (directories with
+            the writer's ``.writing`` marker, its temp files), removed on open.
+        unknown: entries under ``weights/`` the writer did not write (left alone).
         wall_time: seconds for the whole call.
         train_time: summed per-member training seconds (this call).
     """
@@ -56,6 +59,7 @@ class BuildReport:
     skipped: int
     trained: int
     removed: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
     wall_time: float = 0.0
     train_time: float = 0.0
     backend: str = "local"
@@ -74,7 +78,8 @@ class BuildReport:
     def to_dict(self) -> dict:
         return {
             "path": str(self.path), "total": self.total, "skipped": self.skipped,
-            "trained": self.trained, "removed": list(self.removed), "wall_time": self.wall_time,
+            "trained": self.trained, "removed": list(self.removed), "unknown": list(self.unknown),
+            "wall_time": self.wall_time,
             "train_time": self.train_time, "members_per_minute": self.members_per_minute,
             "backend": self.backend, "workers": self.workers,
         }
@@ -120,6 +125,8 @@ def build_zoo(
         ZooError: a member failed to train (members written before stay; run
             again after fixing the cause to resume), or the output directory
             holds a different zoo.
+        ZooFormatError: the output's index is missing, empty or unreadable
+            while checkpoint files exist (``weightspace zoo repair OUT``).
     """
     from tqdm.auto import tqdm
 
@@ -161,7 +168,8 @@ def build_zoo(
         todo = [s for s in specs if s.member_id not in done]
         report = BuildReport(
             path=writer.path, total=len(specs), skipped=len(specs) - len(todo), trained=0,
-            removed=list(writer.removed_orphans), backend=backend, workers=workers,
+            removed=list(writer.removed_orphans), unknown=list(writer.unknown_entries),
+            backend=backend, workers=workers,
         )
         bar = tqdm(
             total=len(specs), initial=report.skipped, desc=f"zoo {r.name}", unit="member",
@@ -198,10 +206,42 @@ def _train_one(spec: dict):
     return train_member(spec, threads=1)
 
 
-def _worker_init() -> None:
+#: Seconds between a pool worker's checks that its builder is still alive.
+_WATCHDOG_INTERVAL = 0.2
+
+
+def _worker_init(parent_pid: int | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid)
+
+
+def _exit_with_parent(parent_pid: int, interval: float = _WATCHDOG_INTERVAL) -> None:
+    """End this worker process as soon as ``parent_pid`` (the builder) dies.
+
+    A builder killed with SIGKILL cannot shut its pool down; its workers would
+    wait on the pool's pipes forever (and keep the multiprocessing resource
+    tracker alive with them). A daemon thread compares ``os.getppid()`` with
+    the builder's pid: once the builder is gone the worker is re-parented, and
+    it exits at once (``os._exit``: it holds no zoo state; only the builder
+    writes). A thread rather than ``prctl(PR_SET_PDEATHSIG)``: the latter fires
+    when the *thread* that spawned the worker ends, is Linux-only, and still
+    needs this check for a builder that died before the call.
+    """
+    import threading
+
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="zoo-builder-watchdog", daemon=True).start()
 
 
 def _failed(spec: dict, exc: BaseException) -> ZooError:
@@ -228,7 +268,10 @@ def _run_local(todo: list[MemberSpec], *, workers: int, address: str | None) -> 
     queue.reverse()  # pop() from the end keeps recipe order
     max_in_flight = 2 * workers
     ctx = mp.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(queue)), mp_context=ctx, initializer=_worker_init)
+    pool = ProcessPoolExecutor(
+        max_workers=min(workers, len(queue)), mp_context=ctx,
+        initializer=_worker_init, initargs=(os.getpid(),),  # workers exit when this process dies
+    )
     pending: dict[Any, dict] = {}
     try:
         while queue or pending:

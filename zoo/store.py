@@ -10,11 +10,23 @@ A zoo is a directory::
 Guarantees:
 
 * Weights are safetensors only; nothing on disk is ever unpickled.
-* Every file is written to a temporary name, fsynced and ``os.replace``-d.
+* Every file is written through :func:`weightspace.io.atomic_write`: a
+  temporary name, ``fsync``, ``os.replace``, ``fsync`` of the directory.
 * A member enters the index in one sqlite transaction together with all its
   checkpoints, after its files are on disk. A member is therefore either
-  complete or absent; files of absent members (a build killed mid-write) are
-  removed when a writer opens the zoo, and the member is trained again.
+  complete or absent.
+* A zoo never deletes what it did not write. While a member's files are being
+  written, ``weights/<member_id>/.writing`` marks the directory as the
+  writer's own; the marker is removed once the index transaction commits. On
+  open, a writer removes only directories that carry the marker and are not
+  in the index (a build killed mid-write; the member is trained again) and
+  temporary files named like its own. Anything else under ``weights/`` is
+  left alone and reported (:attr:`ZooWriter.unknown_entries`).
+* A missing, empty or unreadable index over existing checkpoint files is an
+  error, never a fresh start: ``weightspace zoo repair ZOO``
+  (:func:`zoo.repair.repair_zoo`) rebuilds it from the files, whose
+  safetensors metadata holds everything the index does (see
+  :data:`CHECKPOINT_METADATA`).
 * One writer at a time (an exclusive ``flock`` on ``.lock``).
 
 Content hash (:func:`state_dict_sha256`, i.e. :func:`weightspace.io.state_dict_hash`):
@@ -29,9 +41,9 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import shutil
 import sqlite3
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
@@ -39,7 +51,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from zoo.errors import ZooFormatError, ZooLockedError
+from weightspace.errors import InputFileError
+from weightspace.io import atomic_write, read_safetensors, read_safetensors_metadata
+from zoo.errors import ZooError, ZooFormatError, ZooLockedError
 
 __all__ = [
     "Zoo",
@@ -59,6 +73,36 @@ FORMAT_VERSION = 1
 INDEX_FILE = "index.sqlite"
 INFO_FILE = "zoo.json"
 WEIGHTS_DIR = "weights"
+#: Marker file inside ``weights/<member_id>/`` while the writer owns a member
+#: that is not committed yet (see the module docstring).
+WRITING_MARKER = ".writing"
+#: Version of the checkpoint metadata layout (:data:`CHECKPOINT_METADATA`).
+CHECKPOINT_META_VERSION = "1"
+#: Keys of the safetensors metadata of every checkpoint the writer stores;
+#: together they hold the member's complete index rows, so
+#: ``weightspace zoo repair`` can rebuild a lost index. Files written before
+#: version 1 carry only ``member_id``, ``epoch``, ``arch`` and ``sha256``.
+CHECKPOINT_METADATA = {
+    "zoo_meta": "layout version (CHECKPOINT_META_VERSION)",
+    "member_id": "the member",
+    "epoch": "this checkpoint's epoch",
+    "arch": "registry name of the architecture",
+    "sha256": "content hash of the tensors (state_dict_sha256)",
+    "step": "JSON: this checkpoint's step (or null)",
+    "metrics": "this checkpoint's metrics, the exact JSON of its index row",
+    "member": "JSON: index, seed, config_hash, status, wall_time, final_epoch, epochs, source, created_at",
+    "member_config": "the member's config, exact JSON of its index row",
+    "member_metrics": "the member's final metrics, exact JSON of its index row",
+    "member_extra": "the member's extra facts, exact JSON of its index row",
+}
+#: A member id is a directory name: letters, digits, ``_ . + -``; no leading dot.
+MEMBER_ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,199}")
+_CHECKPOINT_NAME = re.compile(r"epoch_(\d{5,})\.safetensors")
+# Temporary files of atomic_write (".<name>.<random>.tmp") for the files the
+# writer itself creates; nothing else is ever removed as a temp file.
+_TOP_TMP = re.compile(r"\.(zoo\.json|recipe\.yaml)\.[A-Za-z0-9_]+\.tmp|\.index\.sqlite\.[A-Za-z0-9_]+\.tmp(-journal)?")
+_MEMBER_TMP = re.compile(r"\.(epoch_\d{5,}\.safetensors|\.writing)\.[A-Za-z0-9_]+\.tmp")
+REPAIR_HINT = "weightspace zoo repair"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -115,36 +159,19 @@ def state_dict_sha256(state_dict: Mapping[str, Any]) -> str:
     return state_dict_hash(_as_tensors(state_dict))
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same directory,
-    fsync, then ``os.replace`` (readers never see a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; use the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` atomically and durably (an alias of
+    :func:`weightspace.io.atomic_write`: temp file, ``fsync``,
+    ``os.replace``, directory ``fsync``)."""
+    atomic_write(path, data)
 
 
 def save_safetensors(
     path: str | Path, state_dict: Mapping[str, Any], metadata: Mapping[str, str] | None = None
 ) -> str:
-    """Atomically write ``state_dict`` (tensors or arrays) as safetensors
-    (:func:`weightspace.io.save_state_dict`: temp file + ``os.replace``).
+    """Atomically and durably write ``state_dict`` (tensors or arrays) as
+    safetensors (:func:`weightspace.io.save_state_dict`, through
+    :func:`weightspace.io.atomic_write`).
 
     Returns:
         the content hash (:func:`state_dict_sha256`), also stored in the
@@ -157,18 +184,38 @@ def save_safetensors(
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta["sha256"] = digest
     save_state_dict(tensors, path, metadata=meta)
-    os.chmod(path, _umask_mode())
     return digest
 
 
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a safetensors checkpoint of a zoo (never unpickles)."""
-    from safetensors.torch import load_file
+    """Read a safetensors checkpoint of a zoo (never unpickles).
 
+    Raises:
+        ZooFormatError: the file is missing, truncated or corrupt (names the file).
+    """
     path = Path(path)
     if not path.is_file():
         raise ZooFormatError("checkpoint file is missing", path=path)
-    return dict(load_file(str(path)))
+    try:
+        return read_safetensors(path, what="checkpoint file")
+    except InputFileError as e:
+        raise ZooFormatError(e.message, path=e.path) from None
+
+
+def _check_checkpoint_header(path: Path, sha256: str) -> str | None:
+    """Cheap integrity check of one checkpoint (no hashing): the file exists,
+    its header parses and covers the whole file (catches truncation), and a
+    ``sha256`` in its metadata agrees with the index. Returns the problem or ``None``."""
+    if not path.is_file():
+        return f"{path}: checkpoint file is missing"
+    try:
+        meta = read_safetensors_metadata(path, what="checkpoint file")
+    except InputFileError as e:
+        return str(e)
+    if meta.get("sha256") not in (None, sha256):
+        return (f"{path}: [sha256] content hash mismatch: index says {sha256[:12]}, "
+                f"file metadata says {meta['sha256'][:12]}")
+    return None
 
 
 def _now() -> str:
@@ -190,9 +237,36 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {o!r}")
 
 
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _index_error(index: Path, problem: str) -> ZooFormatError:
+    return ZooFormatError(
+        f"the zoo index {problem}; rebuild it from the checkpoint files with: "
+        f"{REPAIR_HINT} {index.parent}",
+        path=index,
+    )
+
+
+def _count_checkpoint_files(weights: Path) -> int:
+    return sum(1 for _ in weights.glob("*/*.safetensors")) if weights.is_dir() else 0
+
+
 def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+        from urllib.parse import quote
+
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=30.0)
     else:
         conn = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
         conn.execute("PRAGMA foreign_keys = ON")
@@ -207,8 +281,9 @@ class ZooWriter:
     """The single writer of a zoo directory.
 
     Opening creates the directory and index if needed, takes an exclusive
-    lock, checks ``zoo.json`` compatibility, and removes files of members that
-    never reached the index (interrupted writes). Use as a context manager.
+    lock, checks ``zoo.json`` compatibility and the index, and removes what
+    its own interrupted writes left behind (never anything else). Use as a
+    context manager.
 
     Args:
         path: zoo directory.
@@ -217,6 +292,21 @@ class ZooWriter:
             decides whether it may be extended.
         compatible: predicate on the existing ``zoo.json``; defaults to
             "same ``source`` and ``recipe_hash``".
+
+    Attributes:
+        removed_orphans: paths (relative to the zoo) removed on open:
+            directories of members whose write was interrupted (they carry
+            the ``.writing`` marker and are not in the index) and the
+            writer's own temporary files.
+        unknown_entries: paths under ``weights/`` the writer did not write
+            (user folders, unmarked directories not in the index, other
+            files); left alone.
+
+    Raises:
+        ZooFormatError: the directory holds something else, a different zoo,
+            or checkpoint files with a missing, empty or unreadable index
+            (the message names ``weightspace zoo repair``).
+        ZooLockedError: another writer holds the zoo.
     """
 
     def __init__(
@@ -228,6 +318,9 @@ class ZooWriter:
         recipe_yaml: str | None = None,
     ) -> None:
         self.path = Path(path).expanduser()
+        self.conn: sqlite3.Connection | None = None
+        self.removed_orphans: list[str] = []
+        self.unknown_entries: list[str] = []
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _acquire_lock(self.path)
         try:
@@ -246,13 +339,15 @@ class ZooWriter:
                         "use a new output directory",
                         path=info_path,
                     )
+                # Before anything is written: a lost index must not become a new, empty one.
+                self.conn = _open_index_for_writing(index_path)
                 self.info = old
                 if info.get("recipe") is not None and old.get("recipe") != info.get("recipe"):
                     # e.g. a random-search zoo grown with more members
                     self.info = dict(old, recipe=info["recipe"], recipe_hash=info.get("recipe_hash"))
                     if recipe_yaml is not None:
-                        atomic_write_bytes(self.path / "recipe.yaml", recipe_yaml.encode())
-                    atomic_write_bytes(info_path, json.dumps(self.info, indent=2).encode())
+                        atomic_write(self.path / "recipe.yaml", recipe_yaml.encode())
+                    atomic_write(info_path, json.dumps(self.info, indent=2).encode())
             else:
                 entries = sorted(p.name for p in self.path.iterdir() if p.name != ".lock")
                 if entries:
@@ -268,14 +363,16 @@ class ZooWriter:
                     **dict(info),
                 }
                 if recipe_yaml is not None:
-                    atomic_write_bytes(self.path / "recipe.yaml", recipe_yaml.encode())
+                    atomic_write(self.path / "recipe.yaml", recipe_yaml.encode())
                 # zoo.json marks the directory as a zoo; the index is created
                 # (idempotently) right after, so an interruption here is harmless.
-                atomic_write_bytes(info_path, json.dumps(self.info, indent=2).encode())
-            self.conn = _connect(index_path, readonly=False)
-            self.conn.executescript(_SCHEMA)
-            self.removed_orphans = self._cleanup_orphans()
+                atomic_write(info_path, json.dumps(self.info, indent=2).encode())
+                self.conn = _open_index_for_writing(index_path)
+            self._cleanup_orphans()
         except BaseException:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
             _release_lock(self._lock_fd)
             raise
 
@@ -302,24 +399,68 @@ class ZooWriter:
         return int(self.conn.execute("SELECT COUNT(*) FROM members").fetchone()[0])
 
     # writes ------------------------------------------------------------------
-    def _cleanup_orphans(self) -> list[str]:
-        """Delete temp files and weight directories of members not in the index."""
-        removed: list[str] = []
-        wdir = self.path / WEIGHTS_DIR
+    def _cleanup_orphans(self) -> None:
+        """Remove what this writer's interrupted writes left, nothing else.
+
+        Removed: ``weights/<member_id>/`` directories that carry the
+        ``.writing`` marker and are not in the index, and temporary files
+        named like the writer's own (in the zoo directory and in member
+        directories it owns). A marker left in a committed member (killed
+        between commit and unlinking it) is dropped. Everything else under
+        ``weights/`` goes to :attr:`unknown_entries`.
+        """
+        removed, unknown = self.removed_orphans, self.unknown_entries
         known = self.member_ids()
-        for tmp in self.path.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-            removed.append(str(tmp.relative_to(self.path)))
-        if wdir.is_dir():
-            for d in wdir.iterdir():
-                if d.is_dir() and d.name not in known:
-                    shutil.rmtree(d)
-                    removed.append(str(d.relative_to(self.path)))
-                elif d.is_dir():
-                    for tmp in d.glob(".*.tmp"):
+        for tmp in sorted(self.path.iterdir()):
+            if _TOP_TMP.fullmatch(tmp.name) and tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp.name)
+        wdir = self.path / WEIGHTS_DIR
+        if not wdir.is_dir():
+            return
+        for d in sorted(wdir.iterdir()):
+            rel = f"{WEIGHTS_DIR}/{d.name}"
+            if d.is_symlink() or not d.is_dir() or not MEMBER_ID_PATTERN.fullmatch(d.name):
+                unknown.append(rel)
+                continue
+            marker = d / WRITING_MARKER
+            if d.name in known:
+                for tmp in sorted(d.iterdir()):
+                    if _MEMBER_TMP.fullmatch(tmp.name) and tmp.is_file() and not tmp.is_symlink():
                         tmp.unlink(missing_ok=True)
-                        removed.append(str(tmp.relative_to(self.path)))
-        return removed
+                        removed.append(f"{rel}/{tmp.name}")
+                marker.unlink(missing_ok=True)  # committed: the marker outlived its write
+            elif marker.is_file():
+                shutil.rmtree(d)
+                removed.append(rel)
+            else:
+                unknown.append(rel)
+
+    def _claim_member_dir(self, mid: str) -> Path:
+        """Create ``weights/<mid>/`` with the writing marker, durably, before
+        any checkpoint goes there. An existing directory is reused only if it
+        is the writer's own (marked) or empty."""
+        d = self.path / WEIGHTS_DIR / mid
+        if d.is_symlink() or (d.exists() and not d.is_dir()):
+            raise ZooFormatError(
+                "is not a directory this writer made; move it out of weights/ and run again", path=d
+            )
+        if d.is_dir() and not (d / WRITING_MARKER).is_file() and any(d.iterdir()):
+            raise ZooFormatError(
+                f"member {mid} is not in the index, but this directory already holds files that no "
+                "unfinished write of this zoo left (no .writing marker); if the index lost them, "
+                f"rebuild it with: {REPAIR_HINT} {self.path}; otherwise move the directory away and run again",
+                path=d,
+            )
+        new_weights = not d.parent.is_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        _fsync_dir(d.parent)  # the new directory entries are durable before any file in them
+        if new_weights:
+            _fsync_dir(self.path)
+        # No fsync of its own: the first checkpoint's atomic_write fsyncs this
+        # directory, so the marker is on disk no later than any checkpoint.
+        (d / WRITING_MARKER).write_text(f"{os.getpid()} {_now()}\n")
+        return d
 
     def add_member(
         self,
@@ -355,55 +496,139 @@ class ZooWriter:
         )
 
     def add_members(self, members: Iterable[Mapping[str, Any]]) -> int:
-        """Write several members in one index transaction (faster imports)."""
+        """Write several members in one index transaction (faster imports).
+
+        Each checkpoint file's safetensors metadata holds the member's full
+        index rows (:data:`CHECKPOINT_METADATA`), so a lost index can be
+        rebuilt from the files (``weightspace zoo repair``).
+
+        Raises:
+            ValueError: a malformed member (id, config, no checkpoints).
+            ZooError: a member is already in the zoo (its files are not touched).
+            ZooFormatError: ``weights/<member_id>/`` holds files this writer
+                did not write.
+        """
         from zoo.recipe import config_hash as _chash
 
-        rows, ck_rows = [], []
+        known = self.member_ids()
+        rows, ck_rows, written = [], [], []
         for m in members:
             mid = str(m["member_id"])
-            if "/" in mid or mid.startswith("."):
-                raise ValueError(f"invalid member_id {mid!r}")
+            if not MEMBER_ID_PATTERN.fullmatch(mid):
+                raise ValueError(
+                    f"invalid member_id {mid!r}: use letters, digits and _ . + - (no leading dot, "
+                    "at most 200 characters)"
+                )
+            if mid in known:
+                raise ZooError(f"{self.path}: member {mid} is already in the zoo; its files were left as they are")
             cfg = dict(m["config"])
             if "arch" not in cfg or "model" not in cfg:
                 raise ValueError(f"member {mid}: config needs 'arch' and 'model'")
             cks = list(m["checkpoints"])
             if not cks:
                 raise ValueError(f"member {mid}: no checkpoints")
-            digests = []
+            row = dict(
+                member_id=mid, idx=int(m["index"]), arch=str(cfg["arch"]),
+                seed=None if m.get("seed") is None else int(m["seed"]),
+                config=_dumps(cfg), config_hash=m.get("config_hash") or _chash(cfg),
+                status=str(m.get("status", "ok")),
+                metrics=_dumps(dict(m.get("metrics") or cks[-1].metrics)),
+                extra=_dumps(dict(m.get("extra") or {})),
+                wall_time=None if m.get("wall_time") is None else float(m["wall_time"]),
+                sha256="", final_epoch=int(cks[-1].epoch), source=str(m.get("source", "build")),
+                created_at=_now(),
+            )
+            member_meta = {
+                "zoo_meta": CHECKPOINT_META_VERSION, "member_id": mid, "arch": row["arch"],
+                "member": _dumps({
+                    k: row[k] for k in ("seed", "config_hash", "status", "wall_time", "final_epoch",
+                                        "source", "created_at")
+                } | {"index": row["idx"], "epochs": [int(ck.epoch) for ck in cks]}),
+                "member_config": row["config"], "member_metrics": row["metrics"], "member_extra": row["extra"],
+            }
+            self._claim_member_dir(mid)
+            written.append(mid)
             for ck in cks:
                 rel = f"{WEIGHTS_DIR}/{mid}/epoch_{int(ck.epoch):05d}.safetensors"
+                step = None if ck.step is None else int(ck.step)
+                ck_metrics = _dumps(dict(ck.metrics))
                 digest = save_safetensors(
                     self.path / rel, ck.state_dict,
-                    {"member_id": mid, "epoch": str(int(ck.epoch)), "arch": cfg["arch"]},
+                    dict(member_meta, epoch=str(int(ck.epoch)), step=_dumps(step), metrics=ck_metrics),
                 )
-                digests.append(digest)
-                ck_rows.append(
-                    (mid, int(ck.epoch), None if ck.step is None else int(ck.step), rel, digest,
-                     _dumps(dict(ck.metrics)))
-                )
-            final_metrics = dict(m.get("metrics") or cks[-1].metrics)
-            rows.append(
-                (
-                    mid, int(m["index"]), str(cfg["arch"]),
-                    None if m.get("seed") is None else int(m["seed"]),
-                    _dumps(cfg), m.get("config_hash") or _chash(cfg), str(m.get("status", "ok")),
-                    _dumps(final_metrics), _dumps(dict(m.get("extra") or {})),
-                    None if m.get("wall_time") is None else float(m["wall_time"]),
-                    digests[-1], int(cks[-1].epoch), str(m.get("source", "build")), _now(),
-                )
-            )
+                ck_rows.append((mid, int(ck.epoch), step, rel, digest, ck_metrics))
+                row["sha256"] = digest  # the last one is the final checkpoint's
+            rows.append(tuple(row[c] for c in _MEMBER_COLUMNS))
         if not rows:
             return 0
-        c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            c.executemany("INSERT INTO members VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-            c.executemany("INSERT INTO checkpoints VALUES (?,?,?,?,?,?)", ck_rows)
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+        _insert_rows(self.conn, rows, ck_rows)
+        for mid in written:  # committed: the directories are ordinary members now
+            (self.path / WEIGHTS_DIR / mid / WRITING_MARKER).unlink(missing_ok=True)
         return len(rows)
+
+
+_MEMBER_COLUMNS = (
+    "member_id", "idx", "arch", "seed", "config", "config_hash", "status", "metrics", "extra",
+    "wall_time", "sha256", "final_epoch", "source", "created_at",
+)
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple], ck_rows: Sequence[tuple]) -> None:
+    """Insert members and their checkpoints in one transaction."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany("INSERT INTO members VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+        conn.executemany("INSERT INTO checkpoints VALUES (?,?,?,?,?,?)", ck_rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _open_index_for_writing(index: Path) -> sqlite3.Connection:
+    """Open (or create) the index for the writer.
+
+    A missing, empty or unreadable index is created afresh only when no
+    checkpoint file exists under ``weights/``; otherwise a fresh index would
+    disown every member, so it is a :class:`ZooFormatError` naming
+    ``weightspace zoo repair``.
+    """
+    weights = index.parent / WEIGHTS_DIR
+    problem = None
+    if index.exists() and not index.is_file():
+        problem = "is not a file"
+    elif not index.exists():
+        problem = "is missing"
+    elif index.stat().st_size == 0:
+        problem = "is empty"
+    n_files = _count_checkpoint_files(weights) if problem else 0
+    if problem and n_files:
+        raise _index_error(index, f"{problem}, but {WEIGHTS_DIR}/ holds {n_files} checkpoint file(s); "
+                                  "refusing to start a new index over them")
+    if problem == "is not a file":
+        raise _index_error(index, problem)
+    try:
+        conn = _connect(index, readonly=False)
+    except sqlite3.Error as e:
+        raise _index_error(index, f"cannot be opened ({type(e).__name__}: {e})") from None
+    try:
+        if not problem:
+            try:  # the tables must be there (read-write: a hot journal of a crash is rolled back)
+                conn.execute("SELECT member_id FROM members LIMIT 1").fetchall()
+                conn.execute("SELECT member_id FROM checkpoints LIMIT 1").fetchall()
+            except sqlite3.Error as e:
+                n_files = _count_checkpoint_files(weights)
+                if n_files:
+                    raise _index_error(index, f"cannot be read ({type(e).__name__}: {e}), but {WEIGHTS_DIR}/ "
+                                              f"holds {n_files} checkpoint file(s)") from None
+        conn.executescript(_SCHEMA)
+    except sqlite3.Error as e:
+        conn.close()
+        raise _index_error(index, f"cannot be read ({type(e).__name__}: {e})") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def _acquire_lock(path: Path) -> int:
@@ -558,8 +783,15 @@ class Zoo:
         self.info = _read_info(self.path)
         index = self.path / INDEX_FILE
         if not index.is_file():
+            n_files = _count_checkpoint_files(self.path / WEIGHTS_DIR)
+            if n_files:
+                raise _index_error(index, f"is missing, but {WEIGHTS_DIR}/ holds {n_files} checkpoint file(s)")
             raise ZooFormatError(f"{INDEX_FILE} is missing", path=self.path)
-        self._members = self._load(index)
+        try:
+            self._members = self._load(index)
+        except (sqlite3.Error, ValueError, TypeError) as e:  # a damaged database; undecodable JSON in a row
+            problem = "is empty" if index.stat().st_size == 0 else f"cannot be read ({type(e).__name__}: {e})"
+            raise _index_error(index, problem) from None
         if member_ids is None:
             self._ids = tuple(sorted(self._members, key=lambda m: (self._members[m].index, m)))
         else:
@@ -854,15 +1086,32 @@ class Zoo:
         return tuple(Zoo._subset(self, list(ids[assign == s])) for s in ("train", "val", "test"))  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ integrity
-    def verify(self) -> list[str]:
-        """Re-hash every checkpoint; returns a list of problems (empty = intact)."""
+    def verify(self, *, quick: bool = False) -> list[str]:
+        """Check every checkpoint of this view against the index.
+
+        Args:
+            quick: skip re-hashing the tensors: check only that each file
+                exists, that its header parses and covers the whole file
+                (truncation) and that the hash in its metadata matches the
+                index (one header read per file).
+
+        Returns:
+            the problems, one line each (``"<file>: <what is wrong>"``:
+            missing, truncated or corrupt files, content hash mismatches);
+            empty when the zoo is intact. Never raises for a damaged file.
+        """
         problems = []
         for mid in self._ids:
             for ck in self._members[mid].checkpoints:
+                if quick:
+                    problem = _check_checkpoint_header(ck.path, ck.sha256)
+                    if problem:
+                        problems.append(problem)
+                    continue
                 try:
                     ck.state_dict(verify=True)
-                except ZooFormatError as e:
-                    problems.append(str(e))
+                except (InputFileError, OSError) as e:  # ZooFormatError is an InputFileError
+                    problems.append(str(e) if isinstance(e, InputFileError) else f"{ck.path}: {e}")
         return problems
 
     # ------------------------------------------------------------------ parameter graphs

@@ -125,6 +125,7 @@ def test_killed_process_pool_build_resumes_exactly(tmp_path):
     todo = [s for s in zoo.load_recipe(recipe).members() if s.member_id not in kept]
     partial = out / "weights" / todo[0].member_id
     partial.mkdir(parents=True, exist_ok=True)
+    (partial / ".writing").write_text("")  # the writer marks a member's directory before its first file
     (partial / "epoch_00000.safetensors").write_bytes(b"truncated")
 
     rep = zoo.build_zoo(recipe, out, backend="serial", progress=False)

@@ -31,9 +31,9 @@ def test_build_info_export(tmp_path):
 
 def test_build_errors_are_reported_not_raised(tmp_path):
     r = runner.invoke(app, ["zoo", "build", str(tmp_path / "missing.yaml"), str(tmp_path / "z")])
-    assert r.exit_code == 1 and "no such recipe" in r.output
+    assert r.exit_code == 2 and "no such recipe" in r.output
     r = runner.invoke(app, ["zoo", "info", str(tmp_path)])
-    assert r.exit_code == 1 and "zoo.json is missing" in r.output
+    assert r.exit_code == 2 and "zoo.json is missing" in r.output
 
 
 def test_import_small_cnn_zoo(tmp_path):

@@ -148,6 +148,7 @@ def test_one_writer_at_a_time(small_zoo):
 def test_orphans_of_interrupted_writes_are_removed(small_zoo):
     wdir = small_zoo.path / "weights"
     (wdir / "m999").mkdir()
+    (wdir / "m999" / ".writing").write_text("")  # the writer's marker: m999's write never committed
     (wdir / "m999" / "epoch_00001.safetensors").write_bytes(b"half a file")
     (wdir / "m000" / ".epoch_00005.safetensors.abc.tmp").write_bytes(b"x")
     (small_zoo.path / ".zoo.json.x.tmp").write_bytes(b"x")
@@ -161,7 +162,7 @@ def test_orphans_of_interrupted_writes_are_removed(small_zoo):
 def test_member_is_all_or_nothing(small_zoo, tmp_path):
     """A failure inside the index transaction leaves no trace of the member."""
     with ZooWriter(small_zoo.path, {"source": "test"}) as w:
-        dup = _fake_member(1, "relu", 0, 0.5)  # m001 exists: the INSERT fails
+        dup = _fake_member(20, "tanh", 1, 0.6)  # m020 twice in one batch: the INSERT fails
         with pytest.raises(sqlite3.IntegrityError):
             w.add_members([_fake_member(20, "relu", 0, 0.5), dup])
     conn = sqlite3.connect(small_zoo.path / "index.sqlite")

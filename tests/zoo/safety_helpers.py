@@ -1,0 +1,56 @@
+"""Helpers of the zoo safety and repair tests: small zoos and byte snapshots."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import zoo
+from zoo.store import ZooWriter
+from zoo.train import CheckpointResult
+
+from .conftest import tiny_recipe_dict
+
+#: Built zoos of the tests: 2 members, 1 epoch, checkpoints at epochs 0 and 1.
+BUILT_RECIPE = tiny_recipe_dict(num_members=2, epochs=1)
+
+
+def fake_member(i: int, *, act: str = "relu", acc: float = 0.5) -> dict:
+    """Keyword arguments of ``ZooWriter.add_member`` for a tiny MLP member
+    with two checkpoints (epochs 0 and 5); no training."""
+    model = zoo.create_model("mlp", seed=i, in_features=4, hidden=[3], out_features=2, activation=act)
+    sd0 = {k: v.clone() for k, v in model.state_dict().items()}
+    sd1 = {k: v + 1.0 for k, v in sd0.items()}
+    cfg = {"arch": "mlp", "model": {"in_features": 4, "hidden": [3], "out_features": 2, "activation": act},
+           "train": {"lr": 0.1 * (i + 1)}, "seed": i}
+    cks = [CheckpointResult(0, 0, {"test_acc": 0.1}, sd0), CheckpointResult(5, 50, {"test_acc": acc}, sd1)]
+    return dict(member_id=f"m{i:03d}", index=i, config=cfg, checkpoints=cks, seed=i,
+                metrics={"test_acc": acc, "train_acc": acc + 0.05}, wall_time=1.0 + i, extra={"label": i % 3})
+
+
+def write_fake_zoo(path: Path, n: int = 4) -> Path:
+    with ZooWriter(path, {"name": "fake", "source": "test"}) as w:
+        for i in range(n):
+            w.add_member(**fake_member(i, act=["relu", "tanh"][i % 2], acc=i / 10))
+    return path
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file below ``path`` (relative name -> bytes)."""
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def index_rows(path: Path) -> tuple[list[tuple], list[tuple]]:
+    """All rows of the members and checkpoints tables, sorted."""
+    conn = sqlite3.connect(f"file:{path / 'index.sqlite'}?mode=ro", uri=True)
+    try:
+        members = sorted(conn.execute("SELECT * FROM members").fetchall())
+        cks = sorted(conn.execute("SELECT * FROM checkpoints").fetchall())
+    finally:
+        conn.close()
+    return members, cks
+
+
+def build_small_zoo(path: Path) -> Path:
+    zoo.build_zoo(BUILT_RECIPE, path, backend="serial", progress=False)
+    return path

@@ -14,12 +14,14 @@ from weightspace.io.files import (
     read_yaml,
 )
 from weightspace.io.schema import Field, check_type, did_you_mean, validate
-from weightspace.io.weights import load_state_dict, save_state_dict, state_dict_hash
+from weightspace.io.weights import build_checked, load_state_dict, match_state_dict, save_state_dict, state_dict_hash
 
 __all__ = [
     "load_state_dict",
     "save_state_dict",
     "state_dict_hash",
+    "match_state_dict",
+    "build_checked",
     "atomic_write",
     "read_text",
     "read_json",

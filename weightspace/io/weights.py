@@ -101,7 +101,8 @@ def match_state_dict(expected: Mapping[str, Any], got: Mapping[str, torch.Tensor
 
 
 def build_checked(factory: Callable[[], "torch.nn.Module"], tensors: Mapping[str, torch.Tensor], *,
-                  path: object = None, field: str | None = "config", limit: int = MAX_NUMEL) -> "torch.nn.Module":
+                  path: object = None, field: str | None = "config", limit: int = MAX_NUMEL,
+                  config_path: object = None) -> "torch.nn.Module":
     """Build a module from a config read from ``path`` and load ``tensors`` into it,
     allocating nothing a damaged or tampered config asks for.
 
@@ -112,8 +113,10 @@ def build_checked(factory: Callable[[], "torch.nn.Module"], tensors: Mapping[str
 
     Args:
         factory: builds the module from the (already schema-checked) config.
-        tensors: the state_dict read from the file.
+        tensors: the state_dict read from the file ``path``.
         path, field: named in errors (``field``: the config as a whole).
+        config_path: the file the config came from, when it is not ``path``
+            (named in config and size errors).
 
     Raises:
         ConfigError: the constructor refused the config (``TypeError`` /
@@ -121,6 +124,8 @@ def build_checked(factory: Callable[[], "torch.nn.Module"], tensors: Mapping[str
         InputFileError: the config asks for more than ``limit`` elements.
         StateDictError: the stored tensors do not match the model.
     """
+    cpath = path if config_path is None else config_path
+
     def build(device: str | None):
         try:
             if device is None:
@@ -130,7 +135,7 @@ def build_checked(factory: Callable[[], "torch.nn.Module"], tensors: Mapping[str
         except WeightspaceError:
             raise
         except (TypeError, ValueError, KeyError) as exc:
-            raise ConfigError(f"cannot build the model from this config ({_one_line(exc)})", path=path, field=field) from None
+            raise ConfigError(f"cannot build the model from this config ({_one_line(exc)})", path=cpath, field=field) from None
 
     try:
         meta = build("meta")
@@ -145,7 +150,7 @@ def build_checked(factory: Callable[[], "torch.nn.Module"], tensors: Mapping[str
             big = max(sd, key=lambda k: sd[k].numel())
             raise InputFileError(
                 f"the config asks for a model of {total} values (limit {limit}; largest tensor {big!r} "
-                f"{list(sd[big].shape)}); the file is damaged or tampered with", path=path, field=field)
+                f"{list(sd[big].shape)}); the file is damaged or tampered with", path=cpath, field=field)
         match_state_dict(sd, tensors, path=path)
     model = build(None)
     match_state_dict(model.state_dict(), tensors, path=path)

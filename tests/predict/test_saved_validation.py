@@ -243,3 +243,32 @@ def test_cli_rank_with_an_empty_header_only_or_corrupt_checkpoint_is_one_line(tm
     save_state_dict(zoo.create_model("mlp", seed=0, **ARCH).state_dict(), good)
     r, out = _cli("predict", "rank", good, ck, "--predictor", saved)
     _one_line_error(r, out, "bad.safetensors")
+
+
+@pytest.mark.parametrize("args,name", [
+    (["rank", "{tmp}/x.safetensors", "--predictor", "{tmp}", "--top", "0"], "--top"),
+    (["fit", "{tmp}", "--epochs", "0"], "--epochs"),
+    (["fit", "{tmp}", "--seed", "-1"], "--seed"),
+    (["fit", "{tmp}", "--test-fraction", "1.5"], "--test-fraction"),
+])
+def test_predict_counts_are_bounded(tmp_path, args, name):
+    r, out = _cli("predict", *[a.format(tmp=tmp_path) for a in args])
+    assert r.exit_code == 2 and name in out and "Traceback" not in out, out
+
+
+def test_predict_outputs_that_are_directories_or_files_are_named_before_any_work(tmp_path, saved):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    r, out = _cli("predict", "fit", tmp_path / "no_zoo", "--json", tmp_path)
+    _one_line_error(r, out, str(tmp_path), "--json", "is a directory")
+    r, out = _cli("predict", "fit", tmp_path / "no_zoo", "--out", f)
+    _one_line_error(r, out, str(f), "needs a directory")
+    ck = tmp_path / "ck.safetensors"
+    save_state_dict(zoo.create_model("mlp", seed=0, **ARCH).state_dict(), ck)
+    r, out = _cli("predict", "rank", ck, "--predictor", saved, "--json", tmp_path)
+    _one_line_error(r, out, str(tmp_path), "is a directory")
+    r, out = _cli("predict", "rank", ck, "--predictor", saved, "--json", f / "rank.json")
+    _one_line_error(r, out, str(f), "is a file")
+    r, out = _cli("predict", "rank", ck, "--predictor", saved, "--json", tmp_path / "rank.json", "--top", 1)
+    assert r.exit_code == 0, out
+    assert json.loads((tmp_path / "rank.json").read_text())["ranking"][0]["rank"] == 1

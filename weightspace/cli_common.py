@@ -70,3 +70,41 @@ def parse_kv(items: Sequence[str] | None, what: str = "--arg") -> dict:
         except json.JSONDecodeError:
             out[k] = v
     return out
+
+
+
+def _check_parents(p, option: str) -> None:
+    from weightspace.errors import InputFileError
+
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputFileError(f"is a file, so {p} cannot be written ({option})", path=parent, field=option)
+            return
+
+
+def check_output_file(path, option: str) -> None:
+    """Fail early (before any long computation) when ``path``, given to
+    ``option`` as a file to write, is an existing directory or lies under a
+    file."""
+    from pathlib import Path
+
+    from weightspace.errors import InputFileError
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise InputFileError(f"is a directory; {option} needs a file name to write", path=p, field=option)
+    _check_parents(p, option)
+
+
+def check_output_dir(path, option: str) -> None:
+    """Fail early when ``path``, given to ``option`` as a directory to write
+    into, is an existing file or lies under a file."""
+    from pathlib import Path
+
+    from weightspace.errors import InputFileError
+
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise InputFileError(f"is a file; {option} needs a directory", path=p, field=option)
+    _check_parents(p, option)

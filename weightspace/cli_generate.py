@@ -13,8 +13,8 @@ from typing import List, Optional
 
 import typer
 
+from weightspace.cli_common import check_output_dir, check_output_file, parse_kv
 from weightspace.cli_common import fail as _fail
-from weightspace.cli_common import parse_kv
 
 app = typer.Typer(
     name="generate",
@@ -34,11 +34,11 @@ def _threads(n: Optional[int]) -> None:
 @app.command("hypernet-train")
 def hypernet_train(
     out: Path = typer.Argument(..., help="where to save the hypernetwork (.safetensors)"),
-    steps: int = typer.Option(1000, help="training steps"),
-    archs_per_step: int = typer.Option(4, help="architectures per step"),
+    steps: int = typer.Option(1000, min=1, help="training steps"),
+    archs_per_step: int = typer.Option(4, min=1, help="architectures per step"),
     small: bool = typer.Option(False, "--small", help="train without the ResNet (faster)"),
-    seed: int = typer.Option(0, help="random seed"),
-    threads: Optional[int] = typer.Option(None, help="torch threads"),
+    seed: int = typer.Option(0, min=0, help="random seed"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train a graph hypernetwork on the default digits architectures.
@@ -47,6 +47,7 @@ def hypernet_train(
     """
     from weightspace.generate import default_archs, load_task, train_hypernet
 
+    check_output_file(out, "OUT")
     _threads(threads)
     train, held = default_archs(small=small)
     hn, hist = train_hypernet(train, load_task("digits"), steps=steps, archs_per_step=archs_per_step,
@@ -65,18 +66,20 @@ def init(
     hypernet: Path = typer.Option(..., "--hypernet", help="trained hypernetwork (.safetensors)"),
     out: Path = typer.Option(..., "--out", "-o", help="output state_dict (.safetensors)"),
     arg: List[str] = typer.Option([], "--arg", "-a", help="architecture argument key=value (repeatable)"),
-    seed: int = typer.Option(0, help="seed of the random draw"),
+    seed: int = typer.Option(0, min=0, help="seed of the random draw"),
 ) -> None:
     """Predict all weights of ARCH with a trained graph hypernetwork.
 
     BatchNorm running statistics are written as 0 / 1: re-estimate them on
-    data before evaluating in eval mode.
+    data before evaluating in eval mode. Predicted NaN/Inf weights (e.g. from
+    a diverged hypernetwork) are refused, never written.
 
     Example: weightspace generate init cnn_small -a width=24 -a depth=4 --hypernet hn.safetensors -o init.safetensors
     """
     from weightspace.generate import GraphHyperNetwork, as_arch
     from weightspace.io import save_state_dict
 
+    check_output_file(out, "--out")
     try:
         a = as_arch(arch, **parse_kv(arg, "--arg"))
         sd = GraphHyperNetwork.load(hypernet).predict(a, seed=seed)
@@ -92,26 +95,28 @@ def flow_train(
     zoo_dir: Path = typer.Argument(..., help="zoo directory (one architecture)"),
     out: Path = typer.Argument(..., help="where to save the generator (.safetensors)"),
     metric: str = typer.Option("test_acc", help="checkpoint metric to condition on"),
-    steps: int = typer.Option(4000, help="training steps"),
+    steps: int = typer.Option(4000, min=1, help="training steps"),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="random permutation augmentation"),
-    seed: int = typer.Option(0, help="random seed"),
-    threads: Optional[int] = typer.Option(None, help="torch threads"),
+    seed: int = typer.Option(0, min=0, help="random seed"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train a conditional checkpoint generator (flow matching) on every
-    checkpoint of a zoo.
+    checkpoint of a zoo. All members must share one architecture (name and
+    arguments, e.g. the activation); filter the zoo first otherwise.
 
     Example: weightspace generate flow-train runs/digits_mlp flow.safetensors --steps 2000
     """
     import zoo
     from weightspace.generate import collect_checkpoints, train_checkpoint_flow
 
+    check_output_file(out, "OUT")
     _threads(threads)
     try:
         cs = collect_checkpoints(zoo.Zoo(zoo_dir), metric=metric)
-    except (zoo.ZooError, ValueError, KeyError) as e:
-        _fail(e)
-    model, hist = train_checkpoint_flow(cs, steps=steps, augment=augment, seed=seed, progress=progress)
+        model, hist = train_checkpoint_flow(cs, steps=steps, augment=augment, seed=seed, progress=progress)
+    except (ValueError, KeyError) as e:
+        _fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
     model.save(out, metadata={"zoo": str(zoo_dir), "checkpoints": len(cs), "augment": augment})
     lo, hi = model.cond_range
     typer.echo(f"{cs.arch.label}: {len(cs)} checkpoints, {metric} in [{lo:.3f}, {hi:.3f}], final loss {hist.loss[-1]:.4f}")
@@ -123,27 +128,33 @@ def samples(
     generator: Path = typer.Argument(..., help="trained checkpoint generator (.safetensors)"),
     zoo_dir: Path = typer.Argument(..., help="the zoo it was trained on (for the novelty report)"),
     out: Path = typer.Option(..., "--out", "-o", help="output directory"),
-    n: int = typer.Option(8, "--n", help="number of samples"),
+    n: int = typer.Option(8, "--n", min=1, help="number of samples"),
     condition: float = typer.Option(..., help="target metric (within the training range)"),
-    seed: int = typer.Option(0, help="random seed"),
+    seed: int = typer.Option(0, min=0, help="random seed"),
     guidance: float = typer.Option(1.0, help="classifier-free guidance weight"),
     metric: str = typer.Option("test_acc", help="the metric the generator was trained on"),
 ) -> None:
-    """Sample N checkpoints and write them with a novelty report.
+    """Sample N checkpoints and write them with a novelty report (flag
+    thresholds printed; see weightspace.generate.checkpoint_novelty). Samples
+    with NaN/Inf weights are refused and nothing is written.
 
     Example: weightspace generate samples flow.safetensors runs/digits_mlp --condition 0.9 -o samples/
     """
     import zoo
     from weightspace.generate import CheckpointFlow, collect_checkpoints, load_task, novelty_report
-    from weightspace.io import save_state_dict
+    from weightspace.io import atomic_write, save_state_dict
 
+    check_output_dir(out, "--out")
+    model = CheckpointFlow.load(generator)
+    z = zoo.Zoo(zoo_dir)
     try:
-        model = CheckpointFlow.load(generator)
-        z = zoo.Zoo(zoo_dir)
         cs = collect_checkpoints(z, metric=metric)
+        if cs.arch != model.arch:
+            _fail(f"{zoo_dir}: its checkpoints are {cs.arch.label}, the generator {generator} makes {model.arch.label}; "
+                  "give the zoo it was trained on")
         sds = model.generate(model.arch, n, condition=condition, seed=seed, guidance=guidance)
-    except (zoo.ZooError, ValueError, KeyError, FileNotFoundError) as e:
-        _fail(e)
+    except (ValueError, KeyError) as e:
+        _fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
     data_cfg = dict((z.recipe.data if z.recipe is not None else {}) or {"name": "digits"})
     data = load_task(**data_cfg)
     rep = novelty_report(sds, cs, data, conditions=[condition] * n, seed=seed)
@@ -151,16 +162,17 @@ def samples(
     for i, sd in enumerate(sds):
         save_state_dict(sd, out / f"sample_{i:03d}.safetensors",
                         metadata={"arch": json.dumps(model.arch.to_dict()), "condition": str(condition)})
-    (out / "novelty.json").write_text(json.dumps(rep.to_dict(), indent=2, default=str))
-    typer.echo(f"{'#':>3s} {'acc':>6s} {'dist':>8s} {'ratio':>6s} {'agree':>6s}  nearest")
+    atomic_write(out / "novelty.json", json.dumps(rep.to_dict(), indent=2, default=str))
+    typer.echo(f"{'#':>3s} {'acc':>6s} {'rel.dist':>8s} {'ratio':>6s} {'agree':>6s}  nearest")
     for i, r in enumerate(rep.rows):
         flag = " COPY" if r["copy"] else (" near-copy" if r["near_copy"] else "")
         nn = r["nearest"]
-        typer.echo(f"{i:3d} {r['accuracy']:6.3f} {r['distance']:8.3f} {r['ratio']:6.2f} {r['agreement']:6.3f}  "
+        typer.echo(f"{i:3d} {r['accuracy']:6.3f} {r['rel_distance']:8.3f} {r['ratio']:6.2f} {r['agreement']:6.3f}  "
                    f"{nn['member_id']}@{nn['epoch']}{flag}")
     s = rep.summary
     typer.echo(f"mean accuracy {s['accuracy_mean']:.3f} for condition {condition}; copies {s['copies']}/{s['n']}, "
-               f"near-copies {s['near_copies']}; between-runs distance {rep.reference['between_runs_median']:.3f}")
+               f"near-copies {s['near_copies']}; between-runs relative distance {rep.reference['between_runs_median']:.3f}")
+    typer.echo(f"flags: {rep.thresholds_text()}")
     typer.echo(f"wrote {n} samples and novelty.json to {out}")
 
 
@@ -168,12 +180,12 @@ def samples(
 def inr_init(
     out: Path = typer.Argument(..., help="output state_dict (.safetensors) of the learned SIREN init"),
     family: str = typer.Option("digits", help="digits | sample_crops | sines | blobs"),
-    first: int = typer.Option(0, help="first training signal index"),
-    count: int = typer.Option(200, help="number of training signals"),
-    outer_steps: int = typer.Option(500, help="Reptile steps"),
-    inner_steps: int = typer.Option(10, help="inner Adam steps"),
-    seed: int = typer.Option(0, help="random seed"),
-    threads: Optional[int] = typer.Option(None, help="torch threads"),
+    first: int = typer.Option(0, min=0, help="first training signal index"),
+    count: int = typer.Option(200, min=1, help="number of training signals"),
+    outer_steps: int = typer.Option(500, min=1, help="Reptile steps"),
+    inner_steps: int = typer.Option(10, min=1, help="inner Adam steps"),
+    seed: int = typer.Option(0, min=0, help="random seed"),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Meta-learn a SIREN initialisation with Reptile on a signal family.
@@ -183,6 +195,7 @@ def inr_init(
     from weightspace.generate import load_signals, reptile
     from weightspace.io import save_state_dict
 
+    check_output_file(out, "OUT")
     _threads(threads)
     try:
         sig = load_signals(family, range(first, first + count))

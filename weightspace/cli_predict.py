@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import typer
 
+from weightspace.cli_common import check_output_dir, check_output_file
 from weightspace.cli_common import fail as _fail
 from weightspace.cli_common import parse_kv as _kv
 
@@ -47,13 +48,13 @@ def fit(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="directory to save the fitted predictor to"),
     checkpoints: str = typer.Option("all", help="all | final | comma-separated epochs (e.g. 5,10)"),
     split: str = typer.Option("random", help="random (by member) | seed (by training seed) | ood (by a hyperparameter)"),
-    test_fraction: float = typer.Option(0.2, help="held-out fraction of members for the metrics (0: fit on everything)"),
+    test_fraction: float = typer.Option(0.2, min=0.0, max=1.0, help="held-out fraction of members for the metrics (0: fit on everything)"),
     ood_column: Optional[str] = typer.Option(None, help="--split ood: hyperparameter column (e.g. activation, lr, config.model.width)"),
     ood_train: Optional[str] = typer.Option(None, help="--split ood: comma-separated training values"),
     ood_test: Optional[str] = typer.Option(None, help="--split ood: comma-separated test values (default: all others)"),
     ood_threshold: Optional[float] = typer.Option(None, help="--split ood: train on values <= threshold, test on the rest"),
-    seed: int = typer.Option(0, help="split and predictor seed"),
-    epochs: Optional[int] = typer.Option(None, help="training epochs (metanetworks)"),
+    seed: int = typer.Option(0, min=0, help="split and predictor seed"),
+    epochs: Optional[int] = typer.Option(None, min=1, help="training epochs (metanetworks)"),
     param: List[str] = typer.Option([], "--param", "-p", help="predictor argument key=value (repeatable, JSON values), e.g. -p max_iter=500"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report as JSON"),
 ) -> None:
@@ -68,9 +69,14 @@ def fit(
       weightspace predict fit runs/digits --split ood --ood-column activation --ood-train relu,tanh --ood-test gelu
     """
     from weightspace.errors import WeightspaceError
+    from weightspace.io import atomic_write
     from weightspace.predict import fit_zoo
     from zoo.errors import ZooError
 
+    if out is not None:
+        check_output_dir(out, "--out")
+    if json_out is not None:
+        check_output_file(json_out, "--json")
     params = _kv(param, "--param")
     if epochs is not None:
         params["epochs"] = epochs
@@ -99,7 +105,7 @@ def fit(
     if rep.path is not None:
         typer.echo(f"\nsaved      {rep.path}")
     if json_out is not None:
-        json_out.write_text(json.dumps(rep.to_dict(), indent=2, default=str))
+        atomic_write(json_out, json.dumps(rep.to_dict(), indent=2, default=str))
         typer.echo(f"wrote      {json_out}")
 
 
@@ -111,7 +117,7 @@ def rank(
                                                   "fit with allow_new_architectures, on an unseen architecture)"),
     arg: List[str] = typer.Option([], "--arg", "-a", help="architecture argument key=value (with --arch)"),
     order: str = typer.Option("auto", help="auto (from the target: losses and gaps ascending) | desc | asc"),
-    top: Optional[int] = typer.Option(None, help="show only the best N"),
+    top: Optional[int] = typer.Option(None, min=1, help="show only the best N"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the ranking as JSON"),
 ) -> None:
     """Rank checkpoints by predicted performance, best first, without running any data through them.
@@ -119,10 +125,13 @@ def rank(
     Example: weightspace predict rank runs/*.safetensors --predictor predictors/gbm
     """
     from weightspace.errors import WeightspaceError
+    from weightspace.io import atomic_write
     from weightspace.predict import load_predictor, lower_is_better, rank_checkpoints
 
     if order not in ("auto", "desc", "asc"):
         _fail(f"--order must be auto, desc or asc, got {order!r}")
+    if json_out is not None:
+        check_output_file(json_out, "--json")
     try:
         p = load_predictor(predictor)
     except (FileNotFoundError, ValueError, KeyError) as exc:
@@ -133,12 +142,12 @@ def rank(
                                    descending=descending)
     except (WeightspaceError, FileNotFoundError, ValueError, KeyError, TypeError) as exc:
         _fail(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
-    shown = ranking if top is None else ranking[: max(0, top)]
+    shown = ranking if top is None else ranking[:top]
     desc = not lower_is_better(p.target_) if descending is None else descending
     typer.echo(f"predictor  {predictor} ({p.kind}, target {p.target_ or '?'}, {'higher' if desc else 'lower'} is better)")
     typer.echo(f"{'rank':>4s} {'predicted':>10s}  checkpoint")
     for r in shown:
         typer.echo(f"{r['rank']:4d} {r['prediction']:10.4f}  {r['checkpoint']}")
     if json_out is not None:
-        json_out.write_text(json.dumps({"predictor": str(predictor), "target": p.target_, "ranking": ranking}, indent=2))
+        atomic_write(json_out, json.dumps({"predictor": str(predictor), "target": p.target_, "ranking": ranking}, indent=2))
         typer.echo(f"wrote {json_out}")

@@ -543,6 +543,11 @@ def render_report(r: dict) -> str:
               f"{sm['ratio_median']:.2f}× the median distance between two training runs "
               f"({ref['between_runs_median']:.3g}); {sm['copies']} exact copies, {sm['near_copies']} near copies, "
               f"agreement with the nearest checkpoint's predictions {sm.get('agreement_mean', float('nan')):.3f}.", ""]
+        th = sm.get("thresholds")
+        if th:
+            L += [f"Distances are relative to the networks' scale (`{th['rel_distance']}`; about 1.41 for two "
+                  f"independent networks). A sample is a copy when `{th['copy']}`, a near copy when "
+                  f"`{th['near_copy']}`.", ""]
     if not gen:
         L.append("Not run.")
     L += ["", "## Time", "", " · ".join(f"{k} {v:.0f} s" for k, v in r["seconds"].items()), ""]

@@ -31,6 +31,20 @@ from weightspace.predict import (
 FAST = {"gbm": {}, "linear": {}, "gmn": {}}
 SLOW = {"statnn": {"epochs": 60}}
 
+# Kendall tau a predictor must exceed in this cross-validation. The GMN's tau
+# varies with its seed (init, validation split, shuffling) and with the
+# machine (float summation order): measured here for predictor seeds 0-4
+# (fold order 0, this CV, 1 torch thread): 0.531, 0.544, 0.557, 0.609, 0.540
+# (mean 0.556, sd 0.031); another machine got 0.4997 for seed 0, failing the
+# old threshold 0.5 that sat inside that spread. 0.40 is 0.13 below the
+# measured minimum (about 4 sd) and still far above what the mean predictor
+# reaches here (tau -0.022; under no association tau's standard error is about
+# 0.1 even counting the 48 members rather than the 96 checkpoints), so passing
+# still shows the GMN ranks networks far better than the mean. The GBM and
+# linear fits do not depend on a seed (tau 0.632 for both here; GBM seeds 0
+# and 1 identical) and keep 0.5.
+MIN_TAU = {"gbm": 0.5, "linear": 0.5, "gmn": 0.4}
+
 
 def _cv_predictions(ds, kind, params, folds=4, seed=0):
     """Out-of-fold predictions ``[N]`` (folds of members)."""
@@ -49,7 +63,7 @@ def _check_beats_mean(ds, kind, params, min_tau=0.5):
     pred = _cv_predictions(ds, kind, params)
     mean_pred = _cv_predictions(ds, "mean", {})
     tau = kendall_tau(ds.y, pred)
-    assert tau > min_tau, f"{kind}: Kendall tau {tau:.3f}"
+    assert tau > min_tau, f"{kind}: Kendall tau {tau:.3f} (mean predictor {kendall_tau(ds.y, mean_pred):.3f})"
     assert r2(ds.y, pred) > r2(ds.y, mean_pred) + 0.3, f"{kind}: R2 {r2(ds.y, pred):.3f} vs mean {r2(ds.y, mean_pred):.3f}"
 
 
@@ -60,7 +74,7 @@ def test_tiny_zoo_has_a_spread_of_accuracies(tiny_dataset):
 
 @pytest.mark.parametrize("kind", list(FAST))
 def test_predictor_beats_mean(tiny_dataset, kind):
-    _check_beats_mean(tiny_dataset, kind, FAST[kind])
+    _check_beats_mean(tiny_dataset, kind, FAST[kind], min_tau=MIN_TAU[kind])
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from weightspace.generate.inr_init import SignalSet, fit_curve, load_signals, re
 from weightspace.generate.checkpoint_flow import (
     CheckpointFlow,
     CheckpointSet,
+    MixedArchitecturesError,
     collect_checkpoints,
     generate,
     permutation_bank,
@@ -34,6 +35,7 @@ __all__ = [
     "ArchSpec",
     "CheckpointFlow",
     "CheckpointSet",
+    "MixedArchitecturesError",
     "NoveltyReport",
     "SignalSet",
     "aligned_distance",

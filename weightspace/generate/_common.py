@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ArchSpec", "TaskData", "as_arch", "load_task", "fit_steps", "accuracy", "has_batchnorm"]
+__all__ = ["ArchSpec", "TaskData", "as_arch", "load_task", "fit_steps", "accuracy", "has_batchnorm",
+           "read_saved_model", "check_finite_state_dict"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,23 @@ class ArchSpec:
     @property
     def arch_kwargs(self) -> dict[str, Any]:
         return {k: _thaw(v) for k, v in self.kwargs}
+
+    def resolved_kwargs(self) -> dict[str, Any]:
+        """All architecture arguments, the factory's defaults included."""
+        import zoo
+
+        return zoo.get_model_info(self.name).resolve_kwargs(**self.arch_kwargs)
+
+    def difference(self, other: "ArchSpec") -> tuple[str, Any, Any] | None:
+        """``(field, mine, theirs)`` for the first way ``other`` differs
+        (``"arch"`` for the name, else an argument name), or ``None``."""
+        if self.name != other.name:
+            return "arch", self.name, other.name
+        a, b = self.resolved_kwargs(), other.resolved_kwargs()
+        for k in sorted(set(a) | set(b)):
+            if _freeze(a.get(k)) != _freeze(b.get(k)):
+                return k, a.get(k), b.get(k)
+        return None
 
     @property
     def label(self) -> str:
@@ -255,6 +273,54 @@ def fit_steps(
                 diverged = True
         step += 1
     return out
+
+
+def read_saved_model(path: Any, kind: str, keys: Sequence[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(metadata, tensors)`` of a generator saved as one safetensors file
+    with JSON entries in its metadata (:meth:`GraphHyperNetwork.save`,
+    :meth:`CheckpointFlow.save`).
+
+    Args:
+        path: the file.
+        kind: the expected ``kind`` metadata entry.
+        keys: metadata entries holding JSON, returned decoded (absent ones are
+            left out).
+
+    Raises:
+        MissingFileError / InputFileError: missing, a directory, empty,
+            truncated or corrupt, another kind of file, or invalid JSON in an
+            entry (``field`` names it).
+    """
+    from pathlib import Path
+
+    from weightspace.errors import InputFileError
+    from weightspace.io import read_safetensors, read_safetensors_metadata
+
+    path = Path(path).expanduser()
+    meta = read_safetensors_metadata(path, what=f"saved {kind} (.safetensors)")
+    if meta.get("kind") != kind:
+        raise InputFileError(f"not a saved {kind} (metadata kind={meta.get('kind')!r})", path=path, field="kind")
+    out: dict[str, Any] = {}
+    for k in keys:
+        if k in meta:
+            try:
+                out[k] = json.loads(meta[k])
+            except json.JSONDecodeError as exc:
+                raise InputFileError(f"invalid JSON in the file's metadata: {exc.msg}", path=path, field=k) from None
+    return out, read_safetensors(path, what=f"saved {kind} (.safetensors)")
+
+
+def check_finite_state_dict(state_dict: Mapping[str, torch.Tensor], what: str) -> None:
+    """Raise :class:`~weightspace.errors.NonFiniteWeightsError` naming the
+    first floating-point tensor of ``state_dict`` with a NaN or Inf value
+    (``what`` says where the values came from)."""
+    from weightspace.errors import NonFiniteWeightsError
+
+    for k, v in state_dict.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            bad = int((~torch.isfinite(v)).sum())
+            raise NonFiniteWeightsError(f"{what} has {bad} NaN/Inf value(s) in this tensor; refusing to return it",
+                                        field=k)
 
 
 def dumps(obj: Any) -> str:

@@ -35,10 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weightspace.generate._common import ArchSpec, as_arch
+from weightspace.errors import ConfigError, StateDictError, WeightspaceError
+from weightspace.generate._common import ArchSpec, as_arch, check_finite_state_dict, read_saved_model
 from weightspace.graph import ParameterGraph
+from weightspace.io import Field
 
 __all__ = [
+    "MixedArchitecturesError",
     "CheckpointSet",
     "CheckpointFlow",
     "FlowHistory",
@@ -47,6 +50,11 @@ __all__ = [
     "generate",
     "permutation_bank",
 ]
+
+
+class MixedArchitecturesError(WeightspaceError, ValueError):
+    """The checkpoints given to a one-architecture generator come from
+    different architectures (``field`` names the differing argument)."""
 
 
 @dataclass
@@ -115,9 +123,15 @@ def collect_checkpoints(
         metric: checkpoint metric used as the condition.
         epochs: keep only these epochs (default: all stored checkpoints).
 
+    Members share an architecture when their registered name and all
+    architecture arguments (defaults filled in, e.g. ``activation``) are
+    equal -- not merely their tensor shapes: a ReLU and a Tanh MLP have the
+    same shapes but are different architectures.
+
     Raises:
-        ValueError: members of different architectures, a checkpoint without
-            ``metric``, or no checkpoints.
+        MixedArchitecturesError: members of different architectures (names
+            two members and the differing argument).
+        ValueError: a checkpoint without ``metric``, or no checkpoints.
     """
     members = list(zoo_or_members.members()) if hasattr(zoo_or_members, "members") else list(zoo_or_members)
     if not members:
@@ -126,10 +140,18 @@ def collect_checkpoints(
     vals, mets, ids, eps = [], [], [], []
     for m in members:
         a = ArchSpec.of(m.arch, **m.model_kwargs)
-        if a.template().shapes != arch.template().shapes:
-            raise ValueError(
-                f"member {m.member_id} is {a.label}, the first member is {arch.label}; a checkpoint "
-                "generator models one architecture (filter the zoo first)"
+        if a != arch:
+            field_, first, this = arch.difference(a) or ("arch", arch.label, a.label)
+            if field_ == "arch":
+                what = f"member {m.member_id} is a {this!r}, member {members[0].member_id} a {first!r}"
+                hint = "filter the zoo first"
+            else:
+                what = (f"member {m.member_id} has {field_}={this!r}, member {members[0].member_id} has "
+                        f"{field_}={first!r} ({a.label} vs {arch.label})")
+                hint = f"filter the zoo first, e.g. zoo.filter({field_}={first!r})"
+            raise MixedArchitecturesError(
+                f"{what}; a checkpoint generator models one architecture -- {hint}",
+                path=getattr(zoo_or_members, "path", None), field=field_,
             )
         for ck in m.checkpoints:
             if epochs is not None and ck.epoch not in epochs:
@@ -285,9 +307,17 @@ class CheckpointFlow(nn.Module):
             steps: Euler steps of the flow ODE from ``t = 0`` (noise) to 1.
             guidance: classifier-free guidance weight ``w``:
                 ``v = v_uncond + w (v_cond - v_uncond)`` (1 = conditional only).
+
+        Raises:
+            NonFiniteWeightsError: a sample holds NaN/Inf values (the tensor
+                is named); non-finite samples are never returned.
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if int(steps) < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if not math.isfinite(float(guidance)):
+            raise ValueError(f"guidance must be a finite number, got {guidance}")
         c = self.check_condition(condition, n).to(self.mean.device)
         if generator is None:
             if seed is None:
@@ -305,7 +335,16 @@ class CheckpointFlow(nn.Module):
                 v = vu + guidance * (v - vu)
             x = x + dt * v
         self.train(was)
-        return x * self.std + self.mean
+        out = x * self.std + self.mean
+        bad = (~torch.isfinite(out)).any(dim=1)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            params = [k for k, v in self.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            cause = (f"the generator's own weights are NaN/Inf (e.g. {params[0]!r}; a diverged training run)" if params
+                     else "the flow diverged; try more steps or a smaller guidance")
+            check_finite_state_dict(vector_to_state_dict(self.arch, out[i].cpu()),
+                                    f"sample {i} of {int(bad.sum())}/{n} non-finite samples ({cause})")
+        return out
 
     def generate(
         self,
@@ -346,18 +385,77 @@ class CheckpointFlow(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> "CheckpointFlow":
-        from safetensors import safe_open
+        """Inverse of :meth:`save`.
 
-        from weightspace.io import load_state_dict
+        The config in the file's metadata is checked against
+        :data:`CONFIG_SCHEMA` (types, ranges, unknown keys), the
+        architecture's size is checked against the stored tensors, and the
+        stored tensors must match the model the config builds (names,
+        shapes) -- all before anything is allocated.
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("kind") != "CheckpointFlow":
-            raise ValueError(f"{path} is not a saved CheckpointFlow (metadata kind={meta.get('kind')!r})")
-        cfg = json.loads(meta["config"])
-        model = cls(ArchSpec.from_dict(cfg.pop("arch")), **{**cfg, "cond_range": tuple(cfg["cond_range"])})
-        model.load_state_dict(load_state_dict(path))
+        Raises:
+            MissingFileError / InputFileError: missing, a directory, empty,
+                truncated, not a saved CheckpointFlow, or absurd sizes.
+            ConfigError: a wrong type, out-of-range value or unknown key in
+                the config, or an unknown architecture (``field`` names it).
+            StateDictError: a missing, unexpected or mis-shaped tensor (named).
+        """
+        from weightspace.io import build_checked, check_numel, validate
+
+        path = Path(path).expanduser()
+        meta, tensors = read_saved_model(path, "CheckpointFlow", ("config",))
+        cfg = validate(meta.get("config"), CONFIG_SCHEMA, path=path, where="config")
+        spec = validate(cfg.pop("arch"), _ARCH_SCHEMA, path=path, where="config.arch")
+        cfg["cond_range"] = tuple(_cond_range(cfg.get("cond_range", [0.0, 1.0]), path))
+        try:
+            arch = ArchSpec.from_dict(spec)
+        except (KeyError, TypeError, ValueError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            raise ConfigError(f"not an architecture this library can build ({msg})", path=path, field="config.arch") from None
+        # The architecture's size, from a build on the meta device (nothing
+        # allocated), must be the size of the stored normalisation buffer
+        # before its template is built for real.
+        try:
+            with torch.device("meta"):
+                n_values = sum(t.numel() for t in arch.module(seed=0).state_dict().values() if t.is_floating_point())
+        except Exception:  # an op without a meta kernel: rely on the checks after the real build
+            n_values = None
+        if n_values is not None:
+            check_numel([n_values], path=path, field="config.arch")
+            if "mean" not in tensors:
+                raise StateDictError("tensor missing from the file; it is damaged or not a CheckpointFlow", path=path,
+                                     field="mean")
+            if tuple(tensors["mean"].shape) != (n_values,):
+                raise StateDictError(
+                    f"shape {list(tensors['mean'].shape)} in the file, but config.arch ({arch.label}) has {n_values} "
+                    "values; the file is damaged or tampered with", path=path, field="mean")
+        arch.template()
+        model = build_checked(lambda: cls(arch, **cfg), tensors, path=path, field="config")
         return model.eval()
+
+
+def _cond_range(value: Any, path: Path) -> list[float]:
+    from weightspace.io import check_type
+
+    if not (isinstance(value, list) and len(value) == 2):
+        raise ConfigError(f"expected [low, high], got {value!r}"[:200], path=path, field="config.cond_range")
+    lo, hi = (float(check_type(v, float, path=path, field=f"config.cond_range[{i}]")) for i, v in enumerate(value))
+    if lo > hi:
+        raise ConfigError(f"low {lo} > high {hi}", path=path, field="config.cond_range")
+    return [lo, hi]
+
+
+def _schema() -> dict:
+    return {
+        "arch": Field(dict, required=True), "hidden": Field(int, min=1, max=2**14), "depth": Field(int, min=0, max=256),
+        "cond_range": Field(list), "metric_name": Field(str),
+    }
+
+
+#: Schema of a saved :class:`CheckpointFlow` config (sizes bounded far above
+#: anything trained here).
+CONFIG_SCHEMA = _schema()
+_ARCH_SCHEMA = {"name": Field(str, required=True), "kwargs": Field(dict)}
 
 
 def _tensor_stats(arch: ArchSpec, values: Tensor) -> tuple[Tensor, Tensor]:

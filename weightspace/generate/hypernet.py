@@ -75,7 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weightspace.generate._common import ArchSpec, TaskData, as_arch, fit_steps
+from weightspace.generate._common import ArchSpec, TaskData, as_arch, check_finite_state_dict, fit_steps, read_saved_model
 from weightspace.graph import EDGE_TYPES, NODE_TYPES, GraphTemplate, ParameterGraph
 
 __all__ = [
@@ -437,6 +437,11 @@ class GraphHyperNetwork(nn.Module):
     ) -> dict[str, Tensor]:
         """A full state_dict for ``arch`` (detached; BatchNorm statistics 0/1).
 
+        Raises:
+            NonFiniteWeightsError: a predicted tensor holds NaN/Inf (named;
+                e.g. the hypernetwork's own weights are NaN). Such weights
+                are never returned.
+
         Example::
 
             sd = hn.predict("cnn_small", width=24, depth=4, seed=0)
@@ -453,7 +458,13 @@ class GraphHyperNetwork(nn.Module):
             draw = self.draw(t, generator)
         with torch.no_grad():
             values = self([a], [draw])[0]
-        return self.write_back(t, values)
+        sd = self.write_back(t, values)
+        if not bool(torch.isfinite(values).all()):
+            bad = [k for k, v in self.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            cause = (f"the hypernetwork's own weights are NaN/Inf (e.g. {bad[0]!r}; a diverged training run): retrain it"
+                     if bad else "check the draw and the hypernetwork")
+            check_finite_state_dict(sd, f"the state_dict predicted for {a.label} ({cause})")
+        return sd
 
     def write_back(self, template: GraphTemplate, values: Tensor) -> dict[str, Tensor]:
         """State_dict from a predicted value vector ``[V]`` (keeps autograd)."""
@@ -476,19 +487,50 @@ class GraphHyperNetwork(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> "GraphHyperNetwork":
-        """Inverse of :meth:`save`."""
-        from safetensors import safe_open
+        """Inverse of :meth:`save`.
 
-        from weightspace.io import load_state_dict
+        The config in the file's metadata is checked against
+        :data:`CONFIG_SCHEMA` (types, ranges, unknown keys), ``probe_shape``
+        is bounded, and the stored tensors must match the model the config
+        builds (names, shapes) -- all before anything is allocated
+        (:func:`weightspace.io.build_checked`).
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("kind") != "GraphHyperNetwork":
-            raise ValueError(f"{path} is not a saved GraphHyperNetwork (metadata kind={meta.get('kind')!r})")
-        shape = json.loads(meta.get("probe_shape", "null"))
-        hn = cls(**json.loads(meta["config"]), probes=None if shape is None else torch.zeros(shape))
-        hn.load_state_dict(load_state_dict(path))
+        Raises:
+            MissingFileError / InputFileError: the file is missing, a
+                directory, empty, truncated, not a saved GraphHyperNetwork,
+                or asks for absurd sizes.
+            ConfigError: a wrong type, out-of-range value or unknown key in
+                the config (``field`` names it).
+            StateDictError: a missing, unexpected or mis-shaped tensor (named).
+        """
+        from weightspace.io import build_checked, check_numel, validate
+
+        path = Path(path).expanduser()
+        meta, tensors = read_saved_model(path, "GraphHyperNetwork", ("config", "probe_shape"))
+        cfg = validate(meta.get("config"), CONFIG_SCHEMA, path=path, where="config")
+        shape = meta.get("probe_shape")
+        if shape is not None:
+            shape = check_numel(shape, path=path, field="probe_shape")
+        hn = build_checked(lambda: cls(**cfg, probes=None if shape is None else torch.zeros(shape)), tensors,
+                           path=path, field="config")
         return hn.eval()
+
+
+def _schema() -> dict:
+    from weightspace.io import Field
+
+    size = dict(min=1, max=2**14)
+    return {
+        "hidden": Field(int, **size), "num_layers": Field(int, min=0, max=256), "kernel_grid": Field(int, min=1, max=64),
+        "generic_width": Field(int, **size), "gain": Field(float, min=0.0), "rank": Field(int, **size),
+        "output_scale": Field(float), "correction": Field(float), "aggr": Field(str), "norm": Field(str),
+        "output_correction": Field(float),
+    }
+
+
+#: Schema of a saved :class:`GraphHyperNetwork` config (the constructor's
+#: arguments; sizes bounded far above anything trained here).
+CONFIG_SCHEMA = _schema()
 
 
 def _double_centre(x: Tensor) -> Tensor:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
-from weightspace.errors import InputFileError, MissingFileError, StateDictError
-from weightspace.io.files import atomic_write, read_safetensors
+from weightspace.errors import ConfigError, InputFileError, MissingFileError, StateDictError, WeightspaceError
+from weightspace.io.files import MAX_NUMEL, _one_line, atomic_write, read_safetensors
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -73,3 +73,86 @@ def state_dict_hash(state_dict: Mapping[str, torch.Tensor]) -> str:
         h.update(str(tuple(v.shape)).encode())
         h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()
+
+
+def match_state_dict(expected: Mapping[str, Any], got: Mapping[str, torch.Tensor], *,
+                     path: object = None, what: str = "the model its config builds") -> None:
+    """Check that the tensors ``got`` (read from ``path``) are exactly the
+    tensors ``expected`` (name -> tensor or shape): same names, same shapes.
+
+    Raises:
+        StateDictError: naming the file and the first missing, unexpected or
+            mis-shaped tensor.
+    """
+    shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) for k, v in expected.items()}
+    missing = [k for k in shapes if k not in got]
+    if missing:
+        more = f" ({len(missing)} missing in all)" if len(missing) > 1 else ""
+        raise StateDictError(f"tensor missing from the file{more}: {what} needs it with shape {list(shapes[missing[0]])}; "
+                             "the file is damaged or belongs to another model", path=path, field=missing[0])
+    extra = [k for k in got if k not in shapes]
+    if extra:
+        raise StateDictError(f"unexpected tensor in the file: {what} has no such tensor; the file is damaged or "
+                             "belongs to another model", path=path, field=extra[0])
+    for k, shape in shapes.items():
+        if tuple(got[k].shape) != shape:
+            raise StateDictError(f"shape {list(got[k].shape)} in the file, but {what} needs {list(shape)}; the file "
+                                 "is damaged or belongs to another model", path=path, field=k)
+
+
+def build_checked(factory: Callable[[], "torch.nn.Module"], tensors: Mapping[str, torch.Tensor], *,
+                  path: object = None, field: str | None = "config", limit: int = MAX_NUMEL,
+                  config_path: object = None) -> "torch.nn.Module":
+    """Build a module from a config read from ``path`` and load ``tensors`` into it,
+    allocating nothing a damaged or tampered config asks for.
+
+    ``factory()`` is first run on the ``meta`` device (no memory): its total
+    size is bounded by ``limit`` elements and its state_dict names and shapes
+    must equal ``tensors`` (:func:`match_state_dict`). Only then is it built
+    for real and ``tensors`` loaded (strict).
+
+    Args:
+        factory: builds the module from the (already schema-checked) config.
+        tensors: the state_dict read from the file ``path``.
+        path, field: named in errors (``field``: the config as a whole).
+        config_path: the file the config came from, when it is not ``path``
+            (named in config and size errors).
+
+    Raises:
+        ConfigError: the constructor refused the config (``TypeError`` /
+            ``ValueError`` / ``KeyError``).
+        InputFileError: the config asks for more than ``limit`` elements.
+        StateDictError: the stored tensors do not match the model.
+    """
+    cpath = path if config_path is None else config_path
+
+    def build(device: str | None):
+        try:
+            if device is None:
+                return factory()
+            with torch.device(device):
+                return factory()
+        except WeightspaceError:
+            raise
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ConfigError(f"cannot build the model from this config ({_one_line(exc)})", path=cpath, field=field) from None
+
+    try:
+        meta = build("meta")
+    except WeightspaceError:
+        raise
+    except Exception:  # an op without a meta kernel: rely on the file check after the real build
+        meta = None
+    if meta is not None:
+        sd = meta.state_dict()
+        total = sum(t.numel() for t in sd.values())
+        if total > limit:
+            big = max(sd, key=lambda k: sd[k].numel())
+            raise InputFileError(
+                f"the config asks for a model of {total} values (limit {limit}; largest tensor {big!r} "
+                f"{list(sd[big].shape)}); the file is damaged or tampered with", path=cpath, field=field)
+        match_state_dict(sd, tensors, path=path)
+    model = build(None)
+    match_state_dict(model.state_dict(), tensors, path=path)
+    model.load_state_dict(dict(tensors))
+    return model

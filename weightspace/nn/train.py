@@ -337,34 +337,168 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
 
 
 # ------------------------------------------------------------- checkpoint
+#: Upper limit of any integer in a saved metanetwork config (widths, feature
+#: counts, embedding sizes): far above any model this library trains, and it
+#: keeps a tampered file from asking for absurd sizes. The model's total size
+#: is bounded separately (:func:`weightspace.io.build_checked`).
+CONFIG_INT_MAX = 2**24
+#: Tighter limits for counts of repeated blocks (each one is a module to build).
+CONFIG_COUNT_MAX = {"num_layers": 256, "depth": 256}
+
+
+def _field_for(hint: Any, name: str, required: bool):
+    """A :class:`~weightspace.io.Field` for a constructor argument annotated ``hint``."""
+    import collections.abc
+    import typing
+
+    from weightspace.io import Field
+
+    nullable = False
+    args = typing.get_args(hint)
+    if args and type(None) in args:  # Optional[X] / X | None
+        nullable = True
+        rest = [a for a in args if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else object
+    origin = typing.get_origin(hint) or hint
+    if hint is bool:
+        return Field(bool, required=required, nullable=nullable)
+    if hint is int:
+        return Field(int, required=required, nullable=nullable, min=0, max=CONFIG_COUNT_MAX.get(name, CONFIG_INT_MAX))
+    if hint is float:
+        return Field(float, required=required, nullable=nullable)
+    if hint is str:
+        return Field(str, required=required, nullable=nullable)
+    if origin in (list, tuple, collections.abc.Sequence):
+        return Field(list, required=required, nullable=nullable)
+    if origin in (dict, collections.abc.Mapping):
+        return Field(dict, required=required, nullable=nullable)
+    return Field(object, required=required, nullable=True)
+
+
+def metanetwork_config_schema(cls: type) -> dict:
+    """Schema (:func:`weightspace.io.validate`) of ``cls``'s constructor
+    arguments, from its signature and annotations: types, ``>= 0`` and
+    :data:`CONFIG_INT_MAX` for integers, no unknown keys."""
+    import inspect
+    import typing
+
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # pragma: no cover - unresolvable annotations: types unchecked
+        hints = {}
+    schema = {}
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        schema[name] = _field_for(hints.get(name, object), name, p.default is inspect.Parameter.empty)
+    return schema
+
+
+def check_metanetwork_config(name: Any, config: Any, *, path: object = None, where: str = "config") -> dict:
+    """``config`` of metanetwork class ``name`` read from the file ``path``,
+    checked against the class's constructor (:func:`metanetwork_config_schema`;
+    integers in sequences too). Returns the checked config.
+
+    Raises:
+        ConfigError: unknown class, unknown key, wrong type or out-of-range
+            value, naming ``path`` and the key.
+    """
+    from weightspace.errors import ConfigError
+    from weightspace.io import check_type, did_you_mean, validate
+    from weightspace.nn.base import MODEL_REGISTRY
+
+    check_type(name, str, path=path, field="class")
+    if name not in MODEL_REGISTRY:
+        raise ConfigError(f"unknown metanetwork class {name!r}{did_you_mean(name, list(MODEL_REGISTRY))} "
+                          f"(known: {', '.join(sorted(MODEL_REGISTRY))})", path=path, field="class")
+    schema = metanetwork_config_schema(MODEL_REGISTRY[name])
+    cfg = validate(config, schema, path=path, where=where)
+    for key, f in schema.items():
+        if f.type is list and isinstance(cfg.get(key), list):
+            for i, v in enumerate(cfg[key]):
+                check_type(v, (int, float, str, bool), path=path, field=f"{where}.{key}[{i}]")
+                if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v <= CONFIG_INT_MAX:
+                    raise ConfigError(f"must be in [0, {CONFIG_INT_MAX}], got {v}", path=path, field=f"{where}.{key}[{i}]")
+    return cfg
+
+
+def load_metanetwork(name: Any, config: Any, tensors: dict, *, path: object = None,
+                     config_path: object = None, where: str = "config") -> MetaNetwork:
+    """A metanetwork rebuilt from a saved ``(class name, config)`` and its
+    stored ``tensors`` (read from ``path``): the config is checked
+    (:func:`check_metanetwork_config`), the model's size bounded and its
+    tensors matched by name and shape before anything is allocated
+    (:func:`weightspace.io.build_checked`). Returns the model in eval mode."""
+    from weightspace.io import build_checked
+
+    cpath = path if config_path is None else config_path
+    cfg = check_metanetwork_config(name, config, path=cpath, where=where)
+    model = build_checked(lambda: build_metanetwork(name, cfg), tensors, path=path, field=where, config_path=cpath)
+    return model.eval()
+
+
 def save_checkpoint(model: MetaNetwork, path: str | os.PathLike, *, result: FitResult | None = None,
                     extra: dict | None = None) -> Path:
     """Write ``model.safetensors`` (weights) and ``config.json`` (class,
     constructor config, training config, target standardization, ``extra``)
-    into directory ``path``; returns it."""
-    from weightspace.io import save_state_dict
+    into directory ``path`` (each file replaced atomically); returns it.
+
+    Raises:
+        InputFileError: ``path`` is an existing file.
+    """
+    from weightspace.errors import InputFileError
+    from weightspace.io import atomic_write, save_state_dict
 
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not path.is_dir():
+        raise InputFileError("is a file; save_checkpoint writes a directory (model.safetensors + config.json)", path=path)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_state_dict(sd, path / "model.safetensors")
     info: dict[str, Any] = {"class": type(model).__name__, "config": model.config(), "extra": extra or {}}
     if result is not None:
         info.update(train=asdict(result.config), target_mean=result.target_mean, target_std=result.target_std,
                     best_epoch=result.best_epoch, history=result.history)
-    tmp = path / "config.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2, default=str))
-    os.replace(tmp, path / "config.json")
+    atomic_write(path / "config.json", json.dumps(info, indent=2, default=str))
     return path
+
+
+def _checkpoint_schema() -> dict:
+    from weightspace.io import Field
+
+    return {
+        "class": Field(str, required=True), "config": Field(dict, required=True), "extra": Field(dict),
+        "train": Field(dict), "target_mean": Field(float), "target_std": Field(float, min=0.0),
+        "best_epoch": Field(int, min=-1), "history": Field(list),
+    }
 
 
 def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[MetaNetwork, dict]:
     """``(model, info)`` from :func:`save_checkpoint`'s directory; ``overrides``
-    replace constructor arguments (e.g. ``backend="dgl"``)."""
-    from weightspace.io import load_state_dict
+    replace constructor arguments (e.g. ``backend="dgl"``).
+
+    Nothing a damaged or tampered directory asks for is allocated before it is
+    checked: ``config.json`` against a schema (:func:`check_metanetwork_config`),
+    the model's size, and the names and shapes of the tensors in
+    ``model.safetensors``.
+
+    Raises:
+        MissingFileError / InputFileError: a file is missing, a directory,
+            empty, truncated or not JSON / safetensors.
+        ConfigError: a wrong type, out-of-range value or unknown key in
+            ``config.json`` (named).
+        StateDictError: the stored tensors do not match the model (named).
+    """
+    from weightspace.errors import InputFileError, MissingFileError
+    from weightspace.io import read_json, read_safetensors, validate
 
     path = Path(path)
-    info = json.loads((path / "config.json").read_text())
-    model = build_metanetwork(info["class"], {**info["config"], **overrides})
-    model.load_state_dict(load_state_dict(path / "model.safetensors"))
-    return model.eval(), info
+    if not path.is_dir():
+        if not path.exists():
+            raise MissingFileError("no saved metanetwork here (a directory with config.json and model.safetensors)", path=path)
+        raise InputFileError("is a file; a saved metanetwork is a directory with config.json and model.safetensors", path=path)
+    cpath = path / "config.json"
+    info = validate(read_json(cpath, what="metanetwork config (config.json)"), _checkpoint_schema(), path=cpath)
+    tensors = read_safetensors(path / "model.safetensors", what="metanetwork weights (model.safetensors)")
+    model = load_metanetwork(info["class"], {**info["config"], **overrides}, tensors,
+                             path=path / "model.safetensors", config_path=cpath)
+    return model, info

@@ -57,8 +57,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from weightspace.errors import NonFiniteWeightsError, WeightspaceError
+from weightspace.errors import ConfigError, InputFileError, MissingFileError, NonFiniteWeightsError, StateDictError, WeightspaceError
 from weightspace.graph import ParameterGraph
+from weightspace.io import Field, atomic_write, check_numel, did_you_mean, read_json, read_safetensors, validate
 from weightspace.predict.data import WeightDataset
 from weightspace.predict.features import (
     Layout,
@@ -266,12 +267,18 @@ class BasePredictor:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the fitted predictor to directory ``path`` (created; files
-        replaced atomically). Returns ``path``."""
+        replaced atomically). Returns ``path``.
+
+        Raises:
+            InputFileError: ``path`` is an existing file.
+        """
         from safetensors.numpy import save_file
 
         self._check_fitted()
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_dir():
+            raise InputFileError("is a file; a predictor is saved as a directory (predictor.json + arrays.safetensors)",
+                                 path=path)
         state, arrays = self._state()
         params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.get_params().items()}
         info = {
@@ -286,12 +293,9 @@ class BasePredictor:
             "architectures": self.architectures_,
             "state": state,
         }
-        tmp = path / ".arrays.safetensors.tmp"
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
-        os.replace(tmp, path / "arrays.safetensors")
-        tmp = path / ".predictor.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2, default=_json_default))
-        os.replace(tmp, path / "predictor.json")
+        arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        atomic_write(path / "arrays.safetensors", lambda tmp: save_file(arrays, str(tmp)))
+        atomic_write(path / "predictor.json", json.dumps(info, indent=2, default=_json_default))
         return path
 
 
@@ -303,6 +307,28 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {o!r}")
+
+
+def _array(arrays: Mapping[str, np.ndarray], name: str, shape: tuple, path: Path) -> np.ndarray:
+    """``arrays[name]`` from ``arrays.safetensors``, checked: present, of
+    ``shape`` (``None`` entries = any size), finite. Errors name the file and array."""
+    if name not in arrays:
+        raise StateDictError("array missing from the file; the saved predictor is damaged", path=path, field=name)
+    a = arrays[name]
+    if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
+        want = "[" + ", ".join("n" if s is None else str(s) for s in shape) + "]"
+        raise StateDictError(f"shape {list(a.shape)} in the file, expected {want}; the saved predictor is damaged",
+                             path=path, field=name)
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise NonFiniteWeightsError("NaN/Inf values; the saved predictor is damaged", path=path, field=name)
+    return a
+
+
+def _no_extra_arrays(arrays: Mapping[str, np.ndarray], names: Sequence[str], path: Path) -> None:
+    extra = [k for k in arrays if k not in names]
+    if extra:
+        raise StateDictError("unexpected array in the file; the saved predictor is damaged or was written by "
+                             "another predictor", path=path, field=extra[0])
 
 
 # ============================================================ feature predictors
@@ -354,6 +380,13 @@ class GBMPredictor(_FeaturePredictor):
     """
 
     kind = "gbm"
+    #: schema of the saved constructor parameters (:func:`load_predictor`)
+    param_schema = {
+        "backend": Field(str, choices=("sklearn", "lightgbm")), "max_iter": Field(int, min=1, max=100_000),
+        "learning_rate": Field(float, min=0.0), "max_leaf_nodes": Field(int, min=2, max=2**16),
+        "min_samples_leaf": Field(int, min=1, max=2**24), "l2_regularization": Field(float, min=0.0),
+        "spectral": Field(bool), "seed": Field(int, min=0, max=2**32 - 1), "n_threads": Field(int, min=1, max=4096, nullable=True),
+    }
 
     def __init__(self, *, backend: str = "sklearn", max_iter: int = 300, learning_rate: float = 0.05,
                  max_leaf_nodes: int = 15, min_samples_leaf: int = 10, l2_regularization: float = 1.0,
@@ -445,7 +478,17 @@ class GBMPredictor(_FeaturePredictor):
         return state, arrays
 
     def _restore(self, state, arrays, path):
-        self._X_train, self._y_train = arrays["X_train"], arrays["y_train"]
+        state = validate(state, {"lightgbm_model": Field(str, required=self.backend == "lightgbm")},
+                         path=path / "predictor.json", where="state")
+        apath = path / "arrays.safetensors"
+        n_feat = len(feature_names(self.layouts_[0], spectral=bool(self.spectral)))
+        self._X_train = _array(arrays, "X_train", (None, n_feat), apath)
+        n = self._X_train.shape[0]
+        self._y_train = _array(arrays, "y_train", (n,), apath)
+        train_pred = _array(arrays, "train_pred", (n,), apath)
+        _no_extra_arrays(arrays, ("X_train", "y_train", "train_pred"), apath)
+        if n == 0:
+            raise StateDictError("no training rows; the saved predictor is damaged", path=apath, field="X_train")
         if self.backend == "lightgbm":
             import lightgbm
 
@@ -454,7 +497,7 @@ class GBMPredictor(_FeaturePredictor):
         else:
             self._fit_arrays(self._X_train, self._y_train)
         got = self._predict_arrays(self._X_train)
-        diff = float(np.max(np.abs(got - arrays["train_pred"]))) if got.size else 0.0
+        diff = float(np.max(np.abs(got - train_pred))) if got.size else 0.0
         if not diff <= 1e-9:
             warnings.warn(
                 f"{path}: the GBM refit on load differs from the saved one (max abs difference {diff:.3g} on "
@@ -476,6 +519,7 @@ class LinearPredictor(_FeaturePredictor):
     """
 
     kind = "linear"
+    param_schema = {"alphas": Field(list), "spectral": Field(bool)}
 
     def __init__(self, *, alphas: Sequence[float] = tuple(float(a) for a in np.logspace(-3, 3, 13)),
                  spectral: bool = False) -> None:
@@ -513,7 +557,12 @@ class LinearPredictor(_FeaturePredictor):
                 {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_})
 
     def _restore(self, state, arrays, path):
-        self.mean_, self.scale_, self.coef_ = arrays["mean"], arrays["scale"], arrays["coef"]
+        state = validate(state, {"intercept": Field(float, required=True), "alpha": Field(float, required=True, min=0.0)},
+                         path=path / "predictor.json", where="state")
+        apath = path / "arrays.safetensors"
+        n_feat = len(feature_names(self.layouts_[0], spectral=bool(self.spectral)))
+        self.mean_, self.scale_, self.coef_ = (_array(arrays, k, (n_feat,), apath) for k in ("mean", "scale", "coef"))
+        _no_extra_arrays(arrays, ("mean", "scale", "coef"), apath)
         self.intercept_, self.alpha_ = float(state["intercept"]), float(state["alpha"])
 
 
@@ -522,6 +571,7 @@ class MeanPredictor(BasePredictor):
     predictor must beat; its Kendall τ is undefined)."""
 
     kind = "mean"
+    param_schema: dict = {}
 
     def __init__(self) -> None:
         pass
@@ -543,6 +593,8 @@ class MeanPredictor(BasePredictor):
         return {"mean": self.mean_}, {}
 
     def _restore(self, state, arrays, path):
+        state = validate(state, {"mean": Field(float, required=True)}, path=path / "predictor.json", where="state")
+        _no_extra_arrays(arrays, (), path / "arrays.safetensors")
         self.mean_ = float(state["mean"])
 
 
@@ -580,6 +632,15 @@ class MetaNetPredictor(BasePredictor):
             machine two threads measured 7x slower than one; ``None`` =
             leave torch's setting alone).
     """
+
+    param_schema = {
+        "model": Field(str, required=True, choices=tuple(METANETWORKS)), "model_kwargs": Field(dict, nullable=True),
+        "epochs": Field(int, min=1, max=10**6), "batch_size": Field(int, min=1, max=2**24), "lr": Field(float, min=0.0),
+        "weight_decay": Field(float, min=0.0), "patience": Field(int, min=0, max=10**6),
+        "val_fraction": Field(float, min=0.0, max=1.0), "augment": Field(bool, nullable=True),
+        "seed": Field(int, min=0, max=2**63 - 1), "allow_new_architectures": Field(bool), "device": Field(str),
+        "progress": Field(bool), "num_threads": Field(int, min=1, max=4096, nullable=True),
+    }
 
     def __init__(self, model: str = "gmn", *, model_kwargs: Mapping[str, Any] | None = None, epochs: int = 200,
                  batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4, patience: int = 40,
@@ -718,15 +779,25 @@ class MetaNetPredictor(BasePredictor):
         return state, sd
 
     def _restore(self, state, arrays, path):
-        from weightspace.nn import build_metanetwork
-        from weightspace.nn.train import FitResult, TrainConfig
+        from weightspace.nn.train import FitResult, TrainConfig, load_metanetwork
 
+        ipath = path / "predictor.json"
+        state = validate(state, {
+            "class": Field(str, required=True), "config": Field(dict, required=True),
+            "target_mean": Field(float, required=True), "target_std": Field(float, required=True, min=0.0),
+            "best_epoch": Field(int, required=True, min=-1), "history": Field(list, required=True),
+        }, path=ipath, where="state")
         if state["class"] != METANETWORKS.get(self.model):
-            raise ValueError(f"{path}: saved metanetwork class {state['class']!r} does not match model={self.model!r}")
-        model = build_metanetwork(state["class"], state["config"])
-        sd = {k[len("model."):]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("model.")}
-        model.load_state_dict(sd)
-        model.eval()
+            raise ConfigError(f"saved metanetwork class {state['class']!r} does not match model={self.model!r}",
+                              path=ipath, field="state.class")
+        tensors = {}
+        for k, v in arrays.items():
+            if not k.startswith("model."):
+                raise StateDictError("unexpected array in the file (metanetwork weights are named model.*)",
+                                     path=path / "arrays.safetensors", field=k)
+            tensors[k[len("model."):]] = torch.from_numpy(np.array(v))
+        model = load_metanetwork(state["class"], state["config"], tensors, path=path / "arrays.safetensors",
+                                 config_path=ipath, where="state.config")
         self.model_ = model
         self.target_mean_, self.target_std_ = float(state["target_mean"]), float(state["target_std"])
         self.fit_result_ = FitResult(model=model, config=TrainConfig(), target_mean=self.target_mean_,
@@ -764,37 +835,89 @@ def make_predictor(kind: str, **params: Any) -> BasePredictor:
     raise ValueError(f"unknown predictor {kind!r}; choose one of {list(PREDICTOR_KINDS)}")
 
 
+_INFO_SCHEMA = {
+    "format": Field(str, required=True), "version": Field(int, required=True, min=1), "class": Field(str, required=True),
+    "kind": Field(str), "params": Field(dict, required=True), "target": Field(str, nullable=True),
+    "n_train": Field(int, min=0), "layouts": Field(list, required=True), "architectures": Field(list),
+    "state": Field(dict),
+}
+_ARCH_SCHEMA = {"arch": Field(str, required=True), "kwargs": Field(dict, required=True), "layout": Field(list, required=True)}
+
+
+def _check_layout(obj: Any, path: Path, where: str) -> Layout:
+    """A saved layout ``[[name, shape], ...]``, every shape bounded (:func:`weightspace.io.check_numel`)."""
+    if not isinstance(obj, list) or not obj:
+        raise ConfigError("expected a non-empty list of [tensor name, shape] pairs", path=path, field=where)
+    out = []
+    for j, item in enumerate(obj):
+        if not (isinstance(item, list) and len(item) == 2 and isinstance(item[0], str)):
+            raise ConfigError(f"expected a [tensor name, shape] pair, got {item!r}"[:200], path=path, field=f"{where}[{j}]")
+        out.append((item[0], check_numel(item[1], path=path, field=f"{where}[{j}]")))
+    return tuple(out)
+
+
 def load_predictor(path: str | os.PathLike) -> BasePredictor:
     """A predictor saved with :meth:`BasePredictor.save` (JSON + safetensors;
     nothing is unpickled, no code is imported by name beyond the fixed
-    :data:`PREDICTORS` table)."""
-    from safetensors.numpy import load_file
+    :data:`PREDICTORS` table).
 
-    path = Path(path)
+    ``predictor.json`` is checked against a schema (the predictor class's
+    ``param_schema`` for its parameters; types, ranges, unknown keys), every
+    size read from it is bounded before anything is allocated, and the arrays
+    in ``arrays.safetensors`` must be exactly the ones the predictor needs.
+
+    Raises:
+        MissingFileError: ``path`` or one of its files does not exist.
+        InputFileError: a file is empty, truncated, not JSON / safetensors, or
+            not a saved predictor.
+        ConfigError: a wrong type, out-of-range value or unknown key in
+            ``predictor.json`` (``field`` names it).
+        StateDictError: a missing, unexpected or mis-shaped array (named).
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        if not path.exists():
+            raise MissingFileError("not a saved predictor (no such directory)", path=path)
+        raise InputFileError("is a file; a saved predictor is a directory (predictor.json + arrays.safetensors)",
+                             path=path)
     info_path = path / "predictor.json"
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{path}: not a saved predictor (predictor.json is missing)")
-    try:
-        info = json.loads(info_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{info_path}: invalid JSON: {e}") from None
-    if info.get("format") != FORMAT_NAME:
-        raise ValueError(f"{info_path}: not a {FORMAT_NAME} file")
-    if int(info.get("version", 0)) > FORMAT_VERSION:
-        raise ValueError(f"{info_path}: format version {info.get('version')} is newer than this library ({FORMAT_VERSION})")
-    cls = PREDICTORS.get(info.get("class"))
+    if not info_path.exists():
+        raise MissingFileError("not a saved predictor (predictor.json is missing)", path=path)
+    info = read_json(info_path, what="saved predictor description (predictor.json)")
+    if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
+        raise InputFileError(f"not a {FORMAT_NAME} file", path=info_path, field="format")
+    info = validate(info, _INFO_SCHEMA, path=info_path)
+    if info["version"] > FORMAT_VERSION:
+        raise ConfigError(f"format version {info['version']} is newer than this library ({FORMAT_VERSION}); "
+                          "upgrade weightspace", path=info_path, field="version")
+    cls = PREDICTORS.get(info["class"])
     if cls is None:
-        raise ValueError(f"{info_path}: unknown predictor class {info.get('class')!r}; known: {sorted(PREDICTORS)}")
-    params = dict(info["params"])
+        raise ConfigError(f"unknown predictor class {info['class']!r}{did_you_mean(info['class'], list(PREDICTORS))}; "
+                          f"known: {sorted(PREDICTORS)}", path=info_path, field="class")
+    params = validate(info["params"], cls.param_schema, path=info_path, where="params")
     defaults = {k: v.default for k, v in inspect.signature(cls.__init__).parameters.items()}
     for k, v in params.items():  # JSON has no tuples
         if isinstance(defaults.get(k), tuple) and isinstance(v, list):
             params[k] = tuple(v)
-    obj = cls(**params) if cls is not MetaNetPredictor else cls(params.pop("model"), **params)
-    arrays_path = path / "arrays.safetensors"
-    arrays = load_file(str(arrays_path)) if arrays_path.is_file() else {}
-    obj.layouts_ = [_layout_from_json(lay) for lay in info["layouts"]]
-    obj.architectures_ = list(info.get("architectures", []))
+    if "alphas" in params:
+        for i, a in enumerate(params["alphas"]):
+            validate({"alpha": a}, {"alpha": Field(float, min=0.0)}, path=info_path, where=f"params.alphas[{i}]")
+    layouts = [_check_layout(lay, info_path, f"layouts[{i}]") for i, lay in enumerate(info["layouts"])]
+    if not layouts:
+        raise ConfigError("no architecture recorded; the saved predictor is damaged", path=info_path, field="layouts")
+    archs = []
+    for i, a in enumerate(info.get("architectures", [])):
+        a = validate(a, _ARCH_SCHEMA, path=info_path, where=f"architectures[{i}]")
+        _check_layout(a["layout"], info_path, f"architectures[{i}].layout")
+        archs.append(a)
+    try:
+        obj = cls(**params) if cls is not MetaNetPredictor else cls(params.pop("model"), **params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot build the predictor ({exc})", path=info_path, field="params") from None
+    arrays = {k: v.numpy() for k, v in read_safetensors(path / "arrays.safetensors",
+                                                         what="saved predictor arrays (arrays.safetensors)").items()}
+    obj.layouts_ = layouts
+    obj.architectures_ = archs
     obj.target_ = info.get("target")
     obj.n_train_ = int(info.get("n_train", 0))
     obj._restore(info.get("state", {}), arrays, path)

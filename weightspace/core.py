@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from weightspace import arch as _arch
 from weightspace.graph.parameter_graph import GraphTemplate, ParameterGraph, build_template
 from weightspace.symmetry.spec import PermutationSpec, build_spec
 from weightspace.trace.structure import Structure, resolve
@@ -35,11 +36,9 @@ def resolve_model(
 ) -> tuple[nn.Module, Any, str | None]:
     """``(module, example input, arch name)`` from a module or a registry name."""
     if isinstance(model, str):
-        import zoo
-
-        module = zoo.create_model(model, seed=0, **dict(arch_kwargs or {}))
+        module = _arch.create_model(model, seed=0, **dict(arch_kwargs or {}))
         if example_input is None:
-            example_input = zoo.example_input(model, **dict(arch_kwargs or {}))
+            example_input = _arch.example_input(model, **dict(arch_kwargs or {}))
         return module, example_input, model
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module or an architecture name, got {type(model).__name__}")

@@ -260,7 +260,7 @@ class Recipe:
 
     def validate(self) -> None:
         from zoo.datasets import list_datasets
-        from zoo.registry import get_model_info
+        from weightspace.arch import get_model_info
 
         src = self.source
         try:
@@ -419,7 +419,7 @@ class Recipe:
                 continue
             section, sub = key.split(".", 1)
             {"model": model, "data": data, "train": train}[section][sub] = _plain(value)
-        from zoo.registry import get_model_info
+        from weightspace.arch import get_model_info
 
         model = get_model_info(self.arch).resolve_kwargs(**model)
         model = {k: _plain(v) for k, v in model.items()}

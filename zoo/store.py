@@ -517,7 +517,7 @@ class Member:
 
     def module(self, epoch: int | None = None) -> torch.nn.Module:
         """The network with this checkpoint's weights loaded (eval mode)."""
-        import zoo.registry as registry
+        import weightspace.arch as registry
 
         model = registry.create_model(self.arch, **self.model_kwargs)
         model.load_state_dict(self.state_dict(epoch))
@@ -668,7 +668,7 @@ class Zoo:
             for ck in cks:
                 sd = ck.state_dict(verify=verify)
                 if as_module:
-                    import zoo.registry as registry
+                    import weightspace.arch as registry
 
                     mod = registry.create_model(m.arch, **m.model_kwargs)
                     mod.load_state_dict(sd)

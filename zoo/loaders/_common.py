@@ -36,7 +36,7 @@ class ImportedMember:
 
     def module(self, epoch: int | None = None) -> torch.nn.Module:
         """The network with the (final, or ``epoch``) weights loaded, eval mode."""
-        from zoo.registry import create_model
+        from weightspace.arch import create_model
 
         ck = self.checkpoints[-1] if epoch is None else next(c for c in self.checkpoints if c.epoch == epoch)
         model = create_model(self.config["arch"], **self.config["model"])
@@ -61,7 +61,7 @@ def add_gaps(metrics: dict) -> dict:
 def check_state_dict(arch: str, model_kwargs: Mapping[str, Any], sd: Mapping[str, Any], *, path: Any) -> None:
     """Raise :class:`ZooFormatError` (naming ``path`` and the tensor) unless
     ``sd`` has exactly the tensors of ``arch(**model_kwargs)``."""
-    from zoo.registry import create_model, get_model_info
+    from weightspace.arch import create_model, get_model_info
 
     try:
         get_model_info(arch)

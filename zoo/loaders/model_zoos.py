@@ -85,7 +85,7 @@ def _resolve_arch(arch: ArchSpec, params: dict, model_kwargs: Mapping[str, Any] 
     else:
         name, kwargs = str(arch), {}
     kwargs.update(model_kwargs or {})
-    from zoo.registry import get_model_info
+    from weightspace.arch import get_model_info
 
     try:
         info = get_model_info(name)
@@ -101,7 +101,7 @@ def _apply_key_map(sd: dict, key_map: KeyMap, arch: str, kwargs: dict, fpath: Pa
     if key_map is None:
         return sd
     if key_map == "by_order":
-        from zoo.registry import create_model
+        from weightspace.arch import create_model
 
         ref = create_model(arch, **kwargs).state_dict()
         if len(ref) != len(sd):

@@ -266,7 +266,7 @@ def load_small_cnn_zoo(
     """
     import pandas as pd
 
-    from zoo.registry import create_model
+    from weightspace.arch import create_model
 
     path = Path(path).expanduser()
     if not path.is_dir():

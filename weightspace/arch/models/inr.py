@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from zoo.registry import register_model
+from weightspace.arch.registry import register_model
 
 
 class Sine(nn.Module):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from zoo.models._common import activation as make_activation
-from zoo.registry import register_model
+from weightspace.arch.models._common import activation as make_activation
+from weightspace.arch.registry import register_model
 
 
 class SmallCNN(nn.Module):

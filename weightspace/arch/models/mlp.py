@@ -6,8 +6,8 @@ from typing import Sequence
 
 from torch import nn
 
-from zoo.models._common import activation as make_activation
-from zoo.registry import register_model
+from weightspace.arch.models._common import activation as make_activation
+from weightspace.arch.registry import register_model
 
 
 class MLP(nn.Module):

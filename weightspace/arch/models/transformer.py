@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.registry import register_model
+from weightspace.arch.registry import register_model
 
 
 class Attention(nn.Module):

@@ -8,6 +8,8 @@ other package may name architectures::
 
     model = create_model("resnet20", seed=0, width=2)
     x = example_input("resnet20", width=2)          # (2, 3, 32, 32)
+    spec = ArchSpec.of("mlp", hidden=[32])          # canonical, hashable identity
+    spec.to_json(), spec.build(seed=0)
 
 Importing any name from here registers the built-in architectures
 (:mod:`weightspace.arch.models`).
@@ -21,8 +23,10 @@ from weightspace.arch.registry import (
     list_models,
     register_model,
 )
+from weightspace.arch.spec import ArchSpec
 
 __all__ = [
+    "ArchSpec",
     "ModelInfo",
     "create_model",
     "example_input",

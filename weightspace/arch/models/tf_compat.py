@@ -47,6 +47,12 @@ def tf_same_pads(size: int, kernel: int = 3, stride: int = 2) -> tuple[int, int,
     return total // 2, total - total // 2, out
 
 
+@register_model(
+    "cnn_small_tf",
+    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    description="Small CNN Zoo network with Keras padding (valid/same); same weights as cnn_small",
+    tags=("cnn",),
+)
 class KerasSmallCNN(SmallCNN):
     """:class:`~weightspace.arch.models.cnn.SmallCNN` with Keras ``valid`` or TF ``same`` padding."""
 
@@ -92,22 +98,3 @@ class KerasSmallCNN(SmallCNN):
                 i += 1
             x = m(x)
         return self.classifier(self.pool(x).flatten(1))
-
-
-@register_model(
-    "cnn_small_tf",
-    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
-    description="Small CNN Zoo network with Keras padding (valid/same); same weights as cnn_small",
-    tags=("cnn",),
-)
-def cnn_small_tf(
-    in_channels: int = 1,
-    num_classes: int = 10,
-    width: int = 16,
-    depth: int = 3,
-    activation: str = "relu",
-    dropout: float = 0.0,
-    padding: str = "valid",
-    image_size: int = 28,
-) -> nn.Module:
-    return KerasSmallCNN(in_channels, num_classes, width, depth, activation, dropout, padding, image_size)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from weightspace import arch as _arch
+from weightspace import data as _data
 from weightspace.core import graph_template
 from weightspace.graph import GraphTemplate
 
@@ -83,11 +84,10 @@ class TaskData:
 
 
 def load_task(name: str = "digits", **options: Any) -> TaskData:
-    """A :class:`TaskData` from ``zoo.load_dataset(name, **options)`` (train
-    split for fitting, test split for accuracy)."""
-    import zoo
-
-    ds = zoo.load_dataset(name, **options)
+    """A :class:`TaskData` from :func:`weightspace.data.load_dataset` (the
+    datasets of ``zoo``, for one; train split for fitting, test split for
+    accuracy)."""
+    ds = _data.load_dataset(name, **options)
     if ds.task != "classification":
         raise ValueError(f"dataset {name!r} is a {ds.task} task; a classification dataset is needed")
     return TaskData(ds.x_train, ds.y_train, ds.x_test, ds.y_test, int(ds.num_classes), name)

@@ -14,7 +14,7 @@ Example::
     options: {seed: 0, max_sweeps: 100} # keyword arguments of the method
     data:                               # optional: needed by activation_matching,
       dataset: digits                   #   ste, fisher, repair and the barrier
-      options: {}                       #   (zoo.load_dataset(dataset, **options))
+      options: {}                       #   (weightspace.data.load_dataset(dataset, **options))
       split: train                      # split used for matching / statistics
       eval_split: test                  # split the barrier is evaluated on
       max_samples: 2048
@@ -36,6 +36,8 @@ from typing import Any, Mapping
 
 import torch
 
+from weightspace.arch import create_model
+from weightspace.data import load_dataset
 from weightspace.merge._common import MergeError
 
 __all__ = ["METHODS", "MergeConfig", "MergeOutcome", "ModelEntry", "load_config", "run_config"]
@@ -157,8 +159,6 @@ def load_data(cfg: Mapping) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[to
     """``((x, y) for matching/statistics, (x, y) for evaluation)`` from a config's ``data``."""
     n = cfg.get("max_samples")
     if "dataset" in cfg:
-        from zoo.datasets import load_dataset
-
         ds = load_dataset(cfg["dataset"], **dict(cfg.get("options") or {}))
         split, ev = cfg.get("split", "train"), cfg.get("eval_split", "test")
         for s in (split, ev):
@@ -223,8 +223,6 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
         MergeError, StateDictError, NonFiniteWeightsError: with the file and
         tensor at fault.
     """
-    import zoo
-
     from weightspace.core import permutation_spec
     from weightspace.io import load_state_dict
     from weightspace.merge import average as avg_mod
@@ -254,7 +252,7 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
             f"models have different architecture arguments ({[m.arch_kwargs for m in cfg.models]}); "
             "only method ot_fusion merges different widths"
         )
-    module = zoo.create_model(ref.arch, seed=0, **ref.arch_kwargs)
+    module = create_model(ref.arch, seed=0, **ref.arch_kwargs)
     spec = permutation_spec(ref.arch, **ref.arch_kwargs)
     fit = evl = None
     if cfg.data is not None:
@@ -302,7 +300,7 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
         specs = [permutation_spec(m.arch, **m.arch_kwargs) for m in cfg.models]
         if opts.get("ground") == "activations":
             opts["models"] = [
-                instantiate(zoo.create_model(m.arch, seed=0, **m.arch_kwargs), sd)
+                instantiate(create_model(m.arch, seed=0, **m.arch_kwargs), sd)
                 for m, sd in zip(cfg.models, sds)
             ]
             opts["data"] = fit[0]

@@ -225,7 +225,7 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
     """
     from weightspace.core import permutation_spec
     from weightspace.io import load_state_dict
-    from weightspace.merge import average as avg_mod
+    from weightspace.merge.average import average, diagonal_fisher, fisher_average, task_arithmetic
     from weightspace.merge._common import instantiate
     from weightspace.merge.barrier import evaluate, linear_path
     from weightspace.merge.matching import activation_matching, ste_matching, weight_matching
@@ -266,7 +266,7 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
     summary: dict = {"method": cfg.method, "models": names, "arch": ref.arch, "arch_kwargs": ref.arch_kwargs}
     n = len(sds)
     if cfg.method == "average":
-        merged = avg_mod.average(sds, weights, names=names)
+        merged = average(sds, weights, names=names)
         aligned = sds
     elif cfg.method == "weight_matching":
         opts.setdefault("seed", cfg.seed)
@@ -308,14 +308,14 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
         merged, aligned = res.state_dict, res.aligned
     elif cfg.method == "fisher":
         fishers = [
-            avg_mod.diagonal_fisher(module, sd, fit, seed=cfg.seed, **{k: v for k, v in opts.items() if k in ("labels", "max_samples", "batch_size")})
+            diagonal_fisher(module, sd, fit, seed=cfg.seed, **{k: v for k, v in opts.items() if k in ("labels", "max_samples", "batch_size")})
             for sd in sds
         ]
-        merged = avg_mod.fisher_average(sds, fishers, weights, names=names, eps=float(opts.get("eps", 1e-8)))
+        merged = fisher_average(sds, fishers, weights, names=names, eps=float(opts.get("eps", 1e-8)))
         aligned = sds
     elif cfg.method == "task_arithmetic":
         base = load_state_dict(cfg.base.path)
-        merged = avg_mod.task_arithmetic(base, sds, opts.get("scale", 1.0))
+        merged = task_arithmetic(base, sds, opts.get("scale", 1.0))
     else:  # pragma: no cover - validated in load_config
         raise MergeError(f"unknown method {cfg.method!r}")
 

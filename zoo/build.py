@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 from zoo.errors import ZooError
 from zoo.recipe import MemberSpec, Recipe, load_recipe
+from zoo.store import Zoo, ZooWriter
+from zoo.train import train_member
 
 __all__ = ["build_zoo", "BuildReport", "BACKENDS"]
 
@@ -67,8 +69,6 @@ class BuildReport:
 
     def open(self):
         """The built :class:`~zoo.store.Zoo`."""
-        from zoo.store import Zoo
-
         return Zoo(self.path)
 
     def to_dict(self) -> dict:
@@ -122,8 +122,6 @@ def build_zoo(
             holds a different zoo.
     """
     from tqdm.auto import tqdm
-
-    from zoo.store import ZooWriter
 
     t0 = time.perf_counter()
     if backend not in BACKENDS:
@@ -190,8 +188,6 @@ def build_zoo(
 
 
 def _train_one(spec: dict):
-    from zoo.train import train_member
-
     return train_member(spec, threads=1)
 
 

@@ -49,6 +49,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from weightspace.arch import get_model_info
+from zoo.datasets import list_datasets
 from zoo.errors import RecipeError
 
 __all__ = [
@@ -259,9 +261,6 @@ class Recipe:
         return str(self.search.get("method", default))
 
     def validate(self) -> None:
-        from zoo.datasets import list_datasets
-        from weightspace.arch import get_model_info
-
         src = self.source
         try:
             info = get_model_info(self.arch)
@@ -419,7 +418,6 @@ class Recipe:
                 continue
             section, sub = key.split(".", 1)
             {"model": model, "data": data, "train": train}[section][sub] = _plain(value)
-        from weightspace.arch import get_model_info
 
         model = get_model_info(self.arch).resolve_kwargs(**model)
         model = {k: _plain(v) for k, v in model.items()}

@@ -37,6 +37,8 @@ from torch import Tensor, nn
 
 from weightspace.generate._common import ArchSpec, as_arch
 from weightspace.graph import ParameterGraph
+from weightspace.io import load_state_dict, save_state_dict
+from weightspace.symmetry import apply_permutation, random_permutation
 
 __all__ = [
     "CheckpointSet",
@@ -150,8 +152,6 @@ def permutation_bank(arch: ArchSpec, n: int, *, seed: int = 0) -> Tensor:
     spec permutation ``p_k`` (``random_permutation(spec, generator=...)``):
     ``values[bank[k]]`` is the flat vector of
     ``apply_permutation(state_dict, spec, p_k)``. Row 0 is the identity."""
-    from weightspace.symmetry import apply_permutation, random_permutation
-
     t = arch.template()
     V = t.num_values
     if V >= 2**24:
@@ -337,8 +337,6 @@ class CheckpointFlow(nn.Module):
         return dict(self.hparams)
 
     def save(self, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
-        from weightspace.io import save_state_dict
-
         meta = {"kind": "CheckpointFlow", "config": json.dumps(self.config())}
         if metadata:
             meta["metadata"] = json.dumps(dict(metadata), default=str)
@@ -347,8 +345,6 @@ class CheckpointFlow(nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> "CheckpointFlow":
         from safetensors import safe_open
-
-        from weightspace.io import load_state_dict
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}

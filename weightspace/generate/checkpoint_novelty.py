@@ -34,6 +34,7 @@ from torch import Tensor
 
 from weightspace.generate._common import TaskData, accuracy, predictions
 from weightspace.generate.checkpoint_flow import CheckpointSet, state_dict_to_vector, vector_to_state_dict
+from weightspace.symmetry import apply_permutation, canonicalize
 
 __all__ = ["NoveltyReport", "novelty_report", "aligned_distance"]
 
@@ -77,8 +78,6 @@ def aligned_distance(
     """L2 distance over all float values between ``sd_ref`` and ``sd`` after
     aligning ``sd`` to ``sd_ref`` by weight matching (identity if
     ``weightspace.merge`` is unavailable)."""
-    from weightspace.symmetry import apply_permutation
-
     wm = _matcher()
     other = sd
     if wm is not None:
@@ -89,8 +88,6 @@ def aligned_distance(
 
 
 def _canonical_matrix(train: CheckpointSet, vectors: Tensor) -> Tensor:
-    from weightspace.symmetry import canonicalize
-
     spec = train.arch.template().spec
     out = []
     for v in vectors:

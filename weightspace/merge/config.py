@@ -37,8 +37,16 @@ from typing import Any, Mapping
 import torch
 
 from weightspace.arch import create_model
+from weightspace.core import permutation_spec
 from weightspace.data import load_dataset
-from weightspace.merge._common import MergeError
+from weightspace.io import load_state_dict
+from weightspace.merge._common import MergeError, instantiate
+from weightspace.merge.average import average, diagonal_fisher, fisher_average, task_arithmetic
+from weightspace.merge.barrier import evaluate, linear_path
+from weightspace.merge.matching import activation_matching, ste_matching, weight_matching
+from weightspace.merge.multi import align_to_reference, merge_many
+from weightspace.merge.ot_fusion import ot_fusion
+from weightspace.merge.repair import repair, reset_bn_stats
 
 __all__ = ["METHODS", "MergeConfig", "MergeOutcome", "ModelEntry", "load_config", "run_config"]
 
@@ -223,16 +231,6 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
         MergeError, StateDictError, NonFiniteWeightsError: with the file and
         tensor at fault.
     """
-    from weightspace.core import permutation_spec
-    from weightspace.io import load_state_dict
-    from weightspace.merge.average import average, diagonal_fisher, fisher_average, task_arithmetic
-    from weightspace.merge._common import instantiate
-    from weightspace.merge.barrier import evaluate, linear_path
-    from weightspace.merge.matching import activation_matching, ste_matching, weight_matching
-    from weightspace.merge.multi import align_to_reference, merge_many
-    from weightspace.merge.ot_fusion import ot_fusion
-    from weightspace.merge.repair import repair, reset_bn_stats
-
     names = [str(m.path) for m in cfg.models]
     sds = []
     for m in cfg.models:

@@ -31,8 +31,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from weightspace.core import graph_template
 from weightspace.graph import ParameterGraph
+from weightspace.io import load_state_dict, save_state_dict
 from weightspace.nn.base import MetaNetwork, build_metanetwork
+from weightspace.symmetry import apply_permutation, random_permutation
 
 __all__ = [
     "TrainConfig",
@@ -133,8 +136,6 @@ def dataset_from_zoo(
         epoch: which checkpoint (``None``: each member's final one).
         all_checkpoints: one sample per stored checkpoint instead.
     """
-    from weightspace.core import graph_template
-
     out = []
     for m in zoo.members():
         template = graph_template(m.arch, **m.model_kwargs)
@@ -169,8 +170,6 @@ def split_dataset(
 def permute_sample(sample: Sample, generator: torch.Generator) -> Sample:
     """The same network under a uniformly random spec permutation (same
     function, relabelled neurons); node extras are relabelled with it."""
-    from weightspace.symmetry import apply_permutation, random_permutation
-
     g = sample[0]
     t = g.template
     perm = random_permutation(t.spec, generator=generator)
@@ -342,8 +341,6 @@ def save_checkpoint(model: MetaNetwork, path: str | os.PathLike, *, result: FitR
     """Write ``model.safetensors`` (weights) and ``config.json`` (class,
     constructor config, training config, target standardization, ``extra``)
     into directory ``path``; returns it."""
-    from weightspace.io import save_state_dict
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -361,8 +358,6 @@ def save_checkpoint(model: MetaNetwork, path: str | os.PathLike, *, result: FitR
 def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[MetaNetwork, dict]:
     """``(model, info)`` from :func:`save_checkpoint`'s directory; ``overrides``
     replace constructor arguments (e.g. ``backend="dgl"``)."""
-    from weightspace.io import load_state_dict
-
     path = Path(path)
     info = json.loads((path / "config.json").read_text())
     model = build_metanetwork(info["class"], {**info["config"], **overrides})

@@ -57,8 +57,12 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from weightspace.core import graph_template
 from weightspace.errors import NonFiniteWeightsError, WeightspaceError
 from weightspace.graph import ParameterGraph
+from weightspace.nn import NFN, build_metanetwork
+from weightspace.nn.baselines import NUM_STATS
+from weightspace.nn.train import FitResult, TrainConfig, fit, predict
 from weightspace.predict.data import WeightDataset
 from weightspace.predict.features import (
     Layout,
@@ -609,8 +613,6 @@ class MetaNetPredictor(BasePredictor):
         return bool(self.allow_new_architectures)
 
     def _build(self, graphs: Sequence[ParameterGraph]):
-        from weightspace.nn import build_metanetwork
-
         if self.model not in METANETWORKS:
             raise ValueError(f"model must be one of {sorted(METANETWORKS)}, got {self.model!r}")
         cls_name = METANETWORKS[self.model]
@@ -620,22 +622,16 @@ class MetaNetPredictor(BasePredictor):
         if cls_name == "GMN":
             kw.setdefault("edge_dim", max(64, max(g.template.max_width for g in graphs)))
         elif cls_name == "StatNN":
-            from weightspace.nn.baselines import NUM_STATS
-
             kw.setdefault("in_features", NUM_STATS * max(len(g.template.keys) for g in graphs))
         elif cls_name == "FlatMLP":
             kw.setdefault("in_features", max(g.template.num_values for g in graphs))
         elif cls_name == "NFN":
-            from weightspace.nn import NFN
-
             return NFN.for_template(t, **kw)
         return build_metanetwork(cls_name, kw)
 
     def _graphs(self, nets: Sequence[Network]) -> list[ParameterGraph]:
         """ParameterGraphs of ``nets``; state_dicts are matched to a known
         architecture by their tensor names and shapes."""
-        from weightspace.core import graph_template
-
         out = []
         archs = getattr(self, "architectures_", [])
         for i, n in enumerate(nets):
@@ -660,8 +656,6 @@ class MetaNetPredictor(BasePredictor):
 
     def fit(self, X: Any, y: Any = None) -> "MetaNetPredictor":
         """Train on networks ``X`` (ParameterGraphs or a WeightDataset) and targets ``y`` ``[n]``."""
-        from weightspace.nn.train import TrainConfig, fit
-
         nets, y, ds = _unpack_fit(X, y)
         if not all(isinstance(n, ParameterGraph) for n in nets):
             raise TypeError("fit a metanetwork predictor on ParameterGraphs or a WeightDataset, not state_dicts")
@@ -693,8 +687,6 @@ class MetaNetPredictor(BasePredictor):
     def predict(self, X: Any, *, batch_size: int = 64) -> np.ndarray:
         """Predicted targets ``[n]`` for networks ``X`` (ParameterGraphs, or
         state_dicts of an architecture seen in training)."""
-        from weightspace.nn.train import predict
-
         self._check_fitted()
         nets, _, _ = _unpack(X)
         graphs = self._align(self._graphs(nets))
@@ -718,9 +710,6 @@ class MetaNetPredictor(BasePredictor):
         return state, sd
 
     def _restore(self, state, arrays, path):
-        from weightspace.nn import build_metanetwork
-        from weightspace.nn.train import FitResult, TrainConfig
-
         if state["class"] != METANETWORKS.get(self.model):
             raise ValueError(f"{path}: saved metanetwork class {state['class']!r} does not match model={self.model!r}")
         model = build_metanetwork(state["class"], state["config"])

@@ -11,7 +11,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from weightspace.core import parameter_graph
 from weightspace.data import ZooLike
+from weightspace.io import load_state_dict
 from weightspace.predict.data import WeightDataset, zoo_dataset
 from weightspace.predict.metrics import MetricCI, evaluate
 from weightspace.predict.predictors import BasePredictor, load_predictor, make_predictor
@@ -186,8 +188,6 @@ def rank_checkpoints(
     Returns:
         ``[{"rank", "checkpoint", "prediction"}]`` sorted best first.
     """
-    from weightspace.io import load_state_dict
-
     p = predictor if isinstance(predictor, BasePredictor) else load_predictor(predictor)
     nets, names = [], []
     for c in checkpoints:
@@ -198,8 +198,6 @@ def rank_checkpoints(
             nets.append(load_state_dict(c))
             names.append(str(c))
     if arch is not None:
-        from weightspace.core import parameter_graph
-
         nets = [parameter_graph(sd, arch=arch, **dict(arch_kwargs or {})) for sd in nets]
     try:
         pred = p.predict(nets)

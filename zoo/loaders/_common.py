@@ -12,7 +12,11 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
+from weightspace.arch import create_model, get_model_info
+from weightspace.errors import StateDictError
+from weightspace.io import load_state_dict
 from zoo.errors import ZooFormatError
+from zoo.store import Zoo, ZooWriter
 from zoo.train import CheckpointResult
 
 __all__ = ["ImportedMember", "import_members", "check_state_dict", "load_weights_file", "load_weights_bytes", "add_gaps"]
@@ -36,8 +40,6 @@ class ImportedMember:
 
     def module(self, epoch: int | None = None) -> torch.nn.Module:
         """The network with the (final, or ``epoch``) weights loaded, eval mode."""
-        from weightspace.arch import create_model
-
         ck = self.checkpoints[-1] if epoch is None else next(c for c in self.checkpoints if c.epoch == epoch)
         model = create_model(self.config["arch"], **self.config["model"])
         model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in ck.state_dict.items()})
@@ -61,8 +63,6 @@ def add_gaps(metrics: dict) -> dict:
 def check_state_dict(arch: str, model_kwargs: Mapping[str, Any], sd: Mapping[str, Any], *, path: Any) -> None:
     """Raise :class:`ZooFormatError` (naming ``path`` and the tensor) unless
     ``sd`` has exactly the tensors of ``arch(**model_kwargs)``."""
-    from weightspace.arch import create_model, get_model_info
-
     try:
         get_model_info(arch)
     except KeyError as e:
@@ -94,9 +94,6 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a ``.safetensors`` or torch file, via
     :func:`weightspace.io.load_state_dict` (``torch.load(weights_only=True)``:
     never runs pickled code), with errors that name the file."""
-    from weightspace.errors import StateDictError
-    from weightspace.io import load_state_dict
-
     try:
         return load_state_dict(path)
     except FileNotFoundError:
@@ -141,8 +138,6 @@ def import_members(
     """Write imported members into a zoo directory (resumable: members already
     in the index are skipped). Returns the :class:`~zoo.store.Zoo`."""
     from tqdm.auto import tqdm
-
-    from zoo.store import Zoo, ZooWriter
 
     with ZooWriter(out, info) as w:
         have = w.member_ids()

@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
+from weightspace.arch import create_model, get_model_info
 from zoo.errors import ZooFormatError
 from zoo.loaders._common import (
     ImportedMember, add_gaps, check_state_dict, import_members, load_weights_file, short_hash,
@@ -85,7 +86,6 @@ def _resolve_arch(arch: ArchSpec, params: dict, model_kwargs: Mapping[str, Any] 
     else:
         name, kwargs = str(arch), {}
     kwargs.update(model_kwargs or {})
-    from weightspace.arch import get_model_info
 
     try:
         info = get_model_info(name)
@@ -101,8 +101,6 @@ def _apply_key_map(sd: dict, key_map: KeyMap, arch: str, kwargs: dict, fpath: Pa
     if key_map is None:
         return sd
     if key_map == "by_order":
-        from weightspace.arch import create_model
-
         ref = create_model(arch, **kwargs).state_dict()
         if len(ref) != len(sd):
             raise ZooFormatError(

@@ -44,6 +44,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from weightspace.arch import create_model
 from zoo.errors import ZooFormatError
 from zoo.loaders._common import ImportedMember, add_gaps, check_state_dict, finite, import_members, short_hash
 from zoo.train import CheckpointResult
@@ -265,8 +266,6 @@ def load_small_cnn_zoo(
             file and the column / field.
     """
     import pandas as pd
-
-    from weightspace.arch import create_model
 
     path = Path(path).expanduser()
     if not path.is_dir():

@@ -24,6 +24,7 @@ from weightspace.errors import (  # noqa: E402
     SpecError,
     StateDictError,
     TraceError,
+    UnknownNameError,
     UnsupportedOperationError,
     WeightspaceError,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "SpecError",
     "StateDictError",
     "TraceError",
+    "UnknownNameError",
     "UnsupportedOperationError",
     "WeightspaceError",
 ]

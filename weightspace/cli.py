@@ -10,6 +10,12 @@ import typer
 
 from weightspace.cli_common import ErrorBoundary, parse_kv
 from weightspace.cli_common import fail as _fail
+from weightspace.data import register_dataset_source
+
+# Commands take dataset names (merge configs, generate): they are zoo's.
+# Normally found through the `weightspace.datasets` entry point; named here
+# too so a development install with older metadata finds them. Imports nothing now.
+register_dataset_source("zoo.datasets")
 
 app = typer.Typer(
     name="weightspace",

@@ -71,6 +71,7 @@ def fit(
     from weightspace.errors import WeightspaceError
     from weightspace.io import atomic_write
     from weightspace.predict import fit_zoo
+    from zoo import Zoo
     from zoo.errors import ZooError
 
     if out is not None:
@@ -87,7 +88,7 @@ def fit(
         except ValueError:
             _fail(f"--checkpoints must be all, final or comma-separated epochs, got {checkpoints!r}")
     try:
-        rep = fit_zoo(zoo_dir, target, model, checkpoints=ck, split=split, test_fraction=test_fraction, seed=seed,
+        rep = fit_zoo(Zoo(zoo_dir), target, model, checkpoints=ck, split=split, test_fraction=test_fraction, seed=seed,
                       ood_column=ood_column, ood_train=_values(ood_train), ood_test=_values(ood_test),
                       ood_threshold=ood_threshold, params=params, out=out)
     except (WeightspaceError, ZooError, KeyError, ValueError, TypeError, ImportError, FileNotFoundError) as exc:

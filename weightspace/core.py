@@ -3,13 +3,14 @@ ComputationGraph, PermutationSpec and ParameterGraph."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from weightspace import arch as _arch
+from weightspace.arch import ArchSpec
 from weightspace.graph.parameter_graph import GraphTemplate, ParameterGraph, build_template
 from weightspace.symmetry.spec import PermutationSpec, build_spec
 from weightspace.trace.structure import Structure, resolve
@@ -35,11 +36,9 @@ def resolve_model(
 ) -> tuple[nn.Module, Any, str | None]:
     """``(module, example input, arch name)`` from a module or a registry name."""
     if isinstance(model, str):
-        import zoo
-
-        module = zoo.create_model(model, seed=0, **dict(arch_kwargs or {}))
+        module = _arch.create_model(model, seed=0, **dict(arch_kwargs or {}))
         if example_input is None:
-            example_input = zoo.example_input(model, **dict(arch_kwargs or {}))
+            example_input = _arch.example_input(model, **dict(arch_kwargs or {}))
         return module, example_input, model
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module or an architecture name, got {type(model).__name__}")
@@ -77,14 +76,22 @@ def permutation_spec(
     return build_spec(cg)
 
 
-_TEMPLATES: dict[str, GraphTemplate] = {}
+_TEMPLATES: dict[ArchSpec, GraphTemplate] = {}
 
 
-def graph_template(arch: str, **arch_kwargs: Any) -> GraphTemplate:
-    """The (cached) :class:`GraphTemplate` of a registered architecture."""
-    key = json.dumps([arch, sorted((k, repr(v)) for k, v in arch_kwargs.items())])
+def graph_template(arch: str | ArchSpec, **arch_kwargs: Any) -> GraphTemplate:
+    """The (cached) :class:`GraphTemplate` of a registered architecture.
+
+    One template per :class:`~weightspace.arch.ArchSpec`: arguments equal to
+    the defaults, or lists vs tuples (``hidden=[32]`` / ``hidden=(32,)``),
+    share one trace.
+    """
+    if isinstance(arch, ArchSpec):
+        key = ArchSpec(arch.name, {**arch.resolved_kwargs, **arch_kwargs}) if arch_kwargs else arch
+    else:
+        key = ArchSpec.of(arch, **arch_kwargs)
     if key not in _TEMPLATES:
-        _TEMPLATES[key] = analyze(arch, arch_kwargs=arch_kwargs).template
+        _TEMPLATES[key] = analyze(key.name, arch_kwargs=key.resolved_kwargs).template
     return _TEMPLATES[key]
 
 

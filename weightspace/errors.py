@@ -85,3 +85,8 @@ class NonFiniteWeightsError(WeightspaceError, ValueError):
 class SpecError(WeightspaceError, ValueError):
     """A permutation does not fit its PermutationSpec (unknown group, wrong size,
     not a permutation)."""
+
+
+class UnknownNameError(WeightspaceError, KeyError):
+    """A name no registry knows (an architecture, a dataset). Also a
+    ``KeyError``; the message lists the registered names and the closest one."""

@@ -20,11 +20,15 @@ Modules: :mod:`zoo.recipe` (recipes, search spaces), :mod:`zoo.datasets`
 (offline datasets), :mod:`zoo.train` (one member), :mod:`zoo.build`
 (parallel builds, resume), :mod:`zoo.store` (on-disk format, :class:`Zoo`),
 :mod:`zoo.repair` (rebuild a lost index from the checkpoint files),
-:mod:`zoo.loaders` (Small CNN Zoo, model-zoos, INR zoos), :mod:`zoo.tf_compat`
-(``cnn_small_tf``).
+:mod:`zoo.loaders` (Small CNN Zoo, model-zoos, INR zoos). The architecture
+registry (``create_model``, ``register_model``, ...) and the built-in
+models, ``cnn_small_tf`` included, live in :mod:`weightspace.arch`; ``zoo``
+re-exports its names (``zoo.registry``, ``zoo.models`` and ``zoo.tf_compat``
+are deprecated aliases).
 """
 
-from zoo.registry import (
+# The architecture registry lives in weightspace.arch; zoo re-exports it.
+from weightspace.arch import (
     ModelInfo,
     create_model,
     example_input,
@@ -33,8 +37,6 @@ from zoo.registry import (
     register_model,
 )
 
-# Registers ``cnn_small_tf`` (Small CNN Zoo network with Keras padding).
-import zoo.tf_compat  # noqa: E402,F401  (import for its side effect)
 from zoo.build import BuildReport, build_zoo  # noqa: E402
 from zoo.datasets import Dataset, list_datasets, load_dataset, register_dataset  # noqa: E402
 from zoo.errors import RecipeError, ZooError, ZooFormatError, ZooLockedError  # noqa: E402

@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from weightspace.io import check_count
 from zoo.errors import ZooError
 from zoo.recipe import MemberSpec, Recipe, load_recipe
+from zoo.store import Zoo, ZooWriter
+from zoo.train import train_member
 
 __all__ = ["build_zoo", "BuildReport", "BACKENDS"]
 
@@ -71,8 +74,6 @@ class BuildReport:
 
     def open(self):
         """The built :class:`~zoo.store.Zoo`."""
-        from zoo.store import Zoo
-
         return Zoo(self.path)
 
     def to_dict(self) -> dict:
@@ -129,9 +130,6 @@ def build_zoo(
             while checkpoint files exist (``weightspace zoo repair OUT``).
     """
     from tqdm.auto import tqdm
-
-    from weightspace.io import check_count
-    from zoo.store import ZooWriter
 
     t0 = time.perf_counter()
     check_count(max_members, "max_members")
@@ -201,8 +199,6 @@ def build_zoo(
 
 
 def _train_one(spec: dict):
-    from zoo.train import train_member
-
     return train_member(spec, threads=1)
 
 

@@ -31,21 +31,25 @@ INR datasets fit all pixels by default; with ``val_fraction`` /
 test). With 0 the val/test sets are the full grid.
 
 Datasets are registered with :func:`register_dataset`, so recipes can say
-``data: {name: my_data}`` for a user loader.
+``data: {name: my_data}`` for a user loader. The registry is
+:mod:`weightspace.data`'s (the library reads datasets by name through it,
+without importing ``zoo``): importing this module registers the built-ins
+there, and the ``weightspace.datasets`` entry point names this module.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from weightspace import data as _data
+from weightspace.data import register_dataset
+from weightspace.errors import ConfigError, UnknownNameError
 from zoo.errors import RecipeError
 
 __all__ = [
@@ -63,7 +67,7 @@ MEMBER_LEVEL_DATA_KEYS = ("train_fraction", "label_noise")
 
 @dataclass
 class Dataset:
-    """Tensors of one dataset, already split.
+    """Tensors of one dataset, already split (a :class:`weightspace.data.Dataset`).
 
     Attributes:
         name: dataset name.
@@ -100,28 +104,9 @@ class Dataset:
         return {s: int(self.split(s)[0].shape[0]) for s in ("train", "val", "test")}
 
 
-_DATASETS: dict[str, Callable[..., Dataset]] = {}
-
-
-def register_dataset(name: str, *, overwrite: bool = False):
-    """Decorator registering a dataset loader ``(**options) -> Dataset``.
-
-    Loaders must be pure: the same options give the same tensors. Use the
-    ``split_seed`` option for any randomness.
-    """
-
-    def deco(fn: Callable[..., Dataset]) -> Callable[..., Dataset]:
-        if name in _DATASETS and not overwrite:
-            raise ValueError(f"dataset {name!r} is already registered; pass overwrite=True")
-        _DATASETS[name] = fn
-        return fn
-
-    return deco
-
-
 def list_datasets() -> list[str]:
     """Sorted names of the registered datasets."""
-    return sorted(_DATASETS)
+    return _data.list_datasets()
 
 
 def load_dataset(name: str, **options: Any) -> Dataset:
@@ -133,20 +118,13 @@ def load_dataset(name: str, **options: Any) -> Dataset:
     Raises:
         RecipeError: unknown dataset or option.
     """
-    if name not in _DATASETS:
-        raise RecipeError(f"unknown dataset {name!r}; registered: {', '.join(list_datasets())}")
     opts = {k: v for k, v in options.items() if k not in MEMBER_LEVEL_DATA_KEYS}
-    key = json.dumps(opts, sort_keys=True, default=str)
-    return _load_cached(name, key)
-
-
-@functools.lru_cache(maxsize=8)
-def _load_cached(name: str, key: str) -> Dataset:
-    opts = json.loads(key)
     try:
-        return _DATASETS[name](**opts)
-    except TypeError as e:
-        raise RecipeError(f"dataset {name!r}: {e}") from None
+        return _data.load_dataset(name, **opts)
+    except RecipeError:
+        raise
+    except (UnknownNameError, ConfigError) as e:
+        raise RecipeError(e.message, path=e.path, field=e.field) from None
 
 
 # --------------------------------------------------------------------------- helpers

@@ -49,9 +49,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from weightspace.arch import get_model_info
 from weightspace.errors import ConfigError, InputFileError
 from weightspace.io import Field, check_type, did_you_mean, read_text
 from weightspace.io import validate as _validate_fields
+from zoo.datasets import list_datasets
 from zoo.errors import RecipeError
 
 __all__ = [
@@ -311,9 +313,6 @@ class Recipe:
     def validate(self) -> None:
         """Check every field (types, ranges, counts, search space); raise
         :class:`RecipeError` naming :attr:`source` and the dotted field."""
-        from zoo.datasets import list_datasets
-        from zoo.registry import get_model_info
-
         try:
             info = get_model_info(self.arch)
         except KeyError as e:
@@ -636,7 +635,6 @@ class Recipe:
                 continue
             section, sub = key.split(".", 1)
             {"model": model, "data": data, "train": train}[section][sub] = _plain(value)
-        from zoo.registry import get_model_info
 
         model = get_model_info(self.arch).resolve_kwargs(**model)
         model = {k: _plain(v) for k, v in model.items()}

@@ -51,9 +51,15 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+import weightspace.arch as registry
+from weightspace.core import graph_template
 from weightspace.errors import InputFileError
-from weightspace.io import atomic_write, read_safetensors, read_safetensors_metadata
+from weightspace.graph import to_pyg_batch
+from weightspace.io import atomic_write, read_safetensors, read_safetensors_metadata, save_state_dict, state_dict_hash
+from weightspace.predict.splits import resolve_column
 from zoo.errors import ZooError, ZooFormatError, ZooLockedError
+from zoo.recipe import Recipe
+from zoo.recipe import config_hash as _chash
 
 __all__ = [
     "Zoo",
@@ -154,8 +160,6 @@ def state_dict_sha256(state_dict: Mapping[str, Any]) -> str:
     """Content hash of a state dict (torch tensors or numpy arrays): sha256
     over names, dtypes, shapes and raw bytes in sorted name order
     (:func:`weightspace.io.state_dict_hash`)."""
-    from weightspace.io import state_dict_hash
-
     return state_dict_hash(_as_tensors(state_dict))
 
 
@@ -177,8 +181,6 @@ def save_safetensors(
         the content hash (:func:`state_dict_sha256`), also stored in the
         file's metadata under ``sha256``.
     """
-    from weightspace.io import save_state_dict
-
     tensors = _as_tensors(state_dict)
     digest = state_dict_sha256(tensors)
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
@@ -508,7 +510,6 @@ class ZooWriter:
             ZooFormatError: ``weights/<member_id>/`` holds files this writer
                 did not write.
         """
-        from zoo.recipe import config_hash as _chash
 
         known = self.member_ids()
         rows, ck_rows, written = [], [], []
@@ -742,8 +743,6 @@ class Member:
 
     def module(self, epoch: int | None = None) -> torch.nn.Module:
         """The network with this checkpoint's weights loaded (eval mode)."""
-        import zoo.registry as registry
-
         model = registry.create_model(self.arch, **self.model_kwargs)
         model.load_state_dict(self.state_dict(epoch))
         return model.eval()
@@ -846,7 +845,6 @@ class Zoo:
         """The :class:`~zoo.recipe.Recipe` this zoo was built from, or ``None``."""
         if self.info.get("recipe") is None:
             return None
-        from zoo.recipe import Recipe
 
         return Recipe.from_dict(self.info["recipe"], source=str(self.path / INFO_FILE))
 
@@ -900,8 +898,6 @@ class Zoo:
             for ck in cks:
                 sd = ck.state_dict(verify=verify)
                 if as_module:
-                    import zoo.registry as registry
-
                     mod = registry.create_model(m.arch, **m.model_kwargs)
                     mod.load_state_dict(sd)
                     obj: Any = mod.eval()
@@ -994,8 +990,6 @@ class Zoo:
 
     # ------------------------------------------------------------------ queries
     def _resolve_column(self, key: str, columns: Sequence[str]) -> str:
-        from weightspace.predict.splits import resolve_column
-
         return resolve_column(columns, key, where=f" in zoo {self.path}")
 
     def filter(self, query: str | None = None, /, **conditions: Any) -> "Zoo":
@@ -1141,9 +1135,6 @@ class Zoo:
             ``torch_geometric.data.Batch`` when ``batch=True`` (members of
             different architectures batch together).
         """
-        from weightspace.core import graph_template
-        from weightspace.graph import to_pyg_batch
-
         graphs = []
         for m in self.members():
             template = graph_template(m.arch, **m.model_kwargs)

@@ -1,113 +1,14 @@
-"""``cnn_small_tf``: the Small CNN Zoo network with Keras' padding semantics.
+"""Deprecated: ``cnn_small_tf`` (the Small CNN Zoo network with Keras padding)
+moved to :mod:`weightspace.arch.models.tf_compat`."""
 
-The published Small CNN Zoo (Unterthiner et al. 2020) was trained with
-``tf.keras.layers.Conv2D(16, 3, strides=2)`` and *no* ``padding`` argument,
-i.e. Keras' default ``padding="valid"`` (see ``train_network.py`` in
-google-research/dnn_predict_accuracy). On 28x28 inputs the feature maps are
-13x13 -> 6x6 -> 2x2; on 32x32 they are 15 -> 7 -> 3.
+import warnings
 
-The registry's ``cnn_small`` uses ``padding=1`` (symmetric), a different
-function for the same 4970 weights. ``cnn_small_tf`` has the *same parameter
-names and shapes* as ``cnn_small`` (so state dicts move freely between them)
-and reproduces the TF function exactly:
+from weightspace.arch.models.tf_compat import KerasSmallCNN, tf_same_pads  # noqa: F401
 
-``padding="valid"``
-    plain ``nn.Conv2d(..., padding=0)`` -- what the published zoo used.
-``padding="same"``
-    TF's SAME rule: output ``ceil(n / 2)``, total padding
-    ``max((out - 1) * 2 + 3 - n, 0)`` split as ``top = total // 2``,
-    ``bottom = total - top`` (the extra row/column goes to the bottom/right).
-    For even ``n`` that is (0, 1), which no symmetric torch padding can
-    express, so the convolutions get ``padding=0`` and the forward pass applies
-    ``F.pad`` with the per-layer pads computed for inputs of ``image_size``
-    (the pads are static so ``torch.fx`` can trace the module; inputs of another
-    size get the pads of ``image_size``).
-
-Both are checked against a NumPy re-implementation of TF's convolution in
-``tests/zoo/test_small_cnn_zoo.py``.
-"""
-
-from __future__ import annotations
-
-import math
-
-import torch.nn.functional as F
-from torch import nn
-
-from zoo.models.cnn import SmallCNN
-from zoo.registry import register_model
+warnings.warn(
+    "zoo.tf_compat is deprecated; import from weightspace.arch.models.tf_compat instead",
+    DeprecationWarning,
+    stacklevel=2,
+)
 
 __all__ = ["KerasSmallCNN", "tf_same_pads"]
-
-
-def tf_same_pads(size: int, kernel: int = 3, stride: int = 2) -> tuple[int, int, int]:
-    """TF SAME padding of one spatial axis: ``(pad_before, pad_after, out_size)``."""
-    out = math.ceil(size / stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2, out
-
-
-class KerasSmallCNN(SmallCNN):
-    """:class:`~zoo.models.cnn.SmallCNN` with Keras ``valid`` or TF ``same`` padding."""
-
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = 10,
-        width: int = 16,
-        depth: int = 3,
-        activation: str = "relu",
-        dropout: float = 0.0,
-        padding: str = "valid",
-        image_size: int = 28,
-    ) -> None:
-        super().__init__(in_channels, num_classes, width, depth, activation, dropout)
-        if padding not in ("valid", "same"):
-            raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
-        self.tf_padding = padding
-        pads: list[tuple[int, int, int, int]] = []
-        size = int(image_size)
-        for m in self.features:
-            if isinstance(m, nn.Conv2d):
-                m.padding = (0, 0)
-                if padding == "valid":
-                    size = (size - 3) // 2 + 1
-                    if size < 1:
-                        raise ValueError(
-                            f"image_size={image_size} is too small for {depth} valid 3x3/2 convolutions"
-                        )
-                    pads.append((0, 0, 0, 0))
-                else:
-                    before, after, size = tf_same_pads(size)
-                    pads.append((before, after, before, after))  # F.pad order: left, right, top, bottom
-        self.tf_pads = tuple(pads)
-
-    def forward(self, x):
-        if self.tf_padding == "valid":
-            return super().forward(x)
-        i = 0
-        for m in self.features:
-            if isinstance(m, nn.Conv2d):
-                x = F.pad(x, self.tf_pads[i])
-                i += 1
-            x = m(x)
-        return self.classifier(self.pool(x).flatten(1))
-
-
-@register_model(
-    "cnn_small_tf",
-    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
-    description="Small CNN Zoo network with Keras padding (valid/same); same weights as cnn_small",
-    tags=("cnn",),
-)
-def cnn_small_tf(
-    in_channels: int = 1,
-    num_classes: int = 10,
-    width: int = 16,
-    depth: int = 3,
-    activation: str = "relu",
-    dropout: float = 0.0,
-    padding: str = "valid",
-    image_size: int = 28,
-) -> nn.Module:
-    return KerasSmallCNN(in_channels, num_classes, width, depth, activation, dropout, padding, image_size)

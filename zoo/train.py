@@ -30,7 +30,7 @@ from torch import nn
 from zoo.datasets import Dataset, load_dataset
 from zoo.errors import RecipeError
 from zoo.recipe import MemberSpec
-from zoo.registry import create_model
+from weightspace.arch import create_model
 
 __all__ = ["CheckpointResult", "MemberResult", "train_member", "evaluate", "member_streams"]
 

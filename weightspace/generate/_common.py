@@ -5,90 +5,36 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weightspace import arch as _arch
+from weightspace import data as _data
+from weightspace.core import graph_template
+from weightspace.graph import GraphTemplate
+
 __all__ = ["ArchSpec", "TaskData", "as_arch", "load_task", "fit_steps", "accuracy", "has_batchnorm",
            "read_saved_model", "check_finite_state_dict"]
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    """A registered architecture with its arguments.
+class ArchSpec(_arch.ArchSpec):
+    """:class:`weightspace.arch.ArchSpec` (a registered architecture with all
+    of its arguments, canonical and hashable) plus what the generators need:
+    its graph template, a module by seed and reshaping data to its input.
+    Build with ``ArchSpec.of(name, **kwargs)``; equal to the plain
+    :class:`weightspace.arch.ArchSpec` of the same architecture."""
 
-    Attributes:
-        name: name in the ``zoo`` registry (see ``weightspace models``).
-        kwargs: architecture arguments that differ from the factory's
-            defaults, as sorted ``(key, value)`` pairs (hashable; use
-            :attr:`arch_kwargs` for a dict). Build with :meth:`of`.
-    """
-
-    name: str
-    kwargs: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
-
-    @classmethod
-    def of(cls, name: str, **kwargs: Any) -> "ArchSpec":
-        """``ArchSpec.of("cnn_small", width=8)``: validates the name and arguments."""
-        import zoo
-
-        info = zoo.get_model_info(name)  # KeyError listing the registry for unknown names
-        resolved = info.resolve_kwargs(**kwargs)  # TypeError for unknown arguments
-        defaults = info.resolve_kwargs()
-        # canonical: arguments equal to the factory default are dropped, so
-        # mlp(hidden=[32]) == mlp(hidden=(32,), activation="relu")
-        keep = {k: v for k, v in resolved.items() if k not in defaults or _freeze(v) != _freeze(defaults[k])}
-        return cls(name, tuple(sorted((k, _freeze(v)) for k, v in keep.items())))
-
-    @property
-    def arch_kwargs(self) -> dict[str, Any]:
-        return {k: _thaw(v) for k, v in self.kwargs}
-
-    def resolved_kwargs(self) -> dict[str, Any]:
-        """All architecture arguments, the factory's defaults included."""
-        import zoo
-
-        return zoo.get_model_info(self.name).resolve_kwargs(**self.arch_kwargs)
-
-    def difference(self, other: "ArchSpec") -> tuple[str, Any, Any] | None:
-        """``(field, mine, theirs)`` for the first way ``other`` differs
-        (``"arch"`` for the name, else an argument name), or ``None``."""
-        if self.name != other.name:
-            return "arch", self.name, other.name
-        a, b = self.resolved_kwargs(), other.resolved_kwargs()
-        for k in sorted(set(a) | set(b)):
-            if _freeze(a.get(k)) != _freeze(b.get(k)):
-                return k, a.get(k), b.get(k)
-        return None
-
-    @property
-    def label(self) -> str:
-        """Short human-readable id, e.g. ``cnn_small(depth=2,width=8)``."""
-        if not self.kwargs:
-            return self.name
-        args = ",".join(f"{k}={_fmt(v)}" for k, v in self.kwargs)
-        return f"{self.name}({args})"
-
-    def template(self):
+    def template(self) -> GraphTemplate:
         """The (cached) :class:`~weightspace.graph.GraphTemplate`."""
-        from weightspace.core import graph_template
-
-        return graph_template(self.name, **self.arch_kwargs)
+        return graph_template(self)
 
     def module(self, seed: int = 0) -> nn.Module:
         """A freshly initialised module (PyTorch default init under ``seed``)."""
-        import zoo
-
-        return zoo.create_model(self.name, seed=int(seed), **self.arch_kwargs)
-
-    def input_shape(self) -> tuple[int, ...]:
-        """Example input shape without the batch dimension."""
-        import zoo
-
-        return tuple(zoo.get_model_info(self.name).example_input_shape(1, **self.arch_kwargs)[1:])
+        return self.build(seed=int(seed))
 
     def view(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``[B, ...]`` reshaped to this architecture's input shape
@@ -103,39 +49,14 @@ class ArchSpec:
             )
         return x.reshape(x.shape[0], *shape)
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "kwargs": self.arch_kwargs}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ArchSpec":
-        return cls.of(d["name"], **dict(d.get("kwargs", {})))
-
-
-def _freeze(v: Any) -> Any:
-    if isinstance(v, list):
-        return tuple(_freeze(x) for x in v)
-    if isinstance(v, dict):
-        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
-    return v
-
-
-def _thaw(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, tuple):
-        return "x".join(str(x) for x in v)
-    return str(v)
-
 
 def as_arch(arch: "ArchSpec | str | Mapping[str, Any] | tuple", **kwargs: Any) -> ArchSpec:
     """An :class:`ArchSpec` from an ArchSpec, a name (plus ``kwargs``), a
     ``{"name", "kwargs"}`` dict or a ``(name, kwargs)`` pair."""
-    if isinstance(arch, ArchSpec):
+    if isinstance(arch, _arch.ArchSpec):
         if kwargs:
             return ArchSpec.of(arch.name, **{**arch.arch_kwargs, **kwargs})
-        return arch
+        return arch if isinstance(arch, ArchSpec) else ArchSpec(arch.name, arch.kwargs)
     if isinstance(arch, str):
         return ArchSpec.of(arch, **kwargs)
     if isinstance(arch, Mapping):
@@ -164,11 +85,10 @@ class TaskData:
 
 
 def load_task(name: str = "digits", **options: Any) -> TaskData:
-    """A :class:`TaskData` from ``zoo.load_dataset(name, **options)`` (train
-    split for fitting, test split for accuracy)."""
-    import zoo
-
-    ds = zoo.load_dataset(name, **options)
+    """A :class:`TaskData` from :func:`weightspace.data.load_dataset` (the
+    datasets of ``zoo``, for one; train split for fitting, test split for
+    accuracy)."""
+    ds = _data.load_dataset(name, **options)
     if ds.task != "classification":
         raise ValueError(f"dataset {name!r} is a {ds.task} task; a classification dataset is needed")
     return TaskData(ds.x_train, ds.y_train, ds.x_test, ds.y_test, int(ds.num_classes), name)

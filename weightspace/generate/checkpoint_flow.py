@@ -38,7 +38,8 @@ from torch import Tensor, nn
 from weightspace.errors import ConfigError, StateDictError, WeightspaceError
 from weightspace.generate._common import ArchSpec, as_arch, check_finite_state_dict, read_saved_model
 from weightspace.graph import ParameterGraph
-from weightspace.io import Field
+from weightspace.io import Field, build_checked, check_numel, load_state_dict, save_state_dict, validate
+from weightspace.symmetry import apply_permutation, random_permutation
 
 __all__ = [
     "MixedArchitecturesError",
@@ -172,8 +173,6 @@ def permutation_bank(arch: ArchSpec, n: int, *, seed: int = 0) -> Tensor:
     spec permutation ``p_k`` (``random_permutation(spec, generator=...)``):
     ``values[bank[k]]`` is the flat vector of
     ``apply_permutation(state_dict, spec, p_k)``. Row 0 is the identity."""
-    from weightspace.symmetry import apply_permutation, random_permutation
-
     t = arch.template()
     V = t.num_values
     if V >= 2**24:
@@ -376,8 +375,6 @@ class CheckpointFlow(nn.Module):
         return dict(self.hparams)
 
     def save(self, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
-        from weightspace.io import save_state_dict
-
         meta = {"kind": "CheckpointFlow", "config": json.dumps(self.config())}
         if metadata:
             meta["metadata"] = json.dumps(dict(metadata), default=str)
@@ -400,8 +397,6 @@ class CheckpointFlow(nn.Module):
                 the config, or an unknown architecture (``field`` names it).
             StateDictError: a missing, unexpected or mis-shaped tensor (named).
         """
-        from weightspace.io import build_checked, check_numel, validate
-
         path = Path(path).expanduser()
         meta, tensors = read_saved_model(path, "CheckpointFlow", ("config",))
         cfg = validate(meta.get("config"), CONFIG_SCHEMA, path=path, where="config")

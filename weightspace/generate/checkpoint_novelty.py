@@ -47,6 +47,7 @@ from torch import Tensor
 
 from weightspace.generate._common import TaskData, accuracy, predictions
 from weightspace.generate.checkpoint_flow import CheckpointSet, state_dict_to_vector, vector_to_state_dict
+from weightspace.symmetry import apply_permutation, canonicalize
 
 __all__ = ["NoveltyReport", "novelty_report", "aligned_distance", "relative_distance"]
 
@@ -107,8 +108,6 @@ def aligned_distance(
     aligning ``sd`` to ``sd_ref`` by weight matching (identity if
     ``weightspace.merge`` is unavailable). Absolute; see
     :func:`relative_distance`."""
-    from weightspace.symmetry import apply_permutation
-
     wm = _matcher()
     other = sd
     if wm is not None:
@@ -119,8 +118,6 @@ def aligned_distance(
 
 
 def _canonical_matrix(train: CheckpointSet, vectors: Tensor) -> Tensor:
-    from weightspace.symmetry import canonicalize
-
     spec = train.arch.template().spec
     out = []
     for v in vectors:

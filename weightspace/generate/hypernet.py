@@ -77,6 +77,8 @@ from torch import Tensor, nn
 
 from weightspace.generate._common import ArchSpec, TaskData, as_arch, check_finite_state_dict, fit_steps, read_saved_model
 from weightspace.graph import EDGE_TYPES, NODE_TYPES, GraphTemplate, ParameterGraph
+from weightspace.io import build_checked, check_numel, load_state_dict, save_state_dict, validate
+from weightspace.nn import GMN, collate, probe_features
 
 __all__ = [
     "GraphHyperNetwork",
@@ -179,7 +181,6 @@ class GraphHyperNetwork(nn.Module):
         super().__init__()
         if kernel_grid < 1 or generic_width < 1:
             raise ValueError("kernel_grid and generic_width must be >= 1")
-        from weightspace.nn import GMN
 
         self.hparams = dict(
             hidden=hidden, num_layers=num_layers, kernel_grid=kernel_grid,
@@ -301,8 +302,6 @@ class GraphHyperNetwork(nn.Module):
             draws: per-architecture random draws ``[V_t]`` (:meth:`draw`);
                 drawn from ``generator`` when omitted (one of the two is required).
         """
-        from weightspace.nn import collate
-
         specs = [as_arch(a) for a in archs]
         templates = [a.template() for a in specs]
         if draws is None:
@@ -365,8 +364,6 @@ class GraphHyperNetwork(nn.Module):
         """``[N, P]`` activations of the drawn network (correction 0) on the
         probe inputs, each block scaled to unit RMS (equivariant: they move
         with the neurons)."""
-        from weightspace.nn import probe_features
-
         key = arch
         if key not in self._arch_modules:
             self._arch_modules[key] = arch.module(seed=0)
@@ -477,8 +474,6 @@ class GraphHyperNetwork(nn.Module):
 
     def save(self, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
         """Write the weights (safetensors) and config (in the file's metadata)."""
-        from weightspace.io import save_state_dict
-
         meta = {"kind": "GraphHyperNetwork", "config": json.dumps(self.config()),
                 "probe_shape": json.dumps(None if self.probes is None else list(self.probes.shape))}
         if metadata:
@@ -503,8 +498,6 @@ class GraphHyperNetwork(nn.Module):
                 the config (``field`` names it).
             StateDictError: a missing, unexpected or mis-shaped tensor (named).
         """
-        from weightspace.io import build_checked, check_numel, validate
-
         path = Path(path).expanduser()
         meta, tensors = read_saved_model(path, "GraphHyperNetwork", ("config", "probe_shape"))
         cfg = validate(meta.get("config"), CONFIG_SCHEMA, path=path, where="config")

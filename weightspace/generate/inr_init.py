@@ -4,8 +4,8 @@ Representations"), learned with Reptile (Nichol et al. 2018).
 
 A *signal family* is a set of grey images on a shared coordinate grid
 (:func:`load_signals`: sklearn digits upsampled, crops of the sklearn sample
-photos, or procedural signals, all through ``zoo.load_dataset``). Reptile
-starts from the standard SIREN init (``zoo.create_model("siren")``) and
+photos, or procedural signals, all through :func:`weightspace.data.load_dataset`). Reptile
+starts from the standard SIREN init (``create_model("siren")``) and
 repeats: draw ``meta_batch`` signals, fit each with ``inner_steps`` Adam
 steps from the current init, move the init towards the mean of the fitted
 weights, ``theta <- theta + eps (mean(phi) - theta)`` with ``eps`` annealed
@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from weightspace.data import load_dataset
 from weightspace.generate._common import ArchSpec, as_arch
 
 __all__ = ["SignalSet", "load_signals", "fit_curve", "reptile", "ReptileHistory", "psnr"]
@@ -65,8 +66,6 @@ def load_signals(family: str, indices: Sequence[int], *, size: int | None = None
     ``china`` photo and odd ones from ``flower`` (default ``size`` 32);
     ``sines`` / ``blobs``: ``inr_signal`` procedural signals (default 16).
     """
-    import zoo
-
     if family not in FAMILIES:
         raise ValueError(f"unknown signal family {family!r}; choose one of {FAMILIES}")
     if len(indices) == 0:
@@ -74,12 +73,12 @@ def load_signals(family: str, indices: Sequence[int], *, size: int | None = None
     coords, vals, shape = None, [], None
     for i in indices:
         if family == "digits":
-            ds = zoo.load_dataset("inr_digits", index=int(i), size=size or 28)
+            ds = load_dataset("inr_digits", index=int(i), size=size or 28)
         elif family == "sample_crops":
-            ds = zoo.load_dataset("inr_sample_image", index=int(i) // 2, image=("china", "flower")[int(i) % 2],
+            ds = load_dataset("inr_sample_image", index=int(i) // 2, image=("china", "flower")[int(i) % 2],
                                   size=size or 32)
         else:
-            ds = zoo.load_dataset("inr_signal", index=int(i), kind=family, size=size or 16)
+            ds = load_dataset("inr_signal", index=int(i), kind=family, size=size or 16)
         if coords is None:
             coords, shape = ds.x_train, (int(ds.meta["height"]), int(ds.meta["width"]))
         vals.append(ds.y_train)

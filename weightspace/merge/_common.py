@@ -11,7 +11,10 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from weightspace.core import permutation_spec
 from weightspace.errors import ConfigError, NonFiniteWeightsError, SpecError, StateDictError, WeightspaceError
+from weightspace.graph import validate_state_dict
+from weightspace.symmetry.permutation import _axis_index
 from weightspace.symmetry.spec import PermGroup, PermutationSpec
 
 StateDict = dict[str, torch.Tensor]
@@ -45,8 +48,6 @@ def check_state_dict(
             unexpected keys, or a tensor of the wrong shape -- naming it.
         NonFiniteWeightsError: NaN/Inf in a floating tensor, naming it.
     """
-    from weightspace.graph import validate_state_dict
-
     if not isinstance(sd, Mapping):
         raise MergeError(f"{label}: expected a state_dict (mapping of names to tensors), got {type(sd).__name__}")
     try:
@@ -125,8 +126,6 @@ def resolve_spec(spec: PermutationSpec | str, **arch_kwargs: Any) -> Permutation
     if isinstance(spec, PermutationSpec):
         return spec
     if isinstance(spec, str):
-        from weightspace.core import permutation_spec
-
         return permutation_spec(spec, **arch_kwargs)
     raise TypeError(f"spec must be a PermutationSpec or an architecture name, got {type(spec).__name__}")
 
@@ -224,8 +223,6 @@ def unit_rows(t: torch.Tensor, axis: int, start: int, n: int, u: int) -> torch.T
 
 def axis_index(ref, length: int, maps: Sequence[torch.Tensor]) -> torch.Tensor:
     """Gather index of one tensor axis under per-block neuron maps."""
-    from weightspace.symmetry.permutation import _axis_index
-
     return _axis_index(ref, length, maps)
 
 

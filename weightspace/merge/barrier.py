@@ -15,8 +15,10 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from weightspace.core import permutation_spec
 from weightspace.merge._common import MergeError, check_finite_data, instantiate, iter_batches
 from weightspace.merge.average import interpolate
+from weightspace.merge.repair import endpoint_stats, repair, repair_plan, reset_bn_stats
 
 __all__ = ["PathResult", "barrier", "evaluate", "linear_path"]
 
@@ -140,8 +142,6 @@ def linear_path(
     """
     from tqdm.auto import tqdm
 
-    from weightspace.merge.repair import endpoint_stats, repair, repair_plan, reset_bn_stats
-
     if lambdas is None:
         if num_lambdas < 2:
             raise MergeError(f"num_lambdas must be >= 2, got {num_lambdas}")
@@ -156,8 +156,6 @@ def linear_path(
     stats = None
     if correction == "repair":
         if spec is None:
-            from weightspace.core import permutation_spec
-
             spec = permutation_spec(model, next(iter_batches(cdata, 2))[0][:2])
         stats = endpoint_stats(model, [sd_a, sd_b], cdata, repair_plan(model, spec), batch_size=batch_size)
     losses, accs = [], []

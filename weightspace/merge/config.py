@@ -14,7 +14,7 @@ Example::
     options: {seed: 0, max_sweeps: 100} # keyword arguments of the method
     data:                               # optional: needed by activation_matching,
       dataset: digits                   #   ste, fisher, repair and the barrier
-      options: {}                       #   (zoo.load_dataset(dataset, **options))
+      options: {}                       #   (weightspace.data.load_dataset(dataset, **options))
       split: train                      # split used for matching / statistics
       eval_split: test                  # split the barrier is evaluated on
       max_samples: 2048
@@ -45,9 +45,18 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from weightspace.arch import create_model, get_model_info, list_models
+from weightspace.core import permutation_spec
+from weightspace.data import load_dataset
 from weightspace.errors import ConfigError, InputFileError, MissingFileError, WeightspaceError
-from weightspace.io import Field, check_type, did_you_mean, read_npy, read_yaml, validate
-from weightspace.merge._common import MergeConfigError, MergeError, check_state_dict
+from weightspace.io import Field, check_type, did_you_mean, load_state_dict, read_npy, read_yaml, validate
+from weightspace.merge._common import MergeConfigError, MergeError, check_state_dict, instantiate
+from weightspace.merge.average import average, diagonal_fisher, fisher_average, task_arithmetic
+from weightspace.merge.barrier import evaluate, linear_path
+from weightspace.merge.matching import activation_matching, ste_matching, weight_matching
+from weightspace.merge.multi import align_to_reference, merge_many
+from weightspace.merge.ot_fusion import ot_fusion
+from weightspace.merge.repair import repair, reset_bn_stats
 
 __all__ = ["METHODS", "MergeConfig", "MergeConfigError", "MergeOutcome", "ModelEntry", "load_config", "run_config"]
 
@@ -126,14 +135,6 @@ class MergeConfig:
     source: Path | None = None
 
 
-def _zoo():
-    """The architecture registry and datasets. The one place this module
-    reaches into ``zoo`` (registry names, building models, loading datasets)."""
-    import zoo
-
-    return zoo
-
-
 def _check(value: Any, schema: Mapping[str, Field], source: Path | None, where: str) -> dict:
     """:func:`weightspace.io.validate`, raising :class:`MergeConfigError`."""
     try:
@@ -152,10 +153,6 @@ def _option_targets(method: str) -> list[tuple[Callable, set[str]]]:
     """The functions whose keyword arguments are a method's ``options``, and
     per function the arguments the runner sets itself (or that YAML cannot
     carry: modules, tensors, callables, dtypes)."""
-    from weightspace.merge.average import diagonal_fisher, fisher_average, task_arithmetic
-    from weightspace.merge.matching import activation_matching, ste_matching, weight_matching
-    from weightspace.merge.multi import merge_many
-    from weightspace.merge.ot_fusion import ot_fusion
 
     return {
         "average": [],
@@ -266,7 +263,6 @@ def option_schema(method: str) -> dict[str, Field]:
 
 
 def _barrier_targets() -> list[tuple[Callable, set[str]]]:
-    from weightspace.merge.barrier import linear_path
 
     return [(linear_path, {"correction", "correction_data", "loss_fn", "spec", "progress"})]
 
@@ -274,14 +270,13 @@ def _barrier_targets() -> list[tuple[Callable, set[str]]]:
 # ------------------------------------------------------------- architectures
 def _check_arch(arch: str, kw: Mapping, own_kw: Mapping, arch_key: str, kw_key: str, source: Path | None) -> None:
     """``arch`` is registered and ``kw`` names only its arguments."""
-    zoo = _zoo()
-    names = zoo.list_models()
+    names = list_models()
     if arch not in names:
         raise MergeConfigError(
             f"unknown architecture {arch!r}{did_you_mean(arch, names)} (registered: {', '.join(names)})",
             path=source, field=arch_key,
         )
-    params = inspect.signature(zoo.get_model_info(arch).factory).parameters
+    params = inspect.signature(get_model_info(arch).factory).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
     for k in kw:
@@ -481,7 +476,7 @@ def load_data(data: Mapping, *, source: Path | None = None) -> tuple[tuple[torch
     n = data.get("max_samples")
     if "dataset" in data:
         try:
-            ds = _zoo().load_dataset(data["dataset"], **dict(data.get("options") or {}))
+            ds = load_dataset(data["dataset"], **dict(data.get("options") or {}))
         except WeightspaceError as exc:
             raise MergeConfigError(exc.message, path=source, field="data.dataset") from None
         split, ev = data.get("split", "train"), data.get("eval_split", "test")
@@ -577,7 +572,6 @@ def _at_key(exc: WeightspaceError, entry: ModelEntry, source: Path | None) -> We
 
 
 def _load_weights(entry: ModelEntry, spec: Any, source: Path | None) -> dict[str, torch.Tensor]:
-    from weightspace.io import load_state_dict
 
     try:
         sd = load_state_dict(entry.path)
@@ -591,7 +585,7 @@ def _build(entry: ModelEntry, source: Path | None) -> torch.nn.Module:
     """The module of ``entry``'s architecture; bad ``arch_kwargs`` values are
     a :class:`MergeConfigError` naming the key."""
     try:
-        return _zoo().create_model(entry.arch, seed=0, **entry.arch_kwargs)
+        return create_model(entry.arch, seed=0, **entry.arch_kwargs)
     except WeightspaceError:
         raise
     except Exception as exc:  # the factory's own TypeError/ValueError on a bad argument value
@@ -617,14 +611,6 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
             a weights or data file at fault (naming it and the config key).
         MergeError: the merge itself failed.
     """
-    from weightspace.core import permutation_spec
-    from weightspace.merge._common import instantiate
-    from weightspace.merge.average import average, diagonal_fisher, fisher_average, task_arithmetic
-    from weightspace.merge.barrier import evaluate, linear_path
-    from weightspace.merge.matching import activation_matching, ste_matching, weight_matching
-    from weightspace.merge.multi import align_to_reference, merge_many
-    from weightspace.merge.ot_fusion import ot_fusion
-    from weightspace.merge.repair import repair, reset_bn_stats
 
     src = cfg.source
     if cfg.data is None and (cfg.method in ("activation_matching", "ste", "fisher") or cfg.repair != "none"):

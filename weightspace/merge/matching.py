@@ -31,6 +31,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
+from weightspace.core import permutation_spec
 from weightspace.errors import SpecError
 from weightspace.merge._common import (
     HeadLayout,
@@ -47,6 +48,7 @@ from weightspace.merge._common import (
     split_groups,
     unit_rows,
 )
+from weightspace.similarity.capture import ActivationCapture, capturable_layers
 from weightspace.symmetry.permutation import (
     Permutation,
     apply_permutation,
@@ -453,8 +455,6 @@ class _CrossCorr:
 def _capture_plan(model: nn.Module, spec: PermutationSpec, blocks: set[int]) -> tuple[dict[int, tuple[str, int]], list[int]]:
     """Which blocks can be captured as module outputs: ``{block: (layer, axis)}``
     and the blocks that cannot (their groups fall back to weights)."""
-    from weightspace.similarity.capture import capturable_layers
-
     names = set(capturable_layers(model))
     mods = dict(model.named_modules())
     plan, missing = {}, []
@@ -494,8 +494,6 @@ def block_moments(
         ``({block: accumulator with .corr() / .sqdist() [size_a, size_b]},
         blocks whose producer output could not be captured)``.
     """
-    from weightspace.similarity.capture import ActivationCapture
-
     spec_b = spec_b or spec_a
     want = set(range(len(spec_a.blocks))) if blocks is None else set(blocks)
     want = {b for b in want if not spec_a.blocks[b].fixed}
@@ -608,8 +606,6 @@ def activation_matching(
     """
     sd_a, sd_b = model_a.state_dict(), model_b.state_dict()
     if spec is None:
-        from weightspace.core import permutation_spec
-
         x0 = example_input
         if x0 is None:
             x0 = next(iter_batches(data, 2))[0][:2]

@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from weightspace.core import permutation_spec
 from weightspace.merge._common import (
     MergeError,
     as_samples,
@@ -32,6 +33,7 @@ from weightspace.merge._common import (
     instantiate,
     iter_batches,
 )
+from weightspace.similarity.capture import ActivationCapture, capturable_layers
 from weightspace.symmetry.spec import PermutationSpec
 
 __all__ = ["RepairPlan", "repair", "repair_plan", "reset_bn_stats"]
@@ -110,8 +112,6 @@ class RepairPlan:
 
 def repair_plan(model: nn.Module, spec: PermutationSpec) -> RepairPlan:
     """Which hidden blocks of ``model`` REPAIR can correct (see :class:`RepairPlan`)."""
-    from weightspace.similarity.capture import capturable_layers
-
     names = set(capturable_layers(model))
     mods = dict(model.named_modules())
     todo, skipped = [], []
@@ -134,8 +134,6 @@ def repair_plan(model: nn.Module, spec: PermutationSpec) -> RepairPlan:
 
 def _stats(m: nn.Module, layers: Sequence[tuple[str, int]], data, batch_size, max_samples):
     """Per layer: (mean, std) over samples and positions, float64 ``[C]``."""
-    from weightspace.similarity.capture import ActivationCapture
-
     names = sorted({l for l, _ in layers})
     cap = ActivationCapture(m, names)
     axis = dict(layers)
@@ -208,8 +206,6 @@ def repair(
         statistics.
     """
     if spec is None:
-        from weightspace.core import permutation_spec
-
         x0 = next(iter_batches(data, 2))[0][:2]
         spec = permutation_spec(model, x0)
     n = len(endpoints)

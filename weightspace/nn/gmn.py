@@ -20,6 +20,7 @@ from weightspace.nn.base import MetaNetwork, register_metanetwork
 from weightspace.nn.batch import GraphBatch, collate, from_pyg
 from weightspace.nn.conv._common import AGGRS, NORMS, activation, mlp
 from weightspace.nn.conv.gmn_conv import GMNConv, PyGContext
+from weightspace.nn.dgl.gmn_conv import DGLContext, DGLGMNConv, require_dgl
 
 __all__ = ["GMN", "GMNOutput", "BACKENDS"]
 
@@ -169,8 +170,6 @@ class GMN(MetaNetwork):
     @staticmethod
     def _conv_class(backend: str) -> type[GMNConv]:
         if backend == "dgl":
-            from weightspace.nn.dgl.gmn_conv import DGLGMNConv, require_dgl
-
             require_dgl()
             return DGLGMNConv
         return GMNConv
@@ -219,8 +218,6 @@ class GMN(MetaNetwork):
         key = ("ctx", self.backend)
         if key not in batch._cache:
             if self.backend == "dgl":
-                from weightspace.nn.dgl.gmn_conv import DGLContext
-
                 batch._cache[key] = DGLContext(batch)
             else:
                 batch._cache[key] = PyGContext(batch)

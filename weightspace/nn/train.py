@@ -31,8 +31,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from weightspace.core import graph_template
 from weightspace.graph import ParameterGraph
-from weightspace.nn.base import MetaNetwork, build_metanetwork
+from weightspace.errors import ConfigError, InputFileError, MissingFileError
+from weightspace.io import (
+    Field, atomic_write, build_checked, check_type, did_you_mean, load_state_dict, read_json, read_safetensors,
+    save_state_dict, validate,
+)
+from weightspace.nn.base import MODEL_REGISTRY, MetaNetwork, build_metanetwork
+from weightspace.symmetry import apply_permutation, random_permutation
 
 __all__ = [
     "TrainConfig",
@@ -133,8 +140,6 @@ def dataset_from_zoo(
         epoch: which checkpoint (``None``: each member's final one).
         all_checkpoints: one sample per stored checkpoint instead.
     """
-    from weightspace.core import graph_template
-
     out = []
     for m in zoo.members():
         template = graph_template(m.arch, **m.model_kwargs)
@@ -169,8 +174,6 @@ def split_dataset(
 def permute_sample(sample: Sample, generator: torch.Generator) -> Sample:
     """The same network under a uniformly random spec permutation (same
     function, relabelled neurons); node extras are relabelled with it."""
-    from weightspace.symmetry import apply_permutation, random_permutation
-
     g = sample[0]
     t = g.template
     perm = random_permutation(t.spec, generator=generator)
@@ -351,7 +354,6 @@ def _field_for(hint: Any, name: str, required: bool):
     import collections.abc
     import typing
 
-    from weightspace.io import Field
 
     nullable = False
     args = typing.get_args(hint)
@@ -403,9 +405,6 @@ def check_metanetwork_config(name: Any, config: Any, *, path: object = None, whe
         ConfigError: unknown class, unknown key, wrong type or out-of-range
             value, naming ``path`` and the key.
     """
-    from weightspace.errors import ConfigError
-    from weightspace.io import check_type, did_you_mean, validate
-    from weightspace.nn.base import MODEL_REGISTRY
 
     check_type(name, str, path=path, field="class")
     if name not in MODEL_REGISTRY:
@@ -429,7 +428,6 @@ def load_metanetwork(name: Any, config: Any, tensors: dict, *, path: object = No
     (:func:`check_metanetwork_config`), the model's size bounded and its
     tensors matched by name and shape before anything is allocated
     (:func:`weightspace.io.build_checked`). Returns the model in eval mode."""
-    from weightspace.io import build_checked
 
     cpath = path if config_path is None else config_path
     cfg = check_metanetwork_config(name, config, path=cpath, where=where)
@@ -446,9 +444,6 @@ def save_checkpoint(model: MetaNetwork, path: str | os.PathLike, *, result: FitR
     Raises:
         InputFileError: ``path`` is an existing file.
     """
-    from weightspace.errors import InputFileError
-    from weightspace.io import atomic_write, save_state_dict
-
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise InputFileError("is a file; save_checkpoint writes a directory (model.safetensors + config.json)", path=path)
@@ -463,7 +458,6 @@ def save_checkpoint(model: MetaNetwork, path: str | os.PathLike, *, result: FitR
 
 
 def _checkpoint_schema() -> dict:
-    from weightspace.io import Field
 
     return {
         "class": Field(str, required=True), "config": Field(dict, required=True), "extra": Field(dict),
@@ -488,9 +482,6 @@ def load_checkpoint(path: str | os.PathLike, **overrides: Any) -> tuple[MetaNetw
             ``config.json`` (named).
         StateDictError: the stored tensors do not match the model (named).
     """
-    from weightspace.errors import InputFileError, MissingFileError
-    from weightspace.io import read_json, read_safetensors, validate
-
     path = Path(path)
     if not path.is_dir():
         if not path.exists():

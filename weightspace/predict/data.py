@@ -20,6 +20,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from weightspace.core import graph_template
+from weightspace.errors import NonFiniteWeightsError
 from weightspace.graph import ParameterGraph
 
 __all__ = ["WeightDataset", "zoo_dataset", "TARGET_ALIASES", "resolve_target"]
@@ -125,9 +127,6 @@ def zoo_dataset(
         :class:`WeightDataset` (``meta`` also holds every metric of the row).
     """
     import pandas as pd
-
-    from weightspace.core import graph_template
-    from weightspace.errors import NonFiniteWeightsError
 
     if isinstance(checkpoints, str) and checkpoints not in ("all", "final"):
         raise ValueError(f"checkpoints must be 'all', 'final' or a list of epochs, got {checkpoints!r}")

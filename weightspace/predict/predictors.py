@@ -57,9 +57,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from weightspace.core import graph_template
 from weightspace.errors import ConfigError, InputFileError, MissingFileError, NonFiniteWeightsError, StateDictError, WeightspaceError
 from weightspace.graph import ParameterGraph
 from weightspace.io import Field, atomic_write, check_numel, did_you_mean, read_json, read_safetensors, validate
+from weightspace.nn import NFN, build_metanetwork
+from weightspace.nn.baselines import NUM_STATS
+from weightspace.nn.train import FitResult, TrainConfig, fit, load_metanetwork, predict
 from weightspace.predict.data import WeightDataset
 from weightspace.predict.features import (
     Layout,
@@ -670,8 +674,6 @@ class MetaNetPredictor(BasePredictor):
         return bool(self.allow_new_architectures)
 
     def _build(self, graphs: Sequence[ParameterGraph]):
-        from weightspace.nn import build_metanetwork
-
         if self.model not in METANETWORKS:
             raise ValueError(f"model must be one of {sorted(METANETWORKS)}, got {self.model!r}")
         cls_name = METANETWORKS[self.model]
@@ -681,22 +683,16 @@ class MetaNetPredictor(BasePredictor):
         if cls_name == "GMN":
             kw.setdefault("edge_dim", max(64, max(g.template.max_width for g in graphs)))
         elif cls_name == "StatNN":
-            from weightspace.nn.baselines import NUM_STATS
-
             kw.setdefault("in_features", NUM_STATS * max(len(g.template.keys) for g in graphs))
         elif cls_name == "FlatMLP":
             kw.setdefault("in_features", max(g.template.num_values for g in graphs))
         elif cls_name == "NFN":
-            from weightspace.nn import NFN
-
             return NFN.for_template(t, **kw)
         return build_metanetwork(cls_name, kw)
 
     def _graphs(self, nets: Sequence[Network]) -> list[ParameterGraph]:
         """ParameterGraphs of ``nets``; state_dicts are matched to a known
         architecture by their tensor names and shapes."""
-        from weightspace.core import graph_template
-
         out = []
         archs = getattr(self, "architectures_", [])
         for i, n in enumerate(nets):
@@ -721,8 +717,6 @@ class MetaNetPredictor(BasePredictor):
 
     def fit(self, X: Any, y: Any = None) -> "MetaNetPredictor":
         """Train on networks ``X`` (ParameterGraphs or a WeightDataset) and targets ``y`` ``[n]``."""
-        from weightspace.nn.train import TrainConfig, fit
-
         nets, y, ds = _unpack_fit(X, y)
         if not all(isinstance(n, ParameterGraph) for n in nets):
             raise TypeError("fit a metanetwork predictor on ParameterGraphs or a WeightDataset, not state_dicts")
@@ -754,8 +748,6 @@ class MetaNetPredictor(BasePredictor):
     def predict(self, X: Any, *, batch_size: int = 64) -> np.ndarray:
         """Predicted targets ``[n]`` for networks ``X`` (ParameterGraphs, or
         state_dicts of an architecture seen in training)."""
-        from weightspace.nn.train import predict
-
         self._check_fitted()
         nets, _, _ = _unpack(X)
         graphs = self._align(self._graphs(nets))
@@ -779,8 +771,6 @@ class MetaNetPredictor(BasePredictor):
         return state, sd
 
     def _restore(self, state, arrays, path):
-        from weightspace.nn.train import FitResult, TrainConfig, load_metanetwork
-
         ipath = path / "predictor.json"
         state = validate(state, {
             "class": Field(str, required=True), "config": Field(dict, required=True),

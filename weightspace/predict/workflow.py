@@ -11,6 +11,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from weightspace.core import parameter_graph
+from weightspace.data import ZooLike
+from weightspace.io import load_state_dict
 from weightspace.predict.data import WeightDataset, zoo_dataset
 from weightspace.predict.metrics import MetricCI, evaluate
 from weightspace.predict.predictors import BasePredictor, load_predictor, make_predictor
@@ -88,7 +91,7 @@ def make_split(
 
 
 def fit_zoo(
-    zoo: Any,
+    zoo: ZooLike,
     target: str = "test_acc",
     model: str = "gbm",
     *,
@@ -107,7 +110,8 @@ def fit_zoo(
     """Fit a predictor on a zoo, evaluate it on held-out members, save it.
 
     Args:
-        zoo: a ``zoo.Zoo`` or the path of a zoo directory.
+        zoo: the zoo: any :class:`~weightspace.data.ZooLike` (``zoo.Zoo(path)``
+            or a ``filter``/``split`` view of one).
         target: metric to predict (see :func:`~weightspace.predict.zoo_dataset`).
         model: predictor kind (:func:`~weightspace.predict.make_predictor`).
         checkpoints: ``"all"``, ``"final"`` or a list of epochs.
@@ -123,10 +127,12 @@ def fit_zoo(
     Returns:
         :class:`FitReport`.
     """
-    from zoo import Zoo
-
-    z = zoo if hasattr(zoo, "members") else Zoo(zoo)
-    ds = zoo_dataset(z, target, checkpoints=checkpoints)
+    if not isinstance(zoo, ZooLike):
+        raise TypeError(
+            f"fit_zoo needs a zoo (an object with members() and to_pandas(), e.g. zoo.Zoo(path)), "
+            f"got {type(zoo).__name__} {zoo!r}"
+        )
+    ds = zoo_dataset(zoo, target, checkpoints=checkpoints)
     if len(ds) < 4:
         raise ValueError(f"the zoo gives only {len(ds)} usable networks; need at least 4")
     kw = dict(params or {})
@@ -182,8 +188,6 @@ def rank_checkpoints(
     Returns:
         ``[{"rank", "checkpoint", "prediction"}]`` sorted best first.
     """
-    from weightspace.io import load_state_dict
-
     p = predictor if isinstance(predictor, BasePredictor) else load_predictor(predictor)
     nets, names = [], []
     for c in checkpoints:
@@ -194,8 +198,6 @@ def rank_checkpoints(
             nets.append(load_state_dict(c))
             names.append(str(c))
     if arch is not None:
-        from weightspace.core import parameter_graph
-
         nets = [parameter_graph(sd, arch=arch, **dict(arch_kwargs or {})) for sd in nets]
     try:
         pred = p.predict(nets)

@@ -12,7 +12,11 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
+from weightspace.arch import create_model, get_model_info
+from weightspace.errors import MissingFileError, StateDictError, WeightspaceError
+from weightspace.io import check_count, load_state_dict, read_json
 from zoo.errors import ZooFormatError
+from zoo.store import Zoo, ZooWriter
 from zoo.train import CheckpointResult
 
 __all__ = [
@@ -39,8 +43,6 @@ class ImportedMember:
 
     def module(self, epoch: int | None = None) -> torch.nn.Module:
         """The network with the (final, or ``epoch``) weights loaded, eval mode."""
-        from zoo.registry import create_model
-
         ck = self.checkpoints[-1] if epoch is None else next(c for c in self.checkpoints if c.epoch == epoch)
         model = create_model(self.config["arch"], **self.config["model"])
         model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in ck.state_dict.items()})
@@ -65,8 +67,6 @@ def reference_state_dict(arch: str, model_kwargs: Mapping[str, Any], *, path: An
     """The state dict of ``arch(**model_kwargs)``; an unknown architecture or
     arguments it refuses (e.g. a negative width) are a :class:`ZooFormatError`
     naming ``path``."""
-    from zoo.registry import create_model, get_model_info
-
     try:
         get_model_info(arch)
     except KeyError as e:
@@ -111,9 +111,6 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     never runs pickled code). Any failure (missing, a directory, empty,
     truncated, corrupt, not a state dict) is a :class:`ZooFormatError` naming
     the file."""
-    from weightspace.errors import MissingFileError, WeightspaceError
-    from weightspace.io import load_state_dict
-
     try:
         return load_state_dict(path)
     except MissingFileError:
@@ -146,8 +143,6 @@ def finite(sd: Mapping[str, Any]) -> bool:
 
 def check_limit(limit: Any) -> int | None:
     """``limit`` (``None`` or an int >= 1); else :class:`~weightspace.errors.ConfigError` naming it."""
-    from weightspace.io import check_count
-
     return check_count(limit, "limit")
 
 
@@ -182,9 +177,6 @@ def _check_resume(out: Path, info: Mapping[str, Any]) -> None:
     """Refuse (before anything is written) to resume an import into a zoo
     made from another source directory or with other options, naming the
     option and both values."""
-    from weightspace.errors import WeightspaceError
-    from weightspace.io import read_json
-
     zpath = out / "zoo.json"
     if not zpath.is_file():
         return
@@ -237,8 +229,6 @@ def import_members(
     import itertools
 
     from tqdm.auto import tqdm
-
-    from zoo.store import Zoo, ZooWriter
 
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():

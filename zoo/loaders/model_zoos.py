@@ -31,6 +31,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
+from weightspace.arch import get_model_info
 from weightspace.errors import ConfigError, WeightspaceError
 from weightspace.io import check_count, read_json, read_text
 from zoo.errors import ZooFormatError
@@ -110,7 +111,6 @@ def _resolve_arch(arch: ArchSpec, params: dict, model_kwargs: Mapping[str, Any] 
     else:
         name, kwargs = str(arch), {}
     kwargs.update(model_kwargs or {})
-    from zoo.registry import get_model_info
 
     try:
         info = get_model_info(name)

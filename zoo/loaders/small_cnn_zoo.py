@@ -51,6 +51,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from weightspace.arch import create_model
 from weightspace.errors import ConfigError, InputFileError
 from weightspace.io import check_count, check_numel, read_npy
 from zoo.errors import ZooFormatError
@@ -384,8 +385,6 @@ def load_small_cnn_zoo(
         ConfigError: an option is out of range (names the option).
     """
     import pandas as pd
-
-    from zoo.registry import create_model
 
     _check_options(steps, padding, image_size, limit)
     path = Path(path).expanduser()

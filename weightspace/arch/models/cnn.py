@@ -6,10 +6,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from zoo.models._common import activation as make_activation
-from zoo.registry import register_model
+from weightspace.arch.models._common import activation as make_activation
+from weightspace.arch.registry import register_model
 
 
+@register_model(
+    "cnn_small",
+    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    input_kwargs={"image_size": 8},  # the network is size-agnostic
+    description="Small CNN Zoo shape: 3 conv x16 (3x3, stride 2) + global avg pool + linear",
+    tags=("cnn",),
+)
 class SmallCNN(nn.Module):
     """The Small CNN Zoo architecture (Unterthiner et al. 2020).
 
@@ -45,25 +52,12 @@ class SmallCNN(nn.Module):
 
 
 @register_model(
-    "cnn_small",
-    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
-    description="Small CNN Zoo shape: 3 conv x16 (3x3, stride 2) + global avg pool + linear",
+    "cnn1d",
+    input_shape=lambda kw: (2, kw["in_channels"], kw["length"]),
+    input_kwargs={"length": 40},
+    description="1-d CNN for MNIST-1D style sequences",
     tags=("cnn",),
 )
-def cnn_small(
-    in_channels: int = 1,
-    num_classes: int = 10,
-    width: int = 16,
-    depth: int = 3,
-    activation: str = "relu",
-    dropout: float = 0.0,
-    image_size: int = 8,
-) -> nn.Module:
-    """``image_size`` only sets the example input (the network is size-agnostic)."""
-    del image_size
-    return SmallCNN(in_channels, num_classes, width, depth, activation, dropout)
-
-
 class CNN1d(nn.Module):
     """1-d CNN for sequences such as MNIST-1D (40 samples, 1 channel)."""
 
@@ -94,24 +88,12 @@ class CNN1d(nn.Module):
 
 
 @register_model(
-    "cnn1d",
-    input_shape=lambda kw: (2, kw["in_channels"], kw["length"]),
-    description="1-d CNN for MNIST-1D style sequences",
+    "mobilenet_tiny",
+    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    input_kwargs={"image_size": 8},
+    description="depthwise/grouped CNN with GroupNorm, concat and flatten (C x 2 x 2)",
     tags=("cnn",),
 )
-def cnn1d(
-    in_channels: int = 1,
-    num_classes: int = 10,
-    width: int = 32,
-    depth: int = 3,
-    kernel_size: int = 5,
-    activation: str = "relu",
-    length: int = 40,
-) -> nn.Module:
-    del length
-    return CNN1d(in_channels, num_classes, width, depth, kernel_size, activation)
-
-
 class TinyMobileNet(nn.Module):
     """Depthwise-separable CNN with grouped convs, GroupNorm, a two-branch
     concatenation and a flatten of C x 2 x 2 into the classifier."""
@@ -139,16 +121,3 @@ class TinyMobileNet(nn.Module):
         x = torch.cat([self.branch_a(x), self.branch_b(x)], dim=1)
         x = self.pool(torch.relu(x))
         return self.classifier(torch.flatten(x, 1))
-
-
-@register_model(
-    "mobilenet_tiny",
-    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
-    description="depthwise/grouped CNN with GroupNorm, concat and flatten (C x 2 x 2)",
-    tags=("cnn",),
-)
-def mobilenet_tiny(
-    in_channels: int = 1, num_classes: int = 10, width: int = 16, image_size: int = 8
-) -> nn.Module:
-    del image_size
-    return TinyMobileNet(in_channels, num_classes, width)

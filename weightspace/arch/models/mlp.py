@@ -6,10 +6,16 @@ from typing import Sequence
 
 from torch import nn
 
-from zoo.models._common import activation as make_activation
-from zoo.registry import register_model
+from weightspace.arch.models._common import activation as make_activation
+from weightspace.arch.registry import register_model
 
 
+@register_model(
+    "mlp",
+    input_shape=lambda kw: (2, kw["in_features"]),
+    description="MLP on flat inputs (default: 64 digits pixels -> 64 -> 64 -> 10)",
+    tags=("mlp",),
+)
 class MLP(nn.Module):
     """``in -> [Linear -> act -> dropout] * len(hidden) -> Linear -> out``.
 
@@ -39,20 +45,3 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.layers(x.flatten(1))
-
-
-@register_model(
-    "mlp",
-    input_shape=lambda kw: (2, kw["in_features"]),
-    description="MLP on flat inputs (default: 64 digits pixels -> 64 -> 64 -> 10)",
-    tags=("mlp",),
-)
-def mlp(
-    in_features: int = 64,
-    hidden: Sequence[int] = (64, 64),
-    out_features: int = 10,
-    activation: str = "relu",
-    dropout: float = 0.0,
-    bias: bool = True,
-) -> nn.Module:
-    return MLP(in_features, tuple(hidden), out_features, activation, dropout, bias)

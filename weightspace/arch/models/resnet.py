@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from zoo.registry import register_model
+from weightspace.arch.registry import register_model
 
 
 class BasicBlock(nn.Module):
@@ -100,16 +100,16 @@ class CifarResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+# The ResNets keep small factories: each fixes a constructor argument (depth,
+# block, layers) that its registry name stands for.
 @register_model(
     "resnet20",
     input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    input_kwargs={"image_size": 32},
     description="CIFAR ResNet-20 with BatchNorm and width multiplier",
     tags=("cnn", "resnet"),
 )
-def resnet20(
-    width: int = 1, num_classes: int = 10, in_channels: int = 3, image_size: int = 32
-) -> nn.Module:
-    del image_size
+def resnet20(width: int = 1, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return CifarResNet(20, width, num_classes, in_channels)
 
 
@@ -151,22 +151,20 @@ class ImageNetResNet(nn.Module):
 @register_model(
     "resnet18",
     input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    input_kwargs={"image_size": 64},  # 64 keeps tracing fast; the graph does not depend on it
     description="ResNet-18 (torchvision layout, BasicBlock x [2,2,2,2])",
     tags=("cnn", "resnet", "imagenet"),
 )
-def resnet18(num_classes: int = 1000, in_channels: int = 3, image_size: int = 64) -> nn.Module:
-    """``image_size`` sets the example input only (64 keeps tracing fast; the
-    parameter graph does not depend on it)."""
-    del image_size
+def resnet18(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
     return ImageNetResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels)
 
 
 @register_model(
     "resnet50",
     input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    input_kwargs={"image_size": 64},
     description="ResNet-50 (torchvision layout, Bottleneck x [3,4,6,3])",
     tags=("cnn", "resnet", "imagenet"),
 )
-def resnet50(num_classes: int = 1000, in_channels: int = 3, image_size: int = 64) -> nn.Module:
-    del image_size
+def resnet50(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
     return ImageNetResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.registry import register_model
+from weightspace.arch.registry import register_model
 
 
 class Attention(nn.Module):
@@ -69,6 +69,12 @@ class Block(nn.Module):
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
+@register_model(
+    "vit_tiny",
+    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    description="small ViT (hand-written MHA, cls token, pos embedding) for 8x8 digits",
+    tags=("transformer",),
+)
 class VisionTransformer(nn.Module):
     """ViT: conv patch embedding, cls token, learned positional embedding,
     pre-norm blocks, final LayerNorm and a linear head on the cls token."""
@@ -106,27 +112,13 @@ class VisionTransformer(nn.Module):
 
 
 @register_model(
-    "vit_tiny",
-    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
-    description="small ViT (hand-written MHA, cls token, pos embedding) for 8x8 digits",
+    "token_transformer",
+    input_shape=lambda kw: (2, kw["seq_len"]),
+    input_dtype=torch.long,
+    input_high=lambda kw: kw["vocab_size"],
+    description="token encoder: Embedding + nn.MultiheadAttention blocks + mean pool",
     tags=("transformer",),
 )
-def vit_tiny(
-    image_size: int = 8,
-    patch_size: int = 2,
-    in_channels: int = 1,
-    num_classes: int = 10,
-    dim: int = 32,
-    depth: int = 2,
-    num_heads: int = 4,
-    mlp_ratio: float = 2.0,
-    qkv: str = "fused",
-) -> nn.Module:
-    return VisionTransformer(
-        image_size, patch_size, in_channels, num_classes, dim, depth, num_heads, mlp_ratio, qkv
-    )
-
-
 class TokenEncoder(nn.Module):
     """Token-sequence classifier: ``nn.Embedding`` + learned positions,
     ``nn.MultiheadAttention`` blocks (post-norm), mean pooling, linear head."""
@@ -163,23 +155,3 @@ class TokenEncoder(nn.Module):
             x = n1(x + a)
             x = n2(x + mlp(x))
         return self.head(x.mean(dim=1))
-
-
-@register_model(
-    "token_transformer",
-    input_shape=lambda kw: (2, kw["seq_len"]),
-    input_dtype=torch.long,
-    input_high=lambda kw: kw["vocab_size"],
-    description="token encoder: Embedding + nn.MultiheadAttention blocks + mean pool",
-    tags=("transformer",),
-)
-def token_transformer(
-    vocab_size: int = 32,
-    seq_len: int = 16,
-    num_classes: int = 4,
-    dim: int = 32,
-    depth: int = 2,
-    num_heads: int = 4,
-    mlp_ratio: float = 2.0,
-) -> nn.Module:
-    return TokenEncoder(vocab_size, seq_len, num_classes, dim, depth, num_heads, mlp_ratio)

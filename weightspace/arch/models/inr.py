@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from zoo.registry import register_model
+from weightspace.arch.registry import register_model
 
 
 class Sine(nn.Module):
@@ -22,6 +22,12 @@ class Sine(nn.Module):
         return torch.sin(self.w0 * x)
 
 
+@register_model(
+    "siren",
+    input_shape=lambda kw: (2, kw["in_features"]),
+    description="SIREN INR (2 -> 32 -> 32 -> 1 by default)",
+    tags=("inr", "mlp"),
+)
 class Siren(nn.Module):
     """SIREN MLP mapping coordinates to signal values, with the SIREN init
     (first layer U(-1/in, 1/in), later layers U(-sqrt(6/in)/w0, sqrt(6/in)/w0)).
@@ -55,19 +61,3 @@ class Siren(nn.Module):
         for layer, act in zip(self.layers, self.acts):
             x = act(layer(x))
         return self.out(x)
-
-
-@register_model(
-    "siren",
-    input_shape=lambda kw: (2, kw["in_features"]),
-    description="SIREN INR (2 -> 32 -> 32 -> 1 by default)",
-    tags=("inr", "mlp"),
-)
-def siren(
-    in_features: int = 2,
-    hidden: Sequence[int] = (32, 32),
-    out_features: int = 1,
-    w0: float = 30.0,
-    w0_first: float = 30.0,
-) -> nn.Module:
-    return Siren(in_features, tuple(hidden), out_features, w0, w0_first)

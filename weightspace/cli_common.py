@@ -10,8 +10,16 @@ import typer
 
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import ClickException as _ClickException
+    from typer._click.exceptions import NoArgsIsHelpError as _NoArgsIsHelp
+    from typer._click.exceptions import UsageError as _UsageError
 except ImportError:  # pragma: no cover - older typer on top of click
     from click.exceptions import ClickException as _ClickException
+    from click.exceptions import UsageError as _UsageError
+
+    try:
+        from click.exceptions import NoArgsIsHelpError as _NoArgsIsHelp
+    except ImportError:
+        _NoArgsIsHelp = ()
 
 
 def one_line(msg: object) -> str:
@@ -25,15 +33,37 @@ def fail(msg: object, code: int = 2) -> NoReturn:
     raise typer.Exit(code=code)
 
 
+def usage_fail(exc: _ClickException) -> NoReturn:
+    """A click usage error (bad option value, ``min=``/``max=`` range, unknown
+    option or command, missing argument) as one line ``error: ...`` naming
+    the option, plus where the help is; exit code 2 as click's."""
+    msg = one_line(exc.format_message())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, _UsageError) and ctx is not None:
+        msg += f" (see '{ctx.command_path} --help')"
+    fail(msg, code=exc.exit_code)
+
+
 class ErrorBoundary(typer.core.TyperGroup):
     """The CLI's one error boundary, as the root command group.
 
     Any :class:`~weightspace.errors.WeightspaceError` or ``OSError`` escaping a
     command becomes one line ``error: ...`` on stderr and exit code 2; any
     other exception is a bug: one line ``internal error: ...`` and exit code 1.
+    Click's usage errors (a bad option value, a count out of its ``min=``
+    range, an unknown option) are one line ``error: ...`` as well, exit code 2.
     ``weightspace --debug ...`` (or ``WEIGHTSPACE_DEBUG=1``) re-raises instead,
     so the traceback shows.
     """
+
+    def make_context(self, info_name, args, parent=None, **extra):  # noqa: D102 - click API
+        # errors in the root's own options or an unknown command name
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _NoArgsIsHelp:
+            raise
+        except _ClickException as exc:
+            usage_fail(exc)
 
     def invoke(self, ctx):  # noqa: D102 - click API
         import os
@@ -42,7 +72,11 @@ class ErrorBoundary(typer.core.TyperGroup):
 
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, _ClickException, KeyboardInterrupt):
+        except _NoArgsIsHelp:
+            raise
+        except _ClickException as exc:  # subcommands' usage errors are parsed in here
+            usage_fail(exc)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:
             if ctx.params.get("debug") or os.environ.get("WEIGHTSPACE_DEBUG"):

@@ -104,3 +104,56 @@ def parse_kv(items: Sequence[str] | None, what: str = "--arg") -> dict:
         except json.JSONDecodeError:
             out[k] = v
     return out
+
+
+def name_path(exc: Exception, path: object) -> Exception:
+    """``exc`` (a :class:`~weightspace.errors.WeightspaceError`) naming the file
+    ``path`` if it names none yet -- e.g. a state_dict mismatch found after
+    the file was read. Other exceptions are returned unchanged."""
+    from weightspace.errors import WeightspaceError
+
+    if not isinstance(exc, WeightspaceError) or exc.path is not None:
+        return exc
+    try:
+        return type(exc)(exc.message, path=path, field=exc.field)
+    except TypeError:  # a subclass with its own constructor
+        return WeightspaceError(exc.message, path=path, field=exc.field)
+
+
+def check_arch(arch: str, kwargs: dict, option: str = "--arg") -> None:
+    """Refuse an unknown architecture or architecture arguments it cannot be
+    built with (wrong type, negative or zero sizes, more than
+    :data:`~weightspace.io.MAX_NUMEL` values) before anything is allocated:
+    the model is first built on the ``meta`` device.
+
+    Raises:
+        ConfigError: naming ``option`` and the arguments.
+    """
+    import warnings
+
+    import torch
+    import zoo
+
+    from weightspace.errors import ConfigError
+    from weightspace.io import MAX_NUMEL
+
+    try:
+        zoo.get_model_info(arch)
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0]) if exc.args else f"unknown architecture {arch!r}") from None
+    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its default arguments"
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            module = zoo.create_model(arch, **kwargs)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise ConfigError(f"cannot build {arch!r} with {shown}: {one_line(exc)}", field=option) from None
+    total = 0
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        if t.numel() == 0 and t.dim() > 0:
+            raise ConfigError(f"{arch!r} with {shown} has an empty tensor {name!r} {tuple(t.shape)}; "
+                              "every layer needs at least one unit", field=option)
+        total += t.numel()
+    if total > MAX_NUMEL:
+        raise ConfigError(f"{arch!r} with {shown} has {total} values (limit {MAX_NUMEL}); check the sizes",
+                          field=option)

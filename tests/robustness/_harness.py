@@ -21,6 +21,8 @@ swallowed into ``result.exception`` -- and asserts:
 1. exit code 2;
 2. stderr is exactly one non-empty line, starting with ``error:``, and
    neither stdout nor stderr contains ``Traceback`` or ``internal error``;
+   no warning is issued (under Python's default filters a user would see it
+   on stderr beside the error);
 3. the error line contains every ``expect`` substring;
 4. no marker file appeared;
 5. a snapshot (path -> size, mtime_ns, sha256) of the case's directory and
@@ -39,6 +41,7 @@ import hashlib
 import os
 import signal
 import stat
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -172,7 +175,7 @@ class Outcome:
 
 def invoke(argv: Sequence[str]):
     """``CliRunner().invoke(app, argv, catch_exceptions=False)`` with a
-    timeout and without ``WEIGHTSPACE_DEBUG``."""
+    timeout and without ``WEIGHTSPACE_DEBUG``; returns ``(result, warnings)``."""
     from typer.testing import CliRunner
 
     from weightspace.cli import app
@@ -180,10 +183,18 @@ def invoke(argv: Sequence[str]):
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(CASE_TIMEOUT_S)
     try:
-        return CliRunner().invoke(
-            app, [str(a) for a in argv], catch_exceptions=False,
-            env={"WEIGHTSPACE_DEBUG": None, "COLUMNS": "200"},
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            # Python's default filters, as a user's shell sees them (pytest's
+            # capture would otherwise hide warnings printed before the error)
+            warnings.resetwarnings()
+            warnings.simplefilter("default")
+            for cat in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", cat)
+            res = CliRunner().invoke(
+                app, [str(a) for a in argv], catch_exceptions=False,
+                env={"WEIGHTSPACE_DEBUG": None, "COLUMNS": "200"},
+            )
+        return res, [f"{w.category.__name__}: {w.message}" for w in caught]
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
@@ -195,11 +206,11 @@ def check(case: Case, ctx: CaseCtx, roots: Sequence[Path]) -> Outcome:
     argv = list(case.build(ctx))
     before = snapshot(roots)
     try:
-        res = invoke(argv)
+        res, warned = invoke(argv)
     except (CaseTimeout, ReachedRealWork) as exc:
         return Outcome(argv, -1, "", "", None, [f"{type(exc).__name__}: {exc}"])
     after = snapshot(roots)
-    problems: list[str] = []
+    problems: list[str] = [f"a warning is printed beside the error ({w[:150]})" for w in warned]
     if res.exit_code != 2:
         problems.append(f"exit code {res.exit_code}, expected 2")
     both = res.stdout + res.stderr

@@ -247,7 +247,7 @@ def _merge_cfg(c: CaseCtx, **changes) -> dict:
     a = F.copy(c.assets.weights, c.path("a.safetensors"))
     b = F.copy(c.assets.weights, c.path("b.safetensors"))
     cfg = {"arch": "mlp", "arch_kwargs": {"hidden": [8]}, "models": [{"path": str(a)}, {"path": str(b)}],
-           "method": "average"}
+           "method": "weight_matching"}
     for k, v in changes.items():
         if v is None:
             cfg.pop(k, None)
@@ -293,7 +293,8 @@ add("merge-config-top-list", "merge", "wrong-type", lambda c: _merge(c, F.text(c
     ["list.yaml"])
 add("merge-config-top-scalar", "merge", "wrong-type", lambda c: _merge(c, F.text(c.path("scalar.yaml"), "hello\n")),
     ["scalar.yaml"])
-for _id, _changes, _exp in [
+#: wrong fields in a merge config: name -> (top-level changes, expected names)
+MERGE_FIELDS = {_id: (_changes, _exp) for _id, _changes, _exp in [
     ("models-not-list", {"models": 5}, ["models"]),
     ("models-empty", {"models": []}, ["models"]),
     ("models-missing", {"models": None}, ["models"]),
@@ -325,7 +326,8 @@ for _id, _changes, _exp in [
     ("seed-string", {"seed": "abc"}, ["seed"]),
     ("options-negative-sweeps", {"method": "weight_matching", "options": {"max_sweeps": -1}}, ["max_sweeps"]),
     ("options-unknown", {"options": {"bogus_option": 1}}, ["bogus_option"]),
-]:
+]}
+for _id, (_changes, _exp) in MERGE_FIELDS.items():
     add(f"merge-field-{_id}", "merge", "wrong-type" if "negative" not in _id and "zero" not in _id else "negative-count",
         _merge_yaml(**_changes), _exp)
 add_weights_cases("merge", "merge-model",
@@ -397,7 +399,8 @@ add("zoo-build-recipe-top-list", "zoo build", "wrong-type",
     lambda c: _build(c, str(F.text(c.path("list.yaml"), "- a\n- b\n"))), ["list.yaml"])
 add("zoo-build-recipe-invalid-toml", "zoo build", "corrupt",
     lambda c: _build(c, str(F.text(c.path("bad.toml"), "name = [unclosed\n"))), ["bad.toml"])
-for _id, _dotted, _value, _exp in [
+#: wrong fields in a recipe: name -> (dotted key, value (None: delete), expected name)
+RECIPE_FIELDS = {_id: (_dotted, _value, _exp) for _id, _dotted, _value, _exp in [
     ("epochs-string", "train.epochs", "ten", "epochs"),
     ("epochs-negative", "train.epochs", -1, "epochs"),
     ("batch-size-zero", "train.batch_size", 0, "batch_size"),
@@ -414,7 +417,8 @@ for _id, _dotted, _value, _exp in [
     ("search-method-unknown", "search.method", "bogus_search", "bogus_search"),
     ("search-space-bad-key", "search.space", {"model.no_such_key": [1, 2]}, "no_such_key"),
     ("name-missing", "name", None, "name"),
-]:
+]}
+for _id, (_dotted, _value, _exp) in RECIPE_FIELDS.items():
     add(f"zoo-build-field-{_id}", "zoo build",
         "negative-count" if ("negative" in _id or "zero" in _id) else "wrong-type",
         (lambda d, v: lambda c: _build(c, _recipe(c, edit=_set(d, v))))(_dotted, _value), ["recipe.yaml", _exp])
@@ -540,7 +544,8 @@ def _unlink(name):
     return lambda d: (d / name).unlink()
 
 
-for _id, _edit, _kind, _exp in [
+#: malformed Small CNN Zoo directories: name -> (edit(dir), input class, expected name)
+SCZ_EDITS = {_id: (_edit, _kind, _exp) for _id, _edit, _kind, _exp in [
     ("weights-missing", _unlink("weights.npy"), "missing", "weights.npy"),
     ("weights-empty", lambda d: F.empty(d / "weights.npy"), "empty", "weights.npy"),
     ("weights-random-bytes", lambda d: F.random_bytes(d / "weights.npy"), "corrupt", "weights.npy"),
@@ -566,7 +571,8 @@ for _id, _edit, _kind, _exp in [
     ("metrics-no-step", _scz_metrics_no_step, "malformed-scz", "step"),
     ("metrics-bad-activation", _scz_metrics_bad_activation, "malformed-scz", "bogus_act"),
     ("metrics-bad-num-layers", _scz_metrics_bad_num_layers, "malformed-scz", "num_layers"),
-]:
+]}
+for _id, (_edit, _kind, _exp) in SCZ_EDITS.items():
     if _id == "weights-pickle-code":
         add(f"zoo-import-{_id}", "zoo import-small-cnn-zoo", _kind,
             lambda c: _imp(c, _scz(c, lambda d: F.malicious_npy(d / "weights.npy", c.marker()))), [_exp])
@@ -663,7 +669,8 @@ def _pj_params(**changes):
     return edit
 
 
-for _id, _edit, _kind, _exp in [
+#: damaged saved predictors: name -> (edit(dir), input class, expected names)
+PREDICTOR_EDITS = {_id: (_edit, _kind, _exp) for _id, _edit, _kind, _exp in [
     ("json-missing", _unlink("predictor.json"), "missing", ["predictor.json"]),
     ("json-empty", lambda d: F.empty(d / "predictor.json"), "empty", ["predictor.json"]),
     ("json-random-bytes", lambda d: F.random_bytes(d / "predictor.json"), "corrupt", ["predictor.json"]),
@@ -697,7 +704,8 @@ for _id, _edit, _kind, _exp in [
     ("arrays-random-bytes", lambda d: F.random_bytes(d / "arrays.safetensors"), "corrupt", ["arrays.safetensors"]),
     ("arrays-huge-shape", lambda d: F.safetensors_huge_shape(d / "arrays.safetensors"), "tampered",
      ["arrays.safetensors"]),
-]:
+]}
+for _id, (_edit, _kind, _exp) in PREDICTOR_EDITS.items():
     add(f"predict-rank-predictor-{_id}", "predict rank", _kind,
         (lambda e: lambda c: _rank(c, [str(c.assets.weights)], _pred_copy(c, e)))(_edit), _exp)
 add("predict-rank-predictor-missing", "predict rank", "missing",
@@ -747,7 +755,8 @@ add_weights_cases("generate init", "generate-init-hypernet",
                   ["empty", "truncated", "random-bytes", "huge-header", "huge-shape", "directory", "missing",
                    "pickle-code", "pt-random", "text"],
                   lambda c, w: _init(c, w))
-for _id, _changes, _kind, _exp in [
+#: tampered saved hypernetworks: name -> (metadata changes for F.retag, input class, expected names)
+HYPERNET_TAMPER = {_id: (_changes, _kind, _exp) for _id, _changes, _kind, _exp in [
     ("plain-weights", {"kind": None, "config": None}, "wrong-type", ["hn.safetensors"]),
     ("kind-other", {"kind": "CheckpointFlow"}, "wrong-type", ["hn.safetensors"]),
     ("config-missing", {"config": None}, "tampered", ["hn.safetensors", "config"]),
@@ -758,7 +767,8 @@ for _id, _changes, _kind, _exp in [
     ("config-unknown-key", {"config": {"no_such_key": 1}}, "tampered", ["hn.safetensors", "no_such_key"]),
     ("probe-shape-huge", {"probe_shape": F.HUGE}, "tampered", ["hn.safetensors", "probe_shape"]),
     ("probe-shape-string", {"probe_shape": "\"big\""}, "tampered", ["hn.safetensors", "probe_shape"]),
-]:
+]}
+for _id, (_changes, _kind, _exp) in HYPERNET_TAMPER.items():
     add(f"generate-init-hypernet-{_id}", "generate init", _kind,
         (lambda ch: lambda c: _init(c, str(F.retag(c.assets.hypernet, c.path("hn.safetensors"), **ch))))(_changes),
         _exp)
@@ -799,7 +809,8 @@ def _samples(c, gen=None, zoo_dir=None, *extra, out=None):
 add_weights_cases("generate samples", "generate-samples-generator",
                   ["empty", "truncated", "random-bytes", "huge-shape", "directory", "missing", "pickle-code", "text"],
                   lambda c, w: _samples(c, w))
-for _id, _changes, _kind, _exp in [
+#: tampered saved checkpoint flows: name -> (metadata changes for F.retag, input class, expected names)
+FLOW_TAMPER = {_id: (_changes, _kind, _exp) for _id, _changes, _kind, _exp in [
     ("plain-weights", {"kind": None, "config": None}, "wrong-type", ["gen.safetensors"]),
     ("kind-other", {"kind": "GraphHyperNetwork"}, "wrong-type", ["gen.safetensors"]),
     ("config-not-json", {"config": "{oops"}, "tampered", ["gen.safetensors", "config"]),
@@ -807,7 +818,8 @@ for _id, _changes, _kind, _exp in [
     ("config-arch-unknown", {"config": {"arch": {"name": "no_such_arch", "kwargs": {}}}}, "tampered",
      ["gen.safetensors", "arch"]),
     ("config-cond-range-string", {"config": {"cond_range": "wide"}}, "wrong-type", ["gen.safetensors", "cond_range"]),
-]:
+]}
+for _id, (_changes, _kind, _exp) in FLOW_TAMPER.items():
     add(f"generate-samples-generator-{_id}", "generate samples", _kind,
         (lambda ch: lambda c: _samples(c, str(F.retag(c.assets.flow, c.path("gen.safetensors"), **ch))))(_changes),
         _exp)

@@ -44,6 +44,7 @@ class Assets:
     hypernet: Path  # saved (untrained) GraphHyperNetwork
     flow: Path  # saved (untrained) CheckpointFlow on ARCH
     scz: Path  # Small CNN Zoo directory (2 runs x 2 steps)
+    scz_zoo: Path  # the zoo imported from it
     recipe: dict  # tiny recipe (1 member, 1 epoch) for `zoo build`
 
 
@@ -105,10 +106,15 @@ def build_assets(root: Path) -> Assets:
                    metric_name="test_acc").save(root / "flow.safetensors")
 
     write_small_cnn_zoo(root / "scz", runs=2, steps=(0, 86))
+    from zoo.loaders import import_small_cnn_zoo
+
+    import_small_cnn_zoo(root / "scz", root / "scz_zoo", progress=False)
+    (root / "scz_zoo" / ".lock").unlink(missing_ok=True)
     recipe = tiny_recipe_dict(num_members=1, epochs=1)
     recipe["search"]["num_members"] = 1
     return Assets(root, weights, weights_pt, weights_default, other, root / "zoo", root / "empty_zoo",
-                  root / "predictor", root / "hypernet.safetensors", root / "flow.safetensors", root / "scz", recipe)
+                  root / "predictor", root / "hypernet.safetensors", root / "flow.safetensors", root / "scz",
+                  root / "scz_zoo", recipe)
 
 
 # ------------------------------------------------------------------ factories

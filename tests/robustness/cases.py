@@ -603,6 +603,24 @@ add("zoo-import-out-other-zoo", "zoo import-small-cnn-zoo", "existing-output",
     lambda c: _imp(c, _scz(c), out=str(_zoo_copy(c, "otherzoo"))), ["otherzoo"])
 
 
+def _scz_zoo_damaged(c: CaseCtx, damage) -> str:
+    """A copy of the zoo imported from the same Small CNN Zoo (so importing
+    into it again is a resume), its index damaged: resuming must refuse it,
+    not take every stored checkpoint for an orphan and delete it."""
+    z = F.copy(c.assets.scz_zoo, c.path("myzoo"))
+    damage(z / "index.sqlite")
+    return str(z)
+
+
+add("zoo-import-resume-empty-index", "zoo import-small-cnn-zoo", "existing-output",
+    lambda c: _imp(c, _scz(c), out=_scz_zoo_damaged(c, F.empty)), ["index.sqlite"])
+add("zoo-import-resume-garbage-index", "zoo import-small-cnn-zoo", "existing-output",
+    lambda c: _imp(c, _scz(c), out=_scz_zoo_damaged(c, lambda p: F.random_bytes(p, 8192))), ["index.sqlite"])
+add("zoo-import-resume-tampered-members", "zoo import-small-cnn-zoo", "existing-output",
+    lambda c: _imp(c, _scz(c), out=_scz_zoo_damaged(c, lambda p: F.sql(p.parent, "DROP TABLE members"))),
+    ["index.sqlite"])
+
+
 # ============================================================== predict fit
 def _fit(c, zoo_dir, *extra):
     return ["predict", "fit", zoo_dir, "--model", "linear", *extra]

@@ -148,6 +148,29 @@ def test_zoo_checkpoints(variant, assets, tmp_path):
     assert e.value.path is not None and "m3" in e.value.path, str(e.value)
 
 
+@pytest.mark.parametrize("damage", ["empty", "garbage", "no-members-table"])
+def test_zoo_writer_keeps_weights_of_a_damaged_index(damage, assets, tmp_path):
+    """Opening a zoo for writing (a resumed build or import) must refuse a
+    damaged index, not take every stored checkpoint for an orphan of an
+    interrupted write and delete it."""
+    from zoo.store import ZooWriter
+
+    z = F.copy(assets.zoo, tmp_path / "myzoo")
+    index = z / "index.sqlite"
+    {"empty": F.empty, "garbage": lambda p: F.random_bytes(p, 8192),
+     "no-members-table": lambda p: F.sql(z, "DROP TABLE members")}[damage](index)
+    before = sorted(p.relative_to(z) for p in (z / "weights").rglob("*"))
+    raised = None
+    try:
+        ZooWriter(z, {"name": "fixture", "source": "robustness-fixture"}).close()
+    except Exception as exc:  # checked below, after the files
+        raised = exc
+    after = sorted(p.relative_to(z) for p in (z / "weights").rglob("*"))
+    assert after == before, f"checkpoints were deleted: {sorted(set(before) - set(after))}"
+    assert raised is not None, "a damaged index was accepted for writing"
+    _assert_names(raised, index)
+
+
 # --------------------------------------------------------------- saved models
 
 

@@ -218,13 +218,11 @@ def check(case: Case, ctx: CaseCtx, roots: Sequence[Path]) -> Outcome:
         if bad in both:
             problems.append(f"output contains {bad!r}")
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    error_line = None
+    error_line = next((ln for ln in lines if ln.startswith("error:")), None)
     if len(lines) != 1:
         problems.append(f"stderr has {len(lines)} non-empty lines, expected exactly one 'error: ...' line")
-    if lines and lines[-1].startswith("error:"):
-        error_line = lines[-1]
-    elif lines:
-        problems.append("the last stderr line does not start with 'error:'")
+    elif error_line is None:
+        problems.append("the stderr line does not start with 'error:'")
     text = error_line or ""
     for want in case.expect:
         options = want if isinstance(want, tuple) else (want,)

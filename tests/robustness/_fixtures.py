@@ -11,7 +11,6 @@ Zoo directory in the published format. Everything takes a few seconds.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import sqlite3

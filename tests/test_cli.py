@@ -15,7 +15,19 @@ runner = CliRunner()
 
 
 def _run(*args):
-    return runner.invoke(app, list(args))
+    # catch_exceptions=False: an exception escaping the CLI's error boundary
+    # fails the test with its traceback instead of hiding in res.exception
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def _assert_one_line_error(res, *names):
+    """Exit code 2, stderr one line 'error: ...' naming every one of ``names``."""
+    assert res.exit_code == 2, (res.exit_code, res.output)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.stderr
+    assert "Traceback" not in res.output and "internal error" not in res.output
+    for n in names:
+        assert n in lines[0], (n, lines[0])
 
 
 @pytest.mark.parametrize(
@@ -54,16 +66,13 @@ def test_graph_with_weights_file(tmp_path):
     ],
 )
 def test_graph_bad_arguments(args, message):
-    res = _run(*args)
-    assert res.exit_code != 0
-    assert message in res.output
+    _assert_one_line_error(_run(*args), message)
 
 
 def test_graph_mismatched_weights(tmp_path):
     path = save_state_dict(zoo.create_model("mlp", seed=0, hidden=[8]).state_dict(), tmp_path / "m.safetensors")
     res = _run("graph", "mlp", "--weights", str(path))
-    assert res.exit_code != 0
-    assert "does not match the architecture" in res.output
+    _assert_one_line_error(res, "does not match the architecture", "m.safetensors")
 
 
 def test_graph_nan_weights(tmp_path):
@@ -71,22 +80,47 @@ def test_graph_nan_weights(tmp_path):
     sd["layers.0.bias"] = torch.full_like(sd["layers.0.bias"], float("nan"))
     path = save_state_dict(sd, tmp_path / "nan.safetensors")
     res = _run("graph", "mlp", "--weights", str(path))
-    assert res.exit_code != 0 and "NaN" in res.output
+    _assert_one_line_error(res, "NaN", "nan.safetensors")
 
 
 @pytest.mark.parametrize(
-    "args",
+    "args,name",
     [
-        ["similarity", "no_such_arch", "mlp"],
-        ["merge", "/nonexistent.yaml", "/tmp/out.safetensors"],
-        ["zoo", "info", "/nonexistent-zoo"],
-        ["zoo", "build", "no_such_recipe", "/tmp/nowhere-zoo"],
-        ["predict", "fit", "/nonexistent-zoo"],
+        (["similarity", "no_such_arch", "mlp"], "no_such_arch"),
+        (["merge", "/nonexistent.yaml", "/tmp/out.safetensors"], "/nonexistent.yaml"),
+        (["zoo", "info", "/nonexistent-zoo"], "/nonexistent-zoo"),
+        (["zoo", "build", "no_such_recipe", "/tmp/nowhere-zoo"], "no_such_recipe"),
+        (["predict", "fit", "/nonexistent-zoo"], "/nonexistent-zoo"),
     ],
 )
-def test_subcommands_reject_bad_arguments(args):
+def test_subcommands_reject_bad_arguments(args, name):
+    _assert_one_line_error(_run(*args), name)
+
+
+@pytest.mark.parametrize(
+    "args,name",
+    [
+        (["graph"], "model"),
+        (["graph", "mlp", "--bogus"], "--bogus"),
+        (["no-such-command"], "no-such-command"),
+        (["quickstart", "--seed", "-1"], "--seed"),
+        (["similarity", "mlp", "mlp", "--batch-size", "0"], "--batch-size"),
+    ],
+)
+def test_usage_errors_are_one_line(args, name):
+    """Click's usage errors (missing argument, unknown option, out of range)
+    go through the same one-line error as every other bad input."""
     res = _run(*args)
-    assert res.exit_code != 0
-    assert "Traceback" not in res.output
-    text = res.output.lower()
-    assert any(w in text for w in ("error", "unknown", "no such", "not found", "does not exist", "missing"))
+    _assert_one_line_error(res, name)
+    assert "--help" in res.stderr  # says where the usage is
+
+
+def test_no_arguments_still_shows_help():
+    res = _run()
+    assert "Usage" in res.output and "graph" in res.output
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(Exception) as e:
+        _run("--debug", "graph", "mlp", "--weights", str(tmp_path / "missing.safetensors"))
+    assert "missing.safetensors" in str(e.value)

@@ -67,21 +67,21 @@ def graph(
 
       weightspace graph cnn_small --weights member.safetensors --json spec.json
     """
-    import zoo
+    from weightspace.cli_common import check_arch, name_path
     from weightspace.core import analyze
     from weightspace.errors import WeightspaceError
-    from weightspace.io import load_state_dict
+    from weightspace.io import atomic_write, check_output_path, load_state_dict
 
     kwargs = parse_kv(arg, "--arg")
+    check_arch(model, kwargs, "--arg")
+    if json_out:
+        check_output_path(json_out, field="--json")
+    sd = load_state_dict(weights) if weights else None
+    a = analyze(model, arch_kwargs=kwargs)
     try:
-        zoo.get_model_info(model)
-    except KeyError as exc:
-        _fail(str(exc.args[0]))
-    try:
-        a = analyze(model, arch_kwargs=kwargs)
-        g = a.template.graph(load_state_dict(weights) if weights else a.module.state_dict())
-    except (WeightspaceError, FileNotFoundError, TypeError, ValueError) as exc:
-        _fail(str(exc))
+        g = a.template.graph(sd if sd is not None else a.module.state_dict())
+    except WeightspaceError as exc:  # the weights do not fit: name the file
+        raise (name_path(exc, weights) if weights else exc) from None
     s, t = a.spec.summary(), a.template.summary()
     typer.echo(f"architecture   {model} {kwargs if kwargs else ''}".rstrip())
     typer.echo(f"weights        {weights if weights else 'default init (seed 0)'}")
@@ -97,7 +97,7 @@ def graph(
             size = f"{grp.size}" if grp.kind == "neuron" else f"{grp.size}x{grp.unit}"
             typer.echo(f"{grp.name:40s} {grp.kind:6s} {size:>5s} {len({p for p, *_ in grp.axes}):>7d}")
     if json_out:
-        json_out.write_text(json.dumps({"spec": a.spec.to_dict(), "graph": t}, indent=2))
+        atomic_write(json_out, json.dumps({"spec": a.spec.to_dict(), "graph": t}, indent=2))
         typer.echo(f"\nwrote {json_out}")
     del g
 
@@ -106,7 +106,7 @@ def graph(
 def quickstart(
     out: Path = typer.Option(Path("weightspace-quickstart"), "--out", "-o", help="output directory"),
     small: bool = typer.Option(False, "--small", help="a ~3 minute tour (fewer architectures, smaller zoo)"),
-    seed: int = typer.Option(0, help="random seed"),
+    seed: int = typer.Option(0, min=0, help="random seed"),
 ) -> None:
     """Run the whole toolkit end to end, offline, and write a report.
 
@@ -117,8 +117,10 @@ def quickstart(
 
     Example: weightspace quickstart --small --out /tmp/ws
     """
+    from weightspace.io import check_output_path
     from weightspace.quickstart import run_quickstart
 
+    check_output_path(out, kind="dir", field="--out")
     r = run_quickstart(out, small=small, seed=seed, log=lambda m: typer.echo(f"  {m} ..."), progress=True)
     typer.echo("")
     typer.echo(f"{'arch':20s} {'groups':>6s} {'nodes':>8s} {'edges':>10s} {'perm diff':>10s} {'broken':>10s}")

@@ -10,8 +10,16 @@ import typer
 
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import ClickException as _ClickException
+    from typer._click.exceptions import NoArgsIsHelpError as _NoArgsIsHelp
+    from typer._click.exceptions import UsageError as _UsageError
 except ImportError:  # pragma: no cover - older typer on top of click
     from click.exceptions import ClickException as _ClickException
+    from click.exceptions import UsageError as _UsageError
+
+    try:
+        from click.exceptions import NoArgsIsHelpError as _NoArgsIsHelp
+    except ImportError:
+        _NoArgsIsHelp = ()
 
 
 def one_line(msg: object) -> str:
@@ -25,15 +33,37 @@ def fail(msg: object, code: int = 2) -> NoReturn:
     raise typer.Exit(code=code)
 
 
+def usage_fail(exc: _ClickException) -> NoReturn:
+    """A click usage error (bad option value, ``min=``/``max=`` range, unknown
+    option or command, missing argument) as one line ``error: ...`` naming
+    the option, plus where the help is; exit code 2 as click's."""
+    msg = one_line(exc.format_message())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, _UsageError) and ctx is not None:
+        msg += f" (see '{ctx.command_path} --help')"
+    fail(msg, code=exc.exit_code)
+
+
 class ErrorBoundary(typer.core.TyperGroup):
     """The CLI's one error boundary, as the root command group.
 
     Any :class:`~weightspace.errors.WeightspaceError` or ``OSError`` escaping a
     command becomes one line ``error: ...`` on stderr and exit code 2; any
     other exception is a bug: one line ``internal error: ...`` and exit code 1.
+    Click's usage errors (a bad option value, a count out of its ``min=``
+    range, an unknown option) are one line ``error: ...`` as well, exit code 2.
     ``weightspace --debug ...`` (or ``WEIGHTSPACE_DEBUG=1``) re-raises instead,
     so the traceback shows.
     """
+
+    def make_context(self, info_name, args, parent=None, **extra):  # noqa: D102 - click API
+        # errors in the root's own options or an unknown command name
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except _NoArgsIsHelp:
+            raise
+        except _ClickException as exc:
+            usage_fail(exc)
 
     def invoke(self, ctx):  # noqa: D102 - click API
         import os
@@ -42,7 +72,11 @@ class ErrorBoundary(typer.core.TyperGroup):
 
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, _ClickException, KeyboardInterrupt):
+        except _NoArgsIsHelp:
+            raise
+        except _ClickException as exc:  # subcommands' usage errors are parsed in here
+            usage_fail(exc)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:
             if ctx.params.get("debug") or os.environ.get("WEIGHTSPACE_DEBUG"):
@@ -72,39 +106,54 @@ def parse_kv(items: Sequence[str] | None, what: str = "--arg") -> dict:
     return out
 
 
+def name_path(exc: Exception, path: object) -> Exception:
+    """``exc`` (a :class:`~weightspace.errors.WeightspaceError`) naming the file
+    ``path`` if it names none yet -- e.g. a state_dict mismatch found after
+    the file was read. Other exceptions are returned unchanged."""
+    from weightspace.errors import WeightspaceError
 
-def _check_parents(p, option: str) -> None:
-    from weightspace.errors import InputFileError
-
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputFileError(f"is a file, so {p} cannot be written ({option})", path=parent, field=option)
-            return
-
-
-def check_output_file(path, option: str) -> None:
-    """Fail early (before any long computation) when ``path``, given to
-    ``option`` as a file to write, is an existing directory or lies under a
-    file."""
-    from pathlib import Path
-
-    from weightspace.errors import InputFileError
-
-    p = Path(path).expanduser()
-    if p.is_dir():
-        raise InputFileError(f"is a directory; {option} needs a file name to write", path=p, field=option)
-    _check_parents(p, option)
+    if not isinstance(exc, WeightspaceError) or exc.path is not None:
+        return exc
+    try:
+        return type(exc)(exc.message, path=path, field=exc.field)
+    except TypeError:  # a subclass with its own constructor
+        return WeightspaceError(exc.message, path=path, field=exc.field)
 
 
-def check_output_dir(path, option: str) -> None:
-    """Fail early when ``path``, given to ``option`` as a directory to write
-    into, is an existing file or lies under a file."""
-    from pathlib import Path
+def check_arch(arch: str, kwargs: dict, option: str = "--arg") -> None:
+    """Refuse an unknown architecture or architecture arguments it cannot be
+    built with (wrong type, negative or zero sizes, more than
+    :data:`~weightspace.io.MAX_NUMEL` values) before anything is allocated:
+    the model is first built on the ``meta`` device.
 
-    from weightspace.errors import InputFileError
+    Raises:
+        ConfigError: naming ``option`` and the arguments.
+    """
+    import warnings
 
-    p = Path(path).expanduser()
-    if p.exists() and not p.is_dir():
-        raise InputFileError(f"is a file; {option} needs a directory", path=p, field=option)
-    _check_parents(p, option)
+    import torch
+    import zoo
+
+    from weightspace.errors import ConfigError
+    from weightspace.io import MAX_NUMEL
+
+    try:
+        zoo.get_model_info(arch)
+    except KeyError as exc:
+        raise ConfigError(str(exc.args[0]) if exc.args else f"unknown architecture {arch!r}") from None
+    shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) or "its default arguments"
+    try:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")
+            module = zoo.create_model(arch, **kwargs)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise ConfigError(f"cannot build {arch!r} with {shown}: {one_line(exc)}", field=option) from None
+    total = 0
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        if t.numel() == 0 and t.dim() > 0:
+            raise ConfigError(f"{arch!r} with {shown} has an empty tensor {name!r} {tuple(t.shape)}; "
+                              "every layer needs at least one unit", field=option)
+        total += t.numel()
+    if total > MAX_NUMEL:
+        raise ConfigError(f"{arch!r} with {shown} has {total} values (limit {MAX_NUMEL}); check the sizes",
+                          field=option)

@@ -13,7 +13,8 @@ from typing import List, Optional
 
 import typer
 
-from weightspace.cli_common import check_output_dir, check_output_file, parse_kv
+from weightspace.cli_common import parse_kv
+from weightspace.io import check_output_path
 from weightspace.cli_common import fail as _fail
 
 app = typer.Typer(
@@ -47,7 +48,7 @@ def hypernet_train(
     """
     from weightspace.generate import default_archs, load_task, train_hypernet
 
-    check_output_file(out, "OUT")
+    check_output_path(out, field="OUT")
     _threads(threads)
     train, held = default_archs(small=small)
     hn, hist = train_hypernet(train, load_task("digits"), steps=steps, archs_per_step=archs_per_step,
@@ -79,7 +80,7 @@ def init(
     from weightspace.generate import GraphHyperNetwork, as_arch
     from weightspace.io import save_state_dict
 
-    check_output_file(out, "--out")
+    check_output_path(out, field="--out")
     try:
         a = as_arch(arch, **parse_kv(arg, "--arg"))
         sd = GraphHyperNetwork.load(hypernet).predict(a, seed=seed)
@@ -110,7 +111,7 @@ def flow_train(
     import zoo
     from weightspace.generate import collect_checkpoints, train_checkpoint_flow
 
-    check_output_file(out, "OUT")
+    check_output_path(out, field="OUT")
     _threads(threads)
     try:
         cs = collect_checkpoints(zoo.Zoo(zoo_dir), metric=metric)
@@ -144,7 +145,7 @@ def samples(
     from weightspace.generate import CheckpointFlow, collect_checkpoints, load_task, novelty_report
     from weightspace.io import atomic_write, save_state_dict
 
-    check_output_dir(out, "--out")
+    check_output_path(out, kind="dir", field="--out")
     model = CheckpointFlow.load(generator)
     z = zoo.Zoo(zoo_dir)
     try:
@@ -195,7 +196,7 @@ def inr_init(
     from weightspace.generate import load_signals, reptile
     from weightspace.io import save_state_dict
 
-    check_output_file(out, "OUT")
+    check_output_path(out, field="OUT")
     _threads(threads)
     try:
         sig = load_signals(family, range(first, first + count))

@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 
-from weightspace.cli_common import check_output_dir, check_output_file
+from weightspace.io import check_output_path
 from weightspace.cli_common import fail as _fail
 from weightspace.cli_common import parse_kv as _kv
 
@@ -75,9 +75,9 @@ def fit(
     from zoo.errors import ZooError
 
     if out is not None:
-        check_output_dir(out, "--out")
+        check_output_path(out, kind="dir", field="--out")
     if json_out is not None:
-        check_output_file(json_out, "--json")
+        check_output_path(json_out, field="--json")
     params = _kv(param, "--param")
     if epochs is not None:
         params["epochs"] = epochs
@@ -132,7 +132,7 @@ def rank(
     if order not in ("auto", "desc", "asc"):
         _fail(f"--order must be auto, desc or asc, got {order!r}")
     if json_out is not None:
-        check_output_file(json_out, "--json")
+        check_output_path(json_out, field="--json")
     try:
         p = load_predictor(predictor)
     except (FileNotFoundError, ValueError, KeyError) as exc:

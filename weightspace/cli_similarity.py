@@ -18,30 +18,37 @@ DATASETS = ("digits", "mnist1d", "random")
 
 
 
-def _build_model(spec: str, seed: int, kwargs: dict):
-    """``arch`` (random init with ``seed``) or ``arch:weights`` -> (model, arch, description)."""
+def _build_model(spec: str, seed: int, kwargs: dict, option: str):
+    """``arch`` (random init with ``seed``) or ``arch:weights`` -> (model, arch, description).
+
+    Bad input raises a :class:`~weightspace.errors.WeightspaceError` naming
+    the option (``--arg-a``/``--arg-b``) or the weights file.
+    """
+    import torch
     import zoo
-    from weightspace.errors import StateDictError
+
+    from weightspace.cli_common import check_arch, one_line
+    from weightspace.errors import NonFiniteWeightsError, StateDictError
     from weightspace.io import load_state_dict
 
     arch, _, weights = spec.partition(":")
-    try:
-        zoo.get_model_info(arch)
-    except KeyError as exc:
-        raise typer.BadParameter(str(exc.args[0])) from None
-    try:
-        model = zoo.create_model(arch, seed=seed, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise typer.BadParameter(f"cannot build {arch!r} with {kwargs}: {exc}") from None
+    check_arch(arch, kwargs, option)
+    model = zoo.create_model(arch, seed=seed, **kwargs)
     desc = {"arch": arch, "kwargs": kwargs, "weights": weights or None, "seed": None if weights else seed}
     if not weights:
         return model, arch, desc
+    sd = load_state_dict(weights)
+    for key, t in sd.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n = int((~torch.isfinite(t)).sum())
+            raise NonFiniteWeightsError(f"tensor has {n} NaN/Inf value(s); similarities of such a model are "
+                                        "meaningless", path=weights, field=key)
     try:
-        model.load_state_dict(load_state_dict(weights), strict=True)
-    except (FileNotFoundError, StateDictError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+        model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
-        raise typer.BadParameter(f"weights {weights!r} do not fit architecture {arch!r}: {exc}") from None
+        shown = f" with {option} " + ", ".join(f"{k}={v!r}" for k, v in kwargs.items()) if kwargs else ""
+        raise StateDictError(f"the weights do not fit architecture {arch!r}{shown}: {one_line(exc)}",
+                             path=weights) from None
     return model, arch, desc
 
 
@@ -67,8 +74,8 @@ def _load_data(name: str, arch: str, n: Optional[int], seed: int):
         import zoo
 
         x = zoo.example_input(arch, batch_size=n or 1024, seed=seed)
-    else:
-        raise typer.BadParameter(f"unknown data {name!r}; choose one of {DATASETS}")
+    else:  # checked by the command before anything is built
+        raise AssertionError(name)
     return x if n is None else x[:n]
 
 
@@ -83,8 +90,8 @@ def similarity(
     reduction: Annotated[str, typer.Option(help="flatten | pool_spatial | pool_tokens")] = "flatten",
     layers_a: Annotated[Optional[str], typer.Option(help="comma-separated layer names of model a [default: all module outputs]")] = None,
     layers_b: Annotated[Optional[str], typer.Option(help="comma-separated layer names of model b")] = None,
-    batch_size: Annotated[int, typer.Option(help="batch size")] = 256,
-    max_samples: Annotated[Optional[int], typer.Option(help="use at most this many samples")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="batch size")] = 256,
+    max_samples: Annotated[Optional[int], typer.Option(min=1, help="use at most this many samples")] = None,
     match: Annotated[bool, typer.Option(help="also match neurons (Pearson, one-to-one) of same-named layers")] = True,
     arg_a: Annotated[Optional[list[str]], typer.Option("--arg-a", help="architecture argument of model a, key=value (repeatable)")] = None,
     arg_b: Annotated[Optional[list[str]], typer.Option("--arg-b", help="architecture argument of model b, key=value (repeatable)")] = None,
@@ -99,18 +106,22 @@ def similarity(
 
     from weightspace.similarity import (
         DegenerateRepresentationWarning,
-        SimilarityInputError,
         capture_activations,
         match_neurons_by_layer,
         model_cka_matrix,
     )
     from weightspace.similarity.plot import plot_similarity_heatmap
 
-    seed_b = seed + 1 if seed_b is None else seed_b
-    from weightspace.cli_common import parse_kv
+    from weightspace.cli_common import one_line, parse_kv
+    from weightspace.errors import ConfigError
+    from weightspace.io import atomic_write, check_output_path
 
-    ma, arch_a, desc_a = _build_model(model_a, seed, parse_kv(arg_a, "--arg-a"))
-    mb, arch_b, desc_b = _build_model(model_b, seed_b, parse_kv(arg_b, "--arg-b"))
+    seed_b = seed + 1 if seed_b is None else seed_b
+    if data not in DATASETS:
+        raise ConfigError(f"unknown data {data!r}; choose one of {', '.join(DATASETS)}", field="--data")
+    check_output_path(out, kind="dir", field="--out")
+    ma, arch_a, desc_a = _build_model(model_a, seed, parse_kv(arg_a, "--arg-a"), "--arg-a")
+    mb, arch_b, desc_b = _build_model(model_b, seed_b, parse_kv(arg_b, "--arg-b"), "--arg-b")
     x = _load_data(data, arch_a, max_samples, seed)
     la = [s.strip() for s in layers_a.split(",")] if layers_a else None
     lb = [s.strip() for s in layers_b.split(",")] if layers_b else None
@@ -129,9 +140,9 @@ def similarity(
                 small = [k for k in common if acts_a[k].shape[1] * acts_b[k].shape[1] <= 4096**2]
                 if small:
                     matches = match_neurons_by_layer(acts_a, acts_b, layers=small)
-    except (SimilarityInputError, RuntimeError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    except RuntimeError as exc:  # a model cannot run on the data (shapes); bad layer names etc. are SimilarityInputError
+        raise ConfigError(f"{model_a} / {model_b} cannot run on {data} inputs of shape {tuple(x.shape[1:])}: "
+                          f"{one_line(exc)}", field="--data") from None
     degenerate = sorted({str(w.message) for w in caught if issubclass(w.category, DegenerateRepresentationWarning)})
 
     out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +164,7 @@ def similarity(
         "degenerate_warnings": degenerate,
         "files": [str(p) for p in files],
     }
-    (out / "results.json").write_text(json.dumps(result, indent=2))
+    atomic_write(out / "results.json", json.dumps(result, indent=2))
 
     typer.echo(f"{method} CKA of {model_a} ({len(res.layers_a)} layers) vs {model_b} "
                f"({len(res.layers_b)} layers) on {data}, n={res.n_samples}, reduction={reduction}")

@@ -3,24 +3,22 @@
 import json
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 import zoo
-from weightspace.cli_similarity import similarity
 from weightspace.io import save_state_dict
 
 
 @pytest.fixture(scope="module")
 def app():
-    a = typer.Typer()
-    a.command("similarity")(similarity)
-    a.command("noop")(lambda: None)  # two commands keep the subcommand name on the CLI
-    return a
+    # the real CLI: errors reach its error boundary (one line, exit code 2)
+    from weightspace.cli import app as ws_app
+
+    return ws_app
 
 
 def run(app, *args):
-    return CliRunner().invoke(app, ["similarity", *map(str, args)])
+    return CliRunner().invoke(app, ["similarity", *map(str, args)], catch_exceptions=False)
 
 
 def test_random_init_models_write_heatmap_and_json(app, tmp_path):
@@ -71,11 +69,11 @@ def test_minibatch_layers_and_arch_args(app, tmp_path):
 )
 def test_errors(app, tmp_path, args, msg):
     r = run(app, *args, "--out", tmp_path)
-    assert r.exit_code != 0
-    assert msg in r.output
+    assert r.exit_code == 2
+    assert msg in r.stderr and r.stderr.startswith("error:") and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_weights_that_do_not_fit(app, tmp_path):
     path = save_state_dict(zoo.create_model("mlp", seed=0, hidden=[8]).state_dict(), tmp_path / "w.safetensors")
     r = run(app, f"mlp:{path}", "mlp", "--out", tmp_path)
-    assert r.exit_code != 0 and "do not fit" in r.output
+    assert r.exit_code == 2 and "do not fit" in r.stderr and "w.safetensors" in r.stderr

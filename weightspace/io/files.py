@@ -29,6 +29,7 @@ __all__ = [
     "read_safetensors_metadata",
     "read_npy",
     "check_numel",
+    "check_output_path",
     "MAX_NUMEL",
 ]
 
@@ -222,6 +223,40 @@ def check_numel(shape: Any, *, path: object = None, field: str | None = None, li
             path=path, field=field,
         )
     return tuple(shape)
+
+
+def check_output_path(path: str | os.PathLike, *, kind: str = "file", field: str | None = None) -> Path:
+    """Refuse an output path that cannot be written, before any work is done.
+
+    Args:
+        path: where a command will write.
+        kind: ``"file"`` (refused if it is an existing directory) or ``"dir"``
+            (refused if it exists and is not a directory).
+        field: the option or key that named the path (e.g. ``"--out"``).
+
+    Returns:
+        ``path`` (``~`` expanded). Nothing is created.
+
+    Raises:
+        InputFileError: ``path`` has the wrong kind, or one of its parents is
+            an existing file (so it can never be created).
+    """
+    if kind not in ("file", "dir"):
+        raise ValueError(f"kind must be 'file' or 'dir', got {kind!r}")
+    p = Path(path).expanduser()
+    if p.exists():
+        if kind == "file" and p.is_dir():
+            raise InputFileError("is a directory; give a file name to write", path=p, field=field)
+        if kind == "dir" and not p.is_dir():
+            raise InputFileError("exists and is not a directory; give a directory to write into",
+                                 path=p, field=field)
+        return p
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputFileError(f"cannot be created: {parent} is a file, not a directory", path=p, field=field)
+            break
+    return p
 
 
 def _one_line(exc: BaseException) -> str:

@@ -39,16 +39,16 @@ import torch
 from torch import nn
 
 from weightspace.merge._common import (
-    HeadLayout,
     MergeError,
     check_state_dict,
+    coordinates,
     model_label,
-    split_groups,
     unit_rows,
 )
+from weightspace.merge.activations import block_moments, head_costs_from_blocks
+from weightspace.merge.assignment import head_assignment
 from weightspace.merge.average import average
-from weightspace.merge.matching import _solve_heads, block_moments, head_costs_from_blocks
-from weightspace.symmetry.spec import PermGroup, PermutationSpec
+from weightspace.symmetry import HeadLayout, PermGroup, PermutationSpec
 
 __all__ = ["FusionResult", "ot_fusion", "check_same_family"]
 
@@ -253,13 +253,8 @@ class _Aligner:
                             M[b][st + r, sm + int(pi[j][r])] = 1.0
             for i in range(Ht.size):
                 self.done(subs_t[i].targets)
-        for (b, rs), (_, rsm) in zip(Ht.targets, Hm.targets):
-            covered = torch.zeros(Ht.unit, dtype=torch.bool)
-            for subs in Lt.subs:
-                for gb, gs in subs[0].targets:
-                    if gb == b and rs <= gs < rs + Ht.unit:
-                        covered[gs - rs : gs - rs + subs[0].size] = True
-            for o in torch.nonzero(~covered).flatten().tolist():
+        for t, ((b, rs), (_, rsm)) in enumerate(zip(Ht.targets, Hm.targets)):
+            for o in Lt.uncovered_offsets(t):
                 for i in range(Ht.size):
                     j = int(sigma[i])
                     for M in (self.row, self.col):
@@ -308,8 +303,9 @@ def _transport(D: torch.Tensor, solver: str, reg: float, num_itermax: int) -> to
 
 
 def _coordinate_order(spec: PermutationSpec) -> list[tuple[str, Any]]:
-    free, heads = split_groups(spec)
-    coords = [("neuron", g) for g in free] + [("head", L) for L in heads]
+    """The coordinates (:func:`~weightspace.merge._common.coordinates`) in
+    graph order: by the first block they touch."""
+    coords = coordinates(spec)
 
     def first_block(c):
         if c[0] == "neuron":
@@ -410,7 +406,7 @@ def ot_fusion(
                     if res is None:
                         raise MergeError(f"head group {ct.group.name!r}: no aligned tensor slice for a ground metric")
                     S, R = res
-                sigma, pis, _ = _solve_heads(S, R)
+                sigma, pis, _ = head_assignment(S, R)
                 al.set_heads(ct, cm, sigma, pis)
                 P = np.zeros((ct.group.size, ct.group.size))
                 P[np.arange(len(sigma)), sigma] = 1.0 / len(sigma)

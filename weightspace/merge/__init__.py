@@ -28,7 +28,7 @@ from weightspace.merge.average import (
     interpolate,
     task_arithmetic,
 )
-from weightspace.merge.barrier import PathResult, barrier, evaluate, linear_path
+from weightspace.merge.barrier import PathResult, barrier, evaluate, linear_path, loss_and_accuracy
 from weightspace.merge.config import MergeConfig, MergeOutcome, load_config, run_config
 from weightspace.merge.matching import (
     MatchResult,
@@ -61,6 +61,7 @@ __all__ = [
     "interpolate",
     "linear_path",
     "load_config",
+    "loss_and_accuracy",
     "match_objective",
     "merge_many",
     "ot_fusion",

@@ -620,7 +620,7 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
     from weightspace.core import permutation_spec
     from weightspace.merge._common import instantiate
     from weightspace.merge.average import average, diagonal_fisher, fisher_average, task_arithmetic
-    from weightspace.merge.barrier import evaluate, linear_path
+    from weightspace.merge.barrier import linear_path, loss_and_accuracy
     from weightspace.merge.matching import activation_matching, ste_matching, weight_matching
     from weightspace.merge.multi import align_to_reference, merge_many
     from weightspace.merge.ot_fusion import ot_fusion
@@ -737,9 +737,9 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
         summary["eval"] = {}
         if len(arch_keys) == 1:
             for i, sd in enumerate(sds):
-                loss, acc = evaluate(module, sd, evl)
+                loss, acc = loss_and_accuracy(module, sd, evl)
                 summary["eval"][f"model{i}"] = {"loss": loss, "accuracy": acc}
-        loss, acc = evaluate(module, merged, evl)
+        loss, acc = loss_and_accuracy(module, merged, evl)
         summary["eval"]["merged"] = {"loss": loss, "accuracy": acc}
         if cfg.barrier is not None and n == 2 and aligned is not None and len(arch_keys) == 1:
             bopts = dict(cfg.barrier)

@@ -1,7 +1,7 @@
 """Helpers several :mod:`weightspace.merge` modules share: the merge errors,
-validation at the boundary, the rule for non-floating tensors, spec
-resolution, tensor slicing, batching data and running a state_dict through a
-module template. Structure of a spec (axis indexing, head layouts) lives in
+validation at the boundary, spec resolution, the matchers' coordinates,
+tensor slicing, batching data and running a state_dict through a module
+template. Structure of a spec (axis indexing, head layouts) lives in
 :mod:`weightspace.symmetry`."""
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ from torch import nn
 
 from weightspace.errors import ConfigError, NonFiniteWeightsError, StateDictError, WeightspaceError
 from weightspace.symmetry import HeadLayout, PermGroup, PermutationSpec, split_groups
-
-StateDict = dict[str, torch.Tensor]
-
 
 class MergeError(WeightspaceError, ValueError):
     """Models cannot be merged as asked (different architectures, wrong
@@ -80,45 +77,6 @@ def check_state_dicts(
         check_state_dict(sd, spec, model_label(i, names))
 
 
-def merge_non_float(
-    key: str, values: Sequence[torch.Tensor], names: Sequence[str] | None = None
-) -> torch.Tensor:
-    """The merged value of a non-floating tensor (integer or bool buffer).
-
-    Every function that combines state_dicts (:func:`~weightspace.merge.average`
-    and with it every matcher's final average, ``interpolate``,
-    ``task_arithmetic``) applies this one rule:
-
-    - identical in every model: copied;
-    - ``*.num_batches_tracked`` (BatchNorm's batch counter; it only matters
-      with ``momentum=None``): the maximum over the models. ``reset_bn_stats``
-      and ``repair`` reset it and count the re-estimation batches instead;
-    - any other tensor that differs: :class:`MergeError` naming the tensor,
-      because no average of counters, indices or masks is right in general.
-
-    Args:
-        key: the tensor's state_dict name (named in errors).
-        values: one tensor per model, all of the same shape and dtype.
-        names: labels of the models for error messages.
-    """
-    first = values[0]
-    for i, v in enumerate(values[1:], start=1):
-        if v.dtype != first.dtype:
-            raise MergeError(
-                f"tensor {key!r}: {model_label(i, names)} has dtype {v.dtype}, "
-                f"{model_label(0, names)} has {first.dtype}"
-            )
-    if all(torch.equal(v, first) for v in values[1:]):
-        return first.clone()
-    if key == "num_batches_tracked" or key.endswith(".num_batches_tracked"):
-        return torch.stack(list(values)).amax(0)
-    i = next(i for i, v in enumerate(values) if not torch.equal(v, first))
-    raise MergeError(
-        f"non-floating tensor {key!r} differs between {model_label(0, names)} and {model_label(i, names)}; "
-        "integer/bool buffers cannot be averaged: make them equal (or drop them) before merging"
-    )
-
-
 def resolve_spec(spec: PermutationSpec | str, **arch_kwargs: Any) -> PermutationSpec:
     """A :class:`PermutationSpec`, or the spec of registered architecture ``spec``."""
     if isinstance(spec, PermutationSpec):
@@ -149,6 +107,23 @@ def coordinates(spec: PermutationSpec) -> list[tuple[str, PermGroup | HeadLayout
 def unit_rows(t: torch.Tensor, axis: int, start: int, n: int, u: int) -> torch.Tensor:
     """Positions ``start + i*u + r`` of ``axis`` as rows: ``[n, u * rest]``."""
     return t.narrow(axis, start, n * u).movedim(axis, 0).reshape(n, -1)
+
+
+def nested_rows(
+    t: torch.Tensor, axis: int, groups: Sequence[PermGroup], entry: int, n: int, u: int
+) -> torch.Tensor:
+    """:func:`unit_rows` of nested groups (one per head, ``n`` units each) at
+    their axis entry ``groups[j].axes[entry]``, stacked head after head:
+    ``[len(groups) * n, u * rest]``."""
+    return torch.cat([unit_rows(t, axis, g.axes[entry][2], n, u) for g in groups])
+
+
+def masked_unit_rows(
+    t: torch.Tensor, axis: int, start: int, n: int, u: int, keep: torch.Tensor
+) -> torch.Tensor:
+    """:func:`unit_rows` keeping only the within-unit positions where the bool
+    mask ``keep [u]`` is set: ``[n, keep.sum() * rest]``."""
+    return unit_rows(t, axis, start, n, u).view(n, u, -1)[:, keep].reshape(n, -1)
 
 
 # ----------------------------------------------------------- running a model

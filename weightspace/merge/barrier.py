@@ -79,22 +79,16 @@ def loss_and_accuracy(
     return tot / n, (correct / n if classify else float("nan"))
 
 
-def evaluate(
-    model: nn.Module,
-    sd: Mapping[str, torch.Tensor],
-    data: Any,
-    *,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    batch_size: int = 512,
-) -> tuple[float, float]:
-    """Deprecated alias of :func:`loss_and_accuracy` (the name collided with
-    ``nn.train.evaluate``, ``predict.metrics.evaluate`` and ``zoo.train.evaluate``)."""
+def evaluate(*args: Any, **kwargs: Any) -> tuple[float, float]:
+    """Deprecated alias of :func:`loss_and_accuracy` (same arguments; the
+    name collided with ``nn.train.evaluate``, ``predict.metrics.evaluate``
+    and ``zoo.train.evaluate``)."""
     warnings.warn(
         "weightspace.merge.evaluate is deprecated; use weightspace.merge.loss_and_accuracy",
         DeprecationWarning,
         stacklevel=2,
     )
-    return loss_and_accuracy(model, sd, data, loss_fn=loss_fn, batch_size=batch_size)
+    return loss_and_accuracy(*args, **kwargs)
 
 
 @dataclass

@@ -36,6 +36,8 @@ from weightspace.merge._common import (
     check_state_dicts,
     is_running_stat,
     iter_batches,
+    masked_unit_rows,
+    nested_rows,
     resolve_spec,
     unit_rows,
 )
@@ -562,8 +564,8 @@ class _WeightCosts:
                 if p not in self.keys:
                     continue
                 bt = self._b_except(cache, p, ax, maps)
-                a = torch.cat([unit_rows(self.A[p], ax, g.axes[e][2], n, u) for g in subs])
-                b = torch.cat([unit_rows(bt, ax, g.axes[e][2], n, u) for g in subs])
+                a = nested_rows(self.A[p], ax, subs, e, n, u)
+                b = nested_rows(bt, ax, subs, e, n, u)
                 Sk += (a @ b.T).to(torch.float64)
             S.append(Sk.view(h, n, h, n))
         R = torch.zeros(h, h, dtype=torch.float64)
@@ -572,9 +574,9 @@ class _WeightCosts:
                 continue
             rep = ue // H.unit
             sel = mask.repeat_interleave(rep)
-            a = unit_rows(self.A[p], ax, st, h, ue).view(h, ue, -1)[:, sel].reshape(h, -1)
+            a = masked_unit_rows(self.A[p], ax, st, h, ue, sel)
             bt = self._b_except(cache, p, ax, maps)
-            b = unit_rows(bt, ax, st, h, ue).view(h, ue, -1)[:, sel].reshape(h, -1)
+            b = masked_unit_rows(bt, ax, st, h, ue, sel)
             R += (a @ b.T).to(torch.float64)
         return S, R
 

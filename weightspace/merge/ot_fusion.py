@@ -42,7 +42,9 @@ from weightspace.merge._common import (
     MergeError,
     check_state_dict,
     coordinates,
+    masked_unit_rows,
     model_label,
+    nested_rows,
     unit_rows,
 )
 from weightspace.merge.activations import block_moments, head_costs_from_blocks
@@ -201,7 +203,7 @@ class _Aligner:
                 continue
             a = unit_rows(self.T[p], ax, st_t, gt.size, u)
             b = unit_rows(self.align(p, skip_axis=ax), ax, st_m, gm.size, um)
-            D += (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+            D += _sqdist(a, b)
             used += 1
         return D.clamp_min(0) if used else None
 
@@ -215,9 +217,9 @@ class _Aligner:
                 if p not in self.M or not self.usable(p, ax):
                     continue
                 bt = self.align(p, skip_axis=ax)
-                a = torch.cat([unit_rows(self.T[p], ax, g.axes[e][2], n, u) for g in subs_t])
-                b = torch.cat([unit_rows(bt, ax, g.axes[e][2], n, u) for g in subs_m])
-                Dk += (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+                a = nested_rows(self.T[p], ax, subs_t, e, n, u)
+                b = nested_rows(bt, ax, subs_m, e, n, u)
+                Dk += _sqdist(a, b)
                 used += 1
             S.append(-Dk.view(h, n, h, n))
         R = torch.zeros(h, h, dtype=torch.float64)
@@ -226,9 +228,9 @@ class _Aligner:
             if p not in self.M or not bool(mask.any()) or not self.usable(p, ax):
                 continue
             sel = mask.repeat_interleave(ue // Ht.unit)
-            a = unit_rows(self.T[p], ax, st, h, ue).view(h, ue, -1)[:, sel].reshape(h, -1)
-            b = unit_rows(self.align(p, skip_axis=ax), ax, stm, h, ue).view(h, ue, -1)[:, sel].reshape(h, -1)
-            R -= (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+            a = masked_unit_rows(self.T[p], ax, st, h, ue, sel)
+            b = masked_unit_rows(self.align(p, skip_axis=ax), ax, stm, h, ue, sel)
+            R -= _sqdist(a, b)
             used += 1
         return (S, R) if used else None
 
@@ -280,6 +282,11 @@ class _Aligner:
                     raise MergeError(f"tensor {k!r}: {tuple(sd_m[k].shape)} vs {tuple(v.shape)}")
                 out[k] = sd_m[k].detach().clone().to(v.dtype)
         return out
+
+
+def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances of the rows of ``a [n, d]`` and ``b [m, d]``: ``[n, m]``."""
+    return (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
 
 
 def _transport(D: torch.Tensor, solver: str, reg: float, num_itermax: int) -> torch.Tensor:

@@ -14,8 +14,7 @@ from weightspace.merge import (
     ste_matching,
     weight_matching,
 )
-from weightspace.merge._common import split_groups
-from weightspace.symmetry import apply_permutation, identity_permutation, random_permutation
+from weightspace.symmetry import apply_permutation, identity_permutation, random_permutation, split_groups
 
 BIG = {"resnet18", "resnet50"}
 ARCHS = [n for n in zoo.list_models() if n not in BIG]

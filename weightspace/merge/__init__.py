@@ -4,7 +4,9 @@ Alignment (:mod:`~weightspace.merge.matching`): weight matching, activation
 matching and straight-through-estimator matching (Git Re-Basin), all driven
 by the :class:`~weightspace.symmetry.PermutationSpec` derived from the trace,
 so residual streams, BatchNorm, flattens, concatenations and attention heads
-need no hand-written spec. Multi-model merging
+need no hand-written spec; their assignment solvers (LAP, attention heads)
+are :mod:`~weightspace.merge.assignment`, activation statistics
+:mod:`~weightspace.merge.activations`. Multi-model merging
 (:mod:`~weightspace.merge.multi`), optimal-transport fusion with
 heterogeneous widths (:mod:`~weightspace.merge.ot_fusion`), the averaging
 family (:mod:`~weightspace.merge.average`), REPAIR and BatchNorm reset
@@ -26,7 +28,7 @@ from weightspace.merge.average import (
     interpolate,
     task_arithmetic,
 )
-from weightspace.merge.barrier import PathResult, barrier, evaluate, linear_path
+from weightspace.merge.barrier import PathResult, barrier, evaluate, linear_path, loss_and_accuracy
 from weightspace.merge.config import MergeConfig, MergeOutcome, load_config, run_config
 from weightspace.merge.matching import (
     MatchResult,
@@ -59,6 +61,7 @@ __all__ = [
     "interpolate",
     "linear_path",
     "load_config",
+    "loss_and_accuracy",
     "match_objective",
     "merge_many",
     "ot_fusion",

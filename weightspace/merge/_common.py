@@ -1,24 +1,21 @@
-"""Shared helpers of :mod:`weightspace.merge`: validation at the boundary,
-spec resolution, head layouts, tensor slicing and running a state_dict
-through a module template."""
+"""Helpers several :mod:`weightspace.merge` modules share: the merge errors,
+validation at the boundary, spec resolution, the matchers' coordinates,
+tensor slicing, batching data and running a state_dict through a module
+template. Structure of a spec (axis indexing, head layouts) lives in
+:mod:`weightspace.symmetry`."""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from weightspace.core import permutation_spec
-from weightspace.errors import ConfigError, NonFiniteWeightsError, SpecError, StateDictError, WeightspaceError
+from weightspace.errors import ConfigError, NonFiniteWeightsError, StateDictError, WeightspaceError
 from weightspace.graph import validate_state_dict
-from weightspace.symmetry.permutation import _axis_index
-from weightspace.symmetry.spec import PermGroup, PermutationSpec
-
-StateDict = dict[str, torch.Tensor]
-
+from weightspace.symmetry import HeadLayout, PermGroup, PermutationSpec, split_groups
 
 class MergeError(WeightspaceError, ValueError):
     """Models cannot be merged as asked (different architectures, wrong
@@ -48,14 +45,13 @@ def check_state_dict(
             unexpected keys, or a tensor of the wrong shape -- naming it.
         NonFiniteWeightsError: NaN/Inf in a floating tensor, naming it.
     """
+
     if not isinstance(sd, Mapping):
         raise MergeError(f"{label}: expected a state_dict (mapping of names to tensors), got {type(sd).__name__}")
     try:
         validate_state_dict(sd, spec.param_shapes, list(spec.float_keys) + list(spec.extra_keys))
     except StateDictError as exc:
-        missing_stats = [
-            k for k in spec.float_keys if k not in sd and (k.endswith(".running_mean") or k.endswith(".running_var"))
-        ]
+        missing_stats = [k for k in spec.float_keys if k not in sd and is_running_stat(k)]
         hint = ""
         if missing_stats:
             hint = (
@@ -82,50 +78,12 @@ def check_state_dicts(
         check_state_dict(sd, spec, model_label(i, names))
 
 
-def merge_non_float(
-    key: str, values: Sequence[torch.Tensor], names: Sequence[str] | None = None
-) -> torch.Tensor:
-    """The merged value of a non-floating tensor (integer or bool buffer).
-
-    Every function that combines state_dicts (:func:`~weightspace.merge.average`
-    and with it every matcher's final average, ``interpolate``,
-    ``task_arithmetic``) applies this one rule:
-
-    - identical in every model: copied;
-    - ``*.num_batches_tracked`` (BatchNorm's batch counter; it only matters
-      with ``momentum=None``): the maximum over the models. ``reset_bn_stats``
-      and ``repair`` reset it and count the re-estimation batches instead;
-    - any other tensor that differs: :class:`MergeError` naming the tensor,
-      because no average of counters, indices or masks is right in general.
-
-    Args:
-        key: the tensor's state_dict name (named in errors).
-        values: one tensor per model, all of the same shape and dtype.
-        names: labels of the models for error messages.
-    """
-    first = values[0]
-    for i, v in enumerate(values[1:], start=1):
-        if v.dtype != first.dtype:
-            raise MergeError(
-                f"tensor {key!r}: {model_label(i, names)} has dtype {v.dtype}, "
-                f"{model_label(0, names)} has {first.dtype}"
-            )
-    if all(torch.equal(v, first) for v in values[1:]):
-        return first.clone()
-    if key == "num_batches_tracked" or key.endswith(".num_batches_tracked"):
-        return torch.stack(list(values)).amax(0)
-    i = next(i for i, v in enumerate(values) if not torch.equal(v, first))
-    raise MergeError(
-        f"non-floating tensor {key!r} differs between {model_label(0, names)} and {model_label(i, names)}; "
-        "integer/bool buffers cannot be averaged: make them equal (or drop them) before merging"
-    )
-
-
 def resolve_spec(spec: PermutationSpec | str, **arch_kwargs: Any) -> PermutationSpec:
     """A :class:`PermutationSpec`, or the spec of registered architecture ``spec``."""
     if isinstance(spec, PermutationSpec):
         return spec
     if isinstance(spec, str):
+
         return permutation_spec(spec, **arch_kwargs)
     raise TypeError(f"spec must be a PermutationSpec or an architecture name, got {type(spec).__name__}")
 
@@ -135,84 +93,14 @@ def is_running_stat(key: str) -> bool:
     return key.endswith(".running_mean") or key.endswith(".running_var")
 
 
-# --------------------------------------------------------------- head layout
-@dataclass(frozen=True)
-class HeadLayout:
-    """An attention head group and the neuron groups nested inside its heads.
-
-    Attributes:
-        group: the head group (``size`` heads of ``unit`` neurons).
-        subs: ``subs[k][j]`` = the nested neuron group of kind ``k`` (e.g.
-            q/k pairs, v) at head slot ``j``; ``len(subs[k]) == group.size``.
-        uncovered: per entry of ``group.axes``, a bool mask ``[unit]`` of the
-            within-head positions no nested group permutes (usually none).
-    """
-
-    group: PermGroup
-    subs: tuple[tuple[PermGroup, ...], ...]
-    uncovered: tuple[torch.Tensor, ...]
-
-
-def _entry_region(spec: PermutationSpec, H: PermGroup, p: str, ax: int, st: int) -> tuple[int, int, int]:
-    """``(block, block position, rep)`` of axis position ``st`` of ``p``."""
-    for ref in spec.param_axes[p]:
-        if ref.axis != ax:
-            continue
-        for b, bs, length, astart in ref.segments:
-            if astart <= st < astart + length * ref.rep:
-                return b, bs + (st - astart) // ref.rep, ref.rep
-    raise SpecError(f"internal: head group {H.name!r} axis entry ({p}, {ax}, {st}) has no segment")
-
-
-def split_groups(spec: PermutationSpec) -> tuple[list[PermGroup], list[HeadLayout]]:
-    """Neuron groups that are not inside attention heads, and the head layouts.
-
-    Raises:
-        SpecError: a neuron group straddles a head boundary or only partly
-            lies inside heads (not a structure the matchers understand).
-    """
-    nested: set[str] = set()
-    layouts: list[HeadLayout] = []
-    for H in spec.head_groups:
-        regions = list(H.targets)
-        span = H.size * H.unit
-        by_key: dict[tuple, dict[int, PermGroup]] = {}
-        covered: set[tuple[int, int]] = set()
-        for g in spec.neuron_groups:
-            locs = []
-            for b, ts in g.targets:
-                hit = None
-                for ri, (rb, rs) in enumerate(regions):
-                    if rb == b and rs <= ts < rs + span:
-                        hit = (ri, (ts - rs) // H.unit, (ts - rs) % H.unit)
-                locs.append(hit)
-            if all(h is None for h in locs):
-                continue
-            if any(h is None for h in locs) or len({h[1] for h in locs}) != 1 or any(
-                h[2] + g.size > H.unit for h in locs
-            ):
-                raise SpecError(
-                    f"neuron group {g.name!r} lies partly outside the heads of {H.name!r} or spans "
-                    "several heads; weightspace.merge cannot align it"
-                )
-            key = (g.size,) + tuple((h[0], h[2]) for h in locs)
-            slot = locs[0][1]
-            by_key.setdefault(key, {})[slot] = g
-            nested.add(g.name)
-            for b, ts in g.targets:
-                covered.update((b, ts + r) for r in range(g.size))
-        subs = []
-        for key, slots in sorted(by_key.items()):
-            if sorted(slots) != list(range(H.size)):
-                raise SpecError(f"head group {H.name!r}: nested groups {key} missing for some heads")
-            subs.append(tuple(slots[j] for j in range(H.size)))
-        unc = []
-        for p, ax, st, ue in H.axes:
-            b, pos, _ = _entry_region(spec, H, p, ax, st)
-            unc.append(torch.tensor([(b, pos + o) not in covered for o in range(H.unit)]))
-        layouts.append(HeadLayout(H, tuple(subs), tuple(unc)))
-    free = [g for g in spec.neuron_groups if g.name not in nested]
-    return free, layouts
+def coordinates(spec: PermutationSpec) -> list[tuple[str, PermGroup | HeadLayout]]:
+    """The coordinates the matchers and OT fusion solve one at a time:
+    ``("neuron", group)`` for every neuron group outside attention heads, then
+    ``("head", layout)`` for every head group with its nested groups
+    (:func:`weightspace.symmetry.split_groups`, which raises
+    :class:`~weightspace.errors.SpecError` on heads it cannot split)."""
+    free, heads = split_groups(spec)
+    return [("neuron", g) for g in free] + [("head", L) for L in heads]
 
 
 # -------------------------------------------------------------- tensor slices
@@ -221,19 +109,21 @@ def unit_rows(t: torch.Tensor, axis: int, start: int, n: int, u: int) -> torch.T
     return t.narrow(axis, start, n * u).movedim(axis, 0).reshape(n, -1)
 
 
-def axis_index(ref, length: int, maps: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Gather index of one tensor axis under per-block neuron maps."""
-    return _axis_index(ref, length, maps)
-
-
-def permute_except(
-    t: torch.Tensor, spec: PermutationSpec, name: str, maps: Sequence[torch.Tensor], skip_axis: int | None
+def nested_rows(
+    t: torch.Tensor, axis: int, groups: Sequence[PermGroup], entry: int, n: int, u: int
 ) -> torch.Tensor:
-    """``t`` (tensor ``name``) gathered by ``maps`` on every neuron axis but ``skip_axis``."""
-    for ref in spec.param_axes.get(name, ()):
-        if ref.axis != skip_axis:
-            t = t.index_select(ref.axis, axis_index(ref, t.shape[ref.axis], maps))
-    return t
+    """:func:`unit_rows` of nested groups (one per head, ``n`` units each) at
+    their axis entry ``groups[j].axes[entry]``, stacked head after head:
+    ``[len(groups) * n, u * rest]``."""
+    return torch.cat([unit_rows(t, axis, g.axes[entry][2], n, u) for g in groups])
+
+
+def masked_unit_rows(
+    t: torch.Tensor, axis: int, start: int, n: int, u: int, keep: torch.Tensor
+) -> torch.Tensor:
+    """:func:`unit_rows` keeping only the within-unit positions where the bool
+    mask ``keep [u]`` is set: ``[n, keep.sum() * rest]``."""
+    return unit_rows(t, axis, start, n, u).view(n, u, -1)[:, keep].reshape(n, -1)
 
 
 # ----------------------------------------------------------- running a model

@@ -3,7 +3,7 @@
 
 All functions take state_dicts with identical keys and shapes and return a
 new state_dict. Non-floating entries follow one rule
-(:func:`~weightspace.merge._common.merge_non_float`): identical ones are
+(:func:`merge_non_float`): identical ones are
 copied, ``num_batches_tracked`` takes the maximum, any other that differs
 between the models is a :class:`MergeError` naming it. Averaging permutation-misaligned models is rarely
 useful: align them first (:mod:`weightspace.merge.matching`).
@@ -22,7 +22,6 @@ from weightspace.merge._common import (
     check_finite_data,
     instantiate,
     iter_batches,
-    merge_non_float,
     model_label,
 )
 
@@ -31,8 +30,48 @@ __all__ = [
     "diagonal_fisher",
     "fisher_average",
     "interpolate",
+    "merge_non_float",
     "task_arithmetic",
 ]
+
+
+def merge_non_float(
+    key: str, values: Sequence[torch.Tensor], names: Sequence[str] | None = None
+) -> torch.Tensor:
+    """The merged value of a non-floating tensor (integer or bool buffer).
+
+    Every function that combines state_dicts (:func:`~weightspace.merge.average`
+    and with it every matcher's final average, ``interpolate``,
+    ``task_arithmetic``) applies this one rule:
+
+    - identical in every model: copied;
+    - ``*.num_batches_tracked`` (BatchNorm's batch counter; it only matters
+      with ``momentum=None``): the maximum over the models. ``reset_bn_stats``
+      and ``repair`` reset it and count the re-estimation batches instead;
+    - any other tensor that differs: :class:`MergeError` naming the tensor,
+      because no average of counters, indices or masks is right in general.
+
+    Args:
+        key: the tensor's state_dict name (named in errors).
+        values: one tensor per model, all of the same shape and dtype.
+        names: labels of the models for error messages.
+    """
+    first = values[0]
+    for i, v in enumerate(values[1:], start=1):
+        if v.dtype != first.dtype:
+            raise MergeError(
+                f"tensor {key!r}: {model_label(i, names)} has dtype {v.dtype}, "
+                f"{model_label(0, names)} has {first.dtype}"
+            )
+    if all(torch.equal(v, first) for v in values[1:]):
+        return first.clone()
+    if key == "num_batches_tracked" or key.endswith(".num_batches_tracked"):
+        return torch.stack(list(values)).amax(0)
+    i = next(i for i, v in enumerate(values) if not torch.equal(v, first))
+    raise MergeError(
+        f"non-floating tensor {key!r} differs between {model_label(0, names)} and {model_label(i, names)}; "
+        "integer/bool buffers cannot be averaged: make them equal (or drop them) before merging"
+    )
 
 
 def _check_same(sds: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str] | None = None) -> None:

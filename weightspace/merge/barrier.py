@@ -9,6 +9,7 @@ returned as data (:class:`PathResult`); plotting is the caller's business.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -20,7 +21,7 @@ from weightspace.merge._common import MergeError, check_finite_data, instantiate
 from weightspace.merge.average import interpolate
 from weightspace.merge.repair import endpoint_stats, repair, repair_plan, reset_bn_stats
 
-__all__ = ["PathResult", "barrier", "evaluate", "linear_path"]
+__all__ = ["PathResult", "barrier", "evaluate", "linear_path", "loss_and_accuracy"]
 
 
 def barrier(lambdas: Sequence[float], values: Sequence[float]) -> float:
@@ -40,7 +41,7 @@ def barrier(lambdas: Sequence[float], values: Sequence[float]) -> float:
     return float((v - line).max())
 
 
-def evaluate(
+def loss_and_accuracy(
     model: nn.Module,
     sd: Mapping[str, torch.Tensor],
     data: Any,
@@ -49,6 +50,8 @@ def evaluate(
     batch_size: int = 512,
 ) -> tuple[float, float]:
     """Mean loss and accuracy of ``sd`` (eval mode) on labelled ``data``.
+
+    (Named ``evaluate`` before; :func:`evaluate` remains as a deprecated alias.)
 
     Args:
         data: ``(x (N, ...), y (N,))`` or an iterable of ``(x, y)`` batches.
@@ -64,7 +67,7 @@ def evaluate(
     with torch.no_grad():
         for x, y in iter_batches(data, batch_size):
             if y is None:
-                raise MergeError("evaluate needs labelled data (x, y)")
+                raise MergeError("loss_and_accuracy needs labelled data (x, y)")
             check_finite_data(x)
             out = m(x)
             tot += float(loss_fn(out, y)) * x.shape[0]
@@ -74,8 +77,20 @@ def evaluate(
                 classify = False
             n += x.shape[0]
     if n == 0:
-        raise MergeError("evaluate: data yielded no samples")
+        raise MergeError("loss_and_accuracy: data yielded no samples")
     return tot / n, (correct / n if classify else float("nan"))
+
+
+def evaluate(*args: Any, **kwargs: Any) -> tuple[float, float]:
+    """Deprecated alias of :func:`loss_and_accuracy` (same arguments; the
+    name collided with ``nn.train.evaluate``, ``predict.metrics.evaluate``
+    and ``zoo.train.evaluate``)."""
+    warnings.warn(
+        "weightspace.merge.evaluate is deprecated; use weightspace.merge.loss_and_accuracy",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return loss_and_accuracy(*args, **kwargs)
 
 
 @dataclass
@@ -166,7 +181,7 @@ def linear_path(
         elif correction == "repair":
             sd = repair(model, sd, [sd_a, sd_b], cdata, weights=[1 - lam, lam], spec=spec,
                         batch_size=batch_size, stats=stats)
-        loss, acc = evaluate(model, sd, data, loss_fn=loss_fn, batch_size=batch_size)
+        loss, acc = loss_and_accuracy(model, sd, data, loss_fn=loss_fn, batch_size=batch_size)
         losses.append(loss)
         accs.append(acc)
     err = [1.0 - a for a in accs]

@@ -24,7 +24,8 @@ Example::
 
 Methods (``METHODS``): ``average``, ``weight_matching``, ``merge_many``,
 ``activation_matching``, ``ste``, ``ot_fusion`` (widths may differ),
-``fisher``, ``task_arithmetic`` (needs ``base: {path: ...}``).
+``fisher``, ``task_arithmetic`` (needs ``base: {path: ...}``); each is one
+adapter registered with :func:`~weightspace.merge.methods.merge_method`.
 
 Validation happens before anything runs: every key is checked for its type
 and range, unknown keys, methods, architectures, architecture arguments and
@@ -50,26 +51,13 @@ from weightspace.core import permutation_spec
 from weightspace.data import load_dataset
 from weightspace.errors import ConfigError, InputFileError, MissingFileError, WeightspaceError
 from weightspace.io import Field, check_type, did_you_mean, load_state_dict, read_npy, read_yaml, validate
-from weightspace.merge._common import MergeConfigError, MergeError, check_state_dict, instantiate
-from weightspace.merge.average import average, diagonal_fisher, fisher_average, task_arithmetic
-from weightspace.merge.barrier import evaluate, linear_path
-from weightspace.merge.matching import activation_matching, ste_matching, weight_matching
-from weightspace.merge.multi import align_to_reference, merge_many
-from weightspace.merge.ot_fusion import ot_fusion
+from weightspace.merge._common import MergeConfigError, MergeError, check_state_dict
+from weightspace.merge.barrier import linear_path, loss_and_accuracy
+from weightspace.merge.methods import METHODS, MethodInputs, get_method
 from weightspace.merge.repair import repair, reset_bn_stats
 
 __all__ = ["METHODS", "MergeConfig", "MergeConfigError", "MergeOutcome", "ModelEntry", "load_config", "run_config"]
 
-METHODS = (
-    "average",
-    "weight_matching",
-    "merge_many",
-    "activation_matching",
-    "ste",
-    "ot_fusion",
-    "fisher",
-    "task_arithmetic",
-)
 _REPAIR = ("none", "reset_bn", "repair")
 _SPLITS = ("train", "val", "test")
 
@@ -149,21 +137,12 @@ def _resolve(p: str, root: Path) -> Path:
 
 
 # ------------------------------------------------------- option signatures
-def _option_targets(method: str) -> list[tuple[Callable, set[str]]]:
+def _option_targets(method: str) -> list[tuple[Callable, frozenset[str]]]:
     """The functions whose keyword arguments are a method's ``options``, and
     per function the arguments the runner sets itself (or that YAML cannot
-    carry: modules, tensors, callables, dtypes)."""
-
-    return {
-        "average": [],
-        "weight_matching": [(weight_matching, {"init", "dtype", "progress", "validate"})],
-        "merge_many": [(merge_many, {"weights", "names"})],
-        "activation_matching": [(activation_matching, {"spec", "example_input"})],
-        "ste": [(ste_matching, {"loss_fn", "init", "progress"})],
-        "ot_fusion": [(ot_fusion, {"target", "weights", "models", "data", "names"})],
-        "fisher": [(diagonal_fisher, set()), (fisher_average, {"weights", "names"})],
-        "task_arithmetic": [(task_arithmetic, set())],
-    }[method]
+    carry: modules, tensors, callables, dtypes) -- as registered with
+    :func:`~weightspace.merge.methods.merge_method`."""
+    return list(get_method(method).options)
 
 
 def _split_top(text: str, sep: str) -> list[str]:
@@ -613,12 +592,16 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
     """
 
     src = cfg.source
-    if cfg.data is None and (cfg.method in ("activation_matching", "ste", "fisher") or cfg.repair != "none"):
+    try:
+        method = get_method(cfg.method)
+    except KeyError:  # pragma: no cover - validated in load_config
+        raise MergeConfigError(f"unknown method {cfg.method!r}", path=src, field="method") from None
+    if cfg.data is None and (method.needs_data or cfg.repair != "none"):
         what = f"repair {cfg.repair!r}" if cfg.repair != "none" else f"method {cfg.method!r}"
         raise MergeConfigError(f"{what} needs 'data' in the config (data: {{path: data.npz}} or {{dataset: ...}})",
                                path=src, field="data")
-    if cfg.method == "task_arithmetic" and cfg.base is None:
-        raise MergeConfigError("method task_arithmetic needs 'base: {path: ...}'", path=src, field="base")
+    if method.needs_base and cfg.base is None:
+        raise MergeConfigError(f"method {cfg.method} needs 'base: {{path: ...}}'", path=src, field="base")
     ref = cfg.models[cfg.reference]
     arch_keys = {(m.arch, repr(sorted(m.arch_kwargs.items()))) for m in cfg.models}
     if len({a for a, _ in arch_keys}) > 1:
@@ -626,7 +609,7 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
             f"models have different architectures {sorted({m.arch for m in cfg.models})}; "
             "only models of one architecture (family) can be merged", path=src, field="models",
         )
-    if len(arch_keys) > 1 and cfg.method != "ot_fusion":
+    if len(arch_keys) > 1 and not method.mixed_widths:
         raise MergeConfigError(
             f"models have different architecture arguments ({[m.arch_kwargs for m in cfg.models]}); "
             "only method ot_fusion merges different widths", path=src, field="method",
@@ -642,68 +625,21 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
 
     names = [str(m.path) for m in cfg.models]
     sds = [_load_weights(m, of(m)[1], src) for m in cfg.models]
-    base_sd = _load_weights(cfg.base, of(cfg.base)[1], src) if cfg.method == "task_arithmetic" else None
+    base_sd = _load_weights(cfg.base, of(cfg.base)[1], src) if method.needs_base else None
     fit = evl = None
     if cfg.data is not None:
         fit, evl = load_data(cfg.data, source=src)
         for mod in {id(b[0]): b[0] for b in built.values()}.values():
             _check_data_fits(mod, fit, evl, cfg.data, src)
-    opts = dict(cfg.options)
     weights = [m.weight for m in cfg.models]
-    aligned = None
     summary: dict = {"method": cfg.method, "models": names, "arch": ref.arch, "arch_kwargs": ref.arch_kwargs}
     n = len(sds)
-    if cfg.method == "average":
-        merged = average(sds, weights, names=names)
-        aligned = sds
-    elif cfg.method == "weight_matching":
-        opts.setdefault("seed", cfg.seed)
-        res = align_to_reference(
-            sds, spec, reference=cfg.reference, weights=weights, names=names,
-            matcher=lambda a, b: weight_matching(a, b, spec, validate=False, progress=progress, **opts).perm,
-        )
-        merged, aligned = res.state_dict, res.aligned
-    elif cfg.method == "merge_many":
-        opts.setdefault("seed", cfg.seed)
-        res = merge_many(sds, spec, weights=weights, names=names, **opts)
-        merged, aligned = res.state_dict, res.aligned
-        summary["rounds"] = res.rounds
-    elif cfg.method == "activation_matching":
-        opts.setdefault("seed", cfg.seed)
-        mods = [instantiate(module, sd) for sd in sds]
-        res = align_to_reference(
-            sds, spec, reference=cfg.reference, weights=weights, names=names,
-            matcher=lambda a, b: activation_matching(
-                mods[cfg.reference], instantiate(module, b), fit[0], spec, **opts
-            ).perm,
-        )
-        merged, aligned = res.state_dict, res.aligned
-    elif cfg.method == "ste":
-        opts.setdefault("seed", cfg.seed)
-        res = align_to_reference(
-            sds, spec, reference=cfg.reference, weights=weights, names=names,
-            matcher=lambda a, b: ste_matching(module, a, b, fit, spec, progress=progress, **opts).perm,
-        )
-        merged, aligned = res.state_dict, res.aligned
-    elif cfg.method == "ot_fusion":
-        specs = [of(m)[1] for m in cfg.models]
-        if opts.get("ground") == "activations":
-            opts["models"] = [instantiate(of(m)[0], sd) for m, sd in zip(cfg.models, sds)]
-            opts["data"] = fit[0]
-        res = ot_fusion(sds, specs, target=cfg.reference, weights=weights, names=names, **opts)
-        merged, aligned = res.state_dict, res.aligned
-    elif cfg.method == "fisher":
-        fisher_params = inspect.signature(diagonal_fisher).parameters
-        fopts = {k: v for k, v in opts.items() if k in fisher_params}
-        fopts.setdefault("seed", cfg.seed)
-        fishers = [diagonal_fisher(module, sd, fit, **fopts) for sd in sds]
-        eps = {k: v for k, v in opts.items() if k not in fisher_params}
-        merged = fisher_average(sds, fishers, weights, names=names, **eps)
-        aligned = sds
-    elif cfg.method == "task_arithmetic":
-        merged = task_arithmetic(base_sd, sds, opts.get("scale", 1.0))
-    else:  # pragma: no cover - validated in load_config
-        raise MergeConfigError(f"unknown method {cfg.method!r}", path=src, field="method")
+    out = method.run(MethodInputs(
+        sds, weights, names, cfg.reference, cfg.seed, dict(cfg.options), module, spec,
+        [of(m)[0] for m in cfg.models], [of(m)[1] for m in cfg.models], fit, base_sd, progress,
+    ))
+    merged, aligned = out.state_dict, out.aligned
+    summary.update(out.summary)
 
     try:
         if cfg.repair == "reset_bn":
@@ -723,9 +659,9 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
         summary["eval"] = {}
         if len(arch_keys) == 1:
             for i, sd in enumerate(sds):
-                loss, acc = evaluate(module, sd, evl)
+                loss, acc = loss_and_accuracy(module, sd, evl)
                 summary["eval"][f"model{i}"] = {"loss": loss, "accuracy": acc}
-        loss, acc = evaluate(module, merged, evl)
+        loss, acc = loss_and_accuracy(module, merged, evl)
         summary["eval"]["merged"] = {"loss": loss, "accuracy": acc}
         if cfg.barrier is not None and n == 2 and aligned is not None and len(arch_keys) == 1:
             bopts = dict(cfg.barrier)

@@ -7,65 +7,67 @@ in ``a``'s neuron order (the same function as ``b``).
 Weight matching maximises ``sum_W <W_a, P(W_b)>`` over every tensor the spec
 permutes, by coordinate descent over the spec's groups: each step fixes the
 other groups and solves one linear assignment problem
-(``scipy.optimize.linear_sum_assignment``) whose cost matrix sums one matmul
-per tensor axis the group touches (``group.axes``), with the current
-permutations of the other groups applied to the other axes.
+(:func:`~weightspace.merge.assignment.linear_assignment`) whose cost matrix
+sums one matmul per tensor axis the group touches (``group.axes``), with the
+current permutations of the other groups applied to the other axes.
 
 Attention heads: a head group and the neuron groups nested in its heads
-(q/k pairs, v) are one coordinate. For every pair (head ``i`` of ``a``, head
-``j`` of ``b``) the best within-head alignment is solved exactly (one small
-LAP per nested group), its value is the head-pair similarity, and an outer
-LAP assigns heads. This is exact block coordinate descent over
-(head assignment, within-head permutations).
-"""
+(q/k pairs, v) are one coordinate, solved exactly by
+:func:`~weightspace.merge.assignment.head_assignment`. Activation matching
+takes its statistics from :mod:`weightspace.merge.activations`."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from weightspace.core import permutation_spec
 from weightspace.errors import SpecError
 from weightspace.merge._common import (
-    HeadLayout,
     MergeError,
-    as_samples,
-    axis_index,
-    channel_axis,
+    coordinates,
     check_finite_data,
     check_state_dicts,
     is_running_stat,
     iter_batches,
-    permute_except,
+    masked_unit_rows,
+    nested_rows,
     resolve_spec,
-    split_groups,
     unit_rows,
 )
-from weightspace.similarity.capture import ActivationCapture, capturable_layers
-from weightspace.symmetry.permutation import (
+from weightspace.merge.activations import block_moments, head_costs_from_blocks
+from weightspace.merge.assignment import (
+    head_assignment,
+    head_assignment_value,
+    linear_assignment,
+    set_head_assignment_,
+)
+from weightspace.symmetry import (
+    HeadLayout,
+    PermGroup,
     Permutation,
+    PermutationSpec,
     apply_permutation,
+    axis_index,
     block_index_maps,
     identity_permutation,
+    split_groups,
     validate_permutation,
 )
-from weightspace.symmetry.spec import PermGroup, PermutationSpec
 
 __all__ = [
     "MatchResult",
-    "block_moments",
-    "head_costs_from_blocks",
     "activation_matching",
     "match_objective",
-    "weight_matching",
     "ste_matching",
+    "weight_matching",
 ]
 
 
@@ -96,169 +98,6 @@ class MatchResult:
     def apply(self, sd_b: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``sd_b`` permuted into ``a``'s neuron order (a new state_dict)."""
         return apply_permutation(sd_b, self.spec, self.perm)
-
-
-# --------------------------------------------------------------- LAP helpers
-def _lap(cost: torch.Tensor) -> tuple[np.ndarray, float]:
-    """Maximising assignment of a square ``[n, n]`` similarity: ``(cols, value)``.
-
-    When the row maxima already form a permutation that is the optimum (no
-    assignment can beat every row's maximum), and scipy is skipped.
-    """
-    c = cost.detach().to(torch.float64).numpy()
-    n = c.shape[0]
-    best = c.argmax(1)
-    if np.unique(best).size == n:
-        return best, float(c[np.arange(n), best].sum())
-    rows, cols = linear_sum_assignment(c, maximize=True)
-    return cols, float(c[rows, cols].sum())
-
-
-def _solve_heads(
-    S: Sequence[torch.Tensor], R: torch.Tensor
-) -> tuple[np.ndarray, list[np.ndarray], float]:
-    """Head assignment with optimal within-head alignment.
-
-    Args:
-        S: per nested kind ``k``, similarities ``[h, n_k, h, n_k]`` between
-            neuron ``r`` of head ``i`` of ``a`` and neuron ``r'`` of head ``j``
-            of ``b``.
-        R: ``[h, h]`` similarity of the within-head positions no nested
-            group permutes.
-
-    Returns:
-        ``sigma [h]`` (head of ``b`` assigned to head ``i`` of ``a``), per kind
-        ``pi_k [h, n_k]`` (within-head permutation of *old* head ``j`` of ``b``),
-        and the optimal value.
-    """
-    h = R.shape[0]
-    V = R.detach().to(torch.float64).clone()
-    cols = [[[None] * h for _ in range(h)] for _ in S]
-    for k, Sk in enumerate(S):
-        Sk = Sk.detach().to(torch.float64)
-        for i in range(h):
-            for j in range(h):
-                c, v = _lap(Sk[i, :, j, :])
-                cols[k][i][j] = c
-                V[i, j] += v
-    sigma, value = _lap(V)
-    pis = []
-    for k, Sk in enumerate(S):
-        pi = np.zeros((h, Sk.shape[1]), dtype=np.int64)
-        for i in range(h):
-            pi[sigma[i]] = cols[k][i][sigma[i]]
-        pis.append(pi)
-    return sigma, pis, value
-
-
-def _head_value(
-    S: Sequence[torch.Tensor], R: torch.Tensor, layout: HeadLayout, perm: Mapping[str, torch.Tensor]
-) -> float:
-    """Objective of the current (head, within-head) permutation."""
-    sigma = perm[layout.group.name].long()
-    val = float(R.to(torch.float64)[torch.arange(len(sigma)), sigma].sum())
-    for Sk, subs in zip(S, layout.subs):
-        Sk = Sk.to(torch.float64)
-        n = Sk.shape[1]
-        for i, j in enumerate(sigma.tolist()):
-            pj = perm[subs[j].name].long()
-            val += float(Sk[i, torch.arange(n), j, pj].sum())
-    return val
-
-
-def _set_heads(perm: Permutation, layout: HeadLayout, sigma: np.ndarray, pis: Sequence[np.ndarray]) -> None:
-    perm[layout.group.name] = torch.as_tensor(sigma, dtype=torch.long)
-    for subs, pi in zip(layout.subs, pis):
-        for j, g in enumerate(subs):
-            perm[g.name] = torch.as_tensor(pi[j], dtype=torch.long)
-
-
-# ------------------------------------------------------------ weight matching
-class _WeightCosts:
-    """Cost matrices of weight matching for one pair of state_dicts.
-
-    The product ``A_e @ B_e^T`` of one tensor axis entry only depends on how
-    the *other* axes of that tensor are currently permuted; it is cached with
-    those gather indices and reused while they are unchanged (``cache``).
-    """
-
-    def __init__(self, spec, sd_a, sd_b, keys: set[str], dtype: torch.dtype, cache: bool = True) -> None:
-        self.spec = spec
-        keys = {k for k in keys if k in sd_a and k in sd_b}
-        self.keys = keys
-        self.A = {k: sd_a[k].detach().to(dtype) for k in keys}
-        self.B = {k: sd_b[k].detach().to(dtype) for k in keys}
-        self.use_cache = cache
-        self.rows_a: dict = {}
-        self.products: dict = {}
-
-    def _other_indices(self, p: str, ax: int, maps) -> tuple[tuple[int, torch.Tensor], ...]:
-        shape = self.B[p].shape
-        return tuple(
-            (ref.axis, axis_index(ref, shape[ref.axis], maps)) for ref in self.spec.param_axes.get(p, ()) if ref.axis != ax
-        )
-
-    def _b_except(self, cache: dict, p: str, ax: int, maps) -> torch.Tensor:
-        key = (p, ax)
-        if key not in cache:
-            cache[key] = permute_except(self.B[p], self.spec, p, maps, ax)
-        return cache[key]
-
-    def product(self, p: str, ax: int, st: int, n: int, u: int, maps) -> torch.Tensor:
-        """``[n, n]`` float64: ``rows(A) @ rows(P_other(B))^T`` for one axis entry."""
-        idx = self._other_indices(p, ax, maps)
-        key = (p, ax, st, n, u)
-        hit = self.products.get(key)
-        if hit is not None and all(torch.equal(x, y) for (_, x), (_, y) in zip(hit[0], idx)):
-            return hit[1]
-        a = self.rows_a.get(key)
-        if a is None:
-            a = unit_rows(self.A[p], ax, st, n, u)
-            if self.use_cache:
-                self.rows_a[key] = a
-        bt = self.B[p]
-        for axis, ix in idx:
-            bt = bt.index_select(axis, ix)
-        prod = (a @ unit_rows(bt, ax, st, n, u).T).to(torch.float64)
-        if self.use_cache:
-            self.products[key] = (idx, prod)
-        return prod
-
-    def neuron(self, g: PermGroup, maps) -> torch.Tensor:
-        """``[n, n]``: similarity of unit ``i`` of ``a`` and unit ``j`` of ``b``."""
-        C = torch.zeros(g.size, g.size, dtype=torch.float64)
-        for p, ax, st, u in g.axes:
-            if p in self.keys:
-                C += self.product(p, ax, st, g.size, u, maps)
-        return C
-
-    def heads(self, L: HeadLayout, maps) -> tuple[list[torch.Tensor], torch.Tensor]:
-        H = L.group
-        h = H.size
-        cache: dict = {}
-        S = []
-        for subs in L.subs:
-            n = subs[0].size
-            Sk = torch.zeros(h * n, h * n, dtype=torch.float64)
-            for e, (p, ax, _, u) in enumerate(subs[0].axes):
-                if p not in self.keys:
-                    continue
-                bt = self._b_except(cache, p, ax, maps)
-                a = torch.cat([unit_rows(self.A[p], ax, g.axes[e][2], n, u) for g in subs])
-                b = torch.cat([unit_rows(bt, ax, g.axes[e][2], n, u) for g in subs])
-                Sk += (a @ b.T).to(torch.float64)
-            S.append(Sk.view(h, n, h, n))
-        R = torch.zeros(h, h, dtype=torch.float64)
-        for (p, ax, st, ue), mask in zip(H.axes, L.uncovered):
-            if p not in self.keys or not bool(mask.any()):
-                continue
-            rep = ue // H.unit
-            sel = mask.repeat_interleave(rep)
-            a = unit_rows(self.A[p], ax, st, h, ue).view(h, ue, -1)[:, sel].reshape(h, -1)
-            bt = self._b_except(cache, p, ax, maps)
-            b = unit_rows(bt, ax, st, h, ue).view(h, ue, -1)[:, sel].reshape(h, -1)
-            R += (a @ b.T).to(torch.float64)
-        return S, R
 
 
 def match_objective(
@@ -321,23 +160,26 @@ def weight_matching(
         validate: check both state_dicts against ``spec`` (keys, shapes, finite).
 
     Returns:
-        :class:`MatchResult` with ``perm`` mapping ``b`` onto ``a``.
+        :class:`MatchResult` with ``perm`` mapping ``b`` onto ``a``;
+        ``info["timing"]`` (``build_s``, ``lap_s``, ``steps`` in total),
+        ``info["per_group"]`` (the same per coordinate) and
+        ``info["history"]`` (per sweep: ``sweep``, ``time_s``, ``steps``,
+        ``changed`` coordinates, objective ``gain``).
     """
     spec = resolve_spec(spec)
     if validate:
         check_state_dicts([sd_a, sd_b], spec, min_models=2)
     keys = {k for k in spec.param_axes if include_buffers or not is_running_stat(k)}
-    free, heads = split_groups(spec)
-    coords: list[tuple[str, Any]] = [("neuron", g) for g in free] + [("head", L) for L in heads]
+    coords = coordinates(spec)
     if groups is not None:
         wanted = set(groups)
-        unknown = wanted - {c[1].name if c[0] == "neuron" else c[1].group.name for c in coords}
+        unknown = wanted - {_coord_name(c) for c in coords}
         if unknown:
             raise SpecError(
                 f"groups {sorted(unknown)} are not matchable coordinates (nested head neurons are "
                 "optimised through their head group)"
             )
-        coords = [c for c in coords if (c[1].name if c[0] == "neuron" else c[1].group.name) in wanted]
+        coords = [c for c in coords if _coord_name(c) in wanted]
     perm = {k: v.clone().long() for k, v in (init or identity_permutation(spec)).items()}
     validate_permutation(spec, perm)
     costs = _WeightCosts(spec, sd_a, sd_b, keys, dtype, cache)
@@ -346,16 +188,10 @@ def weight_matching(
     # its tensors changes; a coordinate whose cost is unchanged since it was
     # last solved is already optimal, so it is skipped (same result, and the
     # final confirming sweep costs nothing).
-    def tensors_of(c) -> set[str]:
-        if c[0] == "neuron":
-            return {p for p, *_ in c[1].axes}
-        return {p for p, *_ in c[1].group.axes} | {p for subs in c[1].subs for g in subs for p, *_ in g.axes}
-
-    touched = [tensors_of(c) for c in coords]
+    touched = [_coord_tensors(c) for c in coords]
     neighbours = [[j for j, t in enumerate(touched) if t & ti] for ti in touched]
     dirty = [True] * len(coords)
-    timing = {"build_s": 0.0, "lap_s": 0.0, "steps": 0}
-    per_group: dict[str, dict[str, float]] = {}
+    log = _SweepLog()
     rng = np.random.default_rng(seed)
     maps = block_index_maps(spec, perm)
     sweeps, converged = 0, False
@@ -368,205 +204,24 @@ def weight_matching(
             break
         sweeps += 1
         improved = False
-        for ci in rng.permutation(len(coords)):
-            if not dirty[ci]:
-                continue
-            dirty[ci] = False
-            kind, obj = coords[ci]
-            name = obj.name if kind == "neuron" else obj.group.name
-            t0 = time.perf_counter()
-            if kind == "neuron":
-                C = costs.neuron(obj, maps)
-                t1 = time.perf_counter()
-                cols, new = _lap(C)
-                old = float(C[torch.arange(obj.size), perm[obj.name]].sum())
-                changed = new - old > tol * max(1.0, abs(old))
-                if changed:
-                    perm[obj.name] = torch.as_tensor(cols, dtype=torch.long)
-            else:
-                S, R = costs.heads(obj, maps)
-                t1 = time.perf_counter()
-                sigma, pis, new = _solve_heads(S, R)
-                old = _head_value(S, R, obj, perm)
-                changed = new - old > tol * max(1.0, abs(old))
-                if changed:
-                    _set_heads(perm, obj, sigma, pis)
-            t2 = time.perf_counter()
-            pg = per_group.setdefault(name, {"build_s": 0.0, "lap_s": 0.0, "steps": 0})
-            pg["build_s"] += t1 - t0
-            pg["lap_s"] += t2 - t1
-            pg["steps"] += 1
-            if changed:
-                improved = True
-                maps = block_index_maps(spec, perm)
-                for j in neighbours[ci]:
-                    if j != ci:
-                        dirty[j] = True
+        with log.sweep():
+            for ci in rng.permutation(len(coords)):
+                if not dirty[ci]:
+                    continue
+                dirty[ci] = False
+                if _solve_coordinate_(coords[ci], costs, maps, perm, tol, log):
+                    improved = True
+                    maps = block_index_maps(spec, perm)
+                    for j in neighbours[ci]:
+                        if j != ci:
+                            dirty[j] = True
         if not improved:
             converged = True
             break
     else:
         converged = not any(dirty)
-    for pg in per_group.values():
-        for k in timing:
-            timing[k] += pg[k]
     objective = match_objective(sd_a, sd_b, spec, perm, include_buffers=include_buffers)
-    return MatchResult(
-        perm, spec, "weight", objective, sweeps, converged, {"timing": timing, "per_group": per_group}
-    )
-
-
-# -------------------------------------------------------- activation matching
-class _CrossCorr:
-    """Streaming second moments of two ``(m, n_a)`` / ``(m, n_b)`` streams:
-    Pearson cross-correlation and mean squared distance ``[n_a, n_b]``."""
-
-    def __init__(self, n_a: int, n_b: int | None = None) -> None:
-        n_b = n_a if n_b is None else n_b
-        z = lambda *s: torch.zeros(*s, dtype=torch.float64)  # noqa: E731
-        self.m = 0
-        self.sa, self.sb, self.saa, self.sbb, self.sab = z(n_a), z(n_b), z(n_a), z(n_b), z(n_a, n_b)
-
-    def update(self, a: torch.Tensor, b: torch.Tensor) -> None:
-        a, b = a.double(), b.double()
-        self.m += a.shape[0]
-        self.sa += a.sum(0)
-        self.sb += b.sum(0)
-        self.saa += (a * a).sum(0)
-        self.sbb += (b * b).sum(0)
-        self.sab += a.T @ b
-
-    def corr(self) -> torch.Tensor:
-        m = max(self.m, 1)
-        ma, mb = self.sa / m, self.sb / m
-        cov = self.sab / m - ma[:, None] * mb[None, :]
-        sa = (self.saa / m - ma**2).clamp_min(0).sqrt()
-        sb = (self.sbb / m - mb**2).clamp_min(0).sqrt()
-        den = sa[:, None] * sb[None, :]
-        # dead (constant) neurons correlate 0 with everything
-        return torch.where(den > 1e-12, cov / den.clamp_min(1e-12), torch.zeros_like(cov))
-
-    def sqdist(self) -> torch.Tensor:
-        """``E[(a_i - b_j)^2]`` over samples."""
-        m = max(self.m, 1)
-        return (self.saa[:, None] / m + self.sbb[None, :] / m - 2 * self.sab / m).clamp_min(0)
-
-
-def _capture_plan(model: nn.Module, spec: PermutationSpec, blocks: set[int]) -> tuple[dict[int, tuple[str, int]], list[int]]:
-    """Which blocks can be captured as module outputs: ``{block: (layer, axis)}``
-    and the blocks that cannot (their groups fall back to weights)."""
-    names = set(capturable_layers(model))
-    mods = dict(model.named_modules())
-    plan, missing = {}, []
-    for b in sorted(blocks):
-        prod = spec.blocks[b].producer
-        if prod in names and prod in mods:
-            plan[b] = (prod, channel_axis(mods[prod]))
-        else:
-            missing.append(b)
-    return plan, missing
-
-
-def block_moments(
-    model_a: nn.Module,
-    model_b: nn.Module,
-    data: Any,
-    spec_a: PermutationSpec,
-    blocks: Sequence[int] | None = None,
-    *,
-    spec_b: PermutationSpec | None = None,
-    batch_size: int = 256,
-    max_samples: int | None = None,
-) -> tuple[dict[int, "_CrossCorr"], list[int]]:
-    """Streaming second moments between the neurons of each block of ``a``
-    and ``b`` (the same architecture family; widths may differ).
-
-    Activations are the outputs of the op that creates the block
-    (``spec.blocks[b].producer``), captured through an fx trace; spatial
-    positions and tokens count as samples.
-
-    Args:
-        data: ``x`` ``(N, ...)``, ``(x, y)`` or an iterable of batches.
-        blocks: block indices (default: every non-fixed block).
-        spec_b: ``b``'s spec when its widths differ (default ``spec_a``).
-
-    Returns:
-        ``({block: accumulator with .corr() / .sqdist() [size_a, size_b]},
-        blocks whose producer output could not be captured)``.
-    """
-    spec_b = spec_b or spec_a
-    want = set(range(len(spec_a.blocks))) if blocks is None else set(blocks)
-    want = {b for b in want if not spec_a.blocks[b].fixed}
-    plan, missing = _capture_plan(model_a, spec_a, want)
-    layers = sorted({v[0] for v in plan.values()})
-    acc = {b: _CrossCorr(spec_a.blocks[b].size, spec_b.blocks[b].size) for b in plan}
-    if layers:
-        cap_a, cap_b = ActivationCapture(model_a, layers), ActivationCapture(model_b, layers)
-        seen = 0
-        dtype = next(model_a.parameters()).dtype
-        for x, _ in iter_batches(data, batch_size, max_samples):
-            x = torch.as_tensor(x)
-            check_finite_data(x)
-            if x.is_floating_point():
-                x = x.to(dtype)
-            seen += x.shape[0]
-            oa, ob = cap_a(x), cap_b(x)
-            for b, (layer, axis) in list(plan.items()):
-                ta, tb = oa[layer], ob[layer]
-                ok = (
-                    isinstance(ta, torch.Tensor)
-                    and isinstance(tb, torch.Tensor)
-                    and ta.ndim >= 2
-                    and ta.shape[axis] == spec_a.blocks[b].size
-                    and tb.shape[axis] == spec_b.blocks[b].size
-                )
-                if not ok:
-                    missing.append(b)
-                    del plan[b], acc[b]
-                    continue
-                acc[b].update(as_samples(ta, axis), as_samples(tb, axis))
-        if seen == 0:
-            raise MergeError("data yielded no samples to capture activations from")
-    return acc, sorted(set(missing))
-
-
-def head_costs_from_blocks(
-    L_a: HeadLayout, L_b: HeadLayout, mats: Mapping[int, torch.Tensor]
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Head-solver inputs from block-level neuron similarities.
-
-    Args:
-        L_a, L_b: the same head group in ``a``'s and ``b``'s spec.
-        mats: ``{block: [size_a, size_b]}`` similarity of neurons.
-
-    Returns:
-        ``S`` (per nested kind ``[h, n_k, h, n_k]``) and ``R [h, h]`` as
-        taken by the head solver.
-    """
-    H, Hb = L_a.group, L_b.group
-    h = H.size
-    S = []
-    for subs, subs_b in zip(L_a.subs, L_b.subs):
-        n = subs[0].size
-        Sk = torch.zeros(h * n, h * n, dtype=torch.float64)
-        for t in range(len(subs[0].targets)):
-            b = subs[0].targets[t][0]
-            ia = torch.cat([torch.arange(g.targets[t][1], g.targets[t][1] + n) for g in subs])
-            ib = torch.cat([torch.arange(g.targets[t][1], g.targets[t][1] + n) for g in subs_b])
-            Sk += mats[b][ia][:, ib]
-        S.append(Sk.view(h, n, h, n))
-    R = torch.zeros(h, h, dtype=torch.float64)
-    for (rb, rs), (_, rs_b) in zip(H.targets, Hb.targets):
-        covered = torch.zeros(H.unit, dtype=torch.bool)
-        for subs in L_a.subs:
-            for gb, gs in subs[0].targets:
-                if gb == rb and rs <= gs < rs + H.unit:
-                    covered[gs - rs : gs - rs + subs[0].size] = True
-        for o in torch.nonzero(~covered).flatten().tolist():
-            pa = rs + torch.arange(h) * H.unit + o
-            pb = rs_b + torch.arange(h) * Hb.unit + o
-            R += mats[rb][pa][:, pb]
-    return S, R
+    return MatchResult(perm, spec, "weight", objective, sweeps, converged, log.info())
 
 
 def activation_matching(
@@ -606,6 +261,7 @@ def activation_matching(
     """
     sd_a, sd_b = model_a.state_dict(), model_b.state_dict()
     if spec is None:
+
         x0 = example_input
         if x0 is None:
             x0 = next(iter_batches(data, 2))[0][:2]
@@ -625,7 +281,7 @@ def activation_matching(
             todo.append(g.name)
             continue
         C = sum(corr[b][s : s + g.size, s : s + g.size] for b, s in g.targets)
-        cols, v = _lap(C)
+        cols, v = linear_assignment(C)
         perm[g.name] = torch.as_tensor(cols, dtype=torch.long)
         total += v
     for L in heads:
@@ -634,8 +290,8 @@ def activation_matching(
             todo.append(H.name)
             continue
         S, R = head_costs_from_blocks(L, L, corr)
-        sigma, pis, v = _solve_heads(S, R)
-        _set_heads(perm, L, sigma, pis)
+        sigma, pis, v = head_assignment(S, R)
+        set_head_assignment_(perm, L, sigma, pis)
         total += v
     info: dict = {"fallback_groups": todo, "uncaptured_blocks": [spec.blocks[b].producer for b in missing]}
     if todo:
@@ -740,3 +396,196 @@ def ste_matching(
     th = {k: v.detach() for k, v in theta.items()}
     final = weight_matching(th, sd_b, spec, seed=seed, init=perm, validate=False)
     return MatchResult(final.perm, spec, "ste", final.objective, steps, True, {"loss": losses})
+
+
+# ------------------------------------------------------------------ helpers
+def _coord_name(c: tuple[str, Any]) -> str:
+    """The group name of a coordinate (a head coordinate: its head group)."""
+    return c[1].name if c[0] == "neuron" else c[1].group.name
+
+
+def _coord_tensors(c: tuple[str, Any]) -> set[str]:
+    """The tensors a coordinate's cost matrix reads."""
+    if c[0] == "neuron":
+        return {p for p, *_ in c[1].axes}
+    return {p for p, *_ in c[1].group.axes} | {p for subs in c[1].subs for g in subs for p, *_ in g.axes}
+
+
+def _solve_coordinate_(
+    coord: tuple[str, Any], costs: "_WeightCosts", maps: Sequence[torch.Tensor], perm: Permutation, tol: float,
+    log: "_SweepLog",
+) -> bool:
+    """One coordinate-descent step: solve ``coord`` with the others fixed and
+    write it into ``perm`` (the matcher's working copy, in place) when it
+    improves the objective by more than ``tol`` (relative). Returns whether
+    it did."""
+    kind, obj = coord
+    name = _coord_name(coord)
+    with log.timed(name, "build_s"):
+        cost = costs.neuron(obj, maps) if kind == "neuron" else costs.heads(obj, maps)
+    with log.timed(name, "lap_s"):
+        if kind == "neuron":
+            cols, new = linear_assignment(cost)
+            old = float(cost[torch.arange(obj.size), perm[obj.name]].sum())
+        else:
+            S, R = cost
+            sigma, pis, new = head_assignment(S, R)
+            old = head_assignment_value(S, R, obj, perm)
+        changed = new - old > tol * max(1.0, abs(old))
+        if changed:
+            if kind == "neuron":
+                perm[obj.name] = torch.as_tensor(cols, dtype=torch.long)
+            else:
+                set_head_assignment_(perm, obj, sigma, pis)
+    log.step(name, new - old if changed else None)
+    return changed
+
+
+class _SweepLog:
+    """Where coordinate descent spends its time, kept out of the loop.
+
+    Per coordinate (group name): seconds building cost matrices
+    (``build_s``), seconds solving and applying the assignment (``lap_s``)
+    and the steps run. Per sweep: its wall time, steps, coordinates changed
+    and ``gain``, the summed improvement of the changed coordinates' own
+    objective (the increase of the matching objective when no group acts on
+    two axes of one tensor).
+    """
+
+    def __init__(self, clock: Any = time.perf_counter) -> None:
+        self.clock = clock
+        self.per_group: dict[str, dict[str, float]] = {}
+        self.history: list[dict[str, float]] = []
+
+    @contextlib.contextmanager
+    def timed(self, name: str, phase: str) -> Iterator[None]:
+        pg = self.per_group.setdefault(name, {"build_s": 0.0, "lap_s": 0.0, "steps": 0})
+        t0 = self.clock()
+        try:
+            yield
+        finally:
+            pg[phase] += self.clock() - t0
+
+    @contextlib.contextmanager
+    def sweep(self) -> Iterator[None]:
+        rec = {"sweep": len(self.history) + 1, "time_s": 0.0, "steps": 0, "changed": 0, "gain": 0.0}
+        self.history.append(rec)
+        t0 = self.clock()
+        try:
+            yield
+        finally:
+            rec["time_s"] = self.clock() - t0
+
+    def step(self, name: str, gain: float | None) -> None:
+        """Count one solved coordinate; ``gain`` is ``None`` when it did not change."""
+        self.per_group[name]["steps"] += 1
+        rec = self.history[-1]
+        rec["steps"] += 1
+        if gain is not None:
+            rec["changed"] += 1
+            rec["gain"] += gain
+
+    def info(self) -> dict:
+        """``{"timing": totals, "per_group": {...}, "history": [per sweep]}``."""
+        timing = {"build_s": 0.0, "lap_s": 0.0, "steps": 0}
+        for pg in self.per_group.values():
+            for k in timing:
+                timing[k] += pg[k]
+        return {"timing": timing, "per_group": self.per_group, "history": self.history}
+
+
+class _WeightCosts:
+    """Cost matrices of weight matching for one pair of state_dicts.
+
+    The product ``A_e @ B_e^T`` of one tensor axis entry only depends on how
+    the *other* axes of that tensor are currently permuted; it is cached with
+    those gather indices and reused while they are unchanged (``cache``).
+    """
+
+    def __init__(self, spec, sd_a, sd_b, keys: set[str], dtype: torch.dtype, cache: bool = True) -> None:
+        self.spec = spec
+        keys = {k for k in keys if k in sd_a and k in sd_b}
+        self.keys = keys
+        self.A = {k: sd_a[k].detach().to(dtype) for k in keys}
+        self.B = {k: sd_b[k].detach().to(dtype) for k in keys}
+        self.use_cache = cache
+        self.rows_a: dict = {}
+        self.products: dict = {}
+
+    def _other_indices(self, p: str, ax: int, maps) -> tuple[tuple[int, torch.Tensor], ...]:
+        shape = self.B[p].shape
+        return tuple(
+            (ref.axis, axis_index(ref, shape[ref.axis], maps)) for ref in self.spec.param_axes.get(p, ()) if ref.axis != ax
+        )
+
+    def _b_except(self, cache: dict, p: str, ax: int, maps) -> torch.Tensor:
+        key = (p, ax)
+        if key not in cache:
+            cache[key] = _permute_except(self.B[p], self.spec, p, maps, ax)
+        return cache[key]
+
+    def product(self, p: str, ax: int, st: int, n: int, u: int, maps) -> torch.Tensor:
+        """``[n, n]`` float64: ``rows(A) @ rows(P_other(B))^T`` for one axis entry."""
+        idx = self._other_indices(p, ax, maps)
+        key = (p, ax, st, n, u)
+        hit = self.products.get(key)
+        if hit is not None and all(torch.equal(x, y) for (_, x), (_, y) in zip(hit[0], idx)):
+            return hit[1]
+        a = self.rows_a.get(key)
+        if a is None:
+            a = unit_rows(self.A[p], ax, st, n, u)
+            if self.use_cache:
+                self.rows_a[key] = a
+        bt = self.B[p]
+        for axis, ix in idx:
+            bt = bt.index_select(axis, ix)
+        prod = (a @ unit_rows(bt, ax, st, n, u).T).to(torch.float64)
+        if self.use_cache:
+            self.products[key] = (idx, prod)
+        return prod
+
+    def neuron(self, g: PermGroup, maps) -> torch.Tensor:
+        """``[n, n]``: similarity of unit ``i`` of ``a`` and unit ``j`` of ``b``."""
+        C = torch.zeros(g.size, g.size, dtype=torch.float64)
+        for p, ax, st, u in g.axes:
+            if p in self.keys:
+                C += self.product(p, ax, st, g.size, u, maps)
+        return C
+
+    def heads(self, L: HeadLayout, maps) -> tuple[list[torch.Tensor], torch.Tensor]:
+        H = L.group
+        h = H.size
+        cache: dict = {}
+        S = []
+        for subs in L.subs:
+            n = subs[0].size
+            Sk = torch.zeros(h * n, h * n, dtype=torch.float64)
+            for e, (p, ax, _, u) in enumerate(subs[0].axes):
+                if p not in self.keys:
+                    continue
+                bt = self._b_except(cache, p, ax, maps)
+                a = nested_rows(self.A[p], ax, subs, e, n, u)
+                b = nested_rows(bt, ax, subs, e, n, u)
+                Sk += (a @ b.T).to(torch.float64)
+            S.append(Sk.view(h, n, h, n))
+        R = torch.zeros(h, h, dtype=torch.float64)
+        for (p, ax, st, ue), mask in zip(H.axes, L.uncovered):
+            if p not in self.keys or not bool(mask.any()):
+                continue
+            rep = ue // H.unit
+            sel = mask.repeat_interleave(rep)
+            a = masked_unit_rows(self.A[p], ax, st, h, ue, sel)
+            bt = self._b_except(cache, p, ax, maps)
+            b = masked_unit_rows(bt, ax, st, h, ue, sel)
+            R += (a @ b.T).to(torch.float64)
+        return S, R
+
+
+def _permute_except(
+    t: torch.Tensor, spec: PermutationSpec, name: str, maps: Sequence[torch.Tensor], skip_axis: int | None
+) -> torch.Tensor:
+    """``t`` (tensor ``name``) gathered by ``maps`` on every neuron axis but ``skip_axis``."""
+    for ref in spec.param_axes.get(name, ()):
+        if ref.axis != skip_axis:
+            t = t.index_select(ref.axis, axis_index(ref, t.shape[ref.axis], maps))
+    return t

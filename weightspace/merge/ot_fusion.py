@@ -39,16 +39,18 @@ import torch
 from torch import nn
 
 from weightspace.merge._common import (
-    HeadLayout,
     MergeError,
     check_state_dict,
+    coordinates,
+    masked_unit_rows,
     model_label,
-    split_groups,
+    nested_rows,
     unit_rows,
 )
+from weightspace.merge.activations import block_moments, head_costs_from_blocks
+from weightspace.merge.assignment import head_assignment
 from weightspace.merge.average import average
-from weightspace.merge.matching import _solve_heads, block_moments, head_costs_from_blocks
-from weightspace.symmetry.spec import PermGroup, PermutationSpec
+from weightspace.symmetry import HeadLayout, PermGroup, PermutationSpec
 
 __all__ = ["FusionResult", "ot_fusion", "check_same_family"]
 
@@ -201,7 +203,7 @@ class _Aligner:
                 continue
             a = unit_rows(self.T[p], ax, st_t, gt.size, u)
             b = unit_rows(self.align(p, skip_axis=ax), ax, st_m, gm.size, um)
-            D += (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+            D += _sqdist(a, b)
             used += 1
         return D.clamp_min(0) if used else None
 
@@ -215,9 +217,9 @@ class _Aligner:
                 if p not in self.M or not self.usable(p, ax):
                     continue
                 bt = self.align(p, skip_axis=ax)
-                a = torch.cat([unit_rows(self.T[p], ax, g.axes[e][2], n, u) for g in subs_t])
-                b = torch.cat([unit_rows(bt, ax, g.axes[e][2], n, u) for g in subs_m])
-                Dk += (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+                a = nested_rows(self.T[p], ax, subs_t, e, n, u)
+                b = nested_rows(bt, ax, subs_m, e, n, u)
+                Dk += _sqdist(a, b)
                 used += 1
             S.append(-Dk.view(h, n, h, n))
         R = torch.zeros(h, h, dtype=torch.float64)
@@ -226,9 +228,9 @@ class _Aligner:
             if p not in self.M or not bool(mask.any()) or not self.usable(p, ax):
                 continue
             sel = mask.repeat_interleave(ue // Ht.unit)
-            a = unit_rows(self.T[p], ax, st, h, ue).view(h, ue, -1)[:, sel].reshape(h, -1)
-            b = unit_rows(self.align(p, skip_axis=ax), ax, stm, h, ue).view(h, ue, -1)[:, sel].reshape(h, -1)
-            R -= (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+            a = masked_unit_rows(self.T[p], ax, st, h, ue, sel)
+            b = masked_unit_rows(self.align(p, skip_axis=ax), ax, stm, h, ue, sel)
+            R -= _sqdist(a, b)
             used += 1
         return (S, R) if used else None
 
@@ -253,13 +255,8 @@ class _Aligner:
                             M[b][st + r, sm + int(pi[j][r])] = 1.0
             for i in range(Ht.size):
                 self.done(subs_t[i].targets)
-        for (b, rs), (_, rsm) in zip(Ht.targets, Hm.targets):
-            covered = torch.zeros(Ht.unit, dtype=torch.bool)
-            for subs in Lt.subs:
-                for gb, gs in subs[0].targets:
-                    if gb == b and rs <= gs < rs + Ht.unit:
-                        covered[gs - rs : gs - rs + subs[0].size] = True
-            for o in torch.nonzero(~covered).flatten().tolist():
+        for t, ((b, rs), (_, rsm)) in enumerate(zip(Ht.targets, Hm.targets)):
+            for o in Lt.uncovered_offsets(t):
                 for i in range(Ht.size):
                     j = int(sigma[i])
                     for M in (self.row, self.col):
@@ -287,6 +284,11 @@ class _Aligner:
         return out
 
 
+def _sqdist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances of the rows of ``a [n, d]`` and ``b [m, d]``: ``[n, m]``."""
+    return (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+
+
 def _transport(D: torch.Tensor, solver: str, reg: float, num_itermax: int) -> torch.Tensor:
     import ot
 
@@ -308,8 +310,9 @@ def _transport(D: torch.Tensor, solver: str, reg: float, num_itermax: int) -> to
 
 
 def _coordinate_order(spec: PermutationSpec) -> list[tuple[str, Any]]:
-    free, heads = split_groups(spec)
-    coords = [("neuron", g) for g in free] + [("head", L) for L in heads]
+    """The coordinates (:func:`~weightspace.merge._common.coordinates`) in
+    graph order: by the first block they touch."""
+    coords = coordinates(spec)
 
     def first_block(c):
         if c[0] == "neuron":
@@ -410,7 +413,7 @@ def ot_fusion(
                     if res is None:
                         raise MergeError(f"head group {ct.group.name!r}: no aligned tensor slice for a ground metric")
                     S, R = res
-                sigma, pis, _ = _solve_heads(S, R)
+                sigma, pis, _ = head_assignment(S, R)
                 al.set_heads(ct, cm, sigma, pis)
                 P = np.zeros((ct.group.size, ct.group.size))
                 P[np.arange(len(sigma)), sigma] = 1.0 / len(sigma)

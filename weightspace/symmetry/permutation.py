@@ -7,12 +7,12 @@ functions are pure: they return new tensors and never modify their inputs.
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 
 from weightspace.errors import SpecError
-from weightspace.symmetry.spec import PermutationSpec
+from weightspace.symmetry.spec import AxisRef, PermutationSpec
 
 Permutation = dict[str, torch.Tensor]
 
@@ -76,13 +76,27 @@ def block_index_maps(spec: PermutationSpec, perm: Mapping[str, torch.Tensor]) ->
     return maps
 
 
-def _axis_index(ref, length: int, maps: list[torch.Tensor]) -> torch.Tensor:
+def axis_index(ref: AxisRef, length: int, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Gather index of one tensor axis under per-block neuron maps.
+
+    Args:
+        ref: how the axis maps onto block neurons (``spec.param_axes[name][k]``).
+        length: the axis' length (``tensor.shape[ref.axis]``).
+        maps: per block, LongTensor ``[block size]`` from :func:`block_index_maps`.
+
+    Returns:
+        LongTensor ``[length]``: ``t.index_select(ref.axis, index)`` is the
+        axis permuted; positions outside ``ref.segments`` stay in place.
+    """
     idx = torch.arange(length)
     for b, bs, n, astart in ref.segments:
         src = maps[b][bs : bs + n] - bs
         pos = (astart + src[:, None] * ref.rep + torch.arange(ref.rep)[None, :]).reshape(-1)
         idx[astart : astart + n * ref.rep] = pos
     return idx
+
+
+_axis_index = axis_index  # the former private name
 
 
 def apply_block_maps(
@@ -100,7 +114,7 @@ def apply_block_maps(
                 f"tensor {name!r} has shape {tuple(t.shape)}, the spec expects {spec.param_shapes[name]}"
             )
         for ref in refs:
-            t = t.index_select(ref.axis, _axis_index(ref, t.shape[ref.axis], maps))
+            t = t.index_select(ref.axis, axis_index(ref, t.shape[ref.axis], maps))
         out[name] = t
     return out
 

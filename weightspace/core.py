@@ -13,7 +13,8 @@ from torch import nn
 from weightspace.graph.parameter_graph import GraphTemplate, ParameterGraph, build_template
 from weightspace.symmetry.spec import PermutationSpec, build_spec
 from weightspace.trace.structure import Structure, resolve
-from weightspace.trace.tracer import ComputationGraph, trace
+from weightspace.trace.frontend import trace_module
+from weightspace.trace.tracer import ComputationGraph
 
 
 @dataclass
@@ -56,10 +57,13 @@ def analyze(
     example_input: torch.Tensor | Sequence[torch.Tensor] | None = None,
     *,
     arch_kwargs: Mapping[str, Any] | None = None,
+    tracer: str = "auto",
 ) -> Analysis:
-    """Trace ``model`` and derive its structure, spec and graph template."""
+    """Trace ``model`` and derive its structure, spec and graph template.
+
+    ``tracer``: ``"auto"`` (torch.fx, then torch.export), ``"fx"`` or ``"export"``."""
     module, x, name = resolve_model(model, example_input, arch_kwargs)
-    cg = trace(module, x, arch=name)
+    cg = trace_module(module, x, arch=name, tracer=tracer)
     structure = resolve(cg)
     spec = build_spec(cg, structure)
     template = build_template(cg, spec, structure)
@@ -69,22 +73,25 @@ def analyze(
 def permutation_spec(
     model: nn.Module | str,
     example_input: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    *,
+    tracer: str = "auto",
     **arch_kwargs: Any,
 ) -> PermutationSpec:
-    """The :class:`PermutationSpec` of a module or registered architecture."""
+    """The :class:`PermutationSpec` of a module or registered architecture
+    (``tracer``: ``"auto"``, ``"fx"`` or ``"export"``)."""
     module, x, name = resolve_model(model, example_input, arch_kwargs)
-    cg = trace(module, x, arch=name)
+    cg = trace_module(module, x, arch=name, tracer=tracer)
     return build_spec(cg)
 
 
 _TEMPLATES: dict[str, GraphTemplate] = {}
 
 
-def graph_template(arch: str, **arch_kwargs: Any) -> GraphTemplate:
+def graph_template(arch: str, *, tracer: str = "auto", **arch_kwargs: Any) -> GraphTemplate:
     """The (cached) :class:`GraphTemplate` of a registered architecture."""
-    key = json.dumps([arch, sorted((k, repr(v)) for k, v in arch_kwargs.items())])
+    key = json.dumps([arch, sorted((k, repr(v)) for k, v in arch_kwargs.items()), tracer])
     if key not in _TEMPLATES:
-        _TEMPLATES[key] = analyze(arch, arch_kwargs=arch_kwargs).template
+        _TEMPLATES[key] = analyze(arch, arch_kwargs=arch_kwargs, tracer=tracer).template
     return _TEMPLATES[key]
 
 
@@ -94,6 +101,7 @@ def parameter_graph(
     *,
     arch: str | None = None,
     allow_nonfinite: bool = False,
+    tracer: str = "auto",
     **arch_kwargs: Any,
 ) -> ParameterGraph:
     """The :class:`ParameterGraph` of a module, or of a state_dict plus ``arch``.
@@ -107,10 +115,10 @@ def parameter_graph(
     if isinstance(model, Mapping):
         if arch is None:
             raise ValueError("a state_dict needs arch=<registered architecture name>")
-        return graph_template(arch, **arch_kwargs).graph(model, allow_nonfinite=allow_nonfinite)
+        return graph_template(arch, tracer=tracer, **arch_kwargs).graph(model, allow_nonfinite=allow_nonfinite)
     if isinstance(model, str):
-        return graph_template(model, **arch_kwargs).graph(
+        return graph_template(model, tracer=tracer, **arch_kwargs).graph(
             resolve_model(model, None, arch_kwargs)[0].state_dict(), allow_nonfinite=allow_nonfinite
         )
-    a = analyze(model, example_input)
+    a = analyze(model, example_input, tracer=tracer)
     return a.template.graph(model.state_dict(), allow_nonfinite=allow_nonfinite)

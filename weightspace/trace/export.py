@@ -35,7 +35,7 @@ from torch import nn
 from weightspace.errors import TraceError, UnsupportedOperationError
 from weightspace.trace import rules as R
 from weightspace.trace.axes import Ctx, Resplit, apply_resplit
-from weightspace.trace.channels import ChannelState, Feat, SplitAx
+from weightspace.trace.channels import ChannelState, Feat, Lazy, SplitAx
 from weightspace.trace.tracer import ComputationGraph, _mark_outputs, _tensor_descs, finish_graph
 
 aten = torch.ops.aten
@@ -53,11 +53,20 @@ def _embedding(ctx, args, descs, kwargs, kdescs, out):
 
 
 def _addmm(ctx, args, descs, kwargs, kdescs, out):
-    # aten.addmm(bias, mat1, mat2): bias + mat1 @ mat2 (HF Conv1D)
+    # aten.addmm(bias, mat1, mat2): bias + mat1 @ mat2 (HF Conv1D: weight is (in, out))
+    bias, x, w = args[0], args[1], args[2]
+    db, dx, dw = descs[0], descs[1], descs[2]
+    if dw is not None and isinstance(dw[1], Lazy) and dw[1].kind == "param":
+        fin = ctx.as_feature(dx[-1], int(x.shape[-1]), op="input")
+        ctx.bind_param(dw[0], fin)
+        fout = ctx.state.materialize(dw[1], ctx.where, "Linear", ctx.where)
+        R.set_roles(ctx, dw, {0: "in", 1: "out"})
+        if R.is_tensor(bias) and db is not None and bias.dim() == 1:
+            ctx.bind_param(db[0], fout)
+            R.set_roles(ctx, db, {0: "out"})
+            return (dx[0], fout)
+        return ctx.broadcast([(bias, db), (out, (dx[0], fout))], out.shape)
     mm = R.matmul_rule(ctx, args[1:3], descs[1:3], {}, {}, out)
-    bias, db = args[0], descs[0]
-    if db is not None and db and R.is_tensor(bias):
-        R.set_roles(ctx, db, {0: "out"})
     return ctx.broadcast([(bias, db), (out, mm)], out.shape)
 
 
@@ -120,7 +129,17 @@ def _slice(ctx, args, descs, kwargs, kdescs, out):
     size = int(x.shape[dim])
     start = 0 if start is None else int(start)
     end = size if end is None else min(int(end), size)
-    r = ctx.slice_axis(d[dim], size, start, end, step)
+    e = d[dim]
+    if (isinstance(e, SplitAx) and e.level == len(ctx.state.splits[e.sid].sizes) - 1
+            and slice(start, end, step).indices(size) != (0, size, 1)):
+        # a slice inside every head (rotary ``rotate_half``): head_dim
+        # positions carry meaning, so those neurons and their heads are fixed
+        ctx.state.fix(e)
+        ctx.state.disable_heads(e.sid)
+        dd = list(d)
+        dd[dim] = None
+        return tuple(dd)
+    r = ctx.slice_axis(e, size, start, end, step)
     dd = list(d)
     if isinstance(r, Resplit):
         dd = apply_resplit(dd, r)
@@ -140,6 +159,25 @@ def _index_select(ctx, args, descs, kwargs, kdescs, out):
     dim = R.norm_dim(int(args[1]), x.dim())
     idx = (slice(None),) * dim + (args[2],)
     return R.tensor_index(ctx, x, d, idx, out)
+
+
+def _reshape(ctx, args, descs, kwargs, kdescs, out):
+    """``view`` / ``reshape``; a head axis flattened with a broadcast axis
+    (``repeat_kv`` of grouped-query attention: (B, kv_heads, n_rep, T, D) ->
+    (B, heads, T, D)) fixes those heads and their neurons: correct, not
+    general (kv-head permutations that move q heads in blocks are not derived)."""
+    x, d = args[0], descs[0]
+    try:
+        return ctx.reshape(x.shape, d, out.shape)
+    except UnsupportedOperationError as exc:
+        if "flatten of a head axis with non-head axes" not in str(exc):
+            raise
+    for e in d:
+        if isinstance(e, SplitAx):
+            ctx.state.fix(e)
+            ctx.state.disable_heads(e.sid)
+    d = tuple(None if isinstance(e, SplitAx) else e for e in d)
+    return ctx.reshape(x.shape, d, out.shape)
 
 
 def _squeeze(ctx, args, descs, kwargs, kdescs, out):
@@ -239,7 +277,7 @@ _reg(_sdpa, "scaled_dot_product_attention", "_scaled_dot_product_flash_attention
 _reg(R.einsum_rule, "einsum")
 _reg(R.softmax, "softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_softmax")
 # shapes
-_reg(R.reshape_rule, "view", "reshape", "_unsafe_view", "unflatten", "_reshape_alias")
+_reg(_reshape, "view", "reshape", "_unsafe_view", "unflatten", "_reshape_alias")
 _reg(R.flatten_rule, "flatten")
 _reg(R.permute_rule, "permute")
 _reg(R.transpose_rule, "transpose", "swapaxes")
@@ -298,6 +336,11 @@ _reg(R.pool_rule, "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_p
 _reg(R.interpolate_rule, "upsample_nearest2d", "upsample_bilinear2d", "upsample_nearest1d")
 _reg(_repeat_interleave, "repeat_interleave")
 ATEN_RULES[operator.getitem] = R.getitem_rule
+
+
+# modules the fx front end handles as a whole while their ATen form cannot be
+# read channel by channel (MultiheadAttention folds heads into the batch axis)
+_FX_MODULE_RULE_NAMES = {"MultiheadAttention"}
 
 
 def _lookup(target: Any) -> Callable | None:
@@ -461,7 +504,18 @@ def trace_export(
                         hint="register a channel rule with weightspace.trace.export.register_aten_rule",
                     )
                 ctx = Ctx(state, where, op)
-                env[node] = (val, rule(ctx, args, dargs, kwargs, dkwargs, val))
+                try:
+                    env[node] = (val, rule(ctx, args, dargs, kwargs, dkwargs, val))
+                except UnsupportedOperationError as exc:
+                    owner = module_types.get(where, "")
+                    if owner in _FX_MODULE_RULE_NAMES and "tracer='fx'" not in exc.hint:
+                        raise UnsupportedOperationError(
+                            exc.op, exc.module_path,
+                            hint=f"{owner} has a module-level rule in the fx front end: use tracer='fx'"
+                                 + (f"; {exc.hint}" if exc.hint else ""),
+                            detail=str(exc.message).split(": ", 1)[1].split(". Hint:")[0] if ": " in exc.message else "",
+                        ) from exc
+                    raise
     finally:
         for m, flag in training.items():
             m.training = flag

@@ -42,7 +42,24 @@ def _llama():
     return cfg, T.LlamaForCausalLM, (torch.randint(0, 100, (2, 8)),)
 
 
-MODELS = {"gpt2": _gpt2, "bert": _bert, "vit": _vit, "resnet": _resnet, "llama": _llama}
+def _llama_mqa_tied():
+    # multi-query attention (one k/v head), tied input/output embeddings
+    cfg = T.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=32,
+                        use_cache=False, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
+                        pad_token_id=0)
+    return cfg, T.LlamaForCausalLM, (torch.randint(0, 100, (2, 8)),)
+
+
+def _gpt_neox():
+    # per-head packed q/k/v, partial rotary
+    cfg = T.GPTNeoXConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=4, use_cache=False, bos_token_id=0, eos_token_id=0)
+    return cfg, T.GPTNeoXForCausalLM, (torch.randint(0, 100, (2, 8)),)
+
+
+MODELS = {"gpt2": _gpt2, "bert": _bert, "vit": _vit, "resnet": _resnet, "llama": _llama,
+          "llama_mqa_tied": _llama_mqa_tied, "gpt_neox": _gpt_neox}
 
 
 def _build(name):
@@ -82,5 +99,10 @@ def test_hf_model_symmetry(name):
         for p in ("q_proj", "k_proj", "v_proj"):
             assert not _groups_of(spec, f"model.layers.0.self_attn.{p}.weight", 0)
         assert not any(g.kind == "head" for g in spec.groups)
+    if name == "llama_mqa_tied":
+        cg = a.computation_graph
+        assert cg.aliases["lm_head.weight"] == cg.aliases["model.embed_tokens.weight"]
+        g = _groups_of(spec, "model.embed_tokens.weight", 1)
+        assert len(g) == 1 and g == _groups_of(spec, "lm_head.weight", 1) and g[0].size == 32
     if name == "resnet":
         assert sorted(g.size for g in spec.groups) == [8, 8, 16, 16]

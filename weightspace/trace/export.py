@@ -119,6 +119,58 @@ def _native_dropout(ctx, args, descs, kwargs, kdescs, out):
     return [descs[0], descs[0]]
 
 
+def _inner_split(ctx, e) -> bool:
+    """Whether ``e`` is the innermost (head_dim) level of a head split."""
+    return isinstance(e, SplitAx) and e.level == len(ctx.state.splits[e.sid].sizes) - 1
+
+
+def _fix_axis(ctx, d: tuple, dim: int) -> tuple:
+    """Slicing or chunking inside every head (rotary ``rotate_half``, GPT-NeoX
+    per-head packed q/k/v): head_dim positions carry meaning, so those
+    neurons and their heads are fixed and the axis is no longer tracked."""
+    e = d[dim]
+    ctx.state.fix(e)
+    ctx.state.disable_heads(e.sid)
+    dd = list(d)
+    dd[dim] = None
+    return tuple(dd)
+
+
+def _chunk(ctx, args, descs, kwargs, kdescs, out):
+    x, d = args[0], descs[0]
+    dim = R.norm_dim(int(R.get_arg(args, kwargs, 2, "dim", 0)), x.dim())
+    if _inner_split(ctx, d[dim]) and len(out) > 1:
+        fixed = _fix_axis(ctx, d, dim)
+        return [fixed for _ in out]
+    return R.chunk_rule(ctx, args, descs, kwargs, kdescs, out)
+
+
+def _contracting(rule):
+    """matmul / SDPA where a head-split axis meets a plain neuron axis
+    (multi-query attention: one k/v head is not split): fix both sides and
+    their heads, then contract nothing."""
+
+    def adapted(ctx, args, descs, kwargs, kdescs, out):
+        try:
+            return rule(ctx, args, descs, kwargs, kdescs, out)
+        except UnsupportedOperationError as exc:
+            if "a head-split axis is contracted with a plain axis" not in str(exc):
+                raise
+        new = []
+        for d in descs:
+            if isinstance(d, tuple) and d and R.is_tensor(args[len(new)]):
+                for e in d:
+                    if isinstance(e, (Feat, SplitAx)):
+                        ctx.state.fix(e)
+                        if isinstance(e, SplitAx):
+                            ctx.state.disable_heads(e.sid)
+                d = tuple(None if isinstance(e, (Feat, SplitAx)) else e for e in d)
+            new.append(d)
+        return rule(ctx, args, tuple(new), kwargs, kdescs, out)
+
+    return adapted
+
+
 def _slice(ctx, args, descs, kwargs, kdescs, out):
     # aten.slice.Tensor(x, dim=0, start=None, end=None, step=1)
     x, d = args[0], descs[0]
@@ -130,15 +182,9 @@ def _slice(ctx, args, descs, kwargs, kdescs, out):
     start = 0 if start is None else int(start)
     end = size if end is None else min(int(end), size)
     e = d[dim]
-    if (isinstance(e, SplitAx) and e.level == len(ctx.state.splits[e.sid].sizes) - 1
-            and slice(start, end, step).indices(size) != (0, size, 1)):
-        # a slice inside every head (rotary ``rotate_half``): head_dim
-        # positions carry meaning, so those neurons and their heads are fixed
-        ctx.state.fix(e)
-        ctx.state.disable_heads(e.sid)
-        dd = list(d)
-        dd[dim] = None
-        return tuple(dd)
+    if _inner_split(ctx, e) and slice(start, end, step).indices(size) != (0, size, 1):
+        # a slice inside every head (rotary ``rotate_half``)
+        return _fix_axis(ctx, d, dim)
     r = ctx.slice_axis(e, size, start, end, step)
     dd = list(d)
     if isinstance(r, Resplit):
@@ -165,19 +211,31 @@ def _reshape(ctx, args, descs, kwargs, kdescs, out):
     """``view`` / ``reshape``; a head axis flattened with a broadcast axis
     (``repeat_kv`` of grouped-query attention: (B, kv_heads, n_rep, T, D) ->
     (B, heads, T, D)) fixes those heads and their neurons: correct, not
-    general (kv-head permutations that move q heads in blocks are not derived)."""
+    general (kv-head permutations that move q heads in blocks are not derived).
+    The same holds for a neuron axis flattened under an untracked one
+    (multi-query attention merging q's heads with the single k/v head_dim)."""
     x, d = args[0], descs[0]
     try:
         return ctx.reshape(x.shape, d, out.shape)
     except UnsupportedOperationError as exc:
-        if "flatten of a head axis with non-head axes" not in str(exc):
+        if not any(m in str(exc) for m in _FIXABLE_RESHAPES):
             raise
     for e in d:
-        if isinstance(e, SplitAx):
+        if isinstance(e, (Feat, SplitAx)):
             ctx.state.fix(e)
+        if isinstance(e, SplitAx):
             ctx.state.disable_heads(e.sid)
-    d = tuple(None if isinstance(e, SplitAx) else e for e in d)
+    d = tuple(None if isinstance(e, (Feat, SplitAx)) else e for e in d)
     return ctx.reshape(x.shape, d, out.shape)
+
+
+# reshapes that are read as "these neurons keep their place" instead of failing:
+# repeat_kv of grouped-query attention, and the heads of multi-query
+# attention (one k/v head: its head_dim is a plain axis under q's heads)
+_FIXABLE_RESHAPES = (
+    "flatten of a head axis with non-head axes",
+    "flatten puts a neuron axis inside another axis",
+)
 
 
 def _squeeze(ctx, args, descs, kwargs, kdescs, out):
@@ -216,10 +274,6 @@ def _like(ctx, args, descs, kwargs, kdescs, out):
 
 def _pool_tuple(ctx, args, descs, kwargs, kdescs, out):
     return R.pool_rule(ctx, args, descs, kwargs, kdescs, out)
-
-
-def _split_with_sizes(ctx, args, descs, kwargs, kdescs, out):
-    return R.chunk_rule(ctx, args, descs, kwargs, kdescs, out)
 
 
 def _pad(ctx, args, descs, kwargs, kdescs, out):
@@ -263,7 +317,7 @@ def _reg(rule: Callable, *names: str) -> None:
 
 _reg(R.linear_rule, "linear")
 _reg(_addmm, "addmm")
-_reg(R.matmul_rule, "mm", "bmm", "matmul")
+_reg(_contracting(R.matmul_rule), "mm", "bmm", "matmul")
 _reg(_convolution, "convolution", "_convolution")
 _reg(_conv_fn, "conv1d", "conv2d", "conv3d")
 _reg(R.layer_norm_rule, "layer_norm")
@@ -273,7 +327,7 @@ _reg(_native_group_norm, "native_group_norm")
 _reg(_batch_norm, "batch_norm", "native_batch_norm", "_native_batch_norm_legit_no_training",
      "_native_batch_norm_legit", "_native_batch_norm_legit_functional", "cudnn_batch_norm")
 _reg(_embedding, "embedding")
-_reg(_sdpa, "scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu")
+_reg(_contracting(_sdpa), "scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu")
 _reg(R.einsum_rule, "einsum")
 _reg(R.softmax, "softmax", "_softmax", "log_softmax", "_log_softmax", "_safe_softmax")
 # shapes
@@ -282,8 +336,7 @@ _reg(R.flatten_rule, "flatten")
 _reg(R.permute_rule, "permute")
 _reg(R.transpose_rule, "transpose", "swapaxes")
 _reg(R.t_rule, "t", "numpy_T")
-_reg(R.chunk_rule, "split", "chunk", "unsafe_split", "unsafe_chunk")
-_reg(_split_with_sizes, "split_with_sizes", "unsafe_split_with_sizes")
+_reg(_chunk, "split", "chunk", "unsafe_split", "unsafe_chunk", "split_with_sizes", "unsafe_split_with_sizes")
 _reg(R.unbind_rule, "unbind")
 _reg(R.cat_rule, "cat", "concat", "concatenate")
 _reg(R.stack_rule, "stack")

@@ -106,3 +106,17 @@ def test_hf_model_symmetry(name):
         assert len(g) == 1 and g == _groups_of(spec, "lm_head.weight", 1) and g[0].size == 32
     if name == "resnet":
         assert sorted(g.size for g in spec.groups) == [8, 8, 16, 16]
+
+
+def test_default_use_cache_is_switched_off_for_export():
+    # the default config returns a DynamicCache, which torch.export cannot
+    # return; the export front end passes use_cache=False
+    cfg = T.GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=1, n_head=4, bos_token_id=0,
+                       eos_token_id=0)
+    assert cfg.use_cache
+    torch.manual_seed(0)
+    m = T.GPT2LMHeadModel(cfg)
+    from weightspace.core import permutation_spec
+
+    spec = permutation_spec(m, torch.randint(0, 100, (2, 8)), tracer="export")
+    assert [g.size for g in spec.groups if g.kind == "head"] == [4]

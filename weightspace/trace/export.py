@@ -438,20 +438,35 @@ def _holds(descs: Any) -> bool:
     return True
 
 
+def _export_kwargs(module: nn.Module) -> dict:
+    """``use_cache=False`` for modules whose forward() takes it (Hugging Face
+    decoders): key/value caches are not tensors torch.export can return, and
+    the channel structure never depends on them."""
+    import inspect
+
+    try:
+        params = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"use_cache": False} if "use_cache" in params else {}
+
+
 def export_program(module: nn.Module, example_inputs: tuple) -> "torch.export.ExportedProgram":
-    """``torch.export.export(module, inputs, strict=False)`` in eval mode,
-    errors turned into :class:`TraceError`."""
+    """``torch.export.export(module, inputs, strict=False)`` in eval mode
+    (with ``use_cache=False`` where forward() takes it), errors turned into
+    :class:`TraceError`."""
     training = {m: m.training for m in module.modules()}
     module.eval()
+    kwargs = _export_kwargs(module)
     try:
         with torch.no_grad():
-            return torch.export.export(module, example_inputs, strict=False)
+            return torch.export.export(module, example_inputs, kwargs=kwargs, strict=False)
     except Exception as exc:  # torch.export raises many exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise TraceError(
             f"torch.export could not export {type(module).__name__}: {type(exc).__name__}: {first}. "
-            "Hint: torch.export needs outputs made of tensors (for Hugging Face models pass "
-            "use_cache=False) and no data-dependent control flow on tensor values"
+            "Hint: torch.export needs outputs made of tensors (or of pytree-registered containers) "
+            "and no data-dependent control flow on tensor values"
         ) from exc
     finally:
         for m, flag in training.items():
@@ -490,8 +505,15 @@ def trace_export(
     p_of = dict(sig.inputs_to_parameters)
     b_of = dict(sig.inputs_to_buffers)
     c_of = dict(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {})
-    user_inputs = list(sig.user_inputs)
-    flat_inputs = list(example_inputs)
+    user_inputs = [n for n in sig.user_inputs if isinstance(n, str)]
+    const_inputs = {
+        spec.arg.name: spec.arg.value
+        for spec in sig.input_specs
+        if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
+        and isinstance(spec.arg, torch.export.graph_signature.ConstantArgument)
+    }
+    # user inputs are the tensor leaves of the example inputs, in order
+    flat_inputs = [v for v in torch.utils._pytree.tree_leaves(example_inputs) if isinstance(v, torch.Tensor)]
 
     state = ChannelState()
     env: dict[torch.fx.Node, tuple[Any, Any]] = {}
@@ -521,6 +543,8 @@ def trace_export(
                             raise TraceError(f"exported program takes input {name!r} that no example input provides")
                         val = flat_inputs[i]
                         desc = _tensor_descs(val, ("input", name))
+                    elif name in const_inputs:  # non-tensor user input (use_cache=False)
+                        val, desc = const_inputs[name], None
                     else:
                         raise TraceError(f"exported program has an unknown input {name!r}")
                     env[node] = (val, desc)

@@ -44,6 +44,10 @@ def test_fx_and_export_agree(name):
     assert _group_key(fx.spec) == _group_key(ex.spec)
     assert fx.spec.param_axes == ex.spec.param_axes
     assert [b.size for b in fx.spec.blocks] == [b.size for b in ex.spec.blocks]
+    # and the same parameter graph: nodes, edges, edge types
+    assert fx.template.num_nodes == ex.template.num_nodes
+    assert torch.equal(fx.template.edge_index(), ex.template.edge_index())
+    assert torch.equal(fx.template.edge_type(), ex.template.edge_type())
 
 
 class Sorted(nn.Module):

@@ -87,32 +87,37 @@ def _conv_fn(ctx, args, descs, kwargs, kdescs, out):
                      out, groups, ctx.where, "Conv")
 
 
-def _tuple_out(first: torch.Tensor, res, out):
+def _tuple_out(res, out):
+    """Descriptors of a ``(result, statistics...)`` tuple output."""
     return [res] + [R.untracked(o) for o in out[1:]]
 
 
 def _native_layer_norm(ctx, args, descs, kwargs, kdescs, out):
     # aten.native_layer_norm(input, normalized_shape, weight, bias, eps) -> (out, mean, rstd)
     res = R.layer_norm_fn(ctx, args[0], descs[0], tuple(args[1]), [descs[2], descs[3]], out[0])
-    return _tuple_out(out[0], res, out)
+    return _tuple_out(res, out)
 
 
 def _batch_norm_args(ctx, args, descs, out0):
     # (input, weight, bias, running_mean, running_var, ...)
-    pds = [descs[3] if len(descs) > 3 else None, descs[4] if len(descs) > 4 else None, descs[1], descs[2]]
+    # (the no_stats overload has no running statistics: a bool sits there)
+    def desc(i):
+        return descs[i] if len(descs) > i and isinstance(descs[i], tuple) else None
+
+    pds = [desc(3), desc(4), desc(1), desc(2)]
     return R.batch_norm_fn(ctx, args[0], descs[0], pds, out0)
 
 
 def _batch_norm(ctx, args, descs, kwargs, kdescs, out):
     if isinstance(out, (tuple, list)):
-        return _tuple_out(out[0], _batch_norm_args(ctx, args, descs, out[0]), out)
+        return _tuple_out(_batch_norm_args(ctx, args, descs, out[0]), out)
     return _batch_norm_args(ctx, args, descs, out)
 
 
 def _native_group_norm(ctx, args, descs, kwargs, kdescs, out):
     # aten.native_group_norm(input, weight, bias, N, C, HxW, group, eps) -> (out, mean, rstd)
     res = R.group_norm_fn(ctx, args[0], descs[0], int(args[6]), [descs[1], descs[2]], out[0])
-    return _tuple_out(out[0], res, out)
+    return _tuple_out(res, out)
 
 
 def _native_dropout(ctx, args, descs, kwargs, kdescs, out):
@@ -246,9 +251,20 @@ def _squeeze(ctx, args, descs, kwargs, kdescs, out):
 
 
 def _sdpa(ctx, args, descs, kwargs, kdescs, out):
-    if bool(kwargs.get("enable_gqa", False)) and args[0].shape[-3] != args[1].shape[-3]:
-        raise ctx.unsupported("scaled_dot_product_attention with enable_gqa and fewer k/v heads",
-                              hint="use attn_implementation='eager' (repeat_kv)")
+    if bool(kwargs.get("enable_gqa", False)) and args[0].dim() >= 3 and args[0].shape[-3] != args[1].shape[-3]:
+        # grouped-query attention inside SDPA: q heads read shared k/v heads;
+        # keep q/k/v neurons and heads in place (correct, not general)
+        new = list(descs)
+        for i in range(3):
+            for e in descs[i]:
+                if isinstance(e, (Feat, SplitAx)):
+                    ctx.state.fix(e)
+                if isinstance(e, SplitAx):
+                    ctx.state.disable_heads(e.sid)
+            keep = descs[i][-2:] if i == 0 else (None, None)
+            new[i] = tuple(None if isinstance(e, (Feat, SplitAx)) else e for e in descs[i][:-2]) + tuple(
+                None if isinstance(e, SplitAx) else e for e in keep)
+        descs = tuple(new)
     res = R.sdpa_rule(ctx, args, descs, kwargs, kdescs, out)
     if isinstance(out, (tuple, list)):
         return [res] + [R.untracked(o) for o in out[1:]]

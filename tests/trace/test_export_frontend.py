@@ -157,3 +157,15 @@ def test_sdpa_enable_gqa_fixes_heads():
     assert not any(g.kind == "head" for g in spec.groups)
     # the residual stream is tied to the (fixed) input; q/k/v/o stay fixed; the MLP is free
     assert sorted(g.size for g in spec.groups) == [24]
+
+
+def test_graph_template_and_parameter_graph_take_tracer():
+    from weightspace.core import graph_template
+
+    fx = graph_template("cnn_small", tracer="fx")
+    ex = graph_template("cnn_small", tracer="export")
+    assert fx is not ex  # cached per tracer
+    assert torch.equal(fx.edge_index(), ex.edge_index())
+    sd = zoo.create_model("cnn_small", seed=3).state_dict()
+    g = ws.parameter_graph(sd, arch="cnn_small", tracer="export")
+    assert all(torch.equal(g.to_state_dict()[k], v) for k, v in sd.items() if v.is_floating_point())

@@ -14,7 +14,8 @@ from weightspace.arch import ArchSpec
 from weightspace.graph.parameter_graph import GraphTemplate, ParameterGraph, build_template
 from weightspace.symmetry.spec import PermutationSpec, build_spec
 from weightspace.trace.structure import Structure, resolve
-from weightspace.trace.tracer import ComputationGraph, trace
+from weightspace.trace.frontend import trace_module
+from weightspace.trace.tracer import ComputationGraph
 
 
 @dataclass
@@ -55,10 +56,13 @@ def analyze(
     example_input: torch.Tensor | Sequence[torch.Tensor] | None = None,
     *,
     arch_kwargs: Mapping[str, Any] | None = None,
+    tracer: str = "auto",
 ) -> Analysis:
-    """Trace ``model`` and derive its structure, spec and graph template."""
+    """Trace ``model`` and derive its structure, spec and graph template.
+
+    ``tracer``: ``"auto"`` (torch.fx, then torch.export), ``"fx"`` or ``"export"``."""
     module, x, name = resolve_model(model, example_input, arch_kwargs)
-    cg = trace(module, x, arch=name)
+    cg = trace_module(module, x, arch=name, tracer=tracer)
     structure = resolve(cg)
     spec = build_spec(cg, structure)
     template = build_template(cg, spec, structure)
@@ -68,30 +72,34 @@ def analyze(
 def permutation_spec(
     model: nn.Module | str,
     example_input: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    *,
+    tracer: str = "auto",
     **arch_kwargs: Any,
 ) -> PermutationSpec:
-    """The :class:`PermutationSpec` of a module or registered architecture."""
+    """The :class:`PermutationSpec` of a module or registered architecture
+    (``tracer``: ``"auto"``, ``"fx"`` or ``"export"``)."""
     module, x, name = resolve_model(model, example_input, arch_kwargs)
-    cg = trace(module, x, arch=name)
+    cg = trace_module(module, x, arch=name, tracer=tracer)
     return build_spec(cg)
 
 
-_TEMPLATES: dict[ArchSpec, GraphTemplate] = {}
+_TEMPLATES: dict[tuple[ArchSpec, str], GraphTemplate] = {}
 
 
-def graph_template(arch: str | ArchSpec, **arch_kwargs: Any) -> GraphTemplate:
+def graph_template(arch: str | ArchSpec, *, tracer: str = "auto", **arch_kwargs: Any) -> GraphTemplate:
     """The (cached) :class:`GraphTemplate` of a registered architecture.
 
-    One template per :class:`~weightspace.arch.ArchSpec`: arguments equal to
-    the defaults, or lists vs tuples (``hidden=[32]`` / ``hidden=(32,)``),
-    share one trace.
+    One template per (:class:`~weightspace.arch.ArchSpec`, ``tracer``):
+    arguments equal to the defaults, or lists vs tuples (``hidden=[32]`` /
+    ``hidden=(32,)``), share one trace.
     """
     if isinstance(arch, ArchSpec):
-        key = ArchSpec(arch.name, {**arch.resolved_kwargs, **arch_kwargs}) if arch_kwargs else arch
+        spec = ArchSpec(arch.name, {**arch.resolved_kwargs, **arch_kwargs}) if arch_kwargs else arch
     else:
-        key = ArchSpec.of(arch, **arch_kwargs)
+        spec = ArchSpec.of(arch, **arch_kwargs)
+    key = (spec, tracer)
     if key not in _TEMPLATES:
-        _TEMPLATES[key] = analyze(key.name, arch_kwargs=key.resolved_kwargs).template
+        _TEMPLATES[key] = analyze(spec.name, arch_kwargs=spec.resolved_kwargs, tracer=tracer).template
     return _TEMPLATES[key]
 
 
@@ -101,6 +109,7 @@ def parameter_graph(
     *,
     arch: str | None = None,
     allow_nonfinite: bool = False,
+    tracer: str = "auto",
     **arch_kwargs: Any,
 ) -> ParameterGraph:
     """The :class:`ParameterGraph` of a module, or of a state_dict plus ``arch``.
@@ -114,10 +123,10 @@ def parameter_graph(
     if isinstance(model, Mapping):
         if arch is None:
             raise ValueError("a state_dict needs arch=<registered architecture name>")
-        return graph_template(arch, **arch_kwargs).graph(model, allow_nonfinite=allow_nonfinite)
+        return graph_template(arch, tracer=tracer, **arch_kwargs).graph(model, allow_nonfinite=allow_nonfinite)
     if isinstance(model, str):
-        return graph_template(model, **arch_kwargs).graph(
+        return graph_template(model, tracer=tracer, **arch_kwargs).graph(
             resolve_model(model, None, arch_kwargs)[0].state_dict(), allow_nonfinite=allow_nonfinite
         )
-    a = analyze(model, example_input)
+    a = analyze(model, example_input, tracer=tracer)
     return a.template.graph(model.state_dict(), allow_nonfinite=allow_nonfinite)

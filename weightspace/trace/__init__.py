@@ -1,5 +1,8 @@
-"""``torch.fx`` tracing of a module into a :class:`ComputationGraph`
-(channel blocks, ties, cuts) and the free permutation groups it implies."""
+"""Tracing of a module into a :class:`ComputationGraph` (channel blocks,
+ties, cuts) and the free permutation groups it implies. Two front ends share
+the channel rules: ``torch.fx`` (:func:`trace`) and ``torch.export``
+(:func:`weightspace.trace.export.trace_export`); :func:`trace_module` picks
+one (``tracer="auto"|"fx"|"export"``)."""
 
 from weightspace.trace.rules import (
     elementwise,
@@ -9,11 +12,14 @@ from weightspace.trace.rules import (
     register_method_rule,
     register_module_rule,
 )
+from weightspace.trace.frontend import TRACERS, trace_module
 from weightspace.trace.tracer import ComputationGraph, trace
 
 __all__ = [
     "ComputationGraph",
     "trace",
+    "trace_module",
+    "TRACERS",
     "register_function_rule",
     "register_method_rule",
     "register_module_rule",

@@ -79,11 +79,40 @@ class _Tracer(fx.Tracer):
     def __init__(self) -> None:
         super().__init__()
         self.record_stack_traces = False
+        # buffers read in forward() (causal masks, rotary tables) become
+        # get_attr nodes, so slicing them with traced sizes works
+        self.proxy_buffer_attributes = True
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if type(m) in R.MODULE_RULES:
             return True
         return super().is_leaf_module(m, qualname)
+
+
+def _fx_hint(exc: BaseException) -> str:
+    """What to do about an exception raised by ``torch.fx`` symbolic tracing."""
+    text = str(exc)
+    if "control flow" in text or "cannot be iterated" in text or "bool" in text.lower() and "Proxy" in text:
+        return ("data-dependent control flow (if/for on tensor values) cannot be traced by torch.fx; "
+                "use tracer='export' (torch.export handles control flow on shapes), move it out of "
+                "forward(), or wrap the offending submodule so it is a leaf with a rule "
+                "(weightspace.trace.register_module_rule)")
+    return ("a traced value (fx Proxy) reached code that needs a concrete value (a Python builtin, "
+            "a non-torch function, an index or a size); use tracer='export', or wrap that call with "
+            "torch.fx.wrap, or make the offending submodule a leaf with a rule "
+            "(weightspace.trace.register_module_rule)")
+
+
+def _holds_neurons(descs: Any) -> bool:
+    """Whether any descriptor in a (nested) argument structure is a neuron,
+    parameter or input axis (anything but ``None``)."""
+    if descs is None:
+        return False
+    if isinstance(descs, (list, tuple)):
+        return any(_holds_neurons(d) for d in descs)
+    if isinstance(descs, dict):
+        return any(_holds_neurons(d) for d in descs.values())
+    return True
 
 
 def _module_path(node: fx.Node) -> str:
@@ -158,9 +187,7 @@ def trace(
     except Exception as exc:  # fx raises many exception types
         raise TraceError(
             f"torch.fx could not trace {type(module).__name__}: {type(exc).__name__}: {exc}. "
-            "Hint: data-dependent control flow (if/for on tensor values) cannot be traced; "
-            "move it out of forward(), or wrap the offending submodule so it is a leaf "
-            "with a rule (weightspace.trace.register_module_rule)."
+            f"Hint: {_fx_hint(exc)}"
         ) from exc
     gm = fx.GraphModule(module, graph)
 
@@ -182,6 +209,16 @@ def trace(
     except Exception:
         state, module_types, ops = _execute(module, gm, graph, example_inputs, sd, aliases, meta=False)
 
+    return finish_graph(
+        state, sd, aliases, module_types, ops,
+        [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)], arch, graph,
+    )
+
+
+def finish_graph(state, sd, aliases, module_types, ops, input_shapes, arch, graph) -> ComputationGraph:
+    """The :class:`ComputationGraph` of an executed trace (shared by the fx
+    and the ``torch.export`` front ends): parameter axes -> neurons under
+    canonical names (tied parameters share one name)."""
     # parameter axis -> neurons, under canonical names
     refs: dict[str, dict[int, Feat]] = {}
     for key in list(state.lazy_parent):
@@ -215,7 +252,7 @@ def trace(
         aliases=aliases,
         module_types=module_types,
         ops=ops,
-        input_shapes=[tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)],
+        input_shapes=input_shapes,
         arch=arch,
         fx_graph=graph,
     )
@@ -298,6 +335,12 @@ def _execute(module, gm, graph, example_inputs, sd, aliases, meta: bool):
                 elif node.op == "call_function":
                     val = node.target(*args, **kwargs)
                     rule = R.FUNCTION_RULES.get(node.target)
+                    if rule is None and not any(_holds_neurons(env[n][1]) for n in node.all_input_nodes):
+                        # tensor-free calls (torch.arange(T), math.sqrt(d),
+                        # torch.ones(T, T)) and calls on constants only: the
+                        # result carries no neurons
+                        env[node] = (val, R.untracked(val))
+                        continue
                     if rule is None:
                         raise UnsupportedOperationError(
                             op, where,

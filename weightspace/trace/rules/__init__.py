@@ -60,6 +60,8 @@ from weightspace.trace.rules.elementwise import (
     passthrough,
     reduction,
     softmax,
+    factory_rule,
+    triangle_rule,
     where_rule,
 )
 from weightspace.trace.rules.shapes import (
@@ -129,7 +131,7 @@ __all__ = [
     "get_arg", "get_desc", "is_tensor", "norm_dim", "param_desc", "reduce_dims", "set_roles", "untracked",
     # elementwise
     "argreduction", "cumulative_rule", "elementwise", "like_rule", "masked_fill_rule", "max_like",
-    "normalize_rule", "passthrough", "reduction", "softmax", "where_rule",
+    "normalize_rule", "passthrough", "reduction", "softmax", "where_rule", "factory_rule", "triangle_rule",
     # shapes
     "cat_rule", "chunk_rule", "expand_rule", "flatten_rule", "getattr_rule", "getitem_rule",
     "movedim_rule", "narrow_rule", "permute_rule", "repeat_rule", "reshape_rule", "select_rule",

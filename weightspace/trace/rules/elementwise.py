@@ -181,3 +181,45 @@ def where_rule(ctx: Ctx, args, descs, kwargs, kdescs, out):
 @method_rule("masked_fill", "masked_fill_")
 def masked_fill_rule(ctx: Ctx, args, descs, kwargs, kdescs, out):
     return elementwise(ctx, args[:2], descs[:2], {}, {}, out)
+
+
+_COMPARE_FUNCS = [
+    operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge,
+    operator.and_, operator.or_, operator.xor, operator.invert,
+    torch.eq, torch.ne, torch.lt, torch.le, torch.gt, torch.ge,
+    torch.logical_and, torch.logical_or, torch.logical_not, torch.logical_xor, torch.isnan,
+    torch.isinf, torch.isfinite,
+]
+_COMPARE_METHODS = ["eq", "ne", "lt", "le", "gt", "ge", "__eq__", "__ne__", "__lt__", "__le__",
+                    "__gt__", "__ge__", "logical_not", "logical_and", "logical_or", "bool", "long", "int"]
+for _fn in _COMPARE_FUNCS:
+    register_function_rule(_fn, elementwise)
+for _name in _COMPARE_METHODS:
+    register_method_rule(_name, elementwise)
+
+
+@function_rule(torch.tril, torch.triu)
+@method_rule("tril", "triu")
+def triangle_rule(ctx: Ctx, args, descs, kwargs, kdescs, out):
+    """``tril`` / ``triu`` zero entries by position on the last two axes:
+    those axes must not carry neurons (causal masks are built from constants)."""
+    x, d = args[0], descs[0]
+    if x.dim() >= 2:
+        for e in d[-2:]:
+            if isinstance(e, (Feat, SplitAx)):
+                raise ctx.unsupported("triangular mask over a neuron axis depends on neuron order")
+    return d
+
+
+_FACTORY_FUNCS = [torch.arange, torch.ones, torch.zeros, torch.full, torch.empty, torch.eye,
+                  torch.linspace, torch.tensor, torch.randn, torch.rand]
+
+
+def factory_rule(ctx: Ctx, args, descs, kwargs, kdescs, out):
+    """Tensor factories (``torch.arange(T)``, ``torch.ones(T, T)``): constants
+    with no neuron axes."""
+    return untracked(out)
+
+
+for _fn in _FACTORY_FUNCS:
+    register_function_rule(_fn, factory_rule)

@@ -159,7 +159,7 @@ def test_the_checks_find_what_they_should():
     """Not vacuous: a zoo import, a CLI import, an upward import and a circle
     are each reported with their file:line."""
     z = ("weightspace/merge/x.py", 2, "weightspace.merge.x", "zoo.store")
-    c = ("zoo/x.py", 3, "zoo.x", "weightspace.cli_common")
+    c = ("zoo/x.py", 3, "zoo.x", "weightspace.cli.common")
     u = ("weightspace/arch/x.py", 1, "weightspace.arch.x", "weightspace.core")
     n = ("weightspace/nn/x.py", 4, "weightspace.nn.x", "weightspace.predict.data")
     p = ("weightspace/predict/x.py", 5, "weightspace.predict.x", "weightspace.nn")

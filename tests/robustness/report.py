@@ -38,14 +38,14 @@ def run(cases) -> dict[str, list[str]]:
     """``{case id: problems}`` for every case (empty list = passed)."""
     import torch
 
-    import weightspace.quickstart
+    import weightspace.cli.quickstart
     from tests.robustness._fixtures import build_assets
     from tests.robustness._harness import CaseCtx, ReachedRealWork, check
 
     def _no_quickstart(*a, **k):
         raise ReachedRealWork("a bad quickstart option reached run_quickstart")
 
-    weightspace.quickstart.run_quickstart = _no_quickstart
+    weightspace.cli.quickstart.run_quickstart = _no_quickstart
     torch.set_num_threads(1)
     results = {}
     with tempfile.TemporaryDirectory(prefix="ws-robustness-") as root:

@@ -19,9 +19,9 @@ def _no_quickstart(*args, **kwargs):
 def test_bad_input(case, assets, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative default outputs land in the snapshot
     if case.command == "quickstart":
-        import weightspace.quickstart
+        import weightspace.cli.quickstart
 
-        monkeypatch.setattr(weightspace.quickstart, "run_quickstart", _no_quickstart)
+        monkeypatch.setattr(weightspace.cli.quickstart, "run_quickstart", _no_quickstart)
     ctx = CaseCtx(tmp=tmp_path / "case", assets=assets)
     ctx.tmp.mkdir()
     outcome = check(case, ctx, roots=[tmp_path, assets.root])

@@ -39,7 +39,7 @@ def build(
     """
     import zoo
 
-    from weightspace.cli_common import fail
+    from weightspace.cli.common import fail
     from weightspace.errors import WeightspaceError
 
     try:
@@ -118,7 +118,7 @@ def verify(
     """
     import zoo
 
-    from weightspace.cli_common import fail
+    from weightspace.cli.common import fail
 
     z = zoo.Zoo(zoo_dir)
     n = sum(len(m.checkpoints) for m in z.members())

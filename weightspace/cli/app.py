@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from weightspace.cli_common import ErrorBoundary, parse_kv
-from weightspace.cli_common import fail as _fail
+from weightspace.cli.common import ErrorBoundary, parse_kv
+from weightspace.cli.common import fail as _fail
 from weightspace.data import register_dataset_source
 
 # Commands take dataset names (merge configs, generate): they are zoo's.
@@ -67,7 +67,7 @@ def graph(
 
       weightspace graph cnn_small --weights member.safetensors --json spec.json
     """
-    from weightspace.cli_common import check_arch, name_path
+    from weightspace.cli.common import check_arch, name_path
     from weightspace.core import analyze
     from weightspace.errors import WeightspaceError
     from weightspace.io import atomic_write, check_output_path, load_state_dict
@@ -118,7 +118,7 @@ def quickstart(
     Example: weightspace quickstart --small --out /tmp/ws
     """
     from weightspace.io import check_output_path
-    from weightspace.quickstart import run_quickstart
+    from weightspace.cli.quickstart import run_quickstart
 
     check_output_path(out, kind="dir", field="--out")
     r = run_quickstart(out, small=small, seed=seed, log=lambda m: typer.echo(f"  {m} ..."), progress=True)
@@ -158,24 +158,24 @@ def quickstart(
 
 
 # Subcommands owned by their modules, mounted here.
-from weightspace.cli_similarity import similarity  # noqa: E402
+from weightspace.cli.similarity import similarity  # noqa: E402
 
 app.command("similarity")(similarity)
 
-from weightspace.cli_zoo import app as zoo_app  # noqa: E402
+from weightspace.cli.zoo import app as zoo_app  # noqa: E402
 
 app.add_typer(zoo_app, name="zoo")
 
-from weightspace.cli_predict import app as predict_app  # noqa: E402
+from weightspace.cli.predict import app as predict_app  # noqa: E402
 
 app.add_typer(predict_app, name="predict")
 
-from weightspace.cli_merge import merge  # noqa: E402
+from weightspace.cli.merge import merge  # noqa: E402
 
 app.command("merge")(merge)
 
 
-from weightspace.cli_generate import app as generate_app  # noqa: E402
+from weightspace.cli.generate import app as generate_app  # noqa: E402
 
 app.add_typer(generate_app, name="generate")
 

@@ -27,7 +27,7 @@ def _build_model(spec: str, seed: int, kwargs: dict, option: str):
     import torch
     import zoo
 
-    from weightspace.cli_common import check_arch, one_line
+    from weightspace.cli.common import check_arch, one_line
     from weightspace.errors import NonFiniteWeightsError, StateDictError
     from weightspace.io import load_state_dict
 
@@ -112,7 +112,7 @@ def similarity(
     )
     from weightspace.similarity.plot import plot_similarity_heatmap
 
-    from weightspace.cli_common import one_line, parse_kv
+    from weightspace.cli.common import one_line, parse_kv
     from weightspace.errors import ConfigError
     from weightspace.io import atomic_write, check_output_path
 

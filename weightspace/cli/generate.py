@@ -13,9 +13,9 @@ from typing import List, Optional
 
 import typer
 
-from weightspace.cli_common import parse_kv
+from weightspace.cli.common import parse_kv
 from weightspace.io import check_output_path
-from weightspace.cli_common import fail as _fail
+from weightspace.cli.common import fail as _fail
 
 app = typer.Typer(
     name="generate",

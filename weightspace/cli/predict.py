@@ -16,8 +16,8 @@ from typing import List, Optional
 import typer
 
 from weightspace.io import check_output_path
-from weightspace.cli_common import fail as _fail
-from weightspace.cli_common import parse_kv as _kv
+from weightspace.cli.common import fail as _fail
+from weightspace.cli.common import parse_kv as _kv
 
 app = typer.Typer(
     name="predict",

@@ -2,7 +2,8 @@
 
 * :mod:`~weightspace.generate.hypernet`: a graph hypernetwork (GHN-2 style)
   that predicts all parameters of an architecture from its parameter graph,
-  including architectures it never saw in training.
+  including architectures it never saw in training; trained and compared
+  with other inits by :mod:`~weightspace.generate.hypernet_train`.
 * :mod:`~weightspace.generate.checkpoint_flow`: a G.pt-style conditional
   generator (flow matching over the parameter vector of one architecture,
   conditioned on a target metric) trained on a zoo, with a novelty report
@@ -23,13 +24,8 @@ from weightspace.generate.checkpoint_flow import (
     train_checkpoint_flow,
 )
 from weightspace.generate.checkpoint_novelty import NoveltyReport, aligned_distance, novelty_report
-from weightspace.generate.hypernet import (
-    GraphHyperNetwork,
-    HypernetHistory,
-    compare_inits,
-    default_archs,
-    train_hypernet,
-)
+from weightspace.generate.hypernet import GraphHyperNetwork
+from weightspace.generate.hypernet_train import HypernetHistory, compare_inits, default_archs, train_hypernet
 
 __all__ = [
     "ArchSpec",

@@ -24,6 +24,12 @@ app = typer.Typer(
 )
 
 
+# Options shared by several commands (Typer copies an option's info per command).
+_SEED = typer.Option(0, min=0, help="random seed")
+_THREADS = typer.Option(None, min=1, help="torch threads")
+_PROGRESS = typer.Option(True, "--progress/--no-progress")
+
+
 def _threads(n: Optional[int]) -> None:
     if n:
         import torch
@@ -37,9 +43,9 @@ def hypernet_train(
     steps: int = typer.Option(1000, min=1, help="training steps"),
     archs_per_step: int = typer.Option(4, min=1, help="architectures per step"),
     small: bool = typer.Option(False, "--small", help="train without the ResNet (faster)"),
-    seed: int = typer.Option(0, min=0, help="random seed"),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    seed: int = _SEED,
+    threads: Optional[int] = _THREADS,
+    progress: bool = _PROGRESS,
 ) -> None:
     """Train a graph hypernetwork on the default digits architectures.
 
@@ -97,9 +103,9 @@ def flow_train(
     metric: str = typer.Option("test_acc", help="checkpoint metric to condition on"),
     steps: int = typer.Option(4000, min=1, help="training steps"),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="random permutation augmentation"),
-    seed: int = typer.Option(0, min=0, help="random seed"),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    seed: int = _SEED,
+    threads: Optional[int] = _THREADS,
+    progress: bool = _PROGRESS,
 ) -> None:
     """Train a conditional checkpoint generator (flow matching) on every
     checkpoint of a zoo. All members must share one architecture (name and
@@ -130,7 +136,7 @@ def samples(
     out: Path = typer.Option(..., "--out", "-o", help="output directory"),
     n: int = typer.Option(8, "--n", min=1, help="number of samples"),
     condition: float = typer.Option(..., help="target metric (within the training range)"),
-    seed: int = typer.Option(0, min=0, help="random seed"),
+    seed: int = _SEED,
     guidance: float = typer.Option(1.0, help="classifier-free guidance weight"),
     metric: str = typer.Option("test_acc", help="the metric the generator was trained on"),
 ) -> None:
@@ -184,9 +190,9 @@ def inr_init(
     count: int = typer.Option(200, min=1, help="number of training signals"),
     outer_steps: int = typer.Option(500, min=1, help="Reptile steps"),
     inner_steps: int = typer.Option(10, min=1, help="inner Adam steps"),
-    seed: int = typer.Option(0, min=0, help="random seed"),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    seed: int = _SEED,
+    threads: Optional[int] = _THREADS,
+    progress: bool = _PROGRESS,
 ) -> None:
     """Meta-learn a SIREN initialisation with Reptile on a signal family.
 

@@ -12,7 +12,7 @@ from weightspace.generate import (
     CheckpointFlow,
     CheckpointSet,
     collect_checkpoints,
-    generate,
+    generate_checkpoints,
     novelty_report,
     permutation_bank,
     train_checkpoint_flow,
@@ -130,9 +130,34 @@ def test_save_load_round_trip(tmp_path, flow):
     cs, model = flow
     p = model.save(tmp_path / "flow.safetensors")
     a = model.generate(ARCH, 2, condition=0.25, seed=5)
-    b = generate(p, ARCH, 2, condition=0.25, seed=5)
+    b = generate_checkpoints(p, ARCH, 2, condition=0.25, seed=5)
     assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
     assert CheckpointFlow.load(p).cond_range == model.cond_range
+
+
+def test_renamed_generate_still_works_with_a_deprecation_warning(tmp_path, flow):
+    import weightspace.generate as wg
+    import weightspace.generate.checkpoint_flow as cf
+    import weightspace.generate.hypernet as hn_mod
+
+    _, model = flow
+    p = model.save(tmp_path / "flow.safetensors")
+    want = generate_checkpoints(p, ARCH, 1, condition=0.25, seed=3, steps=5)
+    for mod in (wg, cf):
+        with pytest.warns(DeprecationWarning, match="generate_checkpoints"):
+            old = mod.generate
+        assert old is generate_checkpoints
+        got = old(p, ARCH, 1, condition=0.25, seed=3, steps=5)
+        assert all(torch.equal(want[0][k], got[0][k]) for k in want[0])
+    with pytest.warns(DeprecationWarning, match="FLOW_CONFIG_SCHEMA"):
+        assert cf.CONFIG_SCHEMA is cf.FLOW_CONFIG_SCHEMA
+    with pytest.warns(DeprecationWarning, match="HYPERNET_CONFIG_SCHEMA"):
+        assert hn_mod.CONFIG_SCHEMA is hn_mod.HYPERNET_CONFIG_SCHEMA
+    with pytest.warns(DeprecationWarning, match="hypernet_train"):
+        from weightspace.generate.hypernet import train_hypernet
+    assert train_hypernet is wg.train_hypernet
+    with pytest.raises(AttributeError):
+        cf.no_such_name
 
 
 def test_novelty_report_flags_exact_and_permuted_copies():

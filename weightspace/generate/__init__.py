@@ -19,7 +19,7 @@ from weightspace.generate.checkpoint_flow import (
     CheckpointSet,
     MixedArchitecturesError,
     collect_checkpoints,
-    generate,
+    generate_checkpoints,
     permutation_bank,
     train_checkpoint_flow,
 )
@@ -37,7 +37,7 @@ __all__ = [
     "aligned_distance",
     "collect_checkpoints",
     "fit_curve",
-    "generate",
+    "generate_checkpoints",
     "load_signals",
     "novelty_report",
     "permutation_bank",
@@ -53,3 +53,14 @@ __all__ = [
     "load_task",
     "train_hypernet",
 ]
+
+
+def __getattr__(name: str):
+    # ``generate`` (a function named like this package) is now generate_checkpoints
+    if name == "generate":
+        import warnings
+
+        warnings.warn("weightspace.generate.generate is now weightspace.generate.generate_checkpoints",
+                      DeprecationWarning, stacklevel=2)
+        return generate_checkpoints
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

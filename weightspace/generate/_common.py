@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ArchSpec", "TaskData", "as_arch", "load_task", "fit_steps", "accuracy", "has_batchnorm",
-           "read_saved_model", "check_finite_state_dict"]
+           "read_saved_model", "save_generator_file", "read_generator_file", "check_finite_state_dict",
+           "AsDictMixin"]
 
 
 @dataclass(frozen=True)
@@ -308,6 +309,55 @@ def read_saved_model(path: Any, kind: str, keys: Sequence[str]) -> tuple[dict[st
             except json.JSONDecodeError as exc:
                 raise InputFileError(f"invalid JSON in the file's metadata: {exc.msg}", path=path, field=k) from None
     return out, read_safetensors(path, what=f"saved {kind} (.safetensors)")
+
+
+def save_generator_file(model: nn.Module, path: Any, kind: str, entries: Mapping[str, Any],
+                        metadata: Mapping[str, Any] | None = None) -> Any:
+    """Write ``model``'s state_dict as one safetensors file whose metadata holds
+    ``kind``, each of ``entries`` as JSON (e.g. ``{"config": model.config()}``)
+    and the caller's ``metadata`` (JSON, non-JSON values as strings); the
+    format :func:`read_generator_file` reads. Returns the path written."""
+    from weightspace.io import save_state_dict
+
+    meta = {"kind": kind, **{k: json.dumps(v) for k, v in entries.items()}}
+    if metadata:
+        meta["metadata"] = json.dumps(dict(metadata), default=str)
+    return save_state_dict({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path, meta)
+
+
+def read_generator_file(path: Any, kind: str, schema: Mapping[str, Any], keys: Sequence[str] = ()
+                        ) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    """``(path, config, metadata, tensors)`` of a generator written by
+    :func:`save_generator_file`: the ``config`` entry checked against
+    ``schema`` (:func:`weightspace.io.validate`: types, ranges, unknown
+    keys), ``metadata`` the decoded JSON entries ``("config", *keys)``,
+    ``path`` expanded. Build the model with
+    :func:`weightspace.io.build_checked` (nothing is allocated before its
+    size and tensor shapes are checked).
+
+    Raises:
+        MissingFileError / InputFileError: as :func:`read_saved_model`.
+        ConfigError: a wrong type, out-of-range value or unknown key in the
+            config (``field`` names it).
+    """
+    from pathlib import Path
+
+    from weightspace.io import validate
+
+    path = Path(path).expanduser()
+    meta, tensors = read_saved_model(path, kind, ("config", *keys))
+    cfg = validate(meta.get("config"), schema, path=path, where="config")
+    return path, cfg, meta, tensors
+
+
+class AsDictMixin:
+    """Mixin for training-record dataclasses: :meth:`to_dict` maps each
+    field name to its value (the lists themselves, not copies)."""
+
+    def to_dict(self) -> dict:
+        from dataclasses import fields
+
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def check_finite_state_dict(state_dict: Mapping[str, torch.Tensor], what: str) -> None:

@@ -64,7 +64,6 @@ Training and evaluation (:func:`~weightspace.generate.hypernet_train.train_hyper
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,7 +72,13 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from weightspace.generate._common import ArchSpec, as_arch, check_finite_state_dict, read_saved_model
+from weightspace.generate._common import (
+    ArchSpec,
+    as_arch,
+    check_finite_state_dict,
+    read_generator_file,
+    save_generator_file,
+)
 from weightspace.graph import EDGE_TYPES, NODE_TYPES, GraphTemplate, ParameterGraph
 
 __all__ = ["GraphHyperNetwork", "HYPERNET_CONFIG_SCHEMA"]
@@ -462,20 +467,16 @@ class GraphHyperNetwork(nn.Module):
 
     def save(self, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
         """Write the weights (safetensors) and config (in the file's metadata)."""
-        from weightspace.io import save_state_dict
-
-        meta = {"kind": "GraphHyperNetwork", "config": json.dumps(self.config()),
-                "probe_shape": json.dumps(None if self.probes is None else list(self.probes.shape))}
-        if metadata:
-            meta["metadata"] = json.dumps(dict(metadata), default=str)
-        return save_state_dict({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, path, meta)
+        probe_shape = None if self.probes is None else list(self.probes.shape)
+        return save_generator_file(self, path, "GraphHyperNetwork", {"config": self.config(), "probe_shape": probe_shape},
+                                   metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> "GraphHyperNetwork":
         """Inverse of :meth:`save`.
 
         The config in the file's metadata is checked against
-        :data:`CONFIG_SCHEMA` (types, ranges, unknown keys), ``probe_shape``
+        :data:`HYPERNET_CONFIG_SCHEMA` (types, ranges, unknown keys), ``probe_shape``
         is bounded, and the stored tensors must match the model the config
         builds (names, shapes) -- all before anything is allocated
         (:func:`weightspace.io.build_checked`).
@@ -488,11 +489,9 @@ class GraphHyperNetwork(nn.Module):
                 the config (``field`` names it).
             StateDictError: a missing, unexpected or mis-shaped tensor (named).
         """
-        from weightspace.io import build_checked, check_numel, validate
+        from weightspace.io import build_checked, check_numel
 
-        path = Path(path).expanduser()
-        meta, tensors = read_saved_model(path, "GraphHyperNetwork", ("config", "probe_shape"))
-        cfg = validate(meta.get("config"), CONFIG_SCHEMA, path=path, where="config")
+        path, cfg, meta, tensors = read_generator_file(path, "GraphHyperNetwork", HYPERNET_CONFIG_SCHEMA, ("probe_shape",))
         shape = meta.get("probe_shape")
         if shape is not None:
             shape = check_numel(shape, path=path, field="probe_shape")
@@ -515,7 +514,7 @@ def _schema() -> dict:
 
 #: Schema of a saved :class:`GraphHyperNetwork` config (the constructor's
 #: arguments; sizes bounded far above anything trained here).
-CONFIG_SCHEMA = _schema()
+HYPERNET_CONFIG_SCHEMA = _schema()
 
 
 def _double_centre(x: Tensor) -> Tensor:
@@ -544,6 +543,12 @@ _MOVED = {"HypernetHistory", "train_hypernet", "compare_inits", "default_archs"}
 
 
 def __getattr__(name: str) -> Any:
+    if name == "CONFIG_SCHEMA":  # renamed: two generators' schemas shared one name
+        import warnings
+
+        warnings.warn("weightspace.generate.hypernet.CONFIG_SCHEMA is now HYPERNET_CONFIG_SCHEMA", DeprecationWarning,
+                      stacklevel=2)
+        return HYPERNET_CONFIG_SCHEMA
     if name in _MOVED:
         import warnings
 

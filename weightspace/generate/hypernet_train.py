@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from weightspace.generate._common import ArchSpec, TaskData, as_arch, fit_steps
+from weightspace.generate._common import ArchSpec, AsDictMixin, TaskData, as_arch, fit_steps
 from weightspace.generate.hypernet import GraphHyperNetwork
 
 __all__ = ["HypernetHistory", "train_hypernet", "compare_inits", "default_archs"]
@@ -57,15 +57,12 @@ def default_archs(small: bool = False) -> tuple[list[ArchSpec], list[ArchSpec]]:
 
 
 @dataclass
-class HypernetHistory:
+class HypernetHistory(AsDictMixin):
     """Training record: per step the mean task loss and accuracy on the batch."""
 
     loss: list[float]
     acc: list[float]
     archs: list[str]
-
-    def to_dict(self) -> dict:
-        return {"loss": self.loss, "acc": self.acc, "archs": self.archs}
 
 
 def train_hypernet(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 import typer
 
@@ -28,6 +28,12 @@ app = typer.Typer(
 _SEED = typer.Option(0, min=0, help="random seed")
 _THREADS = typer.Option(None, min=1, help="torch threads")
 _PROGRESS = typer.Option(True, "--progress/--no-progress")
+
+
+def _refused(exc: Exception) -> NoReturn:
+    """Exit 2 with the library's message for a refused argument (a KeyError's
+    message without the quotes its ``str`` adds)."""
+    _fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
 
 
 def _threads(n: Optional[int]) -> None:
@@ -90,7 +96,7 @@ def init(
         a = as_arch(arch, **parse_kv(arg, "--arg"))
         sd = GraphHyperNetwork.load(hypernet).predict(a, seed=seed)
     except (KeyError, TypeError, ValueError, FileNotFoundError) as e:
-        _fail(e.args[0] if isinstance(e, KeyError) else e)
+        _refused(e)
     save_state_dict(sd, out, metadata={"arch": json.dumps(a.to_dict()), "generator": "GraphHyperNetwork"})
     n = sum(v.numel() for v in sd.values() if v.is_floating_point())
     typer.echo(f"{a.label}: {len(sd)} tensors, {n} values -> {out}")
@@ -122,7 +128,7 @@ def flow_train(
         cs = collect_checkpoints(zoo.Zoo(zoo_dir), metric=metric)
         model, hist = train_checkpoint_flow(cs, steps=steps, augment=augment, seed=seed, progress=progress)
     except (ValueError, KeyError) as e:
-        _fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        _refused(e)
     model.save(out, metadata={"zoo": str(zoo_dir), "checkpoints": len(cs), "augment": augment})
     lo, hi = model.cond_range
     typer.echo(f"{cs.arch.label}: {len(cs)} checkpoints, {metric} in [{lo:.3f}, {hi:.3f}], final loss {hist.loss[-1]:.4f}")
@@ -160,7 +166,7 @@ def samples(
                   "give the zoo it was trained on")
         sds = model.generate(model.arch, n, condition=condition, seed=seed, guidance=guidance)
     except (ValueError, KeyError) as e:
-        _fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        _refused(e)
     data_cfg = dict((z.recipe.data if z.recipe is not None else {}) or {"name": "digits"})
     data = load_task(**data_cfg)
     rep = novelty_report(sds, cs, data, conditions=[condition] * n, seed=seed)

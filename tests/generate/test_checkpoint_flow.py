@@ -10,7 +10,6 @@ import zoo
 from weightspace.generate import (
     ArchSpec,
     CheckpointFlow,
-    CheckpointSet,
     collect_checkpoints,
     generate_checkpoints,
     novelty_report,
@@ -24,18 +23,6 @@ from weightspace.symmetry import apply_permutation, random_permutation
 ARCH = ArchSpec.of("mlp", hidden=[6], in_features=64)
 
 
-def _set(n_runs=4, per_run=3) -> CheckpointSet:
-    vals, met, ids, eps = [], [], [], []
-    for r in range(n_runs):
-        for e in range(per_run):
-            sd = ARCH.module(seed=100 * r + e).state_dict()
-            vals.append(state_dict_to_vector(ARCH, sd))
-            met.append(0.1 + 0.2 * e + 0.01 * r)
-            ids.append(f"run{r}")
-            eps.append(e)
-    return CheckpointSet(ARCH, torch.stack(vals), torch.tensor(met), "test_acc", ids, eps)
-
-
 def _data():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(60, 1, 8, 8, generator=g)
@@ -44,8 +31,8 @@ def _data():
 
 
 @pytest.fixture(scope="module")
-def flow():
-    cs = _set()
+def flow(make_checkpoint_set):
+    cs = make_checkpoint_set(ARCH)
     model, hist = train_checkpoint_flow(cs, steps=4, batch_size=8, hidden=32, depth=1, bank_size=4, seed=0)
     assert len(hist.loss) == 4 and all(math.isfinite(v) for v in hist.loss)
     return cs, model
@@ -160,8 +147,8 @@ def test_renamed_generate_still_works_with_a_deprecation_warning(tmp_path, flow)
         cf.no_such_name
 
 
-def test_novelty_report_flags_exact_and_permuted_copies():
-    cs = _set()
+def test_novelty_report_flags_exact_and_permuted_copies(make_checkpoint_set):
+    cs = make_checkpoint_set(ARCH)
     spec = ARCH.template().spec
     copy = cs.state_dict(4)
     permuted = apply_permutation(cs.state_dict(7), spec, random_permutation(spec, seed=3))
@@ -181,8 +168,8 @@ def test_novelty_report_flags_exact_and_permuted_copies():
     assert 0.0 <= rep.rows[2]["accuracy"] <= 1.0
 
 
-def test_novelty_report_rejects_wrong_architecture():
-    cs = _set()
+def test_novelty_report_rejects_wrong_architecture(make_checkpoint_set):
+    cs = make_checkpoint_set(ARCH)
     with pytest.raises(Exception, match="does not match the architecture|missing keys|shape"):
         novelty_report([ArchSpec.of("mlp", hidden=[5]).module().state_dict()], cs)
     with pytest.raises(ValueError, match="no samples"):

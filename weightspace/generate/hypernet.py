@@ -468,8 +468,8 @@ class GraphHyperNetwork(nn.Module):
     def save(self, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
         """Write the weights (safetensors) and config (in the file's metadata)."""
         probe_shape = None if self.probes is None else list(self.probes.shape)
-        return save_generator_file(self, path, "GraphHyperNetwork", {"config": self.config(), "probe_shape": probe_shape},
-                                   metadata)
+        entries = {"config": self.config(), "probe_shape": probe_shape}
+        return save_generator_file(self, path, "GraphHyperNetwork", entries, metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> "GraphHyperNetwork":
@@ -491,7 +491,8 @@ class GraphHyperNetwork(nn.Module):
         """
         from weightspace.io import build_checked, check_numel
 
-        path, cfg, meta, tensors = read_generator_file(path, "GraphHyperNetwork", HYPERNET_CONFIG_SCHEMA, ("probe_shape",))
+        path, cfg, meta, tensors = read_generator_file(path, "GraphHyperNetwork", HYPERNET_CONFIG_SCHEMA,
+                                                       ("probe_shape",))
         shape = meta.get("probe_shape")
         if shape is not None:
             shape = check_numel(shape, path=path, field="probe_shape")

@@ -13,6 +13,7 @@
 """
 
 from weightspace.generate._common import ArchSpec, TaskData, as_arch, fit_steps, load_task
+from weightspace.generate._common import deprecated_names as _deprecated_names
 from weightspace.generate.inr_init import SignalSet, fit_curve, load_signals, reptile
 from weightspace.generate.checkpoint_flow import (
     CheckpointFlow,
@@ -55,12 +56,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    # ``generate`` (a function named like this package) is now generate_checkpoints
-    if name == "generate":
-        import warnings
-
-        warnings.warn("weightspace.generate.generate is now weightspace.generate.generate_checkpoints",
-                      DeprecationWarning, stacklevel=2)
-        return generate_checkpoints
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# ``generate`` (a function named like this package) is now generate_checkpoints
+__getattr__ = _deprecated_names(__name__, {"generate": "weightspace.generate.generate_checkpoints"})

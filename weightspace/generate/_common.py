@@ -14,7 +14,7 @@ from torch import nn
 
 __all__ = ["ArchSpec", "TaskData", "as_arch", "load_task", "fit_steps", "accuracy", "has_batchnorm",
            "read_saved_model", "save_generator_file", "read_generator_file", "check_finite_state_dict",
-           "AsDictMixin"]
+           "AsDictMixin", "deprecated_names"]
 
 
 @dataclass(frozen=True)
@@ -348,6 +348,25 @@ def read_generator_file(path: Any, kind: str, schema: Mapping[str, Any], keys: S
     meta, tensors = read_saved_model(path, kind, ("config", *keys))
     cfg = validate(meta.get("config"), schema, path=path, where="config")
     return path, cfg, meta, tensors
+
+
+def deprecated_names(module: str, aliases: Mapping[str, str]) -> Any:
+    """A module ``__getattr__`` for renamed or moved public names:
+    ``aliases[old] = "package.module.new_name"``. Each access to ``old``
+    warns (``DeprecationWarning``, naming the new place) and returns the
+    object found there; any other unknown name raises ``AttributeError``."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in aliases:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        import importlib
+        import warnings
+
+        where, _, attr = aliases[name].rpartition(".")
+        warnings.warn(f"{module}.{name} is now {aliases[name]}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(where), attr)
+
+    return __getattr__
 
 
 class AsDictMixin:

@@ -40,6 +40,7 @@ from weightspace.generate._common import (
     AsDictMixin,
     as_arch,
     check_finite_state_dict,
+    deprecated_names,
     read_generator_file,
     save_generator_file,
 )
@@ -574,14 +575,7 @@ def generate_checkpoints(
 
 # Renamed public names: ``generate`` shared its name with the package
 # (weightspace.generate.generate), CONFIG_SCHEMA with the hypernetwork's.
-_RENAMED = {"generate": "generate_checkpoints", "CONFIG_SCHEMA": "FLOW_CONFIG_SCHEMA"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _RENAMED:
-        import warnings
-
-        new = _RENAMED[name]
-        warnings.warn(f"weightspace.generate.checkpoint_flow.{name} is now {new}", DeprecationWarning, stacklevel=2)
-        return globals()[new]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = deprecated_names(__name__, {
+    "generate": "weightspace.generate.checkpoint_flow.generate_checkpoints",
+    "CONFIG_SCHEMA": "weightspace.generate.checkpoint_flow.FLOW_CONFIG_SCHEMA",
+})

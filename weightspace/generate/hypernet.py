@@ -76,6 +76,7 @@ from weightspace.generate._common import (
     ArchSpec,
     as_arch,
     check_finite_state_dict,
+    deprecated_names,
     read_generator_file,
     save_generator_file,
 )
@@ -538,24 +539,10 @@ def _replace(batch, **kw):
     return replace(batch, _cache={}, **kw)
 
 
-# Names that moved to weightspace.generate.hypernet_train (kept importable
-# from here; import them from weightspace.generate or hypernet_train).
-_MOVED = {"HypernetHistory", "train_hypernet", "compare_inits", "default_archs"}
-
-
-def __getattr__(name: str) -> Any:
-    if name == "CONFIG_SCHEMA":  # renamed: two generators' schemas shared one name
-        import warnings
-
-        warnings.warn("weightspace.generate.hypernet.CONFIG_SCHEMA is now HYPERNET_CONFIG_SCHEMA", DeprecationWarning,
-                      stacklevel=2)
-        return HYPERNET_CONFIG_SCHEMA
-    if name in _MOVED:
-        import warnings
-
-        from weightspace.generate import hypernet_train
-
-        warnings.warn(f"weightspace.generate.hypernet.{name} moved to weightspace.generate.hypernet_train.{name}",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(hypernet_train, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Old names: the training / evaluation functions moved to hypernet_train;
+# CONFIG_SCHEMA was shared with checkpoint_flow.
+__getattr__ = deprecated_names(__name__, {
+    "CONFIG_SCHEMA": "weightspace.generate.hypernet.HYPERNET_CONFIG_SCHEMA",
+    **{n: f"weightspace.generate.hypernet_train.{n}"
+       for n in ("HypernetHistory", "train_hypernet", "compare_inits", "default_archs")},
+})

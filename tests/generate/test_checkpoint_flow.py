@@ -10,9 +10,8 @@ import zoo
 from weightspace.generate import (
     ArchSpec,
     CheckpointFlow,
-    CheckpointSet,
     collect_checkpoints,
-    generate,
+    generate_checkpoints,
     novelty_report,
     permutation_bank,
     train_checkpoint_flow,
@@ -24,18 +23,6 @@ from weightspace.symmetry import apply_permutation, random_permutation
 ARCH = ArchSpec.of("mlp", hidden=[6], in_features=64)
 
 
-def _set(n_runs=4, per_run=3) -> CheckpointSet:
-    vals, met, ids, eps = [], [], [], []
-    for r in range(n_runs):
-        for e in range(per_run):
-            sd = ARCH.module(seed=100 * r + e).state_dict()
-            vals.append(state_dict_to_vector(ARCH, sd))
-            met.append(0.1 + 0.2 * e + 0.01 * r)
-            ids.append(f"run{r}")
-            eps.append(e)
-    return CheckpointSet(ARCH, torch.stack(vals), torch.tensor(met), "test_acc", ids, eps)
-
-
 def _data():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(60, 1, 8, 8, generator=g)
@@ -44,8 +31,8 @@ def _data():
 
 
 @pytest.fixture(scope="module")
-def flow():
-    cs = _set()
+def flow(make_checkpoint_set):
+    cs = make_checkpoint_set(ARCH)
     model, hist = train_checkpoint_flow(cs, steps=4, batch_size=8, hidden=32, depth=1, bank_size=4, seed=0)
     assert len(hist.loss) == 4 and all(math.isfinite(v) for v in hist.loss)
     return cs, model
@@ -130,13 +117,38 @@ def test_save_load_round_trip(tmp_path, flow):
     cs, model = flow
     p = model.save(tmp_path / "flow.safetensors")
     a = model.generate(ARCH, 2, condition=0.25, seed=5)
-    b = generate(p, ARCH, 2, condition=0.25, seed=5)
+    b = generate_checkpoints(p, ARCH, 2, condition=0.25, seed=5)
     assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
     assert CheckpointFlow.load(p).cond_range == model.cond_range
 
 
-def test_novelty_report_flags_exact_and_permuted_copies():
-    cs = _set()
+def test_renamed_generate_still_works_with_a_deprecation_warning(tmp_path, flow):
+    import weightspace.generate as wg
+    import weightspace.generate.checkpoint_flow as cf
+    import weightspace.generate.hypernet as hn_mod
+
+    _, model = flow
+    p = model.save(tmp_path / "flow.safetensors")
+    want = generate_checkpoints(p, ARCH, 1, condition=0.25, seed=3, steps=5)
+    for mod in (wg, cf):
+        with pytest.warns(DeprecationWarning, match="generate_checkpoints"):
+            old = mod.generate
+        assert old is generate_checkpoints
+        got = old(p, ARCH, 1, condition=0.25, seed=3, steps=5)
+        assert all(torch.equal(want[0][k], got[0][k]) for k in want[0])
+    with pytest.warns(DeprecationWarning, match="FLOW_CONFIG_SCHEMA"):
+        assert cf.CONFIG_SCHEMA is cf.FLOW_CONFIG_SCHEMA
+    with pytest.warns(DeprecationWarning, match="HYPERNET_CONFIG_SCHEMA"):
+        assert hn_mod.CONFIG_SCHEMA is hn_mod.HYPERNET_CONFIG_SCHEMA
+    with pytest.warns(DeprecationWarning, match="hypernet_train"):
+        from weightspace.generate.hypernet import train_hypernet
+    assert train_hypernet is wg.train_hypernet
+    with pytest.raises(AttributeError):
+        cf.no_such_name
+
+
+def test_novelty_report_flags_exact_and_permuted_copies(make_checkpoint_set):
+    cs = make_checkpoint_set(ARCH)
     spec = ARCH.template().spec
     copy = cs.state_dict(4)
     permuted = apply_permutation(cs.state_dict(7), spec, random_permutation(spec, seed=3))
@@ -156,8 +168,8 @@ def test_novelty_report_flags_exact_and_permuted_copies():
     assert 0.0 <= rep.rows[2]["accuracy"] <= 1.0
 
 
-def test_novelty_report_rejects_wrong_architecture():
-    cs = _set()
+def test_novelty_report_rejects_wrong_architecture(make_checkpoint_set):
+    cs = make_checkpoint_set(ARCH)
     with pytest.raises(Exception, match="does not match the architecture|missing keys|shape"):
         novelty_report([ArchSpec.of("mlp", hidden=[5]).module().state_dict()], cs)
     with pytest.raises(ValueError, match="no samples"):

@@ -26,7 +26,6 @@ from weightspace.generate import (
     novelty_report,
     train_checkpoint_flow,
 )
-from weightspace.generate.checkpoint_flow import state_dict_to_vector
 from weightspace.symmetry import apply_permutation, random_permutation
 
 ARCH = ArchSpec.of("mlp", hidden=[6], in_features=64)
@@ -162,21 +161,9 @@ def test_nan_hypernetwork_is_refused_in_the_library_and_the_cli(tmp_path, hn_fil
     assert not out.exists()
 
 
-def _set(n_runs=4, per_run=3, scale=None) -> CheckpointSet:
-    vals, met, ids, eps = [], [], [], []
-    for r in range(n_runs):
-        for e in range(per_run):
-            sd = ARCH.module(seed=100 * r + e).state_dict()
-            vals.append(state_dict_to_vector(ARCH, sd))
-            met.append(0.1 + 0.2 * e + 0.01 * r)
-            ids.append(f"run{r}")
-            eps.append(e)
-    return CheckpointSet(ARCH, torch.stack(vals), torch.tensor(met), "test_acc", ids, eps)
-
-
 @pytest.fixture(scope="module")
-def flow():
-    cs = _set()
+def flow(make_checkpoint_set):
+    cs = make_checkpoint_set(ARCH)
     model, _ = train_checkpoint_flow(cs, steps=2, batch_size=8, hidden=16, depth=1, bank_size=2, seed=0)
     return cs, model
 
@@ -291,12 +278,12 @@ def test_cli_refuses_nan_samples_and_writes_nothing(relu_zoo, tmp_path):
 
 
 # ------------------------------------------------------------------ novelty scale
-def test_a_tiny_random_network_is_not_a_near_copy_of_a_collapsed_run():
+def test_a_tiny_random_network_is_not_a_near_copy_of_a_collapsed_run(make_checkpoint_set):
     """A run that collapsed to tiny weights sits in the training set. An
     independent tiny N(0, 1e-3) network is close to it in absolute terms
     only; relative to their scale the two are as different as independent
     networks. A permuted training checkpoint is still an exact copy."""
-    cs = _set()
+    cs = make_checkpoint_set(ARCH)
     g = torch.Generator().manual_seed(0)
     tiny_run = torch.stack([1e-3 * torch.randn(cs.values.shape[1], generator=g) for _ in range(3)])
     train = CheckpointSet(ARCH, torch.cat([cs.values, tiny_run]), torch.cat([cs.metric, torch.full((3,), 0.1)]),

@@ -234,3 +234,41 @@ def test_training_moves_the_predictions_with_library_defaults():
     assert acc > acc0 + 0.15, (acc, acc0)
     assert loss < loss0 - 0.3, (loss, loss0)
     assert sum(hist.loss[-10:]) / 10 < sum(hist.loss[:10]) / 10 - 0.2
+
+
+# ------------------------------------------------------------ hypernet_train
+def test_compare_inits_runs_every_init_with_the_same_sgd():
+    from weightspace.generate import compare_inits
+
+    data = _digits()
+    hn = tiny()
+    a = ArchSpec.of("mlp", hidden=[8])
+    rows = compare_inits(hn, [a], data, steps=(0, 1), seeds=(0,))
+    assert [(r["arch"], r["init"], r["seed"]) for r in rows] == [(a.label, i, 0) for i in ("hypernet", "default", "random")]
+    assert rows[0]["acc"] == fit_steps(a, hn.predict(a, seed=0), data, steps=(0, 1), seed=0)
+    assert rows[1]["acc"] == fit_steps(a, a.module(seed=0).state_dict(), data, steps=(0, 1), seed=0)
+    assert all(set(r["acc"]) == {0, 1} and all(0.0 <= v <= 1.0 for v in r["acc"].values()) for r in rows)
+
+
+def test_default_archs_hold_out_unseen_architectures():
+    from weightspace.generate import default_archs
+
+    train, held = default_archs()
+    assert train and held and not {a.label for a in train} & {a.label for a in held}
+    small_train, small_held = default_archs(small=True)
+    assert "resnet20" in {a.name for a in train + held}
+    assert "resnet20" not in {a.name for a in small_train + small_held}
+    assert set(small_train) < set(train) and set(small_held) < set(held)
+
+
+def test_training_records_to_dict():
+    from weightspace.generate import HypernetHistory
+    from weightspace.generate.checkpoint_flow import FlowHistory
+    from weightspace.generate.inr_init import ReptileHistory
+
+    loss = [1.0, 0.5]
+    h = HypernetHistory(loss, [0.1, 0.2], ["mlp"])
+    assert h.to_dict() == {"loss": [1.0, 0.5], "acc": [0.1, 0.2], "archs": ["mlp"]}
+    assert h.to_dict()["loss"] is loss  # the record's own lists, as before
+    assert FlowHistory([0.3]).to_dict() == {"loss": [0.3]}
+    assert ReptileHistory([20.0]).to_dict() == {"inner_psnr": [20.0]}

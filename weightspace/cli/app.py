@@ -9,7 +9,6 @@ from typing import List, Optional
 import typer
 
 from weightspace.cli.common import ErrorBoundary, parse_kv
-from weightspace.cli.common import fail as _fail
 from weightspace.data import register_dataset_source
 
 # Commands take dataset names (merge configs, generate): they are zoo's.

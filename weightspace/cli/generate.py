@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 import typer
 
@@ -25,6 +25,18 @@ app = typer.Typer(
 )
 
 
+# Options shared by several commands (Typer copies an option's info per command).
+_SEED = typer.Option(0, min=0, help="random seed")
+_THREADS = typer.Option(None, min=1, help="torch threads")
+_PROGRESS = typer.Option(True, "--progress/--no-progress")
+
+
+def _refused(exc: Exception) -> NoReturn:
+    """Exit 2 with the library's message for a refused argument (a KeyError's
+    message without the quotes its ``str`` adds)."""
+    _fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+
+
 def _threads(n: Optional[int]) -> None:
     if n:
         import torch
@@ -38,9 +50,9 @@ def hypernet_train(
     steps: int = typer.Option(1000, min=1, help="training steps"),
     archs_per_step: int = typer.Option(4, min=1, help="architectures per step"),
     small: bool = typer.Option(False, "--small", help="train without the ResNet (faster)"),
-    seed: int = typer.Option(0, min=0, help="random seed"),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    seed: int = _SEED,
+    threads: Optional[int] = _THREADS,
+    progress: bool = _PROGRESS,
 ) -> None:
     """Train a graph hypernetwork on the default digits architectures.
 
@@ -85,7 +97,7 @@ def init(
         a = as_arch(arch, **parse_kv(arg, "--arg"))
         sd = GraphHyperNetwork.load(hypernet).predict(a, seed=seed)
     except (KeyError, TypeError, ValueError, FileNotFoundError) as e:
-        _fail(e.args[0] if isinstance(e, KeyError) else e)
+        _refused(e)
     save_state_dict(sd, out, metadata={"arch": json.dumps(a.to_dict()), "generator": "GraphHyperNetwork"})
     n = sum(v.numel() for v in sd.values() if v.is_floating_point())
     typer.echo(f"{a.label}: {len(sd)} tensors, {n} values -> {out}")
@@ -98,9 +110,9 @@ def flow_train(
     metric: str = typer.Option("test_acc", help="checkpoint metric to condition on"),
     steps: int = typer.Option(4000, min=1, help="training steps"),
     augment: bool = typer.Option(True, "--augment/--no-augment", help="random permutation augmentation"),
-    seed: int = typer.Option(0, min=0, help="random seed"),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    seed: int = _SEED,
+    threads: Optional[int] = _THREADS,
+    progress: bool = _PROGRESS,
 ) -> None:
     """Train a conditional checkpoint generator (flow matching) on every
     checkpoint of a zoo. All members must share one architecture (name and
@@ -117,7 +129,7 @@ def flow_train(
         cs = collect_checkpoints(zoo.Zoo(zoo_dir), metric=metric)
         model, hist = train_checkpoint_flow(cs, steps=steps, augment=augment, seed=seed, progress=progress)
     except (ValueError, KeyError) as e:
-        _fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        _refused(e)
     model.save(out, metadata={"zoo": str(zoo_dir), "checkpoints": len(cs), "augment": augment})
     lo, hi = model.cond_range
     typer.echo(f"{cs.arch.label}: {len(cs)} checkpoints, {metric} in [{lo:.3f}, {hi:.3f}], final loss {hist.loss[-1]:.4f}")
@@ -131,7 +143,7 @@ def samples(
     out: Path = typer.Option(..., "--out", "-o", help="output directory"),
     n: int = typer.Option(8, "--n", min=1, help="number of samples"),
     condition: float = typer.Option(..., help="target metric (within the training range)"),
-    seed: int = typer.Option(0, min=0, help="random seed"),
+    seed: int = _SEED,
     guidance: float = typer.Option(1.0, help="classifier-free guidance weight"),
     metric: str = typer.Option("test_acc", help="the metric the generator was trained on"),
 ) -> None:
@@ -155,7 +167,7 @@ def samples(
                   "give the zoo it was trained on")
         sds = model.generate(model.arch, n, condition=condition, seed=seed, guidance=guidance)
     except (ValueError, KeyError) as e:
-        _fail(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        _refused(e)
     data_cfg = dict((z.recipe.data if z.recipe is not None else {}) or {"name": "digits"})
     data = load_task(**data_cfg)
     rep = novelty_report(sds, cs, data, conditions=[condition] * n, seed=seed)
@@ -185,9 +197,9 @@ def inr_init(
     count: int = typer.Option(200, min=1, help="number of training signals"),
     outer_steps: int = typer.Option(500, min=1, help="Reptile steps"),
     inner_steps: int = typer.Option(10, min=1, help="inner Adam steps"),
-    seed: int = typer.Option(0, min=0, help="random seed"),
-    threads: Optional[int] = typer.Option(None, min=1, help="torch threads"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    seed: int = _SEED,
+    threads: Optional[int] = _THREADS,
+    progress: bool = _PROGRESS,
 ) -> None:
     """Meta-learn a SIREN initialisation with Reptile on a signal family.
 

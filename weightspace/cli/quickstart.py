@@ -356,7 +356,6 @@ def _plot_prediction(pred: dict, stem: Path) -> list[str]:
 
 
 def _plot_cka(sim: dict, stem: Path) -> list[str]:
-    from weightspace.similarity.plot import plot_similarity_heatmap  # noqa: F401
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4, 3.5))

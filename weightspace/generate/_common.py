@@ -15,10 +15,13 @@ from torch import nn
 from weightspace import arch as _arch
 from weightspace import data as _data
 from weightspace.core import graph_template
+from weightspace.errors import InputFileError, NonFiniteWeightsError
+from weightspace.io import read_safetensors, read_safetensors_metadata, save_state_dict, validate
 from weightspace.graph import GraphTemplate
 
 __all__ = ["ArchSpec", "TaskData", "as_arch", "load_task", "fit_steps", "accuracy", "has_batchnorm",
-           "read_saved_model", "check_finite_state_dict"]
+           "read_saved_model", "save_generator_file", "read_generator_file", "check_finite_state_dict",
+           "AsDictMixin", "deprecated_names"]
 
 
 class ArchSpec(_arch.ArchSpec):
@@ -213,8 +216,6 @@ def read_saved_model(path: Any, kind: str, keys: Sequence[str]) -> tuple[dict[st
     """
     from pathlib import Path
 
-    from weightspace.errors import InputFileError
-    from weightspace.io import read_safetensors, read_safetensors_metadata
 
     path = Path(path).expanduser()
     meta = read_safetensors_metadata(path, what=f"saved {kind} (.safetensors)")
@@ -230,11 +231,76 @@ def read_saved_model(path: Any, kind: str, keys: Sequence[str]) -> tuple[dict[st
     return out, read_safetensors(path, what=f"saved {kind} (.safetensors)")
 
 
+def save_generator_file(model: nn.Module, path: Any, kind: str, entries: Mapping[str, Any],
+                        metadata: Mapping[str, Any] | None = None) -> Any:
+    """Write ``model``'s state_dict as one safetensors file whose metadata holds
+    ``kind``, each of ``entries`` as JSON (e.g. ``{"config": model.config()}``)
+    and the caller's ``metadata`` (JSON, non-JSON values as strings); the
+    format :func:`read_generator_file` reads. Returns the path written."""
+
+    meta = {"kind": kind, **{k: json.dumps(v) for k, v in entries.items()}}
+    if metadata:
+        meta["metadata"] = json.dumps(dict(metadata), default=str)
+    return save_state_dict({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path, meta)
+
+
+def read_generator_file(path: Any, kind: str, schema: Mapping[str, Any], keys: Sequence[str] = ()
+                        ) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
+    """``(path, config, metadata, tensors)`` of a generator written by
+    :func:`save_generator_file`: the ``config`` entry checked against
+    ``schema`` (:func:`weightspace.io.validate`: types, ranges, unknown
+    keys), ``metadata`` the decoded JSON entries ``("config", *keys)``,
+    ``path`` expanded. Build the model with
+    :func:`weightspace.io.build_checked` (nothing is allocated before its
+    size and tensor shapes are checked).
+
+    Raises:
+        MissingFileError / InputFileError: as :func:`read_saved_model`.
+        ConfigError: a wrong type, out-of-range value or unknown key in the
+            config (``field`` names it).
+    """
+    from pathlib import Path
+
+
+    path = Path(path).expanduser()
+    meta, tensors = read_saved_model(path, kind, ("config", *keys))
+    cfg = validate(meta.get("config"), schema, path=path, where="config")
+    return path, cfg, meta, tensors
+
+
+def deprecated_names(module: str, aliases: Mapping[str, str]) -> Any:
+    """A module ``__getattr__`` for renamed or moved public names:
+    ``aliases[old] = "package.module.new_name"``. Each access to ``old``
+    warns (``DeprecationWarning``, naming the new place) and returns the
+    object found there; any other unknown name raises ``AttributeError``."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in aliases:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        import importlib
+        import warnings
+
+        where, _, attr = aliases[name].rpartition(".")
+        warnings.warn(f"{module}.{name} is now {aliases[name]}", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(where), attr)
+
+    return __getattr__
+
+
+class AsDictMixin:
+    """Mixin for training-record dataclasses: :meth:`to_dict` maps each
+    field name to its value (the lists themselves, not copies)."""
+
+    def to_dict(self) -> dict:
+        from dataclasses import fields
+
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 def check_finite_state_dict(state_dict: Mapping[str, torch.Tensor], what: str) -> None:
     """Raise :class:`~weightspace.errors.NonFiniteWeightsError` naming the
     first floating-point tensor of ``state_dict`` with a NaN or Inf value
     (``what`` says where the values came from)."""
-    from weightspace.errors import NonFiniteWeightsError
 
     for k, v in state_dict.items():
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):

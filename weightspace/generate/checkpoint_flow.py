@@ -25,7 +25,6 @@ Every sample set should be shipped with
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +35,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from weightspace.errors import ConfigError, StateDictError, WeightspaceError
-from weightspace.generate._common import ArchSpec, as_arch, check_finite_state_dict, read_saved_model
+from weightspace.generate._common import (
+    ArchSpec,
+    AsDictMixin,
+    as_arch,
+    check_finite_state_dict,
+    deprecated_names,
+    read_generator_file,
+    save_generator_file,
+)
 from weightspace.graph import ParameterGraph
-from weightspace.io import Field, build_checked, check_numel, load_state_dict, save_state_dict, validate
+from weightspace.io import Field, build_checked, check_numel, check_type, validate
 from weightspace.symmetry import apply_permutation, random_permutation
 
 __all__ = [
@@ -48,8 +55,9 @@ __all__ = [
     "FlowHistory",
     "collect_checkpoints",
     "train_checkpoint_flow",
-    "generate",
+    "generate_checkpoints",
     "permutation_bank",
+    "FLOW_CONFIG_SCHEMA",
 ]
 
 
@@ -375,17 +383,15 @@ class CheckpointFlow(nn.Module):
         return dict(self.hparams)
 
     def save(self, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
-        meta = {"kind": "CheckpointFlow", "config": json.dumps(self.config())}
-        if metadata:
-            meta["metadata"] = json.dumps(dict(metadata), default=str)
-        return save_state_dict({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, path, meta)
+        """Write the weights (safetensors) and config (in the file's metadata)."""
+        return save_generator_file(self, path, "CheckpointFlow", {"config": self.config()}, metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> "CheckpointFlow":
         """Inverse of :meth:`save`.
 
         The config in the file's metadata is checked against
-        :data:`CONFIG_SCHEMA` (types, ranges, unknown keys), the
+        :data:`FLOW_CONFIG_SCHEMA` (types, ranges, unknown keys), the
         architecture's size is checked against the stored tensors, and the
         stored tensors must match the model the config builds (names,
         shapes) -- all before anything is allocated.
@@ -397,9 +403,7 @@ class CheckpointFlow(nn.Module):
                 the config, or an unknown architecture (``field`` names it).
             StateDictError: a missing, unexpected or mis-shaped tensor (named).
         """
-        path = Path(path).expanduser()
-        meta, tensors = read_saved_model(path, "CheckpointFlow", ("config",))
-        cfg = validate(meta.get("config"), CONFIG_SCHEMA, path=path, where="config")
+        path, cfg, _, tensors = read_generator_file(path, "CheckpointFlow", FLOW_CONFIG_SCHEMA)
         spec = validate(cfg.pop("arch"), _ARCH_SCHEMA, path=path, where="config.arch")
         cfg["cond_range"] = tuple(_cond_range(cfg.get("cond_range", [0.0, 1.0]), path))
         try:
@@ -430,7 +434,6 @@ class CheckpointFlow(nn.Module):
 
 
 def _cond_range(value: Any, path: Path) -> list[float]:
-    from weightspace.io import check_type
 
     if not (isinstance(value, list) and len(value) == 2):
         raise ConfigError(f"expected [low, high], got {value!r}"[:200], path=path, field="config.cond_range")
@@ -449,7 +452,7 @@ def _schema() -> dict:
 
 #: Schema of a saved :class:`CheckpointFlow` config (sizes bounded far above
 #: anything trained here).
-CONFIG_SCHEMA = _schema()
+FLOW_CONFIG_SCHEMA = _schema()
 _ARCH_SCHEMA = {"name": Field(str, required=True), "kwargs": Field(dict)}
 
 
@@ -468,11 +471,10 @@ def _tensor_stats(arch: ArchSpec, values: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @dataclass
-class FlowHistory:
-    loss: list[float] = field(default_factory=list)
+class FlowHistory(AsDictMixin):
+    """Training record: the flow-matching loss of every step."""
 
-    def to_dict(self) -> dict:
-        return {"loss": self.loss}
+    loss: list[float] = field(default_factory=list)
 
 
 def train_checkpoint_flow(
@@ -545,23 +547,31 @@ def train_checkpoint_flow(
     return model.eval(), hist
 
 
-def generate(
+def generate_checkpoints(
     model: CheckpointFlow | str | Path,
     arch: ArchSpec | str,
     n: int,
     *,
     condition: float | Sequence[float] | Tensor,
-    seed: int = 0,
-    steps: int = 50,
-    guidance: float = 1.0,
-    **arch_kwargs: Any,
+    **options: Any,
 ) -> list[dict[str, Tensor]]:
-    """``n`` state_dicts of ``arch`` from a trained generator (or its file).
+    """``n`` state_dicts of ``arch`` from a trained generator (or its file):
+    :meth:`CheckpointFlow.generate` (``options``: its ``seed``, ``steps``,
+    ``guidance`` and architecture arguments) on ``model``, loaded with
+    :meth:`CheckpointFlow.load` when it is a path.
 
     Example::
 
-        sds = generate("flow.safetensors", "mlp", 8, condition=0.9, seed=0, hidden=[32])
+        sds = generate_checkpoints("flow.safetensors", "mlp", 8, condition=0.9, seed=0, hidden=[32])
     """
     if not isinstance(model, CheckpointFlow):
         model = CheckpointFlow.load(model)
-    return model.generate(arch, n, condition=condition, seed=seed, steps=steps, guidance=guidance, **arch_kwargs)
+    return model.generate(arch, n, condition=condition, **options)
+
+
+# Renamed public names: ``generate`` shared its name with the package
+# (weightspace.generate.generate), CONFIG_SCHEMA with the hypernetwork's.
+__getattr__ = deprecated_names(__name__, {
+    "generate": "weightspace.generate.checkpoint_flow.generate_checkpoints",
+    "CONFIG_SCHEMA": "weightspace.generate.checkpoint_flow.FLOW_CONFIG_SCHEMA",
+})

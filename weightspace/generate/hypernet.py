@@ -57,36 +57,34 @@ How it works
   0.02-scaled; BatchNorm running statistics are 0 / 1 (buffers, not
   predicted; re-estimate them on data before evaluating in eval mode).
 
-Training (:func:`train_hypernet`) samples a few architectures per step,
-predicts their weights from fresh draws and backpropagates the task loss
-through them with ``torch.func.functional_call``.
+Training and evaluation (:func:`~weightspace.generate.hypernet_train.train_hypernet`,
+:func:`~weightspace.generate.hypernet_train.compare_inits`) live in
+:mod:`weightspace.generate.hypernet_train`.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weightspace.generate._common import ArchSpec, TaskData, as_arch, check_finite_state_dict, fit_steps, read_saved_model
+from weightspace.generate._common import (
+    ArchSpec,
+    as_arch,
+    check_finite_state_dict,
+    deprecated_names,
+    read_generator_file,
+    save_generator_file,
+)
 from weightspace.graph import EDGE_TYPES, NODE_TYPES, GraphTemplate, ParameterGraph
-from weightspace.io import build_checked, check_numel, load_state_dict, save_state_dict, validate
+from weightspace.io import Field, build_checked, check_numel
 from weightspace.nn import GMN, collate, probe_features
 
-__all__ = [
-    "GraphHyperNetwork",
-    "HypernetHistory",
-    "train_hypernet",
-    "compare_inits",
-    "default_archs",
-]
+__all__ = ["GraphHyperNetwork", "HYPERNET_CONFIG_SCHEMA"]
 
 _ET = {name: i for i, name in enumerate(EDGE_TYPES)}
 _WEIGHT_TYPES = {_ET["linear.weight"], _ET["conv.weight"], _ET["attention.in_proj_weight"]}
@@ -95,28 +93,21 @@ _WEIGHT_TYPES = {_ET["linear.weight"], _ET["conv.weight"], _ET["attention.in_pro
 _K_WEIGHT, _K_BIAS, _K_NORM_W, _K_NORM_B, _K_MEAN, _K_VAR, _K_EMB, _K_PARAM = range(8)
 
 
+# output rule of every other edge type (weight types are decided by ndim)
+_KIND_OF_ETYPE = {
+    _ET["bias"]: _K_BIAS, _ET["norm.weight"]: _K_NORM_W, _ET["norm.bias"]: _K_NORM_B,
+    _ET["norm.running_mean"]: _K_MEAN, _ET["norm.running_var"]: _K_VAR, _ET["embedding.weight"]: _K_EMB,
+}
+
+
 def _tensor_kind(etype: int, ndim: int) -> int:
-    if etype in _WEIGHT_TYPES and ndim >= 2:
-        return _K_WEIGHT
-    if etype == _ET["bias"]:
-        return _K_BIAS
-    if etype == _ET["norm.weight"]:
-        return _K_NORM_W
-    if etype == _ET["norm.bias"]:
-        return _K_NORM_B
-    if etype == _ET["norm.running_mean"]:
-        return _K_MEAN
-    if etype == _ET["norm.running_var"]:
-        return _K_VAR
-    if etype == _ET["embedding.weight"]:
-        return _K_EMB
-    if etype in _WEIGHT_TYPES:  # 1-d "weight" (e.g. a weight vector): treat like a bias
-        return _K_BIAS
-    return _K_PARAM
+    if etype in _WEIGHT_TYPES:  # a 1-d "weight" (e.g. a weight vector) is treated like a bias
+        return _K_WEIGHT if ndim >= 2 else _K_BIAS
+    return _KIND_OF_ETYPE.get(etype, _K_PARAM)
 
 
 @dataclass
-class _Layout:
+class _HypernetLayout:
     """Per-template index tensors (built once per template and hypernet layout)."""
 
     cols: Tensor  # [E, W] output channel of each edge feature (-1: none)
@@ -210,10 +201,10 @@ class GraphHyperNetwork(nn.Module):
             self.bilinear.weight.zero_()
             self.gmn.edge_head[-1].weight.zero_()
             self.gmn.edge_head[-1].bias.zero_()
-        self._layouts: dict[int, tuple[GraphTemplate, _Layout]] = {}
+        self._layouts: dict[int, tuple[GraphTemplate, _HypernetLayout]] = {}
 
     # ------------------------------------------------------------- layout
-    def layout(self, template: GraphTemplate) -> _Layout:
+    def layout(self, template: GraphTemplate) -> _HypernetLayout:
         """Index tensors mapping the edge readout onto ``template``'s edges.
 
         Raises:
@@ -247,7 +238,7 @@ class GraphHyperNetwork(nn.Module):
         to_output = {s.name: bool((template.node_type[s.dst] == out_type).any()) for s in template.edge_sets if s.pos is not None}
         to_out = [to_output[k] for k in template.keys]
         out_mask = torch.tensor([float(o and kd in (_K_WEIGHT, _K_EMB, _K_PARAM)) for o, kd in zip(to_out, kinds)])
-        lay = _Layout(cols, in_mask, template.edge_param(), kinds, fan_in, to_out, out_mask, extras)
+        lay = _HypernetLayout(cols, in_mask, template.edge_param(), kinds, fan_in, to_out, out_mask, extras)
         if len(self._layouts) > 256:
             self._layouts.clear()
         self._layouts[id(template)] = (template, lay)
@@ -360,7 +351,7 @@ class GraphHyperNetwork(nn.Module):
             out.append(self._values(t, lay, dvals, d.to(dev), gain))
         return out
 
-    def _probe_features(self, arch: ArchSpec, t: GraphTemplate, lay: _Layout, draw: Tensor) -> Tensor:
+    def _probe_features(self, arch: ArchSpec, t: GraphTemplate, lay: _HypernetLayout, draw: Tensor) -> Tensor:
         """``[N, P]`` activations of the drawn network (correction 0) on the
         probe inputs, each block scaled to unit RMS (equivariant: they move
         with the neurons)."""
@@ -380,7 +371,7 @@ class GraphHyperNetwork(nn.Module):
                 out[sel] = fb / (fb.pow(2).mean().sqrt() + 1e-6)
         return out
 
-    def _values(self, t: GraphTemplate, lay: _Layout, dvals: Tensor, draw: Tensor, log_gain: Tensor | None = None) -> Tensor:
+    def _values(self, t: GraphTemplate, lay: _HypernetLayout, dvals: Tensor, draw: Tensor, log_gain: Tensor | None = None) -> Tensor:
         """The draw ``[V_t]`` plus the correction ``dvals`` ``[V_t]`` (double-centred
         per weight tensor), scaled per tensor (He std times ``exp(log_gain)``,
         ``[K]`` per tensor) -> flat values ``[V_t]``."""
@@ -474,18 +465,16 @@ class GraphHyperNetwork(nn.Module):
 
     def save(self, path: str | Path, metadata: Mapping[str, Any] | None = None) -> Path:
         """Write the weights (safetensors) and config (in the file's metadata)."""
-        meta = {"kind": "GraphHyperNetwork", "config": json.dumps(self.config()),
-                "probe_shape": json.dumps(None if self.probes is None else list(self.probes.shape))}
-        if metadata:
-            meta["metadata"] = json.dumps(dict(metadata), default=str)
-        return save_state_dict({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, path, meta)
+        probe_shape = None if self.probes is None else list(self.probes.shape)
+        entries = {"config": self.config(), "probe_shape": probe_shape}
+        return save_generator_file(self, path, "GraphHyperNetwork", entries, metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> "GraphHyperNetwork":
         """Inverse of :meth:`save`.
 
         The config in the file's metadata is checked against
-        :data:`CONFIG_SCHEMA` (types, ranges, unknown keys), ``probe_shape``
+        :data:`HYPERNET_CONFIG_SCHEMA` (types, ranges, unknown keys), ``probe_shape``
         is bounded, and the stored tensors must match the model the config
         builds (names, shapes) -- all before anything is allocated
         (:func:`weightspace.io.build_checked`).
@@ -498,9 +487,8 @@ class GraphHyperNetwork(nn.Module):
                 the config (``field`` names it).
             StateDictError: a missing, unexpected or mis-shaped tensor (named).
         """
-        path = Path(path).expanduser()
-        meta, tensors = read_saved_model(path, "GraphHyperNetwork", ("config", "probe_shape"))
-        cfg = validate(meta.get("config"), CONFIG_SCHEMA, path=path, where="config")
+        path, cfg, meta, tensors = read_generator_file(path, "GraphHyperNetwork", HYPERNET_CONFIG_SCHEMA,
+                                                       ("probe_shape",))
         shape = meta.get("probe_shape")
         if shape is not None:
             shape = check_numel(shape, path=path, field="probe_shape")
@@ -510,7 +498,6 @@ class GraphHyperNetwork(nn.Module):
 
 
 def _schema() -> dict:
-    from weightspace.io import Field
 
     size = dict(min=1, max=2**14)
     return {
@@ -523,7 +510,7 @@ def _schema() -> dict:
 
 #: Schema of a saved :class:`GraphHyperNetwork` config (the constructor's
 #: arguments; sizes bounded far above anything trained here).
-CONFIG_SCHEMA = _schema()
+HYPERNET_CONFIG_SCHEMA = _schema()
 
 
 def _double_centre(x: Tensor) -> Tensor:
@@ -546,186 +533,10 @@ def _replace(batch, **kw):
     return replace(batch, _cache={}, **kw)
 
 
-# ---------------------------------------------------------------- training
-def default_archs(small: bool = False) -> tuple[list[ArchSpec], list[ArchSpec]]:
-    """``(train, held-out)`` architecture lists for 8x8 digits.
-
-    Held-out ones differ from every training one in width, depth, kernel
-    size or family: MLP widths 96/48 and depth 4, a 4-layer CNN of width 24,
-    a 1-d CNN with kernel 5 (training sees 3 and 7), ResNet-20 at width 2
-    (training sees width 1) and the depthwise/grouped ``mobilenet_tiny``
-    (family never seen).
-    """
-    A = ArchSpec.of
-    train = [
-        A("mlp", hidden=[32]), A("mlp", hidden=[128]), A("mlp", hidden=[64, 64]), A("mlp", hidden=[32, 32]),
-        A("mlp", hidden=[128, 64]), A("mlp", hidden=[32, 32, 32]),
-        A("cnn_small", width=8, depth=2), A("cnn_small", width=16, depth=3), A("cnn_small", width=32, depth=2),
-        A("cnn_small", width=16, depth=2), A("cnn_small", width=32, depth=3),
-        A("cnn1d", width=16, depth=2, kernel_size=3, length=64), A("cnn1d", width=32, depth=3, kernel_size=7, length=64),
-        A("cnn1d", width=16, depth=3, kernel_size=7, length=64), A("cnn1d", width=32, depth=2, kernel_size=3, length=64),
-        A("resnet20", width=1, in_channels=1, image_size=8),
-    ]
-    held = [
-        A("mlp", hidden=[96, 48]), A("mlp", hidden=[64, 64, 64, 64]),
-        A("cnn_small", width=24, depth=4), A("cnn1d", width=24, depth=3, kernel_size=5, length=64),
-        A("resnet20", width=2, in_channels=1, image_size=8), A("mobilenet_tiny"),
-    ]
-    if small:
-        train = [a for a in train if a.name != "resnet20"]
-        held = [a for a in held if a.name != "resnet20"]
-    return train, held
-
-
-@dataclass
-class HypernetHistory:
-    """Training record: per step the mean task loss and accuracy on the batch."""
-
-    loss: list[float]
-    acc: list[float]
-    archs: list[str]
-
-    def to_dict(self) -> dict:
-        return {"loss": self.loss, "acc": self.acc, "archs": self.archs}
-
-
-def train_hypernet(
-    archs: Sequence[ArchSpec | str],
-    data: TaskData,
-    *,
-    hypernet: GraphHyperNetwork | None = None,
-    steps: int = 1000,
-    archs_per_step: int = 4,
-    batch_size: int = 64,
-    lr: float = 3e-3,
-    weight_decay: float = 1e-5,
-    grad_clip: float = 5.0,
-    num_probes: int = 128,
-    seed: int = 0,
-    progress: bool = False,
-    callback: Callable[[int, float], None] | None = None,
-    **hparams: Any,
-) -> tuple[GraphHyperNetwork, HypernetHistory]:
-    """Train a :class:`GraphHyperNetwork` on ``archs`` by backpropagating the
-    task loss through the predicted weights.
-
-    Each step draws ``archs_per_step`` architectures and one minibatch of
-    ``batch_size`` examples per architecture, predicts all weights with fresh
-    draws, runs each network with ``torch.func.functional_call`` (train
-    mode: BatchNorm uses batch statistics) and takes an Adam step on the mean
-    cross-entropy.
-
-    Args:
-        archs: training architectures (inputs must fit ``data``; see
-            :meth:`ArchSpec.view`).
-        data: the task.
-        hypernet: start from a copy of this one (default: a new
-            ``GraphHyperNetwork(**hparams)`` initialised under ``seed``).
-        lr: Adam learning rate (3e-3: a few hundred steps give clearly
-            better-than-chance networks without any SGD on them).
-        num_probes: for a new hypernetwork, the number of training inputs
-            (drawn with ``seed``, no labels) used as probe inputs; 0 = none.
-            The readout is learned from the hidden units' activations on
-            them, so more probes help (128 learned markedly faster than 32
-            at about the same cost per step).
-        progress: tqdm bar.
-        callback: called with ``(step, loss)`` after every step.
-
-    Returns:
-        ``(trained hypernetwork (eval mode), HypernetHistory)``.
-    """
-    from torch.func import functional_call
-    from tqdm.auto import tqdm
-
-    specs = [as_arch(a) for a in archs]
-    if not specs:
-        raise ValueError("train_hypernet needs at least one architecture")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
-        if hypernet is not None:
-            hn = copy.deepcopy(hypernet)
-        else:
-            probes = None
-            if num_probes > 0:
-                pick = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(int(seed)))
-                probes = data.x_train[pick[:num_probes]]
-            hn = GraphHyperNetwork(**hparams, probes=probes)
-    hn.train()
-    templates = [a.template() for a in specs]
-    for t in templates:
-        hn.layout(t)  # clear error for unsupported architectures before training starts
-    modules = [a.module(seed=0).train() for a in specs]
-    xs = [a.view(data.x_train) for a in specs]
-    opt = torch.optim.Adam(hn.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(int(seed) + 1)
-    hist = HypernetHistory([], [], [a.label for a in specs])
-    n = len(data.y_train)
-    for step in tqdm(range(int(steps)), disable=not progress, desc="hypernet"):
-        pick = torch.randperm(len(specs), generator=gen)[: min(archs_per_step, len(specs))].tolist()
-        values = hn([specs[i] for i in pick], generator=gen)
-        losses, correct = [], 0
-        for i, v in zip(pick, values):
-            sd = hn.write_back(templates[i], v)
-            names = dict(modules[i].named_parameters())
-            sd = {k: (t if k in names else t.detach()) for k, t in sd.items()}
-            idx = torch.randint(0, n, (batch_size,), generator=gen)
-            out = functional_call(modules[i], sd, (xs[i][idx],))
-            losses.append(F.cross_entropy(out, data.y_train[idx]))
-            correct += int((out.argmax(1) == data.y_train[idx]).sum())
-        loss = torch.stack(losses).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(hn.parameters(), grad_clip)
-        opt.step()
-        hist.loss.append(float(loss.detach()))
-        hist.acc.append(correct / (batch_size * len(pick)))
-        if callback is not None:
-            callback(step, float(loss.detach()))
-    return hn.eval(), hist
-
-
-def compare_inits(
-    hypernet: GraphHyperNetwork,
-    archs: Sequence[ArchSpec | str],
-    data: TaskData,
-    *,
-    steps: Sequence[int] = (0, 1, 5, 50),
-    seeds: Sequence[int] = (0, 1, 2),
-    lr: float = 0.05,
-    momentum: float = 0.9,
-    batch_size: int = 64,
-    baseline: GraphHyperNetwork | None = None,
-    progress: bool = False,
-) -> list[dict]:
-    """Test accuracy after ``k`` SGD steps from three initialisations.
-
-    * ``hypernet``: weights predicted by ``hypernet`` (draw seed ``s``);
-    * ``default``: PyTorch's default init (``zoo.create_model(seed=s)``);
-    * ``random``: weights predicted by ``baseline``, an *untrained* hypernetwork
-      of the same configuration, i.e. random weights with exactly the same
-      per-layer scaling (default: a fresh one initialised with seed 12345).
-
-    Every run uses the same SGD settings and minibatch order (seed ``s``).
-
-    Returns:
-        rows ``{"arch", "init", "seed", "acc": {k: accuracy}}``.
-    """
-    from tqdm.auto import tqdm
-
-    if baseline is None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(12345)
-            baseline = GraphHyperNetwork(**hypernet.config(), probes=hypernet.probes).eval()
-    rows = []
-    jobs = [(as_arch(a), s) for a in archs for s in seeds]
-    for a, s in tqdm(jobs, disable=not progress, desc="compare inits"):
-        inits = {
-            "hypernet": hypernet.predict(a, seed=s),
-            "default": a.module(seed=s).state_dict(),
-            "random": baseline.predict(a, seed=s),
-        }
-        for name, sd in inits.items():
-            acc = fit_steps(a, sd, data, steps=steps, lr=lr, momentum=momentum, batch_size=batch_size, seed=s)
-            rows.append({"arch": a.label, "init": name, "seed": int(s), "acc": {int(k): v for k, v in acc.items()}})
-    return rows
+# Old names: the training / evaluation functions moved to hypernet_train;
+# CONFIG_SCHEMA was shared with checkpoint_flow.
+__getattr__ = deprecated_names(__name__, {
+    "CONFIG_SCHEMA": "weightspace.generate.hypernet.HYPERNET_CONFIG_SCHEMA",
+    **{n: f"weightspace.generate.hypernet_train.{n}"
+       for n in ("HypernetHistory", "train_hypernet", "compare_inits", "default_archs")},
+})

@@ -18,7 +18,6 @@ optimiser on held-out signals.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor
 
 from weightspace.data import load_dataset
-from weightspace.generate._common import ArchSpec, as_arch
+from weightspace.generate._common import ArchSpec, AsDictMixin, as_arch
 
 __all__ = ["SignalSet", "load_signals", "fit_curve", "reptile", "ReptileHistory", "psnr"]
 
@@ -163,13 +162,10 @@ def fit_curve(
 
 
 @dataclass
-class ReptileHistory:
+class ReptileHistory(AsDictMixin):
     """Per outer step: mean PSNR of the meta-batch after the inner loop."""
 
     inner_psnr: list[float] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"inner_psnr": self.inner_psnr}
 
 
 def reptile(

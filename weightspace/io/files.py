@@ -246,9 +246,9 @@ def check_output_path(path: str | os.PathLike, *, kind: str = "file", field: str
     p = Path(path).expanduser()
     if p.exists():
         if kind == "file" and p.is_dir():
-            raise InputFileError("is a directory; give a file name to write", path=p, field=field)
+            raise InputFileError(f"is a directory; {field or 'the output'} needs a file name to write", path=p, field=field)
         if kind == "dir" and not p.is_dir():
-            raise InputFileError("exists and is not a directory; give a directory to write into",
+            raise InputFileError(f"exists and is not a directory; {field or 'the output'} needs a directory to write into",
                                  path=p, field=field)
         return p
     for parent in p.parents:

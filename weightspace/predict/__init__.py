@@ -43,19 +43,18 @@ from weightspace.predict.metrics import (
     rmse,
     spearman,
 )
-from weightspace.predict.predictors import (
-    METANETWORKS,
-    PREDICTOR_KINDS,
+from weightspace.predict.base import (
+    PREDICTOR_REGISTRY,
     ArchitectureMismatchError,
     BasePredictor,
-    GBMPredictor,
-    LinearPredictor,
-    MeanPredictor,
-    MetaNetPredictor,
     PredictorRefitWarning,
-    load_predictor,
     make_predictor,
+    register_predictor,
 )
+from weightspace.predict.feature_models import GBMPredictor, LinearPredictor, MeanPredictor
+from weightspace.predict.metanet_models import METANETWORKS, MetaNetPredictor
+from weightspace.predict.persistence import load_predictor
+from weightspace.predict.predictors import PREDICTOR_KINDS
 from weightspace.predict.splits import Split, hyperparameter_split, random_split, seed_split
 
 __all__ = [
@@ -69,6 +68,7 @@ __all__ = [
     "METRICS",
     "MetricCI",
     "PREDICTOR_KINDS",
+    "PREDICTOR_REGISTRY",
     "PredictorRefitWarning",
     "SPECTRAL_STATS",
     "STATS",
@@ -87,6 +87,7 @@ __all__ = [
     "network_layout",
     "r2",
     "random_split",
+    "register_predictor",
     "resolve_target",
     "rmse",
     "seed_split",

@@ -11,12 +11,12 @@ hyperparameter) and metrics (Kendall τ, Spearman ρ, R² with bootstrap CIs).
 Example::
 
     import zoo
-    from weightspace.predict import zoo_dataset, random_split, make_predictor, evaluate
+    from weightspace.predict import zoo_dataset, random_split, make_predictor, evaluate_predictions
 
     ds = zoo_dataset(zoo.Zoo("runs/digits"), target="test_acc")
     tr, va, te = random_split(ds, (0.7, 0.15, 0.15), seed=0)
     gbm = make_predictor("gbm").fit(ds.subset(tr))
-    res = evaluate(ds.y[te], gbm.predict(ds.subset(te)), groups=ds.groups[te])
+    res = evaluate_predictions(ds.y[te], gbm.predict(ds.subset(te)), groups=ds.groups[te])
     res["kendall_tau"]          # MetricCI(value, low, high, ...)
     gbm.save("predictors/gbm")  # load_predictor("predictors/gbm")
 """
@@ -37,6 +37,7 @@ from weightspace.predict.metrics import (
     MetricCI,
     bootstrap_ci,
     evaluate,
+    evaluate_predictions,
     kendall_tau,
     mae,
     r2,
@@ -77,6 +78,7 @@ __all__ = [
     "WeightDataset",
     "bootstrap_ci",
     "evaluate",
+    "evaluate_predictions",
     "feature_names",
     "hyperparameter_split",
     "kendall_tau",

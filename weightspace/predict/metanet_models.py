@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from weightspace.common.splits import group_split
 from weightspace.errors import ConfigError, StateDictError
 from weightspace.graph import ParameterGraph
 from weightspace.io import Field, validate
@@ -160,13 +161,10 @@ class MetaNetPredictor(BasePredictor):
             raise TypeError("fit a metanetwork predictor on ParameterGraphs or a WeightDataset, not state_dicts")
         self._check_finite(nets)
         groups = ds.groups if ds is not None else np.arange(len(nets))
-        rng = np.random.default_rng(int(self.seed))
-        uniq = np.unique(groups)
-        n_val = int(round(float(self.val_fraction) * len(uniq))) if len(uniq) > 2 else 0
-        val_groups = set(rng.permutation(uniq)[:n_val].tolist())
-        is_val = np.array([g in val_groups for g in groups], dtype=bool)
-        train = [(nets[i], float(y[i])) for i in np.flatnonzero(~is_val)]
-        val = [(nets[i], float(y[i])) for i in np.flatnonzero(is_val)]
+        vf = float(self.val_fraction) if len(np.unique(groups)) > 2 else 0.0
+        val_idx, train_idx = group_split(groups, (vf, 1.0 - vf), seed=int(self.seed))
+        train = [(nets[i], float(y[i])) for i in train_idx]
+        val = [(nets[i], float(y[i])) for i in val_idx]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.seed))
             model = self._build(nets)
@@ -184,13 +182,13 @@ class MetaNetPredictor(BasePredictor):
     def predict(self, X: Any, *, batch_size: int = 64) -> np.ndarray:
         """Predicted targets ``[n]`` for networks ``X`` (ParameterGraphs, or
         state_dicts of an architecture seen in training)."""
-        from weightspace.nn.train import predict
+        from weightspace.nn.train import predict_metanetwork
 
         nets = self._networks(X)
         graphs = self._align(self._graphs(nets))
         self._check_finite(graphs)
         with torch_threads(self.num_threads):
-            out = predict(self.model_, [(g, 0.0) for g in graphs], None, batch_size=batch_size)
+            out = predict_metanetwork(self.model_, [(g, 0.0) for g in graphs], None, batch_size=batch_size)
         return out[:, 0].double().numpy() * self.target_std_ + self.target_mean_
 
     @property

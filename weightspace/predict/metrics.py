@@ -9,36 +9,11 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from weightspace.common.metrics import (
-    METRICS,
-    MetricCI,
-    bootstrap_ci,
-    classification_metrics,
-    evaluate_predictions,
-    kendall_tau,
-    mae,
-    r2,
-    regression_metrics,
-    rmse,
-    spearman,
-    summarize,
-)
+from weightspace.common import metrics as _common
+from weightspace.common.metrics import *  # noqa: F403  (the names of _common.__all__)
+from weightspace.common.metrics import MetricCI, evaluate_predictions
 
-__all__ = [
-    "METRICS",
-    "MetricCI",
-    "kendall_tau",
-    "spearman",
-    "r2",
-    "rmse",
-    "mae",
-    "bootstrap_ci",
-    "evaluate_predictions",
-    "evaluate",
-    "summarize",
-    "regression_metrics",
-    "classification_metrics",
-]
+__all__ = [*_common.__all__, "evaluate"]
 
 
 def evaluate(y_true: Any, y_pred: Any, *args: Any, **kwargs: Any) -> dict[str, MetricCI]:

@@ -67,7 +67,7 @@ import torch
 from weightspace.errors import NonFiniteWeightsError, WeightspaceError
 from weightspace.graph import ParameterGraph
 from weightspace.predict.data import WeightDataset
-from weightspace.predict.features import Layout, layout_difference, layout_signature, network_layout, network_tensors
+from weightspace.predict.features import TensorLayout, layout_difference, layout_signature, network_layout, network_tensors
 from weightspace.predict.metrics import METRICS
 
 __all__ = [
@@ -105,11 +105,11 @@ def _unpack(X: Any, y: Any = None) -> tuple[list, np.ndarray | None, WeightDatas
     return nets, y, None
 
 
-def _layout_to_json(layout: Layout) -> list:
+def _layout_to_json(layout: TensorLayout) -> list:
     return [[k, list(s)] for k, s in layout]
 
 
-def _layout_from_json(obj: list) -> Layout:
+def _layout_from_json(obj: list) -> TensorLayout:
     return tuple((str(k), tuple(int(x) for x in s)) for k, s in obj)
 
 
@@ -129,7 +129,7 @@ class BasePredictor:
     """Shared behaviour: parameters, architecture checks, scoring, saving.
 
     Fitted attributes (trailing underscore): ``layouts_`` (list of
-    :data:`~weightspace.predict.features.Layout`), ``architectures_`` (list of
+    :data:`~weightspace.predict.features.TensorLayout`), ``architectures_`` (list of
     ``{"arch", "kwargs"}`` dicts when known), ``target_`` (name or ``None``),
     ``n_train_``.
     """
@@ -165,7 +165,7 @@ class BasePredictor:
             raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first")
 
     def _record_architectures(self, nets: Sequence[Network], ds: WeightDataset | None) -> None:
-        layouts: list[Layout] = []
+        layouts: list[TensorLayout] = []
         for n in nets:
             lay = network_layout(n)
             if lay not in layouts:

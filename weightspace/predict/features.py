@@ -42,7 +42,7 @@ from weightspace.graph import ParameterGraph
 __all__ = [
     "STATS",
     "SPECTRAL_STATS",
-    "Layout",
+    "TensorLayout",
     "network_layout",
     "network_tensors",
     "tensor_statistics",
@@ -57,16 +57,28 @@ __all__ = [
 SPECTRAL_STATS = ("sv_max", "sv_min", "sv_mean", "stable_rank", "eff_rank")
 
 #: An architecture as the features see it: ``((tensor name, shape), ...)`` of
-#: the floating-point tensors in state_dict order.
-Layout = tuple[tuple[str, tuple[int, ...]], ...]
+#: the floating-point tensors in state_dict order. (Was ``Layout``, a name
+#: that collided with other layouts in the package; the old name still
+#: imports, with a ``DeprecationWarning``.)
+TensorLayout = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def __getattr__(name: str):
+    if name == "Layout":
+        import warnings
+
+        warnings.warn("weightspace.predict.features.Layout is deprecated; use TensorLayout",
+                      DeprecationWarning, stacklevel=2)
+        return TensorLayout
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _is_float(v: Any) -> bool:
     return isinstance(v, torch.Tensor) and v.is_floating_point()
 
 
-def network_layout(net: ParameterGraph | Mapping[str, torch.Tensor]) -> Layout:
-    """The :data:`Layout` of a network (a ParameterGraph or a state_dict).
+def network_layout(net: ParameterGraph | Mapping[str, torch.Tensor]) -> TensorLayout:
+    """The :data:`TensorLayout` of a network (a ParameterGraph or a state_dict).
 
     Non-float entries (``num_batches_tracked``) are not part of it.
     """
@@ -127,7 +139,7 @@ def spectral_statistics(values: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return out
 
 
-def feature_names(layout: Layout, *, spectral: bool = False) -> list[str]:
+def feature_names(layout: TensorLayout, *, spectral: bool = False) -> list[str]:
     """Names of the columns of :func:`weight_features`: ``"<tensor>.<stat>"``."""
     names = []
     for k, shape in layout:
@@ -139,7 +151,7 @@ def feature_names(layout: Layout, *, spectral: bool = False) -> list[str]:
 
 def weight_features(
     networks: Sequence[ParameterGraph | Mapping[str, torch.Tensor]], *, spectral: bool = False
-) -> tuple[np.ndarray, Layout]:
+) -> tuple[np.ndarray, TensorLayout]:
     """Weight-statistics features of networks of one architecture.
 
     Args:
@@ -181,14 +193,14 @@ def weight_features(
     return np.concatenate(cols, axis=1), layout
 
 
-def layout_signature(layout: Layout) -> tuple[tuple[int, ...], ...]:
+def layout_signature(layout: TensorLayout) -> tuple[tuple[int, ...], ...]:
     """The shapes of a layout's tensors, in order: what the feature columns
     depend on. Two networks with equal signatures get comparable features
     (tensors are matched by position, not by name)."""
     return tuple(shape for _, shape in layout)
 
 
-def layout_difference(expected: Layout, got: Layout) -> str:
+def layout_difference(expected: TensorLayout, got: TensorLayout) -> str:
     """A short human-readable description of how ``got`` differs from ``expected``."""
     if layout_signature(expected) == layout_signature(got) and expected != got:
         renamed = [f"{a!r} -> {b!r}" for (a, _), (b, _) in zip(expected, got) if a != b]

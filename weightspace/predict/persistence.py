@@ -21,7 +21,7 @@ import numpy as np
 from weightspace.errors import ConfigError, InputFileError, MissingFileError, NonFiniteWeightsError, StateDictError
 from weightspace.io import Field, atomic_write, check_numel, did_you_mean, read_json, read_safetensors, validate
 from weightspace.predict.base import BasePredictor, _layout_to_json, predictor_classes
-from weightspace.predict.features import Layout
+from weightspace.predict.features import TensorLayout
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "save_predictor", "load_predictor", "checked_array", "no_extra_arrays"]
 
@@ -104,7 +104,7 @@ _INFO_SCHEMA = {
 _ARCH_SCHEMA = {"arch": Field(str, required=True), "kwargs": Field(dict, required=True), "layout": Field(list, required=True)}
 
 
-def _check_layout(obj: Any, path: Path, where: str) -> Layout:
+def _check_layout(obj: Any, path: Path, where: str) -> TensorLayout:
     """A saved layout ``[[name, shape], ...]``, every shape bounded (:func:`weightspace.io.check_numel`)."""
     if not isinstance(obj, list) or not obj:
         raise ConfigError("expected a non-empty list of [tensor name, shape] pairs", path=path, field=where)

@@ -2,11 +2,16 @@
 
 Features (:mod:`~weightspace.predict.features`): per-tensor weight
 statistics, invariant to every spec permutation by construction. Predictors
-(:mod:`~weightspace.predict.predictors`) with ``fit / predict / score /
-save``: gradient boosting and ridge on the features, and wrappers around the
-metanetworks of :mod:`weightspace.nn` (GMN, StatNN, FlatMLP, NFN). Data
-(:func:`zoo_dataset`), splits (random / by seed / out of distribution by a
-hyperparameter) and metrics (Kendall τ, Spearman ρ, R² with bootstrap CIs).
+with ``fit / predict / score / save``, one ``kind -> class`` registry
+(:func:`register_predictor`, :func:`make_predictor`;
+:mod:`~weightspace.predict.base`): gradient boosting and ridge on the
+features (:mod:`~weightspace.predict.feature_models`) and wrappers around the
+metanetworks of :mod:`weightspace.nn` (GMN, StatNN, FlatMLP, NFN;
+:mod:`~weightspace.predict.metanet_models`); saved without pickle
+(:mod:`~weightspace.predict.persistence`). Data (:func:`zoo_dataset`), splits
+(random / by seed / out of distribution by a hyperparameter) and metrics
+(Kendall τ, Spearman ρ, R² with bootstrap CIs; :mod:`weightspace.common`
+holds the split, metrics and statistics shared with :mod:`weightspace.nn`).
 
 Example::
 

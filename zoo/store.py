@@ -52,11 +52,11 @@ import numpy as np
 import torch
 
 import weightspace.arch as registry
-from weightspace.core import graph_template
 from weightspace.errors import InputFileError
 from weightspace.graph import to_pyg_batch
 from weightspace.io import atomic_write, read_safetensors, read_safetensors_metadata, save_state_dict, state_dict_hash
-from weightspace.predict.splits import resolve_column
+from weightspace.common.splits import resolve_column
+from weightspace.common.zoo_samples import zoo_checkpoints
 from zoo.errors import ZooError, ZooFormatError, ZooLockedError
 from zoo.recipe import Recipe
 from zoo.recipe import config_hash as _chash
@@ -1047,11 +1047,14 @@ class Zoo:
         each split (e.g. train on relu/tanh, test on gelu). Members whose
         value is listed nowhere are left out; listing a value twice is an error.
         """
+        from weightspace.common.splits import check_fractions, group_key, group_split
+
         df = self.to_pandas()
         if df.empty:
             return Zoo._subset(self, []), Zoo._subset(self, []), Zoo._subset(self, [])
         col = "member_id" if by == "member" else self._resolve_column(by, list(df.columns))
-        keys = df[col].map(lambda v: json.dumps(v, default=str)).to_numpy()
+        keys = [group_key(v) for v in df[col]]
+        ids = df["member_id"].to_numpy()
         if values is not None:
             bad = set(values) - {"train", "val", "test"}
             if bad:
@@ -1059,25 +1062,14 @@ class Zoo:
             where: dict[str, str] = {}
             for split_name, vals in values.items():
                 for v in vals:
-                    k = json.dumps(v, default=str)
+                    k = group_key(v)
                     if k in where:
                         raise ValueError(f"value {v!r} of {col!r} is listed in both {where[k]} and {split_name}")
                     where[k] = split_name
             assign = np.array([where.get(k, "") for k in keys])
-        else:
-            if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
-                raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
-            groups = sorted(set(keys))
-            order = np.random.default_rng(int(seed)).permutation(len(groups))
-            g = len(groups)
-            n_tr = int(round(fractions[0] * g))
-            n_va = min(g - n_tr, int(round(fractions[1] * g)))
-            names = {}
-            for rank, gi in enumerate(order):
-                names[groups[gi]] = "train" if rank < n_tr else "val" if rank < n_tr + n_va else "test"
-            assign = np.array([names[k] for k in keys])
-        ids = df["member_id"].to_numpy()
-        return tuple(Zoo._subset(self, list(ids[assign == s])) for s in ("train", "val", "test"))  # type: ignore[return-value]
+            return tuple(Zoo._subset(self, list(ids[assign == s])) for s in ("train", "val", "test"))  # type: ignore[return-value]
+        parts = group_split(keys, check_fractions(fractions, parts=3), seed=seed)
+        return tuple(Zoo._subset(self, list(ids[idx])) for idx in parts)  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ integrity
     def verify(self, *, quick: bool = False) -> list[str]:
@@ -1135,10 +1127,6 @@ class Zoo:
             ``torch_geometric.data.Batch`` when ``batch=True`` (members of
             different architectures batch together).
         """
-        graphs = []
-        for m in self.members():
-            template = graph_template(m.arch, **m.model_kwargs)
-            epochs = [c.epoch for c in m.checkpoints] if all_checkpoints else [epoch]
-            for e in epochs:
-                graphs.append(template.graph(m.state_dict(e), allow_nonfinite=allow_nonfinite))
+        cks = zoo_checkpoints(self, "all" if all_checkpoints else epoch)
+        graphs = [ck.graph(allow_nonfinite=allow_nonfinite) for ck in cks]
         return to_pyg_batch(graphs) if batch else graphs

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -32,7 +33,7 @@ from zoo.errors import RecipeError
 from zoo.recipe import MemberSpec
 from weightspace.arch import create_model
 
-__all__ = ["CheckpointResult", "MemberResult", "train_member", "evaluate", "member_streams"]
+__all__ = ["CheckpointResult", "MemberResult", "train_member", "evaluate_model", "member_streams"]
 
 
 @dataclass
@@ -124,7 +125,7 @@ def _loss(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_model(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, batch_size: int = 1024
 ) -> dict[str, float]:
     """Mean loss and accuracy (classification) or PSNR (INR, peak 1.0) of
@@ -151,10 +152,17 @@ def evaluate(
     return {"loss": loss, "psnr": psnr if math.isfinite(loss) else math.nan}
 
 
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, batch_size: int = 1024) -> dict[str, float]:
+    """Deprecated alias of :func:`evaluate_model` (the name collided with
+    ``nn.train.evaluate``, ``predict.metrics.evaluate`` and ``merge.evaluate``)."""
+    warnings.warn("zoo.train.evaluate is deprecated; use zoo.train.evaluate_model", DeprecationWarning, stacklevel=2)
+    return evaluate_model(model, x, y, task, batch_size)
+
+
 def _all_metrics(model, ds: Dataset, x_tr, y_tr, bs: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for split, (x, y) in (("train", (x_tr, y_tr)), ("val", ds.split("val")), ("test", ds.split("test"))):
-        for k, v in evaluate(model, x, y, ds.task, bs).items():
+        for k, v in evaluate_model(model, x, y, ds.task, bs).items():
             out[f"{split}_{k}"] = float(v)
     score = "acc" if ds.task == "classification" else "psnr"
     out[f"gap_{score}"] = out[f"train_{score}"] - out[f"test_{score}"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -77,3 +79,20 @@ def test_baselines_pad_and_validate_widths():
     assert x.shape == (2, 7 * len(g_big.template.keys))
     with pytest.raises(ValueError, match="in_features"):
         FlatMLP.for_template(g_small.template).collate([g_big])
+
+
+def test_weight_statistics_is_the_feature_statistics_and_matches_the_old_torch_version():
+    from weightspace.predict import STATS, weight_features
+
+    g, _, _ = graph_and_permuted("cnn_small")
+    s = weight_statistics(g)
+    t = g.template
+    qs = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
+    for i, k in enumerate(t.keys):  # the torch computation weight_statistics used before
+        v = g.values[t.offsets[k] : t.offsets[k] + math.prod(t.shapes[k])].double()
+        var = v.var(unbiased=False) if v.numel() > 1 else v.new_zeros(())
+        ref = torch.cat([v.mean()[None], var[None], torch.quantile(v, qs)]).float()
+        torch.testing.assert_close(s[i], ref, rtol=1e-6, atol=1e-7)
+    X, layout = weight_features([g])
+    per_tensor = torch.from_numpy(X.reshape(len(layout), len(STATS))[:, :7]).float()
+    assert torch.equal(per_tensor, s)

@@ -3,6 +3,8 @@ learning on a real digits zoo."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -14,11 +16,11 @@ from weightspace.nn.train import (
     TrainConfig,
     classification_metrics,
     dataset_from_zoo,
-    evaluate,
+    evaluate_metanetwork,
     fit,
     load_checkpoint,
     permute_sample,
-    predict,
+    predict_metanetwork,
     regression_metrics,
     save_checkpoint,
     split_dataset,
@@ -76,9 +78,9 @@ def test_fit_reduces_loss_restores_best_and_is_reproducible():
     h = runs[0].history
     assert len(h) == 6 and h[-1]["train_loss"] < h[0]["train_loss"]
     assert runs[0].best_epoch == int(np.argmin([row["val_loss"] for row in h]))
-    p0, p1 = predict(runs[0].model, val, runs[0]), predict(runs[1].model, val, runs[1])
+    p0, p1 = predict_metanetwork(runs[0].model, val, runs[0]), predict_metanetwork(runs[1].model, val, runs[1])
     assert torch.allclose(p0, p1)
-    assert set(evaluate(runs[0].model, val, runs[0])) >= {"kendall_tau", "r2", "mse"}
+    assert set(evaluate_metanetwork(runs[0].model, val, runs[0])) >= {"kendall_tau", "r2", "mse"}
 
 
 def test_early_stopping_stops():
@@ -126,7 +128,7 @@ def test_classification_and_nfn_on_mlps():
     torch.manual_seed(0)
     r = fit(NFN.for_template(t, out_dim=2, hidden=4), data[:6], data[6:],
             TrainConfig(task="classification", epochs=2, seed=0))
-    m = evaluate(r.model, data, r)
+    m = evaluate_metanetwork(r.model, data, r)
     assert set(m) >= {"accuracy", "cross_entropy"} and 0.0 <= m["accuracy"] <= 1.0
 
 
@@ -159,7 +161,7 @@ def test_gmn_learns_accuracy_on_digits_zoo(tmp_path):
     torch.manual_seed(0)
     r = fit(GMN(out_dim=1, hidden=32, num_layers=3), train, val,
             TrainConfig(epochs=100, patience=25, lr=1e-3, weight_decay=1e-2, seed=0))
-    m = evaluate(r.model, test, r)
+    m = evaluate_metanetwork(r.model, test, r)
     y = np.array([s[1] for s in test])
     mean_mse = float(np.mean((y - np.mean([s[1] for s in train])) ** 2))
     assert m["kendall_tau"] > 0.5
@@ -175,3 +177,47 @@ def test_gmn_edge_scale_is_the_rms_per_edge_type():
                                  if k.endswith("weight") and v.dim() == 4]) for d in data])
     assert float(m.edge_scale[EDGE_TYPES.index("conv.weight")]) == pytest.approx(float(conv.pow(2).mean().sqrt()), rel=1e-5)
     assert float(m.edge_scale[EDGE_TYPES.index("tie")]) == 1.0
+
+
+def test_regression_metrics_agree_with_the_prediction_metrics_and_stay_total():
+    from weightspace.predict import kendall_tau, mae, r2, rmse, spearman
+
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=25)
+    p = y + 0.5 * rng.normal(size=25)
+    m = regression_metrics(p[:, None], y)
+    for name, fn in [("kendall_tau", kendall_tau), ("spearman", spearman), ("r2", r2), ("rmse", rmse), ("mae", mae)]:
+        assert m[name] == pytest.approx(fn(y, p), abs=1e-12), name
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # degenerate input: NaN, no warning, no error
+        one = regression_metrics(np.array([1.0]), np.array([2.0]))
+        flat = regression_metrics(np.ones(5), y[:5])
+        nonfinite = regression_metrics(np.array([np.nan, 1.0, 2.0]), np.array([0.0, 1.0, 3.0]))
+    assert np.isnan(one["kendall_tau"]) and np.isnan(one["r2"]) and one["n"] == 1
+    assert np.isnan(flat["kendall_tau"]) and np.isnan(flat["spearman"]) and np.isfinite(flat["r2"])
+    assert np.isnan(nonfinite["kendall_tau"]) and np.isnan(nonfinite["mse"])
+
+
+def test_split_dataset_groups_and_any_number_of_parts():
+    items = list(range(12))
+    groups = [i // 3 for i in items]  # 4 groups of 3
+    for seed in range(5):
+        parts = split_dataset(items, (0.5, 0.5), seed=seed, groups=groups)
+        assert [len(p) for p in parts] == [6, 6] and sorted(sum(parts, [])) == items
+        assert not {groups[i] for i in parts[0]} & {groups[i] for i in parts[1]}
+    assert [len(p) for p in split_dataset(items, (1.0,), seed=0)] == [12]
+    with pytest.raises(ValueError, match="groups has 3 entries for 12 items"):
+        split_dataset(items, (0.5, 0.5), groups=[0, 1, 2])
+
+
+def test_renamed_functions_and_their_deprecated_aliases():
+    import weightspace.nn.train as nt
+
+    data = _toy_data(4, "mlp")
+    model = StatNN.for_template(data[0][0].template, hidden=4)
+    r = fit(model, data, None, TrainConfig(epochs=1, seed=0))
+    want = nt.evaluate_metanetwork(r.model, data, r)
+    with pytest.warns(DeprecationWarning, match="evaluate_metanetwork"):
+        assert nt.evaluate(r.model, data, r) == want
+    with pytest.warns(DeprecationWarning, match="predict_metanetwork"):
+        assert torch.equal(nt.predict(r.model, data, r), nt.predict_metanetwork(r.model, data, r))

@@ -138,3 +138,13 @@ def test_bad_inputs():
         weight_features([{"w": np.zeros(3)}])
     with pytest.raises(ValueError, match=r"\[n, k\]"):
         tensor_statistics(np.zeros(3))
+
+
+def test_tensor_layout_and_its_deprecated_old_name():
+    import weightspace.predict.features as f
+
+    assert "Layout" not in f.__all__ and "TensorLayout" in f.__all__
+    with pytest.warns(DeprecationWarning, match="TensorLayout"):
+        assert f.Layout is f.TensorLayout
+    with pytest.raises(AttributeError):
+        f.NoSuchName  # noqa: B018

@@ -9,7 +9,7 @@ from scipy.stats import kendalltau, spearmanr
 from weightspace.predict import (
     WeightDataset,
     bootstrap_ci,
-    evaluate,
+    evaluate_predictions,
     hyperparameter_split,
     kendall_tau,
     r2,
@@ -50,7 +50,7 @@ def test_bootstrap_ci_brackets_the_estimate_and_narrows_with_n():
 def test_grouped_bootstrap_resamples_groups():
     y, p = _data(60)
     groups = np.repeat(np.arange(20), 3)
-    res = evaluate(y, p, ("kendall_tau", "r2"), groups=groups, n_resamples=200)
+    res = evaluate_predictions(y, p, ("kendall_tau", "r2"), groups=groups, n_resamples=200)
     assert res["kendall_tau"].n == 60 and res["kendall_tau"].n_groups == 20
     assert res["r2"].low <= res["r2"].value <= res["r2"].high
 
@@ -156,3 +156,55 @@ def test_bootstrap_ci_drops_a_few_degenerate_resamples():
     groups = np.repeat(np.arange(4), 2)
     ci = bootstrap_ci(y, p, "kendall_tau", groups=groups, n_resamples=400, seed=0)
     assert np.isfinite(ci.low) and np.isfinite(ci.high) and ci.low <= ci.value <= ci.high
+
+
+def _historical_group_split(keys, fractions, seed):
+    """The split Zoo.split and predict.splits used before they shared group_split."""
+    groups = np.array(sorted(set(keys)))
+    order = np.random.default_rng(int(seed)).permutation(len(groups))
+    g = len(groups)
+    n_tr = int(round(fractions[0] * g))
+    n_va = min(g - n_tr, int(round(fractions[1] * g)))
+    where = {groups[gi]: 0 if r < n_tr else 1 if r < n_tr + n_va else 2 for r, gi in enumerate(order)}
+    part = np.array([where[k] for k in keys])
+    return [np.flatnonzero(part == s) for s in range(3)]
+
+
+def _historical_metanet_val(groups, val_fraction, seed):
+    """MetaNetPredictor's validation groups before it used group_split."""
+    rng = np.random.default_rng(int(seed))
+    uniq = np.unique(groups)
+    n_val = int(round(float(val_fraction) * len(uniq))) if len(uniq) > 2 else 0
+    val = set(rng.permutation(uniq)[:n_val].tolist())
+    return np.flatnonzero([g in val for g in groups])
+
+
+def test_group_split_reproduces_the_historical_splits():
+    from weightspace.common.splits import group_split
+
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        n_groups = int(rng.integers(1, 30))
+        keys = [f"m{int(k):03d}" for k in rng.integers(0, n_groups, size=int(rng.integers(1, 60)))]
+        fr = tuple(rng.dirichlet([1, 1, 1]))
+        fr = (fr[0], fr[1], 1.0 - fr[0] - fr[1])
+        for got, want in zip(group_split(keys, fr, seed=trial), _historical_group_split(keys, fr, trial)):
+            np.testing.assert_array_equal(got, want)
+        vf = float(rng.uniform(0, 0.5))
+        ints = rng.integers(0, n_groups, size=len(keys))
+        for groups in (np.array(keys, dtype=object), ints):
+            eff = vf if len(np.unique(groups)) > 2 else 0.0
+            np.testing.assert_array_equal(group_split(groups, (eff, 1 - eff), seed=trial)[0],
+                                          _historical_metanet_val(groups, vf, trial))
+
+
+def test_evaluate_is_a_deprecated_alias_of_evaluate_predictions():
+    import weightspace.common.metrics as common
+    import weightspace.predict as wp
+    import weightspace.predict.metrics as pm
+
+    assert pm.kendall_tau is common.kendall_tau and wp.evaluate_predictions is common.evaluate_predictions
+    y, p = np.arange(8.0), np.arange(8.0) ** 2
+    want = evaluate_predictions(y, p, ("kendall_tau",), n_resamples=20)
+    with pytest.warns(DeprecationWarning, match="evaluate_predictions"):
+        assert wp.evaluate(y, p, ("kendall_tau",), n_resamples=20) == want

@@ -213,3 +213,49 @@ def test_files_on_disk_match_index(small_zoo):
     indexed = {str(c.path.relative_to(small_zoo.path)) for m in small_zoo.members() for c in m.checkpoints}
     assert on_disk == indexed and len(on_disk) == 16
     assert oct(os.stat(next(iter(small_zoo.members())).checkpoint().path).st_mode & 0o777) != "0o600"
+
+
+def test_zoo_split_predict_split_and_nn_split_agree(small_zoo):
+    """Zoo.split, weightspace.predict's random/seed splits and nn.train.split_dataset
+    deal groups out with one function: same groups + fractions + seed, same parts."""
+    from weightspace.nn.train import dataset_from_zoo, split_dataset
+    from weightspace.predict import random_split, seed_split, zoo_dataset
+
+    fr = (0.5, 0.25, 0.25)
+    final = zoo_dataset(small_zoo, "test_acc", checkpoints="final")
+    every = zoo_dataset(small_zoo, "test_acc", checkpoints="all")  # two rows per member
+    ids = [m.member_id for m in small_zoo.members()]
+    items = list(zip(ids, dataset_from_zoo(small_zoo, "test_acc")))
+    seen = set()
+    for seed in range(4):
+        by_zoo = [list(z.member_ids) for z in small_zoo.split(fr, seed=seed)]
+        assert [len(p) for p in by_zoo] == [4, 2, 2]
+        seen.add(tuple(map(tuple, by_zoo)))
+        for ds in (final, every):
+            by_ds = [sorted(set(ds.meta["member_id"].iloc[idx])) for idx in random_split(ds, fr, seed=seed)]
+            assert by_ds == by_zoo
+        by_nn = [[mid for mid, _ in part] for part in split_dataset(items, fr, seed=seed, groups=ids)]
+        assert by_nn == by_zoo
+        by_seed = [sorted(z.member_ids) for z in small_zoo.split(fr, by="seed", seed=seed)]
+        assert [sorted(set(final.meta["member_id"].iloc[idx])) for idx in seed_split(final, fr, seed=seed)] == by_seed
+        seeds = [m.seed for m in small_zoo.members()]
+        assert [[mid for mid, _ in p] for p in split_dataset(items, fr, seed=seed, groups=seeds)] == by_seed
+    assert len(seen) > 1  # the seed matters
+
+
+def test_parameter_graphs_dataset_from_zoo_and_zoo_dataset_read_the_same_graphs(small_zoo):
+    from weightspace.nn.train import dataset_from_zoo
+    from weightspace.predict import zoo_dataset
+
+    for kw, nn_kw, ds_kw in [({}, {}, {"checkpoints": "final"}),
+                             ({"all_checkpoints": True}, {"all_checkpoints": True}, {"checkpoints": "all"}),
+                             ({"epoch": 0}, {"epoch": 0}, {"checkpoints": [0]})]:
+        graphs = small_zoo.parameter_graphs(**kw)
+        samples = dataset_from_zoo(small_zoo, "test_acc", **nn_kw)
+        ds = zoo_dataset(small_zoo, "test_acc", **ds_kw)
+        assert len(graphs) == len(samples) == len(ds) == (16 if kw.get("all_checkpoints") else 8)
+        for g, (h, y), k, t in zip(graphs, samples, ds.graphs, ds.y):
+            assert torch.equal(g.values, h.values) and torch.equal(g.values, k.values)
+            assert y == t
+    with pytest.raises(KeyError, match="no checkpoint at epoch 3"):
+        small_zoo.parameter_graphs(epoch=3)

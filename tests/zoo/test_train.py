@@ -103,3 +103,15 @@ def test_bad_training_option_is_a_recipe_error():
     d["train"]["optimizer"] = "lbfgs"
     with pytest.raises(RecipeError, match="optimizer"):
         train_member(Recipe.from_dict(d).members()[0])
+
+
+def test_evaluate_model_and_its_deprecated_alias():
+    import zoo.train as zt
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
+    want = zt.evaluate_model(model, x, y, "classification", batch_size=4)
+    assert set(want) == {"loss", "acc"} and 0.0 <= want["acc"] <= 1.0
+    with pytest.warns(DeprecationWarning, match="evaluate_model"):
+        assert zt.evaluate(model, x, y, "classification", 4) == want

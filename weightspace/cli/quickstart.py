@@ -108,7 +108,7 @@ def build_digits_zoo(out: Path, members: int, workers: int = 2, progress: bool =
 def predict_performance(z: Any, methods: list[str], seed: int = 0, epochs: int = 100, log: Log | None = None) -> dict:
     """Fit each predictor on 70% of the members (all checkpoints), report
     Kendall τ and R² (bootstrap 95% CI) on the held-out 30%."""
-    from weightspace.predict import evaluate, make_predictor, random_split, zoo_dataset
+    from weightspace.predict import evaluate_predictions, make_predictor, random_split, zoo_dataset
 
     ds = zoo_dataset(z, target="test_acc", checkpoints="all")
     split = random_split(ds, (0.7, 0.0, 0.3), seed=seed)
@@ -126,7 +126,7 @@ def predict_performance(z: Any, methods: list[str], seed: int = 0, epochs: int =
         model = make_predictor(m, **params)
         model.fit(ds.subset(tr))
         yhat = model.predict(ds.subset(te))
-        res = evaluate(ds.y[te], yhat, groups=ds.groups[te], n_resamples=300, seed=seed)
+        res = evaluate_predictions(ds.y[te], yhat, groups=ds.groups[te], n_resamples=300, seed=seed)
         out["methods"][m] = {k: v.to_dict() for k, v in res.items()} | {"seconds": time.perf_counter() - t0}
         preds[m] = yhat.tolist()
     out["y_true"] = ds.y[te].tolist()

@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from weightspace.common.tensor_stats import NUM_BASIC_STATS, weight_statistics
 from weightspace.graph import GraphTemplate, ParameterGraph
 from weightspace.nn.base import MetaNetwork, register_metanetwork
 from weightspace.nn.conv._common import activation
@@ -23,27 +24,7 @@ from weightspace.nn.conv.np_linear import NPLinear
 __all__ = ["StatNN", "FlatMLP", "NFN", "weight_statistics", "mlp_layers", "NUM_STATS"]
 
 #: statistics per tensor: mean, variance, quantiles 0, .25, .5, .75, 1 (Unterthiner et al., 2020)
-NUM_STATS = 7
-_QS = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
-
-
-def weight_statistics(graph: ParameterGraph) -> Tensor:
-    """Per floating-point tensor of the network (state_dict order): mean,
-    variance and the 0/25/50/75/100 % quantiles.
-
-    Returns:
-        ``[num_tensors, 7]`` float32 (invariant to neuron permutations).
-    """
-    t = graph.template
-    rows = []
-    for k in t.keys:
-        n = 1
-        for s in t.shapes[k]:
-            n *= s
-        v = graph.values[t.offsets[k] : t.offsets[k] + n].to(torch.float64)
-        var = v.var(unbiased=False) if n > 1 else v.new_zeros(())
-        rows.append(torch.cat([v.mean()[None], var[None], torch.quantile(v, _QS.to(v.dtype))]))
-    return torch.stack(rows).to(torch.float32) if rows else torch.zeros(0, NUM_STATS)
+NUM_STATS = NUM_BASIC_STATS
 
 
 def _mlp_head(d_in: int, hidden: int, num_layers: int, out_dim: int, act: str, dropout: float) -> nn.Sequential:

@@ -4,12 +4,12 @@ Data is a list of ``(ParameterGraph, target)`` (or ``(graph, target,
 node_extra)``) or a zoo (:func:`dataset_from_zoo`). Example::
 
     from weightspace.nn import GMN, StatNN
-    from weightspace.nn.train import TrainConfig, dataset_from_zoo, split_dataset, fit, evaluate
+    from weightspace.nn.train import TrainConfig, dataset_from_zoo, split_dataset, fit, evaluate_metanetwork
 
     data = dataset_from_zoo(zoo, target="test_acc")
     train, val, test = split_dataset(data, (0.7, 0.15, 0.15), seed=0)
     result = fit(GMN(out_dim=1), train, val, TrainConfig(epochs=100, seed=0))
-    metrics = evaluate(result.model, test, result)      # kendall_tau, r2, ...
+    metrics = evaluate_metanetwork(result.model, test, result)      # kendall_tau, r2, ...
     save_checkpoint(result.model, "runs/gmn", result=result)
 
 Randomness (init is the caller's; shuffling, dropout, augmentation here) is
@@ -31,11 +31,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from weightspace.core import graph_template
+from weightspace.common.metrics import classification_metrics, regression_metrics
+from weightspace.common.zoo_samples import zoo_checkpoints
 from weightspace.graph import ParameterGraph
 from weightspace.errors import ConfigError, InputFileError, MissingFileError
 from weightspace.io import (
-    Field, atomic_write, build_checked, check_type, did_you_mean, load_state_dict, read_json, read_safetensors,
+    Field, atomic_write, build_checked, check_type, did_you_mean, read_json, read_safetensors,
     save_state_dict, validate,
 )
 from weightspace.nn.base import MODEL_REGISTRY, MetaNetwork, build_metanetwork
@@ -48,6 +49,8 @@ __all__ = [
     "split_dataset",
     "permute_sample",
     "fit",
+    "evaluate_metanetwork",
+    "predict_metanetwork",
     "evaluate",
     "predict",
     "regression_metrics",
@@ -141,34 +144,43 @@ def dataset_from_zoo(
         all_checkpoints: one sample per stored checkpoint instead.
     """
     out = []
-    for m in zoo.members():
-        template = graph_template(m.arch, **m.model_kwargs)
-        cks = m.checkpoints if all_checkpoints else (m.checkpoint(epoch),)
-        for ck in cks:
-            metrics = dict(ck.metrics)
-            for k, v in m.metrics.items():
-                metrics.setdefault(k, v)
-            y = target(metrics) if callable(target) else metrics.get(target)
-            if y is None:
-                raise KeyError(f"member {m.member_id} epoch {ck.epoch} has no metric {target!r}; it has {sorted(metrics)}")
-            out.append((template.graph(ck.state_dict()), float(y)))
+    for ck in zoo_checkpoints(zoo, "all" if all_checkpoints else epoch):
+        metrics = ck.metrics
+        y = target(metrics) if callable(target) else metrics.get(target)
+        if y is None:
+            raise KeyError(f"member {ck.member.member_id} epoch {ck.epoch} has no metric {target!r}; it has {sorted(metrics)}")
+        out.append((ck.graph(), float(y)))
     return out
 
 
 def split_dataset(
-    items: Sequence[Sample], fractions: Sequence[float] = (0.7, 0.15, 0.15), *, seed: int = 0
+    items: Sequence[Sample], fractions: Sequence[float] = (0.7, 0.15, 0.15), *, seed: int = 0,
+    groups: Sequence[Any] | None = None,
 ) -> tuple[list[Sample], ...]:
-    """Shuffle (seeded) and cut into parts of the given fractions (the last
-    part takes the rounding remainder)."""
-    if abs(sum(fractions) - 1.0) > 1e-6 or any(f < 0 for f in fractions):
-        raise ValueError(f"fractions must be >= 0 and sum to 1, got {fractions}")
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(int(seed))).tolist()
-    parts, start = [], 0
-    for i, f in enumerate(fractions):
-        stop = len(items) if i == len(fractions) - 1 else start + int(round(f * len(items)))
-        parts.append([items[j] for j in order[start:stop]])
-        start = stop
-    return tuple(parts)
+    """Seeded split into parts of the given fractions (any number of parts;
+    the last takes the rounding remainder), in item order within each part.
+
+    Args:
+        items: the samples.
+        fractions: fraction of the groups in each part (non-negative, sum 1).
+        seed: shuffling seed.
+        groups: ``[n]`` group of each item (e.g. member ids, when there are
+            several checkpoints per network): items of a group stay together.
+            Default: every item its own group.
+
+    The partition is :func:`weightspace.common.splits.group_split`'s, the
+    one :meth:`zoo.Zoo.split` and :func:`weightspace.predict.random_split`
+    use: the same groups, fractions and seed give the same parts.
+    """
+    from weightspace.common.splits import group_keys, group_split
+
+    if groups is None:
+        keys: Sequence[Any] = range(len(items))
+    else:
+        keys = group_keys(list(groups))
+        if len(keys) != len(items):
+            raise ValueError(f"groups has {len(keys)} entries for {len(items)} items")
+    return tuple([items[int(j)] for j in idx] for idx in group_split(keys, fractions, seed=seed))
 
 
 def permute_sample(sample: Sample, generator: torch.Generator) -> Sample:
@@ -196,32 +208,6 @@ def _targets(samples: Sequence[Sample], task: str) -> Tensor:
     return torch.as_tensor(np.asarray(ys, dtype=np.float32)).reshape(len(ys), -1)
 
 
-# ---------------------------------------------------------------- metrics
-def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
-    """MSE, RMSE, MAE, R², Kendall τ and Spearman ρ (first output column)."""
-    from scipy.stats import kendalltau, spearmanr
-
-    p = np.asarray(pred, dtype=np.float64).reshape(len(pred), -1)[:, 0]
-    y = np.asarray(target, dtype=np.float64).reshape(len(target), -1)[:, 0]
-    mse = float(np.mean((p - y) ** 2))
-    ss_tot = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - float(np.sum((p - y) ** 2)) / ss_tot if ss_tot > 0 else float("nan")
-    with warnings.catch_warnings():  # constant predictions: nan, not a warning
-        warnings.simplefilter("ignore")
-        tau = kendalltau(p, y).statistic if len(p) > 1 else float("nan")
-        rho = spearmanr(p, y).statistic if len(p) > 1 else float("nan")
-    return {"mse": mse, "rmse": math.sqrt(mse), "mae": float(np.mean(np.abs(p - y))), "r2": r2,
-            "kendall_tau": float(tau), "spearman": float(rho), "n": int(len(p))}
-
-
-def classification_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Accuracy and cross-entropy."""
-    lg = torch.as_tensor(np.asarray(logits, dtype=np.float32))
-    lb = torch.as_tensor(np.asarray(labels)).long()
-    return {"accuracy": float((lg.argmax(1) == lb).float().mean()),
-            "cross_entropy": float(torch.nn.functional.cross_entropy(lg, lb)), "n": int(len(lb))}
-
-
 # ------------------------------------------------------------------- loop
 def _batches(n: int, size: int, generator: torch.Generator | None) -> Iterable[list[int]]:
     order = torch.randperm(n, generator=generator).tolist() if generator is not None else list(range(n))
@@ -236,7 +222,7 @@ def _loss(out: Tensor, y: Tensor, task: str) -> Tensor:
 
 
 @torch.no_grad()
-def predict(model: MetaNetwork, samples: Sequence[Sample], result: FitResult | None = None,
+def predict_metanetwork(model: MetaNetwork, samples: Sequence[Sample], result: FitResult | None = None,
             *, batch_size: int = 64) -> Tensor:
     """Graph-level predictions ``[n, out_dim]`` (regression outputs mapped
     back to target units with ``result``'s standardization)."""
@@ -254,14 +240,31 @@ def predict(model: MetaNetwork, samples: Sequence[Sample], result: FitResult | N
     return out
 
 
-def evaluate(model: MetaNetwork, samples: Sequence[Sample], result: FitResult | None = None,
-             *, task: str | None = None) -> dict[str, float]:
+def evaluate_metanetwork(model: MetaNetwork, samples: Sequence[Sample], result: FitResult | None = None,
+                         *, task: str | None = None) -> dict[str, float]:
     """Metrics of ``model`` on ``samples``: :func:`regression_metrics` or
     :func:`classification_metrics` (task from ``result`` or ``task``)."""
     task = task or (result.config.task if result is not None else "regression")
-    pred = predict(model, samples, result).numpy()
+    pred = predict_metanetwork(model, samples, result).numpy()
     y = _targets(samples, task).numpy()
     return classification_metrics(pred, y) if task == "classification" else regression_metrics(pred, y)
+
+
+def predict(model: MetaNetwork, samples: Sequence[Sample], result: FitResult | None = None,
+            *, batch_size: int = 64) -> Tensor:
+    """Deprecated alias of :func:`predict_metanetwork`."""
+    warnings.warn("weightspace.nn.train.predict is deprecated; use weightspace.nn.train.predict_metanetwork",
+                  DeprecationWarning, stacklevel=2)
+    return predict_metanetwork(model, samples, result, batch_size=batch_size)
+
+
+def evaluate(model: MetaNetwork, samples: Sequence[Sample], result: FitResult | None = None,
+             *, task: str | None = None) -> dict[str, float]:
+    """Deprecated alias of :func:`evaluate_metanetwork` (the name collided with
+    ``predict.evaluate``, ``merge.evaluate`` and ``zoo.train.evaluate``)."""
+    warnings.warn("weightspace.nn.train.evaluate is deprecated; use weightspace.nn.train.evaluate_metanetwork",
+                  DeprecationWarning, stacklevel=2)
+    return evaluate_metanetwork(model, samples, result, task=task)
 
 
 def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | None = None,

@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from weightspace.core import graph_template
+from weightspace.common.zoo_samples import zoo_checkpoints
 from weightspace.errors import NonFiniteWeightsError
 from weightspace.graph import ParameterGraph
 
@@ -137,47 +137,39 @@ def zoo_dataset(
     dropped = {"nonfinite_weights": 0, "nonfinite_target": 0}
     name = target if isinstance(target, str) else getattr(target, "__name__", "target")
     resolved: str | None = None
-    for m in zoo.members():
-        template = graph_template(m.arch, **m.model_kwargs)
-        if checkpoints == "all":
-            cks = list(m.checkpoints)
-        elif checkpoints == "final":
-            cks = [m.checkpoint()]
+    for ck in zoo_checkpoints(zoo, checkpoints):
+        m = ck.member
+        metrics = ck.facts
+        if callable(target):
+            y = target(metrics)
         else:
-            wanted = {int(e) for e in checkpoints}
-            cks = [c for c in m.checkpoints if c.epoch in wanted]
-        for ck in cks:
-            metrics = {**m.extra, **m.metrics, **ck.metrics}
-            if callable(target):
-                y = target(metrics)
-            else:
-                if resolved is None:
-                    resolved = resolve_target(target, list(metrics))
-                    name = resolved
-                if resolved not in metrics:
-                    raise KeyError(f"member {m.member_id} epoch {ck.epoch} has no metric {resolved!r}; it has {sorted(metrics)}")
-                y = metrics[resolved]
-            y = math.nan if y is None else float(y)
-            if not math.isfinite(y):
-                if not drop_nonfinite:
-                    raise ValueError(f"member {m.member_id} epoch {ck.epoch}: target {name!r} is {y}")
-                dropped["nonfinite_target"] += 1
-                continue
-            try:
-                g = template.graph(ck.state_dict())
-            except NonFiniteWeightsError:
-                if not drop_nonfinite:
-                    raise
-                dropped["nonfinite_weights"] += 1
-                continue
-            graphs.append(g)
-            ys.append(y)
-            rows.append({
-                "member_id": m.member_id, "epoch": int(ck.epoch), "seed": m.seed, "arch": m.arch,
-                "arch_kwargs": json.dumps(m.model_kwargs, sort_keys=True),
-                **cfg_by_id.get(m.member_id, {}),
-                **{f"metric.{k}": v for k, v in ck.metrics.items() if isinstance(v, (int, float))},
-            })
+            if resolved is None:
+                resolved = resolve_target(target, list(metrics))
+                name = resolved
+            if resolved not in metrics:
+                raise KeyError(f"member {m.member_id} epoch {ck.epoch} has no metric {resolved!r}; it has {sorted(metrics)}")
+            y = metrics[resolved]
+        y = math.nan if y is None else float(y)
+        if not math.isfinite(y):
+            if not drop_nonfinite:
+                raise ValueError(f"member {m.member_id} epoch {ck.epoch}: target {name!r} is {y}")
+            dropped["nonfinite_target"] += 1
+            continue
+        try:
+            g = ck.graph()
+        except NonFiniteWeightsError:
+            if not drop_nonfinite:
+                raise
+            dropped["nonfinite_weights"] += 1
+            continue
+        graphs.append(g)
+        ys.append(y)
+        rows.append({
+            "member_id": m.member_id, "epoch": ck.epoch, "seed": m.seed, "arch": m.arch,
+            "arch_kwargs": json.dumps(m.model_kwargs, sort_keys=True),
+            **cfg_by_id.get(m.member_id, {}),
+            **{f"metric.{k}": v for k, v in ck.checkpoint.metrics.items() if isinstance(v, (int, float))},
+        })
     meta = pd.DataFrame(rows)
     if meta.empty:
         meta = pd.DataFrame(columns=["member_id", "epoch", "seed", "arch", "arch_kwargs"])

@@ -5,8 +5,9 @@ are
 
 * ``mean``, ``var`` (population variance), the quantiles ``q0``, ``q25``,
   ``q50``, ``q75``, ``q100`` -- the set of "Predicting Neural Network
-  Accuracy from Weights" (the first seven match
-  :func:`weightspace.nn.weight_statistics`, which :class:`~weightspace.nn.StatNN` reads);
+  Accuracy from Weights" (the first seven are
+  :func:`weightspace.nn.weight_statistics`, which :class:`~weightspace.nn.StatNN` reads:
+  both come from :func:`weightspace.common.tensor_stats.tensor_statistics`);
 * ``l1`` (sum of absolute values) and ``l2`` (Euclidean / Frobenius norm);
 * optionally (``spectral=True``), for tensors with two or more axes, the
   singular values of the tensor reshaped to ``[shape[0], -1]``:
@@ -35,12 +36,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from weightspace.common.tensor_stats import STATS, tensor_statistics
 from weightspace.graph import ParameterGraph
 
 __all__ = [
     "STATS",
     "SPECTRAL_STATS",
-    "Layout",
+    "TensorLayout",
     "network_layout",
     "network_tensors",
     "tensor_statistics",
@@ -51,23 +53,32 @@ __all__ = [
     "layout_signature",
 ]
 
-#: per-tensor statistics, in feature order
-STATS = ("mean", "var", "q0", "q25", "q50", "q75", "q100", "l1", "l2")
 #: extra per-tensor statistics with ``spectral=True`` (tensors with >= 2 axes)
 SPECTRAL_STATS = ("sv_max", "sv_min", "sv_mean", "stable_rank", "eff_rank")
-_QUANTILES = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
 
 #: An architecture as the features see it: ``((tensor name, shape), ...)`` of
-#: the floating-point tensors in state_dict order.
-Layout = tuple[tuple[str, tuple[int, ...]], ...]
+#: the floating-point tensors in state_dict order. (Was ``Layout``, a name
+#: that collided with other layouts in the package; the old name still
+#: imports, with a ``DeprecationWarning``.)
+TensorLayout = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+def __getattr__(name: str):
+    if name == "Layout":
+        import warnings
+
+        warnings.warn("weightspace.predict.features.Layout is deprecated; use TensorLayout",
+                      DeprecationWarning, stacklevel=2)
+        return TensorLayout
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _is_float(v: Any) -> bool:
     return isinstance(v, torch.Tensor) and v.is_floating_point()
 
 
-def network_layout(net: ParameterGraph | Mapping[str, torch.Tensor]) -> Layout:
-    """The :data:`Layout` of a network (a ParameterGraph or a state_dict).
+def network_layout(net: ParameterGraph | Mapping[str, torch.Tensor]) -> TensorLayout:
+    """The :data:`TensorLayout` of a network (a ParameterGraph or a state_dict).
 
     Non-float entries (``num_batches_tracked``) are not part of it.
     """
@@ -95,30 +106,6 @@ def network_tensors(net: ParameterGraph | Mapping[str, torch.Tensor]) -> np.ndar
     network_layout(net)  # type checks
     parts = [v.detach().reshape(-1).to(torch.float64).cpu() for v in net.values() if _is_float(v)]
     return torch.cat(parts).numpy() if parts else np.zeros(0)
-
-
-def tensor_statistics(values: np.ndarray) -> np.ndarray:
-    """:data:`STATS` of a batch of tensors of one shape.
-
-    Args:
-        values: ``[n, k]`` -- ``n`` tensors, each flattened to ``k`` values.
-
-    Returns:
-        ``[n, len(STATS)]`` float64; a row is NaN where its tensor has a
-        non-finite value.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim != 2 or v.shape[1] == 0:
-        raise ValueError(f"values must be [n, k] with k >= 1, got shape {v.shape}")
-    finite = np.isfinite(v).all(axis=1)
-    out = np.full((v.shape[0], len(STATS)), np.nan)
-    if finite.any():
-        w = v[finite]
-        q = np.quantile(w, _QUANTILES, axis=1).T  # [n, 5]
-        out[finite] = np.column_stack(
-            [w.mean(1), w.var(1), q, np.abs(w).sum(1), np.sqrt((w * w).sum(1))]
-        )
-    return out
 
 
 def spectral_statistics(values: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -152,7 +139,7 @@ def spectral_statistics(values: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     return out
 
 
-def feature_names(layout: Layout, *, spectral: bool = False) -> list[str]:
+def feature_names(layout: TensorLayout, *, spectral: bool = False) -> list[str]:
     """Names of the columns of :func:`weight_features`: ``"<tensor>.<stat>"``."""
     names = []
     for k, shape in layout:
@@ -164,7 +151,7 @@ def feature_names(layout: Layout, *, spectral: bool = False) -> list[str]:
 
 def weight_features(
     networks: Sequence[ParameterGraph | Mapping[str, torch.Tensor]], *, spectral: bool = False
-) -> tuple[np.ndarray, Layout]:
+) -> tuple[np.ndarray, TensorLayout]:
     """Weight-statistics features of networks of one architecture.
 
     Args:
@@ -206,14 +193,14 @@ def weight_features(
     return np.concatenate(cols, axis=1), layout
 
 
-def layout_signature(layout: Layout) -> tuple[tuple[int, ...], ...]:
+def layout_signature(layout: TensorLayout) -> tuple[tuple[int, ...], ...]:
     """The shapes of a layout's tensors, in order: what the feature columns
     depend on. Two networks with equal signatures get comparable features
     (tensors are matched by position, not by name)."""
     return tuple(shape for _, shape in layout)
 
 
-def layout_difference(expected: Layout, got: Layout) -> str:
+def layout_difference(expected: TensorLayout, got: TensorLayout) -> str:
     """A short human-readable description of how ``got`` differs from ``expected``."""
     if layout_signature(expected) == layout_signature(got) and expected != got:
         renamed = [f"{a!r} -> {b!r}" for (a, _), (b, _) in zip(expected, got) if a != b]

@@ -11,16 +11,18 @@ index arrays, so one dataset can be split many ways without reloading.
   the GMN paper's "train on narrow, test on wide" experiment.
 
 (:meth:`zoo.Zoo.split` does the same for zoo views; these work on the
-per-checkpoint rows of a dataset and add numeric thresholds.)
+per-checkpoint rows of a dataset and add numeric thresholds. All of them
+deal groups out with :func:`weightspace.common.splits.group_split`, so a
+zoo split and a dataset split with the same seed and fractions agree.)
 """
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
+
+from weightspace.common.splits import check_fractions, group_keys, group_split, resolve_column
 
 __all__ = ["Split", "random_split", "seed_split", "hyperparameter_split", "resolve_column"]
 
@@ -33,43 +35,8 @@ class Split(NamedTuple):
     test: np.ndarray
 
 
-def resolve_column(meta: Any, column: str, *, where: str = "") -> str:
-    """``column`` or the unique column ending in ``.<column>``
-    (``lr`` -> ``config.train.lr``). ``meta`` is a DataFrame or a sequence
-    of column names; ``where`` is appended to the error message."""
-    cols = list(meta.columns) if hasattr(meta, "columns") else list(meta)
-    if column in cols:
-        return column
-    hits = [c for c in cols if c.endswith("." + column)]
-    if len(hits) == 1:
-        return hits[0]
-    if not hits:
-        raise KeyError(f"no column {column!r}{where}; columns: {cols}")
-    raise KeyError(f"column {column!r} is ambiguous: {hits}; use the full name")
-
-
-def _check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or not math.isclose(sum(fractions), 1.0):
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {tuple(fractions)}")
-    return tuple(float(f) for f in fractions)  # type: ignore[return-value]
-
-
-def _keys(values: Sequence[Any]) -> np.ndarray:
-    return np.array([json.dumps(v, default=str, sort_keys=True) for v in values])
-
-
 def _group_split(keys: np.ndarray, fractions: Sequence[float], seed: int) -> Split:
-    f = _check_fractions(fractions)
-    groups = np.array(sorted(set(keys.tolist())))
-    order = np.random.default_rng(int(seed)).permutation(len(groups))
-    g = len(groups)
-    n_tr = int(round(f[0] * g))
-    n_va = min(g - n_tr, int(round(f[1] * g)))
-    where = {}
-    for rank, gi in enumerate(order):
-        where[groups[gi]] = 0 if rank < n_tr else 1 if rank < n_tr + n_va else 2
-    part = np.array([where[k] for k in keys], dtype=np.int64)
-    return Split(*(np.flatnonzero(part == s) for s in range(3)))
+    return Split(*group_split(keys, check_fractions(fractions, parts=3), seed=seed))
 
 
 def random_split(
@@ -84,7 +51,7 @@ def random_split(
         group: meta column whose rows stay together.
     """
     col = resolve_column(dataset.meta, group)
-    return _group_split(_keys(dataset.meta[col].tolist()), fractions, seed)
+    return _group_split(group_keys(dataset.meta[col].tolist()), fractions, seed)
 
 
 def seed_split(dataset: Any, fractions: Sequence[float] = (0.7, 0.15, 0.15), *, seed: int = 0) -> Split:
@@ -136,12 +103,12 @@ def hyperparameter_split(
     else:
         if train is None:
             raise ValueError("hyperparameter_split needs train=[values] (and optionally test=[values]) or threshold=")
-        tr_keys = set(_keys(list(train)).tolist())
-        te_keys = set(_keys(list(test)).tolist()) if test is not None else None
+        tr_keys = set(group_keys(list(train)).tolist())
+        te_keys = set(group_keys(list(test)).tolist()) if test is not None else None
         both = tr_keys & te_keys if te_keys is not None else set()
         if both:
             raise ValueError(f"values {sorted(both)} are listed in both train and test")
-        keys = _keys(vals)
+        keys = group_keys(vals)
         in_train = np.array([k in tr_keys for k in keys])
         in_test = np.array([(k in te_keys) if te_keys is not None else (k not in tr_keys) for k in keys])
     if not in_train.any() or not in_test.any():
@@ -151,5 +118,5 @@ def hyperparameter_split(
         )
     gcol = resolve_column(meta, group)
     tr_idx = np.flatnonzero(in_train)
-    inner = _group_split(_keys(meta[gcol].iloc[tr_idx].tolist()), (1.0 - val_fraction, val_fraction, 0.0), seed)
+    inner = _group_split(group_keys(meta[gcol].iloc[tr_idx].tolist()), (1.0 - val_fraction, val_fraction, 0.0), seed)
     return Split(np.sort(tr_idx[inner.train]), np.sort(tr_idx[inner.val]), np.flatnonzero(in_test))

@@ -1,0 +1,232 @@
+"""Predictors that train a metanetwork of :mod:`weightspace.nn` (GMN,
+StatNN, FlatMLP, NFN) to regress the target: kinds ``"gmn"``, ``"statnn"``,
+``"flatmlp"``, ``"nfn"``, all :class:`MetaNetPredictor`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from weightspace.common.splits import group_split
+from weightspace.errors import ConfigError, StateDictError
+from weightspace.graph import ParameterGraph
+from weightspace.io import Field, validate
+from weightspace.predict.base import (
+    ArchitectureMismatchError,
+    BasePredictor,
+    Network,
+    _layout_from_json,
+    _unpack_fit,
+    register_predictor,
+)
+from weightspace.predict.features import network_layout
+from weightspace.runtime import torch_threads
+
+__all__ = ["METANETWORKS", "MetaNetPredictor"]
+
+#: ``kind -> weightspace.nn class name``
+METANETWORKS = {"gmn": "GMN", "statnn": "StatNN", "flatmlp": "FlatMLP", "nfn": "NFN"}
+
+
+@register_predictor(*METANETWORKS)
+class MetaNetPredictor(BasePredictor):
+    """A metanetwork from :mod:`weightspace.nn` trained to regress the target.
+
+    Training is :func:`weightspace.nn.train.fit` (AdamW, MSE on standardized
+    targets, early stopping on a validation split carved from the training
+    data, best state restored).
+
+    Args:
+        model: ``"gmn"``, ``"statnn"``, ``"flatmlp"`` or ``"nfn"``.
+        model_kwargs: constructor arguments of the metanetwork (``hidden``,
+            ``num_layers``, ...; ``out_dim`` is 1).
+        epochs, batch_size, lr, weight_decay, patience: training
+            (:class:`weightspace.nn.train.TrainConfig`).
+        val_fraction: fraction of the training groups (members when ``X`` is
+            a WeightDataset, else networks) held out for early stopping
+            (0: none; train for ``epochs`` and keep the best training loss).
+        augment: random spec permutations of the training networks each
+            epoch; ``None`` = on for ``"flatmlp"`` only (the invariant
+            models do not need it).
+        seed: initialization, validation split, shuffling, augmentation.
+        allow_new_architectures: accept networks of architectures not seen
+            in training (graph-based models only; see the module docstring).
+        device: torch device.
+        progress: a tqdm bar during training.
+        num_threads: torch CPU threads during fit / predict (restored
+            afterwards; default 1: these graphs are small, and on a shared
+            machine two threads measured 7x slower than one; ``None`` =
+            leave torch's setting alone).
+    """
+
+    param_schema = {
+        "model": Field(str, required=True, choices=tuple(METANETWORKS)), "model_kwargs": Field(dict, nullable=True),
+        "epochs": Field(int, min=1, max=10**6), "batch_size": Field(int, min=1, max=2**24), "lr": Field(float, min=0.0),
+        "weight_decay": Field(float, min=0.0), "patience": Field(int, min=0, max=10**6),
+        "val_fraction": Field(float, min=0.0, max=1.0), "augment": Field(bool, nullable=True),
+        "seed": Field(int, min=0, max=2**63 - 1), "allow_new_architectures": Field(bool), "device": Field(str),
+        "progress": Field(bool), "num_threads": Field(int, min=1, max=4096, nullable=True),
+    }
+
+    def __init__(self, model: str = "gmn", *, model_kwargs: Mapping[str, Any] | None = None, epochs: int = 200,
+                 batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4, patience: int = 40,
+                 val_fraction: float = 0.15, augment: bool | None = None, seed: int = 0,
+                 allow_new_architectures: bool = False, device: str = "cpu", progress: bool = False,
+                 num_threads: int | None = 1) -> None:
+        self.model = model
+        self.model_kwargs = model_kwargs
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.patience = patience
+        self.val_fraction = val_fraction
+        self.augment = augment
+        self.seed = seed
+        self.allow_new_architectures = allow_new_architectures
+        self.device = device
+        self.progress = progress
+        self.num_threads = num_threads
+
+    @classmethod
+    def _from_kind(cls, kind: str, **params: Any) -> "MetaNetPredictor":
+        return cls(kind, **params)
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return str(self.model)
+
+    def _allow_new(self) -> bool:
+        return bool(self.allow_new_architectures)
+
+    def _build(self, graphs: Sequence[ParameterGraph]):
+        from weightspace.nn import build_metanetwork
+
+        if self.model not in METANETWORKS:
+            raise ValueError(f"model must be one of {sorted(METANETWORKS)}, got {self.model!r}")
+        cls_name = METANETWORKS[self.model]
+        kw = dict(self.model_kwargs or {})
+        kw["out_dim"] = 1
+        t = graphs[0].template
+        if cls_name == "GMN":
+            kw.setdefault("edge_dim", max(64, max(g.template.max_width for g in graphs)))
+        elif cls_name == "StatNN":
+            from weightspace.nn.baselines import NUM_STATS
+
+            kw.setdefault("in_features", NUM_STATS * max(len(g.template.keys) for g in graphs))
+        elif cls_name == "FlatMLP":
+            kw.setdefault("in_features", max(g.template.num_values for g in graphs))
+        elif cls_name == "NFN":
+            from weightspace.nn import NFN
+
+            return NFN.for_template(t, **kw)
+        return build_metanetwork(cls_name, kw)
+
+    def _graphs(self, nets: Sequence[Network]) -> list[ParameterGraph]:
+        """ParameterGraphs of ``nets``; state_dicts are matched to a known
+        architecture by their tensor names and shapes."""
+        from weightspace.core import graph_template
+
+        out = []
+        archs = getattr(self, "architectures_", [])
+        for i, n in enumerate(nets):
+            if isinstance(n, ParameterGraph):
+                out.append(n)
+                continue
+            lay = network_layout(n)
+            match = [a for a in archs if dict(_layout_from_json(a["layout"])) == dict(lay)]
+            if match:
+                a = match[0]
+                out.append(graph_template(a["arch"], **a["kwargs"]).graph(n))
+                continue
+            if not self._allow_new():
+                self._align([n])  # raises, naming the difference
+            known = [f"{a['arch']}({a['kwargs']})" for a in archs]
+            raise ArchitectureMismatchError(
+                f"network {i} is a state_dict of an architecture this predictor cannot build a graph for "
+                f"(architectures recorded at fit: {known or 'none'}); pass its ParameterGraph instead: "
+                "weightspace.parameter_graph(state_dict, arch=NAME, **arch_kwargs)"
+            )
+        return out
+
+    def fit(self, X: Any, y: Any = None) -> "MetaNetPredictor":
+        """Train on networks ``X`` (ParameterGraphs or a WeightDataset) and targets ``y`` ``[n]``."""
+        from weightspace.nn.train import TrainConfig, fit
+
+        nets, y, ds = _unpack_fit(X, y)
+        if not all(isinstance(n, ParameterGraph) for n in nets):
+            raise TypeError("fit a metanetwork predictor on ParameterGraphs or a WeightDataset, not state_dicts")
+        self._check_finite(nets)
+        groups = ds.groups if ds is not None else np.arange(len(nets))
+        vf = float(self.val_fraction) if len(np.unique(groups)) > 2 else 0.0
+        val_idx, train_idx = group_split(groups, (vf, 1.0 - vf), seed=int(self.seed))
+        train = [(nets[i], float(y[i])) for i in train_idx]
+        val = [(nets[i], float(y[i])) for i in val_idx]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.seed))
+            model = self._build(nets)
+        augment = (self.model == "flatmlp") if self.augment is None else bool(self.augment)
+        cfg = TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
+                          weight_decay=float(self.weight_decay), patience=int(self.patience) if val else 0,
+                          seed=int(self.seed), augment=augment, progress=bool(self.progress), device=self.device)
+        with torch_threads(self.num_threads):
+            self.fit_result_ = fit(model, train, val or None, cfg)
+        self.model_ = self.fit_result_.model
+        self.target_mean_ = float(self.fit_result_.target_mean)
+        self.target_std_ = float(self.fit_result_.target_std)
+        return self._fitted(nets, ds)
+
+    def predict(self, X: Any, *, batch_size: int = 64) -> np.ndarray:
+        """Predicted targets ``[n]`` for networks ``X`` (ParameterGraphs, or
+        state_dicts of an architecture seen in training)."""
+        from weightspace.nn.train import predict_metanetwork
+
+        nets = self._networks(X)
+        graphs = self._align(self._graphs(nets))
+        self._check_finite(graphs)
+        with torch_threads(self.num_threads):
+            out = predict_metanetwork(self.model_, [(g, 0.0) for g in graphs], None, batch_size=batch_size)
+        return out[:, 0].double().numpy() * self.target_std_ + self.target_mean_
+
+    @property
+    def history_(self) -> list[dict]:
+        """Per-epoch training / validation losses."""
+        return list(self.fit_result_.history)
+
+    def _state(self):
+        sd = {f"model.{k}": v.detach().cpu().numpy() for k, v in self.model_.state_dict().items()}
+        state = {
+            "class": type(self.model_).__name__, "config": self.model_.config(),
+            "target_mean": self.target_mean_, "target_std": self.target_std_,
+            "best_epoch": int(self.fit_result_.best_epoch), "history": self.fit_result_.history,
+        }
+        return state, sd
+
+    def _restore(self, state, arrays, path):
+        from weightspace.nn.train import FitResult, TrainConfig, load_metanetwork
+
+        ipath = path / "predictor.json"
+        state = validate(state, {
+            "class": Field(str, required=True), "config": Field(dict, required=True),
+            "target_mean": Field(float, required=True), "target_std": Field(float, required=True, min=0.0),
+            "best_epoch": Field(int, required=True, min=-1), "history": Field(list, required=True),
+        }, path=ipath, where="state")
+        if state["class"] != METANETWORKS.get(self.model):
+            raise ConfigError(f"saved metanetwork class {state['class']!r} does not match model={self.model!r}",
+                              path=ipath, field="state.class")
+        tensors = {}
+        for k, v in arrays.items():
+            if not k.startswith("model."):
+                raise StateDictError("unexpected array in the file (metanetwork weights are named model.*)",
+                                     path=path / "arrays.safetensors", field=k)
+            tensors[k[len("model."):]] = torch.from_numpy(np.array(v))
+        model = load_metanetwork(state["class"], state["config"], tensors, path=path / "arrays.safetensors",
+                                 config_path=ipath, where="state.config")
+        self.model_ = model
+        self.target_mean_, self.target_std_ = float(state["target_mean"]), float(state["target_std"])
+        self.fit_result_ = FitResult(model=model, config=TrainConfig(), target_mean=self.target_mean_,
+                                     target_std=self.target_std_, best_epoch=int(state["best_epoch"]),
+                                     history=list(state["history"]))

@@ -37,7 +37,9 @@ It identifies the weights, independent of how the file was written.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
+import functools
 import json
 import math
 import os
@@ -771,6 +773,9 @@ class Checkpoint:
     #: ``(index, why)`` when the index row's path must not be read (it leads
     #: out of the zoo directory), else ``None``
     refused: tuple[str, str] | None = field(default=None, compare=False, repr=False)
+    #: ``(arch, JSON of the model kwargs)`` of the member: the tensors read are
+    #: checked against that architecture (names and shapes), naming the file
+    arch_key: tuple[str, str] | None = field(default=None, compare=False, repr=False)
 
     def _check_path(self) -> None:
         if self.refused is not None:
@@ -780,6 +785,9 @@ class Checkpoint:
         """Load the weights; ``verify`` re-hashes them against the index."""
         self._check_path()
         sd = load_safetensors(self.path)
+        expected = _expected_shapes(*self.arch_key) if self.arch_key is not None else None
+        if expected is not None:
+            match_state_dict(expected, sd, path=self.path, what=f"the member's architecture ({self.arch_key[0]})")
         if verify:
             got = state_dict_sha256(sd)
             if got != self.sha256:
@@ -833,6 +841,20 @@ class Member:
         """The network with this checkpoint's weights loaded (eval mode)."""
         ck = self.checkpoint(epoch)
         return _build_module(self.arch, self.model_kwargs, ck.state_dict(), ck.path, self.member_id)
+
+
+@functools.lru_cache(maxsize=64)
+def _expected_shapes(arch: str, kwargs_json: str) -> dict[str, tuple[int, ...]] | None:
+    """Tensor names and shapes of ``arch(**kwargs)``, built on the ``meta``
+    device (no memory, the global RNG untouched); ``None`` when the model
+    cannot be built there (the check is skipped; building it for real reports
+    the problem)."""
+    try:
+        with torch.device("meta"):
+            model = registry.create_model(arch, seed=0, **json.loads(kwargs_json))
+    except Exception:  # noqa: BLE001 - best effort: an unbuildable config is reported where it is built
+        return None
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _build_module(arch: str, kwargs: Mapping[str, Any], sd: Mapping[str, torch.Tensor], path: Path,
@@ -963,13 +985,16 @@ class Zoo:
                 "wall_time, sha256, final_epoch, source, created_at FROM members"
             ):
                 mid = row[0]
+                config = _row_json(index, mid, "members.config", row[4])
+                model_kwargs = config.get("model", {})
+                arch_key = (str(row[2]), _dumps(model_kwargs)) if isinstance(model_kwargs, dict) else None
                 members[mid] = Member(
                     member_id=mid, index=int(row[1]), arch=row[2], seed=row[3],
-                    config=_row_json(index, mid, "members.config", row[4]), config_hash=row[5], status=row[6],
+                    config=config, config_hash=row[5], status=row[6],
                     metrics=_row_json(index, mid, "members.metrics", row[7]),
                     extra=_row_json(index, mid, "members.extra", row[8]), wall_time=row[9],
                     sha256=row[10], final_epoch=int(row[11]), source=row[12], created_at=row[13],
-                    checkpoints=tuple(cks.get(mid, ())),
+                    checkpoints=tuple(dataclasses.replace(c, arch_key=arch_key) for c in cks.get(mid, ())),
                 )
         finally:
             conn.close()

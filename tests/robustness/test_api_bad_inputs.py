@@ -247,7 +247,18 @@ def test_merge_config(variant, assets, tmp_path):
     path = _write_merge_yaml(c, **changes)
     with pytest.raises(WeightspaceError) as e:
         run_config(load_config(path))
-    _assert_names(e.value, path)
+    if variant == "data-missing-file":
+        # A file the config names is missing: as everywhere (MissingFileError),
+        # .path is the missing file and the config is named in the message
+        # with the field (tests/merge/test_merge_config_validation.py holds
+        # the merge config to exactly that).
+        from weightspace.errors import MissingFileError
+
+        assert isinstance(e.value, MissingFileError), repr(e.value)
+        _assert_names(e.value, c.path("nodata.npz"), "data.path")
+        assert path.name in str(e.value), str(e.value)
+    else:
+        _assert_names(e.value, path)
     for name in expect:
         assert name in str(e.value), (name, str(e.value))
 

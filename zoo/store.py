@@ -37,7 +37,9 @@ It identifies the weights, independent of how the file was written.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
+import functools
 import json
 import math
 import os
@@ -52,11 +54,21 @@ import numpy as np
 import torch
 
 import weightspace.arch as registry
-from weightspace.errors import InputFileError
-from weightspace.graph import to_pyg_batch
-from weightspace.io import atomic_write, read_safetensors, read_safetensors_metadata, save_state_dict, state_dict_hash
 from weightspace.common.splits import resolve_column
 from weightspace.common.zoo_samples import zoo_checkpoints
+from weightspace.errors import ConfigError, InputFileError
+from weightspace.graph import to_pyg_batch
+from weightspace.io import (
+    Field,
+    atomic_write,
+    match_state_dict,
+    read_json,
+    read_safetensors,
+    read_safetensors_metadata,
+    save_state_dict,
+    state_dict_hash,
+    validate,
+)
 from zoo.errors import ZooError, ZooFormatError, ZooLockedError
 from zoo.recipe import Recipe
 from zoo.recipe import config_hash as _chash
@@ -323,6 +335,11 @@ class ZooWriter:
         self.conn: sqlite3.Connection | None = None
         self.removed_orphans: list[str] = []
         self.unknown_entries: list[str] = []
+        self._lock_fd: int | None = None
+        # Refuse what can be refused before anything (the lock file included)
+        # is created in a directory that may be the user's; checked again below,
+        # under the lock.
+        _precheck_output(self.path, info, compatible)
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _acquire_lock(self.path)
         try:
@@ -330,17 +347,7 @@ class ZooWriter:
             index_path = self.path / INDEX_FILE
             if info_path.exists():
                 old = _read_info(self.path)
-                ok = compatible(old) if compatible else (
-                    old.get("source") == info.get("source")
-                    and old.get("recipe_hash") == info.get("recipe_hash")
-                )
-                if not ok:
-                    raise ZooFormatError(
-                        "this directory already holds a different zoo "
-                        f"(source {old.get('source')!r}, name {old.get('name')!r}); "
-                        "use a new output directory",
-                        path=info_path,
-                    )
+                _check_compatible(info_path, old, info, compatible)
                 # Before anything is written: a lost index must not become a new, empty one.
                 self.conn = _open_index_for_writing(index_path)
                 self.info = old
@@ -351,13 +358,7 @@ class ZooWriter:
                         atomic_write(self.path / "recipe.yaml", recipe_yaml.encode())
                     atomic_write(info_path, json.dumps(self.info, indent=2).encode())
             else:
-                entries = sorted(p.name for p in self.path.iterdir() if p.name != ".lock")
-                if entries:
-                    raise ZooFormatError(
-                        f"directory is not empty and is not a zoo (found {entries[:5]}); "
-                        "use a new output directory",
-                        path=self.path,
-                    )
+                _check_empty(self.path)
                 self.info = {
                     "format": FORMAT_NAME,
                     "version": FORMAT_VERSION,
@@ -574,6 +575,71 @@ _MEMBER_COLUMNS = (
 )
 
 
+def _check_compatible(info_path: Path, old: dict, info: Mapping[str, Any],
+                      compatible: Callable[[dict], bool] | None) -> None:
+    ok = compatible(old) if compatible else (
+        old.get("source") == info.get("source") and old.get("recipe_hash") == info.get("recipe_hash")
+    )
+    if not ok:
+        raise ZooFormatError(
+            "this directory already holds a different zoo "
+            f"(source {old.get('source')!r}, name {old.get('name')!r}); use a new output directory",
+            path=info_path,
+        )
+
+
+def _check_empty(path: Path) -> None:
+    entries = sorted(p.name for p in path.iterdir() if p.name != ".lock")
+    if entries:
+        raise ZooFormatError(
+            f"directory is not empty and is not a zoo (found {entries[:5]}); use a new output directory",
+            path=path,
+        )
+
+
+def _precheck_output(path: Path, info: Mapping[str, Any], compatible: Callable[[dict], bool] | None) -> None:
+    """The checks of :class:`ZooWriter` that need no lock, made before the
+    writer creates anything: ``path`` is a directory (or absent), an existing
+    zoo there is this one, and its index is readable (read-only) when
+    checkpoint files depend on it; otherwise a directory that is not a zoo
+    must be empty."""
+    if path.exists() and not path.is_dir():
+        raise ZooFormatError("is not a directory; give a new or existing zoo directory", path=path)
+    if not path.is_dir():
+        return
+    info_path = path / INFO_FILE
+    if not info_path.exists():
+        _check_empty(path)
+        return
+    _check_compatible(info_path, _read_info(path), info, compatible)
+    index = path / INDEX_FILE
+    n_files = _count_checkpoint_files(path / WEIGHTS_DIR)
+    if not n_files:
+        return  # nothing a fresh index could disown; the writer handles the rest
+    if not index.is_file():
+        raise _index_error(index, f"is {'missing' if not index.exists() else 'not a file'}, but {WEIGHTS_DIR}/ "
+                                  f"holds {n_files} checkpoint file(s); refusing to start a new index over them")
+    if index.stat().st_size == 0:
+        raise _index_error(index, f"is empty, but {WEIGHTS_DIR}/ holds {n_files} checkpoint file(s); "
+                                  "refusing to start a new index over them")
+    if any(index.with_name(index.name + sfx).exists() for sfx in ("-journal", "-wal")):
+        return  # a crash's hot journal: only the writer (read-write, under the lock) may roll it back
+    try:
+        conn = _connect(index, readonly=True)
+    except sqlite3.Error as e:
+        raise _index_error(index, f"cannot be opened ({type(e).__name__}: {e})") from None
+    try:
+        conn.execute("SELECT member_id FROM members LIMIT 1").fetchall()
+        conn.execute("SELECT member_id FROM checkpoints LIMIT 1").fetchall()
+    except sqlite3.Error as e:
+        if "locked" in str(e) or "busy" in str(e):
+            return  # a writer is at work (or a hot journal): the checks under the lock decide
+        raise _index_error(index, f"cannot be read ({type(e).__name__}: {e}), but {WEIGHTS_DIR}/ holds "
+                                  f"{n_files} checkpoint file(s)") from None
+    finally:
+        conn.close()
+
+
 def _insert_rows(conn: sqlite3.Connection, rows: Sequence[tuple], ck_rows: Sequence[tuple]) -> None:
     """Insert members and their checkpoints in one transaction."""
     conn.execute("BEGIN IMMEDIATE")
@@ -658,17 +724,33 @@ def _release_lock(fd: int | None) -> None:
     os.close(fd)
 
 
+#: The fields of ``zoo.json`` the library reads (others are kept as they are).
+_INFO_SCHEMA = {
+    "format": Field(str, required=True),
+    "version": Field(int, required=True, min=0),
+    "name": Field(str, nullable=True),
+    "source": Field(str, nullable=True),
+    "recipe": Field(dict, nullable=True),
+}
+
+
 def _read_info(path: Path) -> dict:
     p = path / INFO_FILE
     if not p.is_file():
         raise ZooFormatError(f"not a zoo directory ({INFO_FILE} is missing)", path=path)
     try:
-        info = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ZooFormatError(f"invalid JSON: {e}", path=p) from None
+        info = read_json(p, what=f"zoo description ({INFO_FILE})")
+    except InputFileError as e:
+        raise ZooFormatError(e.message, path=e.path, field=e.field) from None
+    if not isinstance(info, dict):
+        raise ZooFormatError(f"expected a JSON object, got {type(info).__name__}", path=p)
     if info.get("format") != FORMAT_NAME:
         raise ZooFormatError(f"not a {FORMAT_NAME} file", path=p, field="format")
-    if int(info.get("version", 0)) > FORMAT_VERSION:
+    try:
+        validate(info, _INFO_SCHEMA, path=p, allow_unknown=True)
+    except ConfigError as e:
+        raise ZooFormatError(e.message, path=p, field=e.field) from None
+    if info["version"] > FORMAT_VERSION:
         raise ZooFormatError(
             f"zoo format version {info.get('version')} is newer than this library ({FORMAT_VERSION})",
             path=p, field="version",
@@ -688,10 +770,24 @@ class Checkpoint:
     path: Path
     sha256: str
     metrics: dict
+    #: ``(index, why)`` when the index row's path must not be read (it leads
+    #: out of the zoo directory), else ``None``
+    refused: tuple[str, str] | None = field(default=None, compare=False, repr=False)
+    #: ``(arch, JSON of the model kwargs)`` of the member: the tensors read are
+    #: checked against that architecture (names and shapes), naming the file
+    arch_key: tuple[str, str] | None = field(default=None, compare=False, repr=False)
+
+    def _check_path(self) -> None:
+        if self.refused is not None:
+            raise ZooFormatError(self.refused[1], path=self.refused[0], field="checkpoints.path")
 
     def state_dict(self, *, verify: bool = False) -> dict[str, torch.Tensor]:
         """Load the weights; ``verify`` re-hashes them against the index."""
+        self._check_path()
         sd = load_safetensors(self.path)
+        expected = _expected_shapes(*self.arch_key) if self.arch_key is not None else None
+        if expected is not None:
+            match_state_dict(expected, sd, path=self.path, what=f"the member's architecture ({self.arch_key[0]})")
         if verify:
             got = state_dict_sha256(sd)
             if got != self.sha256:
@@ -743,9 +839,34 @@ class Member:
 
     def module(self, epoch: int | None = None) -> torch.nn.Module:
         """The network with this checkpoint's weights loaded (eval mode)."""
-        model = registry.create_model(self.arch, **self.model_kwargs)
-        model.load_state_dict(self.state_dict(epoch))
-        return model.eval()
+        ck = self.checkpoint(epoch)
+        return _build_module(self.arch, self.model_kwargs, ck.state_dict(), ck.path, self.member_id)
+
+
+@functools.lru_cache(maxsize=64)
+def _expected_shapes(arch: str, kwargs_json: str) -> dict[str, tuple[int, ...]] | None:
+    """Tensor names and shapes of ``arch(**kwargs)``, built on the ``meta``
+    device (no memory, the global RNG untouched); ``None`` when the model
+    cannot be built there (the check is skipped; building it for real reports
+    the problem)."""
+    try:
+        with torch.device("meta"):
+            model = registry.create_model(arch, seed=0, **json.loads(kwargs_json))
+    except Exception:  # noqa: BLE001 - best effort: an unbuildable config is reported where it is built
+        return None
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _build_module(arch: str, kwargs: Mapping[str, Any], sd: Mapping[str, torch.Tensor], path: Path,
+                  mid: str) -> torch.nn.Module:
+    """The member's network with the weights ``sd`` read from ``path`` (eval
+    mode); a file whose tensors do not fit the member's architecture (swapped,
+    or from another model) is a :class:`~weightspace.errors.StateDictError`
+    naming the file."""
+    model = registry.create_model(arch, **kwargs)
+    match_state_dict(model.state_dict(), sd, path=path, what=f"member {mid}'s architecture ({arch})")
+    model.load_state_dict(sd)
+    return model.eval()
 
 
 def _flatten(d: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -759,6 +880,42 @@ def _flatten(d: Mapping[str, Any], prefix: str) -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def _row_json(index: Path, mid: str, column: str, text: Any, *, epoch: Any = None) -> dict:
+    """Decode one JSON column of an index row (a mapping); a tampered or
+    damaged value is a :class:`ZooFormatError` naming the index, the member
+    and the column."""
+    where = f"member {mid}" + (f", epoch {epoch}" if epoch is not None else "")
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError) as e:
+        msg = e.msg if isinstance(e, json.JSONDecodeError) else str(e)
+        raise ZooFormatError(
+            f"{where}: invalid JSON in the index ({msg}); restore the index from a copy or rebuild it from "
+            f"the checkpoint files with: {REPAIR_HINT} {index.parent}",
+            path=index, field=column,
+        ) from None
+    if not isinstance(value, dict):
+        raise ZooFormatError(
+            f"{where}: expected a JSON object in the index, got {type(value).__name__}; restore the index "
+            f"from a copy or rebuild it with: {REPAIR_HINT} {index.parent}",
+            path=index, field=column,
+        )
+    return value
+
+
+def _escaping_path(index: Path, root: Path, mid: str, epoch: Any, rel: Any) -> tuple[str, str] | None:
+    """``(index, why)`` when the checkpoint path ``rel`` of an index row must
+    not be followed (absolute, or leading out of the zoo directory), else ``None``."""
+    text = str(rel)
+    p = Path(text)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        return str(index), (
+            f"member {mid}, epoch {epoch}: the index gives the checkpoint path {text!r}, outside the zoo "
+            f"directory; refusing to read it (restore the index from a copy or rebuild it with: "
+            f"{REPAIR_HINT} {root})")
+    return None
 
 
 class Zoo:
@@ -788,6 +945,8 @@ class Zoo:
             raise ZooFormatError(f"{INDEX_FILE} is missing", path=self.path)
         try:
             self._members = self._load(index)
+        except ZooFormatError:  # a row named by _row_json / _escaping_path
+            raise
         except (sqlite3.Error, ValueError, TypeError) as e:  # a damaged database; undecodable JSON in a row
             problem = "is empty" if index.stat().st_size == 0 else f"cannot be read ({type(e).__name__}: {e})"
             raise _index_error(index, problem) from None
@@ -815,21 +974,27 @@ class Zoo:
             for mid, epoch, step, rel, sha, met in conn.execute(
                 "SELECT member_id, epoch, step, path, sha256, metrics FROM checkpoints ORDER BY member_id, epoch"
             ):
-                cks.setdefault(mid, []).append(
-                    Checkpoint(int(epoch), step, self.path / rel, sha, json.loads(met))
-                )
+                cks.setdefault(mid, []).append(Checkpoint(
+                    int(epoch), step, self.path / str(rel), sha,
+                    _row_json(index, mid, "checkpoints.metrics", met, epoch=epoch),
+                    refused=_escaping_path(index, self.path, mid, epoch, rel),
+                ))
             members = {}
             for row in conn.execute(
                 "SELECT member_id, idx, arch, seed, config, config_hash, status, metrics, extra, "
                 "wall_time, sha256, final_epoch, source, created_at FROM members"
             ):
                 mid = row[0]
+                config = _row_json(index, mid, "members.config", row[4])
+                model_kwargs = config.get("model", {})
+                arch_key = (str(row[2]), _dumps(model_kwargs)) if isinstance(model_kwargs, dict) else None
                 members[mid] = Member(
                     member_id=mid, index=int(row[1]), arch=row[2], seed=row[3],
-                    config=json.loads(row[4]), config_hash=row[5], status=row[6],
-                    metrics=json.loads(row[7]), extra=json.loads(row[8]), wall_time=row[9],
+                    config=config, config_hash=row[5], status=row[6],
+                    metrics=_row_json(index, mid, "members.metrics", row[7]),
+                    extra=_row_json(index, mid, "members.extra", row[8]), wall_time=row[9],
                     sha256=row[10], final_epoch=int(row[11]), source=row[12], created_at=row[13],
-                    checkpoints=tuple(cks.get(mid, ())),
+                    checkpoints=tuple(dataclasses.replace(c, arch_key=arch_key) for c in cks.get(mid, ())),
                 )
         finally:
             conn.close()
@@ -898,9 +1063,7 @@ class Zoo:
             for ck in cks:
                 sd = ck.state_dict(verify=verify)
                 if as_module:
-                    mod = registry.create_model(m.arch, **m.model_kwargs)
-                    mod.load_state_dict(sd)
-                    obj: Any = mod.eval()
+                    obj: Any = _build_module(m.arch, m.model_kwargs, sd, ck.path, mid)
                 else:
                     obj = sd
                 yield obj, dict(ck.metrics, member_id=mid, epoch=ck.epoch, seed=m.seed)
@@ -1089,6 +1252,9 @@ class Zoo:
         problems = []
         for mid in self._ids:
             for ck in self._members[mid].checkpoints:
+                if ck.refused is not None:
+                    problems.append(f"{ck.refused[0]}: [checkpoints.path] {ck.refused[1]}")
+                    continue
                 if quick:
                     problem = _check_checkpoint_header(ck.path, ck.sha256)
                     if problem:

@@ -27,6 +27,44 @@ app = typer.Typer(
 )
 
 
+def _check_params(model: str, params: dict) -> None:
+    """``--param`` values checked against the predictor's ``param_schema``
+    (types and ranges) before the zoo is read; a wrong one exits 2 naming it.
+    Unknown names are left to the predictor's constructor, which names them."""
+    from weightspace.errors import ConfigError
+    from weightspace.io import Field, validate
+    from weightspace.predict import METANETWORKS, GBMPredictor, LinearPredictor, MeanPredictor, MetaNetPredictor
+
+    k = model.lower().replace("-", "").replace("_", "")
+    cls = {"gbm": GBMPredictor, "linear": LinearPredictor, "mean": MeanPredictor}.get(
+        k, MetaNetPredictor if k in METANETWORKS else None)
+    if cls is None:
+        return  # an unknown --model is refused by make_predictor, naming it
+    schema = {name: Field(f.type, min=f.min, max=f.max, choices=f.choices, nullable=f.nullable)
+              for name, f in getattr(cls, "param_schema", {}).items()}
+    try:
+        validate(params, schema, allow_unknown=True)
+    except ConfigError as exc:
+        _fail(f"--param {exc.field}: {exc.message}")
+
+
+def _epochs(text: str, zoo) -> list[int]:
+    """``--checkpoints`` as a list of epochs, each >= 0 and stored for at least one member."""
+    try:
+        epochs = [int(e) for e in text.split(",")]
+    except ValueError:
+        _fail(f"--checkpoints must be all, final or comma-separated epochs, got {text!r}")
+    bad = [e for e in epochs if e < 0]
+    if bad:
+        _fail(f"--checkpoints: epochs are >= 0, got {bad[0]}")
+    stored = sorted({ck.epoch for m in zoo.members() for ck in m.checkpoints})
+    unknown = [e for e in epochs if e not in stored]
+    if unknown:
+        shown = ", ".join(map(str, stored[:20])) + (" ..." if len(stored) > 20 else "")
+        _fail(f"--checkpoints: no member of {zoo.path} has a checkpoint at epoch {unknown[0]}; stored epochs: {shown}")
+    return epochs
+
+
 def _values(text: Optional[str]) -> Optional[list]:
     if text is None:
         return None
@@ -81,14 +119,16 @@ def fit(
     params = _kv(param, "--param")
     if epochs is not None:
         params["epochs"] = epochs
-    ck: object = checkpoints
-    if checkpoints not in ("all", "final"):
-        try:
-            ck = [int(e) for e in checkpoints.split(",")]
-        except ValueError:
-            _fail(f"--checkpoints must be all, final or comma-separated epochs, got {checkpoints!r}")
+    _check_params(model, params)
+    if checkpoints not in ("all", "final") and not all(e.strip().lstrip("-").isdigit() for e in checkpoints.split(",")):
+        _fail(f"--checkpoints must be all, final or comma-separated epochs, got {checkpoints!r}")
+    # A damaged zoo: ZooFormatError naming the file -> one line, exit 2 (the CLI's error boundary).
+    z = Zoo(zoo_dir)
+    if len(z) == 0:
+        _fail(f"{z.path}: the zoo has no members; build or import members into it first")
+    ck: object = checkpoints if checkpoints in ("all", "final") else _epochs(checkpoints, z)
     try:
-        rep = fit_zoo(Zoo(zoo_dir), target, model, checkpoints=ck, split=split, test_fraction=test_fraction, seed=seed,
+        rep = fit_zoo(z, target, model, checkpoints=ck, split=split, test_fraction=test_fraction, seed=seed,
                       ood_column=ood_column, ood_train=_values(ood_train), ood_test=_values(ood_test),
                       ood_threshold=ood_threshold, params=params, out=out)
     except (WeightspaceError, ZooError, KeyError, ValueError, TypeError, ImportError, FileNotFoundError) as exc:

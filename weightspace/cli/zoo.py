@@ -18,11 +18,6 @@ app = typer.Typer(
 )
 
 
-def _fail(exc: Exception) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(code=1)
-
-
 @app.command()
 def build(
     recipe: str = typer.Argument(..., help="recipe file (.yaml/.toml) or the name of a shipped recipe"),
@@ -173,11 +168,14 @@ def export(
     """
     import zoo
 
+    from weightspace.cli_common import fail
+
+    # A damaged or missing zoo: ZooFormatError -> one line, exit 2 (the CLI's error boundary).
+    z = zoo.Zoo(zoo_dir)
     try:
-        z = zoo.Zoo(zoo_dir)
         path = z.export_parquet(out, checkpoints=checkpoints)
-    except (zoo.ZooError, ImportError) as e:
-        _fail(e)
+    except ImportError as e:  # no Parquet engine installed
+        fail(f"writing Parquet needs pyarrow or fastparquet ({e})")
     typer.echo(f"wrote {path} ({len(z.to_pandas(checkpoints=checkpoints))} rows)")
 
 

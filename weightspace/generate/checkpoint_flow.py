@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from weightspace.errors import ConfigError, StateDictError, WeightspaceError
+from weightspace.errors import ConfigError, InputFileError, StateDictError, WeightspaceError
 from weightspace.generate._common import (
     ArchSpec,
     AsDictMixin,
@@ -144,7 +144,10 @@ def collect_checkpoints(
     """
     members = list(zoo_or_members.members()) if hasattr(zoo_or_members, "members") else list(zoo_or_members)
     if not members:
-        raise ValueError("no zoo members to collect checkpoints from")
+        where = getattr(zoo_or_members, "path", None)
+        raise InputFileError("the zoo has no members to collect checkpoints from; build or import members "
+                             "into it first" if where is not None else "no zoo members to collect checkpoints from",
+                             path=where)
     arch = ArchSpec.of(members[0].arch, **members[0].model_kwargs)
     vals, mets, ids, eps = [], [], [], []
     for m in members:

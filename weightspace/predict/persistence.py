@@ -142,7 +142,7 @@ def load_predictor(path: str | os.PathLike) -> BasePredictor:
                              path=path)
     info_path = path / "predictor.json"
     if not info_path.exists():
-        raise MissingFileError("not a saved predictor (predictor.json is missing)", path=path)
+        raise MissingFileError("not a saved predictor (predictor.json is missing)", path=info_path)
     info = read_json(info_path, what="saved predictor description (predictor.json)")
     if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
         raise InputFileError(f"not a {FORMAT_NAME} file", path=info_path, field="format")

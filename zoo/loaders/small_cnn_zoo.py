@@ -407,8 +407,10 @@ def load_small_cnn_zoo(
         raise ZooFormatError(f"not a plain numeric .npy array: {e.message}", path=wpath) from None
     if not isinstance(weights, np.ndarray):
         raise ZooFormatError("is an .npz archive; expected a single .npy array", path=wpath)
-    if weights.dtype.kind not in "fiu":
-        raise ZooFormatError(f"not a plain numeric .npy array (dtype {weights.dtype})", path=wpath, field="dtype")
+    if weights.dtype.kind != "f":
+        # the published zoos store float32 weights; integers are not weights (a wrong file, or tampered)
+        raise ZooFormatError(f"expected a floating-point array of weights (float32), got dtype {weights.dtype}",
+                             path=wpath, field="dtype")
     if weights.ndim != 2:
         raise ZooFormatError(f"expected a 2-d array (rows x {n_params}), got shape {weights.shape}",
                              path=wpath, field="shape")

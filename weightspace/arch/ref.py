@@ -423,26 +423,49 @@ class HFCheckpoint:
             self.load_into(module, self.read_weights())
         return module
 
-    def load_into(self, module: nn.Module, tensors: Mapping[str, torch.Tensor], *, path: object = None) -> None:
-        """Load ``tensors`` (stored names) into ``module``: every parameter must
-        be stored (or tied to a stored one) with its shape; nothing extra."""
+    def complete(self, module: nn.Module, tensors: Mapping[str, torch.Tensor], *, path: object = None
+                 ) -> dict[str, torch.Tensor]:
+        """``module``'s full state_dict with the stored ``tensors``: every
+        parameter must be stored (or tied to a stored one) with its shape,
+        nothing extra may be stored; tied names get their partner's tensor,
+        unstored buffers keep the module's values.
+
+        Raises:
+            StateDictError: naming the directory and the tensor.
+        """
         path = path or self.directory
-        expected = module.state_dict()
+        expected = module.state_dict(keep_vars=True)
+        what = type(module).__name__
         unexpected = [k for k in tensors if k not in expected]
         if unexpected:
-            raise StateDictError(f"unexpected tensor: {type(module).__name__} has no such tensor; the weights "
-                                 "belong to another model", path=path, field=unexpected[0])
+            raise StateDictError(f"unexpected tensor: {what} has no such tensor; the weights belong to another model",
+                                 path=path, field=unexpected[0])
         for k, v in tensors.items():
             if tuple(v.shape) != tuple(expected[k].shape):
-                raise StateDictError(f"shape {list(v.shape)} stored, but {type(module).__name__} needs "
-                                     f"{list(expected[k].shape)}", path=path, field=k)
-        stored = {id(p) for n, p in module.named_parameters(remove_duplicate=False) if n in tensors}
+                raise StateDictError(f"shape {list(v.shape)} stored, but {what} needs {list(expected[k].shape)}",
+                                     path=path, field=k)
+        by_id: dict[int, str] = {}
         for n, p in module.named_parameters(remove_duplicate=False):
-            if n not in tensors and id(p) not in stored:
-                raise StateDictError(f"parameter missing from the weights: {type(module).__name__} needs it with "
-                                     f"shape {list(p.shape)}", path=path, field=n)
+            if n in tensors:
+                by_id.setdefault(id(p), n)
+        out: dict[str, torch.Tensor] = {}
+        for n, v in expected.items():
+            if n in tensors:
+                out[n] = tensors[n]
+            elif isinstance(v, nn.Parameter):
+                if id(v) not in by_id:
+                    raise StateDictError(f"parameter missing from the weights: {what} needs it with shape "
+                                         f"{list(v.shape)}", path=path, field=n)
+                out[n] = tensors[by_id[id(v)]]
+            else:
+                out[n] = v.detach()
+        return out
+
+    def load_into(self, module: nn.Module, tensors: Mapping[str, torch.Tensor], *, path: object = None) -> None:
+        """Load ``tensors`` (stored names) into ``module`` (checked as in :meth:`complete`)."""
+        full = self.complete(module, tensors, path=path)
         with torch.no_grad():
-            module.load_state_dict({k: v for k, v in tensors.items()}, strict=False)
+            module.load_state_dict(full, strict=False)
 
     def stored_names(self, module: nn.Module) -> list[str]:
         """The names written for ``module`` (tied copies once, as stored)."""

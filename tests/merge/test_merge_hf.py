@@ -175,3 +175,24 @@ def test_hf_merge_refuses_a_file_out(dirs, tmp_path):
     res, out = _merge(tmp_path, {"method": "average", "models": [{"model": {"hf": str(root / "a")}}]})
     assert res.exit_code == 2 and "error:" in res.output and str(out) in res.output
     assert out.read_text() == "mine"
+
+
+def test_vit_with_renamed_stored_tensors_round_trips(tmp_path):
+    # transformers 5 renames ViT's stored attention tensors on load; the merged
+    # directory must store the original names again
+    cfg = T.ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=16, num_hidden_layers=1,
+                      num_attention_heads=2, intermediate_size=32, num_labels=3)
+    ms = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        ms.append(T.ViTForImageClassification(cfg).eval())
+        ms[-1].save_pretrained(tmp_path / f"v{seed}")
+    res, out = _merge(tmp_path, {"method": "average", "models": [{"model": {"hf": "v0"}}, {"model": {"hf": "v1"}}]})
+    assert res.exit_code == 0, res.output
+    from safetensors.torch import load_file
+
+    assert set(load_file(str(out / "model.safetensors"))) == set(load_file(str(tmp_path / "v0" / "model.safetensors")))
+    m = T.ViTForImageClassification.from_pretrained(str(out), local_files_only=True).eval()
+    k = next(k for k in m.state_dict() if k.endswith("q_proj.weight"))
+    want = (ms[0].state_dict()[k] + ms[1].state_dict()[k]) / 2
+    assert torch.allclose(m.state_dict()[k], want, atol=1e-6)

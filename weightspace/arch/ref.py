@@ -436,6 +436,8 @@ class HFCheckpoint:
         path = path or self.directory
         expected = module.state_dict(keep_vars=True)
         what = type(module).__name__
+        to_module = {v: k for k, v in self.key_map(module).items()}
+        tensors = {to_module.get(k, k): v for k, v in tensors.items()}
         unexpected = [k for k in tensors if k not in expected]
         if unexpected:
             raise StateDictError(f"unexpected tensor: {what} has no such tensor; the weights belong to another model",
@@ -461,15 +463,42 @@ class HFCheckpoint:
                 out[n] = v.detach()
         return out
 
+    def key_map(self, module: nn.Module) -> dict[str, str]:
+        """Module tensor name -> stored name. ``transformers`` 5 renames some
+        tensors on load (e.g. ViT's ``attention.attention.query`` ->
+        ``attention.q_proj``) and back on save; only one-to-one renamings are
+        followed (a model whose stored tensors are split or fused on load is
+        a :class:`ConfigError`)."""
+        if getattr(self, "_key_map", None) is not None and self._key_map[0] is module:
+            return self._key_map[1]
+        T = _transformers()
+        revert = getattr(getattr(T, "modeling_utils", None), "revert_weight_conversion", None)
+        out: dict[str, str] = {}
+        if revert is not None:
+            for k, v in module.state_dict().items():
+                try:
+                    back = revert(module, {k: v})
+                except Exception as exc:
+                    raise ConfigError(f"{type(module).__name__}: transformers cannot map tensor {k!r} to its stored "
+                                      f"name ({_one(exc)})", path=self.directory / "config.json") from None
+                if len(back) != 1 or tuple(next(iter(back.values())).shape) != tuple(v.shape):
+                    raise ConfigError(f"{type(module).__name__} stores tensor {k!r} split or fused "
+                                      f"({sorted(back)[:3]}); such checkpoints are not supported yet",
+                                      path=self.directory / "config.json")
+                out[k] = next(iter(back))
+        self._key_map = (module, out)
+        return out
+
     def load_into(self, module: nn.Module, tensors: Mapping[str, torch.Tensor], *, path: object = None) -> None:
         """Load ``tensors`` (stored names) into ``module`` (checked as in :meth:`complete`)."""
         full = self.complete(module, tensors, path=path)
         with torch.no_grad():
             module.load_state_dict(full, strict=False)
 
-    def stored_names(self, module: nn.Module) -> list[str]:
-        """The names written for ``module`` (tied copies once, as stored)."""
-        return list(self.weight_map) if self.weight_map else list(module.state_dict())
+    def to_stored(self, module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``state_dict`` (``module``'s names) under the stored names."""
+        km = self.key_map(module)
+        return {km.get(k, k): v for k, v in state_dict.items()}
 
     def example_input(self, *, seed: int = 0) -> torch.Tensor:
         """Token ids ``[1, 8]`` for a text model, pixel values
@@ -524,7 +553,8 @@ def _read_index(index: Path) -> dict[str, str]:
 
 
 def save_hf_checkpoint(state_dict: Mapping[str, torch.Tensor], source: HFCheckpoint, out: str | os.PathLike, *,
-                       metadata: Mapping[str, str] | None = None, extra_files: Mapping[str, str] | None = None) -> Path:
+                       metadata: Mapping[str, str] | None = None, extra_files: Mapping[str, str] | None = None,
+                       module: nn.Module | None = None) -> Path:
     """Write ``state_dict`` as a Hugging Face directory shaped like ``source``.
 
     ``config.json`` (and ``generation_config.json`` if present) are copied;
@@ -533,10 +563,16 @@ def save_hf_checkpoint(state_dict: Mapping[str, torch.Tensor], source: HFCheckpo
     source was sharded -- in the same shards plus ``model.safetensors.index.json``.
     ``metadata`` goes into every safetensors header (with ``format: pt``);
     ``extra_files`` are written as text. Every file via :func:`atomic_write`.
+    ``module``: the model ``state_dict`` belongs to, when its names differ
+    from the stored ones (see :meth:`HFCheckpoint.key_map`).
     """
     from safetensors.torch import save_file
 
     out = Path(out)
+    if module is not None:
+        state_dict = source.to_stored(module, state_dict)
+    elif getattr(source, "_key_map", None) is not None:  # the names of the module it was last read into
+        state_dict = {source._key_map[1].get(k, k): v for k, v in state_dict.items()}
     names = list(source.weight_map)
     missing = [k for k in names if k not in state_dict]
     if missing:

@@ -336,11 +336,13 @@ def _entry(raw: Any, key: str, default_arch: str | None, default_kw: Mapping, ro
             return ModelEntry(Path(ref.target), f"hf:{ref.target}", {}, float(e["weight"]), key, ref_key, ref,
                               ref_key)
         if "path" not in e:
-            raise MergeConfigError("needs 'path' (the weights file of this model)", path=source, field=f"{key}.path")
+            raise MergeConfigError("missing required key (the weights file of this model)", path=source,
+                                   field=f"{key}.path")
         return ModelEntry(_resolve(e["path"], root), str(ref.target), dict(ref.kwargs), float(e["weight"]), key,
                           f"{ref_key}.kwargs", ref, ref_key)
     if "path" not in e:
-        raise MergeConfigError("is required", path=source, field=f"{key}.path")
+        raise MergeConfigError("missing required key (the weights file; or give 'model: {hf: DIR}')", path=source,
+                               field=f"{key}.path")
     arch = e.get("arch") or default_arch
     if not arch:
         raise MergeConfigError("has no 'arch' and the config has no default 'arch'", path=source, field=f"{key}.arch")

@@ -196,3 +196,31 @@ def test_vit_with_renamed_stored_tensors_round_trips(tmp_path):
     k = next(k for k in m.state_dict() if k.endswith("q_proj.weight"))
     want = (ms[0].state_dict()[k] + ms[1].state_dict()[k]) / 2
     assert torch.allclose(m.state_dict()[k], want, atol=1e-6)
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("task_arithmetic", {"base": {"model": {"hf": "a"}}}),
+    ("merge_many", {}),
+])
+def test_other_data_free_methods_on_hf_dirs(dirs, tmp_path, method, extra):
+    root, _ = dirs
+    for n in ("a", "b"):
+        (tmp_path / n).symlink_to(root / n, target_is_directory=True)
+    res, out = _merge(tmp_path, {"method": method, **extra,
+                                 "models": [{"model": {"hf": "a"}}, {"model": {"hf": "b"}}]})
+    assert res.exit_code == 0, res.output
+    assert read_safetensors_metadata(out / "model.safetensors")["method"] == method
+    with torch.no_grad():
+        assert torch.isfinite(_load(out)(torch.randint(0, 50, (1, 8))).logits).all()
+
+
+def test_different_hf_configs_name_the_field(dirs, tmp_path):
+    root, _ = dirs
+    cfg = _cfg()
+    cfg.n_embd = 8
+    torch.manual_seed(0)
+    T.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "narrow")
+    res, _ = _merge(tmp_path, {"method": "average",
+                               "models": [{"model": {"hf": str(root / "a")}}, {"model": {"hf": "narrow"}}]})
+    assert res.exit_code == 2, res.output
+    assert "n_embd" in res.output and "Traceback" not in res.output and "internal error" not in res.output

@@ -733,6 +733,14 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
             "only models of one architecture (family) can be merged", path=src, field="models",
         )
     if len(arch_keys) > 1 and not method.mixed_widths:
+        if hf:
+            a, b = (json.loads(ids[m.key][1]) for m in (cfg.models[0], next(m for m in cfg.models
+                                                                          if ids[m.key] != ids[cfg.models[0].key])))
+            k = next(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+            raise MergeConfigError(
+                f"the Hugging Face configs differ in {k!r} ({a.get(k)!r} vs {b.get(k)!r}); only method ot_fusion "
+                "merges different widths", path=src, field="models",
+            )
         raise MergeConfigError(
             f"models have different architecture arguments ({[m.arch_kwargs for m in cfg.models]}); "
             "only method ot_fusion merges different widths", path=src, field="method",

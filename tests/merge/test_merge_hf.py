@@ -224,3 +224,25 @@ def test_different_hf_configs_name_the_field(dirs, tmp_path):
                                "models": [{"model": {"hf": str(root / "a")}}, {"model": {"hf": "narrow"}}]})
     assert res.exit_code == 2, res.output
     assert "n_embd" in res.output and "Traceback" not in res.output and "internal error" not in res.output
+
+
+def test_model_arch_form_equals_the_arch_keys(tmp_path):
+    from weightspace.arch import create_model
+    from weightspace.io import load_state_dict, save_state_dict
+
+    for seed in (0, 1):
+        save_state_dict(create_model("mlp", seed=seed, hidden=[8]).state_dict(), tmp_path / f"m{seed}.safetensors")
+    outs = []
+    for cfg in ({"arch": "mlp", "arch_kwargs": {"hidden": [8]}},
+                {"model": {"arch": "mlp", "arch_kwargs": {"hidden": [8]}}}):
+        res, out = _merge(tmp_path, {"method": "average", **cfg, "models": ["m0.safetensors", "m1.safetensors"]},
+                          f"o{len(outs)}.safetensors")
+        assert res.exit_code == 0, res.output
+        outs.append(load_state_dict(out))
+    assert outs[0].keys() == outs[1].keys() and all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+
+
+def test_model_and_arch_together_are_refused(tmp_path):
+    res, _ = _merge(tmp_path, {"method": "average", "arch": "mlp", "model": {"factory": "a.b:c"},
+                               "models": ["m0.safetensors"]}, "o.safetensors")
+    assert res.exit_code == 2 and "model" in res.output and "not both" in res.output

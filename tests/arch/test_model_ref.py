@@ -230,3 +230,18 @@ def test_similarity_cli_takes_a_factory_and_names_hf_limits(tmp_path, gpt2_dir):
     res = CliRunner().invoke(app, ["similarity", f"hf:{d}", f"hf:{d}", "--data", "random", "--out",
                                    str(tmp_path / "sim2")])
     assert res.exit_code == 2 and "error:" in res.output and "Traceback" not in res.output
+
+
+def test_config_without_architectures_builds_the_base_model(tmp_path, gpt2_dir):
+    import shutil
+
+    d, m = gpt2_dir
+    shutil.copytree(d, tmp_path / "g")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop("architectures")
+    (tmp_path / "g" / "config.json").write_text(json.dumps(cfg))
+    r = resolve_model(f"hf:{tmp_path / 'g'}")
+    assert type(r.module).__name__ == "GPT2Model"  # stored names lose the 'transformer.' prefix
+    assert torch.equal(r.module.h[0].mlp.c_fc.weight, m.transformer.h[0].mlp.c_fc.weight)
+    stored = r.hf.to_stored(r.module, r.module.state_dict())
+    assert "transformer.h.0.mlp.c_fc.weight" in stored

@@ -436,8 +436,15 @@ class HFCheckpoint:
         path = path or self.directory
         expected = module.state_dict(keep_vars=True)
         what = type(module).__name__
-        to_module = {v: k for k, v in self.key_map(module).items()}
+        km = self.key_map(module)
+        to_module = {v: k for k, v in km.items()}
         tensors = {to_module.get(k, k): v for k, v in tensors.items()}
+        prefix = f"{getattr(module, 'base_model_prefix', '') or ''}."
+        if prefix != "." and tensors and all(k.startswith(prefix) and k not in expected for k in tensors):
+            # a base model (no config.architectures: AutoModel) reading a checkpoint saved with a head
+            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+            for k in expected:
+                km[k] = prefix + km.get(k, k)
         unexpected = [k for k in tensors if k not in expected]
         if unexpected:
             raise StateDictError(f"unexpected tensor: {what} has no such tensor; the weights belong to another model",

@@ -10,6 +10,7 @@ other package may name architectures::
     x = example_input("resnet20", width=2)          # (2, 3, 32, 32)
     spec = ArchSpec.of("mlp", hidden=[32])          # canonical, hashable identity
     spec.to_json(), spec.build(seed=0)
+    module, x, identity = resolve_model("hf:runs/gpt2")   # any model reference (see weightspace.arch.ref)
 
 Importing any name from here registers the built-in architectures
 (:mod:`weightspace.arch.models`).
@@ -23,10 +24,17 @@ from weightspace.arch.registry import (
     list_models,
     register_model,
 )
+from weightspace.arch.ref import HFCheckpoint, ModelRef, ModelRefError, ResolvedModel, resolve_model, save_hf_checkpoint
 from weightspace.arch.spec import ArchSpec
 
 __all__ = [
     "ArchSpec",
+    "HFCheckpoint",
+    "ModelRef",
+    "ModelRefError",
+    "ResolvedModel",
+    "resolve_model",
+    "save_hf_checkpoint",
     "ModelInfo",
     "create_model",
     "example_input",

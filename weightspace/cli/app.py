@@ -52,7 +52,8 @@ def models() -> None:
 
 @app.command()
 def graph(
-    model: str = typer.Argument(..., help="registered architecture name (see `weightspace models`)"),
+    model: str = typer.Argument(..., help="registered architecture name (see `weightspace models`), "
+                                          "hf:DIR (a local Hugging Face directory) or package.module:factory"),
     weights: Optional[Path] = typer.Option(None, "--weights", "-w", help="state_dict file (.safetensors, or .pt loaded with weights_only)"),
     arg: List[str] = typer.Option([], "--arg", "-a", help="architecture argument key=value (repeatable), e.g. -a width=2"),
     groups: bool = typer.Option(True, help="list every permutation group"),
@@ -64,6 +65,10 @@ def graph(
 
       weightspace graph resnet20 -a width=2
 
+      weightspace graph hf:runs/gpt2-tiny
+
+      weightspace graph mypkg.models:make_mlp -a width=64
+
       weightspace graph cnn_small --weights member.safetensors --json spec.json
     """
     from weightspace.cli.common import check_arch, name_path
@@ -71,19 +76,28 @@ def graph(
     from weightspace.errors import WeightspaceError
     from weightspace.io import atomic_write, check_output_path, load_state_dict
 
+    from weightspace.arch import ModelRef, resolve_model
+
     kwargs = parse_kv(arg, "--arg")
-    check_arch(model, kwargs, "--arg")
+    ref = ModelRef.parse(model, **kwargs)
+    if ref.kind == "registry":
+        check_arch(model, kwargs, "--arg")
     if json_out:
         check_output_path(json_out, field="--json")
     sd = load_state_dict(weights) if weights else None
-    a = analyze(model, arch_kwargs=kwargs)
+    if ref.kind == "registry":
+        a = analyze(model, arch_kwargs=kwargs)
+    else:
+        r = resolve_model(ref, seed=0)
+        a = analyze(r.module, r.example_input)
     try:
         g = a.template.graph(sd if sd is not None else a.module.state_dict())
     except WeightspaceError as exc:  # the weights do not fit: name the file
         raise (name_path(exc, weights) if weights else exc) from None
     s, t = a.spec.summary(), a.template.summary()
     typer.echo(f"architecture   {model} {kwargs if kwargs else ''}".rstrip())
-    typer.echo(f"weights        {weights if weights else 'default init (seed 0)'}")
+    default_weights = "the directory's safetensors" if ref.kind == "hf" else "default init (seed 0)"
+    typer.echo(f"weights        {weights if weights else default_weights}")
     typer.echo(f"tensors        {s['tensors']} ({t['values']} values), {s['tensors_permuted']} with neuron axes")
     typer.echo(f"graph          {t['nodes']} nodes ({t['neurons']} neurons, {t['module_nodes']} module, {t['virtual_nodes']} virtual)")
     typer.echo(f"               {t['edges']} edges ({t['weight_edges']} weight, {t['tie_edges']} tie), edge width <= {t['max_edge_width']}")

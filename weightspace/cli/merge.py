@@ -1,5 +1,6 @@
-"""``weightspace merge CONFIG OUT.safetensors``: merge models as a YAML config
-says (see :mod:`weightspace.merge.config`). The work is done by
+"""``weightspace merge CONFIG OUT``: merge models as a YAML config says
+(OUT is a ``.safetensors`` file, or a directory when the models are Hugging
+Face directories) (see :mod:`weightspace.merge.config`). The work is done by
 :func:`weightspace.merge.config.run_config`; this file prints and plots."""
 
 from __future__ import annotations
@@ -43,31 +44,60 @@ def _plot_paths(outcome, png: Path) -> list[Path]:
 
 def merge(
     config: Annotated[Path, typer.Argument(help="YAML merge config (models, method, options, data)")],
-    out: Annotated[Path, typer.Argument(help="where to write the merged weights (.safetensors)")],
+    out: Annotated[Path, typer.Argument(help="where to write the merged weights: a .safetensors file, or a "
+                                              "directory for Hugging Face models")],
     progress: Annotated[bool, typer.Option("--progress/--quiet", help="show progress bars")] = False,
 ) -> None:
     """Merge models as a YAML config describes (mergekit-style).
 
     Writes OUT (safetensors, architecture in its metadata); with `data` and
     `barrier` in the config also OUT.barrier.json and OUT.barrier.png/.svg.
+    Models given as Hugging Face directories (`model: {hf: DIR}`) merge into
+    a directory OUT that `transformers` loads with `from_pretrained`
+    (config.json copied, safetensors sharded like the source, method and
+    options in the metadata and in OUT/weightspace_merge.json).
 
-    Example: weightspace merge merge.yaml merged.safetensors
+    Examples:
+
+      weightspace merge merge.yaml merged.safetensors
+
+      weightspace merge merge-gpt2.yaml merged-gpt2/
     """
+    from weightspace.arch import save_hf_checkpoint
     from weightspace.errors import InputFileError
     from weightspace.io import atomic_write, save_state_dict
     from weightspace.merge.config import load_config, run_config
 
     # Bad configs, weights and data files raise WeightspaceError subclasses
     # naming the file and key; the app's ErrorBoundary prints them (exit 2).
-    if out.is_dir():
-        raise InputFileError(f"OUT is a directory; give a file name such as {out / 'merged.safetensors'}", path=out)
-    if out.suffix != ".safetensors":
-        raise typer.BadParameter(f"OUT must end in .safetensors, got {out}")
     cfg = load_config(config)
+    ref = cfg.models[cfg.reference].ref
+    to_dir = ref is not None and ref.kind == "hf"
+    if to_dir:
+        if out.exists() and not out.is_dir():
+            raise InputFileError("OUT is a file; Hugging Face models merge into a directory", path=out)
+        if out.is_dir() and any(out.iterdir()) and not (out / "weightspace_merge.json").exists():
+            raise InputFileError("OUT is a directory that is not empty (and not an earlier merge); "
+                                 "give a new directory", path=out)
+    else:
+        if out.is_dir():
+            raise InputFileError(f"OUT is a directory; give a file name such as {out / 'merged.safetensors'}",
+                                 path=out)
+        if out.suffix != ".safetensors":
+            raise typer.BadParameter(f"OUT must end in .safetensors, got {out}")
     outcome = run_config(cfg, progress=progress)
     s = outcome.summary
-    meta = {"arch": outcome.arch, "arch_kwargs": json.dumps(outcome.arch_kwargs), "method": s["method"]}
-    save_state_dict(outcome.state_dict, out, metadata=meta)
+    meta = {"arch": outcome.arch, "arch_kwargs": json.dumps(outcome.arch_kwargs), "method": s["method"],
+            "options": json.dumps(cfg.options, sort_keys=True)}
+    if outcome.model is not None:
+        meta["model"] = outcome.model
+    if to_dir:
+        record = {"method": s["method"], "options": cfg.options, "reference": cfg.reference,
+                  "models": s["models"], "repair": s.get("repair", "none"), "config": str(config)}
+        save_hf_checkpoint(outcome.state_dict, outcome.hf, out, metadata=meta,
+                           extra_files={"weightspace_merge.json": json.dumps(record, indent=2, default=str)})
+    else:
+        save_state_dict(outcome.state_dict, out, metadata=meta)
     typer.echo(f"method     {s['method']}" + (f" + {s['repair']}" if s.get("repair", "none") != "none" else ""))
     typer.echo(f"arch       {outcome.arch} {outcome.arch_kwargs or ''}".rstrip())
     for i, m in enumerate(s["models"]):
@@ -82,7 +112,7 @@ def merge(
         )
     typer.echo(f"wrote      {out}")
     if outcome.path is not None:
-        stem = out.with_suffix("")
+        stem = out / "merge" if to_dir else out.with_suffix("")
         jpath = Path(f"{stem}.barrier.json")
         atomic_write(jpath, json.dumps({
             "summary": s,

@@ -18,6 +18,14 @@ DATASETS = ("digits", "mnist1d", "random")
 
 
 
+def _is_model_ref(spec: str) -> bool:
+    """``hf:DIR`` or ``package.module:factory`` (a dotted module and a name,
+    unlike ``arch:weights.safetensors``)."""
+    import re
+
+    return spec.startswith("hf:") or bool(re.match(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+:[A-Za-z_]\w*$", spec))
+
+
 def _build_model(spec: str, seed: int, kwargs: dict, option: str):
     """``arch`` (random init with ``seed``) or ``arch:weights`` -> (model, arch, description).
 
@@ -31,6 +39,12 @@ def _build_model(spec: str, seed: int, kwargs: dict, option: str):
     from weightspace.errors import NonFiniteWeightsError, StateDictError
     from weightspace.io import load_state_dict
 
+    if _is_model_ref(spec):  # hf:DIR or package.module:factory
+        from weightspace.arch import resolve_model
+
+        r = resolve_model(spec, seed=seed, **kwargs)
+        return r.module, r, {"model": r.identity, "kwargs": kwargs, "weights": None,
+                             "seed": None if r.hf is not None else seed}
     arch, _, weights = spec.partition(":")
     check_arch(arch, kwargs, option)
     model = zoo.create_model(arch, seed=seed, **kwargs)
@@ -70,6 +84,15 @@ def _load_data(name: str, arch: str, n: Optional[int], seed: int):
             args.num_samples = max(int(n), 10)
         d = make_dataset(args)  # procedural; never downloads
         x = torch.tensor(np.concatenate([d["x"], d["x_test"]]), dtype=torch.float32).unsqueeze(1)
+    elif name == "random" and not isinstance(arch, str):  # a resolved hf:/factory model: like its example input
+        ex = arch.example_input
+        gen = torch.Generator().manual_seed(int(seed))
+        shape = (n or 256, *ex.shape[1:])
+        if ex.is_floating_point():
+            x = torch.randn(shape, generator=gen, dtype=ex.dtype)
+        else:
+            vocab = getattr(getattr(arch.module, "config", None), "vocab_size", None) or int(ex.max()) + 1
+            x = torch.randint(0, int(vocab), shape, generator=gen, dtype=ex.dtype)
     elif name == "random":
         import zoo
 
@@ -80,7 +103,8 @@ def _load_data(name: str, arch: str, n: Optional[int], seed: int):
 
 
 def similarity(
-    model_a: Annotated[str, typer.Argument(help="ARCH (random init, see --seed) or ARCH:WEIGHTS (.safetensors / .pt)")],
+    model_a: Annotated[str, typer.Argument(help="ARCH (random init, see --seed), ARCH:WEIGHTS (.safetensors / .pt), "
+                                                "hf:DIR (a local Hugging Face directory) or package.module:factory")],
     model_b: Annotated[str, typer.Argument(help="second model, same format")],
     data: Annotated[str, typer.Option(help="digits | mnist1d | random (example inputs of model a)")] = "digits",
     out: Annotated[Path, typer.Option(help="output directory")] = Path("similarity_out"),

@@ -15,7 +15,7 @@ from torch import nn
 from weightspace import arch as _arch
 from weightspace import data as _data
 from weightspace.core import graph_template
-from weightspace.errors import InputFileError, NonFiniteWeightsError
+from weightspace.errors import ConfigError, InputFileError, NonFiniteWeightsError
 from weightspace.io import read_safetensors, read_safetensors_metadata, save_state_dict, validate
 from weightspace.graph import GraphTemplate
 
@@ -66,7 +66,23 @@ def as_arch(arch: "ArchSpec | str | Mapping[str, Any] | tuple", **kwargs: Any) -
         return ArchSpec.of(arch["name"], **{**dict(arch.get("kwargs", {})), **kwargs})
     if isinstance(arch, tuple) and len(arch) == 2 and isinstance(arch[0], str):
         return ArchSpec.of(arch[0], **{**dict(arch[1]), **kwargs})
-    raise TypeError(f"cannot make an architecture from {arch!r}; pass a registered name or ArchSpec")
+    raise ArchitectureRefError(
+        f"cannot make an architecture from {_describe(arch)}; graph hypernetworks and checkpoint generators take a "
+        "registered name or ArchSpec (register your model with @weightspace.arch.register_model)"
+    )
+
+
+class ArchitectureRefError(ConfigError, TypeError):
+    """A value that names no registered architecture (one line; never the value's repr)."""
+
+
+def _describe(value: Any) -> str:
+    """One short line for any value: a module by its class, a string quoted."""
+    if isinstance(value, torch.nn.Module):
+        return f"a {type(value).__name__} module"
+    if isinstance(value, str):
+        return repr(value[:80])
+    return f"a {type(value).__name__}"
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,17 @@ Example::
     repair: repair                      # none | reset_bn | repair
     barrier: {num_lambdas: 25}          # linear path between the two aligned models
 
+Models other than registered architectures (``model:`` on an entry, or at
+the top as the default of every entry; see :mod:`weightspace.arch.ref`)::
+
+    models:                             # two local Hugging Face directories
+      - model: {hf: runs/gpt2-a}        # config.json + model.safetensors (or sharded)
+      - model: {hf: runs/gpt2-b}        # (no path: the directory holds the weights)
+    method: average
+
+    model: {factory: "mypkg.models:make_mlp", kwargs: {width: 64}}
+    models: [a.safetensors, b.safetensors]
+
 Methods (``METHODS``): ``average``, ``weight_matching``, ``merge_many``,
 ``activation_matching``, ``ste``, ``ot_fusion`` (widths may differ),
 ``fisher``, ``task_arithmetic`` (needs ``base: {path: ...}``); each is one
@@ -39,6 +50,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +58,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from weightspace.arch import create_model, get_model_info, list_models
+from weightspace.arch import HFCheckpoint, ModelRef, create_model, get_model_info, list_models, resolve_model
+from weightspace.arch.ref import _import_factory
 from weightspace.core import permutation_spec
 from weightspace.data import load_dataset
 from weightspace.errors import ConfigError, InputFileError, MissingFileError, WeightspaceError
@@ -66,6 +79,7 @@ _TOP_SCHEMA = {
     "models": Field(list, required=True),
     "arch": Field(str, nullable=True),
     "arch_kwargs": Field(dict, nullable=True),
+    "model": Field((dict, str), nullable=True),
     "reference": Field(int, default=0, min=0),
     "options": Field(dict, nullable=True),
     "data": Field(dict, nullable=True),
@@ -75,7 +89,8 @@ _TOP_SCHEMA = {
     "seed": Field(int, default=0),
 }
 _MODEL_SCHEMA = {
-    "path": Field(str, required=True),
+    "path": Field(str),
+    "model": Field((dict, str), nullable=True),
     "arch": Field(str, nullable=True),
     "arch_kwargs": Field(dict, nullable=True),
     "weight": Field(float, default=1.0, min=0.0),
@@ -104,6 +119,15 @@ class ModelEntry:
     weight: float = 1.0
     key: str = "models[0]"
     kwargs_key: str = "arch_kwargs"
+    ref: ModelRef | None = None  # a Hugging Face directory or a factory (``model:``); None for ``arch:``
+    ref_key: str = "model"
+
+    @property
+    def arch_key(self) -> tuple:
+        """Entries with equal keys share one module and spec."""
+        if self.ref is not None and self.ref.kind == "hf":
+            return ("hf", str(Path(self.ref.target).resolve()))
+        return (self.arch, repr(sorted(self.arch_kwargs.items())))
 
 
 @dataclass
@@ -268,11 +292,57 @@ def _check_arch(arch: str, kw: Mapping, own_kw: Mapping, arch_key: str, kw_key: 
             )
 
 
+def _model_ref(raw: Any, key: str, root: Path, source: Path | None) -> ModelRef:
+    """``raw`` (a ``model:`` value) as a checked :class:`ModelRef`: a factory
+    string imports, a Hugging Face directory exists."""
+    try:
+        ref = ModelRef.parse(raw, root=root)
+    except ConfigError as exc:
+        raise MergeConfigError(exc.message, path=source, field=f"{key}.{exc.field}" if exc.field else key) from None
+    if ref.kind == "factory":
+        try:
+            _import_factory(ref.target)
+        except ConfigError as exc:
+            raise MergeConfigError(exc.message, path=source, field=f"{key}.factory") from None
+    if ref.kind == "hf":
+        d = Path(ref.target)
+        if not d.is_dir():
+            raise MissingFileError(f"no Hugging Face model directory here ({key}.hf"
+                                   + (f" of {source})" if source else ")"), path=d, field=f"{key}.hf")
+    return ref
+
+
 def _entry(raw: Any, key: str, default_arch: str | None, default_kw: Mapping, root: Path,
-           source: Path | None) -> ModelEntry:
+           source: Path | None, default_model: ModelRef | None = None) -> ModelEntry:
     if isinstance(raw, str):
         raw = {"path": raw}
     e = _check(raw, _MODEL_SCHEMA, source, key)
+    if e.get("model") is not None and (e.get("arch") or e.get("arch_kwargs")):
+        raise MergeConfigError("give either 'model' or 'arch'/'arch_kwargs', not both", path=source,
+                               field=f"{key}.model")
+    ref, ref_key = default_model, "model"
+    if e.get("model") is not None:
+        ref, ref_key = _model_ref(e["model"], f"{key}.model", root, source), f"{key}.model"
+    elif e.get("arch"):
+        ref = None
+    if ref is not None and ref.kind == "registry":  # model: {arch: ..., arch_kwargs: ...}
+        e = {**e, "arch": ref.target, "arch_kwargs": dict(ref.kwargs)}
+        ref = None
+    if ref is not None:
+        if ref.kind == "hf":
+            if "path" in e:
+                raise MergeConfigError("a Hugging Face directory holds its own weights; drop 'path'", path=source,
+                                       field=f"{key}.path")
+            return ModelEntry(Path(ref.target), f"hf:{ref.target}", {}, float(e["weight"]), key, ref_key, ref,
+                              ref_key)
+        if "path" not in e:
+            raise MergeConfigError("missing required key (the weights file of this model)", path=source,
+                                   field=f"{key}.path")
+        return ModelEntry(_resolve(e["path"], root), str(ref.target), dict(ref.kwargs), float(e["weight"]), key,
+                          f"{ref_key}.kwargs", ref, ref_key)
+    if "path" not in e:
+        raise MergeConfigError("missing required key (the weights file; or give 'model: {hf: DIR}')", path=source,
+                               field=f"{key}.path")
     arch = e.get("arch") or default_arch
     if not arch:
         raise MergeConfigError("has no 'arch' and the config has no default 'arch'", path=source, field=f"{key}.arch")
@@ -335,13 +405,18 @@ def load_config(path_or_dict: str | os.PathLike | Mapping) -> MergeConfig:
     if not models_raw:
         raise MergeConfigError("must list at least one model", path=source, field="models")
     arch, kw = top.get("arch"), dict(top.get("arch_kwargs") or {})
-    models = [_entry(m, f"models[{i}]", arch, kw, root, source) for i, m in enumerate(models_raw)]
+    default_model = None
+    if top.get("model") is not None:
+        if arch or top.get("arch_kwargs"):
+            raise MergeConfigError("give either 'model' or 'arch'/'arch_kwargs', not both", path=source, field="model")
+        default_model = _model_ref(top["model"], "model", root, source)
+    models = [_entry(m, f"models[{i}]", arch, kw, root, source, default_model) for i, m in enumerate(models_raw)]
     if sum(m.weight for m in models) <= 0:
         raise MergeConfigError("the models' weights sum to 0; give at least one a positive weight",
                                path=source, field="models[0].weight")
     base = None
     if top.get("base") is not None:
-        base = _entry(top["base"], "base", arch, kw, root, source)
+        base = _entry(top["base"], "base", arch, kw, root, source, default_model)
         if method != "task_arithmetic":
             raise MergeConfigError(f"'base' is only used by method task_arithmetic, not {method!r}",
                                    path=source, field="base")
@@ -538,6 +613,30 @@ class MergeOutcome:
     summary: dict
     path: Any = None
     path_naive: Any = None
+    hf: HFCheckpoint | None = None  # the reference model's Hugging Face directory (its config is the result's)
+    model: str | None = None  # the reference model's ModelRef identity (``None`` for ``arch:`` models)
+
+
+_HF_NAME_KEYS = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache")
+
+
+def _open_hf(entry: ModelEntry, source: Path | None) -> HFCheckpoint:
+    try:
+        return HFCheckpoint.open(entry.ref.target)
+    except WeightspaceError as exc:
+        where = f" ({entry.ref_key}.hf" + (f" of {source})" if source else ")")
+        raise type(exc)(exc.message + where, path=exc.path, field=exc.field or f"{entry.ref_key}.hf") from None
+
+
+def _arch_id(entry: ModelEntry, hf: Mapping[str, HFCheckpoint]) -> tuple[str, str]:
+    """``(family, arguments)``: models merge when the family matches and (but
+    for ot_fusion) the arguments too. A Hugging Face model's family is its
+    class, its arguments its config (names and versions left out)."""
+    if entry.key in hf:
+        ck = hf[entry.key]
+        cfg = {k: v for k, v in ck.config.to_dict().items() if k not in _HF_NAME_KEYS}
+        return f"hf:{ck.model_class.__name__}", json.dumps(cfg, sort_keys=True, default=str)
+    return entry.arch, repr(sorted(entry.arch_kwargs.items()))
 
 
 def _at_key(exc: WeightspaceError, entry: ModelEntry, source: Path | None) -> WeightspaceError:
@@ -550,8 +649,16 @@ def _at_key(exc: WeightspaceError, entry: ModelEntry, source: Path | None) -> We
         return MergeError(str(exc) + where, path=entry.path, field=f"{entry.key}.path")
 
 
-def _load_weights(entry: ModelEntry, spec: Any, source: Path | None) -> dict[str, torch.Tensor]:
-
+def _load_weights(entry: ModelEntry, spec: Any, source: Path | None, hf: HFCheckpoint | None = None,
+                  module: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    if hf is not None:  # the directory's shards, tied names filled in from the (matching) module
+        try:
+            sd = hf.complete(module, hf.read_weights())
+            check_state_dict(sd, spec, f"weights of {entry.ref_key}.hf")
+        except WeightspaceError as exc:
+            where = f" ({entry.ref_key}.hf" + (f" of {source})" if source else ")")
+            raise type(exc)(exc.message + where, path=exc.path or entry.path, field=exc.field) from None
+        return sd
     try:
         sd = load_state_dict(entry.path)
         check_state_dict(sd, spec, f"weights for architecture {entry.arch!r} {entry.arch_kwargs or ''}".rstrip())
@@ -560,9 +667,22 @@ def _load_weights(entry: ModelEntry, spec: Any, source: Path | None) -> dict[str
     return sd
 
 
-def _build(entry: ModelEntry, source: Path | None) -> torch.nn.Module:
-    """The module of ``entry``'s architecture; bad ``arch_kwargs`` values are
-    a :class:`MergeConfigError` naming the key."""
+def _build(entry: ModelEntry, source: Path | None, hf: HFCheckpoint | None = None) -> tuple[torch.nn.Module, Any]:
+    """The module of ``entry``'s architecture and its spec; bad ``arch_kwargs``
+    values (or a failing factory) are a :class:`MergeConfigError` naming the key."""
+    if hf is not None:
+        module = hf.build(seed=0, load_weights=False)
+        return module, permutation_spec(module, hf.example_input())
+    if entry.ref is not None:
+        try:
+            r = resolve_model(entry.ref, seed=0)
+        except WeightspaceError as exc:
+            raise MergeConfigError(exc.message, path=source, field=entry.ref_key) from None
+        return r.module, permutation_spec(r.module, r.example_input)
+    return _build_registry(entry, source), permutation_spec(entry.arch, **entry.arch_kwargs)
+
+
+def _build_registry(entry: ModelEntry, source: Path | None) -> torch.nn.Module:
     try:
         return create_model(entry.arch, seed=0, **entry.arch_kwargs)
     except WeightspaceError:
@@ -603,29 +723,40 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
     if method.needs_base and cfg.base is None:
         raise MergeConfigError(f"method {cfg.method} needs 'base: {{path: ...}}'", path=src, field="base")
     ref = cfg.models[cfg.reference]
-    arch_keys = {(m.arch, repr(sorted(m.arch_kwargs.items()))) for m in cfg.models}
+    everyone = [*cfg.models, *([cfg.base] if cfg.base is not None else [])]
+    hf = {m.key: _open_hf(m, src) for m in everyone if m.ref is not None and m.ref.kind == "hf"}
+    ids = {m.key: _arch_id(m, hf) for m in everyone}
+    arch_keys = {ids[m.key] for m in cfg.models}
     if len({a for a, _ in arch_keys}) > 1:
         raise MergeConfigError(
-            f"models have different architectures {sorted({m.arch for m in cfg.models})}; "
+            f"models have different architectures {sorted({ids[m.key][0] for m in cfg.models})}; "
             "only models of one architecture (family) can be merged", path=src, field="models",
         )
     if len(arch_keys) > 1 and not method.mixed_widths:
+        if hf:
+            a, b = (json.loads(ids[m.key][1]) for m in (cfg.models[0], next(m for m in cfg.models
+                                                                          if ids[m.key] != ids[cfg.models[0].key])))
+            k = next(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+            raise MergeConfigError(
+                f"the Hugging Face configs differ in {k!r} ({a.get(k)!r} vs {b.get(k)!r}); only method ot_fusion "
+                "merges different widths", path=src, field="models",
+            )
         raise MergeConfigError(
             f"models have different architecture arguments ({[m.arch_kwargs for m in cfg.models]}); "
             "only method ot_fusion merges different widths", path=src, field="method",
         )
     # one module and spec per distinct architecture (several only for ot_fusion)
     built: dict[tuple, tuple[torch.nn.Module, Any]] = {}
-    for m in [*cfg.models, *([cfg.base] if cfg.base is not None else [])]:
-        k = (m.arch, repr(sorted(m.arch_kwargs.items())))
-        if k not in built:
-            built[k] = (_build(m, src), permutation_spec(m.arch, **m.arch_kwargs))
-    of = lambda m: built[(m.arch, repr(sorted(m.arch_kwargs.items())))]  # noqa: E731
+    for m in everyone:
+        if ids[m.key] not in built:
+            built[ids[m.key]] = _build(m, src, hf.get(m.key))
+    of = lambda m: built[ids[m.key]]  # noqa: E731
     module, spec = of(ref)
 
     names = [str(m.path) for m in cfg.models]
-    sds = [_load_weights(m, of(m)[1], src) for m in cfg.models]
-    base_sd = _load_weights(cfg.base, of(cfg.base)[1], src) if method.needs_base else None
+    sds = [_load_weights(m, of(m)[1], src, hf.get(m.key), of(m)[0]) for m in cfg.models]
+    base_sd = (_load_weights(cfg.base, of(cfg.base)[1], src, hf.get(cfg.base.key), of(cfg.base)[0])
+               if method.needs_base else None)
     fit = evl = None
     if cfg.data is not None:
         fit, evl = load_data(cfg.data, source=src)
@@ -676,4 +807,7 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
                 "aligned": {"loss": path.loss_barrier, "error": path.error_barrier},
                 "naive": {"loss": path_naive.loss_barrier, "error": path_naive.error_barrier},
             }
-    return MergeOutcome(merged, ref.arch, dict(ref.arch_kwargs), summary, path, path_naive)
+    if ref.ref is not None:
+        summary["model"] = ref.ref.identity
+    return MergeOutcome(merged, ref.arch, dict(ref.arch_kwargs), summary, path, path_naive, hf.get(ref.key),
+                        ref.ref.identity if ref.ref is not None else None)

@@ -19,11 +19,11 @@ import datetime as _dt
 import json
 import os
 import sqlite3
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
 from weightspace.errors import InputFileError
-from weightspace.io import read_safetensors, read_safetensors_metadata
+from weightspace.io import atomic_write, read_safetensors, read_safetensors_metadata
 from zoo.store import (
     _CHECKPOINT_NAME,
     _MEMBER_COLUMNS,
@@ -205,17 +205,6 @@ def _read_checkpoint(zoo_dir: Path, path: Path, mid: str) -> _File | str:
     return _File(rel, epoch, digest, meta)
 
 
-def _fsync(path: Path, *, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - directories on some filesystems
-        if not directory:
-            raise
-    finally:
-        os.close(fd)
-
-
 def _move_aside(index: Path) -> Path | None:
     """Rename the old index (and its journal/WAL) to ``index.sqlite.broken-<stamp>``."""
     related = [p for p in (index, *(Path(f"{index}{s}") for s in ("-journal", "-wal", "-shm")))
@@ -310,31 +299,23 @@ def repair_zoo(path: str | Path) -> RepairReport:
 
         # The new index goes to a temporary file first; the old one is moved
         # aside only when the new one is complete and on disk.
-        fd, tmp_name = tempfile.mkstemp(dir=zoo_dir, prefix=f".{INDEX_FILE}.", suffix=".tmp")
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        def build(tmp: Path) -> None:
             conn = _connect(tmp, readonly=False)
             try:
                 conn.executescript(_SCHEMA)
                 _insert_rows(conn, rows, ck_rows)
             finally:
                 conn.close()
-            _fsync(tmp)
-            os.chmod(tmp, 0o666 & ~_umask())
+
+        def move_aside() -> None:
             report.moved_index = _move_aside(index)
-            os.replace(tmp, index)
-            _fsync(zoo_dir, directory=True)
+
+        try:
+            atomic_write(index, build, before_replace=move_aside)
         finally:
-            tmp.unlink(missing_ok=True)
-            Path(f"{tmp}-journal").unlink(missing_ok=True)
+            for journal in zoo_dir.glob(f".{INDEX_FILE}.*.tmp-journal"):
+                journal.unlink(missing_ok=True)
     finally:
         _release_lock(lock)
     return report
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 

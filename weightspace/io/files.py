@@ -58,7 +58,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], None], *,
+                 before_replace: Callable[[], Any] | None = None) -> Path:
     """Write ``path`` atomically and durably.
 
     Args:
@@ -66,6 +67,9 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], N
         data: the bytes (or text, UTF-8) to write, or a callable that writes
             the content to the temporary path it is given (e.g.
             ``lambda p: safetensors.torch.save_file(tensors, p)``).
+        before_replace: called once the new content is complete and
+            fsynced, just before it replaces ``path`` (e.g. to move the old
+            file aside instead of losing it).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -94,6 +98,8 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], N
         os.close(fd)
         fd = -1
         os.chmod(tmp, _umask_mode())  # mkstemp creates 0600
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:

@@ -46,13 +46,29 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "weightspace never unpickles code; re-save the weights as a plain state_dict or safetensors.",
             path=path,
         ) from None
+    return unwrap_checkpoint(obj, path=path)
+
+
+#: Keys under which common training checkpoints nest the model's state_dict.
+CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def unwrap_checkpoint(obj: object, *, path: object = None) -> dict[str, torch.Tensor]:
+    """The state_dict inside a loaded torch checkpoint: ``obj`` itself, or its
+    ``state_dict`` / ``model_state_dict`` / ``model`` entry (the first that is
+    a mapping).
+
+    Raises:
+        StateDictError: naming ``path``, when what is found is not a mapping
+            of names to tensors.
+    """
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model_state_dict", "model"):
+        for key in CHECKPOINT_KEYS:
             if key in obj and isinstance(obj[key], Mapping):
                 obj = obj[key]
                 break
         if all(isinstance(v, torch.Tensor) for v in obj.values()):
-            return dict(obj)
+            return {str(k): v for k, v in obj.items()}
     raise StateDictError(f"expected a mapping of tensor names to tensors, got {type(obj).__name__}", path=path)
 
 

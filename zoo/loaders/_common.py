@@ -14,7 +14,8 @@ import torch
 
 from weightspace.arch import create_model, get_model_info
 from weightspace.errors import MissingFileError, StateDictError, WeightspaceError
-from weightspace.io import check_count, load_state_dict, read_json
+from weightspace.io import check_count, load_state_dict, read_json, unwrap_checkpoint
+
 from zoo.errors import ZooFormatError
 from zoo.store import Zoo, ZooWriter
 from zoo.train import CheckpointResult
@@ -23,7 +24,6 @@ __all__ = [
     "ImportedMember", "import_members", "check_state_dict", "load_weights_file", "load_weights_bytes", "add_gaps",
     "check_limit", "import_identity", "describe_option", "reference_state_dict",
 ]
-
 
 @dataclass
 class ImportedMember:
@@ -48,10 +48,8 @@ class ImportedMember:
         model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in ck.state_dict.items()})
         return model.eval()
 
-
 def short_hash(text: str, n: int = 8) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
-
 
 def add_gaps(metrics: dict) -> dict:
     """Add ``gap_acc`` / ``gap_loss`` when train and test values are present."""
@@ -61,7 +59,6 @@ def add_gaps(metrics: dict) -> dict:
     if "train_loss" in m and "test_loss" in m:
         m["gap_loss"] = float(m["test_loss"]) - float(m["train_loss"])
     return m
-
 
 def reference_state_dict(arch: str, model_kwargs: Mapping[str, Any], *, path: Any) -> dict[str, torch.Tensor]:
     """The state dict of ``arch(**model_kwargs)``; an unknown architecture or
@@ -77,7 +74,6 @@ def reference_state_dict(arch: str, model_kwargs: Mapping[str, Any], *, path: An
         first = (str(e).strip().splitlines() or [""])[0]
         raise ZooFormatError(f"cannot build {arch}({dict(model_kwargs)}): {type(e).__name__}: {first}",
                              path=path, field="model_kwargs") from None
-
 
 def check_state_dict(arch: str, model_kwargs: Mapping[str, Any], sd: Mapping[str, Any], *, path: Any) -> None:
     """Raise :class:`ZooFormatError` (naming ``path`` and the tensor) unless
@@ -104,7 +100,6 @@ def check_state_dict(arch: str, model_kwargs: Mapping[str, Any], sd: Mapping[str
                 path=path, field=k,
             )
 
-
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a ``.safetensors`` or torch file, via
     :func:`weightspace.io.load_state_dict` (``torch.load(weights_only=True)``:
@@ -118,7 +113,6 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     except WeightspaceError as e:  # InputFileError, StateDictError
         raise ZooFormatError(e.message, path=path, field=e.field) from None
 
-
 def load_weights_bytes(data: bytes, *, path: Any) -> dict[str, torch.Tensor]:
     """Like :func:`load_weights_file` for in-memory bytes (e.g. a tar member)."""
     try:
@@ -127,24 +121,18 @@ def load_weights_bytes(data: bytes, *, path: Any) -> dict[str, torch.Tensor]:
         raise ZooFormatError(
             f"torch.load(weights_only=True) refused it ({type(e).__name__}: {str(e)[:200]})", path=path
         ) from None
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ZooFormatError("does not hold a state dict (a mapping of names to tensors)", path=path)
-    return {str(k): v for k, v in obj.items()}
-
+    try:
+        return unwrap_checkpoint(obj, path=path)
+    except StateDictError:
+        raise ZooFormatError("does not hold a state dict (a mapping of names to tensors)", path=path) from None
 
 def finite(sd: Mapping[str, Any]) -> bool:
     return all(np.isfinite(np.asarray(v, dtype=np.float64)).all() for v in sd.values()
                if np.asarray(v).dtype.kind == "f")
 
-
 def check_limit(limit: Any) -> int | None:
     """``limit`` (``None`` or an int >= 1); else :class:`~weightspace.errors.ConfigError` naming it."""
     return check_count(limit, "limit")
-
 
 def describe_option(value: Any) -> Any:
     """A JSON-able description of an import option (callables by their
@@ -161,7 +149,6 @@ def describe_option(value: Any) -> Any:
         return value
     return repr(value)
 
-
 def import_identity(options: Mapping[str, Any]) -> tuple[dict, str]:
     """``(import_options, recipe_hash)`` of an import: the options as stored
     in ``zoo.json`` (JSON round-tripped, so they compare equal to what a
@@ -171,7 +158,6 @@ def import_identity(options: Mapping[str, Any]) -> tuple[dict, str]:
 
     opts = json.loads(json.dumps({k: describe_option(v) for k, v in options.items()}, sort_keys=True))
     return opts, short_hash(json.dumps(opts, sort_keys=True, separators=(",", ":")), 16)
-
 
 def _check_resume(out: Path, info: Mapping[str, Any]) -> None:
     """Refuse (before anything is written) to resume an import into a zoo
@@ -207,7 +193,6 @@ def _check_resume(out: Path, info: Mapping[str, Any]) -> None:
                 path=zpath, field=f"import_options.{key}",
             )
     raise ZooFormatError(f"this directory holds an import made with other options; {hint}", path=zpath)
-
 
 def import_members(
     members: Iterable[ImportedMember],
@@ -260,7 +245,6 @@ def import_members(
         finally:
             bar.close()
     return Zoo(out)
-
 
 def nan_to_none(x: Any) -> Any:
     if isinstance(x, float) and math.isnan(x):

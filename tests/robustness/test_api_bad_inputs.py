@@ -195,16 +195,7 @@ def test_load_hypernet(variant, assets, tmp_path):
     from weightspace.generate import GraphHyperNetwork
 
     c = _ctx(tmp_path, assets)
-    if variant.startswith("tamper:"):
-        changes, _, expect = HYPERNET_TAMPER[variant.split(":", 1)[1]]
-        path = F.retag(assets.hypernet, c.path("hn.safetensors"), **changes)
-    else:
-        path, expect = weights_file(c, variant), []
-    with pytest.raises(WeightspaceError) as e:
-        GraphHyperNetwork.load(path)
-    _assert_names(e.value, path)
-    for name in expect[1:]:
-        assert name in str(e.value), (name, str(e.value))
+    _check_generator_load(c, variant, HYPERNET_TAMPER, assets.hypernet, "hn.safetensors", GraphHyperNetwork.load)
     assert not any(m.exists() for m in c.markers)
 
 
@@ -213,17 +204,23 @@ def test_load_hypernet(variant, assets, tmp_path):
 def test_load_checkpoint_flow(variant, assets, tmp_path):
     from weightspace.generate import CheckpointFlow
 
-    c = _ctx(tmp_path, assets)
+    _check_generator_load(_ctx(tmp_path, assets), variant, FLOW_TAMPER, assets.flow, "gen.safetensors", CheckpointFlow.load)
+
+
+def _check_generator_load(c: CaseCtx, variant: str, tamper: dict, asset: Path, name: str, load) -> None:
+    """``load`` of a generator file broken as ``variant`` says (a bad file of
+    :func:`weights_file`, or ``tamper:<key>`` of ``asset``'s metadata) raises
+    a WeightspaceError naming the file and the ``tamper`` entry's words."""
     if variant.startswith("tamper:"):
-        changes, _, expect = FLOW_TAMPER[variant.split(":", 1)[1]]
-        path = F.retag(assets.flow, c.path("gen.safetensors"), **changes)
+        changes, _, expect = tamper[variant.split(":", 1)[1]]
+        path = F.retag(asset, c.path(name), **changes)
     else:
         path, expect = weights_file(c, variant), []
     with pytest.raises(WeightspaceError) as e:
-        CheckpointFlow.load(path)
+        load(path)
     _assert_names(e.value, path)
-    for name in expect[1:]:
-        assert name in str(e.value), (name, str(e.value))
+    for word in expect[1:]:
+        assert word in str(e.value), (word, str(e.value))
 
 
 # ----------------------------------------------------------------- configs

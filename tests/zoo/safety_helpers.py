@@ -15,16 +15,17 @@ from .conftest import tiny_recipe_dict
 BUILT_RECIPE = tiny_recipe_dict(num_members=2, epochs=1)
 
 
-def fake_member(i: int, *, act: str = "relu", acc: float = 0.5) -> dict:
+def fake_member(i: int, *, act: str = "relu", acc: float = 0.5, seed: int | None = None) -> dict:
     """Keyword arguments of ``ZooWriter.add_member`` for a tiny MLP member
-    with two checkpoints (epochs 0 and 5); no training."""
-    model = zoo.create_model("mlp", seed=i, in_features=4, hidden=[3], out_features=2, activation=act)
+    with two checkpoints (epochs 0 and 5); no training. ``seed`` defaults to ``i``."""
+    seed = i if seed is None else seed
+    model = zoo.create_model("mlp", seed=seed, in_features=4, hidden=[3], out_features=2, activation=act)
     sd0 = {k: v.clone() for k, v in model.state_dict().items()}
     sd1 = {k: v + 1.0 for k, v in sd0.items()}
     cfg = {"arch": "mlp", "model": {"in_features": 4, "hidden": [3], "out_features": 2, "activation": act},
-           "train": {"lr": 0.1 * (i + 1)}, "seed": i}
+           "train": {"lr": 0.1 * (i + 1)}, "seed": seed}
     cks = [CheckpointResult(0, 0, {"test_acc": 0.1}, sd0), CheckpointResult(5, 50, {"test_acc": acc}, sd1)]
-    return dict(member_id=f"m{i:03d}", index=i, config=cfg, checkpoints=cks, seed=i,
+    return dict(member_id=f"m{i:03d}", index=i, config=cfg, checkpoints=cks, seed=seed,
                 metrics={"test_acc": acc, "train_acc": acc + 0.05}, wall_time=1.0 + i, extra={"label": i % 3})
 
 
@@ -33,6 +34,18 @@ def write_fake_zoo(path: Path, n: int = 4) -> Path:
         for i in range(n):
             w.add_member(**fake_member(i, act=["relu", "tanh"][i % 2], acc=i / 10))
     return path
+
+
+def index_count(path: Path) -> int:
+    """Members in the index of zoo ``path`` as another process sees it now (0 while it cannot be read)."""
+    try:
+        conn = sqlite3.connect(f"file:{path / 'index.sqlite'}?mode=ro", uri=True, timeout=5)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM members").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
 
 
 def snapshot(path: Path) -> dict[str, bytes]:

@@ -55,6 +55,7 @@ import weightspace.arch as registry
 from weightspace.errors import InputFileError
 from weightspace.graph import to_pyg_batch
 from weightspace.io import atomic_write, read_safetensors, read_safetensors_metadata, save_state_dict, state_dict_hash
+from weightspace.io import fsync_dir as _fsync_dir
 from weightspace.common.splits import resolve_column
 from weightspace.common.zoo_samples import zoo_checkpoints
 from zoo.errors import ZooError, ZooFormatError, ZooLockedError
@@ -237,19 +238,6 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {o!r}")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _index_error(index: Path, problem: str) -> ZooFormatError:

@@ -96,24 +96,17 @@ def test_read_safetensors(variant, assets, tmp_path):
         _assert_names(e.value, path)
 
 
-def test_read_yaml_refuses_python_tags(assets, tmp_path):
-    from weightspace.io import read_yaml
+@pytest.mark.parametrize("reader,make,name", [
+    ("read_yaml", F.yaml_python_tag, "evil.yaml"),  # a !!python tag
+    ("read_npy", F.malicious_npy, "evil.npy"),  # a pickled object array
+], ids=["yaml-python-tag", "npy-pickle"])
+def test_reader_refuses_code(reader, make, name, assets, tmp_path):
+    import weightspace.io
 
     c = _ctx(tmp_path, assets)
-    path = F.yaml_python_tag(c.path("evil.yaml"), c.marker())
+    path = make(c.path(name), c.marker())
     with pytest.raises(InputFileError) as e:
-        read_yaml(path)
-    _assert_names(e.value, path)
-    assert not c.markers[0].exists()
-
-
-def test_read_npy_refuses_pickles(assets, tmp_path):
-    from weightspace.io import read_npy
-
-    c = _ctx(tmp_path, assets)
-    path = F.malicious_npy(c.path("evil.npy"), c.marker())
-    with pytest.raises(InputFileError) as e:
-        read_npy(path)
+        getattr(weightspace.io, reader)(path)
     _assert_names(e.value, path)
     assert not c.markers[0].exists()
 

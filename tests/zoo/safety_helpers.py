@@ -5,7 +5,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
+from typer.testing import CliRunner
+
 import zoo
+from weightspace.cli import app
+from zoo.errors import ZooFormatError
 from zoo.store import ZooWriter
 from zoo.train import CheckpointResult
 
@@ -67,3 +72,24 @@ def index_rows(path: Path) -> tuple[list[tuple], list[tuple]]:
 def build_small_zoo(path: Path) -> Path:
     zoo.build_zoo(BUILT_RECIPE, path, backend="serial", progress=False)
     return path
+
+
+def assert_cli_refuses(argv: list[str], option: str, out: Path) -> None:
+    """``weightspace <argv>`` exits 2 naming ``option`` (no traceback, no
+    internal error) and writes nothing at ``out``."""
+    r = CliRunner().invoke(app, argv)
+    assert r.exit_code == 2, r.output
+    assert option in r.output and "Traceback" not in r.output and "internal error" not in r.output
+    assert not out.exists()
+
+
+def assert_directory_errors(tmp_path: Path, load, expected: str, missing: str) -> Path:
+    """``load`` (a loader yielding members) of a plain file says it ``expected``
+    a directory; of a missing path, that ``missing`` was not found. Returns the file."""
+    f = tmp_path / "afile"
+    f.write_text("x")
+    with pytest.raises(ZooFormatError, match=rf"afile: is a file; expected {expected}"):
+        list(load(f))
+    with pytest.raises(ZooFormatError, match=rf"nope: {missing} not found"):
+        list(load(tmp_path / "nope"))
+    return f

@@ -20,3 +20,12 @@ def check_truncated_and_empty(path: Path, load: Callable[[], Any]) -> None:
     with pytest.raises(InputFileError) as e:
         load()
     assert e.value.path == str(path)
+
+
+def check_bad_bytes(path: Path, content: bytes, match: str, load: Callable[[], Any]) -> None:
+    """``path`` overwritten with ``content``: ``load()`` raises
+    :class:`InputFileError` matching ``match`` and naming ``path``."""
+    path.write_bytes(content)
+    with pytest.raises(InputFileError, match=match) as e:
+        load()
+    assert e.value.path.endswith(path.name)

@@ -12,7 +12,7 @@ from weightspace.errors import TraceError, UnsupportedOperationError
 from weightspace.symmetry import apply_permutation, random_permutation
 from weightspace.trace import passthrough, register_function_rule, trace
 
-from tests.trace.tracekit import DataDependent, Wrapper
+from tests.trace.tracekit import Between, DataDependent, Wrapper
 
 
 def check_symmetry(model, x, seeds=3):
@@ -135,14 +135,8 @@ def test_hand_written_attention_heads():
     assert sum(1 for g in spec.neuron_groups if g.size == 4) == 6
 
 
-class CustomAct(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(4, 6)
-        self.b = nn.Linear(6, 2)
-
-    def forward(self, x):
-        return self.b(torch.special.expit(self.a(x)))
+def CustomAct():  # noqa: N802 - a model factory
+    return Between(nn.Linear(4, 6), torch.special.expit, nn.Linear(6, 2))
 
 
 def test_unknown_function_is_clear_error_and_rules_are_extensible():

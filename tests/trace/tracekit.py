@@ -2,6 +2,7 @@
 positions, ``math.sqrt`` scaling, a ``torch.tril(torch.ones(T, T))`` causal
 mask buffer, tied ``lm_head.weight = wte.weight``."""
 
+import copy
 import math
 
 import torch
@@ -159,6 +160,21 @@ class Wrapper(nn.Module):
 
     def forward(self, x):
         return self.get_submodule(self.child_name)(x)
+
+
+class Between(nn.Module):
+    """``last(fn(first(x)))``: the function under test between two layers."""
+
+    def __init__(self, first, fn, last):
+        super().__init__()
+        self.first, self.fn, self.last = first, fn, last
+
+    def forward(self, x):
+        return self.last(self.fn(self.first(x)))
+
+    def _clone(self):
+        """A copy for ``check_symmetry`` (which otherwise calls ``type(model)()``)."""
+        return copy.deepcopy(self)
 
 
 class OneLinear(nn.Module):

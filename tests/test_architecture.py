@@ -10,6 +10,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 ARCHITECTURE = ROOT / "ARCHITECTURE.md"
 
@@ -135,24 +137,16 @@ def circle(rows):
     return []
 
 
-def test_no_library_module_imports_zoo():
-    bad = zoo_from_library(IMPORTS)
-    assert not bad, "library modules import zoo (only the CLI layer may):\n" + _where(bad)
-
-
-def test_nothing_below_imports_the_cli():
-    bad = cli_from_below(IMPORTS)
-    assert not bad, "modules below the CLI import it:\n" + _where(bad)
-
-
-def test_imports_go_to_the_same_layer_or_below():
-    bad = upward(IMPORTS)
-    assert not bad, "imports of a higher layer (see ARCHITECTURE.md):\n" + _where(bad)
-
-
-def test_the_package_graph_has_no_circle():
-    bad = circle(IMPORTS)
-    assert not bad, "circle between packages:\n" + _where(bad)
+@pytest.mark.parametrize("check, problem", [
+    (zoo_from_library, "library modules import zoo (only the CLI layer may)"),
+    (cli_from_below, "modules below the CLI import it"),
+    (upward, "imports of a higher layer (see ARCHITECTURE.md)"),
+    (circle, "circle between packages"),
+], ids=["no-library-module-imports-zoo", "nothing-below-imports-the-cli",
+        "imports-go-to-the-same-layer-or-below", "the-package-graph-has-no-circle"])
+def test_layering(check, problem):
+    bad = check(IMPORTS)
+    assert not bad, f"{problem}:\n" + _where(bad)
 
 
 def test_the_checks_find_what_they_should():

@@ -27,15 +27,9 @@ re-exports its names (``zoo.registry``, ``zoo.models`` and ``zoo.tf_compat``
 are deprecated aliases).
 """
 
-# The architecture registry lives in weightspace.arch; zoo re-exports it.
-from weightspace.arch import (
-    ModelInfo,
-    create_model,
-    example_input,
-    get_model_info,
-    list_models,
-    register_model,
-)
+# The architecture registry lives in weightspace.arch; zoo re-exports its names.
+from weightspace.arch import registry as _registry
+from weightspace.arch.registry import *  # noqa: F401,F403
 
 from zoo.build import BuildReport, build_zoo  # noqa: E402
 from zoo.datasets import Dataset, list_datasets, load_dataset, register_dataset  # noqa: E402
@@ -46,12 +40,7 @@ from zoo.store import Checkpoint, Member, Zoo, ZooWriter, state_dict_sha256  # n
 from zoo.train import MemberResult, train_member  # noqa: E402
 
 __all__ = [
-    "ModelInfo",
-    "create_model",
-    "example_input",
-    "get_model_info",
-    "list_models",
-    "register_model",
+    *_registry.__all__,
     # recipes, datasets, training
     "Recipe",
     "MemberSpec",

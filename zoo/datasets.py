@@ -39,10 +39,12 @@ there, and the ``weightspace.datasets`` entry point names this module.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -181,6 +183,26 @@ def _inr_dataset(
     return Dataset(name, "inr", coords[tr], values[tr], *va_xy, *te_xy, 1, meta)
 
 
+def _inr_loader(name: str) -> Callable[[Callable[..., tuple[torch.Tensor, dict]]], Callable[..., Dataset]]:
+    """Register ``image_fn(**options) -> (image (H, W) in [0, 1], meta)`` as
+    the INR dataset ``name``. The loader takes ``image_fn``'s options plus
+    ``split_seed``, ``val_fraction`` and ``test_fraction`` (0: all pixels)."""
+
+    def register(image_fn: Callable[..., tuple[torch.Tensor, dict]]) -> Callable[..., Dataset]:
+        def load(*args: Any, split_seed: int = 0, val_fraction: float = 0.0, test_fraction: float = 0.0,
+                 **options: Any) -> Dataset:
+            image, meta = image_fn(*args, **options)
+            return _inr_dataset(name, image, val_fraction, test_fraction, split_seed, meta)
+
+        own = list(inspect.signature(image_fn).parameters.values())
+        splits = list(inspect.signature(load).parameters.values())[1:4]
+        load = functools.wraps(image_fn)(load)
+        load.__signature__ = inspect.Signature(own + splits, return_annotation="Dataset")  # type: ignore[attr-defined]
+        return register_dataset(name)(load)
+
+    return register
+
+
 # --------------------------------------------------------------------------- built-ins
 
 
@@ -232,14 +254,8 @@ def _mnist1d(
     )
 
 
-@register_dataset("inr_digits")
-def _inr_digits(
-    index: int = 0,
-    size: int = 8,
-    split_seed: int = 0,
-    val_fraction: float = 0.0,
-    test_fraction: float = 0.0,
-) -> Dataset:
+@_inr_loader("inr_digits")
+def _inr_digits(index: int = 0, size: int = 8) -> tuple[torch.Tensor, dict]:
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -250,22 +266,11 @@ def _inr_digits(
         img = torch.nn.functional.interpolate(
             img[None, None], size=(size, size), mode="bilinear", align_corners=True
         )[0, 0].clamp(0, 1)
-    return _inr_dataset(
-        "inr_digits", img, val_fraction, test_fraction, split_seed,
-        {"index": index, "label": int(d.target[index])},
-    )
+    return img, {"index": index, "label": int(d.target[index])}
 
 
-@register_dataset("inr_sample_image")
-def _inr_sample_image(
-    index: int = 0,
-    image: str = "china",
-    size: int = 32,
-    scale: float = 0.125,
-    split_seed: int = 0,
-    val_fraction: float = 0.0,
-    test_fraction: float = 0.0,
-) -> Dataset:
+@_inr_loader("inr_sample_image")
+def _inr_sample_image(index: int = 0, image: str = "china", size: int = 32, scale: float = 0.125) -> tuple[torch.Tensor, dict]:
     from sklearn.datasets import load_sample_images
 
     names = {"china": 0, "flower": 1}
@@ -279,22 +284,11 @@ def _inr_sample_image(
     top = int(rng.integers(0, h - size + 1))
     left = int(rng.integers(0, w - size + 1))
     crop = small[top : top + size, left : left + size].clamp(0, 1)
-    return _inr_dataset(
-        "inr_sample_image", crop, val_fraction, test_fraction, split_seed,
-        {"index": index, "image": image, "top": top, "left": left},
-    )
+    return crop, {"index": index, "image": image, "top": top, "left": left}
 
 
-@register_dataset("inr_signal")
-def _inr_signal(
-    index: int = 0,
-    kind: str = "sines",
-    size: int = 16,
-    components: int = 3,
-    split_seed: int = 0,
-    val_fraction: float = 0.0,
-    test_fraction: float = 0.0,
-) -> Dataset:
+@_inr_loader("inr_signal")
+def _inr_signal(index: int = 0, kind: str = "sines", size: int = 16, components: int = 3) -> tuple[torch.Tensor, dict]:
     rng = np.random.default_rng([int(index), 104729])
     c = _coords(size, size).numpy()
     y, x = c[:, 0], c[:, 1]
@@ -314,6 +308,4 @@ def _inr_signal(
         raise RecipeError(f"inr_signal: kind must be 'sines' or 'blobs', got {kind!r}")
     v = (v - v.min()) / max(v.max() - v.min(), 1e-8)
     img = torch.tensor(v, dtype=torch.float32).reshape(size, size)
-    return _inr_dataset(
-        "inr_signal", img, val_fraction, test_fraction, split_seed, {"index": index, "kind": kind}
-    )
+    return img, {"index": index, "kind": kind}

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from weightspace.errors import ConfigError, InputFileError, WeightspaceError
+from weightspace.io import read_text
 
 
 class ZooError(WeightspaceError):
@@ -26,3 +29,15 @@ class ZooFormatError(ZooError, InputFileError):
 
 class ZooLockedError(ZooError, RuntimeError):
     """Another process is writing to the same zoo directory."""
+
+
+def read_text_as(error: type[ZooError], path: Path, *, what: str, missing: str = "file not found") -> str:
+    """:func:`weightspace.io.read_text` of ``path`` whose every failure is an
+    ``error`` naming ``path``: ``missing`` when it does not exist, else the
+    reader's message (a directory, not UTF-8, unreadable)."""
+    if not path.exists():
+        raise error(missing, path=path)
+    try:
+        return read_text(path, what=what)
+    except WeightspaceError as e:
+        raise error(e.message, path=path) from None

@@ -50,11 +50,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from weightspace.arch import get_model_info
-from weightspace.errors import ConfigError, InputFileError
-from weightspace.io import Field, check_type, did_you_mean, read_text
+from weightspace.errors import ConfigError
+from weightspace.io import Field, check_type, did_you_mean
 from weightspace.io import validate as _validate_fields
 from zoo.datasets import list_datasets
-from zoo.errors import RecipeError
+from zoo.errors import RecipeError, read_text_as
 
 __all__ = [
     "Recipe",
@@ -236,12 +236,7 @@ class Recipe:
     def from_file(cls, path: str | Path) -> "Recipe":
         """Read a ``.yaml``/``.yml`` or ``.toml`` recipe."""
         path = Path(path).expanduser()
-        if not path.exists():
-            raise RecipeError("recipe file not found", path=path)
-        try:
-            text = read_text(path, what="recipe file (.yaml or .toml)")
-        except InputFileError as e:
-            raise RecipeError(e.message, path=path) from None
+        text = read_text_as(RecipeError, path, what="recipe file (.yaml or .toml)", missing="recipe file not found")
         if path.suffix == ".toml":
             import tomllib
 

@@ -61,6 +61,7 @@ from weightspace.graph import to_pyg_batch
 from weightspace.io import (
     Field,
     atomic_write,
+    fsync_dir as _fsync_dir,
     match_state_dict,
     read_json,
     read_safetensors,
@@ -249,19 +250,6 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {o!r}")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _index_error(index: Path, problem: str) -> ZooFormatError:

@@ -28,6 +28,8 @@ from weightspace.generate import (
 )
 from weightspace.symmetry import apply_permutation, random_permutation
 
+from tests.file_checks import check_truncated_and_empty
+
 ARCH = ArchSpec.of("mlp", hidden=[6], in_features=64)
 
 
@@ -134,14 +136,8 @@ def test_hypernet_missing_or_misshaped_tensor_is_named(hn_file):
 def test_truncated_empty_missing_or_directory_generator_files(tmp_path, hn_file):
     blob = hn_file.read_bytes()
     for load in (GraphHyperNetwork.load, CheckpointFlow.load):
-        hn_file.write_bytes(blob[: len(blob) // 2])
-        with pytest.raises(InputFileError, match="truncated") as e:
-            load(hn_file)
-        assert e.value.path == str(hn_file)
-        hn_file.write_bytes(b"")
-        with pytest.raises(InputFileError) as e:
-            load(hn_file)
-        assert e.value.path == str(hn_file)
+        hn_file.write_bytes(blob)
+        check_truncated_and_empty(hn_file, lambda: load(hn_file))
         with pytest.raises(InputFileError, match="is a directory"):
             load(tmp_path)
         with pytest.raises(MissingFileError):

@@ -17,6 +17,11 @@ def analysis(arch: str, kw: tuple = ()):
     return ws.analyze(arch, arch_kwargs=dict(kw))
 
 
+def init_sd(arch: str, seed: int, **kw) -> dict:
+    """The seeded initial state dict of a registered architecture."""
+    return zoo.create_model(arch, seed=seed, **kw).state_dict()
+
+
 def perturbed(sd: dict, seed: int) -> dict:
     """Default init plus random biases / norm parameters / BN statistics, so that
     every tensor carries information about the neuron order."""

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import zoo
-from tests.merge.helpers import analysis, digits, perturbed
+from tests.merge.helpers import analysis, digits, init_sd as _sd, perturbed
 from weightspace.merge import (
     MergeError,
     align_to_reference,
@@ -22,10 +22,6 @@ from weightspace.merge import (
 )
 from weightspace.merge.repair import repair_plan
 from weightspace.symmetry import apply_permutation, random_permutation
-
-
-def _sd(arch, seed, **kw):
-    return zoo.create_model(arch, seed=seed, **kw).state_dict()
 
 
 def test_weighted_average_and_interpolation():

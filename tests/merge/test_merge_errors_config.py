@@ -8,7 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 import zoo
-from tests.merge.helpers import analysis, digits
+from tests.merge.helpers import analysis, digits, init_sd as _sd
 from weightspace.errors import NonFiniteWeightsError, StateDictError
 from weightspace.io import load_state_dict, save_state_dict
 from weightspace.merge import (
@@ -20,10 +20,6 @@ from weightspace.merge import (
     weight_matching,
 )
 from weightspace.merge.config import load_config, run_config
-
-
-def _sd(arch, seed, **kw):
-    return zoo.create_model(arch, seed=seed, **kw).state_dict()
 
 
 def test_different_architectures_are_rejected_naming_the_keys():

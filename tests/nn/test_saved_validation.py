@@ -17,6 +17,8 @@ from weightspace.io import build_checked, load_state_dict, match_state_dict, sav
 from weightspace.nn import GMN, StatNN
 from weightspace.nn.train import load_checkpoint, save_checkpoint
 
+from tests.file_checks import check_bad_bytes, check_truncated_and_empty
+
 
 @pytest.fixture
 def saved(tmp_path):
@@ -43,10 +45,7 @@ def test_round_trip_still_works(saved):
 @pytest.mark.parametrize("content,match", [(b"", "invalid JSON"), (b'{"class": "StatNN", ', "invalid JSON"),
                                            (b"\xff\xfe", "not a text file")])
 def test_bad_config_json_names_the_file(saved, content, match):
-    (saved / "config.json").write_bytes(content)
-    with pytest.raises(InputFileError, match=match) as e:
-        load_checkpoint(saved)
-    assert e.value.path.endswith("config.json")
+    check_bad_bytes(saved / "config.json", content, match, lambda: load_checkpoint(saved))
 
 
 @pytest.mark.parametrize("change,field", [
@@ -86,15 +85,7 @@ def test_a_4tb_config_fails_fast_without_allocating(saved):
 
 def test_truncated_empty_or_directory_weights_name_the_file(saved):
     w = saved / "model.safetensors"
-    data = w.read_bytes()
-    w.write_bytes(data[: len(data) // 2])
-    with pytest.raises(InputFileError, match="truncated") as e:
-        load_checkpoint(saved)
-    assert e.value.path == str(w)
-    w.write_bytes(b"")
-    with pytest.raises(InputFileError) as e:
-        load_checkpoint(saved)
-    assert e.value.path == str(w)
+    check_truncated_and_empty(w, lambda: load_checkpoint(saved))
     w.unlink()
     w.mkdir()
     with pytest.raises(InputFileError, match="is a directory") as e:

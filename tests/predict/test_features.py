@@ -9,14 +9,8 @@ import torch
 import weightspace as ws
 import zoo
 from weightspace.predict import (
-    SPECTRAL_STATS,
-    STATS,
-    feature_names,
-    layout_difference,
-    network_layout,
-    spectral_statistics,
-    tensor_statistics,
-    weight_features,
+    SPECTRAL_STATS, STATS, feature_names, layout_difference, network_layout,
+    spectral_statistics, tensor_statistics, weight_features,
 )
 from weightspace.symmetry import apply_permutation, random_permutation
 

@@ -20,6 +20,8 @@ from weightspace.io import save_state_dict
 from weightspace.predict import GBMPredictor, LinearPredictor, MeanPredictor, load_predictor, make_predictor
 from weightspace.predict.predictors import PREDICTORS
 
+from tests.file_checks import check_bad_bytes, check_truncated_and_empty
+
 ARCH = {"hidden": [3], "in_features": 4, "out_features": 2}
 
 
@@ -77,10 +79,7 @@ def test_round_trip_still_works(tmp_path, data, kind, params):
 @pytest.mark.parametrize("content,match", [(b"", "invalid JSON"), (b'{"format": "weightspace-predictor", ', "invalid JSON"),
                                            (b"[1, 2]", "not a weightspace-predictor")])
 def test_bad_json_names_the_file(saved, content, match):
-    (saved / "predictor.json").write_bytes(content)
-    with pytest.raises(InputFileError, match=match) as e:
-        load_predictor(saved)
-    assert e.value.path.endswith("predictor.json")
+    check_bad_bytes(saved / "predictor.json", content, match, lambda: load_predictor(saved))
 
 
 @pytest.mark.parametrize("edit,field", [
@@ -184,15 +183,7 @@ def test_missing_or_misshaped_arrays_are_named(tmp_path, saved, data):
 
 def test_truncated_empty_or_directory_files_are_named(saved):
     a = saved / "arrays.safetensors"
-    blob = a.read_bytes()
-    a.write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(InputFileError, match="truncated") as e:
-        load_predictor(saved)
-    assert e.value.path == str(a)
-    a.write_bytes(b"")
-    with pytest.raises(InputFileError) as e:
-        load_predictor(saved)
-    assert e.value.path == str(a)
+    check_truncated_and_empty(a, lambda: load_predictor(saved))
     a.unlink()
     with pytest.raises(MissingFileError) as e:
         load_predictor(saved)

@@ -27,6 +27,13 @@ def add(id: str, command: str, kind: str, build, expect=()) -> None:
     CASES.append(Case(id, command, kind, build, tuple(expect)))
 
 
+def add_option_cases(command: str, prefix: str, argv, table) -> None:
+    """One case ``<prefix>-<id>`` per ``(id, extra, kind, expect)`` row of
+    ``table``: the argv ``argv(c)`` followed by the bad options ``extra``."""
+    for id_, extra, kind, expect in table:
+        add(f"{prefix}-{id_}", command, kind, (lambda e: lambda c: argv(c) + e)(extra), expect)
+
+
 # ------------------------------------------------------------- bad weights
 # name -> (input class, file name, factory(ctx, path) -> path)
 WEIGHTS = {
@@ -628,7 +635,7 @@ def _fit(c, zoo_dir, *extra):
 
 add_zoo_cases("predict fit", "predict-fit-zoo", ZOO_META + ZOO_WEIGHTS + ["no-members"],
               lambda c, z: _fit(c, z))
-for _id, _extra, _kind, _exp in [
+add_option_cases("predict fit", "predict-fit", lambda c: _fit(c, str(c.assets.zoo)), [
     ("target-unknown", ["--target", "bogus_metric"], "bad-option", ["bogus_metric"]),
     ("model-unknown", ["--model", "bogus_model"], "bad-option", ["bogus_model"]),
     ("checkpoints-string", ["--checkpoints", "abc"], "wrong-type", ["--checkpoints"]),
@@ -647,8 +654,7 @@ for _id, _extra, _kind, _exp in [
     ("param-unknown", ["-p", "no_such_param=1"], "bad-option", ["no_such_param"]),
     ("param-wrong-type", ["-p", "alphas=\"many\""], "wrong-type", ["alphas"]),
     ("seed-negative", ["--seed", "-1"], "negative-count", ["seed"]),
-]:
-    add(f"predict-fit-{_id}", "predict fit", _kind, (lambda e: lambda c: _fit(c, str(c.assets.zoo), *e))(_extra), _exp)
+])
 add("predict-fit-gbm-param-wrong-type", "predict fit", "wrong-type",
     lambda c: ["predict", "fit", str(c.assets.zoo), "--model", "gbm", "-p", "max_iter=\"abc\""], ["max_iter"])
 add("predict-fit-out-is-file", "predict fit", "file-for-dir",
@@ -844,15 +850,14 @@ for _id, (_changes, _kind, _exp) in FLOW_TAMPER.items():
 add_zoo_cases("generate samples", "generate-samples-zoo",
               ["missing-zoo-json", "empty-index", "missing-dir", "no-members", "truncated-checkpoint"],
               lambda c, z: _samples(c, None, z))
-for _id, _extra, _kind, _exp in [
+add_option_cases("generate samples", "generate-samples", _samples, [
     ("n-zero", ["--n", "0"], "negative-count", ["--n"]),
     ("n-negative", ["--n", "-3"], "negative-count", ["--n"]),
     ("condition-nan", ["--condition", "nan"], "non-finite", ["condition"]),
     ("condition-inf", ["--condition", "inf"], "non-finite", ["condition"]),
     ("guidance-nan", ["--guidance", "nan"], "non-finite", ["guidance"]),
     ("metric-unknown", ["--metric", "bogus_metric"], "bad-option", ["bogus_metric"]),
-]:
-    add(f"generate-samples-{_id}", "generate samples", _kind, (lambda e: lambda c: _samples(c) + e)(_extra), _exp)
+])
 add("generate-samples-out-is-file", "generate samples", "file-for-dir",
     lambda c: _samples(c, out=str(F.text(c.path("outfile"), "keep me\n"))), ["outfile"])
 add("generate-samples-arch-mismatch", "generate samples", "wrong-type",
@@ -866,7 +871,7 @@ def _inr(c, *extra, out=None):
             "--outer-steps", "1", "--inner-steps", "1", "--no-progress", *extra]
 
 
-for _id, _extra, _kind, _exp in [
+add_option_cases("generate inr-init", "generate-inr-init", _inr, [
     ("family-unknown", ["--family", "bogus_family"], "bad-option", ["bogus_family"]),
     ("count-zero", ["--count", "0"], "negative-count", ["count"]),
     ("count-negative", ["--count", "-2"], "negative-count", ["count"]),
@@ -875,8 +880,7 @@ for _id, _extra, _kind, _exp in [
     ("outer-steps-negative", ["--outer-steps", "-1"], "negative-count", [("--outer-steps", "outer_steps")]),
     ("inner-steps-negative", ["--inner-steps", "-1"], "negative-count", [("--inner-steps", "inner_steps")]),
     ("threads-negative", ["--threads", "-1"], "negative-count", ["threads"]),
-]:
-    add(f"generate-inr-init-{_id}", "generate inr-init", _kind, (lambda e: lambda c: _inr(c) + e)(_extra), _exp)
+])
 add("generate-inr-init-out-is-dir", "generate inr-init", "dir-for-file",
     lambda c: _inr(c, out=str(F.directory(c.path("sirendir.safetensors")))), ["sirendir.safetensors"])
 

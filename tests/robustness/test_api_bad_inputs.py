@@ -96,24 +96,17 @@ def test_read_safetensors(variant, assets, tmp_path):
         _assert_names(e.value, path)
 
 
-def test_read_yaml_refuses_python_tags(assets, tmp_path):
-    from weightspace.io import read_yaml
+@pytest.mark.parametrize("reader,make,name", [
+    ("read_yaml", F.yaml_python_tag, "evil.yaml"),  # a !!python tag
+    ("read_npy", F.malicious_npy, "evil.npy"),  # a pickled object array
+], ids=["yaml-python-tag", "npy-pickle"])
+def test_reader_refuses_code(reader, make, name, assets, tmp_path):
+    import weightspace.io
 
     c = _ctx(tmp_path, assets)
-    path = F.yaml_python_tag(c.path("evil.yaml"), c.marker())
+    path = make(c.path(name), c.marker())
     with pytest.raises(InputFileError) as e:
-        read_yaml(path)
-    _assert_names(e.value, path)
-    assert not c.markers[0].exists()
-
-
-def test_read_npy_refuses_pickles(assets, tmp_path):
-    from weightspace.io import read_npy
-
-    c = _ctx(tmp_path, assets)
-    path = F.malicious_npy(c.path("evil.npy"), c.marker())
-    with pytest.raises(InputFileError) as e:
-        read_npy(path)
+        getattr(weightspace.io, reader)(path)
     _assert_names(e.value, path)
     assert not c.markers[0].exists()
 
@@ -202,16 +195,7 @@ def test_load_hypernet(variant, assets, tmp_path):
     from weightspace.generate import GraphHyperNetwork
 
     c = _ctx(tmp_path, assets)
-    if variant.startswith("tamper:"):
-        changes, _, expect = HYPERNET_TAMPER[variant.split(":", 1)[1]]
-        path = F.retag(assets.hypernet, c.path("hn.safetensors"), **changes)
-    else:
-        path, expect = weights_file(c, variant), []
-    with pytest.raises(WeightspaceError) as e:
-        GraphHyperNetwork.load(path)
-    _assert_names(e.value, path)
-    for name in expect[1:]:
-        assert name in str(e.value), (name, str(e.value))
+    _check_generator_load(c, variant, HYPERNET_TAMPER, assets.hypernet, "hn.safetensors", GraphHyperNetwork.load)
     assert not any(m.exists() for m in c.markers)
 
 
@@ -220,17 +204,23 @@ def test_load_hypernet(variant, assets, tmp_path):
 def test_load_checkpoint_flow(variant, assets, tmp_path):
     from weightspace.generate import CheckpointFlow
 
-    c = _ctx(tmp_path, assets)
+    _check_generator_load(_ctx(tmp_path, assets), variant, FLOW_TAMPER, assets.flow, "gen.safetensors", CheckpointFlow.load)
+
+
+def _check_generator_load(c: CaseCtx, variant: str, tamper: dict, asset: Path, name: str, load) -> None:
+    """``load`` of a generator file broken as ``variant`` says (a bad file of
+    :func:`weights_file`, or ``tamper:<key>`` of ``asset``'s metadata) raises
+    a WeightspaceError naming the file and the ``tamper`` entry's words."""
     if variant.startswith("tamper:"):
-        changes, _, expect = FLOW_TAMPER[variant.split(":", 1)[1]]
-        path = F.retag(assets.flow, c.path("gen.safetensors"), **changes)
+        changes, _, expect = tamper[variant.split(":", 1)[1]]
+        path = F.retag(asset, c.path(name), **changes)
     else:
         path, expect = weights_file(c, variant), []
     with pytest.raises(WeightspaceError) as e:
-        CheckpointFlow.load(path)
+        load(path)
     _assert_names(e.value, path)
-    for name in expect[1:]:
-        assert name in str(e.value), (name, str(e.value))
+    for word in expect[1:]:
+        assert word in str(e.value), (word, str(e.value))
 
 
 # ----------------------------------------------------------------- configs

@@ -63,24 +63,36 @@ def _analysis(cache, name, kw):
     return cache[key]
 
 
-@pytest.mark.parametrize("name,kw", ARCHS, ids=IDS)
-def test_random_permutation_preserves_function(name, kw, analyses):
+def _reference(analyses, name, kw, seed):
+    """The analysis, perturbed weights ``sd`` (``seed``), the example input
+    ``x`` and the model's output ``y`` on it."""
     a = _analysis(analyses, name, kw)
     model = _model(name, kw)
-    sd = _perturbed_state(model, 1)
+    sd = _perturbed_state(model, seed)
     model.load_state_dict(sd)
     x = _input(name, kw)
     with torch.no_grad():
         y = model(x)
+    return a, sd, x, y
+
+
+def _max_diff(model, sd, x, y):
+    """Largest absolute difference of ``model`` with weights ``sd`` on ``x`` from ``y``."""
+    model.load_state_dict(sd)
+    with torch.no_grad():
+        return (model(x) - y).abs().max().item()
+
+
+@pytest.mark.parametrize("name,kw", ARCHS, ids=IDS)
+def test_random_permutation_preserves_function(name, kw, analyses):
+    a, sd, x, y = _reference(analyses, name, kw, 1)
     other = _model(name, kw)
     for seed in range(1 if name in BIG else 3):
         perm = random_permutation(a.spec, seed=seed)
         psd = apply_permutation(sd, a.spec, perm)
         # the permutation really moved weights
         assert any(not torch.equal(psd[k], sd[k]) for k in a.spec.param_axes)
-        other.load_state_dict(psd)
-        with torch.no_grad():
-            diff = (other(x) - y).abs().max().item()
+        diff = _max_diff(other, psd, x, y)
         assert diff <= 1e-5 * max(1.0, y.abs().max().item()), (name, seed, diff)
 
 
@@ -88,13 +100,7 @@ def test_random_permutation_preserves_function(name, kw, analyses):
 def test_one_sided_permutation_changes_function(name, kw, analyses):
     """Permute only the first tensor axis a group acts on (e.g. the rows of the
     layer that produces a residual stream, not its consumers): outputs change."""
-    a = _analysis(analyses, name, kw)
-    model = _model(name, kw)
-    sd = _perturbed_state(model, 2)
-    model.load_state_dict(sd)
-    x = _input(name, kw)
-    with torch.no_grad():
-        y = model(x)
+    a, sd, x, y = _reference(analyses, name, kw, 2)
     other = _model(name, kw)
     checked = 0
     for g in a.spec.groups:
@@ -107,9 +113,7 @@ def test_one_sided_permutation_changes_function(name, kw, analyses):
         idx[start : start + g.size * unit] = idx[start : start + g.size * unit].view(g.size, unit)[shift].reshape(-1)
         bad = dict(sd)
         bad[p] = t.index_select(axis, idx)
-        other.load_state_dict(bad)
-        with torch.no_grad():
-            diff = (other(x) - y).abs().max().item()
+        diff = _max_diff(other, bad, x, y)
         assert diff > 1e-6, (name, g.name, p)
         checked += 1
         if checked >= 3:

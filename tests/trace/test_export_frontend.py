@@ -12,7 +12,7 @@ from weightspace.core import analyze
 from weightspace.errors import ConfigError, TraceError, UnsupportedOperationError
 from weightspace.trace.export import trace_export
 
-from tests.trace.tracekit import NanoGPT, check_model
+from tests.trace.tracekit import Between, DataDependent, NanoGPT, Wrapper, check_model
 
 
 @pytest.mark.parametrize("flash", [False, True])
@@ -50,15 +50,8 @@ def test_fx_and_export_agree(name):
     assert torch.equal(fx.template.edge_type(), ex.template.edge_type())
 
 
-class Sorted(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.inner = nn.Sequential(nn.Linear(4, 6))
-        self.out = nn.Linear(6, 2)
-
-    def forward(self, x):
-        h = self.inner(x)
-        return self.out(torch.sort(h, dim=-1).values)
+def Sorted():  # noqa: N802 - a model factory
+    return Between(nn.Sequential(nn.Linear(4, 6)), lambda h: torch.sort(h, dim=-1).values, nn.Linear(6, 2))
 
 
 def test_unsupported_aten_op_names_op_and_module():
@@ -68,31 +61,11 @@ def test_unsupported_aten_op_names_op_and_module():
     assert "aten.sort" in msg and "register_aten_rule" in msg
 
 
-class SortInside(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.inner = Sorted()
-
-    def forward(self, x):
-        return self.inner(x)
-
-
 def test_unsupported_aten_op_module_path():
     with pytest.raises(UnsupportedOperationError) as exc:
-        trace_export(SortInside(), torch.randn(3, 4))
+        trace_export(Wrapper("inner", Sorted()), torch.randn(3, 4))
     assert exc.value.module_path == "inner"
     assert "'inner'" in str(exc.value)
-
-
-class DataDependent(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return self.fc(x)
-        return -self.fc(x)
 
 
 def test_both_front_ends_fail_names_both():

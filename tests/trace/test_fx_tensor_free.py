@@ -10,7 +10,7 @@ import weightspace as ws
 from weightspace.errors import TraceError
 from weightspace.trace import trace
 
-from tests.trace.tracekit import NanoGPT, check_model
+from tests.trace.tracekit import DataDependent, NanoGPT, OneLinear, check_model
 
 
 @pytest.mark.parametrize("flash", [False, True])
@@ -52,24 +52,9 @@ def test_tensor_free_calls_are_constants():
     assert sorted(g.size for g in a.spec.groups) == [5]
 
 
-class FloatOfSize(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-
+class FloatOfSize(OneLinear):
     def forward(self, x):
         return self.fc(x) / float(x.shape[-1])
-
-
-class DataDependent(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return self.fc(x)
-        return -self.fc(x)
 
 
 def test_fx_hint_names_the_cause():

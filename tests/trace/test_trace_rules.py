@@ -12,6 +12,8 @@ from weightspace.errors import TraceError, UnsupportedOperationError
 from weightspace.symmetry import apply_permutation, random_permutation
 from weightspace.trace import passthrough, register_function_rule, trace
 
+from tests.trace.tracekit import Between, DataDependent, Wrapper
+
 
 def check_symmetry(model, x, seeds=3):
     model = model.double().eval()
@@ -133,14 +135,8 @@ def test_hand_written_attention_heads():
     assert sum(1 for g in spec.neuron_groups if g.size == 4) == 6
 
 
-class CustomAct(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(4, 6)
-        self.b = nn.Linear(6, 2)
-
-    def forward(self, x):
-        return self.b(torch.special.expit(self.a(x)))
+def CustomAct():  # noqa: N802 - a model factory
+    return Between(nn.Linear(4, 6), torch.special.expit, nn.Linear(6, 2))
 
 
 def test_unknown_function_is_clear_error_and_rules_are_extensible():
@@ -177,34 +173,14 @@ class Inner(nn.Module):
         return torch.fft.fft(self.l(x)).real
 
 
-class Outer(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.block = Inner()
-
-    def forward(self, x):
-        return self.block(x)
-
-
 def test_function_error_names_submodule_path():
     with pytest.raises(UnsupportedOperationError, match=r"fft.*in module 'block'"):
-        trace(Outer(), torch.randn(2, 4))
-
-
-class Branchy(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.l = nn.Linear(4, 4)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return self.l(x)
-        return x
+        trace(Wrapper("block", Inner()), torch.randn(2, 4))
 
 
 def test_data_dependent_control_flow_is_trace_error():
     with pytest.raises(TraceError, match="control flow"):
-        trace(Branchy(), torch.randn(2, 4))
+        trace(DataDependent(), torch.randn(2, 4))
 
 
 class Interleave(nn.Module):

@@ -2,6 +2,7 @@
 positions, ``math.sqrt`` scaling, a ``torch.tril(torch.ones(T, T))`` causal
 mask buffer, tied ``lm_head.weight = wte.weight``."""
 
+import copy
 import math
 
 import torch
@@ -144,3 +145,48 @@ def check_model(model, make_clone, inputs, *, tracer="auto", seeds=2, tol=1e-5):
     for k, v in back.items():
         assert torch.equal(v, sd[k]), k
     return a, seconds
+
+
+# ------------------------------------------------------- small failing models
+
+
+class Wrapper(nn.Module):
+    """``child`` as the one submodule ``name``: errors inside it name that path."""
+
+    def __init__(self, name, child):
+        super().__init__()
+        self.child_name = name
+        self.add_module(name, child)
+
+    def forward(self, x):
+        return self.get_submodule(self.child_name)(x)
+
+
+class Between(nn.Module):
+    """``last(fn(first(x)))``: the function under test between two layers."""
+
+    def __init__(self, first, fn, last):
+        super().__init__()
+        self.first, self.fn, self.last = first, fn, last
+
+    def forward(self, x):
+        return self.last(self.fn(self.first(x)))
+
+    def _clone(self):
+        """A copy for ``check_symmetry`` (which otherwise calls ``type(model)()``)."""
+        return copy.deepcopy(self)
+
+
+class OneLinear(nn.Module):
+    """``fc = Linear(4, 3)``; subclasses give the ``forward`` under test."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+
+
+class DataDependent(OneLinear):
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)

@@ -2,7 +2,6 @@ import importlib.util
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -14,21 +13,11 @@ from zoo.errors import ZooError, ZooFormatError
 from zoo.store import Zoo
 
 from .conftest import tiny_recipe_dict
+from .safety_helpers import index_count
 
 
 def _hashes(path):
     return {m.member_id: [c.sha256 for c in m.checkpoints] for m in Zoo(path).members()}
-
-
-def _index_count(path) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{path / 'index.sqlite'}?mode=ro", uri=True, timeout=5)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM members").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
 
 
 def test_serial_build_then_resume_is_a_noop(tmp_path, tiny_recipe):
@@ -110,14 +99,14 @@ def test_killed_process_pool_build_resumes_exactly(tmp_path):
                             start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     try:
-        while _index_count(out) < 2:
+        while index_count(out) < 2:
             assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
             assert time.monotonic() < deadline, "build made no progress"
             time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the builder and its workers
         proc.wait()
-    done_before = _index_count(out)
+    done_before = index_count(out)
     assert 2 <= done_before < 8, "the build finished before it could be killed"
     z0 = Zoo(out)
     kept = {m.member_id: (m.sha256, m.created_at, os.stat(m.checkpoint().path).st_mtime_ns) for m in z0.members()}

@@ -22,6 +22,7 @@ from zoo.loaders import (
 )
 from zoo.store import Zoo
 
+from .safety_helpers import assert_cli_refuses, assert_directory_errors
 from .small_cnn_zoo_fixture import unflatten, write_small_cnn_zoo
 from .test_inr_loaders import DWSINR, NFNSiren
 from .test_model_zoos import ARCH_KW, write_trial
@@ -119,12 +120,7 @@ def test_small_cnn_zoo_malformed_files(tmp_path, corrupt, fname, field, words):
 
 
 def test_small_cnn_zoo_directory_errors(tmp_path):
-    f = tmp_path / "afile"
-    f.write_text("x")
-    with pytest.raises(ZooFormatError, match=r"afile: is a file; expected the Small CNN Zoo directory"):
-        list(load_small_cnn_zoo(f))
-    with pytest.raises(ZooFormatError, match=r"nope: Small CNN Zoo directory not found"):
-        list(load_small_cnn_zoo(tmp_path / "nope"))
+    f = assert_directory_errors(tmp_path, load_small_cnn_zoo, "the Small CNN Zoo directory", "Small CNN Zoo directory")
     r = runner.invoke(app, ["zoo", "import-small-cnn-zoo", str(tmp_path / "nope"), str(tmp_path / "o"),
                             "--no-progress"])
     assert r.exit_code == 2 and "error:" in r.output and "nope" in r.output and "Traceback" not in r.output
@@ -198,10 +194,7 @@ def test_cli_import_small_cnn_zoo_bad_options(tmp_path, args, option):
     src = tmp_path / "mnist"
     write_small_cnn_zoo(src, runs=1)
     out = tmp_path / "out"
-    r = runner.invoke(app, ["zoo", "import-small-cnn-zoo", str(src), str(out), "--no-progress", *args])
-    assert r.exit_code == 2, r.output
-    assert option in r.output and "Traceback" not in r.output and "internal error" not in r.output
-    assert not out.exists()
+    assert_cli_refuses(["zoo", "import-small-cnn-zoo", str(src), str(out), "--no-progress", *args], option, out)
 
 
 # ================================================================ Small CNN Zoo: image size
@@ -489,12 +482,7 @@ def test_dwsnets_truncated_weights_file(dws, suffix):
 
 
 def test_dwsnets_directory_errors(tmp_path):
-    f = tmp_path / "afile"
-    f.write_text("x")
-    with pytest.raises(ZooFormatError, match=r"afile: is a file; expected an INR dataset directory"):
-        list(load_dwsnets_inrs(f))
-    with pytest.raises(ZooFormatError, match=r"nope: INR dataset directory not found"):
-        list(load_dwsnets_inrs(tmp_path / "nope"))
+    assert_directory_errors(tmp_path, load_dwsnets_inrs, "an INR dataset directory", "INR dataset directory")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ZooFormatError, match=r"empty: no splits\.json and no \*\.pth files"):
         list(load_dwsnets_inrs(tmp_path / "empty"))

@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 import zoo
-from weightspace.cli import app
 from weightspace.errors import ConfigError
 from zoo.errors import RecipeError
 from zoo.recipe import Recipe, load_recipe
 
 from .conftest import tiny_recipe_dict
-
-runner = CliRunner()
+from .safety_helpers import assert_cli_refuses
 
 
 def _space(d, key, value):
@@ -166,7 +163,4 @@ def test_cli_build_refuses_bad_counts(tmp_path, args, option):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe_dict(num_members=1)))
     out = tmp_path / "z"
-    r = runner.invoke(app, ["zoo", "build", str(recipe), str(out), "--backend", "serial", "--no-progress", *args])
-    assert r.exit_code == 2, r.output
-    assert option in r.output and "Traceback" not in r.output
-    assert not out.exists()
+    assert_cli_refuses(["zoo", "build", str(recipe), str(out), "--backend", "serial", "--no-progress", *args], option, out)

@@ -10,18 +10,8 @@ import torch
 import zoo
 from zoo.errors import ZooFormatError, ZooLockedError
 from zoo.store import Zoo, ZooWriter, load_safetensors, save_safetensors, state_dict_sha256
-from zoo.train import CheckpointResult
 
-
-def _fake_member(i: int, act: str, seed: int, acc: float):
-    model = zoo.create_model("mlp", seed=seed, in_features=4, hidden=[3], out_features=2, activation=act)
-    sd0 = {k: v.clone() for k, v in model.state_dict().items()}
-    sd1 = {k: v + 1.0 for k, v in sd0.items()}
-    cfg = {"arch": "mlp", "model": {"in_features": 4, "hidden": [3], "out_features": 2, "activation": act},
-           "train": {"lr": 0.1 * (i + 1)}, "seed": seed}
-    cks = [CheckpointResult(0, 0, {"test_acc": 0.1}, sd0), CheckpointResult(5, 50, {"test_acc": acc}, sd1)]
-    return dict(member_id=f"m{i:03d}", index=i, config=cfg, checkpoints=cks, seed=seed,
-                metrics={"test_acc": acc, "train_acc": acc + 0.05}, wall_time=1.0 + i, extra={"label": i % 3})
+from .safety_helpers import fake_member
 
 
 @pytest.fixture
@@ -29,7 +19,7 @@ def small_zoo(tmp_path):
     path = tmp_path / "z"
     with ZooWriter(path, {"name": "fake", "source": "test"}) as w:
         for i in range(8):
-            w.add_member(**_fake_member(i, ["relu", "tanh"][i % 2], seed=i // 2, acc=i / 10))
+            w.add_member(**fake_member(i, act=["relu", "tanh"][i % 2], seed=i // 2, acc=i / 10))
     return Zoo(path)
 
 
@@ -162,9 +152,9 @@ def test_orphans_of_interrupted_writes_are_removed(small_zoo):
 def test_member_is_all_or_nothing(small_zoo, tmp_path):
     """A failure inside the index transaction leaves no trace of the member."""
     with ZooWriter(small_zoo.path, {"source": "test"}) as w:
-        dup = _fake_member(20, "tanh", 1, 0.6)  # m020 twice in one batch: the INSERT fails
+        dup = fake_member(20, act="tanh", seed=1, acc=0.6)  # m020 twice in one batch: the INSERT fails
         with pytest.raises(sqlite3.IntegrityError):
-            w.add_members([_fake_member(20, "relu", 0, 0.5), dup])
+            w.add_members([fake_member(20, act="relu", seed=0, acc=0.5), dup])
     conn = sqlite3.connect(small_zoo.path / "index.sqlite")
     assert conn.execute("SELECT COUNT(*) FROM members").fetchone()[0] == 8
     assert conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == 16

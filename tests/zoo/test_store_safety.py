@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from weightspace.cli import app
 from zoo.errors import ZooError, ZooFormatError
 from zoo.store import Zoo, ZooWriter
 
-from .safety_helpers import BUILT_RECIPE, build_small_zoo, fake_member, snapshot, write_fake_zoo
+from .safety_helpers import BUILT_RECIPE, build_small_zoo, fake_member, index_count, snapshot, write_fake_zoo
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -225,17 +224,6 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _index_count(path: Path) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{path / 'index.sqlite'}?mode=ro", uri=True, timeout=5)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM members").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
-
-
 def _alive(pid: int) -> bool:
     """Running (a zombie waiting for a reaper counts as dead)."""
     try:
@@ -262,7 +250,7 @@ def test_workers_die_when_only_the_builder_is_killed(tmp_path):
     kids: list[int] = []
     try:
         deadline = time.monotonic() + 120
-        while _index_count(tmp_path / "z") < 1:  # the workers are past start-up, training
+        while index_count(tmp_path / "z") < 1:  # the workers are past start-up, training
             assert proc.poll() is None, "the build ended before it could be killed"
             assert time.monotonic() < deadline, "the build made no progress"
             time.sleep(0.05)

@@ -31,6 +31,8 @@ from torch import nn
 from weightspace.errors import UnknownNameError
 from weightspace.io import did_you_mean
 
+__all__ = ["ModelInfo", "create_model", "example_input", "get_model_info", "list_models", "register_model"]
+
 ShapeSpec = Union[Sequence[int], Callable[[dict], Sequence[int]]]
 
 

@@ -94,8 +94,17 @@ class EdgeSet:
         return 0 if self.pos is None else int(self.pos.shape[1])
 
 
+class NodeCount:
+    """``num_nodes``: the length of the per-node ``node_type`` tensor (a
+    mixin of the graph containers)."""
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.node_type.numel())
+
+
 @dataclass
-class GraphTemplate:
+class GraphTemplate(NodeCount):
     """Architecture-only part of a parameter graph (see module docstring).
 
     Attributes:
@@ -133,10 +142,6 @@ class GraphTemplate:
     module_names: list[str]
     arch: str | None = None
     _cache: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def num_nodes(self) -> int:
-        return int(self.node_type.numel())
 
     @property
     def num_neurons(self) -> int:

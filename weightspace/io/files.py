@@ -22,6 +22,7 @@ from weightspace.errors import InputFileError, MissingFileError
 
 __all__ = [
     "atomic_write",
+    "fsync_dir",
     "read_text",
     "read_json",
     "read_yaml",
@@ -45,7 +46,9 @@ def _umask_mode() -> int:
     return 0o666 & ~umask
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """``fsync`` directory ``path`` so that new entries in it are durable
+    (a no-op where a platform cannot open directories)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds
@@ -101,7 +104,7 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], N
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         if fd >= 0:
             os.close(fd)

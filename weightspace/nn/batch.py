@@ -23,12 +23,13 @@ from typing import Sequence
 import torch
 
 from weightspace.graph import ParameterGraph
+from weightspace.graph.parameter_graph import NodeCount
 
 __all__ = ["GraphBatch", "collate", "from_pyg"]
 
 
 @dataclass
-class GraphBatch:
+class GraphBatch(NodeCount):
     """A batch of ``B`` parameter graphs as one disconnected graph.
 
     Attributes (``N`` nodes, ``E`` edges, ``F`` edge feature width):
@@ -66,10 +67,6 @@ class GraphBatch:
     node_extra: torch.Tensor | None = None
     graphs: Sequence[ParameterGraph] | None = field(default=None, repr=False)
     _cache: dict = field(default_factory=dict, repr=False)
-
-    @property
-    def num_nodes(self) -> int:
-        return int(self.node_type.numel())
 
     @property
     def num_edges(self) -> int:

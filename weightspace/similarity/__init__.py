@@ -13,72 +13,38 @@ float64. Zero-variance representations never produce NaN: each measure
 documents its fallback value and emits :class:`DegenerateRepresentationWarning`.
 """
 
-from weightspace.similarity._validate import (
-    DegenerateRepresentationWarning,
-    SimilarityInputError,
-)
-from weightspace.similarity.capture import (
-    ActivationCapture,
-    capturable_layers,
-    capture_activations,
-    iter_activations,
-)
-from weightspace.similarity.cca import CCAResult, cca, pwcca, svcca
-from weightspace.similarity.cka import (
-    CKAMatrix,
-    center_gram,
-    cka_from_grams,
-    cka_matrix,
-    gram_linear,
-    gram_rbf,
-    hsic,
-    linear_cka,
-    rbf_cka,
-)
-from weightspace.similarity.compare import model_cka_matrix
-from weightspace.similarity.matching import (
-    NeuronMatch,
-    match_neurons,
-    match_neurons_by_layer,
-    neuron_correlation,
-)
-from weightspace.similarity.procrustes import procrustes_distance
-from weightspace.similarity.relative import relative_representation, relative_similarity
-from weightspace.similarity.streaming import (
-    LinearCKAAccumulator,
-    MinibatchCKAAccumulator,
-    minibatch_cka,
-)
+from weightspace.similarity import cca as _cca
+from weightspace.similarity import cka as _cka
+from weightspace.similarity import compare as _compare
+from weightspace.similarity import matching as _matching
+from weightspace.similarity import procrustes as _procrustes
+from weightspace.similarity import relative as _relative
+from weightspace.similarity import streaming as _streaming
+from weightspace.similarity._validate import DegenerateRepresentationWarning, SimilarityInputError
+from weightspace.similarity.capture import ActivationCapture, capturable_layers, capture_activations, iter_activations
+from weightspace.similarity.cca import *  # noqa: F403 - re-exports, listed by the module's __all__
+from weightspace.similarity.cka import *  # noqa: F403
+from weightspace.similarity.compare import *  # noqa: F403
+from weightspace.similarity.matching import *  # noqa: F403
+from weightspace.similarity.procrustes import *  # noqa: F403
+from weightspace.similarity.relative import *  # noqa: F403
+from weightspace.similarity.streaming import *  # noqa: F403
 
-__all__ = [
-    "ActivationCapture",
-    "CCAResult",
-    "CKAMatrix",
-    "DegenerateRepresentationWarning",
-    "LinearCKAAccumulator",
-    "MinibatchCKAAccumulator",
-    "NeuronMatch",
-    "SimilarityInputError",
-    "capturable_layers",
-    "capture_activations",
-    "cca",
-    "center_gram",
-    "cka_from_grams",
-    "cka_matrix",
-    "gram_linear",
-    "gram_rbf",
-    "hsic",
-    "iter_activations",
-    "linear_cka",
-    "match_neurons",
-    "match_neurons_by_layer",
-    "minibatch_cka",
-    "model_cka_matrix",
-    "neuron_correlation",
-    "procrustes_distance",
-    "pwcca",
-    "rbf_cka",
-    "relative_representation",
-    "relative_similarity",
-    "svcca",
-]
+# ``capture.batches`` stays in its module; everything else each module lists is public here.
+__all__ = sorted(
+    [
+        "ActivationCapture",
+        "DegenerateRepresentationWarning",
+        "SimilarityInputError",
+        "capturable_layers",
+        "capture_activations",
+        "iter_activations",
+        *_cca.__all__,
+        *_cka.__all__,
+        *_compare.__all__,
+        *_matching.__all__,
+        *_procrustes.__all__,
+        *_relative.__all__,
+        *_streaming.__all__,
+    ]
+)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import inspect
 import operator
 from collections import Counter
 from typing import Any, Callable, Iterable, Iterator, Sequence, Union
@@ -338,32 +339,28 @@ def iter_activations(
         yield acts
 
 
-def capture_activations(
-    model: nn.Module,
-    layers: Sequence[str] | None,
-    data: Any,
-    *,
-    reduction: Reduction = "flatten",
-    batch_size: int = 256,
-    max_samples: int | None = None,
-) -> dict[str, torch.Tensor]:
+def capture_activations(model: nn.Module, layers: Sequence[str] | None, data: Any, **options: Any) -> dict[str, torch.Tensor]:
     """All activations of ``layers`` over ``data``, concatenated.
 
     Holds ``N x sum(d_layer)`` values; bound it with ``max_samples`` or use
     :func:`iter_activations` with a streaming accumulator for large data.
 
     Args:
-        as for :func:`iter_activations`.
+        as for :func:`iter_activations` (``reduction``, ``batch_size`` and
+        ``max_samples`` keyword-only; the signature is declared there once).
 
     Returns:
         ``{layer: (N, d_layer)}`` CPU tensors in the activations' dtype.
     """
     chunks: dict[str, list[torch.Tensor]] = {}
-    for acts in iter_activations(
-        model, layers, data, reduction=reduction, batch_size=batch_size, max_samples=max_samples
-    ):
+    for acts in iter_activations(model, layers, data, **options):
         for k, v in acts.items():
             chunks.setdefault(k, []).append(v)
     if not chunks:
         raise SimilarityInputError("data yielded no batches")
     return {k: torch.cat(v) for k, v in chunks.items()}
+
+
+capture_activations.__signature__ = inspect.signature(iter_activations).replace(  # type: ignore[attr-defined]
+    return_annotation=capture_activations.__annotations__["return"]
+)

@@ -164,16 +164,22 @@ def _contracting(rule):
         new = []
         for d in descs:
             if isinstance(d, tuple) and d and R.is_tensor(args[len(new)]):
-                for e in d:
-                    if isinstance(e, (Feat, SplitAx)):
-                        ctx.state.fix(e)
-                        if isinstance(e, SplitAx):
-                            ctx.state.disable_heads(e.sid)
-                d = tuple(None if isinstance(e, (Feat, SplitAx)) else e for e in d)
+                d = _fix_untracked(ctx, d)
             new.append(d)
         return rule(ctx, args, tuple(new), kwargs, kdescs, out)
 
     return adapted
+
+
+def _fix_untracked(ctx, d):
+    """Fix every neuron and head axis of descriptor ``d`` (heads of a split
+    axis are disabled too) and return ``d`` with those axes untracked."""
+    for e in d:
+        if isinstance(e, (Feat, SplitAx)):
+            ctx.state.fix(e)
+            if isinstance(e, SplitAx):
+                ctx.state.disable_heads(e.sid)
+    return tuple(None if isinstance(e, (Feat, SplitAx)) else e for e in d)
 
 
 def _slice(ctx, args, descs, kwargs, kdescs, out):
@@ -225,13 +231,7 @@ def _reshape(ctx, args, descs, kwargs, kdescs, out):
     except UnsupportedOperationError as exc:
         if not any(m in str(exc) for m in _FIXABLE_RESHAPES):
             raise
-    for e in d:
-        if isinstance(e, (Feat, SplitAx)):
-            ctx.state.fix(e)
-        if isinstance(e, SplitAx):
-            ctx.state.disable_heads(e.sid)
-    d = tuple(None if isinstance(e, (Feat, SplitAx)) else e for e in d)
-    return ctx.reshape(x.shape, d, out.shape)
+    return ctx.reshape(x.shape, _fix_untracked(ctx, d), out.shape)
 
 
 # reshapes that are read as "these neurons keep their place" instead of failing:

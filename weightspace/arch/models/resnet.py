@@ -12,6 +12,22 @@ from torch import nn
 from weightspace.arch.registry import register_model
 
 
+def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module | None:
+    """The 1x1 conv + BN projection of a residual block whose shape changes, else ``None``."""
+    if stride == 1 and in_planes == out_planes:
+        return None
+    return nn.Sequential(
+        nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False),
+        nn.BatchNorm2d(out_planes),
+    )
+
+
+def _add_shortcut(block: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``relu(out + shortcut(x))`` of a residual block with a ``downsample`` attribute."""
+    identity = x if block.downsample is None else block.downsample(x)
+    return torch.relu(out + identity)
+
+
 class BasicBlock(nn.Module):
     expansion = 1
 
@@ -21,18 +37,11 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_planes != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes),
-            )
+        self.downsample = _shortcut(in_planes, planes, stride)
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return torch.relu(out + identity)
+        return _add_shortcut(self, x, self.bn2(self.conv2(out)))
 
 
 class Bottleneck(nn.Module):
@@ -47,19 +56,12 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_planes != out_planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_planes),
-            )
+        self.downsample = _shortcut(in_planes, out_planes, stride)
 
     def forward(self, x):
         out = torch.relu(self.bn1(self.conv1(x)))
         out = torch.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return torch.relu(out + identity)
+        return _add_shortcut(self, x, self.bn3(self.conv3(out)))
 
 
 class CifarResNet(nn.Module):

@@ -30,10 +30,12 @@ Both are checked against a NumPy re-implementation of TF's convolution in
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch.nn.functional as F
 from torch import nn
 
+from weightspace.arch.models._common import extend_signature
 from weightspace.arch.models.cnn import SmallCNN
 from weightspace.arch.registry import register_model
 
@@ -56,23 +58,15 @@ def tf_same_pads(size: int, kernel: int = 3, stride: int = 2) -> tuple[int, int,
 class KerasSmallCNN(SmallCNN):
     """:class:`~weightspace.arch.models.cnn.SmallCNN` with Keras ``valid`` or TF ``same`` padding."""
 
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = 10,
-        width: int = 16,
-        depth: int = 3,
-        activation: str = "relu",
-        dropout: float = 0.0,
-        padding: str = "valid",
-        image_size: int = 28,
-    ) -> None:
-        super().__init__(in_channels, num_classes, width, depth, activation, dropout)
+    def __init__(self, *args: Any, padding: str = "valid", image_size: int = 28, **kwargs: Any) -> None:
+        # SmallCNN's arguments (declared there), then the Keras padding ones
+        super().__init__(*args, **kwargs)
         if padding not in ("valid", "same"):
             raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
         self.tf_padding = padding
         pads: list[tuple[int, int, int, int]] = []
         size = int(image_size)
+        depth = sum(isinstance(m, nn.Conv2d) for m in self.features)
         for m in self.features:
             if isinstance(m, nn.Conv2d):
                 m.padding = (0, 0)
@@ -98,3 +92,9 @@ class KerasSmallCNN(SmallCNN):
                 i += 1
             x = m(x)
         return self.classifier(self.pool(x).flatten(1))
+
+
+# what the registry and ``help()`` read: SmallCNN's arguments, then padding and image_size
+KerasSmallCNN.__init__.__signature__ = extend_signature(  # type: ignore[attr-defined]
+    SmallCNN.__init__, KerasSmallCNN.__init__
+)

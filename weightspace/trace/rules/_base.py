@@ -41,37 +41,30 @@ def register_module_rule(cls: type, rule: Rule) -> None:
     MODULE_RULES[cls] = rule
 
 
-def function_rule(*fns: Any) -> Callable[[_RuleT], _RuleT]:
-    """Decorator: register the decorated rule for calls of every ``fn`` in ``fns``."""
+def _registering(register: Callable[[Any, Rule], None], keys: tuple) -> Callable[[_RuleT], _RuleT]:
+    """A decorator that calls ``register(key, rule)`` for every key and returns the rule."""
 
-    def register(rule: _RuleT) -> _RuleT:
-        for fn in fns:
-            register_function_rule(fn, rule)
+    def decorate(rule: _RuleT) -> _RuleT:
+        for key in keys:
+            register(key, rule)
         return rule
 
-    return register
+    return decorate
+
+
+def function_rule(*fns: Any) -> Callable[[_RuleT], _RuleT]:
+    """Decorator: register the decorated rule for calls of every ``fn`` in ``fns``."""
+    return _registering(register_function_rule, fns)
 
 
 def method_rule(*names: str) -> Callable[[_RuleT], _RuleT]:
     """Decorator: register the decorated rule for the tensor methods ``names``."""
-
-    def register(rule: _RuleT) -> _RuleT:
-        for name in names:
-            register_method_rule(name, rule)
-        return rule
-
-    return register
+    return _registering(register_method_rule, names)
 
 
 def module_rule(*classes: type) -> Callable[[_RuleT], _RuleT]:
     """Decorator: register the decorated module rule for the module types ``classes``."""
-
-    def register(rule: _RuleT) -> _RuleT:
-        for cls in classes:
-            register_module_rule(cls, rule)
-        return rule
-
-    return register
+    return _registering(register_module_rule, classes)
 
 
 # --------------------------------------------------------------------- utils

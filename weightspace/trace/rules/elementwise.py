@@ -17,8 +17,6 @@ from weightspace.trace.rules._base import (
     method_rule,
     norm_dim,
     reduce_dims,
-    register_function_rule,
-    register_method_rule,
     untracked,
 )
 
@@ -47,10 +45,8 @@ _UNARY_METHODS = [
     "contiguous", "clone", "detach", "requires_grad_", "exp_", "sign", "erf", "reciprocal",
     "sigmoid_", "tanh_", "clamp_", "abs_", "nan_to_num", "cpu", "cuda",
 ]
-for _fn in _UNARY_FUNCS:
-    register_function_rule(_fn, passthrough)
-for _name in _UNARY_METHODS:
-    register_method_rule(_name, passthrough)
+function_rule(*_UNARY_FUNCS)(passthrough)
+method_rule(*_UNARY_METHODS)(passthrough)
 
 
 def elementwise(ctx: Ctx, args, descs, kwargs, kdescs, out):
@@ -72,10 +68,8 @@ _BINARY_METHODS = [
     "add", "sub", "mul", "div", "pow", "add_", "sub_", "mul_", "div_", "maximum", "minimum",
     "__add__", "__mul__", "__sub__", "__truediv__", "__radd__", "__rmul__", "lerp",
 ]
-for _fn in _BINARY_FUNCS:
-    register_function_rule(_fn, elementwise)
-for _name in _BINARY_METHODS:
-    register_method_rule(_name, elementwise)
+function_rule(*_BINARY_FUNCS)(elementwise)
+method_rule(*_BINARY_METHODS)(elementwise)
 
 
 def _check_head_reduction(ctx: Ctx, descs: tuple, reduced: list[int]) -> None:
@@ -118,10 +112,8 @@ _REDUCE_FUNCS = [torch.sum, torch.mean, torch.amax, torch.amin, torch.var, torch
                  torch.nanmean, torch.all, torch.any, torch.median]
 _REDUCE_METHODS = ["sum", "mean", "amax", "amin", "var", "std", "logsumexp", "prod", "norm",
                    "nansum", "nanmean", "all", "any"]
-for _fn in _REDUCE_FUNCS:
-    register_function_rule(_fn, reduction)
-for _name in _REDUCE_METHODS:
-    register_method_rule(_name, reduction)
+function_rule(*_REDUCE_FUNCS)(reduction)
+method_rule(*_REDUCE_METHODS)(reduction)
 
 
 @function_rule(torch.max, torch.min)
@@ -192,10 +184,8 @@ _COMPARE_FUNCS = [
 ]
 _COMPARE_METHODS = ["eq", "ne", "lt", "le", "gt", "ge", "__eq__", "__ne__", "__lt__", "__le__",
                     "__gt__", "__ge__", "logical_not", "logical_and", "logical_or", "bool", "long", "int"]
-for _fn in _COMPARE_FUNCS:
-    register_function_rule(_fn, elementwise)
-for _name in _COMPARE_METHODS:
-    register_method_rule(_name, elementwise)
+function_rule(*_COMPARE_FUNCS)(elementwise)
+method_rule(*_COMPARE_METHODS)(elementwise)
 
 
 @function_rule(torch.tril, torch.triu)
@@ -221,5 +211,4 @@ def factory_rule(ctx: Ctx, args, descs, kwargs, kdescs, out):
     return untracked(out)
 
 
-for _fn in _FACTORY_FUNCS:
-    register_function_rule(_fn, factory_rule)
+function_rule(*_FACTORY_FUNCS)(factory_rule)

@@ -98,15 +98,21 @@ def conv_rule(ctx: Ctx, args, descs, kwargs, kdescs, out, transposed: bool = Fal
                    get_desc(descs, kdescs, 2, "bias"), out, groups, ctx.where, op, transposed)
 
 
-def batch_norm_fn(ctx: Ctx, x, dx, pdescs: list, out) -> tuple:
-    f = ctx.as_feature(dx[1], int(x.shape[1]), op="input")
-    if f.rep != 1:
-        raise ctx.unsupported("BatchNorm over a flattened neuron axis")
+def _channel_params(ctx: Ctx, dx, f, pdescs: list) -> tuple:
+    """Bind per-channel parameters (``pdescs``, ``None`` where absent) to the
+    channel axis ``f``; the output keeps ``dx`` with ``f`` at axis 1."""
     for pd in pdescs:
         if pd is not None:
             ctx.bind_param(pd[0], f)
             set_roles(ctx, pd, {0: "out"})
     return (dx[0], f) + tuple(dx[2:])
+
+
+def batch_norm_fn(ctx: Ctx, x, dx, pdescs: list, out) -> tuple:
+    f = ctx.as_feature(dx[1], int(x.shape[1]), op="input")
+    if f.rep != 1:
+        raise ctx.unsupported("BatchNorm over a flattened neuron axis")
+    return _channel_params(ctx, dx, f, pdescs)
 
 
 @function_rule(F.batch_norm)
@@ -155,11 +161,7 @@ def group_norm_fn(ctx: Ctx, x, dx, groups: int, pdescs: list, out) -> tuple:
     if 1 < groups < c:
         # channels may move only inside their normalisation group
         ctx.state.add_cuts(f, range(0, c + 1, c // groups))
-    for pd in pdescs:
-        if pd is not None:
-            ctx.bind_param(pd[0], f)
-            set_roles(ctx, pd, {0: "out"})
-    return (dx[0], f) + tuple(dx[2:])
+    return _channel_params(ctx, dx, f, pdescs)
 
 
 @function_rule(F.group_norm)

@@ -10,7 +10,6 @@ from weightspace.trace.rules._base import (
     get_desc,
     module_rule,
     param_desc,
-    register_module_rule,
     set_roles,
     untracked,
 )
@@ -36,8 +35,7 @@ _UNARY_MODULES = [
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.LogSigmoid,
     nn.Softsign, nn.Tanhshrink,
 ]
-for _cls in _UNARY_MODULES:
-    register_module_rule(_cls, module_passthrough)
+module_rule(*_UNARY_MODULES)(module_passthrough)
 
 
 @module_rule(nn.Linear)

@@ -9,7 +9,8 @@ are :mod:`~weightspace.merge.assignment`, activation statistics
 :mod:`~weightspace.merge.activations`. Multi-model merging
 (:mod:`~weightspace.merge.multi`), optimal-transport fusion with
 heterogeneous widths (:mod:`~weightspace.merge.ot_fusion`), the averaging
-family (:mod:`~weightspace.merge.average`), REPAIR and BatchNorm reset
+family (:mod:`~weightspace.merge.average`), task-vector merges (TIES, DARE,
+model breadcrumbs, SLERP: :mod:`~weightspace.merge.task_vectors`), REPAIR and BatchNorm reset
 (:mod:`~weightspace.merge.repair`), linear-path barriers
 (:mod:`~weightspace.merge.barrier`) and a YAML config runner
 (:mod:`~weightspace.merge.config`).
@@ -40,6 +41,7 @@ from weightspace.merge.matching import (
 from weightspace.merge.multi import MultiMergeResult, align_to_reference, merge_many
 from weightspace.merge.ot_fusion import FusionResult, check_same_family, ot_fusion
 from weightspace.merge.repair import repair, reset_bn_stats
+from weightspace.merge.task_vectors import breadcrumbs, dare, slerp, ties
 
 __all__ = [
     "FusionResult",
@@ -54,7 +56,9 @@ __all__ = [
     "align_to_reference",
     "average",
     "barrier",
+    "breadcrumbs",
     "check_same_family",
+    "dare",
     "diagonal_fisher",
     "evaluate",
     "fisher_average",
@@ -68,7 +72,9 @@ __all__ = [
     "repair",
     "reset_bn_stats",
     "run_config",
+    "slerp",
     "ste_matching",
     "task_arithmetic",
+    "ties",
     "weight_matching",
 ]

@@ -433,8 +433,8 @@ def load_config(path_or_dict: str | os.PathLike | Mapping) -> MergeConfig:
     if top.get("base") is not None:
         base = _entry(top["base"], "base", arch, kw, root, source, default_model)
         if not get_method(method).needs_base:
-            with_base = ", ".join(m for m in METHODS if get_method(m).needs_base)
-            raise MergeConfigError(f"'base' is only used by methods {with_base}, not {method!r}",
+            first, *more = [m for m in METHODS if get_method(m).needs_base]
+            raise MergeConfigError(f"'base' is only used by method {first} (and {', '.join(more)}), not {method!r}",
                                    path=source, field="base")
     if get_method(method).needs_base and base is None:
         raise MergeConfigError(f"method {method} needs 'base: {{path: ...}}' (the pre-trained model)",

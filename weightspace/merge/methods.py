@@ -237,7 +237,7 @@ def _breadcrumbs(m: MethodInputs) -> MethodOutput:
     return MethodOutput(breadcrumbs(m.base, m.sds, m.weights, names=m.names, **m.options), None)
 
 
-@merge_method("slerp", options=[(slerp, {"names"})], num_models=2)
+@merge_method("slerp", options=[(slerp, {"names", "n_layers"})], num_models=2)
 def _slerp(m: MethodInputs) -> MethodOutput:
     """``t = 0`` is ``models[0]``, ``t = 1`` is ``models[1]`` (their weights are not used)."""
     return MethodOutput(slerp(m.sds[0], m.sds[1], names=m.names, **m.options), None)

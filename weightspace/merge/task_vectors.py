@@ -337,6 +337,7 @@ def slerp(
     t_default: float | None = None,
     dot_threshold: float = 0.9995,
     eps: float = 1e-8,
+    n_layers: int | None = None,
     names: Sequence[str] | None = None,
 ) -> StateDict:
     """SLERP of two models, tensor by tensor (:func:`slerp_tensor`);
@@ -355,6 +356,8 @@ def slerp(
         t_default: ``t`` of tensors without a layer index.
         dot_threshold: ``|cos|`` above which to interpolate linearly.
         eps: norms at or below are near-zero (treated as orthogonal).
+        n_layers: ``L`` (default: from the names in ``sd_a``; give it when
+            merging a part of a model, as the streaming merge does).
         names: labels of the two models for error messages.
     """
     labels = list(names) if names else ["model a", "model b"]
@@ -366,7 +369,8 @@ def slerp(
     td = sum(anchors) / len(anchors) if t_default is None else per_model(t_default, 1, "t_default")[0]
     per_model(dot_threshold, 1, "dot_threshold")
     idx = [i for i in (layer_index(k) for k in sd_a) if i is not None]
-    n_layers = max(idx) + 1 if idx else 1
+    if n_layers is None:
+        n_layers = max(idx) + 1 if idx else 1
     out: StateDict = {}
     for k, v in sd_a.items():
         if not v.is_floating_point():

@@ -10,7 +10,8 @@ are :mod:`~weightspace.merge.assignment`, activation statistics
 (:mod:`~weightspace.merge.multi`), optimal-transport fusion with
 heterogeneous widths (:mod:`~weightspace.merge.ot_fusion`), the averaging
 family (:mod:`~weightspace.merge.average`), task-vector merges (TIES, DARE,
-model breadcrumbs, SLERP: :mod:`~weightspace.merge.task_vectors`), REPAIR and BatchNorm reset
+model breadcrumbs, SLERP: :mod:`~weightspace.merge.task_vectors`; out of
+core on safetensors directories: :mod:`~weightspace.merge.stream`), REPAIR and BatchNorm reset
 (:mod:`~weightspace.merge.repair`), linear-path barriers
 (:mod:`~weightspace.merge.barrier`) and a YAML config runner
 (:mod:`~weightspace.merge.config`).
@@ -41,6 +42,7 @@ from weightspace.merge.matching import (
 from weightspace.merge.multi import MultiMergeResult, align_to_reference, merge_many
 from weightspace.merge.ot_fusion import FusionResult, check_same_family, ot_fusion
 from weightspace.merge.repair import repair, reset_bn_stats
+from weightspace.merge.stream import StreamPlan, merge_directories
 from weightspace.merge.task_vectors import breadcrumbs, dare, slerp, ties
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "MergeOutcome",
     "MultiMergeResult",
     "PathResult",
+    "StreamPlan",
     "activation_matching",
     "align_to_reference",
     "average",
@@ -67,6 +70,7 @@ __all__ = [
     "load_config",
     "loss_and_accuracy",
     "match_objective",
+    "merge_directories",
     "merge_many",
     "ot_fusion",
     "repair",

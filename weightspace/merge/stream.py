@@ -24,6 +24,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 from weightspace.arch.ref import INDEX_FILE, SINGLE_FILE, _read_index
 from weightspace.errors import InputFileError, MissingFileError, StateDictError
@@ -236,9 +238,6 @@ def merge_directories(
         MissingFileError, InputFileError, StateDictError: a directory or file
             at fault, or models of different tensors or shapes.
     """
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
-
     opts = _check_options(method, options or {})
     if method == "slerp":
         if base is not None:

@@ -21,17 +21,22 @@ from weightspace.merge import (
     activation_matching,
     align_to_reference,
     average,
+    breadcrumbs,
+    dare,
     diagonal_fisher,
     fisher_average,
     interpolate,
     merge_many,
     ot_fusion,
+    slerp,
     ste_matching,
     task_arithmetic,
+    ties,
     weight_matching,
 )
 from weightspace.merge._common import instantiate
 from weightspace.merge.config import METHODS, load_config, run_config
+from weightspace.merge.methods import get_method
 
 KW = {"in_features": 4, "hidden": [6, 6], "out_features": 3}
 W = [1.0, 3.0]
@@ -99,6 +104,14 @@ def _direct(method, sds, data):
         return fisher_average([a, b], fishers, W, eps=1e-6)
     if method == "task_arithmetic":
         return task_arithmetic(base, [a, b], [0.5, 0.25])
+    if method == "ties":
+        return ties(base, [a, b], W, density=0.5, trim="per_tensor", sign="weighted_sum")
+    if method == "dare":
+        return dare(base, [a, b], W, density=0.5, rescale="l1", combine="ties", seed=0)
+    if method == "breadcrumbs":
+        return breadcrumbs(base, [a, b], W, density=[0.5, 0.4], beta=0.1)
+    if method == "slerp":
+        return slerp(a, b, [0.0, 0.5, 1.0])
     raise AssertionError(method)
 
 
@@ -111,6 +124,10 @@ _OPTIONS = {
     "ot_fusion": {"solver": "sinkhorn", "reg": 0.05},
     "fisher": {"max_samples": 16, "eps": 1e-6},
     "task_arithmetic": {"scale": [0.5, 0.25]},
+    "ties": {"density": 0.5, "trim": "per_tensor", "sign": "weighted_sum"},
+    "dare": {"density": 0.5, "rescale": "l1", "combine": "ties"},
+    "breadcrumbs": {"density": [0.5, 0.4], "beta": 0.1},
+    "slerp": {"t": [0.0, 0.5, 1.0]},
 }
 
 
@@ -120,7 +137,7 @@ def test_every_method_runs_from_a_yaml_file_and_equals_the_direct_call(setup, me
     assert set(_OPTIONS) == set(METHODS)
     path = _write(root, _config(
         root, method=method, options=_OPTIONS[method], data={"path": "data.npz"},
-        base={"path": "runs/base.safetensors"} if method == "task_arithmetic" else None,
+        base={"path": "runs/base.safetensors"} if get_method(method).needs_base else None,
     ))
     out = run_config(load_config(path))
     m = zoo.create_model("mlp", **KW)

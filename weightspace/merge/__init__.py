@@ -9,7 +9,9 @@ are :mod:`~weightspace.merge.assignment`, activation statistics
 :mod:`~weightspace.merge.activations`. Multi-model merging
 (:mod:`~weightspace.merge.multi`), optimal-transport fusion with
 heterogeneous widths (:mod:`~weightspace.merge.ot_fusion`), the averaging
-family (:mod:`~weightspace.merge.average`), REPAIR and BatchNorm reset
+family (:mod:`~weightspace.merge.average`), task-vector merges (TIES, DARE,
+model breadcrumbs, SLERP: :mod:`~weightspace.merge.task_vectors`; out of
+core on safetensors directories: :mod:`~weightspace.merge.stream`), REPAIR and BatchNorm reset
 (:mod:`~weightspace.merge.repair`), linear-path barriers
 (:mod:`~weightspace.merge.barrier`) and a YAML config runner
 (:mod:`~weightspace.merge.config`).
@@ -40,6 +42,8 @@ from weightspace.merge.matching import (
 from weightspace.merge.multi import MultiMergeResult, align_to_reference, merge_many
 from weightspace.merge.ot_fusion import FusionResult, check_same_family, ot_fusion
 from weightspace.merge.repair import repair, reset_bn_stats
+from weightspace.merge.stream import StreamPlan, merge_directories
+from weightspace.merge.task_vectors import breadcrumbs, dare, slerp, ties
 
 __all__ = [
     "FusionResult",
@@ -50,11 +54,14 @@ __all__ = [
     "MergeOutcome",
     "MultiMergeResult",
     "PathResult",
+    "StreamPlan",
     "activation_matching",
     "align_to_reference",
     "average",
     "barrier",
+    "breadcrumbs",
     "check_same_family",
+    "dare",
     "diagonal_fisher",
     "evaluate",
     "fisher_average",
@@ -63,12 +70,15 @@ __all__ = [
     "load_config",
     "loss_and_accuracy",
     "match_objective",
+    "merge_directories",
     "merge_many",
     "ot_fusion",
     "repair",
     "reset_bn_stats",
     "run_config",
+    "slerp",
     "ste_matching",
     "task_arithmetic",
+    "ties",
     "weight_matching",
 ]

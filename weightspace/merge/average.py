@@ -1,5 +1,6 @@
 """The averaging family: plain, weighted, Fisher-weighted (Matena & Raffel
 2022), task arithmetic (Ilharco et al. 2023) and linear interpolation.
+TIES, DARE, breadcrumbs and SLERP are :mod:`weightspace.merge.task_vectors`.
 
 All functions take state_dicts with identical keys and shapes and return a
 new state_dict. Non-floating entries follow one rule
@@ -24,6 +25,7 @@ from weightspace.merge._common import (
     iter_batches,
     model_label,
 )
+from weightspace.merge.sparsify import per_model, trim_masks
 
 __all__ = [
     "average",
@@ -149,13 +151,24 @@ def task_arithmetic(
     base: Mapping[str, torch.Tensor],
     finetuned: Sequence[Mapping[str, torch.Tensor]],
     scale: float | Sequence[float] = 1.0,
+    *,
+    density: float | Sequence[float] = 1.0,
+    trim: str = "global",
 ) -> dict[str, torch.Tensor]:
-    """``base + sum_i scale_i * (finetuned_i - base)`` (task vectors).
+    """``base + sum_i scale_i * m_i * (finetuned_i - base)`` (task vectors;
+    Ilharco et al. 2023, "Editing Models with Task Arithmetic").
 
     Args:
         base: the pre-trained state_dict every fine-tuned model started from.
         finetuned: ``N`` fine-tuned state_dicts (same shapes as ``base``).
-        scale: one scaling coefficient, or one per task.
+        scale: one scaling coefficient, or one per task (per-model weights).
+        density: fraction of each task vector kept by magnitude (one, or one
+            per task, in ``[0, 1]``); ``1`` (default) keeps everything, so
+            ``m_i = 1``. The mask ``m_i`` is TIES' trim
+            (:func:`~weightspace.merge.sparsify.trim_masks`).
+        trim: ``"global"`` (top ``density`` of the whole task vector) or
+            ``"per_tensor"`` (exactly ``int(density * numel)`` per tensor, as
+            mergekit does).
     """
     labels = ["base"] + [f"finetuned {i}" for i in range(len(finetuned))]
     _check_same([base, *finetuned], labels)
@@ -163,12 +176,21 @@ def task_arithmetic(
     s = [float(scale)] * n if isinstance(scale, (int, float)) else [float(x) for x in scale]
     if len(s) != n:
         raise MergeError(f"scale has {len(s)} entries for {n} fine-tuned models")
+    d = per_model(density, n, "density")
+    if trim not in ("global", "per_tensor"):
+        trim_masks({}, 1.0, trim)  # raises the one error for a bad trim
+    fkeys = [k for k, v in base.items() if v.is_floating_point()]
+    masks = [
+        trim_masks({k: ft[k].double() - base[k].double() for k in fkeys}, di, trim) if di < 1 else None
+        for di, ft in zip(d, finetuned)
+    ]
     out = {}
     for k, v in base.items():
         if v.is_floating_point():
             acc = v.double().clone()
-            for si, ft in zip(s, finetuned):
-                acc += si * (ft[k].double() - v.double())
+            for si, ft, mi in zip(s, finetuned, masks):
+                tau = ft[k].double() - v.double()
+                acc += si * (tau if mi is None else tau * mi[k])
             out[k] = acc.to(v.dtype)
         else:
             out[k] = merge_non_float(k, [v] + [ft[k] for ft in finetuned], labels)

@@ -35,7 +35,9 @@ the top as the default of every entry; see :mod:`weightspace.arch.ref`)::
 
 Methods (``METHODS``): ``average``, ``weight_matching``, ``merge_many``,
 ``activation_matching``, ``ste``, ``ot_fusion`` (widths may differ),
-``fisher``, ``task_arithmetic`` (needs ``base: {path: ...}``); each is one
+``fisher``, ``task_arithmetic``, ``ties``, ``dare``, ``breadcrumbs`` (these
+four need ``base: {path: ...}``; ``models[i].weight`` is the task's weight),
+``slerp`` (two models); each is one
 adapter registered with :func:`~weightspace.merge.methods.merge_method`.
 
 Validation happens before anything runs: every key is checked for its type
@@ -193,7 +195,12 @@ _CHOICES = {
     "labels": ("sampled", "argmax", "given"),
     "solver": ("emd", "sinkhorn"),
     "ground": ("weights", "activations"),
+    "trim": ("global", "per_tensor"),
+    "sign": ("sum", "weighted_sum"),
+    "rescale": ("inverse_density", "l1", "none"),
+    "combine": ("linear", "ties"),
 }
+_UNIT = {"density", "beta", "t", "t_default", "dot_threshold"}  # fractions: in [0, 1] (list elements too)
 
 
 def _parse_annotation(ann: Any) -> tuple[list[type], bool, type | None]:
@@ -218,10 +225,13 @@ def _parse_annotation(ann: Any) -> tuple[list[type], bool, type | None]:
 def _field_of(name: str, param: inspect.Parameter) -> Field:
     """A schema :class:`Field` from a keyword argument's annotation."""
     types, nullable, _ = _parse_annotation(param.annotation)
+    if list in types and name in _UNIT:  # ranges of "float | list" options: checked per value
+        return Field(tuple(types) if len(types) > 1 else types[0], nullable=nullable or param.default is None)
     return Field(
         tuple(types) if len(types) > 1 else types[0],
         nullable=nullable or param.default is None,
-        min=1 if name in _POSITIVE else (0.0 if name in _NON_NEGATIVE else None),
+        min=1 if name in _POSITIVE else (0.0 if name in _NON_NEGATIVE or name in _UNIT else None),
+        max=1.0 if name in _UNIT else None,
         choices=_CHOICES.get(name),
     )
 
@@ -249,6 +259,8 @@ def _check_signature_options(values: Any, targets: list[tuple[Callable, set[str]
     params = _signature_params(targets)
     out = _check(values, {name: _field_of(name, p) for name, p in params.items()}, source, where)
     for name, v in out.items():
+        if name in _UNIT and isinstance(v, (int, float)) and not 0 <= v <= 1:
+            raise MergeConfigError(f"must lie in [0, 1], got {v}", path=source, field=f"{where}.{name}")
         element = _parse_annotation(params[name].annotation)[2]
         if isinstance(v, list) and element is not None:
             for i, item in enumerate(v):
@@ -256,6 +268,9 @@ def _check_signature_options(values: Any, targets: list[tuple[Callable, set[str]
                     check_type(item, element, path=source, field=f"{where}.{name}[{i}]")
                 except ConfigError as exc:
                     raise MergeConfigError(exc.message, path=exc.path, field=exc.field) from None
+                if name in _UNIT and not 0 <= item <= 1:
+                    raise MergeConfigError(f"must lie in [0, 1], got {item}", path=source,
+                                           field=f"{where}.{name}[{i}]")
     return out
 
 
@@ -417,15 +432,20 @@ def load_config(path_or_dict: str | os.PathLike | Mapping) -> MergeConfig:
     base = None
     if top.get("base") is not None:
         base = _entry(top["base"], "base", arch, kw, root, source, default_model)
-        if method != "task_arithmetic":
-            raise MergeConfigError(f"'base' is only used by method task_arithmetic, not {method!r}",
+        if not get_method(method).needs_base:
+            first, *more = [m for m in METHODS if get_method(m).needs_base]
+            raise MergeConfigError(f"'base' is only used by method {first} (and {', '.join(more)}), not {method!r}",
                                    path=source, field="base")
-    if method == "task_arithmetic" and base is None:
-        raise MergeConfigError("method task_arithmetic needs 'base: {path: ...}' (the pre-trained model)",
+    if get_method(method).needs_base and base is None:
+        raise MergeConfigError(f"method {method} needs 'base: {{path: ...}}' (the pre-trained model)",
                                path=source, field="base")
-    if method == "task_arithmetic" and top.get("repair") == "repair":
-        raise MergeConfigError("REPAIR needs endpoint models; it is not defined for task_arithmetic "
+    if (get_method(method).needs_base or method == "slerp") and top.get("repair") == "repair":
+        raise MergeConfigError(f"REPAIR needs endpoint models; it is not defined for {method} "
                                "(use reset_bn or none)", path=source, field="repair")
+    count = get_method(method).num_models
+    if count is not None and len(models) != count:
+        raise MergeConfigError(f"method {method} merges exactly {count} models, got {len(models)}",
+                               path=source, field="models")
     ref = top["reference"]
     if ref >= len(models):
         raise MergeConfigError(f"reference {ref} is out of range for {len(models)} models (0..{len(models) - 1})",
@@ -436,9 +456,10 @@ def load_config(path_or_dict: str | os.PathLike | Mapping) -> MergeConfig:
         raise MergeConfigError(f"method {method!r} takes no options, got {names}",
                                path=source, field=f"options.{names[0]}")
     opts = _check_signature_options(opts, _option_targets(method), source, "options")
-    if isinstance(opts.get("scale"), list) and len(opts["scale"]) != len(models):
-        raise MergeConfigError(f"has {len(opts['scale'])} entries for {len(models)} models",
-                               path=source, field="options.scale")
+    for per_model in ("scale", "density"):  # one value, or one per model
+        if isinstance(opts.get(per_model), list) and len(opts[per_model]) != len(models):
+            raise MergeConfigError(f"has {len(opts[per_model])} entries for {len(models)} models",
+                                   path=source, field=f"options.{per_model}")
     data = _check_data(top["data"], root, source) if top.get("data") is not None else None
     if opts.get("ground") == "activations" and data is None:
         raise MergeConfigError("ground: activations needs 'data' in the config", path=source, field="options.ground")

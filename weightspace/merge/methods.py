@@ -28,6 +28,7 @@ from weightspace.merge.average import average, diagonal_fisher, fisher_average, 
 from weightspace.merge.matching import activation_matching, ste_matching, weight_matching
 from weightspace.merge.multi import align_to_reference, merge_many
 from weightspace.merge.ot_fusion import ot_fusion
+from weightspace.merge.task_vectors import breadcrumbs, dare, slerp, ties
 from weightspace.symmetry import PermutationSpec
 
 __all__ = ["METHODS", "MergeMethod", "MethodInputs", "MethodOutput", "get_method", "merge_method"]
@@ -95,6 +96,7 @@ class MergeMethod:
     needs_data: bool = False
     needs_base: bool = False
     mixed_widths: bool = False
+    num_models: int | None = None
 
 
 _REGISTRY: dict[str, MergeMethod] = {}
@@ -107,6 +109,7 @@ def merge_method(
     needs_data: bool = False,
     needs_base: bool = False,
     mixed_widths: bool = False,
+    num_models: int | None = None,
 ) -> Callable[[Callable[[MethodInputs], MethodOutput]], Callable[[MethodInputs], MethodOutput]]:
     """Register the decorated adapter as config method ``name``.
 
@@ -119,6 +122,7 @@ def merge_method(
         needs_data: the method cannot run without the config's ``data``.
         needs_base: the method needs ``base: {path: ...}`` (a base model).
         mixed_widths: the models may differ in width (architecture arguments).
+        num_models: the method merges exactly this many models (``None``: any).
 
     Raises:
         ValueError: ``name`` is registered already.
@@ -128,7 +132,8 @@ def merge_method(
         if name in _REGISTRY:
             raise ValueError(f"merge method {name!r} is registered twice")
         _REGISTRY[name] = MergeMethod(
-            name, fn, tuple((f, frozenset(skip)) for f, skip in options), needs_data, needs_base, mixed_widths
+            name, fn, tuple((f, frozenset(skip)) for f, skip in options), needs_data, needs_base, mixed_widths,
+            num_models,
         )
         return fn
 
@@ -211,7 +216,31 @@ def _fisher(m: MethodInputs) -> MethodOutput:
 
 @merge_method("task_arithmetic", options=[(task_arithmetic, set())], needs_base=True)
 def _task_arithmetic(m: MethodInputs) -> MethodOutput:
-    return MethodOutput(task_arithmetic(m.base, m.sds, m.options.get("scale", 1.0)), None)
+    return MethodOutput(task_arithmetic(m.base, m.sds, **m.options), None)
+
+
+# Task-vector methods: ``models[i].weight`` is the per-model weight w_i (as in
+# mergekit); ``density`` may be one value or one per model.
+@merge_method("ties", options=[(ties, {"weights", "names"})], needs_base=True)
+def _ties(m: MethodInputs) -> MethodOutput:
+    return MethodOutput(ties(m.base, m.sds, m.weights, names=m.names, **m.options), None)
+
+
+@merge_method("dare", options=[(dare, {"weights", "names"})], needs_base=True)
+def _dare(m: MethodInputs) -> MethodOutput:
+    opts = {"seed": m.seed, **m.options}
+    return MethodOutput(dare(m.base, m.sds, m.weights, names=m.names, **opts), None)
+
+
+@merge_method("breadcrumbs", options=[(breadcrumbs, {"weights", "names"})], needs_base=True)
+def _breadcrumbs(m: MethodInputs) -> MethodOutput:
+    return MethodOutput(breadcrumbs(m.base, m.sds, m.weights, names=m.names, **m.options), None)
+
+
+@merge_method("slerp", options=[(slerp, {"names", "n_layers"})], num_models=2)
+def _slerp(m: MethodInputs) -> MethodOutput:
+    """``t = 0`` is ``models[0]``, ``t = 1`` is ``models[1]`` (their weights are not used)."""
+    return MethodOutput(slerp(m.sds[0], m.sds[1], names=m.names, **m.options), None)
 
 
 METHODS: tuple[str, ...] = tuple(_REGISTRY)

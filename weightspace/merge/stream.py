@@ -1,0 +1,298 @@
+"""Out-of-core merging of Hugging Face checkpoint directories, tensor by tensor.
+
+The elementwise methods (``task_arithmetic``, ``ties``, ``dare``,
+``breadcrumbs``, ``slerp``) need one tensor of every model at a time, so
+:func:`merge_directories` never holds a whole model: it opens each input
+file with ``safetensors.safe_open`` per tensor (closing it again, so no
+mapping stays resident), merges that tensor with the in-memory function
+(:mod:`weightspace.merge.task_vectors`, same result bit for bit), and
+writes sharded safetensors plus ``model.safetensors.index.json`` with
+:func:`weightspace.io.atomic_write`. Peak memory is about one output shard
+plus the working copies of the largest tensor (see :class:`StreamPlan`).
+
+The paper's global TIES trim (``trim="global"``) ranks a whole task vector
+and cannot stream: give ``trim: per_tensor`` (mergekit's convention).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from weightspace.arch.ref import INDEX_FILE, SINGLE_FILE, _read_index
+from weightspace.errors import InputFileError, MissingFileError, StateDictError
+from weightspace.io import atomic_write
+from weightspace.merge._common import MergeConfigError
+from weightspace.merge.average import task_arithmetic
+from weightspace.merge.task_vectors import breadcrumbs, dare, layer_index, slerp, ties
+
+__all__ = ["STREAM_METHODS", "StreamPlan", "TensorPlan", "merge_directories"]
+
+#: files copied from the first model's directory (the base, or ``models[0]`` for slerp)
+COPIED_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
+)
+
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _fn(method: str) -> Callable[..., dict[str, torch.Tensor]]:
+    return {"task_arithmetic": task_arithmetic, "ties": ties, "dare": dare, "breadcrumbs": breadcrumbs}[method]
+
+
+STREAM_METHODS = ("task_arithmetic", "ties", "dare", "breadcrumbs", "slerp")
+
+
+@dataclass
+class TensorPlan:
+    """One tensor of the merge: name, shape, stored dtype, what happens to it
+    (``"<method>"`` for floating tensors, ``"non_float"`` for the
+    :func:`~weightspace.merge.average.merge_non_float` rule) and its output shard."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    method: str
+    shard: str = ""
+
+
+@dataclass
+class StreamPlan:
+    """What :func:`merge_directories` will do (``dry_run=True`` returns it).
+
+    Attributes:
+        method, options: the merge.
+        tensors: one :class:`TensorPlan` per tensor, in the order merged.
+        shards: output file name -> its tensor names.
+        model_bytes: bytes of one model (the output).
+        peak_bytes: estimated peak memory of the merge: the largest output
+            shard plus, for the largest tensor, every model's copy and the
+            float64 working copies.
+    """
+
+    method: str
+    options: dict
+    tensors: list[TensorPlan] = field(default_factory=list)
+    shards: dict[str, list[str]] = field(default_factory=dict)
+    model_bytes: int = 0
+    peak_bytes: int = 0
+
+
+class _Dir:
+    """A safetensors directory: tensor name -> file, shapes and dtypes from the headers."""
+
+    def __init__(self, directory: str | os.PathLike, key: str):
+        self.dir, self.key = Path(directory), key
+        if not self.dir.is_dir():
+            raise MissingFileError(f"no such model directory ({key})", path=self.dir, field=key)
+        if (self.dir / INDEX_FILE).is_file():
+            self.weight_map = _read_index(self.dir / INDEX_FILE)
+        elif (self.dir / SINGLE_FILE).is_file():
+            self.weight_map = None
+        else:
+            raise MissingFileError(f"no {SINGLE_FILE} or {INDEX_FILE} in the model directory ({key})",
+                                   path=self.dir / SINGLE_FILE, field=key)
+        self.info: dict[str, tuple[tuple[int, ...], str]] = {}
+        for fname in sorted(set(self.weight_map.values())) if self.weight_map else [SINGLE_FILE]:
+            with self._open(fname) as f:
+                for name in f.keys():
+                    sl = f.get_slice(name)
+                    self.info[name] = (tuple(int(s) for s in sl.get_shape()), str(sl.get_dtype()))
+        if self.weight_map is None:
+            self.weight_map = {k: SINGLE_FILE for k in self.info}
+        missing = sorted(set(self.weight_map) - set(self.info))
+        if missing:
+            raise StateDictError(f"tensor listed in {INDEX_FILE} is not in its shard ({key})",
+                                 path=self.dir / self.weight_map[missing[0]], field=missing[0])
+
+    def _open(self, fname: str):
+        p = self.dir / fname
+        if not p.is_file():
+            raise MissingFileError(f"shard listed in {INDEX_FILE} is missing ({self.key})", path=p, field=self.key)
+        try:
+            return safe_open(str(p), framework="pt")
+        except Exception as exc:  # SafetensorError, OSError
+            raise InputFileError(f"cannot read as safetensors ({type(exc).__name__}: {exc}) ({self.key})",
+                                 path=p) from None
+
+    def read(self, name: str) -> torch.Tensor:
+        """One tensor; the file is opened for it and closed again."""
+        fname = self.weight_map[name]
+        try:
+            with self._open(fname) as f:
+                return f.get_tensor(name).clone()
+        except InputFileError:
+            raise
+        except Exception as exc:
+            raise InputFileError(f"cannot read tensor {name!r} ({type(exc).__name__}: {exc})",
+                                 path=self.dir / fname, field=name) from None
+
+
+def _check_options(method: str, options: Mapping[str, Any]) -> dict:
+    if method not in STREAM_METHODS:
+        raise MergeConfigError(f"method {method!r} cannot stream; use one of {', '.join(STREAM_METHODS)}",
+                               field="method")
+    opts = dict(options or {})
+    if method == "ties" and opts.get("trim", "global") == "global":
+        raise MergeConfigError("trim 'global' (the paper's) ranks the whole task vector and cannot stream; "
+                               "give trim: per_tensor", field="trim")
+    if method == "task_arithmetic" and opts.get("density", 1.0) != 1.0 and opts.get("trim", "global") == "global":
+        raise MergeConfigError("density with trim 'global' cannot stream; give trim: per_tensor", field="trim")
+    return opts
+
+
+def _plan(method: str, opts: dict, first: _Dir, others: Sequence[_Dir], max_shard_size: int) -> StreamPlan:
+    plan = StreamPlan(method, opts)
+    names = list(first.info)
+    for d in others:
+        if set(d.info) != set(names):
+            diff = sorted(set(names) ^ set(d.info))
+            raise StateDictError(f"{d.key} has different tensor names than {first.key} (e.g. {diff[0]!r}): "
+                                 "are they the same architecture?", path=d.dir, field=diff[0])
+    shard_sizes: list[int] = [0]
+    shards: list[list[str]] = [[]]
+    biggest = 0
+    for name in names:
+        shape, dt = first.info[name]
+        for d in others:
+            if d.info[name][0] != shape:
+                raise StateDictError(f"tensor {name!r} has shape {d.info[name][0]} in {d.key}, {shape} in "
+                                     f"{first.key}", path=d.dir, field=name)
+        torch_dt = _DTYPES.get(dt)
+        if torch_dt is None:
+            raise InputFileError(f"tensor dtype {dt} is not supported", path=first.dir, field=name)
+        numel = 1
+        for s in shape:
+            numel *= s
+        nbytes = numel * torch_dt.itemsize
+        biggest = max(biggest, numel)
+        if shards[-1] and shard_sizes[-1] + nbytes > max_shard_size:
+            shards.append([])
+            shard_sizes.append(0)
+        shards[-1].append(name)
+        shard_sizes[-1] += nbytes
+        plan.tensors.append(TensorPlan(name, shape, dt, method if torch_dt.is_floating_point else "non_float"))
+        plan.model_bytes += nbytes
+    k = len(shards)
+    files = [SINGLE_FILE] if k == 1 else [f"model-{i + 1:05d}-of-{k:05d}.safetensors" for i in range(k)]
+    plan.shards = {f: s for f, s in zip(files, shards)}
+    where = {n: f for f, s in plan.shards.items() for n in s}
+    for t in plan.tensors:
+        t.shard = where[t.name]
+    n_in = 1 + len(others)
+    plan.peak_bytes = max(shard_sizes) + biggest * (4 * n_in + 8 * (n_in + 4))
+    return plan
+
+
+def merge_directories(
+    method: str,
+    models: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    *,
+    base: str | os.PathLike | None = None,
+    weights: Sequence[float] | None = None,
+    options: Mapping[str, Any] | None = None,
+    max_shard_size: int = 2 * 2**30,
+    dry_run: bool = False,
+    progress: bool = False,
+) -> StreamPlan:
+    """Merge safetensors model directories tensor by tensor into ``out``.
+
+    Args:
+        method: one of :data:`STREAM_METHODS`.
+        models: the fine-tuned directories (``slerp``: exactly two; ``t = 0``
+            is ``models[0]``). Each holds ``model.safetensors`` or shards
+            listed in ``model.safetensors.index.json``.
+        out: the output directory (not needed with ``dry_run``).
+        base: the base model's directory (every method but ``slerp``).
+        weights: per-model weights (ties, dare, breadcrumbs; default 1).
+        options: keyword arguments of the method's function (``seed`` for
+            dare included); ``ties`` needs ``trim: per_tensor``.
+        max_shard_size: bytes per output shard (one ``model.safetensors``
+            when everything fits).
+        dry_run: only return the plan; nothing is read but the headers and
+            nothing is written.
+        progress: a tqdm bar over the tensors.
+
+    Returns:
+        the :class:`StreamPlan` (after writing, unless ``dry_run``). The
+        output holds the shards, the index (when sharded), the copied config
+        and tokenizer files; every safetensors header carries ``format: pt``
+        and ``weightspace_merge`` (JSON: method, options, weights).
+
+    Raises:
+        MergeConfigError: a method that cannot stream or a bad option (naming it).
+        MissingFileError, InputFileError, StateDictError: a directory or file
+            at fault, or models of different tensors or shapes.
+    """
+    opts = _check_options(method, options or {})
+    if method == "slerp":
+        if base is not None:
+            raise MergeConfigError("slerp merges two models and takes no base", field="base")
+        if len(models) != 2:
+            raise MergeConfigError(f"slerp merges exactly 2 models, got {len(models)}", field="models")
+        first = _Dir(models[0], "models[0]")
+        others = [_Dir(models[1], "models[1]")]
+    else:
+        if base is None:
+            raise MergeConfigError(f"method {method} needs a base model directory", field="base")
+        if not models:
+            raise MergeConfigError("needs at least one fine-tuned model directory", field="models")
+        first = _Dir(base, "base")
+        others = [_Dir(m, f"models[{i}]") for i, m in enumerate(models)]
+    plan = _plan(method, opts, first, others, int(max_shard_size))
+    if method == "slerp" and "n_layers" not in opts:
+        idx = [i for i in (layer_index(t.name) for t in plan.tensors) if i is not None]
+        opts["n_layers"] = max(idx) + 1 if idx else 1
+    if method in ("ties", "dare", "breadcrumbs") and weights is not None:
+        opts["weights"] = list(weights)
+    elif weights is not None:
+        raise MergeConfigError(f"method {method} takes no per-model weights (use its options)", field="weights")
+    if dry_run:
+        return plan
+
+    def merge_one(name: str) -> torch.Tensor:
+        tensors = [first.read(name)] + [d.read(name) for d in others]
+        if method == "slerp":
+            return slerp({name: tensors[0]}, {name: tensors[1]}, **opts)[name]
+        return _fn(method)({name: tensors[0]}, [{name: t} for t in tensors[1:]], **opts)[name]
+
+    if out is None:
+        raise MergeConfigError("give an output directory (or dry_run=True)", field="out")
+    out = Path(out)
+    record = {"method": method, "options": {k: v for k, v in opts.items() if k != "weights"},
+              "weights": list(weights) if weights is not None else None}
+    meta = {"format": "pt", "weightspace_merge": json.dumps(record, sort_keys=True)}
+    bar = tqdm(total=len(plan.tensors), disable=not progress, desc=f"merge ({method})", unit="tensor")
+    try:
+        for fname, names in plan.shards.items():
+            shard = {}
+            for name in names:
+                shard[name] = merge_one(name).contiguous()
+                bar.update(1)
+            atomic_write(out / fname, lambda tmp, t=shard: save_file(t, str(tmp), metadata=meta))
+            del shard
+    finally:
+        bar.close()
+    if len(plan.shards) > 1:
+        index = {"metadata": {"total_size": plan.model_bytes, **meta},
+                 "weight_map": {t.name: t.shard for t in sorted(plan.tensors, key=lambda t: t.name)}}
+        atomic_write(out / INDEX_FILE, json.dumps(index, indent=2))
+    for fname in COPIED_FILES:
+        src = first.dir / fname
+        if src.is_file():
+            atomic_write(out / fname, src.read_bytes())
+    return plan

@@ -168,7 +168,7 @@ def export(
     """
     import zoo
 
-    from weightspace.cli_common import fail
+    from weightspace.cli.common import fail
 
     # A damaged or missing zoo: ZooFormatError -> one line, exit 2 (the CLI's error boundary).
     z = zoo.Zoo(zoo_dir)

@@ -241,3 +241,21 @@ def test_tuple_and_mapping_outputs_give_their_first_tensor():
     x = torch.randn(3, 2)
     acts = capture_activations(Net(), ["pair", "mapping"], x, reduction="none", method="hooks")
     assert torch.equal(acts["pair"], x * 2) and torch.equal(acts["mapping"], x * 2 + 1)
+
+
+def test_a_module_under_two_paths_answers_to_both():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+            self.alias = self.lin  # same module, second path (called once)
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.lin(x))
+
+    net = Net()
+    x = torch.randn(4, 3)
+    assert capturable_layers(net, x, method="hooks") == ["lin", "act"]
+    acts = capture_activations(net, ["lin", "alias"], x, reduction="none", method="hooks")
+    assert torch.equal(acts["lin"], acts["alias"]) and torch.allclose(acts["lin"], net.lin(x))

@@ -327,10 +327,10 @@ class ActivationCapture:
         self.method = "hooks"
         self.layers = tuple(layers)
         self._getitems = {}
-        self._modules: dict[int, tuple[nn.Module, list[str]]] = {}
+        self._hooked: dict[int, tuple[nn.Module, list[str]]] = {}
         for name in layers:
             mod = table[name]
-            self._modules.setdefault(id(mod), (mod, []))[1].append(name)
+            self._hooked.setdefault(id(mod), (mod, []))[1].append(name)
 
     def _call_hooks(self, x: torch.Tensor) -> dict[str, Any]:
         outs: dict[str, Any] = {}
@@ -349,7 +349,7 @@ class ActivationCapture:
 
         handles = []
         try:
-            for mod, names in self._modules.values():
+            for mod, names in self._hooked.values():
                 handles.append(mod.register_forward_hook(make_hook(names)))
             with _eval_mode(self.model):
                 self.model(x)

@@ -175,7 +175,6 @@ def test_auto_uses_hooks_for_a_submodule_fx_traces_through():
 def test_hooks_errors_name_the_layer():
     torch.manual_seed(0)
     net = _Net()
-    x = torch.randn(5, 4)
     with pytest.raises(SimilarityInputError, match=r"'block\.lnn'.*did you mean.*block\.lin"):
         ActivationCapture(net, ["block.lnn"])
     with pytest.raises(SimilarityInputError, match="method must be one of"):

@@ -220,15 +220,21 @@ def test_hypernet_and_flow_name_the_module_class_not_its_repr():
         assert isinstance(info.value, TypeError)  # still a TypeError for existing callers
 
 
-def test_similarity_cli_takes_a_factory_and_names_hf_limits(tmp_path, gpt2_dir):
+def test_similarity_cli_takes_a_factory_and_an_hf_dir(tmp_path, gpt2_dir):
     ref = f"{__name__}:make_mlp"
     res = CliRunner().invoke(app, ["similarity", ref, ref, "--data", "random", "--max-samples", "32",
                                    "--out", str(tmp_path / "sim"), "--no-match"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "sim" / "results.json").read_text())["model_a"]["model"] == ref
-    d, _ = gpt2_dir  # activation capture is torch.fx only: a one-line error, not a traceback
-    res = CliRunner().invoke(app, ["similarity", f"hf:{d}", f"hf:{d}", "--data", "random", "--out",
-                                   str(tmp_path / "sim2")])
+    d, _ = gpt2_dir  # torch.fx cannot trace it: captured through forward hooks (tests/similarity/test_sim_cli_hf.py)
+    res = CliRunner().invoke(app, ["similarity", f"hf:{d}", f"hf:{d}", "--data", "random", "--max-samples", "8",
+                                   "--reduction", "pool_tokens", "--layers-a", "lm_head", "--layers-b", "lm_head",
+                                   "--no-match", "--out", str(tmp_path / "sim2")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "sim2" / "results.json").read_text())["model_a"]["model"].startswith("hf:")
+    # the fx-only path still refuses it with one line
+    res = CliRunner().invoke(app, ["similarity", f"hf:{d}", f"hf:{d}", "--data", "random", "--capture", "fx",
+                                   "--out", str(tmp_path / "sim3")])
     assert res.exit_code == 2 and "error:" in res.output and "Traceback" not in res.output
 
 

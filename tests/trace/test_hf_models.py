@@ -8,68 +8,9 @@ import torch
 
 T = pytest.importorskip("transformers")
 
+from tests.hf_models import HF_MODELS as MODELS  # noqa: E402
+from tests.hf_models import build as _build  # noqa: E402
 from tests.trace.tracekit import check_model  # noqa: E402
-
-
-def _gpt2():
-    cfg = T.GPT2Config(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=4, use_cache=False,
-                       bos_token_id=0, eos_token_id=0)
-    return cfg, T.GPT2LMHeadModel, (torch.randint(0, 100, (2, 8)),)
-
-
-def _bert():
-    cfg = T.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64, max_position_embeddings=32)
-    return cfg, T.BertModel, (torch.randint(0, 100, (2, 8)),)
-
-
-def _vit():
-    cfg = T.ViTConfig(image_size=16, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
-                      num_attention_heads=4, intermediate_size=64, num_labels=5)
-    return cfg, T.ViTForImageClassification, (torch.randn(2, 3, 16, 16),)
-
-
-def _resnet():
-    cfg = T.ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
-                         layer_type="basic", num_labels=5)
-    return cfg, T.ResNetForImageClassification, (torch.randn(2, 3, 32, 32),)
-
-
-def _llama():
-    cfg = T.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-                        use_cache=False, bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    return cfg, T.LlamaForCausalLM, (torch.randint(0, 100, (2, 8)),)
-
-
-def _llama_mqa_tied():
-    # multi-query attention (one k/v head), tied input/output embeddings
-    cfg = T.LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=32,
-                        use_cache=False, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
-                        pad_token_id=0)
-    return cfg, T.LlamaForCausalLM, (torch.randint(0, 100, (2, 8)),)
-
-
-def _gpt_neox():
-    # per-head packed q/k/v, partial rotary
-    cfg = T.GPTNeoXConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, use_cache=False, bos_token_id=0, eos_token_id=0)
-    return cfg, T.GPTNeoXForCausalLM, (torch.randint(0, 100, (2, 8)),)
-
-
-MODELS = {"gpt2": _gpt2, "bert": _bert, "vit": _vit, "resnet": _resnet, "llama": _llama,
-          "llama_mqa_tied": _llama_mqa_tied, "gpt_neox": _gpt_neox}
-
-
-def _build(name):
-    cfg, cls, x = MODELS[name]()
-
-    def make():
-        torch.manual_seed(0)
-        return cls(cfg)
-
-    return make, x
 
 
 def _groups_of(spec, param, axis):

@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 DATASETS = ("digits", "mnist1d", "random")
+CAPTURES = ("auto", "fx", "hooks")
 
 
 
@@ -117,6 +118,8 @@ def similarity(
     batch_size: Annotated[int, typer.Option(min=1, help="batch size")] = 256,
     max_samples: Annotated[Optional[int], typer.Option(min=1, help="use at most this many samples")] = None,
     match: Annotated[bool, typer.Option(help="also match neurons (Pearson, one-to-one) of same-named layers")] = True,
+    capture: Annotated[str, typer.Option(help="activation capture: auto (torch.fx when the model traces, else forward "
+                                              "hooks on named submodules, e.g. Hugging Face models) | fx | hooks")] = "auto",
     arg_a: Annotated[Optional[list[str]], typer.Option("--arg-a", help="architecture argument of model a, key=value (repeatable)")] = None,
     arg_b: Annotated[Optional[list[str]], typer.Option("--arg-b", help="architecture argument of model b, key=value (repeatable)")] = None,
 ) -> None:
@@ -143,6 +146,8 @@ def similarity(
     seed_b = seed + 1 if seed_b is None else seed_b
     if data not in DATASETS:
         raise ConfigError(f"unknown data {data!r}; choose one of {', '.join(DATASETS)}", field="--data")
+    if capture not in CAPTURES:
+        raise ConfigError(f"unknown capture {capture!r}; choose one of {', '.join(CAPTURES)}", field="--capture")
     check_output_path(out, kind="dir", field="--out")
     ma, arch_a, desc_a = _build_model(model_a, seed, parse_kv(arg_a, "--arg-a"), "--arg-a")
     mb, arch_b, desc_b = _build_model(model_b, seed_b, parse_kv(arg_b, "--arg-b"), "--arg-b")
@@ -154,13 +159,15 @@ def similarity(
             warnings.simplefilter("always", DegenerateRepresentationWarning)
             res = model_cka_matrix(
                 ma, mb, x, layers_a=la, layers_b=lb, method=method, reduction=reduction,
-                batch_size=batch_size,
+                batch_size=batch_size, capture=capture,
             )
             matches = {}
             common = [k for k in res.layers_a if k in res.layers_b]
             if match and common:
-                acts_a = capture_activations(ma, common, x, reduction=reduction, batch_size=batch_size)
-                acts_b = capture_activations(mb, common, x, reduction=reduction, batch_size=batch_size)
+                acts_a = capture_activations(ma, common, x, reduction=reduction, batch_size=batch_size,
+                                             method=capture)
+                acts_b = capture_activations(mb, common, x, reduction=reduction, batch_size=batch_size,
+                                             method=capture)
                 small = [k for k in common if acts_a[k].shape[1] * acts_b[k].shape[1] <= 4096**2]
                 if small:
                     matches = match_neurons_by_layer(acts_a, acts_b, layers=small)
@@ -182,6 +189,7 @@ def similarity(
         "n_samples": res.n_samples,
         "method": method,
         "reduction": reduction,
+        "capture": capture,
         "cka": res.to_dict(),
         "cka_same_name": diag,
         "neuron_matching": {k: {"method": m.method, "mean_correlation": m.mean, "n_matched": int(m.rows.size)} for k, m in matches.items()},

@@ -1,6 +1,7 @@
 """Representation similarity: compare what networks (or layers) compute.
 
-Activation capture by layer name through a ``torch.fx`` trace
+Activation capture by layer name through a ``torch.fx`` trace, or forward
+hooks on named submodules for models fx cannot trace
 (:mod:`~weightspace.similarity.capture`); CKA with linear and RBF kernels,
 biased and unbiased HSIC, exact streaming and minibatch estimators
 (:mod:`~.cka`, :mod:`~.streaming`, :func:`model_cka_matrix`); CCA, SVCCA,

@@ -42,11 +42,12 @@ def model_cka_matrix(
     max_samples: int | None = None,
     max_bytes: int = 2 * 1024**3,
     progress: Callable[[int], None] | None = None,
+    capture: str = "auto",
 ) -> CKAMatrix:
     """CKA between every captured layer of ``model_a`` and of ``model_b``.
 
     Args:
-        model_a: fx-traceable module (rows of the matrix).
+        model_a: any module (rows of the matrix).
         model_b: second module (columns); ``None`` compares ``model_a`` with
             itself. Both receive the same input batches.
         data: one ``(N, ...)`` tensor/array or an iterable of batches (see
@@ -66,6 +67,9 @@ def model_cka_matrix(
         max_bytes: memory cap of the exact accumulator (clear error above).
         progress: optional callback called with the number of samples done
             after each batch (e.g. a ``tqdm.update``); the library never prints.
+        capture: activation capture path of both models, ``"auto"`` (fx when
+            a model traces, else forward hooks on its submodules), ``"fx"``
+            or ``"hooks"`` (see :class:`ActivationCapture`).
 
     Returns:
         :class:`CKAMatrix` of shape ``(len(layers_a), len(layers_b))``.
@@ -80,14 +84,14 @@ def model_cka_matrix(
     it = itertools.chain([first], it)
     same = model_b is None or (model_b is model_a and layers_b == layers_a)
     if layers_a is None:
-        layers_a = capturable_layers(model_a, first, modules_only=True)
-    cap_a = ActivationCapture(model_a, layers_a)
+        layers_a = capturable_layers(model_a, first, modules_only=True, method=capture)
+    cap_a = ActivationCapture(model_a, layers_a, method=capture)
     if same:
         cap_b = cap_a
     else:
         if layers_b is None:
-            layers_b = capturable_layers(model_b, first, modules_only=True)
-        cap_b = ActivationCapture(model_b, layers_b)
+            layers_b = capturable_layers(model_b, first, modules_only=True, method=capture)
+        cap_b = ActivationCapture(model_b, layers_b, method=capture)
     acc = LinearCKAAccumulator(max_bytes=max_bytes) if method == "linear" else MinibatchCKAAccumulator()
     seen = skipped = 0
     for x in it:

@@ -10,7 +10,8 @@ case, a fresh subprocess builds the parameter graph (not timed), then times
   ``[E, widest]`` float32 value table and mask, what the GMN consumes).
 
 Each is called twice: ``cold_s`` is the first call (per-template caches are
-built then), ``warm_s`` the second. ``peak_rss_mib`` is the process's
+built then; ``torch_geometric`` and ``weightspace.nn`` are imported before),
+``warm_s`` the second. ``peak_rss_mib`` is the process's
 ``ru_maxrss`` (model, template and graph included); ``peak_growth_mib`` is that
 peak minus the RSS just before the first call. Issue "Speed and memory"
 targets: ResNet-18 ``to_pyg`` at most GMN's builder in time and memory;
@@ -51,8 +52,10 @@ def _tensor_mib(obj) -> float:
 
 def child(arch: str, case: str, image_size: int) -> dict:
     import torch
+    import torch_geometric.data  # noqa: F401  (imported before timing: its import is no part of the cost)
 
     import weightspace as ws
+    import weightspace.nn  # noqa: F401
     import zoo
 
     torch.set_num_threads(2)

@@ -103,3 +103,10 @@ def test_bad_widths_and_values_are_named():
         g.with_edge_values(g.edge_values()[:-1])
     with pytest.raises(ValueError, match="has width 9 > 4"):
         g.edge_attr(4)
+
+
+def test_from_pyg_without_edge_features_is_a_clear_error():
+    data = _graph("mlp").to_pyg()
+    del data.edge_values
+    with pytest.raises(ValueError, match="edge_values and edge_width"):
+        from_pyg(data)

@@ -220,7 +220,7 @@ class GraphTemplate:
                 flat = s.pos.reshape(-1)
                 n = flat.numel()
                 a = int(flat[0])
-                if int(flat[-1]) == a + n - 1 and (n == 1 or bool((flat[1:] - flat[:-1] == 1).all())):
+                if int(flat[-1]) == a + n - 1 and torch.equal(flat, torch.arange(a, a + n, dtype=flat.dtype)):
                     last = plan[-1] if plan else None
                     if last is not None and isinstance(last[2], slice) and last[2].stop == a:
                         plan[-1] = (last[0], last[1] + n, slice(last[2].start, a + n))

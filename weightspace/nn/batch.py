@@ -311,8 +311,13 @@ def from_pyg(data) -> GraphBatch:
     depth = data.node_layer.to(torch.float32) / max_layer[node_batch].to(torch.float32)
     if getattr(data, "edge_attr", None) is not None and getattr(data, "edge_mask", None) is not None:
         attr, mask = data.edge_attr, data.edge_mask
-    else:
+    elif getattr(data, "edge_values", None) is not None and getattr(data, "edge_width", None) is not None:
         attr, mask = pad_edge_values(data.edge_values.to(torch.float32), data.edge_width)
+    else:
+        raise ValueError(
+            "from_pyg needs edge_values and edge_width (ParameterGraph.to_pyg / to_pyg_batch) "
+            "or edge_attr and edge_mask (to_pyg(padded=True)) on the PyG data"
+        )
     return GraphBatch(
         num_graphs=B,
         edge_index=data.edge_index,

@@ -195,9 +195,9 @@ class GraphTemplate:
         with ``w = edge_width()`` and ``o = cumsum(w) - w``.
         """
         if "edge_width" not in self._cache:
-            self._cache["edge_width"] = (
-                torch.cat([torch.full((s.num_edges,), s.width, dtype=torch.long) for s in self.edge_sets])
-                if self.edge_sets else torch.zeros(0, dtype=torch.long)
+            self._cache["edge_width"] = torch.repeat_interleave(
+                torch.tensor([s.width for s in self.edge_sets], dtype=torch.long),
+                torch.tensor([s.num_edges for s in self.edge_sets], dtype=torch.long),
             )
         return self._cache["edge_width"]
 

@@ -97,13 +97,16 @@ def test_pyg_batch_of_mixed_architectures(cache):
     graphs = [
         _a(cache, n).template.graph(_a(cache, n).module.state_dict()) for n in ("mlp", "cnn_small", "vit_tiny")
     ]
-    batch = to_pyg_batch(graphs)
+    batch = to_pyg_batch(graphs, padded=True)  # the [E, widest] table only on request
     assert batch.num_graphs == 3
     assert batch.num_nodes == sum(g.num_nodes for g in graphs)
     assert batch.edge_attr.shape == (sum(g.num_edges for g in graphs), max(g.template.max_width for g in graphs))
     assert int(batch.edge_index.max()) < batch.num_nodes
     assert int(batch.edge_mask.sum()) == sum(g.values.numel() for g in graphs)
     assert batch.edge_type.max() < len(EDGE_TYPES)
+    compact = to_pyg_batch(graphs)
+    assert compact.edge_width.shape == (sum(g.num_edges for g in graphs),)
+    assert compact.edge_values.numel() == int(compact.edge_width.sum()) == sum(g.values.numel() for g in graphs)
 
 
 def test_from_state_dict_plus_arch_equals_from_module():

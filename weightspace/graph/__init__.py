@@ -7,6 +7,7 @@ from weightspace.graph.parameter_graph import (
     GraphTemplate,
     ParameterGraph,
     build_template,
+    pad_edge_values,
     to_pyg_batch,
     validate_state_dict,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "GraphTemplate",
     "ParameterGraph",
     "build_template",
+    "pad_edge_values",
     "to_pyg_batch",
     "validate_state_dict",
 ]

@@ -192,8 +192,58 @@ class GraphTemplate(NodeCount):
             )
         return self._cache["edge_param"]
 
+    def edge_width(self) -> torch.Tensor:
+        """``[E]`` number of values on each edge (``0`` for structural edges; cached).
+
+        With :meth:`ParameterGraph.edge_values` this is the compact (CSR-style)
+        edge feature layout: edge ``e`` holds ``edge_values[o_e : o_e + w_e]``
+        with ``w = edge_width()`` and ``o = cumsum(w) - w``.
+        """
+        if "edge_width" not in self._cache:
+            self._cache["edge_width"] = torch.repeat_interleave(
+                torch.tensor([s.width for s in self.edge_sets], dtype=torch.long),
+                torch.tensor([s.num_edges for s in self.edge_sets], dtype=torch.long),
+            )
+        return self._cache["edge_width"]
+
+    def edge_value_plan(self) -> list[tuple[int, int, slice | torch.Tensor]]:
+        """How the flat value vector maps to edge order (cached).
+
+        A list of ``(start, length, src)``: entries ``start : start + length``
+        of the edge-ordered values are ``values[src]`` (``src`` a slice where
+        the positions are a contiguous run, else a LongTensor). Adjacent runs
+        are merged, so a network whose edges list its tensors in state_dict
+        order (CNNs, ResNets) has one slice: edge-ordered values are the value
+        vector itself, and no ``[E, width]`` position table is ever built.
+        """
+        if "value_plan" not in self._cache:
+            plan: list[tuple[int, int, slice | torch.Tensor]] = []
+            off = 0
+            for s in self.edge_sets:
+                if s.pos is None or s.pos.numel() == 0:
+                    continue
+                flat = s.pos.reshape(-1)
+                n = flat.numel()
+                a = int(flat[0])
+                if int(flat[-1]) == a + n - 1 and torch.equal(flat, torch.arange(a, a + n, dtype=flat.dtype)):
+                    last = plan[-1] if plan else None
+                    if last is not None and isinstance(last[2], slice) and last[2].stop == a:
+                        plan[-1] = (last[0], last[1] + n, slice(last[2].start, a + n))
+                    else:
+                        plan.append((off, n, slice(a, a + n)))
+                else:
+                    plan.append((off, n, flat))
+                off += n
+            self._cache["value_plan"] = plan
+        return self._cache["value_plan"]
+
     def edge_pos(self, width: int | None = None) -> torch.Tensor:
-        """``[E, width]`` flat value positions (-1 = padding / no value)."""
+        """``[E, width]`` flat value positions (-1 = padding / no value).
+
+        Dense and int64: ``E * width * 8`` bytes, cached on the template
+        (6 GB for ResNet-50). Nothing in the library uses it; prefer
+        :meth:`edge_width` and :meth:`edge_value_plan`.
+        """
         width = width or self.max_width
         key = ("edge_pos", width)
         if key not in self._cache:
@@ -276,13 +326,48 @@ class ParameterGraph:
     def edge_index(self) -> torch.Tensor:
         return self.template.edge_index()
 
+    def edge_values(self) -> torch.Tensor:
+        """All values in edge order, ``[sum(edge_width)]`` (= ``[num_values]``):
+        edge ``e``'s features (a conv kernel in kernel order, a weight, a bias)
+        are ``edge_width()[e]`` consecutive entries. Compact: no padding, no
+        position table; for networks whose edges follow state_dict order this
+        is :attr:`values` itself (shared, not copied)."""
+        plan = self.template.edge_value_plan()
+        if len(plan) == 1 and isinstance(plan[0][2], slice) and plan[0][1] == self.values.numel():
+            return self.values
+        out = torch.empty(sum(n for _, n, _ in plan), dtype=self.values.dtype, device=self.values.device)
+        for off, n, src in plan:
+            out[off : off + n] = self.values[src]
+        return out
+
+    def with_edge_values(self, edge_values: torch.Tensor) -> "ParameterGraph":
+        """The inverse of :meth:`edge_values`: new weights from edge-ordered
+        values ``[sum(edge_width)]``."""
+        plan = self.template.edge_value_plan()
+        total = sum(n for _, n, _ in plan)
+        if tuple(edge_values.shape) != (total,):
+            raise ValueError(f"edge_values must have shape ({total},), got {tuple(edge_values.shape)}")
+        if len(plan) == 1 and isinstance(plan[0][2], slice) and plan[0][1] == self.values.numel():
+            values = edge_values.to(self.values.dtype).clone()
+        else:
+            values = torch.empty_like(self.values)
+            for off, n, src in plan:
+                values[src] = edge_values[off : off + n].to(values.dtype)
+        return ParameterGraph(self.template, values, dict(self.extras))
+
+    def _check_width(self, width: int) -> None:
+        t = self.template
+        if width < t.max_width:
+            s = max(t.edge_sets, key=lambda s: s.width)
+            raise ValueError(f"edge set {s.name} has width {s.width} > {width}")
+
     def edge_attr(self, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Edge features ``[E, width]`` (zero padded) and their mask ``[E, width]``."""
-        pos = self.template.edge_pos(width)
-        mask = pos >= 0
-        attr = torch.zeros(pos.shape, dtype=self.values.dtype)
-        attr[mask] = self.values[pos[mask]]
-        return attr, mask
+        """Edge features ``[E, width]`` (zero padded) and their mask ``[E, width]``
+        (:func:`pad_edge_values` of :meth:`edge_values`; dense: build it only
+        where a model needs the padded table)."""
+        width = width or self.template.max_width
+        self._check_width(width)
+        return pad_edge_values(self.edge_values(), self.template.edge_width(), width)
 
     def with_edge_attr(self, edge_attr: torch.Tensor, width: int | None = None) -> "ParameterGraph":
         """Write new edge features back (e.g. a metanetwork's output).
@@ -291,13 +376,13 @@ class ParameterGraph:
         of the network is on exactly one edge feature, so this defines a full
         new set of weights.
         """
-        pos = self.template.edge_pos(width or edge_attr.shape[1])
-        if edge_attr.shape != pos.shape:
-            raise ValueError(f"edge_attr must have shape {tuple(pos.shape)}, got {tuple(edge_attr.shape)}")
-        mask = pos >= 0
-        values = torch.empty_like(self.values)
-        values[pos[mask]] = edge_attr[mask].to(values.dtype)
-        return ParameterGraph(self.template, values, dict(self.extras))
+        width = width or edge_attr.shape[1]
+        self._check_width(width)
+        if tuple(edge_attr.shape) != (self.num_edges, width):
+            raise ValueError(f"edge_attr must have shape {(self.num_edges, width)}, got {tuple(edge_attr.shape)}")
+        widths = self.template.edge_width().to(edge_attr.device)
+        mask = torch.arange(width, device=edge_attr.device) < widths[:, None]
+        return self.with_edge_values(edge_attr.masked_select(mask))
 
     def to_state_dict(self) -> dict[str, torch.Tensor]:
         """Tensors back in their original shapes and dtypes (bit-exact)."""
@@ -312,18 +397,25 @@ class ParameterGraph:
                 out[k] = self.extras[k].clone()
         return out
 
-    def to_pyg(self, width: int | None = None):
-        """A ``torch_geometric.data.Data`` with ``edge_index``, ``edge_attr``
-        ``[E, width]``, ``edge_mask``, ``edge_type``, ``node_type``,
-        ``node_layer``, ``node_role``, ``node_pos`` and ``num_nodes``."""
+    def to_pyg(self, width: int | None = None, *, padded: bool = False):
+        """A ``torch_geometric.data.Data`` with ``edge_index`` ``[2, E]``,
+        ``edge_values`` ``[V]`` and ``edge_width`` ``[E]`` (the compact edge
+        features, see :meth:`edge_values`), ``edge_type``, ``node_type``,
+        ``node_layer``, ``node_role``, ``node_pos`` and ``num_nodes``.
+
+        No ``[E, widest kernel]`` table is built: :func:`pad_edge_values`
+        (``data.edge_values, data.edge_width``) gives the padded view of a
+        ``Data`` or a ``Batch`` when a model needs it. ``padded=True`` (or a
+        ``width``) also stores it as ``edge_attr`` / ``edge_mask``
+        ``[E, width]`` (ResNet-50: about 4 GB more).
+        """
         from torch_geometric.data import Data
 
         t = self.template
-        attr, mask = self.edge_attr(width)
-        return Data(
+        data = Data(
             edge_index=t.edge_index(),
-            edge_attr=attr,
-            edge_mask=mask,
+            edge_values=self.edge_values(),
+            edge_width=t.edge_width(),
             edge_type=t.edge_type(),
             node_type=t.node_type,
             node_layer=t.node_layer,
@@ -331,17 +423,53 @@ class ParameterGraph:
             node_pos=t.node_pos,
             num_nodes=t.num_nodes,
         )
+        if padded or width is not None:
+            data.edge_attr, data.edge_mask = self.edge_attr(width)
+        return data
 
 
-def to_pyg_batch(graphs: Sequence[ParameterGraph]):
+def pad_edge_values(
+    edge_values: torch.Tensor, edge_width: torch.Tensor, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The padded view of compact edge features.
+
+    Args:
+        edge_values: ``[V]`` edge-ordered values (:meth:`ParameterGraph.edge_values`,
+            ``data.edge_values`` of :meth:`ParameterGraph.to_pyg` or of a batch).
+        edge_width: ``[E]`` values per edge (``V = edge_width.sum()``).
+        width: columns ``F`` (default: the widest edge, at least 1).
+
+    Returns:
+        ``(edge_attr [E, F], edge_mask [E, F])``: edge ``e``'s values in its
+        first ``edge_width[e]`` columns, zeros elsewhere; the mask marks the
+        real entries.
+    """
+    widths = edge_width.to(edge_values.device)
+    widest = max(int(widths.max()) if widths.numel() else 0, 1)
+    if width is None:
+        width = widest
+    elif width < widest:
+        raise ValueError(f"width={width} is smaller than the widest edge ({widest} values)")
+    if int(widths.sum()) != edge_values.numel():
+        raise ValueError(f"edge_width sums to {int(widths.sum())} but there are {edge_values.numel()} edge values")
+    mask = torch.arange(width, device=edge_values.device) < widths[:, None]
+    attr = torch.zeros(mask.shape, dtype=edge_values.dtype, device=edge_values.device)
+    return attr.masked_scatter(mask, edge_values), mask
+
+
+def to_pyg_batch(graphs: Sequence[ParameterGraph], *, padded: bool = False):
     """Batch parameter graphs (of any architectures) into one
-    ``torch_geometric.data.Batch``; edge features are padded to the widest."""
+    ``torch_geometric.data.Batch`` of :meth:`ParameterGraph.to_pyg` s
+    (compact ``edge_values`` / ``edge_width``; ``padded=True`` also pads
+    ``edge_attr`` / ``edge_mask`` to the widest graph)."""
     from torch_geometric.data import Batch
 
     if not graphs:
         raise ValueError("to_pyg_batch needs at least one graph")
-    width = max(g.template.max_width for g in graphs)
-    return Batch.from_data_list([g.to_pyg(width) for g in graphs])
+    if padded:
+        width = max(g.template.max_width for g in graphs)
+        return Batch.from_data_list([g.to_pyg(width) for g in graphs])
+    return Batch.from_data_list([g.to_pyg() for g in graphs])
 
 
 def _widest(dtypes: Sequence[torch.dtype]) -> torch.dtype:

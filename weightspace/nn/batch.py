@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from weightspace.graph import ParameterGraph
+from weightspace.graph import ParameterGraph, pad_edge_values
 from weightspace.graph.parameter_graph import NodeCount
 
 __all__ = ["GraphBatch", "collate", "from_pyg"]
@@ -289,7 +289,10 @@ def from_pyg(data) -> GraphBatch:
     made by :meth:`ParameterGraph.to_pyg` / :func:`weightspace.graph.to_pyg_batch`.
 
     The source graphs are not known, so :meth:`GraphBatch.write_back` is not
-    available (use ``ParameterGraph.with_edge_attr`` on the slices).
+    available (use ``ParameterGraph.with_edge_attr`` on the slices). The
+    padded ``[E, F]`` table the GMN consumes is built here, from the compact
+    ``edge_values`` / ``edge_width`` (or taken from ``edge_attr`` /
+    ``edge_mask`` where ``to_pyg(padded=True)`` stored them).
     """
     from torch_geometric.utils import scatter
 
@@ -303,11 +306,20 @@ def from_pyg(data) -> GraphBatch:
     n_edges = torch.bincount(edge_batch, minlength=B)
     max_layer = scatter(data.node_layer, node_batch, dim=0, dim_size=B, reduce="max").clamp(min=1)
     depth = data.node_layer.to(torch.float32) / max_layer[node_batch].to(torch.float32)
+    if getattr(data, "edge_attr", None) is not None and getattr(data, "edge_mask", None) is not None:
+        attr, mask = data.edge_attr, data.edge_mask
+    elif getattr(data, "edge_values", None) is not None and getattr(data, "edge_width", None) is not None:
+        attr, mask = pad_edge_values(data.edge_values.to(torch.float32), data.edge_width)
+    else:
+        raise ValueError(
+            "from_pyg needs edge_values and edge_width (ParameterGraph.to_pyg / to_pyg_batch) "
+            "or edge_attr and edge_mask (to_pyg(padded=True)) on the PyG data"
+        )
     return GraphBatch(
         num_graphs=B,
         edge_index=data.edge_index,
-        edge_attr=data.edge_attr.to(torch.float32),
-        edge_mask=data.edge_mask,
+        edge_attr=attr.to(torch.float32),
+        edge_mask=mask,
         edge_type=data.edge_type,
         node_type=data.node_type,
         node_layer=data.node_layer,

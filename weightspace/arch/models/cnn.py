@@ -6,13 +6,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from weightspace.arch.models._common import activation as make_activation
+from weightspace.arch.models._common import image_input_shape, layer_stack
 from weightspace.arch.registry import register_model
 
 
 @register_model(
     "cnn_small",
-    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    input_shape=image_input_shape,
     input_kwargs={"image_size": 8},  # the network is size-agnostic
     description="Small CNN Zoo shape: 3 conv x16 (3x3, stride 2) + global avg pool + linear",
     tags=("cnn",),
@@ -36,13 +36,9 @@ class SmallCNN(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        prev = in_channels
-        for _ in range(depth):
-            layers += [nn.Conv2d(prev, width, 3, stride=2, padding=1), make_activation(activation)]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            prev = width
+        layers, prev = layer_stack(
+            lambda a, b: nn.Conv2d(a, b, 3, stride=2, padding=1), in_channels, [width] * depth, activation, dropout
+        )
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(prev, num_classes)
@@ -71,14 +67,12 @@ class CNN1d(nn.Module):
         activation: str = "relu",
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        prev = in_channels
-        for _ in range(depth):
-            layers += [
-                nn.Conv1d(prev, width, kernel_size, stride=2, padding=kernel_size // 2),
-                make_activation(activation),
-            ]
-            prev = width
+        layers, prev = layer_stack(
+            lambda a, b: nn.Conv1d(a, b, kernel_size, stride=2, padding=kernel_size // 2),
+            in_channels,
+            [width] * depth,
+            activation,
+        )
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(prev, num_classes)
 
@@ -89,7 +83,7 @@ class CNN1d(nn.Module):
 
 @register_model(
     "mobilenet_tiny",
-    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    input_shape=image_input_shape,
     input_kwargs={"image_size": 8},
     description="depthwise/grouped CNN with GroupNorm, concat and flatten (C x 2 x 2)",
     tags=("cnn",),

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from torch import nn
 
-from weightspace.arch.models._common import activation as make_activation
+from weightspace.arch.models._common import layer_stack
 from weightspace.arch.registry import register_model
 
 
@@ -33,13 +33,7 @@ class MLP(nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        prev = in_features
-        for width in hidden:
-            layers += [nn.Linear(prev, width, bias=bias), make_activation(activation)]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            prev = width
+        layers, prev = layer_stack(lambda a, b: nn.Linear(a, b, bias=bias), in_features, hidden, activation, dropout)
         layers.append(nn.Linear(prev, out_features, bias=bias))
         self.layers = nn.Sequential(*layers)
 

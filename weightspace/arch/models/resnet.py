@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from weightspace.arch.models._common import image_input_shape
 from weightspace.arch.registry import register_model
 
 
@@ -26,6 +27,23 @@ def _add_shortcut(block: nn.Module, x: torch.Tensor, out: torch.Tensor) -> torch
     """``relu(out + shortcut(x))`` of a residual block with a ``downsample`` attribute."""
     identity = x if block.downsample is None else block.downsample(x)
     return torch.relu(out + identity)
+
+
+def _stages(
+    block: type[nn.Module], in_planes: int, plan: Sequence[tuple[int, int]]
+) -> tuple[list[nn.Sequential], int]:
+    """One ``nn.Sequential`` of residual blocks per ``(planes, blocks)`` of
+    ``plan``; every stage after the first starts with a stride-2 block.
+    Returns the stages and the channels of the last one."""
+    stages = []
+    for i, (planes, n) in enumerate(plan):
+        blocks = []
+        for j in range(n):
+            stride = 2 if (i > 0 and j == 0) else 1
+            blocks.append(block(in_planes, planes, stride))
+            in_planes = planes * block.expansion
+        stages.append(nn.Sequential(*blocks))
+    return stages, in_planes
 
 
 class BasicBlock(nn.Module):
@@ -83,15 +101,7 @@ class CifarResNet(nn.Module):
         widths = [16 * width, 32 * width, 64 * width]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        in_planes = widths[0]
-        stages = []
-        for i, planes in enumerate(widths):
-            blocks = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(BasicBlock(in_planes, planes, stride))
-                in_planes = planes
-            stages.append(nn.Sequential(*blocks))
+        stages, in_planes = _stages(BasicBlock, widths[0], [(planes, n) for planes in widths])
         self.layer1, self.layer2, self.layer3 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
@@ -106,7 +116,7 @@ class CifarResNet(nn.Module):
 # block, layers) that its registry name stands for.
 @register_model(
     "resnet20",
-    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    input_shape=image_input_shape,
     input_kwargs={"image_size": 32},
     description="CIFAR ResNet-20 with BatchNorm and width multiplier",
     tags=("cnn", "resnet"),
@@ -130,16 +140,7 @@ class ImageNetResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        in_planes = width
-        stages = []
-        for i, n in enumerate(layers):
-            planes = width * 2**i
-            blocks = []
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(block(in_planes, planes, stride))
-                in_planes = planes * block.expansion
-            stages.append(nn.Sequential(*blocks))
+        stages, in_planes = _stages(block, width, [(width * 2**i, n) for i, n in enumerate(layers)])
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
@@ -152,7 +153,7 @@ class ImageNetResNet(nn.Module):
 
 @register_model(
     "resnet18",
-    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    input_shape=image_input_shape,
     input_kwargs={"image_size": 64},  # 64 keeps tracing fast; the graph does not depend on it
     description="ResNet-18 (torchvision layout, BasicBlock x [2,2,2,2])",
     tags=("cnn", "resnet", "imagenet"),
@@ -163,7 +164,7 @@ def resnet18(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
 
 @register_model(
     "resnet50",
-    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    input_shape=image_input_shape,
     input_kwargs={"image_size": 64},
     description="ResNet-50 (torchvision layout, Bottleneck x [3,4,6,3])",
     tags=("cnn", "resnet", "imagenet"),

@@ -35,7 +35,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
-from weightspace.arch.models._common import extend_signature
+from weightspace.arch.models._common import extend_signature, image_input_shape
 from weightspace.arch.models.cnn import SmallCNN
 from weightspace.arch.registry import register_model
 
@@ -51,7 +51,7 @@ def tf_same_pads(size: int, kernel: int = 3, stride: int = 2) -> tuple[int, int,
 
 @register_model(
     "cnn_small_tf",
-    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    input_shape=image_input_shape,
     description="Small CNN Zoo network with Keras padding (valid/same); same weights as cnn_small",
     tags=("cnn",),
 )

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from weightspace.arch.models._common import image_input_shape
 from weightspace.arch.registry import register_model
 
 
@@ -71,7 +72,7 @@ class Block(nn.Module):
 
 @register_model(
     "vit_tiny",
-    input_shape=lambda kw: (2, kw["in_channels"], kw["image_size"], kw["image_size"]),
+    input_shape=image_input_shape,
     description="small ViT (hand-written MHA, cls token, pos embedding) for 8x8 digits",
     tags=("transformer",),
 )

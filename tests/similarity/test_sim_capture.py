@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import zoo
+from tests.similarity._nets import ActTwice
 from weightspace.errors import TraceError
 from weightspace.similarity import (
     ActivationCapture,
@@ -107,16 +108,7 @@ def test_only_needed_part_of_the_network_runs():
 
 
 def test_shared_module_called_twice_is_listed_per_call():
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(3, 3)
-            self.act = nn.ReLU()
-
-        def forward(self, x):
-            return self.act(self.lin(self.act(x)))
-
-    net = Net()
+    net = ActTwice()
     layers = capturable_layers(net)
     assert layers == ["act", "lin", "act_1"]
     x = torch.randn(5, 3)

@@ -9,6 +9,7 @@ from torch import nn
 
 import zoo
 from tests.hf_models import CHECKED, build, make_inputs, perturbed_model, planted
+from tests.similarity._nets import ActTwice
 from tests.trace.tracekit import _forward
 from weightspace.errors import TraceError
 from weightspace.similarity import (
@@ -180,16 +181,7 @@ def test_hooks_errors_name_the_layer():
     with pytest.raises(SimilarityInputError, match="method must be one of"):
         ActivationCapture(net, ["head"], method="hook")
 
-    class Twice(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(3, 3)
-            self.act = nn.ReLU()
-
-        def forward(self, x):
-            return self.act(self.lin(self.act(x)))
-
-    tw = Twice()
+    tw = ActTwice()
     with pytest.raises(SimilarityInputError, match=r"'act' ran 2 times"):
         capture_activations(tw, ["act"], torch.randn(4, 3), method="hooks")
     assert capturable_layers(tw, torch.randn(4, 3), method="hooks") == ["lin"]

@@ -9,7 +9,6 @@ from weightspace.similarity import (
     LinearCKAAccumulator,
     MinibatchCKAAccumulator,
     SimilarityInputError,
-    cka_from_grams,
     cka_matrix,
     hsic,
     linear_cka,

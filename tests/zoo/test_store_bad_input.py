@@ -6,10 +6,10 @@ nothing created in a directory the writer refuses."""
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 
+from tests.robustness._fixtures import sql
 from weightspace.errors import StateDictError
 from zoo.errors import ZooFormatError
 from zoo.store import Zoo, ZooWriter, save_safetensors
@@ -20,15 +20,6 @@ from .safety_helpers import fake_member, write_fake_zoo
 @pytest.fixture
 def fz(tmp_path):
     return write_fake_zoo(tmp_path / "fz", n=2)
-
-
-def _sql(z, stmt):
-    conn = sqlite3.connect(z / "index.sqlite")
-    try:
-        conn.execute(stmt)
-        conn.commit()
-    finally:
-        conn.close()
 
 
 @pytest.mark.parametrize("text, field", [
@@ -57,7 +48,7 @@ def test_damaged_zoo_json_names_the_file(fz, text, field):
     ("UPDATE checkpoints SET metrics='[1, 2' WHERE member_id='m001'", "checkpoints.metrics"),
 ])
 def test_tampered_index_row_names_index_member_and_column(fz, stmt, column):
-    _sql(fz, stmt)
+    sql(fz, stmt)
     with pytest.raises(ZooFormatError) as e:
         Zoo(fz)
     assert e.value.path == str(fz / "index.sqlite") and e.value.field == column
@@ -66,7 +57,7 @@ def test_tampered_index_row_names_index_member_and_column(fz, stmt, column):
 
 @pytest.mark.parametrize("bad", ["../../../../etc/passwd", "/etc/passwd"])
 def test_checkpoint_path_outside_the_zoo_is_never_read(fz, bad):
-    _sql(fz, f"UPDATE checkpoints SET path='{bad}' WHERE member_id='m001' AND epoch=5")
+    sql(fz, f"UPDATE checkpoints SET path='{bad}' WHERE member_id='m001' AND epoch=5")
     z = Zoo(fz)  # the rest of the zoo stays usable
     assert len(z) == 2 and z["m000"].state_dict() is not None
     with pytest.raises(ZooFormatError) as e:

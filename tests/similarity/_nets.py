@@ -15,3 +15,13 @@ class ActTwice(nn.Module):
 
     def forward(self, x):
         return self.act(self.lin(self.act(x)))
+
+
+class Branchy(nn.Module):
+    """Data-dependent control flow (fx cannot trace it) and no submodules
+    (no hook can stand in)."""
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return x
+        return -x

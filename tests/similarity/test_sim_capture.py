@@ -4,11 +4,10 @@ against forward hooks (used here only as an independent reference)."""
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import zoo
-from tests.similarity._nets import ActTwice
+from tests.similarity._nets import ActTwice, Branchy
 from weightspace.errors import TraceError
 from weightspace.similarity import (
     ActivationCapture,
@@ -177,12 +176,6 @@ def test_clear_errors():
         capture_activations(vit, [permute], xv)
     with pytest.raises(SimilarityInputError, match="no batches"):
         capture_activations(model, None, [])
-
-    class Branchy(nn.Module):
-        def forward(self, x):
-            if x.sum() > 0:
-                return x
-            return -x
 
     with pytest.raises(TraceError, match="control flow"):
         ActivationCapture(Branchy(), None)

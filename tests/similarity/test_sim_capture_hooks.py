@@ -9,7 +9,7 @@ from torch import nn
 
 import zoo
 from tests.hf_models import CHECKED, build, make_inputs, perturbed_model, planted
-from tests.similarity._nets import ActTwice
+from tests.similarity._nets import ActTwice, Branchy
 from tests.trace.tracekit import _forward
 from weightspace.errors import TraceError
 from weightspace.similarity import (
@@ -199,17 +199,11 @@ def test_hooks_errors_name_the_layer():
     with pytest.raises(SimilarityInputError, match="'spare' did not run"):
         capture_activations(Unused(), ["spare"], torch.randn(4, 3), method="hooks")
 
-    class Leafless(nn.Module):
-        def forward(self, x):
-            if x.sum() > 0:
-                return x
-            return -x
-
     # fx fails and there is no submodule to hook: the fx error, plus why hooks cannot help
     with pytest.raises(TraceError, match="control flow.*no submodules"):
-        ActivationCapture(Leafless())
+        ActivationCapture(Branchy())
     with pytest.raises(TraceError, match="no submodules"):
-        capturable_layers(Leafless())
+        capturable_layers(Branchy())
 
 
 def test_tuple_and_mapping_outputs_give_their_first_tensor():

@@ -32,7 +32,15 @@ import torch
 
 import zoo
 from weightspace.nn import GMN, FlatMLP, StatNN
-from weightspace.nn.train import TrainConfig, dataset_from_zoo, evaluate, fit, predict, regression_metrics, split_dataset
+from weightspace.nn.train import (
+    TrainConfig,
+    dataset_from_zoo,
+    evaluate_metanetwork,
+    fit,
+    predict_metanetwork,
+    regression_metrics,
+    split_dataset,
+)
 
 METHODS = ("mean", "statnn", "flatmlp", "gmn")
 LABELS = {"mean": "mean", "statnn": "StatNN", "flatmlp": "FlatMLP (+perm. aug.)", "gmn": "GMN (PyG)"}
@@ -59,11 +67,11 @@ def run_split(data, seed: int, epochs: int) -> dict:
         t0 = time.perf_counter()
         r = fit(model, train, val, TrainConfig(epochs=epochs, patience=25, lr=1e-3, weight_decay=1e-2,
                                                seed=seed, augment=augment))
-        m = evaluate(r.model, test, r)
+        m = evaluate_metanetwork(r.model, test, r)
         m["train_s"] = time.perf_counter() - t0
         m["best_epoch"] = r.best_epoch
         out["methods"][method] = m
-        out["pred"][method] = predict(r.model, test, r)[:, 0].tolist()
+        out["pred"][method] = predict_metanetwork(r.model, test, r)[:, 0].tolist()
     out["true"] = y_test.tolist()
     return out
 

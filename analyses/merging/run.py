@@ -48,8 +48,8 @@ import weightspace as ws
 import zoo
 from weightspace.merge import (
     activation_matching,
-    evaluate,
     linear_path,
+    loss_and_accuracy,
     ot_fusion,
     ste_matching,
     weight_matching,
@@ -132,7 +132,7 @@ def run_setting(s: dict, num_lambdas: int, seed: int) -> dict:
     res = {
         "setting": s["name"], "arch": s["arch"], "arch_kwargs": s["kw"], "data": s["data"],
         "epochs": s["epochs"], "ste_steps": s["ste_steps"], "num_lambdas": num_lambdas, "train_s": train_s,
-        "endpoints": {"a": evaluate(ma, sd_a, (xte, yte)), "b": evaluate(mb, sd_b, (xte, yte))},
+        "endpoints": {"a": loss_and_accuracy(ma, sd_a, (xte, yte)), "b": loss_and_accuracy(mb, sd_b, (xte, yte))},
         "align_s": align_s, "wm_sweeps": wm.sweeps,
         "same_perm_as_weight": {
             k: all(torch.equal(aligned[k][p], aligned["weight"][p]) for p in sd_b) for k in ("activation", "ste", "ot")
@@ -159,12 +159,12 @@ def hetero_fusion(seed: int, small: bool) -> dict:
     mw, sw = train("mlp", wide, 1, xtr, ytr, epochs)
     mn, sn = train("mlp", narrow, 2, xtr, ytr, epochs)
     specs = [ws.permutation_spec("mlp", **wide), ws.permutation_spec("mlp", **narrow)]
-    out = {"wide": evaluate(mw, sw, (xte, yte)), "narrow": evaluate(mn, sn, (xte, yte))}
+    out = {"wide": loss_and_accuracy(mw, sw, (xte, yte)), "narrow": loss_and_accuracy(mn, sn, (xte, yte))}
     for target, (m, kw) in enumerate(((mw, wide), (mn, narrow))):
         for solver in ("emd", "sinkhorn"):
             fu = ot_fusion([sw, sn], specs, target=target, solver=solver, reg=0.05, num_itermax=10000)
             key = f"fused_into_{'wide' if target == 0 else 'narrow'}_{solver}"
-            out[key] = evaluate(m, fu.state_dict, (xte, yte))
+            out[key] = loss_and_accuracy(m, fu.state_dict, (xte, yte))
     return out
 
 

@@ -34,6 +34,15 @@ def add_option_cases(command: str, prefix: str, argv, table) -> None:
         add(f"{prefix}-{id_}", command, kind, (lambda e: lambda c: argv(c) + e)(extra), expect)
 
 
+def count_rows(option: str, expect, *values: str, name: str | None = None) -> list[tuple]:
+    """:func:`add_option_cases` rows giving count option ``option`` each of
+    ``values``: id ``<name>-zero`` for ``"0"``, else ``<name>-negative``
+    (``name``: the option without its dashes), kind ``negative-count``, and
+    ``expect`` the name the one-line error must give."""
+    name = name or option.lstrip("-")
+    return [(f"{name}-{'zero' if v == '0' else 'negative'}", [option, v], "negative-count", [expect]) for v in values]
+
+
 # ------------------------------------------------------------- bad weights
 # name -> (input class, file name, factory(ctx, path) -> path)
 WEIGHTS = {
@@ -194,6 +203,20 @@ def add_zoo_cases(command: str, prefix: str, variants, argv):
         add(f"{prefix}-{v}", command, kind, (lambda make: lambda c: argv(c, str(make(c))))(make), expect)
 
 
+#: output directories a zoo writer must refuse: id -> (input class, name, factory(ctx, path) -> path)
+ZOO_OUTS = {
+    "out-is-file": ("file-for-dir", "outfile", lambda c, p: F.text(p, "keep me\n")),
+    "out-user-dir": ("existing-output", "mythesis", lambda c, p: F.user_dir(p)),
+    "out-other-zoo": ("existing-output", "otherzoo", lambda c, p: F.copy(c.assets.zoo, p)),
+}
+
+
+def add_zoo_out_cases(command: str, prefix: str, argv):
+    """One case per bad output zoo directory; ``argv(c, out)`` builds the argv."""
+    for v, (kind, name, make) in ZOO_OUTS.items():
+        add(f"{prefix}-{v}", command, kind, (lambda n, m: lambda c: argv(c, str(m(c, c.path(n)))))(name, make), [name])
+
+
 # =================================================================== models
 add("models-extra-arg", "models", "bad-option", lambda c: ["models", "extra"], ["extra"])
 add("models-unknown-option", "models", "bad-option", lambda c: ["models", "--bogus"], ["--bogus"])
@@ -234,12 +257,8 @@ add("similarity-unknown-arch", "similarity", "bad-option", lambda c: _sim(c, a="
 add("similarity-bad-data", "similarity", "bad-option", lambda c: _sim(c, "--data", "bogusdata"), ["bogusdata"])
 add("similarity-bad-method", "similarity", "bad-option", lambda c: _sim(c, "--method", "bogusmethod"), ["bogusmethod"])
 add("similarity-bad-reduction", "similarity", "bad-option", lambda c: _sim(c, "--reduction", "bogusred"), ["bogusred"])
-add("similarity-batch-size-zero", "similarity", "negative-count", lambda c: _sim(c, "--batch-size", "0"), ["batch"])
-add("similarity-batch-size-negative", "similarity", "negative-count", lambda c: _sim(c, "--batch-size", "-4"), ["batch"])
-add("similarity-max-samples-zero", "similarity", "negative-count",
-    lambda c: _sim(c) + ["--max-samples", "0"], ["max"])
-add("similarity-max-samples-negative", "similarity", "negative-count",
-    lambda c: _sim(c) + ["--max-samples", "-5"], ["max"])
+add_option_cases("similarity", "similarity", _sim,
+                 count_rows("--batch-size", "batch", "0", "-4") + count_rows("--max-samples", "max", "0", "-5"))
 add("similarity-unknown-layer", "similarity", "bad-option",
     lambda c: _sim(c, "--layers-a", "no_such_layer"), ["no_such_layer"])
 add("similarity-out-is-file", "similarity", "file-for-dir",
@@ -429,25 +448,15 @@ for _id, (_dotted, _value, _exp) in RECIPE_FIELDS.items():
     add(f"zoo-build-field-{_id}", "zoo build",
         "negative-count" if ("negative" in _id or "zero" in _id) else "wrong-type",
         (lambda d, v: lambda c: _build(c, _recipe(c, edit=_set(d, v))))(_dotted, _value), ["recipe.yaml", _exp])
-add("zoo-build-workers-zero", "zoo build", "negative-count", lambda c: _build(c, _recipe(c), "--workers", "0"),
-    ["workers"])
-add("zoo-build-workers-negative", "zoo build", "negative-count", lambda c: _build(c, _recipe(c), "--workers", "-2"),
-    ["workers"])
-add("zoo-build-max-members-negative", "zoo build", "negative-count",
-    lambda c: ["zoo", "build", _recipe(c), c.out("built"), "--backend", "serial", "--no-progress",
-               "--max-members", "-1"], [("--max-members", "max_members")])
-add("zoo-build-max-members-zero", "zoo build", "negative-count",
-    lambda c: ["zoo", "build", _recipe(c), c.out("built"), "--backend", "serial", "--no-progress",
-               "--max-members", "0"], [("--max-members", "max_members")])
+add_option_cases("zoo build", "zoo-build", lambda c: _build(c, _recipe(c)), count_rows("--workers", "workers", "0", "-2"))
+# without _build's own --max-members 1
+add_option_cases("zoo build", "zoo-build",
+                 lambda c: ["zoo", "build", _recipe(c), c.out("built"), "--backend", "serial", "--no-progress"],
+                 count_rows("--max-members", ("--max-members", "max_members"), "-1", "0"))
 add("zoo-build-backend-unknown", "zoo build", "bad-option",
     lambda c: ["zoo", "build", _recipe(c), c.out("built"), "--backend", "bogus_backend", "--no-progress",
                "--max-members", "1"], ["bogus_backend"])
-add("zoo-build-out-is-file", "zoo build", "file-for-dir",
-    lambda c: _build(c, _recipe(c), out=str(F.text(c.path("outfile"), "keep me\n"))), ["outfile"])
-add("zoo-build-out-user-dir", "zoo build", "existing-output",
-    lambda c: _build(c, _recipe(c), out=str(F.user_dir(c.path("mythesis")))), ["mythesis"])
-add("zoo-build-out-other-zoo", "zoo build", "existing-output",
-    lambda c: _build(c, _recipe(c), out=str(_zoo_copy(c, "otherzoo"))), ["otherzoo"])
+add_zoo_out_cases("zoo build", "zoo-build", lambda c, out: _build(c, _recipe(c), out=out))
 
 
 # ============================================================ zoo info/export
@@ -596,18 +605,11 @@ add("zoo-import-steps-string", "zoo import-small-cnn-zoo", "wrong-type", lambda 
     ["--steps"])
 add("zoo-import-steps-unknown", "zoo import-small-cnn-zoo", "bad-option", lambda c: _imp(c, _scz(c), "--steps", "999"),
     ["999"])
-add("zoo-import-limit-zero", "zoo import-small-cnn-zoo", "negative-count", lambda c: _imp(c, _scz(c), "--limit", "0"),
-    ["limit"])
-add("zoo-import-limit-negative", "zoo import-small-cnn-zoo", "negative-count",
-    lambda c: _imp(c, _scz(c), "--limit", "-1"), ["limit"])
+add_option_cases("zoo import-small-cnn-zoo", "zoo-import", lambda c: _imp(c, _scz(c)),
+                 count_rows("--limit", "limit", "0", "-1"))
 add("zoo-import-padding-unknown", "zoo import-small-cnn-zoo", "bad-option",
     lambda c: _imp(c, _scz(c), "--padding", "bogus_pad"), ["bogus_pad"])
-add("zoo-import-out-is-file", "zoo import-small-cnn-zoo", "file-for-dir",
-    lambda c: _imp(c, _scz(c), out=str(F.text(c.path("outfile"), "keep me\n"))), ["outfile"])
-add("zoo-import-out-user-dir", "zoo import-small-cnn-zoo", "existing-output",
-    lambda c: _imp(c, _scz(c), out=str(F.user_dir(c.path("mythesis")))), ["mythesis"])
-add("zoo-import-out-other-zoo", "zoo import-small-cnn-zoo", "existing-output",
-    lambda c: _imp(c, _scz(c), out=str(_zoo_copy(c, "otherzoo"))), ["otherzoo"])
+add_zoo_out_cases("zoo import-small-cnn-zoo", "zoo-import", lambda c, out: _imp(c, _scz(c), out=out))
 
 
 def _scz_zoo_damaged(c: CaseCtx, damage) -> str:
@@ -640,7 +642,7 @@ add_option_cases("predict fit", "predict-fit", lambda c: _fit(c, str(c.assets.zo
     ("model-unknown", ["--model", "bogus_model"], "bad-option", ["bogus_model"]),
     ("checkpoints-string", ["--checkpoints", "abc"], "wrong-type", ["--checkpoints"]),
     ("checkpoints-unknown-epoch", ["--checkpoints", "99"], "bad-option", ["99"]),
-    ("checkpoints-negative", ["--checkpoints", "-1"], "negative-count", ["-1"]),
+    *count_rows("--checkpoints", "-1", "-1"),
     ("test-fraction-negative", ["--test-fraction", "-0.5"], "negative-count", [("--test-fraction", "test_fraction")]),
     ("test-fraction-above-one", ["--test-fraction", "1.5"], "negative-count", [("--test-fraction", "test_fraction")]),
     ("test-fraction-nan", ["--test-fraction", "nan"], "non-finite", [("--test-fraction", "test_fraction")]),
@@ -653,7 +655,7 @@ add_option_cases("predict fit", "predict-fit", lambda c: _fit(c, str(c.assets.zo
     ("param-no-equals", ["-p", "alphas"], "bad-option", ["--param"]),
     ("param-unknown", ["-p", "no_such_param=1"], "bad-option", ["no_such_param"]),
     ("param-wrong-type", ["-p", "alphas=\"many\""], "wrong-type", ["alphas"]),
-    ("seed-negative", ["--seed", "-1"], "negative-count", ["seed"]),
+    *count_rows("--seed", "seed", "-1"),
 ])
 add("predict-fit-gbm-param-wrong-type", "predict fit", "wrong-type",
     lambda c: ["predict", "fit", str(c.assets.zoo), "--model", "gbm", "-p", "max_iter=\"abc\""], ["max_iter"])
@@ -738,10 +740,8 @@ add("predict-rank-predictor-is-file", "predict rank", "file-for-dir",
     lambda c: _rank(c, [str(c.assets.weights)], str(F.text(c.path("predfile"), "x"))), ["predfile"])
 add("predict-rank-order-unknown", "predict rank", "bad-option",
     lambda c: _rank(c, [str(c.assets.weights)], None, "--order", "sideways"), ["sideways"])
-add("predict-rank-top-negative", "predict rank", "negative-count",
-    lambda c: _rank(c, [str(c.assets.weights)], None, "--top", "-1"), ["--top"])
-add("predict-rank-top-zero", "predict rank", "negative-count",
-    lambda c: _rank(c, [str(c.assets.weights)], None, "--top", "0"), ["--top"])
+add_option_cases("predict rank", "predict-rank", lambda c: _rank(c, [str(c.assets.weights)]),
+                 count_rows("--top", "--top", "-1", "0"))
 add("predict-rank-json-is-dir", "predict rank", "dir-for-file",
     lambda c: _rank(c, [str(c.assets.weights)], None, "--json", str(F.directory(c.path("rank.json")))), ["rank.json"])
 add("predict-rank-arch-unknown", "predict rank", "bad-option",
@@ -754,16 +754,11 @@ def _hn_train(c, *extra, out=None):
             "--no-progress", *extra]
 
 
-add("generate-hypernet-train-steps-zero", "generate hypernet-train", "negative-count",
-    lambda c: _hn_train(c) + ["--steps", "0"], ["steps"])
-add("generate-hypernet-train-steps-negative", "generate hypernet-train", "negative-count",
-    lambda c: _hn_train(c) + ["--steps", "-5"], ["steps"])
-add("generate-hypernet-train-archs-zero", "generate hypernet-train", "negative-count",
-    lambda c: _hn_train(c, "--archs-per-step", "0"), [("--archs-per-step", "archs_per_step")])
-add("generate-hypernet-train-archs-negative", "generate hypernet-train", "negative-count",
-    lambda c: _hn_train(c, "--archs-per-step", "-1"), [("--archs-per-step", "archs_per_step")])
-add("generate-hypernet-train-threads-negative", "generate hypernet-train", "negative-count",
-    lambda c: _hn_train(c, "--threads", "-1"), ["threads"])
+add_option_cases("generate hypernet-train", "generate-hypernet-train", _hn_train, [
+    *count_rows("--steps", "steps", "0", "-5"),
+    *count_rows("--archs-per-step", ("--archs-per-step", "archs_per_step"), "0", "-1", name="archs"),
+    *count_rows("--threads", "threads", "-1"),
+])
 add("generate-hypernet-train-out-is-dir", "generate hypernet-train", "dir-for-file",
     lambda c: _hn_train(c, out=str(F.directory(c.path("hndir.safetensors")))), ["hndir.safetensors"])
 add("generate-hypernet-train-out-parent-is-file", "generate hypernet-train", "file-for-dir",
@@ -812,14 +807,11 @@ def _flow_train(c, zoo_dir, *extra, out=None):
 add_zoo_cases("generate flow-train", "generate-flow-train-zoo",
               ["missing-zoo-json", "empty-index", "missing-dir", "file", "no-members"] + ZOO_WEIGHTS,
               lambda c, z: _flow_train(c, z))
-add("generate-flow-train-steps-zero", "generate flow-train", "negative-count",
-    lambda c: _flow_train(c, str(c.assets.zoo)) + ["--steps", "0"], ["steps"])
-add("generate-flow-train-steps-negative", "generate flow-train", "negative-count",
-    lambda c: _flow_train(c, str(c.assets.zoo)) + ["--steps", "-1"], ["steps"])
-add("generate-flow-train-metric-unknown", "generate flow-train", "bad-option",
-    lambda c: _flow_train(c, str(c.assets.zoo), "--metric", "bogus_metric"), ["bogus_metric"])
-add("generate-flow-train-threads-negative", "generate flow-train", "negative-count",
-    lambda c: _flow_train(c, str(c.assets.zoo), "--threads", "-2"), ["threads"])
+add_option_cases("generate flow-train", "generate-flow-train", lambda c: _flow_train(c, str(c.assets.zoo)), [
+    *count_rows("--steps", "steps", "0", "-1"),
+    ("metric-unknown", ["--metric", "bogus_metric"], "bad-option", ["bogus_metric"]),
+    *count_rows("--threads", "threads", "-2"),
+])
 add("generate-flow-train-out-is-dir", "generate flow-train", "dir-for-file",
     lambda c: _flow_train(c, str(c.assets.zoo), out=str(F.directory(c.path("flowdir.safetensors")))),
     ["flowdir.safetensors"])
@@ -851,8 +843,7 @@ add_zoo_cases("generate samples", "generate-samples-zoo",
               ["missing-zoo-json", "empty-index", "missing-dir", "no-members", "truncated-checkpoint"],
               lambda c, z: _samples(c, None, z))
 add_option_cases("generate samples", "generate-samples", _samples, [
-    ("n-zero", ["--n", "0"], "negative-count", ["--n"]),
-    ("n-negative", ["--n", "-3"], "negative-count", ["--n"]),
+    *count_rows("--n", "--n", "0", "-3"),
     ("condition-nan", ["--condition", "nan"], "non-finite", ["condition"]),
     ("condition-inf", ["--condition", "inf"], "non-finite", ["condition"]),
     ("guidance-nan", ["--guidance", "nan"], "non-finite", ["guidance"]),
@@ -873,13 +864,11 @@ def _inr(c, *extra, out=None):
 
 add_option_cases("generate inr-init", "generate-inr-init", _inr, [
     ("family-unknown", ["--family", "bogus_family"], "bad-option", ["bogus_family"]),
-    ("count-zero", ["--count", "0"], "negative-count", ["count"]),
-    ("count-negative", ["--count", "-2"], "negative-count", ["count"]),
-    ("first-negative", ["--first", "-1"], "negative-count", ["first"]),
-    ("outer-steps-zero", ["--outer-steps", "0"], "negative-count", [("--outer-steps", "outer_steps")]),
-    ("outer-steps-negative", ["--outer-steps", "-1"], "negative-count", [("--outer-steps", "outer_steps")]),
-    ("inner-steps-negative", ["--inner-steps", "-1"], "negative-count", [("--inner-steps", "inner_steps")]),
-    ("threads-negative", ["--threads", "-1"], "negative-count", ["threads"]),
+    *count_rows("--count", "count", "0", "-2"),
+    *count_rows("--first", "first", "-1"),
+    *count_rows("--outer-steps", ("--outer-steps", "outer_steps"), "0", "-1"),
+    *count_rows("--inner-steps", ("--inner-steps", "inner_steps"), "-1"),
+    *count_rows("--threads", "threads", "-1"),
 ])
 add("generate-inr-init-out-is-dir", "generate inr-init", "dir-for-file",
     lambda c: _inr(c, out=str(F.directory(c.path("sirendir.safetensors")))), ["sirendir.safetensors"])

@@ -50,7 +50,8 @@ from weightspace.arch.registry import example_input as _registry_example_input
 from weightspace.errors import ConfigError, MissingFileError, StateDictError, WeightspaceError
 from weightspace.io import atomic_write, did_you_mean, read_json, read_safetensors
 
-__all__ = ["HFCheckpoint", "ModelRef", "ModelRefError", "ResolvedModel", "resolve_model", "save_hf_checkpoint"]
+__all__ = ["HFCheckpoint", "ModelRef", "ModelRefError", "ResolvedModel", "config_example_input", "module_example_input",
+           "resolve_model", "save_hf_checkpoint"]
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 SINGLE_FILE = "model.safetensors"
@@ -257,10 +258,11 @@ def resolve_model(ref: Any, *, seed: int | None = 0, example_input: Any = None, 
         x = example_input if example_input is not None else _registry_example_input(info.name, **dict(r.kwargs))
         return ResolvedModel(module, x, r.identity, r, arch=info.name)
     if r.kind == "module":
-        if example_input is None:
+        x = example_input if example_input is not None else module_example_input(r.target, seed=seed)
+        if x is None:
             raise ModelRefError(f"an example input is needed to trace a {type(r.target).__name__} module; "
-                                "pass example_input=...")
-        return ResolvedModel(r.target, example_input, r.identity, r)
+                                "pass example_input=... (or give the module an example_input attribute)")
+        return ResolvedModel(r.target, x, r.identity, r)
     if r.kind == "factory":
         fn = _import_factory(r.target) if isinstance(r.target, str) else r.target
         what = r.target if isinstance(r.target, str) else r.identity
@@ -281,8 +283,7 @@ def resolve_model(ref: Any, *, seed: int | None = 0, example_input: Any = None, 
             raise ModelRefError(f"factory {what!r} returned a {type(out).__name__}, not an nn.Module "
                                 "(or a (module, example_input) pair)", field="factory")
         if x is None:
-            x = getattr(out, "example_input", None)
-            x = x() if callable(x) else x
+            x = module_example_input(out, seed=seed)
         if x is None:
             raise ModelRefError(f"factory {what!r} gives no example input; return (module, example_input), give the "
                                 "module an example_input attribute, or pass example_input=...", field="factory")
@@ -508,23 +509,46 @@ class HFCheckpoint:
         return {km.get(k, k): v for k, v in state_dict.items()}
 
     def example_input(self, *, seed: int = 0) -> torch.Tensor:
-        """Token ids ``[1, 8]`` for a text model, pixel values
-        ``[1, num_channels, image_size, image_size]`` for a vision model."""
-        c = self.config
-        gen = torch.Generator().manual_seed(int(seed))
-        vocab = getattr(c, "vocab_size", None)
-        if isinstance(vocab, int) and vocab > 0:
-            n = min(TOKEN_LENGTH, int(getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
-                                      or TOKEN_LENGTH))
-            return torch.randint(0, vocab, (1, n), generator=gen)
-        channels = getattr(c, "num_channels", None)
-        if isinstance(channels, int):
-            size = getattr(c, "image_size", None) or 224
-            h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
-            return torch.randn(1, channels, int(h), int(w), generator=gen)
-        raise ConfigError("cannot make an example input: the config has neither vocab_size (text) nor "
-                          "num_channels (vision); pass example_input=...", path=self.directory / "config.json")
+        """:func:`config_example_input` of this directory's config."""
+        return config_example_input(self.config, seed=seed, path=self.directory / "config.json")
 
+
+def config_example_input(config: Any, *, seed: int = 0, path: object = None) -> torch.Tensor:
+    """An example input from a ``transformers`` config: token ids ``[1, 8]``
+    for a text model, pixel values ``[1, num_channels, image_size,
+    image_size]`` for a vision model (seeded).
+
+    Raises:
+        ConfigError: the config has neither ``vocab_size`` nor ``num_channels``.
+    """
+    c = config
+    gen = torch.Generator().manual_seed(int(seed))
+    vocab = getattr(c, "vocab_size", None)
+    if isinstance(vocab, int) and vocab > 0:
+        n = min(TOKEN_LENGTH, int(getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+                                  or TOKEN_LENGTH))
+        return torch.randint(0, vocab, (1, n), generator=gen)
+    channels = getattr(c, "num_channels", None)
+    if isinstance(channels, int):
+        size = getattr(c, "image_size", None) or 224
+        h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
+        return torch.randn(1, channels, int(h), int(w), generator=gen)
+    raise ConfigError("cannot make an example input: the config has neither vocab_size (text) nor "
+                      "num_channels (vision); pass example_input=...", path=path)
+
+
+def module_example_input(module: nn.Module, *, seed: int | None = 0) -> Any:
+    """The example input a module carries: its ``example_input`` attribute
+    (a value, or a method called with no arguments), else one made from a
+    ``transformers`` model's ``config`` (:func:`config_example_input`);
+    ``None`` when it has neither."""
+    x = getattr(module, "example_input", None)
+    if x is not None:
+        return x() if callable(x) else x
+    config = getattr(module, "config", None)
+    if config is not None and type(config).__module__.startswith("transformers"):
+        return config_example_input(config, seed=0 if seed is None else int(seed))
+    return None
 
 def _model_class(T: Any, config: Any, raw: Mapping, cfg_path: Path) -> Any:
     """The ``transformers`` class named in ``config.architectures`` (else the

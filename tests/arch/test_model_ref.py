@@ -208,16 +208,19 @@ def test_graph_cli_bad_model_exit_2(model, needle):
 
 
 def test_hypernet_and_flow_name_the_module_class_not_its_repr():
+    """A module is an architecture now; one without an example input is a
+    one-line error naming its class, never its repr."""
     from weightspace.generate.checkpoint_flow import CheckpointFlow
     from weightspace.generate.hypernet import GraphHyperNetwork
 
     m = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
     for call in (lambda: GraphHyperNetwork().predict(m, seed=0), lambda: CheckpointFlow(m)):
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(ModelRefError) as info:
             call()
         msg = _one_line(info.value)
-        assert "a Sequential module" in msg and "Linear(" not in msg
-        assert isinstance(info.value, TypeError)  # still a TypeError for existing callers
+        assert "a Sequential module" in msg and "example_input" in msg and "Linear(" not in msg
+    sd = GraphHyperNetwork().predict(m, seed=0, example_input=torch.randn(1, 2))
+    assert set(sd) == set(m.state_dict())
 
 
 def test_similarity_cli_takes_a_factory_and_an_hf_dir(tmp_path, gpt2_dir):

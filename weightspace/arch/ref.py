@@ -179,6 +179,53 @@ class ModelRef:
             return f"{getattr(t, '__module__', '?')}:{getattr(t, '__qualname__', type(t).__name__)}{args}"
         return f"{self.target}{args}"
 
+    @property
+    def name(self) -> str:
+        """The reference as one string that :meth:`parse` reads back (together
+        with :attr:`kwargs`): the registry name, ``"pkg.mod:factory"`` or
+        ``"hf:/absolute/dir"``. A module or callable given in Python has no
+        such string: its :attr:`identity`."""
+        if self.kind == "hf":
+            return f"hf:{Path(self.target).resolve()}"
+        if self.kind in ("registry", "factory") and isinstance(self.target, str):
+            return str(self.target)
+        return self.identity
+
+    def resolve_kwargs(self, **kwargs: Any) -> dict[str, Any]:
+        """``kwargs`` checked against the arguments the reference takes, with
+        the defaults filled in where they are known: a registered
+        architecture's (:meth:`ModelInfo.resolve_kwargs`), a factory's
+        signature (its module is imported); a Hugging Face directory or a
+        module takes none.
+
+        Raises:
+            TypeError: an argument it does not take.
+            ModelRefError / UnknownNameError: the reference itself is bad.
+        """
+        if self.kind == "registry":
+            return get_model_info(str(self.target)).resolve_kwargs(**kwargs)
+        if self.kind in ("hf", "module"):
+            if kwargs:
+                what = "a Hugging Face directory (its config.json says everything)" if self.kind == "hf" else \
+                    "a module given in Python"
+                raise TypeError(f"{self.identity} is {what} and takes no arguments; got {sorted(kwargs)}")
+            return {}
+        import inspect
+
+        fn = _import_factory(self.target) if isinstance(self.target, str) else self.target
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+            return dict(kwargs)
+        try:
+            sig.bind_partial(**kwargs)
+        except TypeError as exc:
+            raise TypeError(f"factory {self.name!r} does not take these arguments ({exc})") from None
+        out = {k: p.default for k, p in sig.parameters.items()
+               if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        out.update(kwargs)
+        return out
+
     def __repr__(self) -> str:  # never the module repr
         return f"ModelRef({self.identity})"
 
@@ -223,7 +270,7 @@ class ResolvedModel:
 
 
 def resolve_model(ref: Any, *, seed: int | None = 0, example_input: Any = None, root: str | os.PathLike | None = None,
-                  load_weights: bool = True, **kwargs: Any) -> ResolvedModel:
+                  load_weights: bool = True, require_input: bool = True, **kwargs: Any) -> ResolvedModel:
     """Build the model ``ref`` names (any form :meth:`ModelRef.parse` takes).
 
     Args:
@@ -235,6 +282,9 @@ def resolve_model(ref: Any, *, seed: int | None = 0, example_input: Any = None, 
         load_weights: for a Hugging Face directory, load its safetensors
             (otherwise only the config is read and the weights are the
             seeded initialisation).
+        require_input: ``False`` when only the module is wanted (building,
+            training): a module or factory without an example input then
+            resolves with ``example_input=None`` instead of raising.
 
     Raises:
         UnknownNameError: an unknown registry name (did-you-mean).
@@ -259,7 +309,7 @@ def resolve_model(ref: Any, *, seed: int | None = 0, example_input: Any = None, 
         return ResolvedModel(module, x, r.identity, r, arch=info.name)
     if r.kind == "module":
         x = example_input if example_input is not None else module_example_input(r.target, seed=seed)
-        if x is None:
+        if x is None and require_input:
             raise ModelRefError(f"an example input is needed to trace a {type(r.target).__name__} module; "
                                 "pass example_input=... (or give the module an example_input attribute)")
         return ResolvedModel(r.target, x, r.identity, r)
@@ -284,7 +334,7 @@ def resolve_model(ref: Any, *, seed: int | None = 0, example_input: Any = None, 
                                 "(or a (module, example_input) pair)", field="factory")
         if x is None:
             x = module_example_input(out, seed=seed)
-        if x is None:
+        if x is None and require_input:
             raise ModelRefError(f"factory {what!r} gives no example input; return (module, example_input), give the "
                                 "module an example_input attribute, or pass example_input=...", field="factory")
         return ResolvedModel(out, x, r.identity, r)

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from weightspace.arch import create_model, get_model_info
+from weightspace.arch import ModelRef, resolve_model
 from weightspace.errors import MissingFileError, StateDictError, WeightspaceError
 from weightspace.io import check_count, load_state_dict, read_json, unwrap_checkpoint
 
@@ -22,7 +22,7 @@ from zoo.train import CheckpointResult
 
 __all__ = [
     "ImportedMember", "import_members", "check_state_dict", "load_weights_file", "load_weights_bytes", "add_gaps",
-    "check_limit", "import_identity", "describe_option", "reference_state_dict",
+    "check_limit", "import_identity", "describe_option", "reference_state_dict", "resolve_arch", "build_arch",
 ]
 
 @dataclass
@@ -44,7 +44,7 @@ class ImportedMember:
     def module(self, epoch: int | None = None) -> torch.nn.Module:
         """The network with the (final, or ``epoch``) weights loaded, eval mode."""
         ck = self.checkpoints[-1] if epoch is None else next(c for c in self.checkpoints if c.epoch == epoch)
-        model = create_model(self.config["arch"], **self.config["model"])
+        model = build_arch(self.config["arch"], self.config["model"], path=None)
         model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in ck.state_dict.items()})
         return model.eval()
 
@@ -60,20 +60,45 @@ def add_gaps(metrics: dict) -> dict:
         m["gap_loss"] = float(m["test_loss"]) - float(m["train_loss"])
     return m
 
-def reference_state_dict(arch: str, model_kwargs: Mapping[str, Any], *, path: Any) -> dict[str, torch.Tensor]:
-    """The state dict of ``arch(**model_kwargs)``; an unknown architecture or
-    arguments it refuses (e.g. a negative width) are a :class:`ZooFormatError`
-    naming ``path``."""
+def resolve_arch(arch: Any, model_kwargs: Mapping[str, Any], *, path: Any, field: str = "arch"
+                 ) -> tuple[str, dict]:
+    """``(name, kwargs)`` of the architecture a loader's ``arch=`` names: a
+    registered name (its arguments checked, defaults filled in) or any model
+    reference (:class:`weightspace.arch.ModelRef`: ``"pkg.mod:factory"``,
+    ``"hf:DIR"``, a ``ModelRef``), as one string ``ModelRef.parse`` reads
+    back. A bad one is a :class:`ZooFormatError` naming ``path`` and ``field``."""
     try:
-        get_model_info(arch)
+        ref = ModelRef.parse(arch, **dict(model_kwargs))
+        kwargs = ref.resolve_kwargs(**dict(ref.kwargs)) if ref.kind == "registry" else dict(ref.kwargs)
+        if ref.kind != "registry":
+            ref.resolve_kwargs(**kwargs)  # arguments a factory does not take
+    except KeyError as e:
+        raise ZooFormatError(f"unknown architecture: {e.args[0]}", path=path, field=field) from None
+    except (TypeError, WeightspaceError) as e:
+        raise ZooFormatError(str(e), path=path, field=field) from None
+    if ref.kind == "module" or (ref.kind == "factory" and not isinstance(ref.target, str)):
+        raise ZooFormatError(f"{ref.identity} is given in Python; a zoo records architectures by name: register it, "
+                             "or name it 'package.module:factory' or hf:DIR", path=path, field=field)
+    return ref.name, {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
+
+
+def build_arch(arch: str, model_kwargs: Mapping[str, Any], *, path: Any) -> torch.nn.Module:
+    """The module ``arch(**model_kwargs)`` (any model reference; a Hugging
+    Face directory from its config, not its weights). An unknown
+    architecture or arguments it refuses (e.g. a negative width) are a
+    :class:`ZooFormatError` naming ``path``."""
+    try:
+        return resolve_model(arch, seed=None, load_weights=False, require_input=False, **dict(model_kwargs)).module
     except KeyError as e:
         raise ZooFormatError(f"unknown architecture: {e.args[0]}", path=path, field="arch") from None
-    try:
-        return create_model(arch, **model_kwargs).state_dict()
-    except (TypeError, ValueError, RuntimeError) as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ZooFormatError(f"cannot build {arch}({dict(model_kwargs)}): {type(e).__name__}: {first}",
-                             path=path, field="model_kwargs") from None
+    except WeightspaceError as e:
+        raise ZooFormatError(f"cannot build {arch}({dict(model_kwargs)}): {e.message}", path=path,
+                             field="model_kwargs") from None
+
+
+def reference_state_dict(arch: str, model_kwargs: Mapping[str, Any], *, path: Any) -> dict[str, torch.Tensor]:
+    """The state dict of :func:`build_arch` ``(arch, model_kwargs)``."""
+    return build_arch(arch, model_kwargs, path=path).state_dict()
 
 def check_state_dict(arch: str, model_kwargs: Mapping[str, Any], sd: Mapping[str, Any], *, path: Any) -> None:
     """Raise :class:`ZooFormatError` (naming ``path`` and the tensor) unless

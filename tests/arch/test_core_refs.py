@@ -8,7 +8,8 @@ from torch import nn
 
 import weightspace as ws
 from weightspace.arch import ModelRefError
-from weightspace.errors import ConfigError, MissingFileError, UnknownNameError
+from weightspace.errors import ConfigError
+from tests.model_refs import bad_references
 
 FACTORY = f"{__name__}:make_mlp"
 
@@ -63,14 +64,7 @@ def test_hf_module_needs_no_example_input(gpt2):
 
 
 def test_bad_references_are_one_line_errors(tmp_path):
-    cases = [
-        ("no_such_arch", UnknownNameError, "unknown architecture"),
-        (f"hf:{tmp_path / 'missing'}", MissingFileError, "no such directory"),
-        (f"hf:{tmp_path}", MissingFileError, "no config.json"),
-        (f"{__name__}:nope", ModelRefError, "has no 'nope'"),
-        (nn.Linear(2, 2), ModelRefError, "example input is needed"),
-        (3, ModelRefError, "cannot name a model with a int"),
-    ]
+    cases = bad_references(tmp_path, __name__) + [(3, ModelRefError, "cannot name a model with a int")]
     for ref, exc, says in cases:
         for fn in (ws.analyze, ws.permutation_spec):
             with pytest.raises(exc, match=says) as e:

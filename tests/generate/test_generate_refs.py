@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from tests.model_refs import bad_references, one_error_line
 from weightspace.arch import ModelRefError
-from weightspace.errors import MissingFileError, UnknownNameError
 from weightspace.generate import ArchSpec, GraphHyperNetwork, RefArch, as_arch
 from weightspace.generate._common import ArchitectureRefError
 
@@ -71,18 +71,31 @@ def test_as_arch_forms():
 
 
 def test_bad_references_are_one_line_errors(hn, tmp_path):
-    cases = [
-        ("no_such_arch", UnknownNameError, "unknown architecture"),
-        (f"hf:{tmp_path / 'missing'}", MissingFileError, "no such directory"),
-        (f"hf:{tmp_path}", MissingFileError, "no config.json"),
-        (f"{__name__}:nope", ModelRefError, "has no 'nope'"),
-        (nn.Linear(2, 2), ModelRefError, "example input is needed"),
+    cases = bad_references(tmp_path, __name__) + [
         (3.5, ArchitectureRefError, "cannot make an architecture from a float"),
+        (FACTORY, ModelRefError, "failed with arguments"),  # with depth=2 below: the factory refuses it
     ]
     for ref, exc, says in cases:
         with pytest.raises(exc, match=says) as e:
-            hn.predict(ref, seed=0)
+            hn.predict(ref, seed=0, **({"depth": 2} if ref == FACTORY else {}))
         assert "\n" not in str(e.value) and "Linear(in_features" not in str(e.value)
+
+
+def test_cli_init_with_references(hn, tmp_path):
+    from typer.testing import CliRunner
+
+    from weightspace.cli import app
+    from weightspace.io import load_state_dict
+
+    path = hn.save(tmp_path / "hn.safetensors")
+    out = tmp_path / "init.safetensors"
+    res = CliRunner().invoke(app, ["generate", "init", FACTORY, "-a", "width=5", "--hypernet", str(path), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    make_mlp(5)[0].load_state_dict(load_state_dict(out))
+    for ref, _, says in bad_references(tmp_path, __name__)[:5] + [(FACTORY, None, "failed with arguments")]:
+        extra = ["-a", "depth=2"] if ref == FACTORY else []
+        res = CliRunner().invoke(app, ["generate", "init", ref, *extra, "--hypernet", str(path), "-o", str(out)])
+        assert res.exit_code == 2 and says in one_error_line(res.output), (ref, res.output)
 
 
 # ------------------------------------------------------------ checkpoint flow

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from tests.model_refs import bad_references, one_error_line
 from weightspace import parameter_graph
 from weightspace.cli import app
 from weightspace.errors import StateDictError, UnknownNameError
@@ -133,19 +134,12 @@ def test_cli_rank_with_references(factory_predictor, gpt2_dir, tmp_path):
     res = runner.invoke(app, [*args, "--arch", FACTORY, "-a", "width=6", "--json", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
     assert len(json.loads((tmp_path / "r.json").read_text())["ranking"]) == 3
-    for arch, extra, says in [
-        (FACTORY, ["-a", "width=9"], "make_mlp(width=9)"),                     # another architecture
-        (f"hf:{gpt2_dir}", [], "a network of 4 tensors"),                      # mismatch naming both
-        ("no_such_arch", [], "unknown architecture 'no_such_arch'"),           # unknown name
-        (f"{__name__}:nope", [], "has no 'nope'"),                             # broken factory
-        ("no_such_pkg.mod:fn", [], "cannot import module"),                     # broken import
-        (f"hf:{tmp_path / 'missing'}", [], "no such directory"),               # missing dir
-        (f"hf:{tmp_path}", [], "no config.json"),                              # dir without config.json
-    ]:
+    cases = [(FACTORY, ["-a", "width=9"], "make_mlp(width=9)"),               # another architecture
+             (f"hf:{gpt2_dir}", [], "a network of 4 tensors")]                # mismatch naming both
+    cases += [(ref, [], says) for ref, _, says in bad_references(tmp_path, __name__)[:5]]
+    for arch, extra, says in cases:
         res = runner.invoke(app, [*args, "--arch", arch, *extra])
-        assert res.exit_code == 2, (arch, res.output)
-        lines = [ln for ln in res.output.splitlines() if ln.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error:") and says in lines[0], (arch, res.output)
+        assert res.exit_code == 2 and says in one_error_line(res.output), (arch, res.output)
 
 
 def test_unknown_reference_is_a_library_error(factory_predictor):

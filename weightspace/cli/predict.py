@@ -16,6 +16,7 @@ from typing import List, Optional
 import typer
 
 from weightspace.io import check_output_path
+from weightspace.cli.common import ArchArgs
 from weightspace.cli.common import fail as _fail
 from weightspace.cli.common import parse_kv as _kv
 
@@ -157,7 +158,7 @@ def rank(
     arch: Optional[str] = typer.Option(None, help="the checkpoints' architecture: a registered name, hf:DIR (a local "
                                                   "Hugging Face directory) or package.module:factory; checked against "
                                                   "the predictor's and every checkpoint against it"),
-    arg: List[str] = typer.Option([], "--arg", "-a", help="architecture / factory argument key=value (with --arch)"),
+    arg: ArchArgs = [],
     order: str = typer.Option("auto", help="auto (from the target: losses and gaps ascending) | desc | asc"),
     top: Optional[int] = typer.Option(None, min=1, help="show only the best N"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the ranking as JSON"),

@@ -35,3 +35,18 @@ def one_error_line(output: str) -> str:
     lines = [ln for ln in output.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), output
     return lines[0]
+
+
+def save_tiny_gpt2(directory: Path):
+    """A tiny GPT-2 (1 layer, width 16, vocab 50; seed 0, eval mode) saved
+    with ``save_pretrained`` to ``directory``; returns the model. Call
+    ``pytest.importorskip("transformers")`` first."""
+    import torch
+    import transformers as T
+
+    cfg = T.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
+                       eos_token_id=0)
+    torch.manual_seed(0)
+    model = T.GPT2LMHeadModel(cfg).eval()
+    model.save_pretrained(directory)
+    return model

@@ -9,7 +9,7 @@ from torch import nn
 import weightspace as ws
 from weightspace.arch import ModelRefError
 from weightspace.errors import ConfigError
-from tests.model_refs import bad_references
+from tests.model_refs import bad_references, save_tiny_gpt2
 
 FACTORY = f"{__name__}:make_mlp"
 
@@ -20,14 +20,9 @@ def make_mlp(width=5):
 
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory):
-    T = pytest.importorskip("transformers")
-    cfg = T.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
-                       eos_token_id=0)
-    torch.manual_seed(0)
-    m = T.GPT2LMHeadModel(cfg).eval()
+    pytest.importorskip("transformers")
     d = tmp_path_factory.mktemp("core") / "gpt2"
-    m.save_pretrained(d)
-    return d, m
+    return d, save_tiny_gpt2(d)
 
 
 def test_analyze_hf_directory_string(gpt2):

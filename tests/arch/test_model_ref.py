@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from tests.model_refs import save_tiny_gpt2
 from weightspace.arch import ModelRef, ModelRefError, resolve_model
 from weightspace.cli.app import app
 from weightspace.errors import ConfigError, MissingFileError, StateDictError, UnknownNameError, WeightspaceError
@@ -28,14 +29,9 @@ def make_broken(width=4):
 
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
-    T = pytest.importorskip("transformers")
-    cfg = T.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
-                       eos_token_id=0)
-    torch.manual_seed(0)
-    m = T.GPT2LMHeadModel(cfg).eval()
+    pytest.importorskip("transformers")
     d = tmp_path_factory.mktemp("ref") / "gpt2"
-    m.save_pretrained(d)
-    return d, m
+    return d, save_tiny_gpt2(d)
 
 
 # ------------------------------------------------------------ good forms

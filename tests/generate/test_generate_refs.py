@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.model_refs import bad_references, one_error_line
+from tests.model_refs import bad_references, one_error_line, save_tiny_gpt2
 from weightspace.arch import ModelRefError
 from weightspace.generate import ArchSpec, GraphHyperNetwork, RefArch, as_arch
 from weightspace.generate._common import ArchitectureRefError
@@ -47,11 +47,8 @@ def test_predict_for_a_module(hn, name):
 
 
 def test_predict_for_hf_directory_and_factory(hn, tmp_path):
-    T = pytest.importorskip("transformers")
-    cfg = T.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
-                       eos_token_id=0)
-    m = T.GPT2LMHeadModel(cfg).eval()
-    m.save_pretrained(tmp_path / "gpt2")
+    pytest.importorskip("transformers")
+    m = save_tiny_gpt2(tmp_path / "gpt2")
     sd = hn.predict(f"hf:{tmp_path / 'gpt2'}", seed=0)
     _loads_and_runs(m, sd, torch.randint(0, 50, (1, 8)))
     sd = hn.predict(FACTORY, width=9, seed=0)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from tests.model_refs import bad_references, one_error_line
+from tests.model_refs import bad_references, one_error_line, save_tiny_gpt2
 from weightspace import parameter_graph
 from weightspace.cli import app
 from weightspace.errors import StateDictError, UnknownNameError
@@ -94,12 +94,9 @@ def _targets_of(sds):
 
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
-    T = pytest.importorskip("transformers")
-    cfg = T.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
-                       eos_token_id=0)
+    pytest.importorskip("transformers")
     d = tmp_path_factory.mktemp("rank") / "gpt2"
-    torch.manual_seed(0)
-    T.GPT2LMHeadModel(cfg).save_pretrained(d)
+    save_tiny_gpt2(d)
     return d
 
 
@@ -146,3 +143,10 @@ def test_unknown_reference_is_a_library_error(factory_predictor):
     p, files = factory_predictor
     with pytest.raises(UnknownNameError):
         rank_checkpoints(files, p, arch="no_such_arch")
+
+
+def test_fit_zoo_split_options_are_make_splits():
+    from weightspace.predict import fit_zoo
+
+    with pytest.raises(TypeError, match="splt.*make_split"):
+        fit_zoo(object(), splt="seed")

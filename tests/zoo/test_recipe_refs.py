@@ -111,3 +111,15 @@ def zoo_cnn_like():
     from tests.zoo.test_model_zoos import ZooCNNLike
 
     return ZooCNNLike()
+
+
+def test_import_options_are_the_loaders_own(tmp_path):
+    from weightspace.errors import ConfigError
+    from zoo.loaders import import_model_zoos, import_small_cnn_zoo
+
+    with pytest.raises(ConfigError, match="unknown option 'stepz'.*did you mean 'steps'") as e:
+        import_small_cnn_zoo(tmp_path / "src", tmp_path / "out", stepz="final", progress=False)
+    assert e.value.field == "stepz"
+    with pytest.raises(ConfigError, match="missing a required argument: 'arch'"):
+        import_model_zoos(tmp_path / "src", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()

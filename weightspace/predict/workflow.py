@@ -99,16 +99,10 @@ def fit_zoo(
     model: str = "gbm",
     *,
     checkpoints: str | Sequence[int] = "all",
-    split: str = "random",
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    ood_column: str | None = None,
-    ood_train: Sequence[Any] | None = None,
-    ood_test: Sequence[Any] | None = None,
-    ood_threshold: float | None = None,
     params: Mapping[str, Any] | None = None,
     n_resamples: int = 1000,
     out: str | os.PathLike | None = None,
+    **split_options: Any,
 ) -> FitReport:
     """Fit a predictor on a zoo, evaluate it on held-out members, save it.
 
@@ -118,18 +112,28 @@ def fit_zoo(
         target: metric to predict (see :func:`~weightspace.predict.zoo_dataset`).
         model: predictor kind (:func:`~weightspace.predict.make_predictor`).
         checkpoints: ``"all"``, ``"final"`` or a list of epochs.
-        split: ``"random"``, ``"seed"`` or ``"ood"`` (see :func:`make_split`).
-        test_fraction: held-out fraction of members (0: fit on everything,
-            no metrics) for the random / seed splits.
-        seed: split seed; also the predictor's seed unless ``params`` sets one.
-        ood_column, ood_train, ood_test, ood_threshold: the OOD split.
         params: predictor constructor arguments.
         n_resamples: bootstrap resamples of the metrics' CIs.
         out: directory to save the fitted predictor to.
+        split_options: how members are held out, the keywords of
+            :func:`make_split`: ``split`` (``"random"``, ``"seed"`` or
+            ``"ood"``), ``test_fraction`` (0.2; 0: fit on everything, no
+            metrics), ``seed`` (0; also the predictor's seed unless
+            ``params`` sets one, and the bootstrap's), ``ood_column``,
+            ``ood_train``, ``ood_test``, ``ood_threshold``.
 
     Returns:
         :class:`FitReport`.
     """
+    import inspect
+
+    try:
+        so = inspect.signature(make_split).bind(None, **split_options)
+    except TypeError as exc:
+        raise TypeError(f"fit_zoo: {exc} (split options are make_split's)") from None
+    so.apply_defaults()
+    so = {k: v for k, v in so.arguments.items() if k != "dataset"}
+    split, test_fraction, seed = so["split"], so["test_fraction"], so["seed"]
     if not isinstance(zoo, ZooLike):
         raise TypeError(
             f"fit_zoo needs a zoo (an object with members() and to_pandas(), e.g. zoo.Zoo(path)), "
@@ -146,9 +150,8 @@ def fit_zoo(
         sp = Split(np.arange(len(ds)), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
         desc = "none (fit on every network)"
     else:
-        sp = make_split(ds, split, test_fraction=test_fraction, seed=seed, ood_column=ood_column,
-                        ood_train=ood_train, ood_test=ood_test, ood_threshold=ood_threshold)
-        desc = split if split != "ood" else f"ood on {ood_column}"
+        sp = make_split(ds, **so)
+        desc = split if split != "ood" else f"ood on {so['ood_column']}"
     train_idx = np.sort(np.concatenate([sp.train, sp.val]))
     predictor.fit(ds.subset(train_idx))
     report = FitReport(predictor, ds.target, model, desc, int(train_idx.size), int(sp.test.size), dropped=ds.dropped)

@@ -23,6 +23,7 @@ from zoo.train import CheckpointResult
 __all__ = [
     "ImportedMember", "import_members", "check_state_dict", "load_weights_file", "load_weights_bytes", "add_gaps",
     "check_limit", "import_identity", "describe_option", "reference_state_dict", "resolve_arch", "build_arch",
+    "loader_options", "import_source",
 ]
 
 @dataclass
@@ -218,6 +219,50 @@ def _check_resume(out: Path, info: Mapping[str, Any]) -> None:
                 path=zpath, field=f"import_options.{key}",
             )
     raise ZooFormatError(f"this directory holds an import made with other options; {hint}", path=zpath)
+
+def loader_options(load: Any, path: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` of an ``import_*`` function bound to its loader's keyword
+    parameters, defaults filled in: a loader's signature is the one
+    definition of its options. An unknown or missing one is a
+    :class:`~weightspace.errors.ConfigError` naming it."""
+    import inspect
+
+    from weightspace.errors import ConfigError
+    from weightspace.io import did_you_mean
+
+    sig = inspect.signature(load)
+    names = [n for n in sig.parameters if n != "path"]
+    for k in options:
+        if k not in names:
+            raise ConfigError(f"unknown option {k!r}{did_you_mean(k, names)}; {load.__name__} takes {names}",
+                              field=k)
+    try:
+        bound = sig.bind(path, **options)
+    except TypeError as e:  # a required option left out
+        raise ConfigError(f"{load.__name__}: {e}", field="options") from None
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k != "path"}
+
+
+def import_source(load: Any, source: str, path: Any, out: Any, options: Mapping[str, Any], *, progress: bool,
+                  identity: Mapping[str, Any] | None = None, recipe_hash: str | None = None):
+    """Import what ``load(path, **options)`` reads into a zoo at ``out``
+    (resumable only with the same source and options). ``identity``: the
+    options as recorded in ``zoo.json`` (default ``options``); ``recipe_hash``
+    overrides their hash (to keep resuming zoos of an earlier format).
+    Returns the :class:`~zoo.store.Zoo`."""
+    path = Path(path).expanduser()
+    recorded, h = import_identity(identity if identity is not None else options)
+    info = {
+        "name": f"{source}:{path.name}",
+        "source": source,
+        "source_path": str(path.resolve()),
+        "import_options": recorded,
+        "recipe": None,
+        "recipe_hash": recipe_hash or h,
+    }
+    return import_members(load(path, **options), out, info=info, progress=progress)
+
 
 def import_members(
     members: Iterable[ImportedMember],

@@ -37,7 +37,7 @@ from weightspace.errors import ConfigError, WeightspaceError
 from weightspace.io import check_count, read_json, read_text
 from zoo.errors import ZooFormatError
 from zoo.loaders._common import (
-    ImportedMember, add_gaps, check_limit, check_state_dict, import_identity, import_members, load_weights_file,
+    ImportedMember, add_gaps, check_limit, check_state_dict, import_source, load_weights_file, loader_options,
     reference_state_dict, resolve_arch, short_hash,
 )
 from zoo.train import CheckpointResult
@@ -281,38 +281,18 @@ def load_model_zoos(
         )
 
 
-def import_model_zoos(
-    path: str | Path,
-    out: str | Path,
-    *,
-    arch: ArchSpec,
-    model_kwargs: Mapping[str, Any] | None = None,
-    key_map: KeyMap = None,
-    epochs: str | Sequence[int] = "all",
-    limit: int | None = None,
-    progress: bool = True,
-):
+def import_model_zoos(path: str | Path, out: str | Path, *, progress: bool = True, **options: Any):
     """Convert a model-zoos style directory into a weightspace zoo at ``out``.
-    Returns the :class:`~zoo.store.Zoo`; options as in :func:`load_model_zoos`.
+    Returns the :class:`~zoo.store.Zoo`; ``options`` (``arch`` required,
+    ``model_kwargs``, ``key_map``, ``epochs``, ``limit``) as in
+    :func:`load_model_zoos`.
 
     ``out`` resumes only an import of the same directory with the same
-    ``arch``, ``model_kwargs``, ``key_map``, ``epochs`` and ``limit``
-    (callables compare by qualified name); otherwise a
+    options (callables compare by qualified name); otherwise a
     :class:`ZooFormatError` names the option and both values."""
-    _check_options(arch, model_kwargs, key_map, epochs, limit)
-    path = Path(path).expanduser()
-    options, recipe_hash = import_identity({
-        "arch": arch, "model_kwargs": dict(model_kwargs or {}), "key_map": key_map,
-        "epochs": epochs if isinstance(epochs, str) else [int(e) for e in epochs], "limit": limit,
-    })
-    info = {
-        "name": f"model_zoos:{path.name}",
-        "source": "model_zoos",
-        "source_path": str(path.resolve()),
-        "import_options": options,
-        "recipe": None,
-        "recipe_hash": recipe_hash,
-    }
-    members = load_model_zoos(path, arch=arch, model_kwargs=model_kwargs, key_map=key_map, epochs=epochs,
-                              limit=limit)
-    return import_members(members, out, info=info, progress=progress)
+    opts = loader_options(load_model_zoos, path, options)
+    _check_options(**opts)
+    epochs = opts["epochs"]
+    identity = {**opts, "model_kwargs": dict(opts["model_kwargs"] or {}),
+                "epochs": epochs if isinstance(epochs, str) else [int(e) for e in epochs]}
+    return import_source(load_model_zoos, "model_zoos", path, out, opts, identity=identity, progress=progress)

@@ -513,11 +513,10 @@ def train_checkpoint_flow(
     augment: bool = True,
     bank_size: int = 512,
     cond_dropout: float = 0.1,
-    hidden: int = 512,
-    depth: int = 4,
     seed: int = 0,
     progress: bool = False,
     callback: Callable[[int, float], None] | None = None,
+    **hparams: Any,
 ) -> tuple[CheckpointFlow, FlowHistory]:
     """Train a :class:`CheckpointFlow` on ``checkpoints``.
 
@@ -525,6 +524,7 @@ def train_checkpoint_flow(
         augment: relabel every example by a random permutation from a bank
             of ``bank_size`` (see :func:`permutation_bank`) at every step.
         cond_dropout: probability of training a step's example unconditionally.
+        hparams: the new model's ``hidden`` / ``depth`` (see :class:`CheckpointFlow`).
 
     Returns:
         ``(model (eval mode), FlowHistory)``.
@@ -537,8 +537,7 @@ def train_checkpoint_flow(
     lo, hi = float(checkpoints.metric.min()), float(checkpoints.metric.max())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        model = CheckpointFlow(arch, hidden=hidden, depth=depth, cond_range=(lo, hi),
-                               metric_name=checkpoints.metric_name)
+        model = CheckpointFlow(arch, cond_range=(lo, hi), metric_name=checkpoints.metric_name, **hparams)
     mean, std = _tensor_stats(arch, checkpoints.values)
     model.mean.copy_(mean)
     model.std.copy_(std)

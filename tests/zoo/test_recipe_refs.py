@@ -63,6 +63,9 @@ def test_factory_zoo_builds_and_feeds_the_checkpoint_flow(tmp_path):
     assert m.arch == FACTORY and isinstance(m.module()[1], nn.Linear)
     cs = collect_checkpoints(z)
     assert isinstance(cs.arch, RefArch) and len(cs) == 4
+    res = runner.invoke(app, ["generate", "flow-train", str(z.path), str(tmp_path / "flow.safetensors"),
+                              "--steps", "2", "--no-progress"])
+    assert res.exit_code == 0 and FACTORY in res.output, res.output
 
 
 @pytest.mark.parametrize("arch, model, says", [

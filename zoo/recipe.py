@@ -3,7 +3,7 @@
 A recipe is a YAML (or TOML) file or the equivalent :class:`Recipe` object::
 
     name: digits_cnn_small
-    arch: cnn_small                 # any name in the architecture registry
+    arch: cnn_small                 # a registered name, or a model reference (below)
     model: {width: 16, depth: 3}    # fixed architecture kwargs
     data: {name: digits, split_seed: 0}
     train: {epochs: 8, batch_size: 32, optimizer: adam, lr: 0.003}
@@ -31,6 +31,15 @@ repeats it for each of ``seeds`` (an int n = seeds 0..n-1, or a list).
 ``num_members`` (a zoo can be grown by raising it) and its training seed is
 ``base_seed + i``.
 
+``arch`` may also name any model reference, in the forms of the merge YAML
+(:meth:`weightspace.arch.ModelRef.parse`): ``"mypkg.models:make_mlp"`` or
+``{factory: mypkg.models:make_mlp, kwargs: {width: 16}}`` (the kwargs join
+``model``), or a local Hugging Face directory ``"hf:runs/vit-tiny"`` /
+``{hf: runs/vit-tiny}`` (relative to the recipe file; only the architecture
+is taken: members start from the seeded initialisation built from its
+``config.json``, not from its weights). The recipe stores the reference as
+one string (``ModelRef.name``: the factory string, ``hf:/absolute/dir``).
+
 Each member gets a full, explicit config (``arch``, ``model``, ``data``,
 ``train``, ``seed``, ``checkpoints``) and a ``member_id`` derived from its
 index and the config hash, which is what resuming keys on.
@@ -49,8 +58,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from weightspace.arch import get_model_info
-from weightspace.errors import ConfigError
+from weightspace.arch import HFCheckpoint, ModelRef, get_model_info
+from weightspace.errors import ConfigError, WeightspaceError
 from weightspace.io import Field, check_type, did_you_mean
 from weightspace.io import validate as _validate_fields
 from zoo.datasets import list_datasets
@@ -213,15 +222,18 @@ class Recipe:
         for req in ("name", "arch"):
             if req not in d:
                 raise RecipeError(f"missing required field {req!r}", path=source, field=req)
+            if req == "arch" and isinstance(d[req], Mapping):
+                continue  # {factory: ..., kwargs: ...} or {hf: DIR}: read by _arch_ref
             if not isinstance(d[req], str) or not d[req].strip():
                 raise RecipeError(f"must be a non-empty string, got {d[req]!r}", path=source, field=req)
         for sect in ("model", "data", "train", "search"):
             if sect in d and d[sect] is not None and not isinstance(d[sect], Mapping):
                 raise RecipeError(f"must be a mapping, got {type(d[sect]).__name__}", path=source, field=sect)
+        arch, model = _arch_ref(d["arch"], dict(d.get("model") or {}), source)
         r = cls(
             name=str(d["name"]),
-            arch=str(d["arch"]),
-            model=copy.deepcopy(dict(d.get("model") or {})),
+            arch=arch,
+            model=copy.deepcopy(model),
             data=copy.deepcopy(dict(d.get("data") or {})),
             train=copy.deepcopy(dict(d.get("train") or {})),
             checkpoints=copy.deepcopy(d.get("checkpoints", "final")),
@@ -309,9 +321,15 @@ class Recipe:
         """Check every field (types, ranges, counts, search space); raise
         :class:`RecipeError` naming :attr:`source` and the dotted field."""
         try:
-            info = get_model_info(self.arch)
+            ref = ModelRef.parse(self.arch)
+            if ref.kind == "registry":
+                get_model_info(self.arch)
+            elif ref.kind == "hf":
+                HFCheckpoint.open(ref.target)  # config.json and weights present, transformers reads the config
         except KeyError as e:
             raise self._err(e.args[0], "arch") from None
+        except WeightspaceError as e:
+            raise self._err(str(e), "arch") from None
         self._validate_search()
         if "name" not in self.data:
             raise self._err(f"field 'data.name' is required (one of {list_datasets()})", "data.name")
@@ -340,9 +358,11 @@ class Recipe:
             if key.startswith("model."):
                 model_keys[key[len("model.") :]] = None
         try:
-            info.resolve_kwargs(**model_keys)
+            ref.resolve_kwargs(**model_keys)
         except TypeError as e:
             raise self._err(str(e), "model") from None
+        except WeightspaceError as e:  # a factory that cannot be imported
+            raise self._err(str(e), "arch") from None
         for key, value in self.model.items():
             self._check_value(f"model.{key}", value, f"model.{key}")
         for key in space:
@@ -443,9 +463,7 @@ class Recipe:
             raise self._err(e.message, where) from None
 
     def _model_defaults(self) -> dict:
-        from zoo.registry import get_model_info
-
-        return get_model_info(self.arch).resolve_kwargs()
+        return ModelRef.parse(self.arch).resolve_kwargs()
 
     def _check_model_value(self, name: str, value: Any, where: str) -> None:
         if name == "dropout" and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -631,7 +649,8 @@ class Recipe:
             section, sub = key.split(".", 1)
             {"model": model, "data": data, "train": train}[section][sub] = _plain(value)
 
-        model = get_model_info(self.arch).resolve_kwargs(**model)
+        if ModelRef.parse(self.arch).kind == "registry":  # a factory's defaults need not be JSON: kept as given
+            model = get_model_info(self.arch).resolve_kwargs(**model)
         model = {k: _plain(v) for k, v in model.items()}
         config = {
             "arch": self.arch,
@@ -702,3 +721,22 @@ def load_recipe(recipe: "str | Path | Mapping | Recipe") -> Recipe:
     raise RecipeError(
         f"{recipe}: no such recipe file, and not a shipped recipe (shipped: {', '.join(list_recipes())})"
     )
+
+
+def _arch_ref(value: Any, model: dict, source: str) -> tuple[str, dict]:
+    """A recipe's ``arch`` (a registered name or any model reference, read by
+    :meth:`ModelRef.parse` as the merge YAML's ``model:`` is; relative
+    Hugging Face directories against the recipe's folder) as
+    ``(one string, model kwargs)``: a factory's ``kwargs`` join ``model``."""
+    root = Path(source).parent if source != "<dict>" else None
+    try:
+        ref = ModelRef.parse(value, root=root)
+    except WeightspaceError as e:
+        raise RecipeError(e.message, path=source, field="arch" if e.field is None else f"arch.{e.field}") from None
+    if ref.kind == "registry":
+        return str(ref.target), model
+    both = sorted(set(ref.kwargs) & set(model))
+    if both:
+        raise RecipeError(f"argument {both[0]!r} is given both in arch.kwargs and in model; give it once",
+                          path=source, field=f"model.{both[0]}")
+    return ref.name, {**dict(ref.kwargs), **model}

@@ -839,7 +839,8 @@ def _expected_shapes(arch: str, kwargs_json: str) -> dict[str, tuple[int, ...]] 
     the problem)."""
     try:
         with torch.device("meta"):
-            model = registry.create_model(arch, seed=0, **json.loads(kwargs_json))
+            model = registry.resolve_model(arch, seed=0, load_weights=False, require_input=False,
+                                           **json.loads(kwargs_json)).module
     except Exception:  # noqa: BLE001 - best effort: an unbuildable config is reported where it is built
         return None
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -851,7 +852,7 @@ def _build_module(arch: str, kwargs: Mapping[str, Any], sd: Mapping[str, torch.T
     mode); a file whose tensors do not fit the member's architecture (swapped,
     or from another model) is a :class:`~weightspace.errors.StateDictError`
     naming the file."""
-    model = registry.create_model(arch, **kwargs)
+    model = registry.resolve_model(arch, seed=None, load_weights=False, require_input=False, **kwargs).module
     match_state_dict(model.state_dict(), sd, path=path, what=f"member {mid}'s architecture ({arch})")
     model.load_state_dict(sd)
     return model.eval()

@@ -31,7 +31,7 @@ from torch import nn
 from zoo.datasets import Dataset, load_dataset
 from zoo.errors import RecipeError
 from zoo.recipe import MemberSpec
-from weightspace.arch import create_model
+from weightspace.arch import resolve_model
 
 __all__ = ["CheckpointResult", "MemberResult", "train_member", "evaluate_model", "member_streams"]
 
@@ -124,6 +124,11 @@ def _loss(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(out, y)
 
 
+def _logits(out: Any) -> torch.Tensor:
+    """A model's output tensor; a Hugging Face model's ``ModelOutput`` gives its ``logits``."""
+    return out if isinstance(out, torch.Tensor) else getattr(out, "logits", out)
+
+
 @torch.no_grad()
 def evaluate_model(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, batch_size: int = 1024
@@ -137,7 +142,7 @@ def evaluate_model(
         return {"loss": math.nan, "acc" if task == "classification" else "psnr": math.nan}
     total_loss, correct = 0.0, 0
     for i in range(0, n, batch_size):
-        out = model(x[i : i + batch_size])
+        out = _logits(model(x[i : i + batch_size]))
         yb = y[i : i + batch_size]
         if task == "classification":
             total_loss += F.cross_entropy(out, yb, reduction="sum").item()
@@ -216,7 +221,8 @@ def _train(spec, cfg, tcfg, dcfg, seed, dataset) -> MemberResult:
     # wall_time covers training and evaluation, not the (per-process, cached) dataset load.
     t0 = time.perf_counter()
     x_tr, y_tr = _member_data(ds, dcfg, streams)
-    model = create_model(cfg["arch"], seed=seed, **cfg["model"])
+    # any model reference a recipe names (a registered name, pkg.mod:factory, hf:DIR; seeded init)
+    model = resolve_model(cfg["arch"], seed=seed, load_weights=False, require_input=False, **cfg["model"]).module
     scale = float(tcfg.get("init_scale", 1.0))
     if scale != 1.0:
         with torch.no_grad():
@@ -252,7 +258,7 @@ def _train(spec, cfg, tcfg, dcfg, seed, dataset) -> MemberResult:
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, bs):
             idx = perm[i : i + bs]
-            loss = _loss(ds.task, model(x_tr[idx]), y_tr[idx])
+            loss = _loss(ds.task, _logits(model(x_tr[idx])), y_tr[idx])
             if not torch.isfinite(loss):
                 status = "diverged"
                 break

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from tests.model_refs import save_tiny_gpt2
 from weightspace.arch import ModelRef, ModelRefError, resolve_model
 from weightspace.cli.app import app
 from weightspace.errors import ConfigError, MissingFileError, StateDictError, UnknownNameError, WeightspaceError
@@ -28,14 +29,9 @@ def make_broken(width=4):
 
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
-    T = pytest.importorskip("transformers")
-    cfg = T.GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
-                       eos_token_id=0)
-    torch.manual_seed(0)
-    m = T.GPT2LMHeadModel(cfg).eval()
+    pytest.importorskip("transformers")
     d = tmp_path_factory.mktemp("ref") / "gpt2"
-    m.save_pretrained(d)
-    return d, m
+    return d, save_tiny_gpt2(d)
 
 
 # ------------------------------------------------------------ good forms
@@ -208,16 +204,19 @@ def test_graph_cli_bad_model_exit_2(model, needle):
 
 
 def test_hypernet_and_flow_name_the_module_class_not_its_repr():
+    """A module is an architecture now; one without an example input is a
+    one-line error naming its class, never its repr."""
     from weightspace.generate.checkpoint_flow import CheckpointFlow
     from weightspace.generate.hypernet import GraphHyperNetwork
 
     m = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
     for call in (lambda: GraphHyperNetwork().predict(m, seed=0), lambda: CheckpointFlow(m)):
-        with pytest.raises(ConfigError) as info:
+        with pytest.raises(ModelRefError) as info:
             call()
         msg = _one_line(info.value)
-        assert "a Sequential module" in msg and "Linear(" not in msg
-        assert isinstance(info.value, TypeError)  # still a TypeError for existing callers
+        assert "a Sequential module" in msg and "example_input" in msg and "Linear(" not in msg
+    sd = GraphHyperNetwork().predict(m, seed=0, example_input=torch.randn(1, 2))
+    assert set(sd) == set(m.state_dict())
 
 
 def test_similarity_cli_takes_a_factory_and_an_hf_dir(tmp_path, gpt2_dir):

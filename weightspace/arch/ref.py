@@ -50,7 +50,8 @@ from weightspace.arch.registry import example_input as _registry_example_input
 from weightspace.errors import ConfigError, MissingFileError, StateDictError, WeightspaceError
 from weightspace.io import atomic_write, did_you_mean, read_json, read_safetensors
 
-__all__ = ["HFCheckpoint", "ModelRef", "ModelRefError", "ResolvedModel", "resolve_model", "save_hf_checkpoint"]
+__all__ = ["HFCheckpoint", "ModelRef", "ModelRefError", "ResolvedModel", "config_example_input", "module_example_input",
+           "resolve_model", "save_hf_checkpoint"]
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 SINGLE_FILE = "model.safetensors"
@@ -178,6 +179,53 @@ class ModelRef:
             return f"{getattr(t, '__module__', '?')}:{getattr(t, '__qualname__', type(t).__name__)}{args}"
         return f"{self.target}{args}"
 
+    @property
+    def name(self) -> str:
+        """The reference as one string that :meth:`parse` reads back (together
+        with :attr:`kwargs`): the registry name, ``"pkg.mod:factory"`` or
+        ``"hf:/absolute/dir"``. A module or callable given in Python has no
+        such string: its :attr:`identity`."""
+        if self.kind == "hf":
+            return f"hf:{Path(self.target).resolve()}"
+        if self.kind in ("registry", "factory") and isinstance(self.target, str):
+            return str(self.target)
+        return self.identity
+
+    def resolve_kwargs(self, **kwargs: Any) -> dict[str, Any]:
+        """``kwargs`` checked against the arguments the reference takes, with
+        the defaults filled in where they are known: a registered
+        architecture's (:meth:`ModelInfo.resolve_kwargs`), a factory's
+        signature (its module is imported); a Hugging Face directory or a
+        module takes none.
+
+        Raises:
+            TypeError: an argument it does not take.
+            ModelRefError / UnknownNameError: the reference itself is bad.
+        """
+        if self.kind == "registry":
+            return get_model_info(str(self.target)).resolve_kwargs(**kwargs)
+        if self.kind in ("hf", "module"):
+            if kwargs:
+                what = "a Hugging Face directory (its config.json says everything)" if self.kind == "hf" else \
+                    "a module given in Python"
+                raise TypeError(f"{self.identity} is {what} and takes no arguments; got {sorted(kwargs)}")
+            return {}
+        import inspect
+
+        fn = _import_factory(self.target) if isinstance(self.target, str) else self.target
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin without a signature: nothing to check
+            return dict(kwargs)
+        try:
+            sig.bind_partial(**kwargs)
+        except TypeError as exc:
+            raise TypeError(f"factory {self.name!r} does not take these arguments ({exc})") from None
+        out = {k: p.default for k, p in sig.parameters.items()
+               if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        out.update(kwargs)
+        return out
+
     def __repr__(self) -> str:  # never the module repr
         return f"ModelRef({self.identity})"
 
@@ -222,7 +270,7 @@ class ResolvedModel:
 
 
 def resolve_model(ref: Any, *, seed: int | None = 0, example_input: Any = None, root: str | os.PathLike | None = None,
-                  load_weights: bool = True, **kwargs: Any) -> ResolvedModel:
+                  load_weights: bool = True, require_input: bool = True, **kwargs: Any) -> ResolvedModel:
     """Build the model ``ref`` names (any form :meth:`ModelRef.parse` takes).
 
     Args:
@@ -234,6 +282,9 @@ def resolve_model(ref: Any, *, seed: int | None = 0, example_input: Any = None, 
         load_weights: for a Hugging Face directory, load its safetensors
             (otherwise only the config is read and the weights are the
             seeded initialisation).
+        require_input: ``False`` when only the module is wanted (building,
+            training): a module or factory without an example input then
+            resolves with ``example_input=None`` instead of raising.
 
     Raises:
         UnknownNameError: an unknown registry name (did-you-mean).
@@ -257,10 +308,11 @@ def resolve_model(ref: Any, *, seed: int | None = 0, example_input: Any = None, 
         x = example_input if example_input is not None else _registry_example_input(info.name, **dict(r.kwargs))
         return ResolvedModel(module, x, r.identity, r, arch=info.name)
     if r.kind == "module":
-        if example_input is None:
+        x = example_input if example_input is not None else module_example_input(r.target, seed=seed)
+        if x is None and require_input:
             raise ModelRefError(f"an example input is needed to trace a {type(r.target).__name__} module; "
-                                "pass example_input=...")
-        return ResolvedModel(r.target, example_input, r.identity, r)
+                                "pass example_input=... (or give the module an example_input attribute)")
+        return ResolvedModel(r.target, x, r.identity, r)
     if r.kind == "factory":
         fn = _import_factory(r.target) if isinstance(r.target, str) else r.target
         what = r.target if isinstance(r.target, str) else r.identity
@@ -281,9 +333,8 @@ def resolve_model(ref: Any, *, seed: int | None = 0, example_input: Any = None, 
             raise ModelRefError(f"factory {what!r} returned a {type(out).__name__}, not an nn.Module "
                                 "(or a (module, example_input) pair)", field="factory")
         if x is None:
-            x = getattr(out, "example_input", None)
-            x = x() if callable(x) else x
-        if x is None:
+            x = module_example_input(out, seed=seed)
+        if x is None and require_input:
             raise ModelRefError(f"factory {what!r} gives no example input; return (module, example_input), give the "
                                 "module an example_input attribute, or pass example_input=...", field="factory")
         return ResolvedModel(out, x, r.identity, r)
@@ -508,23 +559,46 @@ class HFCheckpoint:
         return {km.get(k, k): v for k, v in state_dict.items()}
 
     def example_input(self, *, seed: int = 0) -> torch.Tensor:
-        """Token ids ``[1, 8]`` for a text model, pixel values
-        ``[1, num_channels, image_size, image_size]`` for a vision model."""
-        c = self.config
-        gen = torch.Generator().manual_seed(int(seed))
-        vocab = getattr(c, "vocab_size", None)
-        if isinstance(vocab, int) and vocab > 0:
-            n = min(TOKEN_LENGTH, int(getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
-                                      or TOKEN_LENGTH))
-            return torch.randint(0, vocab, (1, n), generator=gen)
-        channels = getattr(c, "num_channels", None)
-        if isinstance(channels, int):
-            size = getattr(c, "image_size", None) or 224
-            h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
-            return torch.randn(1, channels, int(h), int(w), generator=gen)
-        raise ConfigError("cannot make an example input: the config has neither vocab_size (text) nor "
-                          "num_channels (vision); pass example_input=...", path=self.directory / "config.json")
+        """:func:`config_example_input` of this directory's config."""
+        return config_example_input(self.config, seed=seed, path=self.directory / "config.json")
 
+
+def config_example_input(config: Any, *, seed: int = 0, path: object = None) -> torch.Tensor:
+    """An example input from a ``transformers`` config: token ids ``[1, 8]``
+    for a text model, pixel values ``[1, num_channels, image_size,
+    image_size]`` for a vision model (seeded).
+
+    Raises:
+        ConfigError: the config has neither ``vocab_size`` nor ``num_channels``.
+    """
+    c = config
+    gen = torch.Generator().manual_seed(int(seed))
+    vocab = getattr(c, "vocab_size", None)
+    if isinstance(vocab, int) and vocab > 0:
+        n = min(TOKEN_LENGTH, int(getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+                                  or TOKEN_LENGTH))
+        return torch.randint(0, vocab, (1, n), generator=gen)
+    channels = getattr(c, "num_channels", None)
+    if isinstance(channels, int):
+        size = getattr(c, "image_size", None) or 224
+        h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
+        return torch.randn(1, channels, int(h), int(w), generator=gen)
+    raise ConfigError("cannot make an example input: the config has neither vocab_size (text) nor "
+                      "num_channels (vision); pass example_input=...", path=path)
+
+
+def module_example_input(module: nn.Module, *, seed: int | None = 0) -> Any:
+    """The example input a module carries: its ``example_input`` attribute
+    (a value, or a method called with no arguments), else one made from a
+    ``transformers`` model's ``config`` (:func:`config_example_input`);
+    ``None`` when it has neither."""
+    x = getattr(module, "example_input", None)
+    if x is not None:
+        return x() if callable(x) else x
+    config = getattr(module, "config", None)
+    if config is not None and type(config).__module__.startswith("transformers"):
+        return config_example_input(config, seed=0 if seed is None else int(seed))
+    return None
 
 def _model_class(T: Any, config: Any, raw: Mapping, cfg_path: Path) -> Any:
     """The ``transformers`` class named in ``config.architectures`` (else the

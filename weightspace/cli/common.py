@@ -4,7 +4,7 @@ error exits). No library logic here."""
 from __future__ import annotations
 
 import json
-from typing import NoReturn, Sequence
+from typing import Annotated, NoReturn, Optional, Sequence
 
 import typer
 
@@ -20,6 +20,15 @@ except ImportError:  # pragma: no cover - older typer on top of click
         from click.exceptions import NoArgsIsHelpError as _NoArgsIsHelp
     except ImportError:
         _NoArgsIsHelp = ()
+
+
+# Option types shared by the subcommands (``seed: Seed = 0``): one definition
+# of each common option's flags, range and help.
+Seed = Annotated[int, typer.Option(min=0, help="random seed")]
+Threads = Annotated[Optional[int], typer.Option(min=1, help="torch threads")]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="progress bar")]
+Steps = Annotated[int, typer.Option(min=1, help="training steps")]
+ArchArgs = Annotated[list[str], typer.Option("--arg", "-a", help="architecture / factory argument key=value (repeatable)")]
 
 
 def one_line(msg: object) -> str:

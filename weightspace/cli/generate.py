@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import NoReturn, Optional
 
 import typer
 
-from weightspace.cli.common import parse_kv
+from weightspace.cli.common import ArchArgs, Progress, Seed, Steps, Threads, parse_kv
 from weightspace.io import check_output_path
 from weightspace.cli.common import fail as _fail
 
@@ -23,12 +23,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-
-
-# Options shared by several commands (Typer copies an option's info per command).
-_SEED = typer.Option(0, min=0, help="random seed")
-_THREADS = typer.Option(None, min=1, help="torch threads")
-_PROGRESS = typer.Option(True, "--progress/--no-progress")
 
 
 def _refused(exc: Exception) -> NoReturn:
@@ -47,12 +41,12 @@ def _threads(n: Optional[int]) -> None:
 @app.command("hypernet-train")
 def hypernet_train(
     out: Path = typer.Argument(..., help="where to save the hypernetwork (.safetensors)"),
-    steps: int = typer.Option(1000, min=1, help="training steps"),
+    steps: Steps = 1000,
     archs_per_step: int = typer.Option(4, min=1, help="architectures per step"),
     small: bool = typer.Option(False, "--small", help="train without the ResNet (faster)"),
-    seed: int = _SEED,
-    threads: Optional[int] = _THREADS,
-    progress: bool = _PROGRESS,
+    seed: Seed = 0,
+    threads: Threads = None,
+    progress: Progress = True,
 ) -> None:
     """Train a graph hypernetwork on the default digits architectures.
 
@@ -75,11 +69,12 @@ def hypernet_train(
 
 @app.command("init")
 def init(
-    arch: str = typer.Argument(..., help="registered architecture (see `weightspace models`)"),
+    arch: str = typer.Argument(..., help="the architecture: a registered name (see `weightspace models`), hf:DIR "
+                                         "(a local Hugging Face directory) or package.module:factory"),
     hypernet: Path = typer.Option(..., "--hypernet", help="trained hypernetwork (.safetensors)"),
     out: Path = typer.Option(..., "--out", "-o", help="output state_dict (.safetensors)"),
-    arg: List[str] = typer.Option([], "--arg", "-a", help="architecture argument key=value (repeatable)"),
-    seed: int = typer.Option(0, min=0, help="seed of the random draw"),
+    arg: ArchArgs = [],
+    seed: Seed = 0,
 ) -> None:
     """Predict all weights of ARCH with a trained graph hypernetwork.
 
@@ -87,7 +82,11 @@ def init(
     data before evaluating in eval mode. Predicted NaN/Inf weights (e.g. from
     a diverged hypernetwork) are refused, never written.
 
-    Example: weightspace generate init cnn_small -a width=24 -a depth=4 --hypernet hn.safetensors -o init.safetensors
+    Examples:
+
+      weightspace generate init cnn_small -a width=24 -a depth=4 --hypernet hn.safetensors -o init.safetensors
+
+      weightspace generate init hf:runs/gpt2-tiny --hypernet hn.safetensors -o init.safetensors
     """
     from weightspace.generate import GraphHyperNetwork, as_arch
     from weightspace.io import save_state_dict
@@ -108,11 +107,11 @@ def flow_train(
     zoo_dir: Path = typer.Argument(..., help="zoo directory (one architecture)"),
     out: Path = typer.Argument(..., help="where to save the generator (.safetensors)"),
     metric: str = typer.Option("test_acc", help="checkpoint metric to condition on"),
-    steps: int = typer.Option(4000, min=1, help="training steps"),
+    steps: Steps = 4000,
     augment: bool = typer.Option(True, "--augment/--no-augment", help="random permutation augmentation"),
-    seed: int = _SEED,
-    threads: Optional[int] = _THREADS,
-    progress: bool = _PROGRESS,
+    seed: Seed = 0,
+    threads: Threads = None,
+    progress: Progress = True,
 ) -> None:
     """Train a conditional checkpoint generator (flow matching) on every
     checkpoint of a zoo. All members must share one architecture (name and
@@ -143,7 +142,7 @@ def samples(
     out: Path = typer.Option(..., "--out", "-o", help="output directory"),
     n: int = typer.Option(8, "--n", min=1, help="number of samples"),
     condition: float = typer.Option(..., help="target metric (within the training range)"),
-    seed: int = _SEED,
+    seed: Seed = 0,
     guidance: float = typer.Option(1.0, help="classifier-free guidance weight"),
     metric: str = typer.Option("test_acc", help="the metric the generator was trained on"),
 ) -> None:
@@ -197,9 +196,9 @@ def inr_init(
     count: int = typer.Option(200, min=1, help="number of training signals"),
     outer_steps: int = typer.Option(500, min=1, help="Reptile steps"),
     inner_steps: int = typer.Option(10, min=1, help="inner Adam steps"),
-    seed: int = _SEED,
-    threads: Optional[int] = _THREADS,
-    progress: bool = _PROGRESS,
+    seed: Seed = 0,
+    threads: Threads = None,
+    progress: Progress = True,
 ) -> None:
     """Meta-learn a SIREN initialisation with Reptile on a signal family.
 

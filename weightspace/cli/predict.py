@@ -16,6 +16,7 @@ from typing import List, Optional
 import typer
 
 from weightspace.io import check_output_path
+from weightspace.cli.common import ArchArgs
 from weightspace.cli.common import fail as _fail
 from weightspace.cli.common import parse_kv as _kv
 
@@ -154,16 +155,23 @@ def fit(
 def rank(
     checkpoints: List[Path] = typer.Argument(..., metavar="CHECKPOINT...", help="checkpoint files (.safetensors, or .pt read with weights_only)"),
     predictor: Path = typer.Option(..., "--predictor", "-P", help="directory of a predictor saved by `predict fit --out`"),
-    arch: Optional[str] = typer.Option(None, help="registered architecture of the checkpoints (only for a GMN predictor "
-                                                  "fit with allow_new_architectures, on an unseen architecture)"),
-    arg: List[str] = typer.Option([], "--arg", "-a", help="architecture argument key=value (with --arch)"),
+    arch: Optional[str] = typer.Option(None, help="the checkpoints' architecture: a registered name, hf:DIR (a local "
+                                                  "Hugging Face directory) or package.module:factory; checked against "
+                                                  "the predictor's and every checkpoint against it"),
+    arg: ArchArgs = [],
     order: str = typer.Option("auto", help="auto (from the target: losses and gaps ascending) | desc | asc"),
     top: Optional[int] = typer.Option(None, min=1, help="show only the best N"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the ranking as JSON"),
 ) -> None:
     """Rank checkpoints by predicted performance, best first, without running any data through them.
 
-    Example: weightspace predict rank runs/*.safetensors --predictor predictors/gbm
+    Examples:
+
+      weightspace predict rank runs/*.safetensors --predictor predictors/gbm
+
+      weightspace predict rank ft/*.safetensors --predictor predictors/gbm --arch hf:runs/gpt2-tiny
+
+      weightspace predict rank ck/*.safetensors -P predictors/gbm --arch mypkg.models:make_mlp -a width=64
     """
     from weightspace.errors import WeightspaceError
     from weightspace.io import atomic_write

@@ -12,7 +12,7 @@
   initialisations for SIREN INRs.
 """
 
-from weightspace.generate._common import ArchSpec, TaskData, as_arch, fit_steps, load_task
+from weightspace.generate._common import ArchSpec, RefArch, TaskData, as_arch, fit_steps, load_task
 from weightspace.generate._common import deprecated_names as _deprecated_names
 from weightspace.generate.inr_init import SignalSet, fit_curve, load_signals, reptile
 from weightspace.generate.checkpoint_flow import (
@@ -30,6 +30,7 @@ from weightspace.generate.hypernet_train import HypernetHistory, compare_inits, 
 
 __all__ = [
     "ArchSpec",
+    "RefArch",
     "CheckpointFlow",
     "CheckpointSet",
     "MixedArchitecturesError",

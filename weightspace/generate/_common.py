@@ -3,9 +3,11 @@ training/evaluation of a network from a given state_dict."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -14,30 +16,18 @@ from torch import nn
 
 from weightspace import arch as _arch
 from weightspace import data as _data
-from weightspace.core import graph_template
+from weightspace.core import analyze, graph_template
 from weightspace.errors import ConfigError, InputFileError, NonFiniteWeightsError
 from weightspace.io import read_safetensors, read_safetensors_metadata, save_state_dict, validate
 from weightspace.graph import GraphTemplate
 
-__all__ = ["ArchSpec", "TaskData", "as_arch", "load_task", "fit_steps", "accuracy", "has_batchnorm",
+__all__ = ["ArchSpec", "RefArch", "TaskData", "as_arch", "load_task", "fit_steps", "accuracy", "has_batchnorm",
            "read_saved_model", "save_generator_file", "read_generator_file", "check_finite_state_dict",
            "AsDictMixin", "deprecated_names"]
 
 
-class ArchSpec(_arch.ArchSpec):
-    """:class:`weightspace.arch.ArchSpec` (a registered architecture with all
-    of its arguments, canonical and hashable) plus what the generators need:
-    its graph template, a module by seed and reshaping data to its input.
-    Build with ``ArchSpec.of(name, **kwargs)``; equal to the plain
-    :class:`weightspace.arch.ArchSpec` of the same architecture."""
-
-    def template(self) -> GraphTemplate:
-        """The (cached) :class:`~weightspace.graph.GraphTemplate`."""
-        return graph_template(self)
-
-    def module(self, seed: int = 0) -> nn.Module:
-        """A freshly initialised module (PyTorch default init under ``seed``)."""
-        return self.build(seed=int(seed))
+class _InputView:
+    """``view``: data reshaped to an architecture's input (needs ``input_shape()`` and ``label``)."""
 
     def view(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``[B, ...]`` reshaped to this architecture's input shape
@@ -53,22 +43,141 @@ class ArchSpec(_arch.ArchSpec):
         return x.reshape(x.shape[0], *shape)
 
 
-def as_arch(arch: "ArchSpec | str | Mapping[str, Any] | tuple", **kwargs: Any) -> ArchSpec:
-    """An :class:`ArchSpec` from an ArchSpec, a name (plus ``kwargs``), a
-    ``{"name", "kwargs"}`` dict or a ``(name, kwargs)`` pair."""
+class ArchSpec(_InputView, _arch.ArchSpec):
+    """:class:`weightspace.arch.ArchSpec` (a registered architecture with all
+    of its arguments, canonical and hashable) plus what the generators need:
+    its graph template, a module by seed and reshaping data to its input.
+    Build with ``ArchSpec.of(name, **kwargs)``; equal to the plain
+    :class:`weightspace.arch.ArchSpec` of the same architecture."""
+
+    def template(self) -> GraphTemplate:
+        """The (cached) :class:`~weightspace.graph.GraphTemplate`."""
+        return graph_template(self)
+
+    def module(self, seed: int = 0) -> nn.Module:
+        """A freshly initialised module (PyTorch default init under ``seed``)."""
+        return self.build(seed=int(seed))
+
+
+class RefArch(_InputView):
+    """Any other model reference as a generator architecture: a local
+    Hugging Face directory, a ``"pkg.mod:factory"`` string plus arguments, a
+    factory callable or an ``nn.Module`` (see :class:`weightspace.arch.ModelRef`).
+    It offers what the generators use of an :class:`ArchSpec`: ``template()``,
+    ``module(seed)``, ``view(x)``, ``label``, ``to_dict()``; equal references
+    are equal (a module only to itself).
+
+    Args:
+        ref: the reference (not a registry name: that is an :class:`ArchSpec`).
+        example_input: the input to trace with (default: the reference's own;
+            a Hugging Face model's comes from its config).
+    """
+
+    def __init__(self, ref: _arch.ModelRef, example_input: Any = None) -> None:
+        self.ref = ref
+        self._example = example_input
+        self._resolved: _arch.ResolvedModel | None = None
+        self._template: GraphTemplate | None = None
+
+    def resolved(self) -> "_arch.ResolvedModel":
+        """The reference, built once (a Hugging Face directory's weights are not read)."""
+        if self._resolved is None:
+            self._resolved = _arch.resolve_model(self.ref, seed=0, example_input=self._example, load_weights=False)
+        return self._resolved
+
+    @property
+    def label(self) -> str:
+        return self.ref.identity
+
+    name = label
+
+    @property
+    def arch_kwargs(self) -> dict[str, Any]:
+        return dict(self.ref.kwargs)
+
+    def template(self) -> GraphTemplate:
+        """The :class:`~weightspace.graph.GraphTemplate` (cached)."""
+        if self._template is None:
+            if self.ref.kind == "module" or self._example is not None:
+                r = self.resolved()
+                self._template = analyze(r.module, r.example_input).template
+            else:
+                self._template = graph_template(self.ref)
+        return self._template
+
+    def module(self, seed: int = 0) -> nn.Module:
+        """A module of this architecture: built under ``seed`` (a Hugging Face
+        directory from its config, never its weights), or a copy of the given module."""
+        if self.ref.kind == "module":
+            return copy.deepcopy(self.ref.target)
+        return _arch.resolve_model(self.ref, seed=int(seed), example_input=self.resolved().example_input,
+                                   load_weights=False).module
+
+    def input_shape(self) -> tuple[int, ...]:
+        """The example input's shape without the batch dimension."""
+        x = self.resolved().example_input
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{self.label} takes {type(x).__name__} inputs, not one tensor")
+        return tuple(x.shape[1:])
+
+    def difference(self, other: Any) -> tuple[str, Any, Any] | None:
+        """``("arch", mine, theirs)`` when ``other`` is another architecture, else ``None``."""
+        return None if other == self else ("arch", self.label, getattr(other, "label", str(other)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"hf": DIR}`` or ``{"factory": "pkg.mod:fn", "kwargs": {...}}`` (what
+        :meth:`ModelRef.parse` reads back); a module or callable given in
+        Python has no such form: ``{"module": label}``, which cannot be loaded."""
+        if self.ref.kind == "hf":
+            return {"hf": str(Path(self.ref.target).resolve())}
+        if self.ref.kind == "factory" and isinstance(self.ref.target, str):
+            return {"factory": self.ref.target, "kwargs": dict(self.ref.kwargs)}
+        return {"module": self.label}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RefArch) and self.ref == other.ref
+
+    def __hash__(self) -> int:
+        return hash(self.ref)
+
+    def __repr__(self) -> str:
+        return f"RefArch({self.label})"
+
+
+def as_arch(arch: Any, *, example_input: Any = None, **kwargs: Any) -> "ArchSpec | RefArch":
+    """The architecture a generator works on, from any way of naming one:
+
+    * a registered name (plus ``kwargs``), an :class:`ArchSpec`, a
+      ``{"name", "kwargs"}`` dict or a ``(name, kwargs)`` pair -> :class:`ArchSpec`;
+    * ``"hf:DIR"``, ``"pkg.mod:factory"`` (plus ``kwargs``), ``{"hf": DIR}``,
+      ``{"factory": ..., "kwargs": ...}``, a :class:`~weightspace.arch.ModelRef`,
+      an ``nn.Module`` or a factory callable -> :class:`RefArch`
+      (``example_input`` to trace a module that carries none).
+
+    Raises:
+        ArchitectureRefError: a value of another type (one line, never its repr).
+        ModelRefError / UnknownNameError: a bad reference (one line).
+    """
+    if isinstance(arch, RefArch):
+        if kwargs:
+            raise ArchitectureRefError(f"{arch.label} is already built; it takes no arguments (got {sorted(kwargs)})")
+        return arch
     if isinstance(arch, _arch.ArchSpec):
         if kwargs:
             return ArchSpec.of(arch.name, **{**arch.arch_kwargs, **kwargs})
         return arch if isinstance(arch, ArchSpec) else ArchSpec(arch.name, arch.kwargs)
-    if isinstance(arch, str):
-        return ArchSpec.of(arch, **kwargs)
-    if isinstance(arch, Mapping):
+    if isinstance(arch, Mapping) and "name" in arch:
         return ArchSpec.of(arch["name"], **{**dict(arch.get("kwargs", {})), **kwargs})
     if isinstance(arch, tuple) and len(arch) == 2 and isinstance(arch[0], str):
         return ArchSpec.of(arch[0], **{**dict(arch[1]), **kwargs})
+    if isinstance(arch, (str, Mapping, _arch.ModelRef, nn.Module)) or callable(arch):
+        ref = _arch.ModelRef.parse(arch, **kwargs)
+        if ref.kind == "registry":
+            return ArchSpec.of(str(ref.target), **dict(ref.kwargs))
+        return RefArch(ref, example_input)
     raise ArchitectureRefError(
-        f"cannot make an architecture from {_describe(arch)}; graph hypernetworks and checkpoint generators take a "
-        "registered name or ArchSpec (register your model with @weightspace.arch.register_model)"
+        f"cannot make an architecture from {_describe(arch)}; generators take a registered name, ArchSpec, "
+        "'hf:DIR', 'package.module:factory', an nn.Module or a factory callable"
     )
 
 

@@ -34,10 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from weightspace.arch import ModelRef
 from weightspace.errors import ConfigError, InputFileError, StateDictError, WeightspaceError
 from weightspace.generate._common import (
     ArchSpec,
     AsDictMixin,
+    RefArch,
     as_arch,
     check_finite_state_dict,
     deprecated_names,
@@ -135,7 +137,9 @@ def collect_checkpoints(
     Members share an architecture when their registered name and all
     architecture arguments (defaults filled in, e.g. ``activation``) are
     equal -- not merely their tensor shapes: a ReLU and a Tanh MLP have the
-    same shapes but are different architectures.
+    same shapes but are different architectures. A member's architecture may
+    be any model reference a zoo recipe names (``"pkg.mod:factory"`` plus
+    arguments, ``"hf:DIR"``; see :func:`~weightspace.generate.as_arch`).
 
     Raises:
         MixedArchitecturesError: members of different architectures (names
@@ -148,10 +152,10 @@ def collect_checkpoints(
         raise InputFileError("the zoo has no members to collect checkpoints from; build or import members "
                              "into it first" if where is not None else "no zoo members to collect checkpoints from",
                              path=where)
-    arch = ArchSpec.of(members[0].arch, **members[0].model_kwargs)
+    arch = as_arch(members[0].arch, **members[0].model_kwargs)
     vals, mets, ids, eps = [], [], [], []
     for m in members:
-        a = ArchSpec.of(m.arch, **m.model_kwargs)
+        a = as_arch(m.arch, **m.model_kwargs)
         if a != arch:
             field_, first, this = arch.difference(a) or ("arch", arch.label, a.label)
             if field_ == "arch":
@@ -407,13 +411,9 @@ class CheckpointFlow(nn.Module):
             StateDictError: a missing, unexpected or mis-shaped tensor (named).
         """
         path, cfg, _, tensors = read_generator_file(path, "CheckpointFlow", FLOW_CONFIG_SCHEMA)
-        spec = validate(cfg.pop("arch"), _ARCH_SCHEMA, path=path, where="config.arch")
+        spec = cfg.pop("arch")
         cfg["cond_range"] = tuple(_cond_range(cfg.get("cond_range", [0.0, 1.0]), path))
-        try:
-            arch = ArchSpec.from_dict(spec)
-        except (KeyError, TypeError, ValueError) as exc:
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            raise ConfigError(f"not an architecture this library can build ({msg})", path=path, field="config.arch") from None
+        arch = _saved_arch(spec, path)
         # The architecture's size, from a build on the meta device (nothing
         # allocated), must be the size of the stored normalisation buffer
         # before its template is built for real.
@@ -434,6 +434,29 @@ class CheckpointFlow(nn.Module):
         arch.template()
         model = build_checked(lambda: cls(arch, **cfg), tensors, path=path, field="config")
         return model.eval()
+
+
+def _saved_arch(spec: Any, path: Path) -> "ArchSpec | RefArch":
+    """The architecture a saved config names: ``{"name", "kwargs"}`` (a
+    registered one) or a model reference ``{"hf": DIR}`` /
+    ``{"factory": "pkg.mod:fn", "kwargs": {...}}`` (as written by
+    :meth:`RefArch.to_dict`)."""
+    if isinstance(spec, Mapping) and "module" in spec:
+        raise ConfigError(f"the generator was trained on a module given in Python ({spec['module']}); it cannot be "
+                          "rebuilt from the file -- name the architecture as 'pkg.mod:factory' or hf:DIR when "
+                          "training", path=path, field="config.arch")
+    if isinstance(spec, Mapping) and ("hf" in spec or "factory" in spec):
+        try:
+            return as_arch(ModelRef.parse(spec))
+        except WeightspaceError as exc:
+            raise ConfigError(f"not an architecture this library can build ({exc})", path=path,
+                              field="config.arch") from None
+    spec = validate(spec, _ARCH_SCHEMA, path=path, where="config.arch")
+    try:
+        return ArchSpec.from_dict(spec)
+    except (KeyError, TypeError, ValueError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise ConfigError(f"not an architecture this library can build ({msg})", path=path, field="config.arch") from None
 
 
 def _cond_range(value: Any, path: Path) -> list[float]:
@@ -490,11 +513,10 @@ def train_checkpoint_flow(
     augment: bool = True,
     bank_size: int = 512,
     cond_dropout: float = 0.1,
-    hidden: int = 512,
-    depth: int = 4,
     seed: int = 0,
     progress: bool = False,
     callback: Callable[[int, float], None] | None = None,
+    **hparams: Any,
 ) -> tuple[CheckpointFlow, FlowHistory]:
     """Train a :class:`CheckpointFlow` on ``checkpoints``.
 
@@ -502,6 +524,7 @@ def train_checkpoint_flow(
         augment: relabel every example by a random permutation from a bank
             of ``bank_size`` (see :func:`permutation_bank`) at every step.
         cond_dropout: probability of training a step's example unconditionally.
+        hparams: the new model's ``hidden`` / ``depth`` (see :class:`CheckpointFlow`).
 
     Returns:
         ``(model (eval mode), FlowHistory)``.
@@ -514,8 +537,7 @@ def train_checkpoint_flow(
     lo, hi = float(checkpoints.metric.min()), float(checkpoints.metric.max())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        model = CheckpointFlow(arch, hidden=hidden, depth=depth, cond_range=(lo, hi),
-                               metric_name=checkpoints.metric_name)
+        model = CheckpointFlow(arch, cond_range=(lo, hi), metric_name=checkpoints.metric_name, **hparams)
     mean, std = _tensor_stats(arch, checkpoints.values)
     model.mean.copy_(mean)
     model.std.copy_(std)

@@ -446,13 +446,35 @@ class GraphHyperNetwork(nn.Module):
             draw = self.draw(t, generator)
         with torch.no_grad():
             values = self([a], [draw])[0]
-        sd = self.write_back(t, values)
+        sd = self._fixed(a, t, self.write_back(t, values))
         if not bool(torch.isfinite(values).all()):
             bad = [k for k, v in self.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
             cause = (f"the hypernetwork's own weights are NaN/Inf (e.g. {bad[0]!r}; a diverged training run): retrain it"
                      if bad else "check the draw and the hypernetwork")
             check_finite_state_dict(sd, f"the state_dict predicted for {a.label} ({cause})")
         return sd
+
+    def _fixed(self, arch: ArchSpec, t: GraphTemplate, sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """``sd`` with what is not the hypernetwork's to predict put right:
+        float buffers that are no BatchNorm statistics (a causal mask,
+        rotary frequencies) keep the architecture's own values -- constants
+        of the function, not weights -- and the names of a tied parameter
+        (``lm_head.weight`` is ``wte.weight``) all get its first name's values."""
+        lay = self.layout(t)
+        stats = {k for k, kind in zip(t.keys, lay.kinds) if kind in (_K_MEAN, _K_VAR)}
+        if arch not in self._arch_modules:
+            self._arch_modules[arch] = arch.module(seed=0)
+        module = self._arch_modules[arch]
+        out = dict(sd)
+        first: dict[int, str] = {}
+        for k, p in module.named_parameters(remove_duplicate=False):
+            if first.setdefault(id(p), k) != k and k in out:
+                out[k] = out[first[id(p)]]
+        params = {k for k, _ in module.named_parameters(remove_duplicate=False)}
+        for k, v in module.state_dict().items():
+            if k in out and k not in params and k not in stats and v.is_floating_point():
+                out[k] = v.detach().clone()
+        return out
 
     def write_back(self, template: GraphTemplate, values: Tensor) -> dict[str, Tensor]:
         """State_dict from a predicted value vector ``[V]`` (keeps autograd)."""

@@ -222,12 +222,59 @@ class BasePredictor:
                 more = f" (or any of {len(self.layouts_)} architectures it saw)" if len(self.layouts_) > 1 else ""
                 hint = (" A GMN predictor built with allow_new_architectures=True accepts other architectures."
                         if self.kind != "gmn" else " Refit, or build the predictor with allow_new_architectures=True.")
+                seen = " / ".join(self.architecture_labels())
                 raise ArchitectureMismatchError(
                     f"network {i} does not have the architecture this {self.kind or type(self).__name__} predictor "
-                    f"was fit on{more}: {diff}.{hint}"
+                    f"was fit on ({seen}){more}: {diff}.{hint}"
                 )
             out.append(n)
         return out
+
+    def architecture_labels(self) -> list[str]:
+        """The architectures the predictor was fit on, as short labels:
+        ``name(kwargs)`` when the fit data came from a zoo, else the size of
+        each tensor layout (``"a network of 6 tensors"``)."""
+        self._check_fitted()
+        archs = getattr(self, "architectures_", [])
+        if archs:
+            return [a["arch"] + (f"({','.join(f'{k}={v}' for k, v in sorted(a['kwargs'].items()))})"
+                                 if a["kwargs"] else "") for a in archs]
+        return [f"a network of {len(lay)} tensors" for lay in self.layouts_]
+
+    def check_architecture(self, label: str, layout: TensorLayout, *, name: str | None = None,
+                           kwargs: Mapping[str, Any] | None = None) -> None:
+        """Refuse an architecture the predictor was not fit on, naming both.
+
+        Args:
+            label: how the caller names the architecture (e.g. ``"hf:/runs/gpt2"``).
+            layout: its :data:`~weightspace.predict.features.TensorLayout`.
+            name, kwargs: its registry name and arguments, when it has one: then
+                it must also be a recorded architecture (a ReLU and a Tanh MLP
+                share their shapes but are different architectures).
+
+        Raises:
+            ArchitectureMismatchError: one line naming ``label`` and the
+                recorded architectures (unless new architectures are allowed).
+        """
+        self._check_fitted()
+        if self._allow_new():
+            return
+        seen = " / ".join(self.architecture_labels())
+        what = f"this {self.kind or type(self).__name__} predictor was fit on {seen}"
+        known = {layout_signature(lay) for lay in self.layouts_}
+        if layout_signature(layout) not in known and dict(layout) not in [dict(lay) for lay in self.layouts_]:
+            diff = layout_difference(self.layouts_[0], layout)
+            raise ArchitectureMismatchError(f"the checkpoints' architecture {label} is not the architecture {what}: "
+                                            f"{diff}", field="arch")
+        archs = getattr(self, "architectures_", [])
+        if name is not None and archs and all(":" not in a["arch"] for a in archs):
+            from weightspace.arch import ArchSpec
+
+            mine = ArchSpec.of(name, **dict(kwargs or {}))
+            if not any(ArchSpec.of(a["arch"], **a["kwargs"]) == mine for a in archs):
+                raise ArchitectureMismatchError(
+                    f"the checkpoints' architecture {mine.label} is not the architecture {what} (same tensor "
+                    "shapes, another network)", field="arch")
 
     @staticmethod
     def _check_finite(nets: Sequence[Network]) -> None:

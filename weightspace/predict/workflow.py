@@ -11,10 +11,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from weightspace.core import parameter_graph
+from weightspace.arch import ModelRef, resolve_model
+from weightspace.core import analyze, graph_template
 from weightspace.data import ZooLike
+from weightspace.errors import WeightspaceError
 from weightspace.io import load_state_dict
 from weightspace.predict.data import WeightDataset, zoo_dataset
+from weightspace.predict.features import network_layout
 from weightspace.predict.metrics import MetricCI, evaluate
 from weightspace.predict.predictors import BasePredictor, load_predictor, make_predictor
 from weightspace.predict.splits import Split, hyperparameter_split, random_split, seed_split
@@ -96,16 +99,10 @@ def fit_zoo(
     model: str = "gbm",
     *,
     checkpoints: str | Sequence[int] = "all",
-    split: str = "random",
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    ood_column: str | None = None,
-    ood_train: Sequence[Any] | None = None,
-    ood_test: Sequence[Any] | None = None,
-    ood_threshold: float | None = None,
     params: Mapping[str, Any] | None = None,
     n_resamples: int = 1000,
     out: str | os.PathLike | None = None,
+    **split_options: Any,
 ) -> FitReport:
     """Fit a predictor on a zoo, evaluate it on held-out members, save it.
 
@@ -115,18 +112,28 @@ def fit_zoo(
         target: metric to predict (see :func:`~weightspace.predict.zoo_dataset`).
         model: predictor kind (:func:`~weightspace.predict.make_predictor`).
         checkpoints: ``"all"``, ``"final"`` or a list of epochs.
-        split: ``"random"``, ``"seed"`` or ``"ood"`` (see :func:`make_split`).
-        test_fraction: held-out fraction of members (0: fit on everything,
-            no metrics) for the random / seed splits.
-        seed: split seed; also the predictor's seed unless ``params`` sets one.
-        ood_column, ood_train, ood_test, ood_threshold: the OOD split.
         params: predictor constructor arguments.
         n_resamples: bootstrap resamples of the metrics' CIs.
         out: directory to save the fitted predictor to.
+        split_options: how members are held out, the keywords of
+            :func:`make_split`: ``split`` (``"random"``, ``"seed"`` or
+            ``"ood"``), ``test_fraction`` (0.2; 0: fit on everything, no
+            metrics), ``seed`` (0; also the predictor's seed unless
+            ``params`` sets one, and the bootstrap's), ``ood_column``,
+            ``ood_train``, ``ood_test``, ``ood_threshold``.
 
     Returns:
         :class:`FitReport`.
     """
+    import inspect
+
+    try:
+        so = inspect.signature(make_split).bind(None, **split_options)
+    except TypeError as exc:
+        raise TypeError(f"fit_zoo: {exc} (split options are make_split's)") from None
+    so.apply_defaults()
+    so = {k: v for k, v in so.arguments.items() if k != "dataset"}
+    split, test_fraction, seed = so["split"], so["test_fraction"], so["seed"]
     if not isinstance(zoo, ZooLike):
         raise TypeError(
             f"fit_zoo needs a zoo (an object with members() and to_pandas(), e.g. zoo.Zoo(path)), "
@@ -143,9 +150,8 @@ def fit_zoo(
         sp = Split(np.arange(len(ds)), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
         desc = "none (fit on every network)"
     else:
-        sp = make_split(ds, split, test_fraction=test_fraction, seed=seed, ood_column=ood_column,
-                        ood_train=ood_train, ood_test=ood_test, ood_threshold=ood_threshold)
-        desc = split if split != "ood" else f"ood on {ood_column}"
+        sp = make_split(ds, **so)
+        desc = split if split != "ood" else f"ood on {so['ood_column']}"
     train_idx = np.sort(np.concatenate([sp.train, sp.val]))
     predictor.fit(ds.subset(train_idx))
     report = FitReport(predictor, ds.target, model, desc, int(train_idx.size), int(sp.test.size), dropped=ds.dropped)
@@ -169,7 +175,7 @@ def rank_checkpoints(
     checkpoints: Sequence[str | os.PathLike | Mapping],
     predictor: BasePredictor | str | os.PathLike,
     *,
-    arch: str | None = None,
+    arch: Any = None,
     arch_kwargs: Mapping[str, Any] | None = None,
     descending: bool | None = None,
 ) -> list[dict]:
@@ -179,14 +185,25 @@ def rank_checkpoints(
         checkpoints: checkpoint files (``.safetensors``, or torch files read
             with ``weights_only=True``) or state_dicts.
         predictor: a fitted predictor or the directory of a saved one.
-        arch, arch_kwargs: registered architecture of the checkpoints; only
-            needed for a metanetwork predictor meeting an architecture it did
-            not record (with ``allow_new_architectures``).
+        arch, arch_kwargs: the checkpoints' architecture, any model reference
+            (:func:`weightspace.arch.resolve_model`: a registered name plus
+            ``arch_kwargs``, ``"hf:DIR"`` -- checkpoints then hold the
+            directory's tensor names --, ``"pkg.mod:factory"`` plus
+            ``arch_kwargs``, an ``nn.Module``). Every checkpoint is checked
+            against it, and it against the architectures the predictor was
+            fit on; needed for a metanetwork predictor meeting an
+            architecture it did not record (``allow_new_architectures``).
         descending: best = highest prediction; default from the target
             (:func:`lower_is_better`).
 
     Returns:
         ``[{"rank", "checkpoint", "prediction"}]`` sorted best first.
+
+    Raises:
+        ArchitectureMismatchError: ``arch`` (or a checkpoint) is not an
+            architecture the predictor was fit on; one line naming both.
+        StateDictError: a checkpoint does not fit ``arch`` (naming the file and tensor).
+        ModelRefError / UnknownNameError / MissingFileError: a bad ``arch``.
     """
     p = predictor if isinstance(predictor, BasePredictor) else load_predictor(predictor)
     nets, names = [], []
@@ -198,7 +215,7 @@ def rank_checkpoints(
             nets.append(load_state_dict(c))
             names.append(str(c))
     if arch is not None:
-        nets = [parameter_graph(sd, arch=arch, **dict(arch_kwargs or {})) for sd in nets]
+        nets = _graphs_of(nets, names, p, arch, arch_kwargs)
     try:
         pred = p.predict(nets)
     except (ValueError, KeyError) as exc:  # name the file, not "network i"
@@ -212,3 +229,28 @@ def rank_checkpoints(
         descending = not lower_is_better(p.target_)
     order = np.argsort(-pred if descending else pred, kind="stable")
     return [{"rank": r + 1, "checkpoint": names[i], "prediction": float(pred[i])} for r, i in enumerate(order)]
+
+
+def _graphs_of(nets: Sequence[Mapping], names: Sequence[str], predictor: BasePredictor, arch: Any,
+               arch_kwargs: Mapping[str, Any] | None) -> list:
+    """The ParameterGraphs of checkpoints of the architecture ``arch`` names,
+    after checking it against the predictor's (one line naming both) and
+    every checkpoint against it (naming the file)."""
+    ref = ModelRef.parse(arch, **dict(arch_kwargs or {}))
+    r = resolve_model(ref, seed=0, load_weights=False)
+    template = graph_template(ref) if ref.kind != "module" else analyze(r.module, r.example_input).template
+    predictor.check_architecture(ref.identity, network_layout(r.module.state_dict()),
+                                 name=r.arch, kwargs=dict(ref.kwargs) if r.arch else None)
+    out = []
+    for sd, name in zip(nets, names):
+        path = None if name.startswith("<") else name
+        try:
+            if r.hf is not None:  # the directory's tensor names (tied copies may be left out)
+                sd = r.hf.complete(r.module, sd, path=path)
+            out.append(template.graph(sd))
+        except WeightspaceError as exc:
+            if exc.path is not None or path is None:
+                raise
+            raise type(exc)(f"the checkpoint does not fit {ref.identity}: {exc.message}", path=path,
+                            field=exc.field) from None
+    return out

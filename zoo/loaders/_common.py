@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from weightspace.arch import create_model, get_model_info
+from weightspace.arch import ModelRef, resolve_model
 from weightspace.errors import MissingFileError, StateDictError, WeightspaceError
 from weightspace.io import check_count, load_state_dict, read_json, unwrap_checkpoint
 
@@ -22,7 +22,8 @@ from zoo.train import CheckpointResult
 
 __all__ = [
     "ImportedMember", "import_members", "check_state_dict", "load_weights_file", "load_weights_bytes", "add_gaps",
-    "check_limit", "import_identity", "describe_option", "reference_state_dict",
+    "check_limit", "import_identity", "describe_option", "reference_state_dict", "resolve_arch", "build_arch",
+    "loader_options", "import_source",
 ]
 
 @dataclass
@@ -44,7 +45,7 @@ class ImportedMember:
     def module(self, epoch: int | None = None) -> torch.nn.Module:
         """The network with the (final, or ``epoch``) weights loaded, eval mode."""
         ck = self.checkpoints[-1] if epoch is None else next(c for c in self.checkpoints if c.epoch == epoch)
-        model = create_model(self.config["arch"], **self.config["model"])
+        model = build_arch(self.config["arch"], self.config["model"], path=None)
         model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in ck.state_dict.items()})
         return model.eval()
 
@@ -60,20 +61,45 @@ def add_gaps(metrics: dict) -> dict:
         m["gap_loss"] = float(m["test_loss"]) - float(m["train_loss"])
     return m
 
-def reference_state_dict(arch: str, model_kwargs: Mapping[str, Any], *, path: Any) -> dict[str, torch.Tensor]:
-    """The state dict of ``arch(**model_kwargs)``; an unknown architecture or
-    arguments it refuses (e.g. a negative width) are a :class:`ZooFormatError`
-    naming ``path``."""
+def resolve_arch(arch: Any, model_kwargs: Mapping[str, Any], *, path: Any, field: str = "arch"
+                 ) -> tuple[str, dict]:
+    """``(name, kwargs)`` of the architecture a loader's ``arch=`` names: a
+    registered name (its arguments checked, defaults filled in) or any model
+    reference (:class:`weightspace.arch.ModelRef`: ``"pkg.mod:factory"``,
+    ``"hf:DIR"``, a ``ModelRef``), as one string ``ModelRef.parse`` reads
+    back. A bad one is a :class:`ZooFormatError` naming ``path`` and ``field``."""
     try:
-        get_model_info(arch)
+        ref = ModelRef.parse(arch, **dict(model_kwargs))
+        kwargs = ref.resolve_kwargs(**dict(ref.kwargs)) if ref.kind == "registry" else dict(ref.kwargs)
+        if ref.kind != "registry":
+            ref.resolve_kwargs(**kwargs)  # arguments a factory does not take
+    except KeyError as e:
+        raise ZooFormatError(f"unknown architecture: {e.args[0]}", path=path, field=field) from None
+    except (TypeError, WeightspaceError) as e:
+        raise ZooFormatError(str(e), path=path, field=field) from None
+    if ref.kind == "module" or (ref.kind == "factory" and not isinstance(ref.target, str)):
+        raise ZooFormatError(f"{ref.identity} is given in Python; a zoo records architectures by name: register it, "
+                             "or name it 'package.module:factory' or hf:DIR", path=path, field=field)
+    return ref.name, {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
+
+
+def build_arch(arch: str, model_kwargs: Mapping[str, Any], *, path: Any) -> torch.nn.Module:
+    """The module ``arch(**model_kwargs)`` (any model reference; a Hugging
+    Face directory from its config, not its weights). An unknown
+    architecture or arguments it refuses (e.g. a negative width) are a
+    :class:`ZooFormatError` naming ``path``."""
+    try:
+        return resolve_model(arch, seed=None, load_weights=False, require_input=False, **dict(model_kwargs)).module
     except KeyError as e:
         raise ZooFormatError(f"unknown architecture: {e.args[0]}", path=path, field="arch") from None
-    try:
-        return create_model(arch, **model_kwargs).state_dict()
-    except (TypeError, ValueError, RuntimeError) as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise ZooFormatError(f"cannot build {arch}({dict(model_kwargs)}): {type(e).__name__}: {first}",
-                             path=path, field="model_kwargs") from None
+    except WeightspaceError as e:
+        raise ZooFormatError(f"cannot build {arch}({dict(model_kwargs)}): {e.message}", path=path,
+                             field="model_kwargs") from None
+
+
+def reference_state_dict(arch: str, model_kwargs: Mapping[str, Any], *, path: Any) -> dict[str, torch.Tensor]:
+    """The state dict of :func:`build_arch` ``(arch, model_kwargs)``."""
+    return build_arch(arch, model_kwargs, path=path).state_dict()
 
 def check_state_dict(arch: str, model_kwargs: Mapping[str, Any], sd: Mapping[str, Any], *, path: Any) -> None:
     """Raise :class:`ZooFormatError` (naming ``path`` and the tensor) unless
@@ -193,6 +219,50 @@ def _check_resume(out: Path, info: Mapping[str, Any]) -> None:
                 path=zpath, field=f"import_options.{key}",
             )
     raise ZooFormatError(f"this directory holds an import made with other options; {hint}", path=zpath)
+
+def loader_options(load: Any, path: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` of an ``import_*`` function bound to its loader's keyword
+    parameters, defaults filled in: a loader's signature is the one
+    definition of its options. An unknown or missing one is a
+    :class:`~weightspace.errors.ConfigError` naming it."""
+    import inspect
+
+    from weightspace.errors import ConfigError
+    from weightspace.io import did_you_mean
+
+    sig = inspect.signature(load)
+    names = [n for n in sig.parameters if n != "path"]
+    for k in options:
+        if k not in names:
+            raise ConfigError(f"unknown option {k!r}{did_you_mean(k, names)}; {load.__name__} takes {names}",
+                              field=k)
+    try:
+        bound = sig.bind(path, **options)
+    except TypeError as e:  # a required option left out
+        raise ConfigError(f"{load.__name__}: {e}", field="options") from None
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k != "path"}
+
+
+def import_source(load: Any, source: str, path: Any, out: Any, options: Mapping[str, Any], *, progress: bool,
+                  identity: Mapping[str, Any] | None = None, recipe_hash: str | None = None):
+    """Import what ``load(path, **options)`` reads into a zoo at ``out``
+    (resumable only with the same source and options). ``identity``: the
+    options as recorded in ``zoo.json`` (default ``options``); ``recipe_hash``
+    overrides their hash (to keep resuming zoos of an earlier format).
+    Returns the :class:`~zoo.store.Zoo`."""
+    path = Path(path).expanduser()
+    recorded, h = import_identity(identity if identity is not None else options)
+    info = {
+        "name": f"{source}:{path.name}",
+        "source": source,
+        "source_path": str(path.resolve()),
+        "import_options": recorded,
+        "recipe": None,
+        "recipe_hash": recipe_hash or h,
+    }
+    return import_members(load(path, **options), out, info=info, progress=progress)
+
 
 def import_members(
     members: Iterable[ImportedMember],

@@ -20,8 +20,9 @@ The metrics of ``checkpoint_N`` are those of the result line whose
 0 if any.
 
 The networks of these zoos are defined in their own code base, so the
-caller says which registered architecture to build (``arch``) and, when the
-parameter names differ, how to rename them (``key_map``).
+caller says which architecture to build (``arch``: a registered name or any
+model reference, e.g. ``"mypkg.models:make_cnn"``) and, when the parameter
+names differ, how to rename them (``key_map``).
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence, Union
 
-from weightspace.arch import get_model_info
+from weightspace.arch import ModelRef
 from weightspace.errors import ConfigError, WeightspaceError
 from weightspace.io import check_count, read_json, read_text
 from zoo.errors import ZooFormatError
 from zoo.loaders._common import (
-    ImportedMember, add_gaps, check_limit, check_state_dict, import_identity, import_members, load_weights_file,
-    reference_state_dict, short_hash,
+    ImportedMember, add_gaps, check_limit, check_state_dict, import_source, load_weights_file, loader_options,
+    reference_state_dict, resolve_arch, short_hash,
 )
 from zoo.train import CheckpointResult
 
@@ -109,17 +110,9 @@ def _resolve_arch(arch: ArchSpec, params: dict, model_kwargs: Mapping[str, Any] 
             )
         name, kwargs = arch[mtype], {}
     else:
-        name, kwargs = str(arch), {}
+        name, kwargs = arch, {}
     kwargs.update(model_kwargs or {})
-
-    try:
-        info = get_model_info(name)
-        kwargs = info.resolve_kwargs(**kwargs)
-    except KeyError as e:
-        raise ZooFormatError(f"unknown architecture: {e.args[0]}", path=ppath, field="model::type") from None
-    except TypeError as e:
-        raise ZooFormatError(str(e), path=ppath, field="model::type") from None
-    return name, {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
+    return resolve_arch(name, kwargs, path=ppath, field="model::type")
 
 
 def _apply_key_map(sd: dict, key_map: KeyMap, arch: str, kwargs: dict, fpath: Path) -> dict:
@@ -170,8 +163,9 @@ def _metrics_for(iteration: int, rows: list[dict]) -> dict:
 
 
 def _check_options(arch: Any, model_kwargs: Any, key_map: Any, epochs: Any, limit: Any) -> None:
-    if not (isinstance(arch, (str, Mapping)) or callable(arch)):
-        raise ConfigError(f"arch must be a name, a mapping or a callable, got {arch!r}", field="arch")
+    if not (isinstance(arch, (str, Mapping, ModelRef)) or callable(arch)):
+        raise ConfigError(f"arch must be a name or model reference, a mapping or a callable, got {arch!r}",
+                          field="arch")
     if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
         raise ConfigError(f"model_kwargs must be a mapping, got {type(model_kwargs).__name__}", field="model_kwargs")
     if not (key_map is None or key_map == "by_order" or isinstance(key_map, Mapping)
@@ -209,8 +203,10 @@ def load_model_zoos(
     Args:
         path: the experiment directory (its sub-directories holding
             ``params.json`` are the trials), or one trial directory.
-        arch: registered architecture name; or a mapping from
-            ``params["model::type"]`` to a name; or ``params -> (name, kwargs)``.
+        arch: the architecture: a registered name or any model reference
+            (``"pkg.mod:factory"``, ``"hf:DIR"``, a
+            :class:`~weightspace.arch.ModelRef`); or a mapping from
+            ``params["model::type"]`` to one; or ``params -> (name, kwargs)``.
         model_kwargs: extra architecture kwargs (override those from ``arch``).
         key_map: how checkpoint tensor names become the architecture's:
             ``None`` (identical), ``"by_order"`` (positional, shapes checked),
@@ -285,38 +281,18 @@ def load_model_zoos(
         )
 
 
-def import_model_zoos(
-    path: str | Path,
-    out: str | Path,
-    *,
-    arch: ArchSpec,
-    model_kwargs: Mapping[str, Any] | None = None,
-    key_map: KeyMap = None,
-    epochs: str | Sequence[int] = "all",
-    limit: int | None = None,
-    progress: bool = True,
-):
+def import_model_zoos(path: str | Path, out: str | Path, *, progress: bool = True, **options: Any):
     """Convert a model-zoos style directory into a weightspace zoo at ``out``.
-    Returns the :class:`~zoo.store.Zoo`; options as in :func:`load_model_zoos`.
+    Returns the :class:`~zoo.store.Zoo`; ``options`` (``arch`` required,
+    ``model_kwargs``, ``key_map``, ``epochs``, ``limit``) as in
+    :func:`load_model_zoos`.
 
     ``out`` resumes only an import of the same directory with the same
-    ``arch``, ``model_kwargs``, ``key_map``, ``epochs`` and ``limit``
-    (callables compare by qualified name); otherwise a
+    options (callables compare by qualified name); otherwise a
     :class:`ZooFormatError` names the option and both values."""
-    _check_options(arch, model_kwargs, key_map, epochs, limit)
-    path = Path(path).expanduser()
-    options, recipe_hash = import_identity({
-        "arch": arch, "model_kwargs": dict(model_kwargs or {}), "key_map": key_map,
-        "epochs": epochs if isinstance(epochs, str) else [int(e) for e in epochs], "limit": limit,
-    })
-    info = {
-        "name": f"model_zoos:{path.name}",
-        "source": "model_zoos",
-        "source_path": str(path.resolve()),
-        "import_options": options,
-        "recipe": None,
-        "recipe_hash": recipe_hash,
-    }
-    members = load_model_zoos(path, arch=arch, model_kwargs=model_kwargs, key_map=key_map, epochs=epochs,
-                              limit=limit)
-    return import_members(members, out, info=info, progress=progress)
+    opts = loader_options(load_model_zoos, path, options)
+    _check_options(**opts)
+    epochs = opts["epochs"]
+    identity = {**opts, "model_kwargs": dict(opts["model_kwargs"] or {}),
+                "epochs": epochs if isinstance(epochs, str) else [int(e) for e in epochs]}
+    return import_source(load_model_zoos, "model_zoos", path, out, opts, identity=identity, progress=progress)

@@ -56,7 +56,7 @@ from weightspace.errors import ConfigError, InputFileError
 from weightspace.io import check_count, check_numel, read_npy
 from zoo.errors import ZooFormatError
 from zoo.loaders._common import (
-    ImportedMember, add_gaps, check_limit, finite, import_identity, import_members, short_hash,
+    ImportedMember, add_gaps, check_limit, finite, import_source, loader_options, short_hash,
 )
 from zoo.train import CheckpointResult
 
@@ -516,35 +516,17 @@ def _py(v: Any) -> Any:
     return v
 
 
-def import_small_cnn_zoo(
-    path: str | Path,
-    out: str | Path,
-    *,
-    steps: str | Sequence[int] = "final",
-    drop_nonfinite: bool = True,
-    padding: str = "valid",
-    image_size: int | None = None,
-    limit: int | None = None,
-    progress: bool = True,
-):
+def import_small_cnn_zoo(path: str | Path, out: str | Path, *, progress: bool = True, **options: Any):
     """Convert a Small CNN Zoo directory into a weightspace zoo at ``out``
     (resumable with the same options). Returns the :class:`~zoo.store.Zoo`.
-    Options as in :func:`load_small_cnn_zoo`; nothing is written when the
+    ``options`` (``steps``, ``drop_nonfinite``, ``padding``, ``image_size``,
+    ``limit``) as in :func:`load_small_cnn_zoo`; nothing is written when the
     source is malformed or holds no member that matches them."""
-    _check_options(steps, padding, image_size, limit)
-    path = Path(path).expanduser()
-    opts = {"steps": steps if isinstance(steps, str) else [int(s) for s in steps], "drop_nonfinite": drop_nonfinite,
-            "padding": padding, "image_size": image_size, "limit": limit}
-    options, _ = import_identity(opts)
-    info = {
-        "name": f"small_cnn_zoo:{path.name}",
-        "source": "small_cnn_zoo",
-        "source_path": str(path.resolve()),
-        "import_options": options,
-        "recipe": None,
-        # the hash of earlier versions, so their zoos still resume
-        "recipe_hash": short_hash(repr(sorted(opts.items())), 16),
-    }
-    members = load_small_cnn_zoo(path, steps=steps, drop_nonfinite=drop_nonfinite, padding=padding,
-                                 image_size=image_size, limit=limit)
-    return import_members(members, out, info=info, progress=progress)
+    opts = loader_options(load_small_cnn_zoo, path, options)
+    _check_options(opts["steps"], opts["padding"], opts["image_size"], opts["limit"])
+    steps = opts["steps"]
+    identity = {**opts, "steps": steps if isinstance(steps, str) else [int(s) for s in steps]}
+    # the hash of earlier versions, so their zoos still resume
+    legacy = short_hash(repr(sorted(identity.items())), 16)
+    return import_source(load_small_cnn_zoo, "small_cnn_zoo", path, out, opts, identity=identity,
+                         recipe_hash=legacy, progress=progress)

@@ -312,10 +312,11 @@ class _BalancePlan:
             nrows += len(used)
         self.nrows = nrows
         if nrows:
-            M = torch.sparse_coo_tensor(
-                torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(vals), (nrows, self.nvars)
-            ).coalesce()
-            (r, c), val = M.indices(), M.values()
+            # sum duplicate (row, var) pairs (a var on two axes of one entry)
+            key = torch.cat(rows) * (self.nvars + 1) + torch.cat(cols)
+            key, inv = torch.unique(key, return_inverse=True)
+            val = torch.zeros(len(key), dtype=torch.float64).index_add_(0, inv, torch.cat(vals))
+            r, c = torch.div(key, self.nvars + 1, rounding_mode="floor"), key % (self.nvars + 1)
         else:
             r = c = torch.zeros(0, dtype=torch.long)
             val = torch.zeros(0, dtype=torch.float64)
@@ -329,6 +330,12 @@ class _BalancePlan:
         self.pow = torch.zeros(nrows, k, dtype=torch.float64)
         self.idx[r, slot] = c
         self.pow[r, slot] = val
+        # small problems: a dense M makes every product one matmul
+        self.dense = None
+        if self.nvars <= _DENSE_VARS and nrows * self.nvars <= 2**24:
+            self.dense = torch.zeros(nrows, self.nvars + 1, dtype=torch.float64)
+            self.dense[r, c] = val
+            self.dense = self.dense[:, : self.nvars].contiguous()
 
     @staticmethod
     def _size(ax: ScaleAxis, groups: list[ScaleGroup]) -> int:
@@ -349,6 +356,8 @@ class _BalancePlan:
 
     def mv(self, x: torch.Tensor) -> torch.Tensor:
         """``x M^T``: ``[N, vars] -> [N, rows]``."""
+        if self.dense is not None:
+            return x @ self.dense.t()
         xp = torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1)
         return (xp[:, self.idx] * self.pow).sum(-1)
 
@@ -379,6 +388,8 @@ class _BalancePlan:
 
     def rmv(self, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """``y W`` with ``W = M`` or ``weight`` (same pattern): ``[N, rows] -> [N, vars]``."""
+        if self.dense is not None and weight is None:
+            return y @ self.dense
         w = self.pow if weight is None else weight
         out = y.new_zeros(y.shape[0], self.nvars + 1)
         out.index_add_(1, self.idx.reshape(-1), (y[:, :, None] * w).reshape(y.shape[0], -1))
@@ -425,7 +436,11 @@ def _balance_(
             if plan.nvars <= _DENSE_VARS:
                 H = plan.hessian(c) * live[:, :, None] * live[:, None, :]
                 H = H + torch.diag_embed(1e-12 * diag + (1.0 - live))
-                step = torch.linalg.solve(H, -g)
+                chol, info = torch.linalg.cholesky_ex(H)
+                if bool((info == 0).all()):
+                    step = torch.cholesky_solve(-g[:, :, None], chol)[:, :, 0]
+                else:  # pragma: no cover - numerically indefinite: LU instead
+                    step = torch.linalg.solve(H, -g)
             else:
                 step = torch.stack([plan.sparse_solve(c[i], live[i], diag[i], -g[i]) for i in range(n)])
             t = torch.ones(n, 1, dtype=torch.float64)

@@ -29,11 +29,14 @@ from weightspace.errors import (  # noqa: E402
     WeightspaceError,
 )
 from weightspace.symmetry import (  # noqa: E402
+    Symmetry,
     apply_permutation,
+    apply_symmetry,
     canonicalize,
     compose_permutations,
     invert_permutation,
     random_permutation,
+    random_symmetry,
 )
 
 __all__ = [
@@ -42,11 +45,14 @@ __all__ = [
     "graph_template",
     "parameter_graph",
     "permutation_spec",
+    "Symmetry",
     "apply_permutation",
+    "apply_symmetry",
     "canonicalize",
     "compose_permutations",
     "invert_permutation",
     "random_permutation",
+    "random_symmetry",
     "ConfigError",
     "InputFileError",
     "MissingFileError",

@@ -1,4 +1,6 @@
-"""Random, apply, invert, compose and canonicalize permutations of a spec.
+"""Random, apply, invert and compose permutations of a spec, and the
+canonical (energy-sorted) permutation used by
+:func:`weightspace.symmetry.canonicalize`.
 
 A permutation is ``{group name: LongTensor[size]}`` (gather convention
 ``new[i] = old[perm[i]]``); neuron groups act before head groups. All
@@ -63,7 +65,15 @@ def block_index_maps(spec: PermutationSpec, perm: Mapping[str, torch.Tensor]) ->
         ``new neuron c = old neuron maps[b][c]``.
     """
     validate_permutation(spec, perm)
-    maps = [torch.arange(b.size) for b in spec.blocks]
+    return [m[0] for m in block_index_maps_batched(spec, {k: torch.as_tensor(v)[None] for k, v in perm.items()})]
+
+
+def block_index_maps_batched(spec: PermutationSpec, perm: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    """:func:`block_index_maps` for ``N`` networks at once: ``perm`` values
+    are LongTensor ``[N, size]`` (not validated); returns ``[N, block size]``
+    per block."""
+    n = next(iter(perm.values())).shape[0] if perm else 1
+    maps = [torch.arange(b.size).expand(n, b.size) for b in spec.blocks]
     for kind in ("neuron", "head"):
         for g in spec.groups:
             if g.kind != kind:
@@ -71,8 +81,9 @@ def block_index_maps(spec: PermutationSpec, perm: Mapping[str, torch.Tensor]) ->
             p = torch.as_tensor(perm[g.name]).long()
             for b, s in g.targets:
                 span = g.size * g.unit
-                seg = maps[b][s : s + span].view(g.size, g.unit)[p].reshape(-1)
-                maps[b] = torch.cat([maps[b][:s], seg, maps[b][s + span :]])
+                seg = maps[b][:, s : s + span].reshape(n, g.size, g.unit)
+                seg = seg.gather(1, p[:, :, None].expand(n, g.size, g.unit)).reshape(n, span)
+                maps[b] = torch.cat([maps[b][:, :s], seg, maps[b][:, s + span :]], dim=1)
     return maps
 
 
@@ -88,12 +99,40 @@ def axis_index(ref: AxisRef, length: int, maps: Sequence[torch.Tensor]) -> torch
         LongTensor ``[length]``: ``t.index_select(ref.axis, index)`` is the
         axis permuted; positions outside ``ref.segments`` stay in place.
     """
-    idx = torch.arange(length)
-    for b, bs, n, astart in ref.segments:
-        src = maps[b][bs : bs + n] - bs
-        pos = (astart + src[:, None] * ref.rep + torch.arange(ref.rep)[None, :]).reshape(-1)
-        idx[astart : astart + n * ref.rep] = pos
+    return axis_index_batched(ref, length, [m[None] for m in maps])[0]
+
+
+def axis_index_batched(ref: AxisRef, length: int, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+    """:func:`axis_index` for ``N`` networks: ``maps`` are ``[N, block
+    size]``; returns LongTensor ``[N, length]``."""
+    n = maps[0].shape[0] if len(maps) else 1
+    idx = torch.arange(length).repeat(n, 1)
+    for b, bs, k, astart in ref.segments:
+        src = maps[b][:, bs : bs + k] - bs
+        pos = (astart + src[:, :, None] * ref.rep + torch.arange(ref.rep)).reshape(n, -1)
+        idx[:, astart : astart + k * ref.rep] = pos
     return idx
+
+
+def apply_block_maps_batched(
+    tensors: Mapping[str, torch.Tensor], spec: PermutationSpec, maps: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """:func:`apply_block_maps` for ``N`` networks: every tensor has a
+    leading network axis, ``maps`` are ``[N, block size]``."""
+    out: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        refs = spec.param_axes.get(name)
+        if not refs:
+            out[name] = t.clone()
+            continue
+        for ref in refs:
+            ax = ref.axis + 1
+            idx = axis_index_batched(ref, t.shape[ax], maps)
+            shape = [t.shape[0]] + [1] * (t.dim() - 1)
+            shape[ax] = t.shape[ax]
+            t = t.gather(ax, idx.view(shape).expand(t.shape))
+        out[name] = t
+    return out
 
 
 _axis_index = axis_index  # the former private name
@@ -168,42 +207,41 @@ def neuron_energy(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec)
     """Per block neuron, the summed squared weight of every tensor slice that
     belongs to it (float64, ``[block size]`` per block). Invariant to the
     permutation of all other neurons; used as the canonical sort key."""
-    energy = [torch.zeros(b.size, dtype=torch.float64) for b in spec.blocks]
+    return [e[0] for e in neuron_energy_batched({k: v[None] for k, v in state_dict.items()}, spec)]
+
+
+def neuron_energy_batched(tensors: Mapping[str, torch.Tensor], spec: PermutationSpec) -> list[torch.Tensor]:
+    """:func:`neuron_energy` for ``N`` networks (leading network axis):
+    ``[N, block size]`` per block."""
+    n = next(iter(tensors.values())).shape[0]
+    energy = [torch.zeros(n, b.size, dtype=torch.float64) for b in spec.blocks]
     for name, refs in spec.param_axes.items():
-        t = state_dict[name].detach().to(torch.float64)
+        t = tensors[name].detach().to(torch.float64).pow(2)
         for ref in refs:
-            dims = [d for d in range(t.dim()) if d != ref.axis]
-            e = t.pow(2).sum(dim=dims) if dims else t.pow(2)
-            for b, bs, n, astart in ref.segments:
-                part = e[astart : astart + n * ref.rep].view(n, ref.rep).sum(1)
-                energy[b][bs : bs + n] += part
+            dims = [d for d in range(1, t.dim()) if d != ref.axis + 1]
+            e = t.sum(dim=dims) if dims else t
+            for b, bs, k, astart in ref.segments:
+                energy[b][:, bs : bs + k] += e[:, astart : astart + k * ref.rep].reshape(n, k, ref.rep).sum(2)
     return energy
 
 
 def canonical_permutation(state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec) -> Permutation:
     """The permutation that sorts every group's units by decreasing energy
-    (:func:`neuron_energy`); heads by their total energy."""
-    energy = neuron_energy(state_dict, spec)
+    (:func:`neuron_energy`); heads by their total energy (stable: ties keep
+    their order)."""
+    perm = canonical_permutation_batched({k: v[None] for k, v in state_dict.items()}, spec)
+    return {k: v[0] for k, v in perm.items()}
+
+
+def canonical_permutation_batched(tensors: Mapping[str, torch.Tensor], spec: PermutationSpec) -> Permutation:
+    """:func:`canonical_permutation` for ``N`` networks (leading network
+    axis): ``{group: LongTensor [N, size]}``."""
+    energy = neuron_energy_batched(tensors, spec)
+    n = energy[0].shape[0] if energy else 1
     perm: Permutation = {}
     for g in spec.groups:
-        score = torch.zeros(g.size, dtype=torch.float64)
+        score = torch.zeros(n, g.size, dtype=torch.float64)
         for b, s in g.targets:
-            score += energy[b][s : s + g.size * g.unit].view(g.size, g.unit).sum(1)
-        perm[g.name] = torch.argsort(-score, stable=True)
+            score += energy[b][:, s : s + g.size * g.unit].reshape(n, g.size, g.unit).sum(2)
+        perm[g.name] = torch.argsort(-score, dim=1, stable=True)
     return perm
-
-
-def canonicalize(
-    state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec
-) -> tuple[dict[str, torch.Tensor], Permutation]:
-    """A canonical representative of ``state_dict``'s permutation orbit.
-
-    Every group's units are sorted by decreasing energy, so two networks that
-    differ only by a spec permutation map to the same state_dict (exactly,
-    unless two units have equal energy).
-
-    Returns:
-        ``(canonical state_dict, the permutation applied)``.
-    """
-    perm = canonical_permutation(state_dict, spec)
-    return apply_permutation(state_dict, spec, perm), perm

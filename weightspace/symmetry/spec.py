@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator, NamedTuple
 
+from weightspace.symmetry.scaling import ScaleGroup, derive_scalings
 from weightspace.trace.structure import BlockPos, Structure, resolve
 from weightspace.trace.tracer import ComputationGraph
 
@@ -105,6 +106,7 @@ class PermutationSpec:
     float_keys: tuple[str, ...]
     extra_keys: tuple[str, ...]
     arch: str | None = None
+    scalings: tuple[ScaleGroup, ...] = ()
     _by_name: dict[str, PermGroup] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -149,6 +151,8 @@ class PermutationSpec:
             "fixed_neurons": sum(b.size for b in self.blocks if b.fixed),
             "tensors": len(self.float_keys),
             "tensors_permuted": len(self.param_axes),
+            "scale_groups": sum(1 for s in self.scalings if s.has_scale),
+            "sign_groups": sum(1 for s in self.scalings if s.has_sign),
         }
 
     def to_dict(self) -> dict:
@@ -164,6 +168,16 @@ class PermutationSpec:
                     "axes": [ax._asdict() for ax in g.axes],
                 }
                 for g in self.groups
+            ],
+            "scalings": [
+                {
+                    "name": s.name,
+                    "group": s.group,
+                    "size": s.size,
+                    "kinds": list(s.kinds),
+                    "axes": [ax._asdict() for ax in s.axes],
+                }
+                for s in self.scalings
             ],
         }
 
@@ -239,4 +253,5 @@ def build_spec(cg: ComputationGraph, structure: Structure | None = None) -> Perm
         float_keys=tuple(cg.float_keys),
         extra_keys=tuple(cg.extra_keys),
         arch=cg.arch,
+        scalings=derive_scalings(cg, groups),
     )

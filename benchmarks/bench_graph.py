@@ -9,10 +9,17 @@ GPT-2-small (``GPT2Config()``, 124M) and a ~100M Llama-style model (hidden 768,
 (torch.export).
 
 Every architecture runs in a fresh subprocess, so its peak RSS
-(``ru_maxrss``) is its own. Rows of architectures not run this time are kept
-from the previous JSON.
+(``ru_maxrss``) is its own; each row records the load averages before and
+after. Rows of architectures not run this time are kept from the previous
+JSON.
 
-    python benchmarks/bench_graph.py [--repeats 3] [--image-size 224] [--only gpt2,llama]
+The timed graph is a :class:`ParameterGraph` ready for use: nodes, the value
+vector and lazy edge sets (one edge per weight is 163M edges for GPT-2-small;
+they are written on first use). ``--to-pyg`` also times ``g.to_pyg()``, which
+writes every edge, and the floor of that: allocating and filling a
+``[2, E]`` int64 ``edge_index``.
+
+    python benchmarks/bench_graph.py [--repeats 3] [--image-size 224] [--only gpt2,llama] [--to-pyg]
 """
 
 from __future__ import annotations
@@ -58,10 +65,27 @@ def _model(name: str, image_size: int | None) -> tuple[torch.nn.Module, torch.Te
     return zoo.create_model(name, seed=0, **kw), zoo.example_input(name, **kw), "fx"
 
 
-def bench(name: str, repeats: int, image_size: int | None) -> dict:
+def _peak_rss_mib() -> float:
+    # ru_maxrss is KiB on Linux: the peak of this (fresh) process so far
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _edge_index_floor(num_edges: int) -> float:
+    """Seconds to allocate and write a fresh ``[2, E]`` int64 tensor (what
+    any ``edge_index`` of E edges costs at least), freed afterwards."""
+    t0 = time.perf_counter()
+    out = torch.empty(2, num_edges, dtype=torch.long)
+    out.fill_(1)
+    t = time.perf_counter() - t0
+    del out
+    return t
+
+
+def bench(name: str, repeats: int, image_size: int | None, to_pyg: bool) -> dict:
     t_build = time.perf_counter()
     model, x, tracer = _model(name, image_size)
     t_build = time.perf_counter() - t_build
+    rss_model = _peak_rss_mib()
     t_trace, t_spec, t_graph, t_values = [], [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -79,7 +103,7 @@ def bench(name: str, repeats: int, image_size: int | None) -> dict:
         t_graph.append(t3 - t2)
         t_values.append(t4 - t3)
     total = [a + b + c + d for a, b, c, d in zip(t_trace, t_spec, t_graph, t_values)]
-    return {
+    row = {
         "arch": name,
         "tracer": tracer,
         "build_model_s": t_build,
@@ -89,27 +113,41 @@ def bench(name: str, repeats: int, image_size: int | None) -> dict:
         "edges": template.num_edges,
         "groups": len(spec),
         "trace_s": statistics.median(t_trace),
+        "trace_first_s": t_trace[0],  # the first call also imports torch.export's machinery
         "spec_s": statistics.median(t_spec),
         "template_s": statistics.median(t_graph),
         "values_s": statistics.median(t_values),
         "total_s": statistics.median(total),
         "values": int(g.values.numel()),
-        # ru_maxrss is KiB on Linux: the peak of this (fresh) process, model included
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_model_mib": rss_model,  # after building the model, before tracing
+        "peak_rss_mib": _peak_rss_mib(),  # after trace + spec + graph, model included
     }
+    if to_pyg:
+        # the lazy edge sets written out: edge_index [2, E], edge types,
+        # widths and edge-ordered values (what a metanetwork reads)
+        t0 = time.perf_counter()
+        g.to_pyg()
+        row["to_pyg_s"] = time.perf_counter() - t0
+        row["to_pyg_peak_rss_mib"] = _peak_rss_mib()
+        template._cache.clear()
+        row["floor_edge_index_s"] = _edge_index_floor(template.num_edges)
+    return row
 
 
-def _bench_in_subprocess(name: str, repeats: int, image_size: int | None) -> dict:
+def _bench_in_subprocess(name: str, repeats: int, image_size: int | None, to_pyg: bool) -> dict:
     """``bench`` in a fresh interpreter so that ``peak_rss_mib`` is this architecture's own."""
     cmd = [sys.executable, __file__, "--child", name, "--repeats", str(repeats), "--image-size", str(image_size or 0)]
+    cmd += ["--to-pyg"] if to_pyg else []
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
                                                         os.environ.get("PYTHONPATH", "")])}
-    load = os.getloadavg()[0]
+    load_all = list(os.getloadavg())
+    load = load_all[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{name}: benchmark subprocess failed:\n{proc.stderr[-2000:]}")
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     row["load_average_1min"] = {"before": load, "after": os.getloadavg()[0]}
+    row["load_average"] = {"before": load_all, "after": list(os.getloadavg())}
     return row
 
 
@@ -120,17 +158,19 @@ def main() -> None:
     ap.add_argument("--archs", nargs="*", default=["resnet20", "resnet18", "resnet50", "gpt2", "llama"])
     ap.add_argument("--only", default=None, help="comma-separated subset of --archs, e.g. gpt2,llama")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "graph.json"))
+    ap.add_argument("--to-pyg", action="store_true",
+                    help="also time g.to_pyg() (writes every edge) and the floor of writing a [2, E] int64 edge_index")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(2)
     if args.child:
-        print(json.dumps(bench(args.child, args.repeats, args.image_size or None)))
+        print(json.dumps(bench(args.child, args.repeats, args.image_size or None, args.to_pyg)))
         return
     targets = {"resnet18": 1.0, "resnet50": 2.0, "gpt2": 3.0, "llama": 3.0}
     archs = args.only.split(",") if args.only else args.archs
 
     load_before = os.getloadavg()[0]
-    rows = [_bench_in_subprocess(a, args.repeats, args.image_size) for a in archs]
+    rows = [_bench_in_subprocess(a, args.repeats, args.image_size, args.to_pyg) for a in archs]
     load_after = os.getloadavg()[0]
     print(f"{'arch':10s} {'params':>10s} {'nodes':>7s} {'edges':>10s} {'trace':>7s} {'spec':>7s} {'graph':>7s} {'values':>7s} {'total':>7s} {'peak RSS':>12s} target")
     for r in rows:
@@ -140,6 +180,9 @@ def main() -> None:
         print(f"{r['arch']:10s} {r['parameters']:10d} {r['nodes']:7d} {r['edges']:10d} {r['trace_s']:7.3f} "
               f"{r['spec_s']:7.3f} {r['template_s']:7.3f} {r['values_s']:7.3f} {r['total_s']:7.3f} "
               f"{r['peak_rss_mib']:8.0f} MiB {ok}")
+        if "to_pyg_s" in r:
+            print(f"{'':10s} to_pyg (every edge written) {r['to_pyg_s']:.3f} s, peak RSS {r['to_pyg_peak_rss_mib']:.0f} MiB; "
+                  f"floor: writing a [2, E] int64 edge_index {r['floor_edge_index_s']:.3f} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     old = []

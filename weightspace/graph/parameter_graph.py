@@ -682,32 +682,33 @@ def build_template(
     block_offset = torch.tensor([0] + list(_cumsum(sizes))[:-1], dtype=torch.long) if blocks else torch.zeros(0, dtype=torch.long)
     n_neurons = sum(sizes)
 
-    node_type = []
-    node_layer = []
+    size_t = torch.tensor(sizes, dtype=torch.long)
+    kinds = [NODE_TYPES.index(b.kind if b.kind in ("input", "output") else "hidden") for b in blocks]
+    node_type = [torch.repeat_interleave(torch.tensor(kinds, dtype=torch.long), size_t)]
+    node_layer = [torch.repeat_interleave(torch.arange(len(blocks)), size_t)]
+    node_block = node_layer
+    # fixed neurons carry their index in the block, permutable ones -1
+    fixed = torch.tensor([b.fixed for b in blocks], dtype=torch.bool)
+    node_pos = [torch.where(
+        torch.repeat_interleave(fixed, size_t),
+        torch.arange(n_neurons) - torch.repeat_interleave(block_offset, size_t),
+        torch.tensor(-1),
+    )]
     node_role = []
-    node_pos = []
-    node_block = []
-    head_regions = {t: g for g in spec.head_groups for t in g.targets}
+    head_regions: dict[int, list] = {}
+    for g in spec.head_groups:
+        for t in g.targets:
+            head_regions.setdefault(t.block, []).append((t, g))
     for b, blk in enumerate(blocks):
-        kind = "input" if blk.kind == "input" else "output" if blk.kind == "output" else "hidden"
-        node_type.append(torch.full((blk.size,), NODE_TYPES.index(kind)))
-        node_layer.append(torch.full((blk.size,), b))
-        node_block.append(torch.full((blk.size,), b))
         role = torch.zeros(blk.size, dtype=torch.long)
         pieces = structure.pieces[b]
         for k, p in enumerate(pieces):
             role[p.start : p.stop] = k
-        for t, g in head_regions.items():
-            if t.block != b:
-                continue
+        for t, g in head_regions.get(b, ()):
             # every head gets the roles of head 0 so heads stay exchangeable
             head0 = role[t.start : t.start + g.unit].clone()
             role[t.start : t.start + g.size * g.unit] = head0.repeat(g.size)
         node_role.append(role)
-        if blk.fixed:
-            node_pos.append(torch.arange(blk.size))
-        else:
-            node_pos.append(torch.full((blk.size,), -1))
 
     offsets: dict[str, int] = {}
     pos = 0
@@ -729,9 +730,9 @@ def build_template(
             p += s.length * feat.rep
         return out
 
-    extra_nodes_type: list[int] = []
-    extra_nodes_layer: list[int] = []
-    extra_nodes_pos: list[int] = []
+    # module and virtual nodes after the neurons, as runs of
+    # (node type, layer, count, positional): one tensor each at the end
+    extra_runs: list[tuple[int, int, int, bool]] = []
     module_names: list[str] = []
     module_ids: dict[str, int] = {}
     next_id = [n_neurons]
@@ -741,17 +742,13 @@ def build_template(
             module_ids[owner] = next_id[0]
             next_id[0] += 1
             module_names.append(owner)
-            extra_nodes_type.append(NODE_TYPES.index("module"))
-            extra_nodes_layer.append(layer)
-            extra_nodes_pos.append(-1)
+            extra_runs.append((NODE_TYPES.index("module"), layer, 1, False))
         return module_ids[owner]
 
     def virtual_nodes(n: int, layer: int) -> torch.Tensor:
         start = next_id[0]
         next_id[0] += n
-        extra_nodes_type.extend([NODE_TYPES.index("virtual")] * n)
-        extra_nodes_layer.extend([layer] * n)
-        extra_nodes_pos.extend(range(n))
+        extra_runs.append((NODE_TYPES.index("virtual"), layer, n, True))
         return torch.arange(start, start + n)
 
     edge_sets: list[EdgeSet] = []
@@ -844,17 +841,25 @@ def build_template(
         kind = "contract" if tie.kind in ("contract", "within") else "tie"
         edge_sets.append(EdgeSet(f"tie:{k}", EDGE_TYPES.index(kind), a, b, None))
 
+    counts = torch.tensor([r[2] for r in extra_runs], dtype=torch.long)
+    n_extra = int(counts.sum())
+
+    def runs(values) -> torch.Tensor:
+        return torch.repeat_interleave(torch.tensor(values, dtype=torch.long), counts)
+
     def cat(parts, extra):
         base = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
-        return torch.cat([base.long(), torch.tensor(extra, dtype=torch.long)])
+        return torch.cat([base.long(), extra])
+
+    extra_pos = [torch.arange(r[2]) if r[3] else torch.full((r[2],), -1) for r in extra_runs]
 
     return GraphTemplate(
         spec=spec,
-        node_type=cat(node_type, extra_nodes_type),
-        node_layer=cat(node_layer, extra_nodes_layer),
-        node_role=cat(node_role, [0] * len(extra_nodes_type)),
-        node_pos=cat(node_pos, extra_nodes_pos),
-        node_block=cat(node_block, [-1] * len(extra_nodes_type)),
+        node_type=cat(node_type, runs([r[0] for r in extra_runs])),
+        node_layer=cat(node_layer, runs([r[1] for r in extra_runs])),
+        node_role=cat(node_role, torch.zeros(n_extra, dtype=torch.long)),
+        node_pos=cat(node_pos, torch.cat(extra_pos) if extra_pos else torch.zeros(0, dtype=torch.long)),
+        node_block=cat(node_block, torch.full((n_extra,), -1, dtype=torch.long)),
         block_offset=block_offset,
         edge_sets=edge_sets,
         keys=list(cg.float_keys),

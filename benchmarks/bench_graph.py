@@ -86,23 +86,32 @@ def bench(name: str, repeats: int, image_size: int | None, to_pyg: bool) -> dict
     model, x, tracer = _model(name, image_size)
     t_build = time.perf_counter() - t_build
     rss_model = _peak_rss_mib()
-    t_trace, t_spec, t_graph, t_values = [], [], [], []
+    t_trace, t_spec, t_graph, t_values, cpu = [], [], [], [], []
     for _ in range(repeats):
+        c0 = time.process_time()
         t0 = time.perf_counter()
         cg = trace_module(model, x, arch=name, tracer=tracer)
         t1 = time.perf_counter()
+        c1 = time.process_time()
         structure = resolve(cg)
         spec = build_spec(cg, structure)
         t2 = time.perf_counter()
+        c2 = time.process_time()
         template = build_template(cg, spec, structure)
         t3 = time.perf_counter()
+        c3 = time.process_time()
         g = template.graph(model.state_dict())
         t4 = time.perf_counter()
+        c4 = time.process_time()
         t_trace.append(t1 - t0)
         t_spec.append(t2 - t1)
         t_graph.append(t3 - t2)
         t_values.append(t4 - t3)
+        cpu.append((c1 - c0, c2 - c1, c3 - c2, c4 - c3))
     total = [a + b + c + d for a, b, c, d in zip(t_trace, t_spec, t_graph, t_values)]
+    # CPU seconds of this process (all threads) per stage, from the median
+    # repeat: less sensitive than wall time to other work on a shared machine
+    mid = sorted(range(repeats), key=lambda i: total[i])[repeats // 2]
     row = {
         "arch": name,
         "tracer": tracer,
@@ -118,6 +127,7 @@ def bench(name: str, repeats: int, image_size: int | None, to_pyg: bool) -> dict
         "template_s": statistics.median(t_graph),
         "values_s": statistics.median(t_values),
         "total_s": statistics.median(total),
+        "cpu_s": dict(zip(("trace", "spec", "template", "values"), cpu[mid]), total=sum(cpu[mid])),
         "values": int(g.values.numel()),
         "peak_rss_model_mib": rss_model,  # after building the model, before tracing
         "peak_rss_mib": _peak_rss_mib(),  # after trace + spec + graph, model included
@@ -125,6 +135,8 @@ def bench(name: str, repeats: int, image_size: int | None, to_pyg: bool) -> dict
     if to_pyg:
         # the lazy edge sets written out: edge_index [2, E], edge types,
         # widths and edge-ordered values (what a metanetwork reads)
+        import torch_geometric.data  # noqa: F401  (its import, seconds, is not part of the graph)
+
         t0 = time.perf_counter()
         g.to_pyg()
         row["to_pyg_s"] = time.perf_counter() - t0
@@ -180,6 +192,9 @@ def main() -> None:
         print(f"{r['arch']:10s} {r['parameters']:10d} {r['nodes']:7d} {r['edges']:10d} {r['trace_s']:7.3f} "
               f"{r['spec_s']:7.3f} {r['template_s']:7.3f} {r['values_s']:7.3f} {r['total_s']:7.3f} "
               f"{r['peak_rss_mib']:8.0f} MiB {ok}")
+        c = r["cpu_s"]
+        print(f"{'':10s} CPU s (all threads): trace {c['trace']:.3f}  spec {c['spec']:.3f}  graph {c['template']:.3f}  "
+              f"values {c['values']:.3f}  total {c['total']:.3f}")
         if "to_pyg_s" in r:
             print(f"{'':10s} to_pyg (every edge written) {r['to_pyg_s']:.3f} s, peak RSS {r['to_pyg_peak_rss_mib']:.0f} MiB; "
                   f"floor: writing a [2, E] int64 edge_index {r['floor_edge_index_s']:.3f} s")

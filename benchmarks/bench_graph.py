@@ -201,13 +201,15 @@ def main() -> None:
                   f"floor: writing a [2, E] int64 edge_index {r['floor_edge_index_s']:.3f} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    old = []
-    if out.exists():  # keep the rows of architectures not run this time
-        old = [r for r in json.loads(out.read_text()).get("rows", []) if r["arch"] not in archs]
+    old, extra = [], {}
+    if out.exists():  # keep the rows of architectures not run this time, and a recorded baseline
+        prev = json.loads(out.read_text())
+        old = [r for r in prev.get("rows", []) if r["arch"] not in archs]
+        extra = {"baseline": prev["baseline"]} if "baseline" in prev else {}
     out.write_text(json.dumps({"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                                "image_size": args.image_size,
                                "load_average_1min": {"before": load_before, "after": load_after},
-                               "rows": old + rows}, indent=2))
+                               "rows": old + rows, **extra}, indent=2))
     print(f"load average (1 min) before/after: {load_before:.2f} / {load_after:.2f} (other work on the machine slows these timings)")
     print(f"wrote {out}")
 

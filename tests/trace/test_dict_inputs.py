@@ -97,3 +97,14 @@ def test_hf_input_ids_and_attention_mask(name):
     other = make(1).double().eval()
     other.load_state_dict(apply_permutation(model.state_dict(), a.spec, random_permutation(a.spec, seed=0)))
     assert (out(other) - y).abs().max().item() <= 1e-10
+
+
+def test_export_leaves_torch_fx_config_as_it_was():
+    # the export front end switches node stack traces off only while exporting
+    x, _ = _xy()
+    before = torch.fx.config.do_not_emit_stack_traces
+    trace_module(TwoInputs(), (x,), tracer="export")
+    assert torch.fx.config.do_not_emit_stack_traces == before
+    with pytest.raises(TraceError):
+        trace_module(TwoInputs(), {"x": x, "z": x}, tracer="export")
+    assert torch.fx.config.do_not_emit_stack_traces == before

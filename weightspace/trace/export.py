@@ -490,8 +490,10 @@ def export_program(module: nn.Module, example_inputs: tuple, kwargs: dict | None
     kwargs = _export_kwargs(module, kwargs)
     # node stack traces are not read here, and recording them costs about a
     # fifth of the export (a traceback per node)
-    stack_traces = torch.fx.config.do_not_emit_stack_traces
-    torch.fx.config.do_not_emit_stack_traces = True
+    fx_config = getattr(torch.fx, "config", None)  # torch >= 2.9
+    stack_traces = getattr(fx_config, "do_not_emit_stack_traces", None)
+    if stack_traces is not None:
+        fx_config.do_not_emit_stack_traces = True
     try:
         with torch.no_grad():
             return torch.export.export(module, example_inputs, kwargs=kwargs, strict=False)
@@ -503,7 +505,8 @@ def export_program(module: nn.Module, example_inputs: tuple, kwargs: dict | None
             "and no data-dependent control flow on tensor values"
         ) from exc
     finally:
-        torch.fx.config.do_not_emit_stack_traces = stack_traces
+        if stack_traces is not None:
+            fx_config.do_not_emit_stack_traces = stack_traces
         for m, flag in training.items():
             m.training = flag
 

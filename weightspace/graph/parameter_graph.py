@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -67,7 +67,64 @@ EDGE_TYPES = (
 _NORMS = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm"}
 
 
-@dataclass
+class NodePairs(NamedTuple):
+    """All ``(outer[i], inner[j])`` pairs, ``i`` major: the endpoints of a
+    dense tensor's edges without writing them down (``E = len(outer) *
+    len(inner)``; ``outer_is_src`` says which side is the source)."""
+
+    outer: torch.Tensor
+    inner: torch.Tensor
+    outer_is_src: bool
+
+    @property
+    def num_edges(self) -> int:
+        return int(self.outer.numel()) * int(self.inner.numel())
+
+    def write(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Fill the 1-D ``src``/``dst`` (length ``num_edges``) in place."""
+        a, b = int(self.outer.numel()), int(self.inner.numel())
+        o, i = (src, dst) if self.outer_is_src else (dst, src)
+        o.view(a, b).copy_(self.outer[:, None].expand(a, b))
+        i.view(a, b).copy_(self.inner[None, :].expand(a, b))
+
+
+class ValueLayout(NamedTuple):
+    """Where a tensor's values sit in edge order, as view operations.
+
+    ``view(chunk)`` takes the tensor's ``numel`` values (a slice of the flat
+    value vector starting at ``offset``) and returns a view of them whose
+    row-major order is edge order, ``width`` consecutive values per edge; no
+    position table is needed to read or write them.
+    ``recipe``: ``("view", shape)`` / ``("permute", dims)`` /
+    ``("unflatten", dim, sizes)`` steps.
+    """
+
+    offset: int
+    numel: int
+    width: int
+    recipe: tuple
+
+    def view(self, chunk: torch.Tensor) -> torch.Tensor:
+        x = chunk
+        for step in self.recipe:
+            if step[0] == "view":
+                x = x.view(step[1])
+            elif step[0] == "permute":
+                x = x.permute(step[1])
+            else:
+                x = x.unflatten(step[1], step[2])
+        return x
+
+    def is_identity(self) -> bool:
+        """Whether edge order is the tensor's own (state_dict) order."""
+        return self.view(torch.empty(self.numel, device="meta")).is_contiguous()
+
+    def pos(self) -> torch.Tensor:
+        """``[E, width]`` flat positions of the values (int64)."""
+        ar = torch.arange(self.offset, self.offset + self.numel, dtype=torch.long)
+        return self.view(ar).reshape(-1, self.width)
+
+
 class EdgeSet:
     """Edges of one tensor (or structural ties) with a uniform feature width.
 
@@ -77,21 +134,75 @@ class EdgeSet:
         src, dst: LongTensor ``[E]`` node ids.
         pos: LongTensor ``[E, F]``: flat position of each feature in the
             graph's value vector (``None`` for structural edges, ``F = 0``).
+
+    ``build_template`` makes edge sets *lazy*: ``nodes`` (a :class:`NodePairs`)
+    and ``layout`` (a :class:`ValueLayout`) describe them, and ``src``,
+    ``dst`` and ``pos`` are built on first access (a dense 768 x 3072 matrix
+    is 2.4M edges; GPT-2-small has 163M). :meth:`GraphTemplate.edge_index`
+    and :meth:`ParameterGraph.edge_values` read the descriptions directly.
     """
 
-    name: str
-    etype: int
-    src: torch.Tensor
-    dst: torch.Tensor
-    pos: torch.Tensor | None
+    def __init__(
+        self,
+        name: str,
+        etype: int,
+        src: torch.Tensor | None = None,
+        dst: torch.Tensor | None = None,
+        pos: torch.Tensor | None = None,
+        *,
+        nodes: NodePairs | None = None,
+        layout: ValueLayout | None = None,
+    ) -> None:
+        if (src is None or dst is None) and nodes is None:
+            raise ValueError(f"edge set {name!r} needs src and dst, or nodes")
+        self.name, self.etype = name, etype
+        self._src, self._dst, self._pos = src, dst, pos
+        self.nodes, self.layout = nodes, layout
+
+    def __repr__(self) -> str:
+        return f"EdgeSet(name={self.name!r}, etype={self.etype}, num_edges={self.num_edges}, width={self.width})"
+
+    @property
+    def src(self) -> torch.Tensor:
+        if self._src is None:
+            self._materialize_nodes()
+        return self._src
+
+    @property
+    def dst(self) -> torch.Tensor:
+        if self._dst is None:
+            self._materialize_nodes()
+        return self._dst
+
+    @property
+    def pos(self) -> torch.Tensor | None:
+        if self._pos is None and self.layout is not None:
+            self._pos = self.layout.pos()
+        return self._pos
+
+    def _materialize_nodes(self) -> None:
+        n = self.nodes.num_edges
+        src, dst = torch.empty(n, dtype=torch.long), torch.empty(n, dtype=torch.long)
+        self.nodes.write(src, dst)
+        self._src, self._dst = src, dst
+
+    def write_index(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Write this set's endpoints into the 1-D ``src``/``dst`` slices."""
+        if self._src is None and self.nodes is not None:
+            self.nodes.write(src, dst)
+        else:
+            src.copy_(self._src)
+            dst.copy_(self._dst)
 
     @property
     def num_edges(self) -> int:
-        return int(self.src.numel())
+        return self.nodes.num_edges if self._src is None else int(self._src.numel())
 
     @property
     def width(self) -> int:
-        return 0 if self.pos is None else int(self.pos.shape[1])
+        if self.layout is not None:
+            return self.layout.width
+        return 0 if self._pos is None else int(self._pos.shape[1])
 
 
 class NodeCount:
@@ -168,28 +279,39 @@ class GraphTemplate(NodeCount):
         return _widest([self.dtypes[k] for k in self.keys])
 
     def edge_index(self) -> torch.Tensor:
-        """``[2, E]`` over all edge sets (cached)."""
+        """``[2, E]`` over all edge sets (cached; written in place, set by set,
+        into one allocation)."""
         if "edge_index" not in self._cache:
-            src = torch.cat([s.src for s in self.edge_sets]) if self.edge_sets else torch.zeros(0, dtype=torch.long)
-            dst = torch.cat([s.dst for s in self.edge_sets]) if self.edge_sets else torch.zeros(0, dtype=torch.long)
-            self._cache["edge_index"] = torch.stack([src, dst])
+            out = torch.empty(2, self.num_edges, dtype=torch.long)
+            off = 0
+            for s in self.edge_sets:
+                n = s.num_edges
+                s.write_index(out[0, off : off + n], out[1, off : off + n])
+                off += n
+            self._cache["edge_index"] = out
         return self._cache["edge_index"]
+
+    def _per_edge(self, per_set: Sequence[int]) -> torch.Tensor:
+        """``[E]`` int64: ``per_set[k]`` on every edge of edge set ``k``."""
+        out = torch.empty(self.num_edges, dtype=torch.long)
+        off = 0
+        for s, v in zip(self.edge_sets, per_set):
+            n = s.num_edges
+            out[off : off + n] = v
+            off += n
+        return out
 
     def edge_type(self) -> torch.Tensor:
         """``[E]`` index into :data:`EDGE_TYPES`."""
         if "edge_type" not in self._cache:
-            self._cache["edge_type"] = torch.cat(
-                [torch.full((s.num_edges,), s.etype, dtype=torch.long) for s in self.edge_sets]
-            )
+            self._cache["edge_type"] = self._per_edge([s.etype for s in self.edge_sets])
         return self._cache["edge_type"]
 
     def edge_param(self) -> torch.Tensor:
         """``[E]`` index into :attr:`keys` of the tensor behind each edge (-1: tie)."""
         if "edge_param" not in self._cache:
             ids = {k: i for i, k in enumerate(self.keys)}
-            self._cache["edge_param"] = torch.cat(
-                [torch.full((s.num_edges,), ids.get(s.name, -1), dtype=torch.long) for s in self.edge_sets]
-            )
+            self._cache["edge_param"] = self._per_edge([ids.get(s.name, -1) for s in self.edge_sets])
         return self._cache["edge_param"]
 
     def edge_width(self) -> torch.Tensor:
@@ -200,39 +322,45 @@ class GraphTemplate(NodeCount):
         with ``w = edge_width()`` and ``o = cumsum(w) - w``.
         """
         if "edge_width" not in self._cache:
-            self._cache["edge_width"] = torch.repeat_interleave(
-                torch.tensor([s.width for s in self.edge_sets], dtype=torch.long),
-                torch.tensor([s.num_edges for s in self.edge_sets], dtype=torch.long),
-            )
+            self._cache["edge_width"] = self._per_edge([s.width for s in self.edge_sets])
         return self._cache["edge_width"]
 
-    def edge_value_plan(self) -> list[tuple[int, int, slice | torch.Tensor]]:
+    def edge_value_plan(self) -> list[tuple[int, int, slice | torch.Tensor | ValueLayout]]:
         """How the flat value vector maps to edge order (cached).
 
         A list of ``(start, length, src)``: entries ``start : start + length``
-        of the edge-ordered values are ``values[src]`` (``src`` a slice where
-        the positions are a contiguous run, else a LongTensor). Adjacent runs
-        are merged, so a network whose edges list its tensors in state_dict
-        order (CNNs, ResNets) has one slice: edge-ordered values are the value
+        of the edge-ordered values are ``values[src]`` where ``src`` is a
+        slice (a contiguous run) or a LongTensor, or they are
+        ``src.view(values[src.offset : src.offset + length])`` read in
+        row-major order where ``src`` is a :class:`ValueLayout` (a transposed
+        or permuted tensor: a strided copy, no index). Adjacent runs are
+        merged, so a network whose edges list its tensors in state_dict order
+        (CNNs, ResNets) has one slice: edge-ordered values are the value
         vector itself, and no ``[E, width]`` position table is ever built.
         """
         if "value_plan" not in self._cache:
-            plan: list[tuple[int, int, slice | torch.Tensor]] = []
+            plan: list[tuple[int, int, slice | torch.Tensor | ValueLayout]] = []
             off = 0
             for s in self.edge_sets:
-                if s.pos is None or s.pos.numel() == 0:
-                    continue
-                flat = s.pos.reshape(-1)
-                n = flat.numel()
-                a = int(flat[0])
-                if int(flat[-1]) == a + n - 1 and torch.equal(flat, torch.arange(a, a + n, dtype=flat.dtype)):
-                    last = plan[-1] if plan else None
-                    if last is not None and isinstance(last[2], slice) and last[2].stop == a:
-                        plan[-1] = (last[0], last[1] + n, slice(last[2].start, a + n))
-                    else:
-                        plan.append((off, n, slice(a, a + n)))
+                lay = s.layout
+                if lay is not None and s._pos is None:
+                    n = lay.numel
+                    if n == 0:
+                        continue
+                    run = slice(lay.offset, lay.offset + n) if lay.is_identity() else lay
                 else:
-                    plan.append((off, n, flat))
+                    if s.pos is None or s.pos.numel() == 0:
+                        continue
+                    flat = s.pos.reshape(-1)
+                    n = flat.numel()
+                    a = int(flat[0])
+                    contiguous = int(flat[-1]) == a + n - 1 and torch.equal(flat, torch.arange(a, a + n, dtype=flat.dtype))
+                    run = slice(a, a + n) if contiguous else flat
+                last = plan[-1] if plan else None
+                if isinstance(run, slice) and last is not None and isinstance(last[2], slice) and last[2].stop == run.start:
+                    plan[-1] = (last[0], last[1] + n, slice(last[2].start, run.stop))
+                else:
+                    plan.append((off, n, run))
                 off += n
             self._cache["value_plan"] = plan
         return self._cache["value_plan"]
@@ -277,7 +405,7 @@ class GraphTemplate(NodeCount):
         validate_state_dict(state_dict, self.shapes, self.keys + self.extra_keys, allow_nonfinite=True)
         dtype = self.value_dtype
         values = torch.cat([state_dict[k].detach().reshape(-1).to(dtype) for k in self.keys]) if self.keys else torch.zeros(0)
-        if not allow_nonfinite and not bool(torch.isfinite(values).all()):
+        if not allow_nonfinite and not _all_finite(values):
             # one check on the flat vector; name the culprit only on failure
             validate_state_dict(state_dict, self.shapes, self.keys + self.extra_keys, allow_nonfinite=False)
         extras = {k: state_dict[k].detach().clone() for k in self.extra_keys}
@@ -337,7 +465,11 @@ class ParameterGraph:
             return self.values
         out = torch.empty(sum(n for _, n, _ in plan), dtype=self.values.dtype, device=self.values.device)
         for off, n, src in plan:
-            out[off : off + n] = self.values[src]
+            if isinstance(src, ValueLayout):
+                view = src.view(self.values[src.offset : src.offset + n])
+                out[off : off + n].view(view.shape).copy_(view)
+            else:
+                out[off : off + n] = self.values[src]
         return out
 
     def with_edge_values(self, edge_values: torch.Tensor) -> "ParameterGraph":
@@ -352,7 +484,11 @@ class ParameterGraph:
         else:
             values = torch.empty_like(self.values)
             for off, n, src in plan:
-                values[src] = edge_values[off : off + n].to(values.dtype)
+                if isinstance(src, ValueLayout):
+                    view = src.view(values[src.offset : src.offset + n])
+                    view.copy_(edge_values[off : off + n].view(view.shape))
+                else:
+                    values[src] = edge_values[off : off + n].to(values.dtype)
         return ParameterGraph(self.template, values, dict(self.extras))
 
     def _check_width(self, width: int) -> None:
@@ -472,6 +608,15 @@ def to_pyg_batch(graphs: Sequence[ParameterGraph], *, padded: bool = False):
     return Batch.from_data_list([g.to_pyg() for g in graphs])
 
 
+def _all_finite(values: torch.Tensor) -> bool:
+    """Whether every value is finite. One pass without a temporary: a finite
+    sum proves it (NaN and Inf propagate through a sum); only a sum that is
+    not finite (NaN/Inf inside, or an overflow) needs the elementwise check."""
+    if values.numel() == 0 or bool(torch.isfinite(values.sum())):
+        return True
+    return bool(torch.isfinite(values).all())
+
+
 def _widest(dtypes: Sequence[torch.dtype]) -> torch.dtype:
     if not dtypes:
         return torch.float32
@@ -537,32 +682,33 @@ def build_template(
     block_offset = torch.tensor([0] + list(_cumsum(sizes))[:-1], dtype=torch.long) if blocks else torch.zeros(0, dtype=torch.long)
     n_neurons = sum(sizes)
 
-    node_type = []
-    node_layer = []
+    size_t = torch.tensor(sizes, dtype=torch.long)
+    kinds = [NODE_TYPES.index(b.kind if b.kind in ("input", "output") else "hidden") for b in blocks]
+    node_type = [torch.repeat_interleave(torch.tensor(kinds, dtype=torch.long), size_t)]
+    node_layer = [torch.repeat_interleave(torch.arange(len(blocks)), size_t)]
+    node_block = node_layer
+    # fixed neurons carry their index in the block, permutable ones -1
+    fixed = torch.tensor([b.fixed for b in blocks], dtype=torch.bool)
+    node_pos = [torch.where(
+        torch.repeat_interleave(fixed, size_t),
+        torch.arange(n_neurons) - torch.repeat_interleave(block_offset, size_t),
+        torch.tensor(-1),
+    )]
     node_role = []
-    node_pos = []
-    node_block = []
-    head_regions = {t: g for g in spec.head_groups for t in g.targets}
+    head_regions: dict[int, list] = {}
+    for g in spec.head_groups:
+        for t in g.targets:
+            head_regions.setdefault(t.block, []).append((t, g))
     for b, blk in enumerate(blocks):
-        kind = "input" if blk.kind == "input" else "output" if blk.kind == "output" else "hidden"
-        node_type.append(torch.full((blk.size,), NODE_TYPES.index(kind)))
-        node_layer.append(torch.full((blk.size,), b))
-        node_block.append(torch.full((blk.size,), b))
         role = torch.zeros(blk.size, dtype=torch.long)
         pieces = structure.pieces[b]
         for k, p in enumerate(pieces):
             role[p.start : p.stop] = k
-        for t, g in head_regions.items():
-            if t.block != b:
-                continue
+        for t, g in head_regions.get(b, ()):
             # every head gets the roles of head 0 so heads stay exchangeable
             head0 = role[t.start : t.start + g.unit].clone()
             role[t.start : t.start + g.size * g.unit] = head0.repeat(g.size)
         node_role.append(role)
-        if blk.fixed:
-            node_pos.append(torch.arange(blk.size))
-        else:
-            node_pos.append(torch.full((blk.size,), -1))
 
     offsets: dict[str, int] = {}
     pos = 0
@@ -584,9 +730,9 @@ def build_template(
             p += s.length * feat.rep
         return out
 
-    extra_nodes_type: list[int] = []
-    extra_nodes_layer: list[int] = []
-    extra_nodes_pos: list[int] = []
+    # module and virtual nodes after the neurons, as runs of
+    # (node type, layer, count, positional): one tensor each at the end
+    extra_runs: list[tuple[int, int, int, bool]] = []
     module_names: list[str] = []
     module_ids: dict[str, int] = {}
     next_id = [n_neurons]
@@ -596,25 +742,20 @@ def build_template(
             module_ids[owner] = next_id[0]
             next_id[0] += 1
             module_names.append(owner)
-            extra_nodes_type.append(NODE_TYPES.index("module"))
-            extra_nodes_layer.append(layer)
-            extra_nodes_pos.append(-1)
+            extra_runs.append((NODE_TYPES.index("module"), layer, 1, False))
         return module_ids[owner]
 
     def virtual_nodes(n: int, layer: int) -> torch.Tensor:
         start = next_id[0]
         next_id[0] += n
-        extra_nodes_type.extend([NODE_TYPES.index("virtual")] * n)
-        extra_nodes_layer.extend([layer] * n)
-        extra_nodes_pos.extend(range(n))
+        extra_runs.append((NODE_TYPES.index("virtual"), layer, n, True))
         return torch.arange(start, start + n)
 
     edge_sets: list[EdgeSet] = []
     refs_by_name = {name: {r.axis: r for r in refs} for name, refs in spec.param_axes.items()}
     for name in cg.float_keys:
-        shape = cg.param_shapes[name]
+        shape = tuple(cg.param_shapes[name])
         numel = math.prod(shape)
-        flat = torch.arange(offsets[name], offsets[name] + numel, dtype=torch.long).reshape(shape)
         axes = refs_by_name.get(name, {})
         roles = st.param_roles.get(name, {})
         meta = st.param_meta.get(name, {})
@@ -622,6 +763,11 @@ def build_template(
         etype = _edge_type(cg, name, owner, local, len(axes), len(shape))
         grouped = "groups" in meta
         tracked = sorted(axes)
+
+        def layout(width: int, *steps) -> ValueLayout:
+            # edge-order view of this tensor's values: steps after view(shape)
+            return ValueLayout(offsets[name], numel, width, (("view", shape),) + steps)
+
         if grouped and 0 in axes:
             # (grouped / depthwise) conv: edge (o, j) reads input channel
             # (o // out_per_group) * in_per_group + j
@@ -634,8 +780,7 @@ def build_template(
             j = torch.arange(per_in).repeat(cout)
             src = in_nodes[(o // per_out) * per_in + j]
             dst = out_nodes[o]
-            pos_t = flat.reshape(cout * per_in, -1)
-            edge_sets.append(EdgeSet(name, etype, src, dst, pos_t))
+            edge_sets.append(EdgeSet(name, etype, src, dst, layout=layout(numel // max(cout * per_in, 1))))
             continue
         if len(tracked) == 2:
             a_out = next((a for a in tracked if roles.get(a) == "out"), None)
@@ -645,12 +790,17 @@ def build_template(
             r_out, r_in = axes[a_out], axes[a_in]
             out_nodes, in_nodes = nodes_of(r_out.segments), nodes_of(r_in.segments)
             rest = [d for d in range(len(shape)) if d not in (a_out, a_in)]
-            t = flat.permute(a_out, a_in, *rest)
             n_out, n_in = out_nodes.numel(), in_nodes.numel()
-            t = t.reshape(n_out, r_out.rep, n_in, r_in.rep, -1).permute(0, 2, 1, 3, 4).reshape(n_out * n_in, -1)
-            src = in_nodes.repeat(n_out)
-            dst = out_nodes.repeat_interleave(n_in)
-            edge_sets.append(EdgeSet(name, etype, src, dst, t))
+            # edge (o, i) = in_nodes[i] -> out_nodes[o]; its features are
+            # (rep_out, rep_in, rest...) in row-major order
+            lay = layout(
+                r_out.rep * r_in.rep * math.prod(shape[d] for d in rest),
+                ("permute", (a_out, a_in, *rest)),
+                ("unflatten", 0, (n_out, r_out.rep)),
+                ("unflatten", 2, (n_in, r_in.rep)),
+                ("permute", (0, 2, 1, 3, *range(4, 4 + len(rest)))),
+            )
+            edge_sets.append(EdgeSet(name, etype, nodes=NodePairs(out_nodes, in_nodes, False), layout=lay))
         elif len(tracked) == 1:
             a = tracked[0]
             r = axes[a]
@@ -658,23 +808,26 @@ def build_template(
             virt = [d for d in range(len(shape)) if roles.get(d) == "virtual" and d != a]
             rest = [d for d in range(len(shape)) if d != a and d not in virt]
             layer = r.segments[0].block
+            n = nodes.numel()
             if virt:
                 nv = math.prod(shape[d] for d in virt)
                 vn = virtual_nodes(nv, layer)
-                t = flat.permute(*virt, a, *rest).reshape(nv, nodes.numel(), r.rep, -1).reshape(nv * nodes.numel(), -1)
-                src = vn.repeat_interleave(nodes.numel())
-                dst = nodes.repeat(nv)
+                # edge (v, i) = virtual node v -> nodes[i]
+                lay = layout(
+                    r.rep * math.prod(shape[d] for d in rest),
+                    ("permute", (*virt, a, *rest)),
+                    ("unflatten", len(virt), (n, r.rep)),
+                )
+                edge_sets.append(EdgeSet(name, etype, nodes=NodePairs(vn, nodes, True), layout=lay))
             else:
                 m = module_node(owner or "<root>", layer)
-                t = flat.permute(a, *rest).reshape(nodes.numel(), -1)
-                src = torch.full((nodes.numel(),), m, dtype=torch.long)
-                dst = nodes
-            edge_sets.append(EdgeSet(name, etype, src, dst, t))
+                lay = layout(numel // max(n, 1), ("permute", (a, *rest)), ("unflatten", 0, (n, -1)))
+                edge_sets.append(EdgeSet(name, etype, nodes=NodePairs(nodes, torch.tensor([m]), False), layout=lay))
         elif len(tracked) == 0:
             m = module_node(owner or "<root>", len(blocks))
-            t = flat.reshape(-1, 1)
-            src = torch.full((numel,), m, dtype=torch.long)
-            edge_sets.append(EdgeSet(name, etype, src, src.clone(), t))
+            lay = ValueLayout(offsets[name], numel, 1, (("view", (numel, 1)),))
+            node = torch.tensor([m])
+            edge_sets.append(EdgeSet(name, etype, nodes=NodePairs(node, node.expand(numel), False), layout=lay))
         else:
             raise UnsupportedOperationError(
                 f"parameter with {len(tracked)} neuron axes", owner,
@@ -688,17 +841,25 @@ def build_template(
         kind = "contract" if tie.kind in ("contract", "within") else "tie"
         edge_sets.append(EdgeSet(f"tie:{k}", EDGE_TYPES.index(kind), a, b, None))
 
+    counts = torch.tensor([r[2] for r in extra_runs], dtype=torch.long)
+    n_extra = int(counts.sum())
+
+    def runs(values) -> torch.Tensor:
+        return torch.repeat_interleave(torch.tensor(values, dtype=torch.long), counts)
+
     def cat(parts, extra):
         base = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
-        return torch.cat([base.long(), torch.tensor(extra, dtype=torch.long)])
+        return torch.cat([base.long(), extra])
+
+    extra_pos = [torch.arange(r[2]) if r[3] else torch.full((r[2],), -1) for r in extra_runs]
 
     return GraphTemplate(
         spec=spec,
-        node_type=cat(node_type, extra_nodes_type),
-        node_layer=cat(node_layer, extra_nodes_layer),
-        node_role=cat(node_role, [0] * len(extra_nodes_type)),
-        node_pos=cat(node_pos, extra_nodes_pos),
-        node_block=cat(node_block, [-1] * len(extra_nodes_type)),
+        node_type=cat(node_type, runs([r[0] for r in extra_runs])),
+        node_layer=cat(node_layer, runs([r[1] for r in extra_runs])),
+        node_role=cat(node_role, torch.zeros(n_extra, dtype=torch.long)),
+        node_pos=cat(node_pos, torch.cat(extra_pos) if extra_pos else torch.zeros(0, dtype=torch.long)),
+        node_block=cat(node_block, torch.full((n_extra,), -1, dtype=torch.long)),
         block_offset=block_offset,
         edge_sets=edge_sets,
         keys=list(cg.float_keys),

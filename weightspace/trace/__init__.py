@@ -13,10 +13,12 @@ from weightspace.trace.rules import (
     register_module_rule,
 )
 from weightspace.trace.frontend import TRACERS, trace_module
-from weightspace.trace.tracer import ComputationGraph, trace
+from weightspace.trace.tracer import ComputationGraph, ExampleInputs, split_inputs, trace
 
 __all__ = [
     "ComputationGraph",
+    "ExampleInputs",
+    "split_inputs",
     "trace",
     "trace_module",
     "TRACERS",

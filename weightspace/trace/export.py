@@ -27,7 +27,7 @@ so are the heads whose head_dim meets those tables.
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -36,9 +36,19 @@ from weightspace.errors import TraceError, UnsupportedOperationError
 from weightspace.trace import rules as R
 from weightspace.trace.axes import Ctx, Resplit, apply_resplit
 from weightspace.trace.channels import ChannelState, Feat, Lazy, SplitAx
-from weightspace.trace.tracer import ComputationGraph, _mark_outputs, _tensor_descs, finish_graph
+from weightspace.trace.tracer import (
+    ComputationGraph,
+    ExampleInputs,
+    _mark_outputs,
+    _tensor_descs,
+    _to_meta,
+    finish_graph,
+    input_shapes,
+    split_inputs,
+)
 
 aten = torch.ops.aten
+_META = torch.device("meta")
 
 # ---------------------------------------------------------------- adapters
 
@@ -54,7 +64,7 @@ def _embedding(ctx, args, descs, kwargs, kdescs, out):
 
 def _addmm(ctx, args, descs, kwargs, kdescs, out):
     # aten.addmm(bias, mat1, mat2): bias + mat1 @ mat2 (HF Conv1D: weight is (in, out))
-    bias, x, w = args[0], args[1], args[2]
+    bias, x = args[0], args[1]
     db, dx, dw = descs[0], descs[1], descs[2]
     if dw is not None and isinstance(dw[1], Lazy) and dw[1].kind == "param":
         fin = ctx.as_feature(dx[-1], int(x.shape[-1]), op="input")
@@ -454,26 +464,36 @@ def _holds(descs: Any) -> bool:
     return True
 
 
-def _export_kwargs(module: nn.Module) -> dict:
-    """``use_cache=False`` for modules whose forward() takes it (Hugging Face
-    decoders): key/value caches are not tensors torch.export can return, and
-    the channel structure never depends on them."""
+def _export_kwargs(module: nn.Module, kwargs: dict | None = None) -> dict:
+    """The keyword inputs plus ``use_cache=False`` for modules whose forward()
+    takes it and where the caller did not set it (Hugging Face decoders):
+    key/value caches are not tensors torch.export can return, and the channel
+    structure never depends on them."""
     import inspect
 
+    kwargs = dict(kwargs or {})
     try:
         params = inspect.signature(module.forward).parameters
     except (TypeError, ValueError):
-        return {}
-    return {"use_cache": False} if "use_cache" in params else {}
+        return kwargs
+    if "use_cache" in params and "use_cache" not in kwargs:
+        kwargs["use_cache"] = False
+    return kwargs
 
 
-def export_program(module: nn.Module, example_inputs: tuple) -> "torch.export.ExportedProgram":
-    """``torch.export.export(module, inputs, strict=False)`` in eval mode
-    (with ``use_cache=False`` where forward() takes it), errors turned into
-    :class:`TraceError`."""
+def export_program(module: nn.Module, example_inputs: tuple, kwargs: dict | None = None) -> "torch.export.ExportedProgram":
+    """``torch.export.export(module, inputs, kwargs, strict=False)`` in eval
+    mode (with ``use_cache=False`` where forward() takes it), errors turned
+    into :class:`TraceError`."""
     training = {m: m.training for m in module.modules()}
     module.eval()
-    kwargs = _export_kwargs(module)
+    kwargs = _export_kwargs(module, kwargs)
+    # node stack traces are not read here, and recording them costs about a
+    # fifth of the export (a traceback per node)
+    fx_config = getattr(torch.fx, "config", None)  # torch >= 2.9
+    stack_traces = getattr(fx_config, "do_not_emit_stack_traces", None)
+    if stack_traces is not None:
+        fx_config.do_not_emit_stack_traces = True
     try:
         with torch.no_grad():
             return torch.export.export(module, example_inputs, kwargs=kwargs, strict=False)
@@ -485,52 +505,15 @@ def export_program(module: nn.Module, example_inputs: tuple) -> "torch.export.Ex
             "and no data-dependent control flow on tensor values"
         ) from exc
     finally:
+        if stack_traces is not None:
+            fx_config.do_not_emit_stack_traces = stack_traces
         for m, flag in training.items():
             m.training = flag
 
 
-def trace_export(
-    module: nn.Module,
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
-    *,
-    arch: str | None = None,
-) -> ComputationGraph:
-    """Trace ``module`` through ``torch.export`` (non-strict) and derive its
-    channel structure. Same result type and contract as
-    :func:`weightspace.trace.trace`.
-
-    Raises:
-        TraceError: ``torch.export`` cannot export the module.
-        UnsupportedOperationError: an ATen op without a channel rule (names
-            the ATen op and the module path).
-    """
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    example_inputs = tuple(example_inputs)
-    ep = export_program(module, example_inputs)
-    sig = ep.graph_signature
-
-    sd = module.state_dict(keep_vars=True)
-    by_id: dict[int, str] = {}
-    aliases: dict[str, str] = {}
-    for k, v in sd.items():
-        aliases[k] = by_id.setdefault(id(v), k)
-    named = dict(module.named_parameters(remove_duplicate=False))
-    named.update(dict(module.named_buffers(remove_duplicate=False)))
-
-    p_of = dict(sig.inputs_to_parameters)
-    b_of = dict(sig.inputs_to_buffers)
-    c_of = dict(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {})
-    user_inputs = [n for n in sig.user_inputs if isinstance(n, str)]
-    const_inputs = {
-        spec.arg.name: spec.arg.value
-        for spec in sig.input_specs
-        if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
-        and isinstance(spec.arg, torch.export.graph_signature.ConstantArgument)
-    }
-    # user inputs are the tensor leaves of the example inputs, in order
-    flat_inputs = [v for v in torch.utils._pytree.tree_leaves(example_inputs) if isinstance(v, torch.Tensor)]
-
+def _walk(module, ep, sd, aliases, named, p_of, b_of, c_of, user_inputs, const_inputs, flat_inputs, *, meta: bool):
+    """Run the exported graph node by node through the channel rules (on
+    meta tensors when ``meta``); returns ``(state, module_types, ops)``."""
     state = ChannelState()
     env: dict[torch.fx.Node, tuple[Any, Any]] = {}
     ops: list[tuple[str, str]] = []
@@ -545,19 +528,20 @@ def trace_export(
                     if name in p_of or name in b_of:
                         fqn = p_of.get(name) or b_of[name]
                         val = named[fqn] if fqn in named else ep.state_dict[fqn]
-                        val = val.detach()
+                        val = _to_meta(val.detach()) if meta else val.detach()
                         if fqn in sd:
                             desc = _tensor_descs(val, ("param", aliases.get(fqn, fqn)))
                         else:  # non-persistent buffer: a constant
                             desc = R.untracked(val)
                     elif name in c_of:
                         val = ep.constants[c_of[name]]
+                        val = _to_meta(val) if meta else val
                         desc = R.untracked(val)
                     elif name in user_inputs:
                         i = user_inputs.index(name)
                         if i >= len(flat_inputs):
                             raise TraceError(f"exported program takes input {name!r} that no example input provides")
-                        val = flat_inputs[i]
+                        val = _to_meta(flat_inputs[i]) if meta else flat_inputs[i]
                         desc = _tensor_descs(val, ("input", name))
                     elif name in const_inputs:  # non-tensor user input (use_cache=False)
                         val, desc = const_inputs[name], None
@@ -567,6 +551,7 @@ def trace_export(
                     continue
                 if node.op == "get_attr":
                     val = getattr(ep.graph_module, str(node.target))
+                    val = _to_meta(val) if meta else val
                     env[node] = (val, R.untracked(val) if R.is_tensor(val) else None)
                     continue
                 if node.op == "output":
@@ -586,6 +571,9 @@ def trace_export(
                 dargs = torch.fx.node.map_arg(node.args, lambda n: env[n][1])
                 dkwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n][1])
                 ops.append((where, op))
+                if meta:  # tensors made or moved inside forward() (arange, masks, .to(device)) stay on meta
+                    args = tuple(_META if isinstance(a, torch.device) else a for a in args)
+                    kwargs = {k: _META if isinstance(v, torch.device) else v for k, v in kwargs.items()}
                 val = node.target(*args, **kwargs)
                 rule = _lookup(node.target)
                 if rule is None:
@@ -613,7 +601,69 @@ def trace_export(
         for m, flag in training.items():
             m.training = flag
 
+    return state, module_types, ops
+
+
+def trace_export(
+    module: nn.Module,
+    example_inputs: ExampleInputs,
+    *,
+    arch: str | None = None,
+) -> ComputationGraph:
+    """Trace ``module`` through ``torch.export`` (non-strict) and derive its
+    channel structure. Same result type and contract as
+    :func:`weightspace.trace.trace`.
+
+    Raises:
+        TraceError: ``torch.export`` cannot export the module.
+        UnsupportedOperationError: an ATen op without a channel rule (names
+            the ATen op and the module path).
+    """
+    args, kwargs = split_inputs(example_inputs)
+    ep = export_program(module, args, kwargs)
+    sig = ep.graph_signature
+
+    sd = module.state_dict(keep_vars=True)
+    by_id: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for k, v in sd.items():
+        aliases[k] = by_id.setdefault(id(v), k)
+    named = dict(module.named_parameters(remove_duplicate=False))
+    named.update(dict(module.named_buffers(remove_duplicate=False)))
+
+    p_of = dict(sig.inputs_to_parameters)
+    b_of = dict(sig.inputs_to_buffers)
+    c_of = dict(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {})
+    user_inputs = [n for n in sig.user_inputs if isinstance(n, str)]
+    const_inputs = {
+        spec.arg.name: spec.arg.value
+        for spec in sig.input_specs
+        if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT
+        and isinstance(spec.arg, torch.export.graph_signature.ConstantArgument)
+    }
+    # user inputs are the tensor leaves of (args, kwargs), keyword inputs in
+    # the exported signature's order
+    call_kwargs = _export_kwargs(module, kwargs)
+    try:
+        from torch.export._tree_utils import reorder_kwargs
+
+        call_kwargs = reorder_kwargs(call_kwargs, ep.call_spec.in_spec)
+    except (ImportError, AssertionError, ValueError, AttributeError):
+        pass  # keep the caller's order
+    flat_inputs = [v for v in torch.utils._pytree.tree_leaves((args, call_kwargs)) if isinstance(v, torch.Tensor)]
+
+    # Shapes are all the rules need: walk the graph on the meta device first
+    # (no arithmetic, no weight is read), and on real tensors only if an op
+    # has no meta kernel or needs a value.
+    walk = (ep, sd, aliases, named, p_of, b_of, c_of, user_inputs, const_inputs, flat_inputs)
+    try:
+        state, module_types, ops = _walk(module, *walk, meta=True)
+    except (UnsupportedOperationError, TraceError):
+        raise
+    except Exception:
+        state, module_types, ops = _walk(module, *walk, meta=False)
+
     return finish_graph(
         state, sd, aliases, module_types, ops,
-        [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)], arch, None,
+        input_shapes(args, kwargs), arch, None,
     )

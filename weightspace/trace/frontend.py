@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
-import torch
 from torch import nn
 
 from weightspace.errors import ConfigError, TraceError, UnsupportedOperationError, WeightspaceError
-from weightspace.trace.tracer import ComputationGraph, trace
+from weightspace.trace.tracer import ComputationGraph, ExampleInputs, trace
 
 TRACERS = ("auto", "fx", "export")
 
 
 def trace_module(
     module: nn.Module,
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    example_inputs: ExampleInputs,
     *,
     arch: str | None = None,
     tracer: str = "auto",
@@ -23,6 +20,8 @@ def trace_module(
     """Trace ``module`` with the front end ``tracer``.
 
     Args:
+        example_inputs: one tensor, a tuple of positional inputs, or a
+            mapping of keyword inputs (``{"input_ids": ..., "attention_mask": ...}``).
         tracer: ``"fx"`` (``torch.fx`` symbolic trace), ``"export"``
             (``torch.export``, non-strict, ATen ops) or ``"auto"``: fx first,
             then export if fx fails with a :class:`TraceError` or an

@@ -8,13 +8,13 @@ descriptors through the rules in :mod:`weightspace.trace.rules`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence, Union
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from weightspace.errors import TraceError, UnsupportedOperationError
+from weightspace.errors import ConfigError, TraceError, UnsupportedOperationError
 from weightspace.trace import rules as R
 from weightspace.trace.axes import Ctx
 from weightspace.trace.channels import ChannelState, Feat, Lazy, SplitAx
@@ -152,9 +152,41 @@ def _tensor_descs(x: Any, key_prefix: tuple) -> Any:
     return None
 
 
+#: an example input: one tensor, a tuple/list of positional inputs, or a
+#: mapping of keyword inputs (``{"input_ids": ids, "attention_mask": mask}``)
+ExampleInputs = Union[torch.Tensor, Sequence[Any], Mapping[str, Any]]
+
+
+def split_inputs(example_inputs: ExampleInputs) -> tuple[tuple, dict[str, Any]]:
+    """``(args, kwargs)`` for ``forward``: a tensor is the one positional
+    input, a tuple or list the positional inputs, a mapping (a dict, a Hugging
+    Face ``BatchEncoding``) the keyword inputs.
+
+    Raises:
+        ConfigError: a mapping key that is not a string.
+    """
+    if isinstance(example_inputs, Mapping):
+        bad = [k for k in example_inputs if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(
+                f"example input keys must be forward() argument names (strings), got {bad[0]!r}",
+                field="example_input",
+            )
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    return (example_inputs,), {}
+
+
+def input_shapes(args: tuple, kwargs: Mapping[str, Any]) -> list[tuple[int, ...]]:
+    """Shapes of the tensors among the example inputs (positional first,
+    then keyword inputs in the given order)."""
+    return [tuple(x.shape) for x in (*args, *kwargs.values()) if isinstance(x, torch.Tensor)]
+
+
 def trace(
     module: nn.Module,
-    example_inputs: torch.Tensor | Sequence[torch.Tensor],
+    example_inputs: ExampleInputs,
     *,
     arch: str | None = None,
 ) -> ComputationGraph:
@@ -162,8 +194,9 @@ def trace(
 
     Args:
         module: any ``nn.Module`` that ``torch.fx.symbolic_trace`` can trace.
-        example_inputs: one tensor or a tuple of tensors (batch first); only
-            their shapes and dtypes matter. The module is run once in eval
+        example_inputs: one tensor, a tuple of positional inputs or a
+            mapping of keyword inputs (tensors batch first); only their
+            shapes and dtypes matter. The module is run once in eval
             mode under ``torch.no_grad`` (its training flags are restored and
             nothing else is modified).
         arch: optional registry name, kept for display.
@@ -176,12 +209,10 @@ def trace(
         UnsupportedOperationError: an op whose channel semantics are unknown
             (names the op, the module path and a hint).
     """
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    example_inputs = tuple(example_inputs)
+    args, kwargs = split_inputs(example_inputs)
     tracer = _Tracer()
     try:
-        graph = tracer.trace(module)
+        graph = tracer.trace(module, concrete_args=_defaults_not_given(module, args, kwargs))
     except UnsupportedOperationError:
         raise
     except Exception as exc:  # fx raises many exception types
@@ -203,15 +234,15 @@ def trace(
     # arithmetic), and fall back to real tensors if an op has no meta kernel
     # or mixes in tensors created on the CPU inside forward().
     try:
-        state, module_types, ops = _execute(module, gm, graph, example_inputs, sd, aliases, meta=True)
+        state, module_types, ops = _execute(module, gm, graph, args, kwargs, sd, aliases, meta=True)
     except (UnsupportedOperationError, TraceError):
         raise
     except Exception:
-        state, module_types, ops = _execute(module, gm, graph, example_inputs, sd, aliases, meta=False)
+        state, module_types, ops = _execute(module, gm, graph, args, kwargs, sd, aliases, meta=False)
 
     return finish_graph(
         state, sd, aliases, module_types, ops,
-        [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)], arch, graph,
+        input_shapes(args, kwargs), arch, graph,
     )
 
 
@@ -274,10 +305,38 @@ def _call_module(sub: nn.Module, args, kwargs, meta: bool):
     return torch.func.functional_call(sub, tensors, tuple(args), dict(kwargs))
 
 
-def _execute(module, gm, graph, example_inputs, sd, aliases, meta: bool):
+def _defaults_not_given(module: nn.Module, args: tuple, kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
+    """forward() arguments that the example inputs leave out, at their
+    defaults: fx then traces ``if mask is not None`` with the value forward()
+    will really see, instead of a proxy."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    out = {}
+    for i, p in enumerate(params):
+        if p.kind not in plain:
+            return None  # *args / **kwargs: leave the signature to fx
+        given = (i < len(args) and p.kind != inspect.Parameter.KEYWORD_ONLY) or p.name in kwargs
+        if not given and p.default is not inspect.Parameter.empty:
+            out[p.name] = p.default
+    return out or None
+
+
+def _execute(module, gm, graph, args, kwargs, sd, aliases, meta: bool):
     state = ChannelState()
     env: dict[fx.Node, tuple[Any, Any]] = {}
-    inputs = iter(example_inputs)
+    inputs = iter(args)
+    names = {n.target for n in graph.nodes if n.op == "placeholder"}
+    unknown = [k for k in kwargs if k not in names]
+    if unknown:
+        raise TraceError(
+            f"forward() of {type(module).__name__} has no argument {unknown[0]!r} "
+            f"(example input keys must be among {sorted(str(n) for n in names)})"
+        )
     module_types: dict[str, str] = {}
     ops: list[tuple[str, str]] = []
     training = {m: m.training for m in module.modules()}
@@ -288,7 +347,7 @@ def _execute(module, gm, graph, example_inputs, sd, aliases, meta: bool):
                 where = _module_path(node)
                 if node.op == "placeholder":
                     try:
-                        val = next(inputs)
+                        val = kwargs[node.target] if node.target in kwargs else next(inputs)
                         val = _to_meta(val) if meta else val
                     except StopIteration:
                         if node.args:
@@ -296,7 +355,7 @@ def _execute(module, gm, graph, example_inputs, sd, aliases, meta: bool):
                         else:
                             raise TraceError(
                                 f"forward() of {type(module).__name__} takes more inputs than the "
-                                f"{len(example_inputs)} example input(s) given (missing {node.target!r})"
+                                f"{len(args) + len(kwargs)} example input(s) given (missing {node.target!r})"
                             ) from None
                     env[node] = (val, _tensor_descs(val, ("input", node.target)))
                     continue

@@ -26,7 +26,7 @@ from typing import Mapping
 
 import torch
 
-from weightspace.errors import SpecError
+from weightspace.errors import NonFiniteWeightsError, SpecError
 from weightspace.symmetry.permutation import (
     Permutation,
     apply_block_maps,
@@ -509,7 +509,9 @@ def canonicalize(
        over the incoming slices (``in``, ``stat``) that no later sign group
        touches (earlier groups are already fixed). Ties in :math:`|x|` go
        to the first position (axes in ``s.axes`` order, then row-major);
-       an all-zero unit keeps :math:`\\sigma = +1`.
+       an all-zero unit keeps :math:`\\sigma = +1`, and so does a group all
+       of whose incoming slices a later sign group also touches (a cycle
+       through a residual stream; none of the registered architectures).
     3. **Permutation**: every group's units sorted by decreasing
        :func:`~weightspace.symmetry.neuron_energy` of the result of steps
        1-2 (stable: equal energies keep their order, so networks with
@@ -524,6 +526,10 @@ def canonicalize(
         batched: every tensor has a leading network axis ``[N, ...]``; all
             steps but the final permutation gather are vectorised over it.
 
+    Raises:
+        SpecError: a tensor is missing or has the wrong shape.
+        NonFiniteWeightsError: a tensor has NaN or Inf values.
+
     Returns:
         ``(canonical state_dict, g)`` with ``apply_symmetry(state_dict, g) ==
         canonical``.
@@ -533,6 +539,11 @@ def canonicalize(
     missing = [k for k in spec.param_axes if k not in tensors]
     if missing:
         raise SpecError(f"state_dict lacks {len(missing)} tensor(s) the spec permutes, e.g. {missing[0]!r}")
+    for k, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteWeightsError(
+                f"tensor {k!r} has NaN or Inf values; canonicalize needs finite weights", field=k
+            )
     total = {s.name: torch.ones(n, s.size, dtype=torch.float64) for s in spec.scalings}
 
     if scale:

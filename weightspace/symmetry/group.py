@@ -26,7 +26,7 @@ from typing import Mapping
 
 import torch
 
-from weightspace.errors import SpecError
+from weightspace.errors import NonFiniteWeightsError, SpecError
 from weightspace.symmetry.permutation import (
     Permutation,
     apply_block_maps,
@@ -249,13 +249,13 @@ def _sign_stat_axes(spec: PermutationSpec) -> dict[str, list[ScaleAxis]]:
 
 
 class _BalancePlan:
-    """The balancing objective of a spec as a sparse incidence matrix.
+    """The balancing objective of a spec as a padded incidence list.
 
     Every entry of a tensor some scale group touches, after summing the
     squares over untouched axes, is one row ``p`` with energy :math:`E_p`;
-    ``M[p, v]`` is the power (+-1) of unit variable :math:`x_v = \log d_v`
+    ``M[p, v]`` is the power (+-1) of unit variable :math:`x_v = \\log d_v`
     in that entry, so the objective is
-    :math:`f(x) = \sum_p E_p \exp(2 (M x)_p)`.
+    :math:`f(x) = \\sum_p E_p \\exp(2 (M x)_p)`.
     """
 
     def __init__(self, spec: PermutationSpec) -> None:
@@ -371,21 +371,6 @@ class _BalancePlan:
         out.index_add_(1, flat, (4 * c[:, :, None] * w).reshape(n, -1))
         return out.view(n, v1, v1)[:, : self.nvars, : self.nvars]
 
-    def sparse_solve(self, c: torch.Tensor, live: torch.Tensor, diag: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
-        """Solve one network's Newton system ``H step = rhs`` with a sparse LU
-        (``c``: ``[rows]``; frozen units get an identity row)."""
-        import scipy.sparse as sp
-        import scipy.sparse.linalg as spla
-
-        v1, k = self.nvars + 1, self.idx.shape[1]
-        r = self.idx[:, :, None].expand(-1, k, k).reshape(-1)
-        q = self.idx[:, None, :].expand(-1, k, k).reshape(-1)
-        w = (4 * c[:, None, None] * self.pow[:, :, None] * self.pow[:, None, :]).reshape(-1)
-        H = sp.coo_matrix((w.numpy(), (r.numpy(), q.numpy())), shape=(v1, v1)).tocsr()[: self.nvars, : self.nvars]
-        m = sp.diags(live.numpy())
-        H = (m @ H @ m + sp.diags((1e-12 * diag + (1.0 - live)).numpy())).tocsc()
-        return torch.from_numpy(spla.spsolve(H, rhs.numpy())).to(torch.float64)
-
     def rmv(self, y: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """``y W`` with ``W = M`` or ``weight`` (same pattern): ``[N, rows] -> [N, vars]``."""
         if self.dense is not None and weight is None:
@@ -396,7 +381,8 @@ class _BalancePlan:
         return out[:, : self.nvars]
 
 
-_DENSE_VARS = 384  # batched dense Newton systems up to this many unit variables, sparse LU above
+_DENSE_VARS = 384  # batched dense Newton systems up to this many unit variables, then CG
+_CG_ITERS = 1000
 
 _PLANS: dict[int, tuple[PermutationSpec, _BalancePlan]] = {}
 
@@ -441,8 +427,13 @@ def _balance_(
                     step = torch.cholesky_solve(-g[:, :, None], chol)[:, :, 0]
                 else:  # pragma: no cover - numerically indefinite: LU instead
                     step = torch.linalg.solve(H, -g)
-            else:
-                step = torch.stack([plan.sparse_solve(c[i], live[i], diag[i], -g[i]) for i in range(n)])
+            else:  # conjugate gradients on H v products (O(rows) each)
+
+                def hv(v):
+                    return 4 * plan.rmv(c * plan.mv(v * live)) * live + 1e-12 * diag * v
+
+                pre = torch.where(diag > 0, 1.0 / diag.clamp_min(1e-300), torch.ones_like(diag))
+                step = _pcg(hv, -g, pre, iters=_CG_ITERS, rtol=1e-12)
             t = torch.ones(n, 1, dtype=torch.float64)
             slope = (g * step).sum(1, keepdim=True)
             for _ls in range(40):
@@ -461,6 +452,31 @@ def _balance_(
         for ax in s.axes:
             _mul_(tensors[ax.param], ax, d[s.name])
     return d
+
+
+def _pcg(hv, b: torch.Tensor, pre: torch.Tensor, iters: int, rtol: float) -> torch.Tensor:
+    """Batched Jacobi-preconditioned conjugate gradients for ``H x = b``
+    (rows are independent systems; ``hv(v)`` is ``H v`` for a batch ``v``)."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    z = pre * r
+    p = z.clone()
+    rz = (r * z).sum(1, keepdim=True)
+    stop = rtol * b.norm(dim=1, keepdim=True)
+    for _ in range(iters):
+        if bool((r.norm(dim=1, keepdim=True) <= stop).all()):
+            break
+        hp = hv(p)
+        php = (p * hp).sum(1, keepdim=True)
+        alpha = torch.where(php > 0, rz / php.clamp_min(1e-300), torch.zeros_like(rz))
+        x = x + alpha * p
+        r = r - alpha * hp
+        z = pre * r
+        rz_new = (r * z).sum(1, keepdim=True)
+        beta = torch.where(rz > 0, rz_new / rz.clamp_min(1e-300), torch.zeros_like(rz))
+        p = z + beta * p
+        rz = rz_new
+    return x
 
 
 def canonicalize(
@@ -492,10 +508,11 @@ def canonicalize(
        \\lVert w^{\\mathrm{out}}_{s,i} \\rVert`). The objective is strictly
        convex in :math:`\\log d`, so the minimiser is unique when every unit
        has nonzero incoming and outgoing weights; it is found by
-       block-coordinate updates :math:`d_{s,i} \\leftarrow d_{s,i}
-       (\\lVert w^{\\mathrm{out}}_{s,i}\\rVert / \\lVert
-       w^{\\mathrm{in}}_{s,i}\\rVert)^{1/2}` until no factor moves by more
-       than ``tol`` (relative) or ``max_iter`` sweeps. A unit with all-zero
+       damped Newton steps on :math:`x = \\log d` (batched dense solves
+       up to 384 units, conjugate gradients above) until no factor moves
+       by more than ``tol`` (relative) or after ``max_iter`` steps
+       (typically 5-7 steps; about 1.4 s for ResNet-20, a minute for
+       ResNet-18 on one loaded core). A unit with all-zero
        incoming or outgoing slices keeps :math:`d = 1` (its scale is not
        canonicalized). Signs and permutations do not change the objective,
        so this step commutes with them.
@@ -509,7 +526,9 @@ def canonicalize(
        over the incoming slices (``in``, ``stat``) that no later sign group
        touches (earlier groups are already fixed). Ties in :math:`|x|` go
        to the first position (axes in ``s.axes`` order, then row-major);
-       an all-zero unit keeps :math:`\\sigma = +1`.
+       an all-zero unit keeps :math:`\\sigma = +1`, and so does a group all
+       of whose incoming slices a later sign group also touches (a cycle
+       through a residual stream; none of the registered architectures).
     3. **Permutation**: every group's units sorted by decreasing
        :func:`~weightspace.symmetry.neuron_energy` of the result of steps
        1-2 (stable: equal energies keep their order, so networks with
@@ -524,6 +543,10 @@ def canonicalize(
         batched: every tensor has a leading network axis ``[N, ...]``; all
             steps but the final permutation gather are vectorised over it.
 
+    Raises:
+        SpecError: a tensor is missing or has the wrong shape.
+        NonFiniteWeightsError: a tensor has NaN or Inf values.
+
     Returns:
         ``(canonical state_dict, g)`` with ``apply_symmetry(state_dict, g) ==
         canonical``.
@@ -533,6 +556,11 @@ def canonicalize(
     missing = [k for k in spec.param_axes if k not in tensors]
     if missing:
         raise SpecError(f"state_dict lacks {len(missing)} tensor(s) the spec permutes, e.g. {missing[0]!r}")
+    for k, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise NonFiniteWeightsError(
+                f"tensor {k!r} has NaN or Inf values; canonicalize needs finite weights", field=k
+            )
     total = {s.name: torch.ones(n, s.size, dtype=torch.float64) for s in spec.scalings}
 
     if scale:

@@ -152,7 +152,7 @@ def repair(zoo_dir: Path = typer.Argument(..., metavar="ZOO", help="zoo director
         typer.echo(f"{len(rep.missing)} member(s) of the old index are not restored: " + ", ".join(rep.missing[:10])
                    + (" ..." if len(rep.missing) > 10 else ""))
     if rep.unknown:
-        typer.echo(f"left alone under weights/ (not member directories): " + ", ".join(rep.unknown[:10])
+        typer.echo("left alone under weights/ (not member directories): " + ", ".join(rep.unknown[:10])
                    + (" ..." if len(rep.unknown) > 10 else ""))
 
 

@@ -221,7 +221,6 @@ class Ctx:
         return None
 
     def _reshape_group(self, in_sizes: list[int], in_descs: list[Desc], out_sizes: list[int]) -> list[Desc]:
-        st = self.state
         if len(in_sizes) == 1 and len(out_sizes) == 1:
             return [in_descs[0]]
         tracked = [(k, d) for k, (d, s) in enumerate(zip(in_descs, in_sizes)) if d is not None and s > 1]
@@ -281,7 +280,6 @@ class Ctx:
             if all(not isinstance(d, (Feat, SplitAx)) for d in rest):
                 # e.g. flattening an input image for an MLP: the merged axis is
                 # a new lazy input axis (all pixels are input features)
-                root = st.lazy_find(first.key) if first.key in st.lazy_parent else first.key
                 kind = "input" if first.kind == "input" else "param-merged"
                 if kind != "input":
                     raise self.unsupported(
@@ -289,7 +287,6 @@ class Ctx:
                         hint="use parameters with their natural shape in F.linear / F.conv",
                     )
                 key = ("input", first.name, f"{first.key[2]}..{first.key[2] + len(in_sizes) - 1}")
-                del root
                 return Lazy(key, math.prod(in_sizes))
         if isinstance(first, SplitAx):
             raise self.unsupported("flatten of a head axis with non-head axes")

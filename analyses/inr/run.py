@@ -208,6 +208,10 @@ class INRSet:
     coord_order: str = "yx"
     split: np.ndarray | None = None
 
+    def subset(self, rows: np.ndarray) -> "INRSet":
+        return INRSet(self.name, {k: v[rows] for k, v in self.params.items()}, self.labels[rows], self.groups[rows],
+                      self.images[rows], self.coord_order, None if self.split is None else self.split[rows])
+
     def state_dicts(self) -> list[dict[str, Tensor]]:
         return [{k: self.params[k][i] for k in SIREN_KEYS} for i in range(len(self))]
 
@@ -665,14 +669,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/inr"))
     ap.add_argument("--work", type=Path, default=None, help="where the zoos are stored (default: OUT/zoos)")
-    ap.add_argument("--small", action="store_true", help="quick run: 300 images, 2 fits each, 15 epochs")
+    ap.add_argument("--small", action="store_true", help="quick run: 200 images, 2 fits each, 8 epochs, 4 editor epochs")
     ap.add_argument("--images", type=int, default=None, help="first N sklearn digits images (default all 1797)")
+    ap.add_argument("--study-images", type=int, default=None,
+                    help="classify / edit only the networks of the first N images of the stored zoo")
     ap.add_argument("--seeds", type=int, default=None, help="fits per image in the independent regime (default 5)")
     ap.add_argument("--steps", type=int, default=100, help="Adam steps per fit")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--chunk", type=int, default=256, help="networks fitted at once")
-    ap.add_argument("--epochs", type=int, default=None, help="classifier epochs (default 40, --small 15)")
-    ap.add_argument("--edit-epochs", type=int, default=None, help="editor epochs (default 30, --small 10; 0: no editing)")
+    ap.add_argument("--epochs", type=int, default=None, help="classifier epochs (default 40, --small 8)")
+    ap.add_argument("--edit-epochs", type=int, default=None, help="editor epochs (default 30, --small 4; 0: no editing)")
     ap.add_argument("--methods", default=",".join(CLASSIFIERS))
     ap.add_argument("--regimes", default="independent,shared")
     ap.add_argument("--skip-fit", action="store_true", help="only the imported sets")
@@ -688,10 +694,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    n_images = args.images or (300 if args.small else 1797)
+    n_images = args.images or (200 if args.small else 1797)
     seeds = args.seeds or (2 if args.small else 5)
-    epochs = args.epochs or (15 if args.small else 40)
-    edit_epochs = args.edit_epochs if args.edit_epochs is not None else (10 if args.small else 30)
+    epochs = args.epochs or (8 if args.small else 40)
+    edit_epochs = args.edit_epochs if args.edit_epochs is not None else (4 if args.small else 30)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in CLASSIFIERS]
     if unknown:
@@ -707,7 +713,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.time() - t_start:7.1f}s] {msg}", flush=True)
 
-    meta = {"argv": list(sys.argv[1:] if argv is None else argv), "python": platform.python_version(),
+    meta = {"study_images": args.study_images, "argv": list(sys.argv[1:] if argv is None else argv), "python": platform.python_version(),
             "torch": torch.__version__, "threads": args.threads, "loadavg_start": list(os.getloadavg()),
             "images": n_images, "seeds": seeds, "steps": args.steps, "epochs": epochs, "edit_epochs": edit_epochs}
     sets: list[INRSet] = []
@@ -718,7 +724,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             builds[regime] = build_fitted_zoo(work / regime, regime=regime, image_ids=range(n_images), seeds=seeds,
                                               steps=args.steps, lr=args.lr, chunk=args.chunk, seed=args.seed, log=log)
             log(f"  {builds[regime]}")
-            sets.append(load_fitted(work / regime, regime))
+            s = load_fitted(work / regime, regime)
+            if args.study_images is not None:
+                s = s.subset(np.flatnonzero(s.groups < args.study_images))
+            sets.append(s)
     for style, src in (("dwsnets", args.dwsnets_dir), ("nfn", args.nfn_dir)):
         if src is None:
             continue

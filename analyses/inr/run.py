@@ -645,6 +645,24 @@ def table(results: dict) -> str:
 # --------------------------------------------------------------------------- main
 
 
+def merge_results(paths: Sequence[Path]) -> dict:
+    """Merge the ``results.json`` of runs that split one study by method or
+    task (same sets, other classifiers / editing): ``{"meta": [...], "results"}``."""
+    metas, merged = [], {}
+    for p in paths:
+        data = json.loads((Path(p) / "results.json").read_text())
+        metas.append(data["meta"])
+        for name, r in data["results"].items():
+            cur = merged.setdefault(name, {**r, "classification": {}})
+            for key in ("networks", "images", "test_networks", "test_groups"):
+                if cur[key] != r[key]:
+                    raise SystemExit(f"error: {p}: set {name!r} has {key} {r[key]}, another run {cur[key]}")
+            cur["classification"].update(r["classification"])
+            if r.get("editing"):
+                cur["editing"] = r["editing"]
+    return {"meta": metas, "results": merged}
+
+
 def run_set(s: INRSet, *, methods, epochs: int, edit_epochs: int, seed: int, out: Path, log) -> dict:
     parts = split_set(s, seed)
     tr, va, te = parts
@@ -691,7 +709,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (on a loaded 2-core machine 2 threads fitted 6x slower than 1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="only merge these runs' results.json into one table / plot in --out")
     args = ap.parse_args(argv)
+    if args.merge:
+        merged = merge_results(args.merge)
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot_accuracy(merged["results"], args.out / "accuracy.png")
+        (args.out / "table.md").write_text(table(merged["results"]))
+        (args.out / "results.json").write_text(json.dumps(merged, indent=2))
+        print(table(merged["results"]))
+        return 0
 
     torch.set_num_threads(args.threads)
     n_images = args.images or (200 if args.small else 1797)

@@ -105,3 +105,22 @@ def test_inr_study_small_end_to_end(tmp_path):
         assert (out / f).stat().st_size > 0
     # a second run reuses the stored zoos (same settings)
     assert (out / "zoos" / "independent" / "zoo.json").exists()
+
+
+def test_merge_results_of_split_runs(tmp_path):
+    """Runs that split the study by method merge into one table; runs of
+    different sets are refused."""
+    base = {"networks": 10, "images": 5, "test_networks": 4, "test_groups": 2}
+    for name, part in (("a", {"classification": {"gmn": {"accuracy": 0.5, "low": 0.4, "high": 0.6, "seconds": 1}}}),
+                       ("b", {"classification": {"pixels": {"accuracy": 0.9, "low": 0.8, "high": 1.0, "seconds": 1}},
+                              "editing": {"identity": {"mse": 0.1, "low": 0.09, "high": 0.11, "seconds": 0}}})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"meta": {"run": name}, "results": {"shared": {**base, **part}}}))
+    merged = study.merge_results([tmp_path / "a", tmp_path / "b"])["results"]["shared"]
+    assert set(merged["classification"]) == {"gmn", "pixels"} and merged["editing"]["identity"]["mse"] == 0.1
+    assert "| GMN | 0.500 | [0.400, 0.600] | 1 |" in study.table({"shared": merged})
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "results.json").write_text(json.dumps(
+        {"meta": {}, "results": {"shared": {**base, "networks": 11, "classification": {}}}}))
+    with pytest.raises(SystemExit, match="set 'shared' has networks 11"):
+        study.merge_results([tmp_path / "a", tmp_path / "c"])

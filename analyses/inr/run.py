@@ -663,9 +663,18 @@ def merge_results(paths: Sequence[Path]) -> dict:
     return {"meta": metas, "results": merged}
 
 
-def run_set(s: INRSet, *, methods, epochs: int, edit_epochs: int, seed: int, out: Path, log) -> dict:
+def run_set(s: INRSet, *, methods, epochs: int, edit_epochs: int, seed: int, out: Path, log,
+            center: bool = False) -> dict:
     parts = split_set(s, seed)
     tr, va, te = parts
+    if center:
+        # subtract the training networks' mean, entry by entry (DWSNets-style
+        # per-entry statistics): with a shared init this removes the init, which
+        # otherwise swamps the small per-image changes in every per-tensor scale
+        mean = {k: v[tr].mean(0) for k, v in s.params.items()}
+        s = INRSet(f"{s.name}_centred", {k: v - mean[k] for k, v in s.params.items()}, s.labels, s.groups, s.images,
+                   s.coord_order, s.split)
+        edit_epochs = 0  # the editors render the networks: they need the uncentred weights
     log(f"[{s.name}] {len(s)} networks; train/val/test {len(tr)}/{len(va)}/{len(te)}")
     res: dict[str, Any] = {"networks": len(s), "images": int(len(np.unique(s.groups))), "train": len(tr),
                            "val": len(va), "test_networks": len(te), "test_groups": int(len(np.unique(s.groups[te]))),
@@ -709,6 +718,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (on a loaded 2-core machine 2 threads fitted 6x slower than 1)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--center", action="store_true",
+                    help="classify weights minus the training networks' mean (entry by entry); no editing")
     ap.add_argument("--merge", type=Path, nargs="+", default=None,
                     help="only merge these runs' results.json into one table / plot in --out")
     args = ap.parse_args(argv)
@@ -773,10 +784,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit("error: nothing to study (--skip-fit without --dwsnets-dir / --nfn-dir)")
     results = {}
     for s in sets:
-        results[s.name] = run_set(s, methods=methods, epochs=epochs, edit_epochs=edit_epochs, seed=args.seed,
-                                  out=out, log=log)
+        name = f"{s.name}_centred" if args.center else s.name
+        results[name] = run_set(s, methods=methods, epochs=epochs, edit_epochs=edit_epochs, seed=args.seed,
+                                out=out, log=log, center=args.center)
         if s.name in builds:
-            results[s.name]["build"] = builds[s.name]
+            results[name]["build"] = builds[s.name]
     meta["loadavg_end"] = list(os.getloadavg())
     meta["wall_seconds"] = round(time.time() - t_start, 1)
     plot_accuracy(results, out / "accuracy.png")

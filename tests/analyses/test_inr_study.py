@@ -81,6 +81,13 @@ def test_study_reads_published_dwsnets_files(tmp_path):
     with torch.no_grad():
         dws_image = m(inr_grid(6, 6, "xy")).reshape(6, 6).clamp(0, 1)
     assert torch.allclose(s.images[0], dws_image, atol=1e-5)
+    # --center classifies the weights minus the training mean, under its own name, without editing
+    out2 = tmp_path / "out2"
+    assert study.main(["--skip-fit", "--dwsnets-dir", str(src), "--dwsnets-splits", "mnist_splits.json", "--out",
+                       str(out2), "--work", str(out / "zoos"), "--methods", "gbm", "--center", "--edit-epochs", "1",
+                       "--render-size", "6"]) == 0
+    r2 = json.loads((out2 / "results.json").read_text())["results"]
+    assert set(r2) == {"dwsnets_centred"} and "editing" not in r2["dwsnets_centred"]
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 import io
 import json
-import math
 import tarfile
 
 import numpy as np
@@ -11,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import zoo
 from zoo.errors import ZooFormatError
 from zoo.loaders import import_inr_zoo, load_dwsnets_inrs, load_nfn_sirens
 
@@ -186,3 +184,83 @@ def test_nfn_errors(tmp_path):
 def test_unknown_inr_style(tmp_path):
     with pytest.raises(ValueError, match="style"):
         import_inr_zoo(tmp_path, tmp_path / "o", style="functa")
+
+
+# ---------------------------------------------------------------- coordinate convention
+
+
+def _dwsnets_make_coordinates(shape):
+    """DWSNets' ``experiments/utils.py: make_coordinates`` (numpy ``meshgrid``,
+    default ``indexing="xy"``): the first coordinate runs along the columns."""
+    xs = np.linspace(-1, 1, shape[0])
+    ys = np.linspace(-1, 1, shape[1])
+    xx, yy = np.meshgrid(xs, ys)
+    return torch.from_numpy(np.stack([xx.flatten(), yy.flatten()]).T).float()
+
+
+def _asymmetric_dwsinr():
+    """A DWSNets INR whose image (in DWSNets' own rendering) is far from its
+    transpose: it depends on the first input only."""
+    torch.manual_seed(3)
+    net = DWSINR()
+    with torch.no_grad():
+        net.seq[0].weight[:, 1] = 0.0
+        net.seq[0].weight[:, 0] = torch.linspace(-0.1, 0.1, 32)
+    return net
+
+
+def test_dwsnets_member_renders_its_published_image(tmp_path):
+    """The image the project renders from an imported DWSNets INR is the one
+    DWSNets renders (``make_coordinates`` + ``view(H, W)``), not its transpose."""
+    from zoo.loaders.inr import member_coord_order, render_inr
+
+    root = tmp_path / "mnist-inrs"
+    rel = "mnist_png_train_5_0/checkpoints/model_final.pth"
+    (root / rel).parent.mkdir(parents=True)
+    net = _asymmetric_dwsinr()
+    torch.save(net.state_dict(), root / rel)
+    (root / "mnist_splits.json").write_text(json.dumps({"train": {"path": [rel], "label": ["5"]}}))
+    H = W = 9
+    with torch.no_grad():
+        known = net(_dwsnets_make_coordinates((H, W))).view(H, W)
+    assert not torch.allclose(known, known.T, atol=1e-2)  # the test can tell a transpose apart
+
+    z = import_inr_zoo(root, tmp_path / "zoo", style="dwsnets", splits_file="mnist_splits.json", progress=False)
+    member = z[0]
+    assert member.extra["coord_order"] == "xy"
+    assert member_coord_order(member) == "xy"
+    img = render_inr(member.module(), H, W, coord_order=member_coord_order(member))
+    assert img.shape == (H, W)
+    assert torch.allclose(img, known, atol=1e-5)
+    # the project's default (row, column) grid gives the transpose
+    assert torch.allclose(render_inr(member.module(), H, W), known.T, atol=1e-5)
+
+
+def test_nfn_members_take_row_column_coordinates(tmp_path):
+    from zoo.loaders.inr import member_coord_order
+
+    root = tmp_path / "siren_mnist_wts"
+    _write_nfn(root, n=1)
+    (m,) = list(load_nfn_sirens(root, prefix="randinit_test"))
+    assert m.extra["coord_order"] == "yx" and member_coord_order(m) == "yx"
+
+
+def test_inr_grid_orders_and_errors():
+    from zoo.datasets import load_dataset
+    from zoo.loaders.inr import inr_grid, member_coord_order
+
+    yx = inr_grid(3, 4)
+    assert yx.shape == (12, 2)
+    assert torch.equal(inr_grid(4, 4), load_dataset("inr_digits", index=0, size=4).x_train)  # the zoo's grid
+    assert torch.equal(inr_grid(3, 4, coord_order="xy"), yx.flip(-1))
+    assert torch.allclose(yx[1], torch.tensor([-1.0, -1 / 3]))  # row-major: the second pixel is one column right
+    with pytest.raises(ValueError, match=r"coord_order must be 'yx' \(row, column\) or 'xy' \(column, row\), got 'ij'"):
+        inr_grid(3, 4, coord_order="ij")
+
+    class M:
+        extra = {"coord_order": "rc"}
+
+    with pytest.raises(ZooFormatError, match=r"\[coord_order\].*'rc'"):
+        member_coord_order(M())
+    M.extra = {}
+    assert member_coord_order(M()) == "yx"  # members built by the project use its grid

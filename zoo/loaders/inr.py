@@ -21,6 +21,16 @@ Both become the registry's ``siren`` (``layers.i.*`` and ``out.*``) with
 published function. Files are read with ``torch.load(weights_only=True)``.
 Each INR becomes a member with one checkpoint (epoch 0: the training length
 is not recorded in these zoos) and its ``label`` / ``split`` in ``extra``.
+
+Coordinate convention
+    DWSNets renders its INRs on ``make_coordinates`` (numpy ``meshgrid`` with
+    ``indexing="xy"``): the network's first input runs along the image
+    *columns*, ``(x, y) = (column, row)``. NFN's SIRENs and this project's
+    grid (:func:`zoo.datasets.load_dataset` ``inr_*``) feed ``(row, column)``.
+    Each imported member records its convention in ``extra["coord_order"]``
+    (``"xy"`` or ``"yx"``; members without the field use the project's
+    ``"yx"``), and :func:`render_inr` / :func:`inr_grid` take it, so an image
+    rendered (or a network refitted) from a DWSNets INR is not transposed.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import torch
 
 from weightspace.errors import ConfigError, WeightspaceError
 from weightspace.io import did_you_mean, read_json
+from zoo.datasets import _coords
 from zoo.errors import ZooFormatError
 from zoo.loaders._common import (
     ImportedMember, check_limit, check_state_dict, import_identity, import_members, load_weights_bytes,
@@ -43,11 +54,61 @@ from zoo.loaders._common import (
 from zoo.train import CheckpointResult
 
 __all__ = [
+    "COORD_ORDERS",
+    "inr_grid",
+    "render_inr",
+    "member_coord_order",
     "inr_state_dict_to_siren",
     "load_dwsnets_inrs",
     "load_nfn_sirens",
     "import_inr_zoo",
 ]
+
+
+#: ``"yx"``: inputs are ``(row, column)`` (this project, NFN); ``"xy"``:
+#: ``(column, row)`` (DWSNets).
+COORD_ORDERS = ("yx", "xy")
+#: The convention each loader's networks were fitted with.
+_STYLE_COORD_ORDER = {"dwsnets": "xy", "nfn": "yx"}
+
+
+def _check_coord_order(coord_order: Any) -> str:
+    if coord_order not in COORD_ORDERS:
+        raise ValueError(f"coord_order must be 'yx' (row, column) or 'xy' (column, row), got {coord_order!r}")
+    return coord_order
+
+
+def inr_grid(height: int, width: int, coord_order: str = "yx") -> torch.Tensor:
+    """Pixel-centre coordinates in ``[-1, 1]^2``, ``[height * width, 2]``, in
+    row-major pixel order, as ``(row, column)`` (``"yx"``, the grid of the
+    ``inr_*`` datasets) or ``(column, row)`` (``"xy"``, DWSNets')."""
+    grid = _coords(int(height), int(width))
+    return grid.flip(-1) if _check_coord_order(coord_order) == "xy" else grid
+
+
+@torch.no_grad()
+def render_inr(module: torch.nn.Module, height: int, width: int | None = None, *,
+               coord_order: str = "yx") -> torch.Tensor:
+    """The image of a 2-d INR: ``module`` on :func:`inr_grid`, reshaped to
+    ``[height, width]`` (one output channel) or ``[C, height, width]``."""
+    width = height if width is None else width
+    out = module(inr_grid(height, width, coord_order))
+    out = out.reshape(height, width, -1).permute(2, 0, 1)
+    return out[0] if out.shape[0] == 1 else out
+
+
+def member_coord_order(member: Any) -> str:
+    """The coordinate convention a zoo member (or an imported member) was
+    fitted with: its ``extra["coord_order"]``, ``"yx"`` when absent.
+
+    Raises:
+        ZooFormatError: the field holds something else.
+    """
+    order = dict(getattr(member, "extra", None) or {}).get("coord_order", "yx")
+    if order not in COORD_ORDERS:
+        raise ZooFormatError(f"unknown coordinate convention {order!r} (expected 'yx' or 'xy')",
+                             path=getattr(member, "member_id", None), field="coord_order")
+    return order
 
 
 def inr_state_dict_to_siren(
@@ -101,7 +162,7 @@ def inr_state_dict_to_siren(
 
 
 def _member(index: int, rel: str, kwargs: dict, sd: dict, label: Any, split: str | None, source: str):
-    extra = {"file": rel}
+    extra = {"file": rel, "coord_order": _STYLE_COORD_ORDER[source]}
     if label is not None:
         extra["label"] = int(label)
     if split is not None:

@@ -1,0 +1,133 @@
+"""Smoke test of analyses/inr/run.py (the INR classification and editing
+study) end to end at toy size, plus the exactness of its batched fitting."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from analyses.inr import run as study
+
+
+def test_siren_bank_matches_the_registry_siren():
+    """The study's SirenBank computes the registry's ``siren`` network by
+    network (the scale makes the summed loss give each its own gradient)."""
+    from weightspace.arch import create_model
+    from zoo.loaders.inr import inr_grid
+
+    sds = [create_model("siren", seed=s, **study.SIREN).state_dict() for s in range(3)]
+    coords = inr_grid(5, 5)
+    bank = create_model("inr_study_siren_bank", n=3, out_scale=2.0)
+    bank.load_state_dict({study._bank_key(i): study.stack_sirens(sds)[k] for i, k in enumerate(study.SIREN_KEYS)})
+    with torch.no_grad():
+        got = bank(coords)
+        for j, sd in enumerate(sds):
+            m = create_model("siren", **study.SIREN)
+            m.load_state_dict(sd)
+            assert torch.allclose(got[:, j], 2.0 * m(coords)[:, 0], atol=1e-5)
+
+
+def test_batched_fits_equal_one_at_a_time():
+    """Fitting 3 SIRENs side by side gives each the weights it gets alone."""
+    images = torch.rand(3, 4, 4)
+    inits = study.siren_inits(3, regime="independent", seed=5)
+    together, score = study.fit_sirens(images, inits, steps=5, lr=1e-3, chunk=3)
+    alone, _ = study.fit_sirens(images[1:2], {k: v[1:2] for k, v in inits.items()}, steps=5, lr=1e-3, chunk=1)
+    for k in study.SIREN_KEYS:
+        assert torch.allclose(together[k][1], alone[k][0], atol=1e-5, rtol=1e-4)
+    assert score.shape == (3,) and bool(torch.isfinite(score).all())
+
+
+def _write_dwsnets(root, n=20):
+    """``n`` INRs in DWSNets' on-disk format (``seq.{0,1,2}.*`` state dicts,
+    a splits file with string labels)."""
+    from weightspace.arch import create_model
+
+    splits = {p: {"path": [], "label": []} for p in ("train", "val", "test")}
+    for i in range(n):
+        sd = create_model("siren", seed=i, **study.SIREN).state_dict()
+        dws = {f"seq.{j}.{t}": sd[f"{name}.{t}"] for j, name in enumerate(["layers.0", "layers.1", "out"])
+               for t in ("weight", "bias")}
+        dws["seq.2.bias"] = dws["seq.2.bias"] - 0.5
+        part = "train" if i < 12 else "val" if i < 16 else "test"
+        rel = f"mnist_png_{part}_{i % 10}_{i}/checkpoints/model_final.pth"
+        (root / rel).parent.mkdir(parents=True)
+        torch.save(dws, root / rel)
+        splits[part]["path"].append(rel)
+        splits[part]["label"].append(str(i % 10))
+    (root / "mnist_splits.json").write_text(json.dumps(splits))
+
+
+def test_study_reads_published_dwsnets_files(tmp_path):
+    """A DWSNets INR directory goes through the loaders into the same table,
+    rendered with DWSNets' (column, row) convention and its published split
+    (the trained classifiers and editors run on it in the slow test)."""
+    from zoo.loaders.inr import inr_grid
+
+    src = tmp_path / "mnist-inrs"
+    _write_dwsnets(src)
+    out = tmp_path / "out"
+    rc = study.main(["--skip-fit", "--dwsnets-dir", str(src), "--dwsnets-splits", "mnist_splits.json", "--out",
+                     str(out), "--methods", "pixels", "--edit-epochs", "0", "--render-size", "6"])
+    assert rc == 0
+    r = json.loads((out / "results.json").read_text())["results"]["dwsnets"]
+    assert r["coord_order"] == "xy" and (r["train"], r["val"], r["test_networks"]) == (12, 4, 4)
+    assert set(r["classification"]) == {"pixels"}
+    s = study.load_imported(out / "zoos" / "imported_dwsnets", "dwsnets", 6)
+    from weightspace.arch import create_model
+
+    m = create_model("siren", seed=0, **study.SIREN)
+    with torch.no_grad():
+        dws_image = m(inr_grid(6, 6, "xy")).reshape(6, 6).clamp(0, 1)
+    assert torch.allclose(s.images[0], dws_image, atol=1e-5)
+    # --center classifies the weights minus the training mean, under its own name, without editing
+    out2 = tmp_path / "out2"
+    assert study.main(["--skip-fit", "--dwsnets-dir", str(src), "--dwsnets-splits", "mnist_splits.json", "--out",
+                       str(out2), "--work", str(out / "zoos"), "--methods", "gbm", "--center", "--edit-epochs", "1",
+                       "--render-size", "6"]) == 0
+    r2 = json.loads((out2 / "results.json").read_text())["results"]
+    assert set(r2) == {"dwsnets_centred"} and "editing" not in r2["dwsnets_centred"]
+
+
+@pytest.mark.slow
+def test_inr_study_small_end_to_end(tmp_path):
+    pytest.importorskip("nfn")
+    out = tmp_path / "out"
+    src = tmp_path / "mnist-inrs"
+    _write_dwsnets(src)
+    rc = study.main(["--small", "--out", str(out), "--images", "40", "--seeds", "2", "--steps", "20",
+                     "--epochs", "1", "--edit-epochs", "1", "--threads", "1", "--dwsnets-dir", str(src),
+                     "--dwsnets-splits", "mnist_splits.json", "--render-size", "6"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())["results"]
+    assert set(res) == {"independent", "shared", "dwsnets"}
+    assert res["independent"]["networks"] == 80 and res["shared"]["networks"] == 40 and res["dwsnets"]["networks"] == 20
+    for r in res.values():
+        assert set(r["classification"]) == set(study.CLASSIFIERS)
+        for c in r["classification"].values():
+            assert 0.0 <= c["accuracy"] <= 1.0 and c["low"] <= c["accuracy"] <= c["high"]
+        assert set(r["editing"]) == set(study.EDITORS) and all(math.isfinite(e["mse"]) for e in r["editing"].values())
+    for f in ("table.md", "accuracy.png", "edits_independent.png", "edits_shared.png", "edits_dwsnets.png"):
+        assert (out / f).stat().st_size > 0
+    # a second run reuses the stored zoos (same settings)
+    assert (out / "zoos" / "independent" / "zoo.json").exists()
+
+
+def test_merge_results_of_split_runs(tmp_path):
+    """Runs that split the study by method merge into one table; runs of
+    different sets are refused."""
+    base = {"networks": 10, "images": 5, "test_networks": 4, "test_groups": 2}
+    for name, part in (("a", {"classification": {"gmn": {"accuracy": 0.5, "low": 0.4, "high": 0.6, "seconds": 1}}}),
+                       ("b", {"classification": {"pixels": {"accuracy": 0.9, "low": 0.8, "high": 1.0, "seconds": 1}},
+                              "editing": {"identity": {"mse": 0.1, "low": 0.09, "high": 0.11, "seconds": 0}}})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"meta": {"run": name}, "results": {"shared": {**base, **part}}}))
+    merged = study.merge_results([tmp_path / "a", tmp_path / "b"])["results"]["shared"]
+    assert set(merged["classification"]) == {"gmn", "pixels"} and merged["editing"]["identity"]["mse"] == 0.1
+    assert "| GMN | 0.500 | [0.400, 0.600] | 1 |" in study.table({"shared": merged})
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "results.json").write_text(json.dumps(
+        {"meta": {}, "results": {"shared": {**base, "networks": 11, "classification": {}}}}))
+    with pytest.raises(SystemExit, match="set 'shared' has networks 11"):
+        study.merge_results([tmp_path / "a", tmp_path / "c"])

@@ -3,15 +3,16 @@
 Zoos (built here with the recipe machinery, or loaded from a path):
 
 * ``digits``: ``cnn_small`` (4970 parameters, the Small CNN Zoo shape) on
-  sklearn digits, the shipped ``digits_cnn_small`` recipe grown to 300
-  members (random search over activation, dropout, optimizer, learning rate,
-  weight decay, init scale, train fraction, label noise), checkpoints after
-  epochs 1, 2, 5, 10.
+  sklearn digits, the shipped ``digits_cnn_small_1000`` recipe (the
+  ``digits_cnn_small`` search grown to 1000 members: activation relu / tanh /
+  gelu / silu, dropout, optimizer, learning rate, weight decay, init scale,
+  train fraction, label noise), checkpoints after epochs 1, 2, 5, 10.
 * ``mnist1d``: ``cnn1d`` (width 16, depth 3, kernel 5) on MNIST-1D, the
-  shipped ``mnist1d_cnn1d`` recipe with the architecture fixed (so the
-  per-tensor feature baselines apply) and activation, optimizer, learning
-  rate, weight decay, init scale, train fraction and label noise varied;
-  150 members, checkpoints after epochs 1, 2, 5, 10.
+  shipped ``mnist1d_cnn1d_fixed_1000`` recipe (architecture fixed so the
+  per-tensor feature baselines apply; activation, optimizer, learning rate,
+  weight decay, init scale, train fraction and label noise varied), 1000
+  members by default (``--mnist1d-members``), checkpoints after epochs 1, 2,
+  5, 10.
 * ``small_cnn_zoo`` (``--small-cnn-zoo PATH``): a published Small CNN Zoo
   directory (Unterthiner et al. 2020) imported with ``zoo.loaders``.
 
@@ -34,10 +35,13 @@ Outputs in --out: ``table.md``, ``results.json``, ``scatter_<zoo>_<split>.png/.s
 (predicted vs true per method), ``predictions_<zoo>_<split>.csv``.
 
 Run:
-    python analyses/predict_generalization/run.py --out runs/predict            # full (hours on 2 CPUs)
+    python analyses/predict_generalization/run.py --out runs/predict            # full (many hours on 2 CPUs)
     python analyses/predict_generalization/run.py --small --out runs/predict_small
     python analyses/predict_generalization/run.py --digits-zoo PATH --skip-mnist1d ...
     python analyses/predict_generalization/run.py --small-cnn-zoo /data/small-cnn-zoo/mnist ...
+    # in parallel, one process per split / method group, then merged:
+    python analyses/predict_generalization/run.py --digits-zoo Z --skip-mnist1d --splits random --methods gmn --out A
+    python analyses/predict_generalization/run.py --combine A B C --out runs/predict
 """
 
 from __future__ import annotations

@@ -6,8 +6,11 @@ case, a fresh subprocess builds the parameter graph (not timed), then times
 * ``to_pyg``: ``g.to_pyg()`` (the PyG ``Data``; default layout);
 * ``to_pyg_padded``: ``g.to_pyg(padded=True)`` (the old ``[E, widest]``
   ``edge_attr`` / ``edge_mask``, only where that option exists);
-* ``gmn_collate``: ``weightspace.nn.collate([g])`` (GMN's builder: a
-  ``[E, widest]`` float32 value table and mask, what the GMN consumes).
+* ``gmn_collate``: ``weightspace.nn.collate([g])`` (GMN's builder; until
+  issue 17 a ``[E, widest]`` float32 value table and mask, now the compact
+  ``edge_values`` / ``edge_width``);
+* ``gmn_forward``: ``collate([g])`` and a GMN forward on it (``hidden=8``,
+  one layer, ``no_grad``: small enough that the input encoding shows).
 
 Each is called twice: ``cold_s`` is the first call (per-template caches are
 built then; ``torch_geometric`` and ``weightspace.nn`` are imported before),
@@ -35,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-CASES = ("to_pyg", "to_pyg_padded", "gmn_collate")
+CASES = ("to_pyg", "to_pyg_padded", "gmn_collate", "gmn_forward")
 
 
 def _rss_mib() -> float:
@@ -69,10 +72,18 @@ def child(arch: str, case: str, image_size: int) -> dict:
         fn = g.to_pyg
     elif case == "to_pyg_padded":
         fn = lambda: g.to_pyg(padded=True)  # noqa: E731
-    else:
+    elif case == "gmn_collate":
         from weightspace.nn import collate
 
         fn = lambda: collate([g])  # noqa: E731
+    else:
+        from weightspace.nn import GMN, collate
+
+        gmn = GMN(out_dim=1, hidden=8, num_layers=1, edge_dim=max(t.max_width, 1)).eval()
+
+        def fn():
+            with torch.no_grad():
+                return {"graph": gmn(collate([g])).graph}
     t0 = time.perf_counter()
     out = fn()
     t1 = time.perf_counter()
@@ -97,10 +108,10 @@ def child(arch: str, case: str, image_size: int) -> dict:
     }
 
 
-def _run(arch: str, case: str, image_size: int) -> dict | None:
+def _run(arch: str, case: str, image_size: int, code: str | None = None) -> dict | None:
     cmd = [sys.executable, __file__, "--child", arch, case, "--image-size", str(image_size)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
+    root = code or str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     load = os.getloadavg()[0]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
@@ -119,13 +130,15 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--label", default="after", help="key of this run in the JSON (e.g. before / after)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "to_pyg.json"))
+    ap.add_argument("--code", default=None,
+                    help="import weightspace from this source tree (e.g. an exported older commit, for 'before')")
     ap.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], args.image_size)))
         return
     load_before = os.getloadavg()
-    rows = [r for a in args.archs for c in args.cases if (r := _run(a, c, args.image_size)) is not None]
+    rows = [r for a in args.archs for c in args.cases if (r := _run(a, c, args.image_size, args.code)) is not None]
     print(f"{'arch':9s} {'case':14s} {'edges':>9s} {'cold s':>7s} {'warm s':>7s} {'out MiB':>8s} "
           f"{'peak RSS':>9s} {'growth':>8s} load")
     for r in rows:
@@ -137,6 +150,7 @@ def main() -> None:
     doc[args.label] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "threads": 2,
+        "code": args.code or "this checkout",
         "image_size": args.image_size,
         "load_average_1_5_15": {"before": load_before, "after": os.getloadavg()},
         "rows": rows,

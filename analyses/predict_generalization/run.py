@@ -3,15 +3,16 @@
 Zoos (built here with the recipe machinery, or loaded from a path):
 
 * ``digits``: ``cnn_small`` (4970 parameters, the Small CNN Zoo shape) on
-  sklearn digits, the shipped ``digits_cnn_small`` recipe grown to 300
-  members (random search over activation, dropout, optimizer, learning rate,
-  weight decay, init scale, train fraction, label noise), checkpoints after
-  epochs 1, 2, 5, 10.
+  sklearn digits, the shipped ``digits_cnn_small_1000`` recipe (the
+  ``digits_cnn_small`` search grown to 1000 members: activation relu / tanh /
+  gelu / silu, dropout, optimizer, learning rate, weight decay, init scale,
+  train fraction, label noise), checkpoints after epochs 1, 2, 5, 10.
 * ``mnist1d``: ``cnn1d`` (width 16, depth 3, kernel 5) on MNIST-1D, the
-  shipped ``mnist1d_cnn1d`` recipe with the architecture fixed (so the
-  per-tensor feature baselines apply) and activation, optimizer, learning
-  rate, weight decay, init scale, train fraction and label noise varied;
-  150 members, checkpoints after epochs 1, 2, 5, 10.
+  shipped ``mnist1d_cnn1d_fixed_1000`` recipe (architecture fixed so the
+  per-tensor feature baselines apply; activation, optimizer, learning rate,
+  weight decay, init scale, train fraction and label noise varied), 1000
+  members by default (``--mnist1d-members``), checkpoints after epochs 1, 2,
+  5, 10.
 * ``small_cnn_zoo`` (``--small-cnn-zoo PATH``): a published Small CNN Zoo
   directory (Unterthiner et al. 2020) imported with ``zoo.loaders``.
 
@@ -34,10 +35,13 @@ Outputs in --out: ``table.md``, ``results.json``, ``scatter_<zoo>_<split>.png/.s
 (predicted vs true per method), ``predictions_<zoo>_<split>.csv``.
 
 Run:
-    python analyses/predict_generalization/run.py --out runs/predict            # full (hours on 2 CPUs)
+    python analyses/predict_generalization/run.py --out runs/predict            # full (many hours on 2 CPUs)
     python analyses/predict_generalization/run.py --small --out runs/predict_small
     python analyses/predict_generalization/run.py --digits-zoo PATH --skip-mnist1d ...
     python analyses/predict_generalization/run.py --small-cnn-zoo /data/small-cnn-zoo/mnist ...
+    # in parallel, one process per split / method group, then merged:
+    python analyses/predict_generalization/run.py --digits-zoo Z --skip-mnist1d --splits random --methods gmn --out A
+    python analyses/predict_generalization/run.py --combine A B C --out runs/predict
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import zoo
 from weightspace.predict import evaluate, hyperparameter_split, kendall_tau, make_predictor, random_split, zoo_dataset
@@ -61,30 +66,25 @@ LABELS = {"mean": "mean", "linear": "linear (stats)", "gbm": "GBM (stats)", "sta
 
 
 def digits_recipe(n: int) -> zoo.Recipe:
-    return zoo.load_recipe("digits_cnn_small").with_members(n)
+    """The shipped ``digits_cnn_small_1000`` recipe (``digits_cnn_small``
+    grown; random members do not depend on the count) with ``n`` members."""
+    return zoo.load_recipe("digits_cnn_small_1000").with_members(n)
 
 
 def mnist1d_recipe(n: int) -> zoo.Recipe:
-    r = zoo.load_recipe("mnist1d_cnn1d").to_dict()
-    r["name"] = "mnist1d_cnn1d_fixed"
-    r["description"] = "cnn1d (width 16, depth 3, kernel 5) on MNIST-1D with training hyperparameters varied"
-    r["model"].update(width=16, depth=3, kernel_size=5)
-    space = r["search"]["space"]
-    for k in ("model.width", "model.depth", "model.kernel_size"):
-        space.pop(k, None)
-    space["model.activation"] = ["relu", "gelu", "tanh", "silu"]
-    space["train.init_scale"] = {"log_uniform": [0.5, 2.0]}
-    space["data.label_noise"] = {"choice": [0.0, 0.0, 0.1, 0.3]}
-    r["checkpoints"] = [0, 1, 2, 5, 10]
-    r["search"]["num_members"] = int(n)
-    return zoo.load_recipe(r)
+    """The shipped ``mnist1d_cnn1d_fixed_1000`` recipe (``mnist1d_cnn1d``
+    with the architecture fixed, activation / init scale / label noise
+    varied) with ``n`` members."""
+    return zoo.load_recipe("mnist1d_cnn1d_fixed_1000").with_members(n)
 
 
-def method_params(method: str, small: bool, seed: int, epochs: int | None) -> dict:
+def method_params(method: str, small: bool, seed: int, epochs: int | None, gmn_epochs: int | None = None) -> dict:
     if method in ("mean", "linear"):
         return {}
     if method == "gbm":
         return {"seed": seed}
+    if method == "gmn" and gmn_epochs:
+        epochs = gmn_epochs
     ep = epochs or (30 if small else {"gmn": 100, "statnn": 200, "flatmlp": 100}[method])
     p = {"epochs": ep, "patience": max(10, ep // 4), "seed": seed, "lr": 1e-3, "batch_size": 32}
     if method == "gmn":
@@ -99,7 +99,7 @@ def build_or_open(recipe: zoo.Recipe, path: Path, workers: int, log) -> zoo.Zoo:
     return rep.open()
 
 
-def run_split(name, ds, split, methods, small, seed, epochs, log):
+def run_split(name, ds, split, methods, small, seed, epochs, log, gmn_epochs=None):
     """Fit every method on ``split.train + split.val``, evaluate on ``split.test``."""
     train_idx = np.sort(np.concatenate([split.train, split.val]))
     train, test = ds.subset(train_idx), ds.subset(split.test)
@@ -110,7 +110,8 @@ def run_split(name, ds, split, methods, small, seed, epochs, log):
     preds = {}
     for m in methods:
         t = time.time()
-        p = make_predictor(m, **method_params(m, small, seed, epochs))
+        params = method_params(m, small, seed, epochs, gmn_epochs)
+        p = make_predictor(m, **params)
         p.fit(train)
         fit_s = time.time() - t
         pred = p.predict(test)
@@ -119,7 +120,7 @@ def run_split(name, ds, split, methods, small, seed, epochs, log):
         res = evaluate(test.y, pred, metrics, groups=test.groups, n_resamples=1000, seed=seed)
         row = {k: v.to_dict() for k, v in res.items()}
         row["fit_seconds"] = fit_s
-        row["params"] = method_params(m, small, seed, epochs)
+        row["params"] = params
         if m != "mean" and is_final.sum() > 2:
             row["kendall_tau_final"] = kendall_tau(test.y[is_final], pred[is_final])
         if hasattr(p, "fit_result_"):
@@ -193,6 +194,55 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def combine(dirs: list[Path], out: Path) -> int:
+    """Merge the ``results.json`` of several runs (e.g. one split per
+    process) into ``out``: zoos and experiments side by side."""
+    merged = {"combined_from": [str(d) for d in dirs], "runs": {}, "zoos": {}, "experiments": {}}
+    for d in dirs:
+        r = json.loads((d / "results.json").read_text())
+        merged["runs"][str(d)] = {k: r.get(k) for k in ("config", "environment", "wall_seconds", "loadavg_start",
+                                                         "loadavg_end")}
+        merged["zoos"].update(r["zoos"])
+        for key, exp in r["experiments"].items():  # one experiment's methods may come from several runs
+            if key in merged["experiments"]:
+                merged["experiments"][key]["methods"].update(exp["methods"])
+            else:
+                merged["experiments"][key] = exp
+    for exp in merged["experiments"].values():  # table order
+        exp["methods"] = {m: exp["methods"][m] for m in METHODS if m in exp["methods"]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(merged, indent=2, default=str))
+    (out / "table.md").write_text(table(merged))
+    _combine_predictions(dirs, out)
+    print(f"combined {len(dirs)} runs, {len(merged['experiments'])} experiments -> {out}")
+    return 0
+
+
+def _combine_predictions(dirs: list[Path], out: Path) -> None:
+    """Join the per-run ``predictions_*.csv`` (same test checkpoints, other
+    methods) and redraw their scatter plots."""
+    import pandas as pd
+
+    names = sorted({f.name for d in dirs for f in d.glob("predictions_*.csv")})
+    for name in names:
+        merged = None
+        for d in dirs:
+            if not (d / name).exists():
+                continue
+            df = pd.read_csv(d / name)
+            if merged is None:
+                merged = df
+            else:
+                new = [c for c in df.columns if c.startswith("pred_") and c not in merged.columns]
+                merged = merged.merge(df[["member_id", "epoch", *new]], on=["member_id", "epoch"], how="inner")
+        merged.to_csv(out / name, index=False)
+        preds = {c[5:]: merged[c].to_numpy() for c in merged.columns if c.startswith("pred_")}
+        preds = {m: preds[m] for m in METHODS if m in preds}
+        test = argparse.Namespace(y=merged["true"].to_numpy(), meta=merged, target="test_acc")
+        stem = name[len("predictions_"):-len(".csv")]
+        scatter(out / f"scatter_{stem}", stem, test, preds)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("runs/predict_generalization"))
@@ -202,16 +252,27 @@ def main(argv=None) -> int:
     ap.add_argument("--mnist1d-zoo", type=Path, default=None, help="use this mnist1d cnn1d zoo instead of building one")
     ap.add_argument("--small-cnn-zoo", type=Path, default=None, help="also run on a published Small CNN Zoo directory")
     ap.add_argument("--skip-mnist1d", action="store_true")
+    ap.add_argument("--skip-digits", action="store_true")
     ap.add_argument("--skip-ood", action="store_true")
+    ap.add_argument("--splits", default="random,ood_activation",
+                    help="which splits to run (random, ood_activation); e.g. one per process, then --combine")
+    ap.add_argument("--combine", type=Path, nargs="+", default=None,
+                    help="merge the results.json of these output folders into --out (table.md, results.json) and exit")
     ap.add_argument("--include-init", action="store_true", help="keep epoch-0 checkpoints")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--epochs", type=int, default=None, help="override metanetwork epochs")
+    ap.add_argument("--gmn-epochs", type=int, default=None, help="override the GMN's epochs only (time budget)")
     ap.add_argument("--digits-members", type=int, default=None)
     ap.add_argument("--mnist1d-members", type=int, default=None)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
+    if args.combine:
+        return combine(args.combine, args.out)
+    torch.set_num_threads(args.threads)
+    wanted_splits = {x.strip() for x in args.splits.split(",") if x.strip()}
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -226,20 +287,21 @@ def main(argv=None) -> int:
         logf.write(msg + "\n")
         logf.flush()
 
-    n_digits = args.digits_members or (60 if args.small else 300)
-    n_mnist = args.mnist1d_members or (40 if args.small else 150)
+    n_digits = args.digits_members or (60 if args.small else 1000)
+    n_mnist = args.mnist1d_members or (40 if args.small else 1000)
     ckpts = "all" if args.include_init else [1, 2, 5, 10]
     results = {"config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                           "checkpoints": ckpts, "methods": methods},
                "environment": {"python": sys.version.split()[0], "platform": platform.platform(),
                                "cpus": os.cpu_count()},
-               "zoos": {}, "experiments": {}}
+               "zoos": {}, "experiments": {}, "loadavg_start": os.getloadavg()}
     t0 = time.time()
 
     zoos = []
     log(f"[{time.strftime('%H:%M:%S')}] zoos")
-    z = zoo.Zoo(args.digits_zoo) if args.digits_zoo else build_or_open(digits_recipe(n_digits), work / f"digits_{n_digits}", args.workers, log)
-    zoos.append(("digits_cnn_small", z, True))
+    if not args.skip_digits:
+        z = zoo.Zoo(args.digits_zoo) if args.digits_zoo else build_or_open(digits_recipe(n_digits), work / f"digits_{n_digits}", args.workers, log)
+        zoos.append(("digits_cnn_small", z, True))
     if not args.skip_mnist1d:
         z = zoo.Zoo(args.mnist1d_zoo) if args.mnist1d_zoo else build_or_open(mnist1d_recipe(n_mnist), work / f"mnist1d_{n_mnist}", args.workers, log)
         zoos.append(("mnist1d_cnn1d", z, False))
@@ -257,8 +319,10 @@ def main(argv=None) -> int:
                                  "architectures": ds.architectures()}
         log(f"[{time.strftime('%H:%M:%S')}] {name}: {len(z)} members, {len(ds)} checkpoints, "
             f"test_acc {ds.y.mean():.3f} ± {ds.y.std():.3f}")
-        splits = [("random", random_split(ds, (0.8, 0.0, 0.2), seed=args.seed), "random split by member")]
-        if do_ood and not args.skip_ood:
+        splits = []
+        if "random" in wanted_splits:
+            splits.append(("random", random_split(ds, (0.8, 0.0, 0.2), seed=args.seed), "random split by member"))
+        if do_ood and not args.skip_ood and "ood_activation" in wanted_splits:
             try:
                 sp = hyperparameter_split(ds, "activation", train=["relu", "gelu", "silu"], test=["tanh"],
                                           val_fraction=0.0, seed=args.seed)
@@ -267,14 +331,17 @@ def main(argv=None) -> int:
                 log(f"  no OOD split: {e}")
         for split_name, sp, note in splits:
             key = f"{name}/{split_name}"
-            r, test, preds = run_split(key, ds, sp, methods, args.small, args.seed, args.epochs, log)
+            r, test, preds = run_split(key, ds, sp, methods, args.small, args.seed, args.epochs, log, args.gmn_epochs)
             r["note"] = note
+            r["loadavg_end"] = os.getloadavg()
+            r["wall_seconds"] = sum(row["fit_seconds"] for row in r["methods"].values())
             results["experiments"][key] = r
             scatter(out / f"scatter_{name}_{split_name}", f"{name} — {note}", test, preds)
             write_predictions(out / f"predictions_{name}_{split_name}.csv", test, preds)
             (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
             (out / "table.md").write_text(table(results))
     results["wall_seconds"] = time.time() - t0
+    results["loadavg_end"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     (out / "table.md").write_text(table(results))
     log(f"done in {time.time() - t0:.0f}s -> {out}")

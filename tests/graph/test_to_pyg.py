@@ -89,7 +89,8 @@ def test_batch_of_mixed_widths_round_trips_and_feeds_gmn_exactly():
     # the GMN's input from PyG equals its own builder's
     ref = collate(graphs)
     for b in (from_pyg(batch), from_pyg(padded)):
-        assert torch.equal(b.edge_attr, ref.edge_attr) and torch.equal(b.edge_mask, ref.edge_mask)
+        assert torch.equal(b.edge_values, ref.edge_values) and torch.equal(b.edge_width, ref.edge_width)
+        assert all(torch.equal(x, y) for x, y in zip(b.padded(), ref.padded()))
         assert torch.equal(b.edge_index, ref.edge_index) and torch.equal(b.edge_type, ref.edge_type)
 
 

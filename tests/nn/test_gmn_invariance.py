@@ -189,10 +189,16 @@ def test_collate_matches_parameter_graph_edge_attr():
     h = graph_and_permuted("vit_tiny")[0]
     for graphs in ([g1, g2, h], [g1, h, g2]):
         b = collate(graphs)
+        assert b.edge_attr is None and b.edge_mask is None  # compact unless asked for
+        battr, bmask = b.padded()
+        bp = collate(graphs, padded=True)
+        assert torch.equal(bp.edge_attr, battr) and torch.equal(bp.edge_mask, bmask)
         for i, g in enumerate(graphs):
             attr, mask = g.edge_attr(b.width)
             s0, s1 = int(b.edge_ptr[i]), int(b.edge_ptr[i + 1])
-            assert torch.equal(b.edge_attr[s0:s1], attr.float()) and torch.equal(b.edge_mask[s0:s1], mask)
+            assert torch.equal(battr[s0:s1], attr.float()) and torch.equal(bmask[s0:s1], mask)
+            v0 = int(b.edge_width[:s0].sum())
+            assert torch.equal(b.edge_values[v0 : v0 + g.template.num_values], g.edge_values().float())
             assert torch.equal(b.edge_index[:, s0:s1] - b.node_ptr[i], g.template.edge_index())
 
 
@@ -203,3 +209,97 @@ def test_write_back_matches_with_edge_attr():
     new = b.write_back(out)
     ref = g.with_edge_attr(b.split_edges(out)[1][:, : g.template.max_width].contiguous())
     assert torch.equal(new[1].values, ref.values)
+
+
+def test_width_groups_cover_every_valued_edge_once():
+    graphs = [graph_and_permuted(a)[0] for a in ("cnn_small", "vit_tiny", "mlp")]
+    b = collate(graphs)
+    seen = torch.zeros(b.num_edges, dtype=torch.long)
+    attr, _ = b.padded()
+    for w, rows, idx in b.width_groups():
+        assert bool((b.edge_width[rows] == w).all())
+        assert torch.equal(b.edge_values[idx], attr[rows, :w])
+        seen[rows] += 1
+    assert torch.equal(seen, (b.edge_width > 0).long())
+
+
+@pytest.mark.parametrize("aggr", ["sum", "pna"])
+def test_compact_and_padded_inputs_give_the_same_outputs_and_gradients(aggr):
+    """The GMN reads compact per-width values by default; a batch carrying
+    the padded edge_attr / edge_mask (a caller's own features) takes the
+    padded encoder. Same outputs and parameter gradients."""
+    graphs = [graph_and_permuted(a)[0] for a in ("cnn_small", "vit_tiny")]
+    torch.manual_seed(0)
+    model = GMN(out_dim=2, hidden=8, num_layers=2, aggr=aggr, node_out=2, edge_out=17, edge_dim=32)
+    model.fit_normalization(graphs)
+    outs, grads = [], []
+    for b in (collate(graphs), collate(graphs, padded=True)):
+        model.zero_grad()
+        o = model(b)
+        (o.graph.sum() + o.node.pow(2).mean() + o.edge.pow(2).mean()).backward()
+        outs.append((o.graph, o.node, o.edge))
+        grads.append({k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None})
+    for a, c in zip(*outs):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-5)
+    assert grads[0].keys() == grads[1].keys() and "edge_val.weight" in grads[0]
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-3, atol=1e-5, msg=k)
+    # the no-grad (in-place) forward equals the autograd one
+    with torch.no_grad():
+        o = model(collate(graphs))
+    torch.testing.assert_close(o.graph, outs[0][0].detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(o.edge, outs[0][2].detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_fit_normalization_is_the_rms_per_edge_type():
+    from weightspace.graph import EDGE_TYPES
+
+    graphs = [graph_and_permuted(a)[0] for a in ("cnn_small", "vit_tiny")]
+    model = GMN(out_dim=1, hidden=8, num_layers=1, edge_dim=32).fit_normalization(graphs)
+    attr, mask = collate(graphs, padded=True).padded()
+    types = collate(graphs).edge_type
+    for t in range(len(EDGE_TYPES)):
+        vals = attr[types == t][mask[types == t]]
+        ref = float(vals.pow(2).mean().sqrt()) if vals.numel() else 1.0
+        assert abs(float(model.edge_scale[t]) - ref) <= 1e-5 * max(ref, 1.0)
+
+
+def test_collate_allocates_no_edges_times_widest_table(monkeypatch):
+    """A batch mixing a 9-wide conv net and a 1-wide MLP holds E + V
+    floats, not E x 9 (the padded view is only built on request)."""
+    import weightspace.nn.batch as nb
+
+    def boom(*a, **k):
+        raise AssertionError("pad_edge_values called")
+
+    monkeypatch.setattr(nb, "pad_edge_values", boom)
+    graphs = [graph_and_permuted(a)[0] for a in ("cnn_small", "mlp")]
+    b = collate(graphs)
+    model = GMN(out_dim=1, hidden=8, num_layers=1)
+    with torch.no_grad():
+        model(b)
+    assert b.edge_values.numel() == sum(g.template.num_values for g in graphs)
+
+
+def test_pyg_context_kernels_match_gather_and_scatter_with_gradients():
+    """The embedding_bag gather / segment reductions of the PyG backend
+    equal plain indexing and index_add, values and gradients (float64)."""
+    from weightspace.nn.conv.gmn_conv import PyGContext
+
+    b = collate([graph_and_permuted(a)[0] for a in ("cnn_small", "mlp")], dtype=torch.float64)
+    ctx = PyGContext(b)
+    src, dst = b.edge_index
+    n, E = b.num_nodes, b.num_edges
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(n, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    m = torch.randn(E, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(ctx.gather(a, c), a[src] + c[dst])
+    for direction, row in (("in", dst), ("out", src)):
+        ref = torch.zeros(n, 3, dtype=torch.float64).index_add(0, row, m)
+        torch.testing.assert_close(ctx.segment_sum(m, direction), ref)
+        ref_max = torch.full((n, 3), -torch.inf, dtype=torch.float64).index_reduce(0, row, m, "amax")
+        ref_max = torch.where(torch.isinf(ref_max), 0.0, ref_max)
+        torch.testing.assert_close(ctx.segment_max(m, direction), ref_max)
+        assert torch.autograd.gradcheck(lambda t: ctx.segment_sum(t, direction), (m,))
+    assert torch.autograd.gradcheck(lambda p, q: ctx.gather(p, q), (a, c))

@@ -3,10 +3,16 @@
 :func:`collate` concatenates :class:`~weightspace.graph.ParameterGraph` s of
 any architectures into one disconnected graph (node ids offset per graph),
 the way ``torch_geometric.data.Batch`` does, but reads every structural
-tensor from the (shared) :class:`~weightspace.graph.GraphTemplate` and
-gathers the edge values of all graphs of one template in one indexing op, so
-a batch of 64 small CNNs collates in about a millisecond. The result is a
+tensor from the (shared) :class:`~weightspace.graph.GraphTemplate`, so a
+batch of 64 small CNNs collates in about a millisecond. The result is a
 :class:`GraphBatch` that both message-passing backends (PyG, DGL) consume.
+
+Edge features are stored compactly, as in :meth:`ParameterGraph.to_pyg`:
+``edge_values`` (every value in edge order) and ``edge_width`` (values per
+edge). No ``[edges x widest kernel]`` table is built unless asked for
+(``collate(padded=True)`` / :meth:`GraphBatch.padded`); the GMN encodes each
+group of edges of one width with its own slice of the value map
+(:meth:`GraphBatch.width_groups`).
 
 Node features never contain the index of a permutable neuron: only
 ``node_type``, ``node_role``, ``node_layer`` (and its per-graph normalized
@@ -27,17 +33,22 @@ from weightspace.graph.parameter_graph import NodeCount
 
 __all__ = ["GraphBatch", "collate", "from_pyg"]
 
+_TENSORS = ("edge_index", "edge_values", "edge_width", "edge_attr", "edge_mask", "edge_type", "node_type",
+            "node_layer", "node_role", "node_pos", "node_depth", "node_batch", "edge_batch", "node_ptr",
+            "edge_ptr", "node_extra")
 
-@dataclass
+
+@dataclass(eq=False)
 class GraphBatch(NodeCount):
     """A batch of ``B`` parameter graphs as one disconnected graph.
 
-    Attributes (``N`` nodes, ``E`` edges, ``F`` edge feature width):
+    Attributes (``N`` nodes, ``E`` edges, ``V`` values):
         num_graphs: ``B``.
         edge_index: LongTensor ``[2, E]`` (row 0 = source = input neuron,
             row 1 = target = output neuron of the weight).
-        edge_attr: ``[E, F]`` edge values, zero padded.
-        edge_mask: BoolTensor ``[E, F]``, which entries are real values.
+        edge_values: ``[V]`` all edge values in edge order: edge ``e`` holds
+            ``edge_width[e]`` consecutive entries (compact, no padding).
+        edge_width: LongTensor ``[E]``, values per edge (0: structural edge).
         edge_type: LongTensor ``[E]``, index into ``weightspace.graph.EDGE_TYPES``.
         node_type, node_layer, node_role, node_pos: LongTensor ``[N]``
             (see :class:`~weightspace.graph.GraphTemplate`).
@@ -46,14 +57,18 @@ class GraphBatch(NodeCount):
         node_batch: LongTensor ``[N]``, graph id of each node.
         edge_batch: LongTensor ``[E]``, graph id of each edge.
         node_ptr, edge_ptr: LongTensor ``[B + 1]``, offsets of each graph.
+        edge_attr, edge_mask: optional explicit padded edge features
+            ``[E, F]`` / BoolTensor ``[E, F]``. ``None`` unless
+            ``collate(padded=True)`` or a caller sets its own features (a
+            metanetwork then reads these instead of ``edge_values``).
         node_extra: optional ``[N, P]`` per-node features (probe activations).
         graphs: the source graphs (for writing outputs back), or ``None``.
     """
 
     num_graphs: int
     edge_index: torch.Tensor
-    edge_attr: torch.Tensor
-    edge_mask: torch.Tensor
+    edge_values: torch.Tensor
+    edge_width: torch.Tensor
     edge_type: torch.Tensor
     node_type: torch.Tensor
     node_layer: torch.Tensor
@@ -64,6 +79,8 @@ class GraphBatch(NodeCount):
     edge_batch: torch.Tensor
     node_ptr: torch.Tensor
     edge_ptr: torch.Tensor
+    edge_attr: torch.Tensor | None = None
+    edge_mask: torch.Tensor | None = None
     node_extra: torch.Tensor | None = None
     graphs: Sequence[ParameterGraph] | None = field(default=None, repr=False)
     _cache: dict = field(default_factory=dict, repr=False)
@@ -73,16 +90,49 @@ class GraphBatch(NodeCount):
         return int(self.edge_type.numel())
 
     @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the batch's features."""
+        return self.node_depth.dtype
+
+    @property
     def width(self) -> int:
-        return int(self.edge_attr.shape[1])
+        """Edge feature width ``F``: the explicit ``edge_attr``'s, else the
+        widest edge's."""
+        if self.edge_attr is not None:
+            return int(self.edge_attr.shape[1])
+        if "width" not in self._cache:
+            self._cache["width"] = int(self.edge_width.max()) if self.edge_width.numel() else 0
+        return self._cache["width"]
+
+    def padded(self, width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(edge_attr [E, F], edge_mask [E, F])``: the explicit features if
+        set, else the zero-padded view of ``edge_values`` (built on request:
+        ``E x F`` floats, about 4 GB for a ResNet-50)."""
+        if self.edge_attr is not None and self.edge_mask is not None and width in (None, self.width):
+            return self.edge_attr, self.edge_mask
+        return pad_edge_values(self.edge_values, self.edge_width, width)
+
+    def width_groups(self) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Edges with values grouped by width (cached): ``(w, rows [E_w],
+        value index [E_w, w])`` for each width ``w > 0`` present, so
+        ``edge_values[index]`` are the values of edges ``rows`` (in order)."""
+        if "width_groups" not in self._cache:
+            w = self.edge_width
+            start = torch.cumsum(w, 0) - w
+            groups = []
+            counts = torch.bincount(w)
+            for width in torch.nonzero(counts[1:]).flatten().add(1).tolist():
+                rows = torch.nonzero(w == width).flatten()
+                idx = start[rows, None] + torch.arange(width, device=w.device)
+                groups.append((int(width), rows, idx))
+            self._cache["width_groups"] = groups
+        return self._cache["width_groups"]
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "GraphBatch":
         """A copy with every tensor on ``device`` and every floating tensor
         in ``dtype`` (``None``: unchanged)."""
         kw = {}
-        for name in ("edge_index", "edge_attr", "edge_mask", "edge_type", "node_type", "node_layer",
-                     "node_role", "node_pos", "node_depth", "node_batch", "edge_batch", "node_ptr",
-                     "edge_ptr", "node_extra"):
+        for name in _TENSORS:
             v = getattr(self, name)
             if v is not None:
                 v = v.to(device) if device is not None else v
@@ -97,8 +147,8 @@ class GraphBatch(NodeCount):
             n = self.num_nodes
             src, dst = self.edge_index
             self._cache["deg"] = (
-                torch.bincount(dst, minlength=n).to(self.edge_attr.dtype),
-                torch.bincount(src, minlength=n).to(self.edge_attr.dtype),
+                torch.bincount(dst, minlength=n).to(self.dtype),
+                torch.bincount(src, minlength=n).to(self.dtype),
             )
         return self._cache["deg"]
 
@@ -118,7 +168,7 @@ class GraphBatch(NodeCount):
 
         Every value of a network lives on exactly one edge feature, so this
         defines a full new set of weights per graph
-        (:meth:`ParameterGraph.with_edge_attr`).
+        (:meth:`ParameterGraph.with_edge_values`).
         """
         if self.graphs is None:
             raise ValueError("this batch does not hold its source graphs; collate(..., keep_graphs=True)")
@@ -127,14 +177,10 @@ class GraphBatch(NodeCount):
             t = g.template
             if part.shape[1] < t.max_width:
                 raise ValueError(f"edge output has width {part.shape[1]} < the graph's edge width {t.max_width}")
-            # every value lives on exactly one edge feature (ParameterGraph
-            # invariant), so the edge sets overwrite all of them; same result
-            # as g.with_edge_attr without its padded [E, width] int64 index
-            plan, _ = _edge_fill_plan(t, t.max_width)
-            values = torch.empty_like(g.values)
-            for off, n, pos in plan:
-                values[pos] = part[off : off + n, : pos.shape[1]].to(values.dtype)
-            out.append(ParameterGraph(t, values, dict(g.extras)))
+            # each edge's first w columns, in edge order: the compact edge values
+            w = t.edge_width()
+            values = part[:, : t.max_width][torch.arange(t.max_width) < w[:, None]]
+            out.append(g.with_edge_values(values.to(g.values.dtype)))
         return out
 
 
@@ -149,14 +195,20 @@ def _template_tensors(template) -> dict:
         return hit[1]
     layer = template.node_layer
     depth = layer.to(torch.float32) / max(int(layer.max()) if layer.numel() else 1, 1)
+    ei = template.edge_index()
     d = {
-        "edge_index": template.edge_index(),
+        "edge_index": ei,
         "edge_type": template.edge_type(),
+        "edge_width": template.edge_width(),
         "node_type": template.node_type,
         "node_layer": layer,
         "node_role": template.node_role,
         "node_pos": template.node_pos,
         "node_depth": depth,
+        # edges sorted by target / source node (the CSR order of the
+        # aggregations; a batch's is these, offset per graph)
+        "perm_in": torch.argsort(ei[1], stable=True),
+        "perm_out": torch.argsort(ei[0], stable=True),
     }
     if len(_TEMPLATE_CACHE) > 256:
         _TEMPLATE_CACHE.clear()
@@ -164,28 +216,11 @@ def _template_tensors(template) -> dict:
     return d
 
 
-def _edge_fill_plan(template, width: int) -> tuple[list[tuple[int, int, torch.Tensor]], torch.Tensor]:
-    """Per edge set ``(first edge, edges, value positions [E_s, F_s])`` and
-    the batch mask ``[E, width]`` (cached). Filling per edge set at its own
-    width avoids a padded ``[E, width]`` int64 index (6 GB for ResNet-50)."""
-    d = _template_tensors(template)
-    key = ("fill", width)
-    if key not in d:
-        plan, off = [], 0
-        mask = torch.zeros(template.num_edges, width, dtype=torch.bool)
-        for s in template.edge_sets:
-            if s.pos is not None and s.width:
-                plan.append((off, s.num_edges, s.pos))
-                mask[off : off + s.num_edges, : s.width] = True
-            off += s.num_edges
-        d[key] = (plan, mask)
-    return d[key]
-
-
 def collate(
     graphs: Sequence[ParameterGraph],
     *,
     width: int | None = None,
+    padded: bool = False,
     node_extra: Sequence[torch.Tensor] | None = None,
     dtype: torch.dtype = torch.float32,
     keep_graphs: bool = True,
@@ -194,10 +229,14 @@ def collate(
 
     Args:
         graphs: ``B`` parameter graphs.
-        width: edge feature width ``F`` (default: the widest graph's).
+        width: also build the padded ``edge_attr`` / ``edge_mask`` with this
+            many columns (at least the widest graph's edge width).
+        padded: also build ``edge_attr`` / ``edge_mask`` at the widest
+            graph's width (``E x F``; off by default: the GMN reads the
+            compact ``edge_values``).
         node_extra: optional per-graph ``[N_g, P]`` node features (e.g.
             :func:`weightspace.nn.probe_features`).
-        dtype: floating dtype of ``edge_attr`` / ``node_depth``.
+        dtype: floating dtype of ``edge_values`` / ``node_depth``.
         keep_graphs: keep references to ``graphs`` for
             :meth:`GraphBatch.write_back`.
 
@@ -208,52 +247,26 @@ def collate(
         raise ValueError("collate needs at least one graph")
     graphs = list(graphs)
     w = max(g.template.max_width for g in graphs)
-    if width is not None:
-        if width < w:
-            raise ValueError(f"width={width} is smaller than the widest graph's edge width {w}")
-        w = width
+    if width is not None and width < w:
+        raise ValueError(f"width={width} is smaller than the widest graph's edge width {w}")
     B = len(graphs)
     n_nodes = torch.tensor([g.num_nodes for g in graphs], dtype=torch.long)
     n_edges = torch.tensor([g.num_edges for g in graphs], dtype=torch.long)
     node_ptr = torch.cat([torch.zeros(1, dtype=torch.long), n_nodes.cumsum(0)])
     edge_ptr = torch.cat([torch.zeros(1, dtype=torch.long), n_edges.cumsum(0)])
-    E = int(edge_ptr[-1])
 
-    # edge values: gather all graphs of one template at once
-    attr = torch.zeros(E, w, dtype=dtype)
-    mask = torch.zeros(E, w, dtype=torch.bool)
-    groups: dict[int, list[int]] = {}
-    for i, g in enumerate(graphs):
-        groups.setdefault(id(g.template), []).append(i)
-    for idx in groups.values():
-        t = graphs[idx[0]].template
-        plan, m = _edge_fill_plan(t, w)
-        vals = torch.stack([graphs[i].values for i in idx]).to(dtype)  # [k, V]
-        k, Et = len(idx), t.num_edges
-        if idx == list(range(idx[0], idx[0] + k)):  # consecutive graphs: one copy per edge set
-            s0 = int(edge_ptr[idx[0]])
-            region = attr[s0 : s0 + k * Et].view(k, Et, w)
-            mask[s0 : s0 + k * Et].view(k, Et, w)[:] = m
-            for off, n, pos in plan:
-                region[:, off : off + n, : pos.shape[1]] = vals[:, pos]
-            continue
-        for i in idx:
-            s0 = int(edge_ptr[i])
-            mask[s0 : s0 + Et] = m
-        for off, n, pos in plan:
-            block = vals[:, pos]  # [k, E_s, F_s]
-            for j, i in enumerate(idx):
-                s0 = int(edge_ptr[i]) + off
-                attr[s0 : s0 + n, : pos.shape[1]] = block[j]
-
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in
-                                            ("edge_index", "edge_type", "node_type", "node_layer",
-                                             "node_role", "node_pos", "node_depth")}
+    names = ("edge_index", "edge_type", "edge_width", "node_type", "node_layer", "node_role", "node_pos",
+             "node_depth", "perm_in", "perm_out")
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in names}
+    values = []
     for i, g in enumerate(graphs):
         d = _template_tensors(g.template)
         parts["edge_index"].append(d["edge_index"] + node_ptr[i])
-        for k in ("edge_type", "node_type", "node_layer", "node_role", "node_pos", "node_depth"):
+        for k in ("perm_in", "perm_out"):
+            parts[k].append(d[k] + edge_ptr[i])
+        for k in names[1:8]:
             parts[k].append(d[k])
+        values.append(g.edge_values())
     node_batch = torch.repeat_interleave(torch.arange(B), n_nodes)
     edge_batch = torch.repeat_interleave(torch.arange(B), n_edges)
     extra = None
@@ -264,17 +277,18 @@ def collate(
             if x.shape[0] != g.num_nodes:
                 raise ValueError(f"node_extra entry has {x.shape[0]} rows, the graph has {g.num_nodes} nodes")
         extra = torch.cat([x.to(dtype) for x in node_extra])
-    return GraphBatch(
+    cat = {k: torch.cat(v, dim=1 if k == "edge_index" else 0) for k, v in parts.items()}
+    batch = GraphBatch(
         num_graphs=B,
-        edge_index=torch.cat(parts["edge_index"], dim=1),
-        edge_attr=attr,
-        edge_mask=mask,
-        edge_type=torch.cat(parts["edge_type"]),
-        node_type=torch.cat(parts["node_type"]),
-        node_layer=torch.cat(parts["node_layer"]),
-        node_role=torch.cat(parts["node_role"]),
-        node_pos=torch.cat(parts["node_pos"]),
-        node_depth=torch.cat(parts["node_depth"]).to(dtype),
+        edge_index=cat["edge_index"],
+        edge_values=torch.cat(values).to(dtype),
+        edge_width=cat["edge_width"],
+        edge_type=cat["edge_type"],
+        node_type=cat["node_type"],
+        node_layer=cat["node_layer"],
+        node_role=cat["node_role"],
+        node_pos=cat["node_pos"],
+        node_depth=cat["node_depth"].to(dtype),
         node_batch=node_batch,
         edge_batch=edge_batch,
         node_ptr=node_ptr,
@@ -282,6 +296,10 @@ def collate(
         node_extra=extra,
         graphs=graphs if keep_graphs else None,
     )
+    batch._cache["perm"] = {"in": cat["perm_in"], "out": cat["perm_out"]}
+    if padded or width is not None:
+        batch.edge_attr, batch.edge_mask = batch.padded(width or w)
+    return batch
 
 
 def from_pyg(data) -> GraphBatch:
@@ -289,10 +307,10 @@ def from_pyg(data) -> GraphBatch:
     made by :meth:`ParameterGraph.to_pyg` / :func:`weightspace.graph.to_pyg_batch`.
 
     The source graphs are not known, so :meth:`GraphBatch.write_back` is not
-    available (use ``ParameterGraph.with_edge_attr`` on the slices). The
-    padded ``[E, F]`` table the GMN consumes is built here, from the compact
-    ``edge_values`` / ``edge_width`` (or taken from ``edge_attr`` /
-    ``edge_mask`` where ``to_pyg(padded=True)`` stored them).
+    available (use ``ParameterGraph.with_edge_values`` on the slices). The
+    compact ``edge_values`` / ``edge_width`` are used as they are; where only
+    a padded ``edge_attr`` / ``edge_mask`` is stored, the compact values are
+    read from it.
     """
     from torch_geometric.utils import scatter
 
@@ -306,10 +324,10 @@ def from_pyg(data) -> GraphBatch:
     n_edges = torch.bincount(edge_batch, minlength=B)
     max_layer = scatter(data.node_layer, node_batch, dim=0, dim_size=B, reduce="max").clamp(min=1)
     depth = data.node_layer.to(torch.float32) / max_layer[node_batch].to(torch.float32)
-    if getattr(data, "edge_attr", None) is not None and getattr(data, "edge_mask", None) is not None:
-        attr, mask = data.edge_attr, data.edge_mask
-    elif getattr(data, "edge_values", None) is not None and getattr(data, "edge_width", None) is not None:
-        attr, mask = pad_edge_values(data.edge_values.to(torch.float32), data.edge_width)
+    if getattr(data, "edge_values", None) is not None and getattr(data, "edge_width", None) is not None:
+        values, widths = data.edge_values, data.edge_width
+    elif getattr(data, "edge_attr", None) is not None and getattr(data, "edge_mask", None) is not None:
+        values, widths = data.edge_attr[data.edge_mask], data.edge_mask.sum(1)  # row-major = edge order
     else:
         raise ValueError(
             "from_pyg needs edge_values and edge_width (ParameterGraph.to_pyg / to_pyg_batch) "
@@ -318,8 +336,8 @@ def from_pyg(data) -> GraphBatch:
     return GraphBatch(
         num_graphs=B,
         edge_index=data.edge_index,
-        edge_attr=attr.to(torch.float32),
-        edge_mask=mask,
+        edge_values=values.to(torch.float32),
+        edge_width=widths.long(),
         edge_type=data.edge_type,
         node_type=data.node_type,
         node_layer=data.node_layer,

@@ -61,8 +61,10 @@ class GMN(MetaNetwork):
       ``layer_encoding``), ``node_pos`` for fixed neurons only (``-1`` has its
       own embedding; clamped to ``max_pos``), ``log(1 + degree)``, and
       optional extra features (``extra_dim``, e.g. probe activations);
-    * edge: embedding of ``edge_type`` plus linear maps of the zero-padded
-      values and of their mask (edge width up to ``edge_dim``).
+    * edge: embedding of ``edge_type`` plus linear maps of the values and
+      of their mask (edge width up to ``edge_dim``; an edge of width ``w``
+      uses the first ``w`` columns, read from the compact ``edge_values``
+      per width, so no ``[E, widest]`` table is built).
 
     Then ``num_layers`` :class:`~weightspace.nn.conv.GMNConv` layers update
     nodes, edges and a per-graph global vector, and up to three readouts run:
@@ -245,32 +247,45 @@ class GMN(MetaNetwork):
 
     def encode_edges(self, batch: GraphBatch) -> Tensor:
         """Initial edge features ``[E, H]``: type embedding + linear maps of
-        the values and mask. Only the batch's ``F`` columns are used (padding
-        up to ``edge_dim`` would add zeros)."""
+        the values and of their mask (an edge of width ``w`` uses the first
+        ``w`` columns of both maps).
+
+        From the compact ``edge_values`` (the default batch), each group of
+        edges of one width is encoded with its own ``w`` columns and the mask
+        term is a per-width constant, so no ``[E, widest]`` table is built;
+        a batch with explicit ``edge_attr`` / ``edge_mask`` (a caller's own
+        edge features) is encoded from those. Both give the same features.
+        """
         F = batch.width
         if F > self.hparams["edge_dim"]:
             raise ValueError(f"batch edge width {F} > edge_dim={self.hparams['edge_dim']}")
-        attr = batch.edge_attr * batch.edge_mask / self.edge_scale[batch.edge_type][:, None]
-        e = self.edge_type_emb(batch.edge_type)
-        e = e + torch.nn.functional.linear(attr, self.edge_val.weight[:, :F])
-        e = e + torch.nn.functional.linear(batch.edge_mask.to(attr.dtype), self.edge_mask_lin.weight[:, :F])
+        if batch.edge_attr is not None:
+            attr = batch.edge_attr * batch.edge_mask / self.edge_scale[batch.edge_type][:, None]
+            e = self.edge_type_emb(batch.edge_type)
+            e = e + torch.nn.functional.linear(attr, self.edge_val.weight[:, :F])
+            return e + torch.nn.functional.linear(batch.edge_mask.to(attr.dtype), self.edge_mask_lin.weight[:, :F])
+        # type embedding + mask term in one lookup: row (type, w) = emb[type] + sum of the first w mask columns
+        mask_w = torch.cat([self.edge_mask_lin.weight.new_zeros(1, self.hparams["hidden"]),
+                            self.edge_mask_lin.weight[:, :F].t().cumsum(0)])  # [F + 1, H]
+        table = (self.edge_type_emb.weight[:, None, :] + mask_w[None]).flatten(0, 1)
+        e = torch.nn.functional.embedding(batch.edge_type * (F + 1) + batch.edge_width, table)
+        for w, rows, idx in batch.width_groups():
+            vals = batch.edge_values[idx] / self.edge_scale[batch.edge_type[rows]][:, None]  # [E_w, w]
+            e.index_add_(0, rows, torch.nn.functional.linear(vals, self.edge_val.weight[:, :w]))  # e: fresh
         return e
 
     def fit_normalization(self, graphs: Sequence[ParameterGraph]) -> "GMN":
         """Set ``edge_scale``: the RMS of the input values of each edge type
         over ``graphs`` (1 for types without values). Returns ``self``."""
-        from torch_geometric.utils import scatter
-
         n = len(EDGE_TYPES)
         tot = torch.zeros(n, dtype=torch.float64)
         num = torch.zeros(n, dtype=torch.float64)
         graphs = list(graphs)
         for i in range(0, len(graphs), 64):  # chunks bound the memory for big zoos
             b = collate(graphs[i : i + 64], keep_graphs=False)
-            sq = (b.edge_attr * b.edge_mask).pow(2).sum(1).double()
-            cnt = b.edge_mask.sum(1).double()
-            tot += scatter(sq, b.edge_type, dim=0, dim_size=n, reduce="sum")
-            num += scatter(cnt, b.edge_type, dim=0, dim_size=n, reduce="sum")
+            value_type = torch.repeat_interleave(b.edge_type, b.edge_width)  # [V]
+            tot += torch.bincount(value_type, weights=b.edge_values.double().pow(2), minlength=n)
+            num += torch.bincount(value_type, minlength=n).double()
         rms = torch.where(num > 0, (tot / num.clamp(min=1)).sqrt(), torch.ones_like(tot))
         self.edge_scale.copy_(rms.clamp(min=1e-8).to(self.edge_scale.dtype))
         return self
@@ -280,14 +295,17 @@ class GMN(MetaNetwork):
         """Run the GMN on a :class:`GraphBatch` (or graphs / a PyG batch)."""
         batch = self._as_batch(batch)
         dev, dtype = self.u0.device, self.u0.dtype
-        if batch.edge_attr.device != dev or batch.edge_attr.dtype != dtype:
+        if batch.edge_index.device != dev or batch.dtype != dtype:
             batch = batch.to(dev, dtype)  # e.g. a float64 GMN (model.double()) for exact symmetry checks
         ctx = self.context(batch)
         x = self.encode_nodes(batch, ctx)
         e = self.encode_edges(batch)
         u = self.u0.expand(batch.num_graphs, -1)
+        # without autograd the edge stream (E x H, the bulk of the work) is
+        # updated in place: e is this method's own tensor
+        inplace = not torch.is_grad_enabled()
         for conv in self.convs:
-            x, e, u = conv(x, e, u, ctx)
+            x, e, u = conv.update(x, e, u, ctx, inplace=inplace)
         graph = node = edge = None
         if self.graph_head is not None:
             pool = self.hparams["pool"]
@@ -297,8 +315,8 @@ class GMN(MetaNetwork):
         if self.edge_head is not None:
             edge = self.edge_head(e)
             if self.hparams["edge_residual"]:
-                pad = edge.shape[1] - batch.width
-                edge = edge + torch.nn.functional.pad(batch.edge_attr * batch.edge_mask, (0, pad))
+                attr, mask = batch.padded()
+                edge = edge + torch.nn.functional.pad(attr * mask, (0, edge.shape[1] - attr.shape[1]))
         return GMNOutput(graph, node, edge, batch)
 
     def predict(self, batch: Any) -> Tensor:

@@ -46,7 +46,7 @@ class DGLContext:
         self.num_graphs = batch.num_graphs
         self.num_nodes = n
         self.log_deg = torch.stack(
-            [self.graph.in_degrees().to(batch.edge_attr.dtype), self.graph.out_degrees().to(batch.edge_attr.dtype)],
+            [self.graph.in_degrees().to(batch.dtype), self.graph.out_degrees().to(batch.dtype)],
             dim=1,
         ).log1p()
 

@@ -373,3 +373,17 @@ def test_yaml_ties_with_mergekit_options_equals_the_direct_call(yaml_setup):
     want = ties(sd[0], sd[1:], [0.5, 1.0], density=[0.5, 0.3], trim="per_tensor", sign="weighted_sum", lam=0.8)
     assert all(torch.allclose(out.state_dict[k], want[k], atol=1e-7) for k in want)
     assert out.summary["method"] == "ties"
+
+
+@pytest.mark.parametrize("density", [0.0, 0.13, 0.5, 0.99, 1.0])
+def test_magnitude_mask_equals_a_stable_descending_sort_with_many_ties(density):
+    """Exactly ``int(density * n)`` entries; among equal magnitudes the earlier index wins."""
+    g = torch.Generator().manual_seed(0)
+    tau = torch.randint(-4, 5, (7, 13), generator=g).double()  # magnitudes 0..4: ties everywhere
+    flat = tau.reshape(-1).abs()
+    k = int(density * flat.numel())
+    want = torch.zeros(flat.numel(), dtype=torch.bool)
+    want[torch.argsort(flat, descending=True, stable=True)[:k]] = True
+    got = magnitude_mask(tau, density)
+    assert got.shape == tau.shape and int(got.sum()) == k
+    assert torch.equal(got.reshape(-1), want)

@@ -69,3 +69,17 @@ def test_tiny_gpt2_planted_permutation_with_noise_is_recovered_with_defaults():
     assert not wrong, f"groups not recovered: {wrong[:5]}"
     assert res.info["stop"] in ("converged", "rtol")
     assert [h["objective"] for h in res.info["history"]][-1] == res.objective
+
+
+def test_cache_evicts_what_is_cheapest_to_recompute_per_byte():
+    from weightspace.merge.matching import _Cache
+
+    c = _Cache(200)
+    c.put("embedding", "E", 100, worth=50.0)   # a product over many rows: dear to recompute
+    c.put("mlp1", "M1", 100, worth=2.0)
+    c.put("mlp2", "M2", 100, worth=2.0)        # full: the cheaper mlp1 goes, not the older embedding
+    assert c.get("embedding") == "E" and c.get("mlp1") is None and c.get("mlp2") == "M2"
+    c.put("cheap", "C", 100, worth=1.0)        # worth less than all it would evict: not kept
+    assert c.get("cheap") is None and c.get("mlp2") == "M2"
+    c.put("huge", "H", 300, worth=99.0)        # over the budget: never kept
+    assert c.get("huge") is None and c.bytes == 200 and c.peak == 200

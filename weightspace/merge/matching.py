@@ -184,8 +184,9 @@ def weight_matching(
             is computed exactly after every sweep); ``0``: run until a sweep
             changes nothing.
         cache: keep each tensor's ``[n, n]`` product (in ``dtype``) and reuse
-            it while the permutations of its other axes are unchanged, least
-            recently used first out: ``True`` bounds it by
+            it while the permutations of its other axes are unchanged; when
+            full, the products cheapest to recompute per byte go first (the
+            least recently used among equals): ``True`` bounds it by
             :data:`CACHE_BYTES` (256 MiB), an int by that many bytes,
             ``False`` keeps nothing.
         progress: show a tqdm bar over sweeps.
@@ -541,9 +542,15 @@ class _SweepLog:
         return {"timing": timing, "per_group": self.per_group, "history": self.history}
 
 
-class _LRU:
-    """A least-recently-used cache bounded by the bytes of its tensors
-    (``0``: keeps nothing). ``peak`` is the most bytes it ever held."""
+class _Cache:
+    """A cache bounded by the bytes of its tensors (``0``: keeps nothing).
+
+    When full, the entries cheapest to recompute per byte go first (``worth``:
+    multiply-adds per byte, e.g. the inner dimension of a product; the least
+    recently used among equals), so an embedding's ``[768, 768]`` product over
+    50k rows outlives ``[3072, 3072]`` products over 768. ``peak`` is the most
+    bytes it ever held.
+    """
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
@@ -557,15 +564,18 @@ class _LRU:
             return hit[0]
         return None
 
-    def put(self, key, value, nbytes: int) -> None:
+    def put(self, key, value, nbytes: int, worth: float = 0.0) -> None:
         if nbytes > self.budget:
             return
         old = self.items.pop(key, None)
         if old is not None:
             self.bytes -= old[1]
         while self.items and self.bytes + nbytes > self.budget:
-            self.bytes -= self.items.popitem(last=False)[1][1]
-        self.items[key] = (value, nbytes)
+            victim = min(self.items, key=lambda k: self.items[k][2])  # first minimum: least recently used
+            if self.items[victim][2] > worth and self.items[victim][1] > 0:
+                return  # everything held is worth more than the newcomer
+            self.bytes -= self.items.pop(victim)[1]
+        self.items[key] = (value, nbytes, worth)
         self.bytes += nbytes
         self.peak = max(self.peak, self.bytes)
 
@@ -586,7 +596,7 @@ class _WeightCosts:
         self.keys = keys
         self.A = {k: sd_a[k].detach().to(dtype) for k in keys}
         self.B = {k: sd_b[k].detach().to(dtype) for k in keys}
-        self.cache = _LRU(budget)
+        self.cache = _Cache(budget)
 
     def _other_indices(self, p: str, ax: int, maps) -> tuple[tuple[int, torch.Tensor], ...]:
         shape = self.B[p].shape
@@ -611,12 +621,12 @@ class _WeightCosts:
         if a is None:
             a = unit_rows(self.A[p], ax, st, n, u)
             copied = a.untyped_storage().data_ptr() != self.A[p].untyped_storage().data_ptr()
-            self.cache.put(("rows", key), a, a.numel() * a.element_size() if copied else 0)
+            self.cache.put(("rows", key), a, a.numel() * a.element_size() if copied else 0, 1.0)
         bt = self.B[p]
         for axis, ix in idx:
             bt = bt.index_select(axis, ix)
         prod = a @ unit_rows(bt, ax, st, n, u).T
-        self.cache.put(("prod", key), (idx, prod), prod.numel() * prod.element_size())
+        self.cache.put(("prod", key), (idx, prod), prod.numel() * prod.element_size(), a.shape[1] / prod.element_size())
         return prod
 
     def neuron(self, g: PermGroup, maps) -> torch.Tensor:

@@ -7,8 +7,11 @@ Inputs, built once into ``--workdir`` from a ``transformers.GPT2Config``
 ``base`` and two "fine-tunes" ``ft1``/``ft2`` (base plus dense seeded noise
 of 1% / 2% of each tensor's standard deviation).
 
-Every run is a fresh subprocess; its peak RSS is
-``resource.getrusage(RUSAGE_SELF).ru_maxrss``.
+Every run is a fresh subprocess; its peak RSS is its ``VmHWM``
+(``/proc/self/status``). ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is
+recorded beside it but is not the measure: a fork-exec'ed child starts from
+the parent's RSS at the fork, so it reads at least that. The inputs are
+built in a subprocess too.
 
 * merges: ``linear`` (ft1, ft2, weights 1 and 2), ``ties`` (mergekit's
   conventions: ``trim="per_tensor"``, ``sign="weighted_sum"``; density 0.3,
@@ -96,8 +99,9 @@ with open(cfg_path) as f:
     cfg = MergeConfiguration.model_validate(yaml.safe_load(f))
 run_merge(cfg, out, MergeOptions(copy_tokenizer=False, write_model_card=False, num_threads=threads,
                                  random_seed=0, quiet=True))
-print(json.dumps({"wall_s": time.perf_counter() - t,
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+hwm = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+print(json.dumps({"wall_s": time.perf_counter() - t, "peak_rss": hwm,
+                  "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
 
@@ -151,7 +155,8 @@ def child_ours(work: Path, name: str, out: Path, threads: int) -> dict:
                              options=m["options"], max_shard_size=200 * 2**20)
     import resource
 
-    return {"wall_s": time.perf_counter() - t, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    return {"wall_s": time.perf_counter() - t, "peak_rss": rss()["VmHWM"],
+            "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "model_bytes": plan.model_bytes, "shards": len(plan.shards)}
 
 
@@ -195,7 +200,7 @@ def child_rebasin(work: Path, threads: int, seed: int, noise: float) -> dict:
     t = time.perf_counter()
     res = weight_matching(sd_a, sd_b, spec, seed=seed)
     wall = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = rss()["VmHWM"]
     want = invert_permutation(spec, perm)
     wrong = [k for k in want if not torch.equal(res.perm[k], want[k])]
     return {
@@ -205,7 +210,8 @@ def child_rebasin(work: Path, threads: int, seed: int, noise: float) -> dict:
         "build_s": res.info["timing"]["build_s"], "lap_s": res.info["timing"]["lap_s"],
         "steps": res.info["timing"]["steps"], "cache_peak_bytes": res.info["cache_peak_bytes"],
         "planted_exact": not wrong, "groups_wrong": wrong[:10],
-        "peak_rss": peak, "rss_before_models": before["VmRSS"] - 2 * model_bytes, "rss_with_models": before["VmRSS"],
+        "peak_rss": peak, "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_before_models": before["VmRSS"] - 2 * model_bytes, "rss_with_models": before["VmRSS"],
         "model_bytes": model_bytes, "params": model_bytes // 4,
     }
 
@@ -314,7 +320,9 @@ def main() -> None:
         return
     if args.child:
         kind = args.child[0]
-        if kind == "ours":
+        if kind == "build":
+            res = build_dirs(args.workdir, args.n_layer, args.shard)
+        elif kind == "ours":
             res = child_ours(args.workdir, args.child[1], Path(args.child[2]), args.threads)
         else:
             res = child_rebasin(args.workdir, args.threads, args.seed, args.noise)
@@ -322,11 +330,23 @@ def main() -> None:
         return
 
     args.workdir.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
-    built = build_dirs(args.workdir, args.n_layer, args.shard)
-    build_s = time.perf_counter() - t
     me = [sys.executable, str(Path(__file__).resolve()), "--workdir", str(args.workdir), "--threads",
           str(args.threads)]
+    t = time.perf_counter()
+    built = run_child(me[1:] + ["--n-layer", str(args.n_layer), "--shard", args.shard, "--child", "build"])
+    if "error" in built:
+        raise SystemExit(f"building the inputs failed: {built['error']}")
+    build_s = time.perf_counter() - t
+
+    def save(rows: list, rebasin: dict | None) -> None:
+        payload = {
+            "torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "inputs": built, "build_s": build_s,
+            "mergekit_python": args.mergekit_python, "merges": rows, "rebasin": rebasin,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(payload, indent=2))
+
     rows = []
     for name in args.methods:
         row: dict = {"method": name, "ours_options": MERGES[name]["ours"], "mergekit_config": MERGES[name]["mergekit"]}
@@ -346,6 +366,7 @@ def main() -> None:
                     row["dare_stats"] = {"ours": dare_stats(out_ours, args.workdir / "base"),
                                          "mergekit": dare_stats(out_mk, args.workdir / "base")}
         rows.append(row)
+        save(rows, None)
         print(json.dumps({k: v for k, v in row.items() if k not in ("ours_options", "mergekit_config")}), flush=True)
     rebasin = None if args.no_rebasin else run_child(me[1:] + ["--seed", str(args.seed), "--noise", str(args.noise),
                                                                "--child", "rebasin"])
@@ -374,13 +395,7 @@ def main() -> None:
                   f"{rb['peak_rss'] / rb['model_bytes']:.2f}x one model "
                   f"({(rb['peak_rss'] - rb['rss_before_models']) / rb['model_bytes']:.2f}x above imports + spec)")
             print("  objective per sweep:", ", ".join(f"{v:.6g}" for v in rb["objective_per_sweep"]))
-    payload = {
-        "torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "inputs": built, "build_s": build_s,
-        "mergekit_python": args.mergekit_python, "merges": rows, "rebasin": rebasin,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2))
+    save(rows, rebasin)
     print(f"\nwrote {args.out}")
 
 

@@ -387,3 +387,18 @@ def test_magnitude_mask_equals_a_stable_descending_sort_with_many_ties(density):
     got = magnitude_mask(tau, density)
     assert got.shape == tau.shape and int(got.sum()) == k
     assert torch.equal(got.reshape(-1), want)
+
+
+@pytest.mark.parametrize("combine", ["linear", "ties"])
+def test_chunked_combine_is_bit_identical_and_leaves_inputs_alone(monkeypatch, combine):
+    import weightspace.merge.task_vectors as tv
+
+    g = torch.Generator().manual_seed(1)
+    base = {"w": torch.randn(9, 11, generator=g, dtype=torch.float64)}
+    fts = [{"w": base["w"] + torch.randn(9, 11, generator=g, dtype=torch.float64)} for _ in range(3)]
+    copies = [{k: v.clone() for k, v in sd.items()} for sd in [base, *fts]]
+    whole = dare(base, fts, [1.0, 0.5, 2.0], density=0.6, combine=combine, sign="weighted_sum", normalize=True, seed=2)
+    monkeypatch.setattr(tv, "_CHUNK", 7)  # 99 entries in 15 chunks
+    chunked = dare(base, fts, [1.0, 0.5, 2.0], density=0.6, combine=combine, sign="weighted_sum", normalize=True, seed=2)
+    assert torch.equal(whole["w"], chunked["w"])
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(copies, [base, *fts]) for k in a)

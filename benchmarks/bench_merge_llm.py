@@ -380,7 +380,7 @@ def main() -> None:
               f"{f(mk, 'wall_s', 1, '10.1f'):>10s} {f(mk, 'peak_rss', gb, '6.2f'):>6s} | "
               f"{f(r, 'time_ratio', 1, '6.2f'):>6s} {f(r, 'rss_ratio', 1, '6.2f'):>6s} "
               f"{f(c, 'max_abs_diff', 1, '9.2e'):>9s} {f(c, 'max_diff_over_scale', 1, '9.2e'):>9s} "
-              f"{f(c, 'entries_beyond_rounding', 1, '7d'):>7s}")
+              f"{f(c, 'entries_beyond_rounding', 1, '7.0f'):>7s}")
         for side in ("ours", "mergekit"):
             if "error" in r.get(side, {}):
                 print(f"  {side} error: {r[side]['error']}")

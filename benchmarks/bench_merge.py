@@ -1,5 +1,6 @@
 """Wall time of weight matching (Git Re-Basin) on ResNet-20x4 and ResNet-18
-pairs; LAP time vs cost-matrix build time per permutation group; and, when it
+pairs (random init) and on trained pairs (MLP 64-512x3-10 and ResNet-20x2 on
+sklearn digits, trained once and cached in the temp dir); LAP time vs cost-matrix build time per permutation group; and, when it
 can be imported, the ``rebasin`` PyPI package on the same pairs.
 
 Both tools solve the same problem (coordinate descent over permutation
@@ -8,13 +9,13 @@ reports the objective it reached (higher is better; computed with
 ``weightspace.merge.match_objective`` on the returned weights) and whether it
 recovers a planted permutation exactly.
 
-``rebasin`` 0.0.47 pins no torch version; install it into a throwaway
-environment that sees this one's packages and pass its interpreter::
+``rebasin`` 0.0.47 runs in its own environment, which sees this one's
+packages after its own (to build the models) through a ``.pth`` file::
 
-    python -m venv /tmp/rbvenv
-    python -c "import site; print(site.getsitepackages()[0])" > /tmp/rbvenv/lib/python3.11/site-packages/ws.pth
-    /tmp/rbvenv/bin/pip install rebasin
-    python benchmarks/bench_merge.py --rebasin-python /tmp/rbvenv/bin/python
+    python3.11 -m venv /work/venvs/rebasin
+    /work/venvs/rebasin/bin/pip install rebasin==0.0.47 "torch==2.13.*"
+    python -c "import site; print(site.getsitepackages()[0])" > /work/venvs/rebasin/lib/python3.11/site-packages/ws.pth
+    python benchmarks/bench_merge.py --rebasin-python /work/venvs/rebasin/bin/python
 
 Prints a table and writes ``benchmarks/results/merge.json``.
 """
@@ -47,7 +48,28 @@ from weightspace.symmetry import apply_permutation, random_permutation  # noqa: 
 PAIRS = {
     "resnet20x4": ("resnet20", {"width": 4}),
     "resnet18": ("resnet18", {"num_classes": 1000, "image_size": 64}),
+    "mlp512-digits": ("mlp", {"hidden": [512, 512, 512]}),
+    "resnet20x2-digits": ("resnet20", {"width": 2, "in_channels": 1, "image_size": 8}),
 }
+#: pairs trained on a dataset (seeds 1 and 2, ``analyses.merging.run.train``): label -> (dataset, epochs);
+#: the others are random inits with perturbed biases and BatchNorm statistics
+TRAINED = {"mlp512-digits": ("digits", 30), "resnet20x2-digits": ("digits", 15)}
+CACHE = Path(tempfile.gettempdir()) / "ws_bench_merge"
+
+
+def trained_pair(label: str) -> tuple[dict, dict]:
+    """The two trained state dicts of ``label`` (cached under the temp dir)."""
+    arch, kw = PAIRS[label]
+    data, epochs = TRAINED[label]
+    paths = [CACHE / f"{label}-seed{s}.safetensors" for s in (1, 2)]
+    if not all(p.is_file() for p in paths):
+        from analyses.merging.run import load, train
+
+        xtr, ytr, _, _ = load(data)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        for seed, p in zip((1, 2), paths):
+            save_state_dict(train(arch, kw, seed, xtr, ytr, epochs)[1], str(p))
+    return load_state_dict(str(paths[0])), load_state_dict(str(paths[1]))
 
 _REBASIN_SCRIPT = r"""
 import json, sys, time, torch, zoo
@@ -106,10 +128,14 @@ def bench_pair(label: str, repeats: int, rebasin_python: str | None, threads: in
     t0 = time.perf_counter()
     spec = ws.permutation_spec(arch, **kw)
     spec_s = time.perf_counter() - t0
-    sd_a = perturb(zoo.create_model(arch, seed=1, **kw).state_dict(), 11)
-    sd_b = perturb(zoo.create_model(arch, seed=2, **kw).state_dict(), 12)
+    if label in TRAINED:
+        sd_a, sd_b = trained_pair(label)
+    else:
+        sd_a = perturb(zoo.create_model(arch, seed=1, **kw).state_dict(), 11)
+        sd_b = perturb(zoo.create_model(arch, seed=2, **kw).state_dict(), 12)
     planted = apply_permutation(sd_a, spec, random_permutation(spec, seed=seed))
-    res: dict = {"pair": label, "arch": arch, "arch_kwargs": kw, "groups": len(spec), "spec_s": spec_s,
+    res: dict = {"pair": label, "arch": arch, "arch_kwargs": kw, "trained": TRAINED.get(label), "groups": len(spec),
+                 "spec_s": spec_s,
                  "parameters": sum(v.numel() for v in sd_a.values())}
     times, last = [], None
     for r in range(repeats):
@@ -120,6 +146,7 @@ def bench_pair(label: str, repeats: int, rebasin_python: str | None, threads: in
         "wall_s_median": statistics.median(times), "wall_s": times, "sweeps": last.sweeps,
         "objective": last.objective, "build_s": last.info["timing"]["build_s"],
         "lap_s": last.info["timing"]["lap_s"], "steps": last.info["timing"]["steps"],
+        "stop": last.info["stop"], "objective_per_sweep": [h["objective"] for h in last.info["history"]],
         "per_group": last.info["per_group"],
     }
     t = time.perf_counter()

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 
 from weightspace.errors import ConfigError, StateDictError
 from weightspace.io import read_safetensors
-from weightspace.merge import breadcrumbs, dare, merge_directories, slerp, task_arithmetic, ties
+from weightspace.merge import average, breadcrumbs, dare, merge_directories, slerp, task_arithmetic, ties
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,9 @@ CASES = {
     "task_arithmetic": ({"scale": [0.5, 1.0], "density": 0.6, "trim": "per_tensor"}, None,
                         lambda b, f: task_arithmetic(b, f, [0.5, 1.0], density=0.6, trim="per_tensor")),
     "slerp": ({"t": [0.0, 1.0]}, None, lambda b, f: slerp(f[0], f[1], [0.0, 1.0])),
+    "linear": ({}, [1.0, 3.0], lambda b, f: average(f, [1.0, 3.0])),
 }
+_NO_BASE = ("slerp", "linear")
 
 
 @pytest.mark.parametrize("method", CASES)
@@ -80,7 +82,7 @@ def test_streaming_equals_the_in_memory_merge(dirs, method):
     root, sds, paths = dirs
     opts, weights, direct = CASES[method]
     models = paths[1:]
-    plan = merge_directories(method, models, root / "out", base=None if method == "slerp" else paths[0],
+    plan = merge_directories(method, models, root / "out", base=None if method in _NO_BASE else paths[0],
                              weights=weights, options=opts, max_shard_size=200)
     got, want = _read_dir(root / "out"), direct(sds[0], sds[1:])
     assert set(got) == set(want)
@@ -93,7 +95,8 @@ def test_streaming_equals_the_in_memory_merge(dirs, method):
     assert (root / "out" / "tokenizer.json").is_file()
     with safe_open(str(root / "out" / next(iter(plan.shards))), "pt") as f:
         rec = json.loads(f.metadata()["weightspace_merge"])
-    assert rec["method"] == method and rec["options"]["density" if "density" in opts else "t"] is not None
+    assert rec["method"] == method and opts.items() <= rec["options"].items()
+    assert rec["weights"] == weights
 
 
 def test_dry_run_returns_the_plan_and_writes_nothing(dirs):
@@ -119,6 +122,12 @@ def test_streaming_errors_name_the_option_or_tensor(dirs):
     assert e.value.field == "method"
     with pytest.raises(ConfigError) as e:
         merge_directories("slerp", paths, root / "o")
+    assert e.value.field == "models"
+    with pytest.raises(ConfigError, match="takes no base") as e:
+        merge_directories("linear", paths[1:], root / "o", base=paths[0])
+    assert e.value.field == "base"
+    with pytest.raises(ConfigError) as e:
+        merge_directories("linear", [], root / "o")
     assert e.value.field == "models"
     other = _sd(5)
     other["model.layers.1.mlp.weight"] = torch.zeros(6, 7)

@@ -373,3 +373,32 @@ def test_yaml_ties_with_mergekit_options_equals_the_direct_call(yaml_setup):
     want = ties(sd[0], sd[1:], [0.5, 1.0], density=[0.5, 0.3], trim="per_tensor", sign="weighted_sum", lam=0.8)
     assert all(torch.allclose(out.state_dict[k], want[k], atol=1e-7) for k in want)
     assert out.summary["method"] == "ties"
+
+
+@pytest.mark.parametrize("density", [0.0, 0.13, 0.5, 0.99, 1.0])
+def test_magnitude_mask_equals_a_stable_descending_sort_with_many_ties(density):
+    """Exactly ``int(density * n)`` entries; among equal magnitudes the earlier index wins."""
+    g = torch.Generator().manual_seed(0)
+    tau = torch.randint(-4, 5, (7, 13), generator=g).double()  # magnitudes 0..4: ties everywhere
+    flat = tau.reshape(-1).abs()
+    k = int(density * flat.numel())
+    want = torch.zeros(flat.numel(), dtype=torch.bool)
+    want[torch.argsort(flat, descending=True, stable=True)[:k]] = True
+    got = magnitude_mask(tau, density)
+    assert got.shape == tau.shape and int(got.sum()) == k
+    assert torch.equal(got.reshape(-1), want)
+
+
+@pytest.mark.parametrize("combine", ["linear", "ties"])
+def test_chunked_combine_is_bit_identical_and_leaves_inputs_alone(monkeypatch, combine):
+    import weightspace.merge.task_vectors as tv
+
+    g = torch.Generator().manual_seed(1)
+    base = {"w": torch.randn(9, 11, generator=g, dtype=torch.float64)}
+    fts = [{"w": base["w"] + torch.randn(9, 11, generator=g, dtype=torch.float64)} for _ in range(3)]
+    copies = [{k: v.clone() for k, v in sd.items()} for sd in [base, *fts]]
+    whole = dare(base, fts, [1.0, 0.5, 2.0], density=0.6, combine=combine, sign="weighted_sum", normalize=True, seed=2)
+    monkeypatch.setattr(tv, "_CHUNK", 7)  # 99 entries in 15 chunks
+    chunked = dare(base, fts, [1.0, 0.5, 2.0], density=0.6, combine=combine, sign="weighted_sum", normalize=True, seed=2)
+    assert torch.equal(whole["w"], chunked["w"])
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(copies, [base, *fts]) for k in a)

@@ -33,6 +33,7 @@ from weightspace.merge.average import (
 from weightspace.merge.barrier import PathResult, barrier, evaluate, linear_path, loss_and_accuracy
 from weightspace.merge.config import MergeConfig, MergeOutcome, load_config, run_config
 from weightspace.merge.matching import (
+    CACHE_BYTES,
     MatchResult,
     activation_matching,
     match_objective,
@@ -46,6 +47,7 @@ from weightspace.merge.stream import StreamPlan, merge_directories
 from weightspace.merge.task_vectors import breadcrumbs, dare, slerp, ties
 
 __all__ = [
+    "CACHE_BYTES",
     "FusionResult",
     "MatchResult",
     "MergeConfig",

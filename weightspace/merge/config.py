@@ -189,7 +189,7 @@ _SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 _SEQUENCE_TYPES = ("Sequence", "list", "tuple")
 # ranges and choices of option names the methods share
 _POSITIVE = {"batch_size", "max_samples", "max_sweeps", "max_rounds", "num_itermax", "steps", "num_lambdas"}
-_NON_NEGATIVE = {"lr", "reg", "eps", "tol", "lam"}
+_NON_NEGATIVE = {"lr", "reg", "eps", "tol", "rtol", "lam"}
 _CHOICES = {
     "fallback": ("weights", "error"),
     "labels": ("sampled", "argmax", "given"),

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -54,6 +55,7 @@ from weightspace.symmetry import (
     PermGroup,
     Permutation,
     PermutationSpec,
+    apply_block_maps,
     apply_permutation,
     axis_index,
     block_index_maps,
@@ -63,12 +65,17 @@ from weightspace.symmetry import (
 )
 
 __all__ = [
+    "CACHE_BYTES",
     "MatchResult",
     "activation_matching",
     "match_objective",
     "ste_matching",
     "weight_matching",
 ]
+
+
+#: default bound (bytes) of weight matching's product cache (``cache=True``)
+CACHE_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -82,7 +89,8 @@ class MatchResult:
         objective: final matching objective (weights: ``sum <W_a, P(W_b)>``;
             activations: summed correlation of matched neurons).
         sweeps: coordinate-descent sweeps run (weight matching).
-        converged: the last sweep changed nothing.
+        converged: the last sweep changed nothing (weight matching stopped
+            by ``rtol`` reports ``False``; ``info["stop"]`` says why it stopped).
         info: method-specific details (e.g. groups that fell back to weights,
             STE loss history).
     """
@@ -110,13 +118,30 @@ def match_objective(
 ) -> float:
     """``sum_W <W_a, P(W_b)>`` over the permuted float tensors (float64).
 
+    Streams tensor by tensor: the permuted copy of ``b`` is never held whole.
+
     Args:
         perm: permutation of ``b`` (``None`` = identity).
         include_buffers: also count BatchNorm running statistics.
     """
-    pb = apply_permutation(sd_b, spec, perm) if perm is not None else sd_b
+    maps = block_index_maps(spec, perm) if perm is not None else None
     keys = [k for k in spec.param_axes if include_buffers or not is_running_stat(k)]
-    return float(sum((sd_a[k].float() * pb[k].float()).sum(dtype=torch.float64) for k in keys))
+    return _objective(sd_a, sd_b, spec, keys, maps)
+
+
+def _objective(sd_a, sd_b, spec: PermutationSpec, keys, maps) -> float:
+    """:func:`match_objective` over ``keys`` with ``b`` gathered by block ``maps``
+    (``None``: as it is), one tensor at a time."""
+    total = 0.0
+    for k in keys:
+        b = sd_b[k] if maps is None else apply_block_maps({k: sd_b[k]}, spec, maps)[k]
+        a, b = sd_a[k].reshape(-1), b.reshape(-1)
+        for i in range(0, a.numel(), _CHUNK):  # float64 products in bounded chunks (an embedding is 38M entries)
+            total += float((a[i : i + _CHUNK].double() * b[i : i + _CHUNK].double()).sum())
+    return total
+
+
+_CHUNK = 1 << 22
 
 
 def weight_matching(
@@ -131,7 +156,8 @@ def weight_matching(
     include_buffers: bool = False,
     dtype: torch.dtype = torch.float32,
     tol: float = 1e-9,
-    cache: bool = True,
+    rtol: float = 1e-3,
+    cache: bool | int = True,
     progress: bool = False,
     validate: bool = True,
 ) -> MatchResult:
@@ -144,7 +170,7 @@ def weight_matching(
             architecture name).
         seed: seeds the random order of coordinates in every sweep.
         max_sweeps: sweeps over all coordinates at most; stops earlier when a
-            whole sweep improves nothing.
+            whole sweep improves nothing, or by ``rtol``.
         init: starting permutation (default identity).
         groups: optimise only these coordinates (neuron group names, or head
             group names -- a head group carries its nested groups); the rest
@@ -153,18 +179,28 @@ def weight_matching(
             are estimates, not weights).
         dtype: matmul precision of the cost matrices (accumulated in float64).
         tol: relative improvement below which a step counts as no progress.
-        cache: keep each tensor's ``[n, n]`` product and reuse it while the
-            permutations of its other axes are unchanged (memory: one
-            ``n x n`` float64 matrix per tensor axis; off for huge models).
+        rtol: stop once a sweep raised the objective by at most
+            ``rtol * |objective|`` (relative objective change; the objective
+            is computed exactly after every sweep); ``0``: run until a sweep
+            changes nothing.
+        cache: keep each tensor's ``[n, n]`` product (in ``dtype``) and reuse
+            it while the permutations of its other axes are unchanged; when
+            full, the products cheapest to recompute per byte go first (the
+            least recently used among equals): ``True`` bounds it by
+            :data:`CACHE_BYTES` (256 MiB), an int by that many bytes,
+            ``False`` keeps nothing.
         progress: show a tqdm bar over sweeps.
         validate: check both state_dicts against ``spec`` (keys, shapes, finite).
 
     Returns:
         :class:`MatchResult` with ``perm`` mapping ``b`` onto ``a``;
         ``info["timing"]`` (``build_s``, ``lap_s``, ``steps`` in total),
-        ``info["per_group"]`` (the same per coordinate) and
+        ``info["per_group"]`` (the same per coordinate),
         ``info["history"]`` (per sweep: ``sweep``, ``time_s``, ``steps``,
-        ``changed`` coordinates, objective ``gain``).
+        ``changed`` coordinates, the coordinates' own ``gain`` and the
+        ``objective`` after the sweep), ``info["initial_objective"]``,
+        ``info["stop"]`` (``"converged"``, ``"rtol"`` or ``"max_sweeps"``) and
+        ``info["cache_peak_bytes"]``.
     """
     spec = resolve_spec(spec)
     if validate:
@@ -182,7 +218,9 @@ def weight_matching(
         coords = [c for c in coords if _coord_name(c) in wanted]
     perm = {k: v.clone().long() for k, v in (init or identity_permutation(spec)).items()}
     validate_permutation(spec, perm)
-    costs = _WeightCosts(spec, sd_a, sd_b, keys, dtype, cache)
+    budget = 0 if cache is False else CACHE_BYTES if cache is True else int(cache)
+    costs = _WeightCosts(spec, sd_a, sd_b, keys, dtype, budget)
+    obj_keys = [k for k in spec.param_axes if k in costs.keys]  # match_objective's order
 
     # A coordinate's cost matrix only changes when a coordinate sharing one of
     # its tensors changes; a coordinate whose cost is unchanged since it was
@@ -194,13 +232,14 @@ def weight_matching(
     log = _SweepLog()
     rng = np.random.default_rng(seed)
     maps = block_index_maps(spec, perm)
-    sweeps, converged = 0, False
+    objective = initial = _objective(sd_a, sd_b, spec, obj_keys, maps)
+    sweeps, stop = 0, "max_sweeps"
     from tqdm.auto import tqdm
 
     bar = tqdm(range(max_sweeps), disable=not progress, desc="weight matching", leave=False)
     for _ in bar:
         if not any(dirty):
-            converged = True
+            stop = "converged"
             break
         sweeps += 1
         improved = False
@@ -216,12 +255,21 @@ def weight_matching(
                         if j != ci:
                             dirty[j] = True
         if not improved:
-            converged = True
+            log.history[-1]["objective"] = objective
+            stop = "converged"
+            break
+        previous, objective = objective, _objective(sd_a, sd_b, spec, obj_keys, maps)
+        log.history[-1]["objective"] = objective
+        bar.set_postfix(objective=f"{objective:.6g}")
+        if objective - previous <= rtol * abs(objective):
+            stop = "rtol"
             break
     else:
-        converged = not any(dirty)
-    objective = match_objective(sd_a, sd_b, spec, perm, include_buffers=include_buffers)
-    return MatchResult(perm, spec, "weight", objective, sweeps, converged, log.info())
+        if not any(dirty):
+            stop = "converged"
+    info = log.info()
+    info.update(initial_objective=initial, stop=stop, cache_peak_bytes=costs.cache.peak)
+    return MatchResult(perm, spec, "weight", objective, sweeps, stop == "converged", info)
 
 
 def activation_matching(
@@ -494,23 +542,61 @@ class _SweepLog:
         return {"timing": timing, "per_group": self.per_group, "history": self.history}
 
 
+class _Cache:
+    """A cache bounded by the bytes of its tensors (``0``: keeps nothing).
+
+    When full, the entries cheapest to recompute per byte go first (``worth``:
+    multiply-adds per byte, e.g. the inner dimension of a product; the least
+    recently used among equals), so an embedding's ``[768, 768]`` product over
+    50k rows outlives ``[3072, 3072]`` products over 768. ``peak`` is the most
+    bytes it ever held.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.items: OrderedDict = OrderedDict()
+        self.bytes = self.peak = 0
+
+    def get(self, key):
+        hit = self.items.get(key)
+        if hit is not None:
+            self.items.move_to_end(key)
+            return hit[0]
+        return None
+
+    def put(self, key, value, nbytes: int, worth: float = 0.0) -> None:
+        if nbytes > self.budget:
+            return
+        old = self.items.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        while self.items and self.bytes + nbytes > self.budget:
+            victim = min(self.items, key=lambda k: self.items[k][2])  # first minimum: least recently used
+            if self.items[victim][2] > worth and self.items[victim][1] > 0:
+                return  # everything held is worth more than the newcomer
+            self.bytes -= self.items.pop(victim)[1]
+        self.items[key] = (value, nbytes, worth)
+        self.bytes += nbytes
+        self.peak = max(self.peak, self.bytes)
+
+
 class _WeightCosts:
     """Cost matrices of weight matching for one pair of state_dicts.
 
     The product ``A_e @ B_e^T`` of one tensor axis entry only depends on how
-    the *other* axes of that tensor are currently permuted; it is cached with
-    those gather indices and reused while they are unchanged (``cache``).
+    the *other* axes of that tensor are currently permuted; it is kept (in
+    the matmul ``dtype``) with those gather indices in a cache bounded by
+    ``budget`` bytes and reused while they are unchanged. Row views of ``a``
+    that need a copy (e.g. convolutions) share that budget.
     """
 
-    def __init__(self, spec, sd_a, sd_b, keys: set[str], dtype: torch.dtype, cache: bool = True) -> None:
+    def __init__(self, spec, sd_a, sd_b, keys: set[str], dtype: torch.dtype, budget: int = CACHE_BYTES) -> None:
         self.spec = spec
         keys = {k for k in keys if k in sd_a and k in sd_b}
         self.keys = keys
         self.A = {k: sd_a[k].detach().to(dtype) for k in keys}
         self.B = {k: sd_b[k].detach().to(dtype) for k in keys}
-        self.use_cache = cache
-        self.rows_a: dict = {}
-        self.products: dict = {}
+        self.cache = _Cache(budget)
 
     def _other_indices(self, p: str, ax: int, maps) -> tuple[tuple[int, torch.Tensor], ...]:
         shape = self.B[p].shape
@@ -525,23 +611,22 @@ class _WeightCosts:
         return cache[key]
 
     def product(self, p: str, ax: int, st: int, n: int, u: int, maps) -> torch.Tensor:
-        """``[n, n]`` float64: ``rows(A) @ rows(P_other(B))^T`` for one axis entry."""
+        """``[n, n]`` in ``dtype``: ``rows(A) @ rows(P_other(B))^T`` for one axis entry."""
         idx = self._other_indices(p, ax, maps)
         key = (p, ax, st, n, u)
-        hit = self.products.get(key)
+        hit = self.cache.get(("prod", key))
         if hit is not None and all(torch.equal(x, y) for (_, x), (_, y) in zip(hit[0], idx)):
             return hit[1]
-        a = self.rows_a.get(key)
+        a = self.cache.get(("rows", key))
         if a is None:
             a = unit_rows(self.A[p], ax, st, n, u)
-            if self.use_cache:
-                self.rows_a[key] = a
+            copied = a.untyped_storage().data_ptr() != self.A[p].untyped_storage().data_ptr()
+            self.cache.put(("rows", key), a, a.numel() * a.element_size() if copied else 0, 1.0)
         bt = self.B[p]
         for axis, ix in idx:
             bt = bt.index_select(axis, ix)
-        prod = (a @ unit_rows(bt, ax, st, n, u).T).to(torch.float64)
-        if self.use_cache:
-            self.products[key] = (idx, prod)
+        prod = a @ unit_rows(bt, ax, st, n, u).T
+        self.cache.put(("prod", key), (idx, prod), prod.numel() * prod.element_size(), a.shape[1] / prod.element_size())
         return prod
 
     def neuron(self, g: PermGroup, maps) -> torch.Tensor:

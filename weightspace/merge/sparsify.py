@@ -56,9 +56,16 @@ def magnitude_mask(tau: torch.Tensor, density: float) -> torch.Tensor:
         bool mask, ``tau``'s shape.
     """
     flat = tau.reshape(-1).abs()
-    k = int(density * flat.numel())
-    mask = torch.zeros(flat.numel(), dtype=torch.bool)
-    mask[torch.argsort(flat, descending=True, stable=True)[:k]] = True
+    n = flat.numel()
+    k = int(density * n)
+    if k <= 0 or k >= n:
+        return torch.full(tau.shape, k > 0, dtype=torch.bool)
+    # the k-th largest magnitude, then the earliest entries equal to it: what
+    # a stable descending sort keeps, without its n int64 indices
+    thr = flat.kthvalue(n - k + 1).values
+    mask = flat > thr
+    ties = (flat == thr).nonzero().squeeze(1)
+    mask[ties[: k - int(mask.sum())]] = True
     return mask.reshape(tau.shape)
 
 

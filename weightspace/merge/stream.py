@@ -1,6 +1,6 @@
 """Out-of-core merging of Hugging Face checkpoint directories, tensor by tensor.
 
-The elementwise methods (``task_arithmetic``, ``ties``, ``dare``,
+The elementwise methods (``linear``, ``task_arithmetic``, ``ties``, ``dare``,
 ``breadcrumbs``, ``slerp``) need one tensor of every model at a time, so
 :func:`merge_directories` never holds a whole model: it opens each input
 file with ``safetensors.safe_open`` per tensor (closing it again, so no
@@ -31,7 +31,7 @@ from weightspace.arch.ref import INDEX_FILE, SINGLE_FILE, _read_index
 from weightspace.errors import InputFileError, MissingFileError, StateDictError
 from weightspace.io import atomic_write
 from weightspace.merge._common import MergeConfigError
-from weightspace.merge.average import task_arithmetic
+from weightspace.merge.average import average, task_arithmetic
 from weightspace.merge.task_vectors import breadcrumbs, dare, layer_index, slerp, ties
 
 __all__ = ["STREAM_METHODS", "StreamPlan", "TensorPlan", "merge_directories"]
@@ -53,7 +53,9 @@ def _fn(method: str) -> Callable[..., dict[str, torch.Tensor]]:
     return {"task_arithmetic": task_arithmetic, "ties": ties, "dare": dare, "breadcrumbs": breadcrumbs}[method]
 
 
-STREAM_METHODS = ("task_arithmetic", "ties", "dare", "breadcrumbs", "slerp")
+STREAM_METHODS = ("linear", "task_arithmetic", "ties", "dare", "breadcrumbs", "slerp")
+#: methods that merge the models themselves and take no base
+_NO_BASE = ("linear", "slerp")
 
 
 @dataclass
@@ -212,13 +214,15 @@ def merge_directories(
     """Merge safetensors model directories tensor by tensor into ``out``.
 
     Args:
-        method: one of :data:`STREAM_METHODS`.
+        method: one of :data:`STREAM_METHODS` (``linear``: the weighted
+            average of :func:`~weightspace.merge.average.average`, mergekit's
+            ``linear``).
         models: the fine-tuned directories (``slerp``: exactly two; ``t = 0``
             is ``models[0]``). Each holds ``model.safetensors`` or shards
             listed in ``model.safetensors.index.json``.
         out: the output directory (not needed with ``dry_run``).
-        base: the base model's directory (every method but ``slerp``).
-        weights: per-model weights (ties, dare, breadcrumbs; default 1).
+        base: the base model's directory (every method but ``linear`` and ``slerp``).
+        weights: per-model weights (linear, ties, dare, breadcrumbs; default 1).
         options: keyword arguments of the method's function (``seed`` for
             dare included); ``ties`` needs ``trim: per_tensor``.
         max_shard_size: bytes per output shard (one ``model.safetensors``
@@ -246,6 +250,13 @@ def merge_directories(
             raise MergeConfigError(f"slerp merges exactly 2 models, got {len(models)}", field="models")
         first = _Dir(models[0], "models[0]")
         others = [_Dir(models[1], "models[1]")]
+    elif method == "linear":
+        if base is not None:
+            raise MergeConfigError("linear averages the models and takes no base", field="base")
+        if not models:
+            raise MergeConfigError("needs at least one model directory", field="models")
+        first = _Dir(models[0], "models[0]")
+        others = [_Dir(m, f"models[{i + 1}]") for i, m in enumerate(models[1:])]
     else:
         if base is None:
             raise MergeConfigError(f"method {method} needs a base model directory", field="base")
@@ -257,7 +268,7 @@ def merge_directories(
     if method == "slerp" and "n_layers" not in opts:
         idx = [i for i in (layer_index(t.name) for t in plan.tensors) if i is not None]
         opts["n_layers"] = max(idx) + 1 if idx else 1
-    if method in ("ties", "dare", "breadcrumbs") and weights is not None:
+    if method in ("linear", "ties", "dare", "breadcrumbs") and weights is not None:
         opts["weights"] = list(weights)
     elif weights is not None:
         raise MergeConfigError(f"method {method} takes no per-model weights (use its options)", field="weights")
@@ -268,6 +279,8 @@ def merge_directories(
         tensors = [first.read(name)] + [d.read(name) for d in others]
         if method == "slerp":
             return slerp({name: tensors[0]}, {name: tensors[1]}, **opts)[name]
+        if method == "linear":
+            return average([{name: t} for t in tensors], **opts)[name]
         return _fn(method)({name: tensors[0]}, [{name: t} for t in tensors[1:]], **opts)[name]
 
     if out is None:

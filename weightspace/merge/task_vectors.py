@@ -90,6 +90,24 @@ def _inputs(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, t
 # ------------------------------------------------------------- combining
 def _combine(taus: Sequence[torch.Tensor], w: Sequence[float], combine: str, sign: str,
              normalize: bool) -> torch.Tensor:
+    """:func:`_combine_block` over chunks of the flattened entries (it is
+    elementwise): the working copies stay bounded for an embedding-sized
+    tensor. Same result bit for bit."""
+    flat = [t.reshape(-1) for t in taus]
+    n = flat[0].numel()
+    if n <= _CHUNK:
+        return _combine_block(flat, w, combine, sign, normalize).reshape(taus[0].shape)
+    out = torch.empty(n, dtype=torch.float64)
+    for i in range(0, n, _CHUNK):
+        out[i : i + _CHUNK] = _combine_block([f[i : i + _CHUNK] for f in flat], w, combine, sign, normalize)
+    return out.reshape(taus[0].shape)
+
+
+_CHUNK = 1 << 22
+
+
+def _combine_block(taus: Sequence[torch.Tensor], w: Sequence[float], combine: str, sign: str,
+                   normalize: bool) -> torch.Tensor:
     """One tensor's combined task vector from sparsified ``taus`` (float64).
 
     ``combine="linear"``: ``sum_i w_i tau_i`` (``/ sum_i w_i`` if
@@ -127,8 +145,10 @@ def _apply(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, to
             out[k] = merge_non_float(k, [v, *(ft[k] for ft in finetuned)], labels)
             continue
         b = v.double()
-        taus = [sparsify(i, k, ft[k].double() - b) for i, ft in enumerate(finetuned)]
-        out[k] = (b + lam * _combine(taus, w, combine, sign, normalize)).to(v.dtype)
+        taus = [sparsify(i, k, ft[k].to(torch.float64, copy=True).sub_(b)) for i, ft in enumerate(finetuned)]
+        mixed = _combine(taus, w, combine, sign, normalize)
+        del taus
+        out[k] = mixed.mul_(lam).add_(b).to(v.dtype)  # = b + lam * mixed (addition commutes exactly)
     return out
 
 

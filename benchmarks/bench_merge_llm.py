@@ -1,0 +1,403 @@
+"""Merging GPT-2-small-size checkpoints: time and peak RSS of the streamed
+merges (``weightspace.merge.merge_directories``) and of Re-Basin weight
+matching, optionally against mergekit on the same directories.
+
+Inputs, built once into ``--workdir`` from a ``transformers.GPT2Config``
+(124M parameters at the defaults, random init, fp32, sharded safetensors):
+``base`` and two "fine-tunes" ``ft1``/``ft2`` (base plus dense seeded noise
+of 1% / 2% of each tensor's standard deviation).
+
+Every run is a fresh subprocess; its peak RSS is its ``VmHWM``
+(``/proc/self/status``). ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is
+recorded beside it but is not the measure: a fork-exec'ed child starts from
+the parent's RSS at the fork, so it reads at least that. The inputs are
+built in a subprocess too.
+
+* merges: ``linear`` (ft1, ft2, weights 1 and 2), ``ties`` (mergekit's
+  conventions: ``trim="per_tensor"``, ``sign="weighted_sum"``; density 0.3,
+  weights 1 and 0.5), ``dare`` (``combine="ties"``, ``rescale="l1"``: mergekit's
+  ``dare_ties``; density 0.3), ``slerp`` (ft1 -> ft2, t = 0.3).
+* Re-Basin: weight matching of ``base`` against a copy under a planted random
+  permutation of every group of its spec plus noise (1e-3 of each tensor's
+  standard deviation); reports time, sweeps, the objective per sweep,
+  whether the planted permutation is recovered exactly, and peak RSS. The
+  spec is traced on the meta device first, then the peak is reset
+  (``/proc/self/clear_refs``), so the peak counts the two models and the
+  matcher; the RSS before loading the models (imports + spec) is reported
+  beside it.
+* ``--mergekit-python PATH``: the same merges by mergekit (an interpreter
+  with ``mergekit`` installed, e.g. ``/work/venvs/mergekit/bin/python``) on
+  the same directories; outputs are compared tensor by tensor (max abs
+  difference, the largest difference over the tensor's max magnitude, and
+  the entries differing by more than float32 rounding: 4 ulp of the larger
+  magnitude and 1e-7 of the tensor's scale) and time / memory ratios are
+  reported. DARE draws its masks
+  differently in the two tools (mergekit: ``torch.bernoulli`` on the global
+  generator in its task order; here: one generator per (seed, model,
+  tensor)), so its outputs are compared by statistics, not equality.
+
+Run: nice -n 10 python benchmarks/bench_merge_llm.py [--mergekit-python PATH]
+Prints a table and writes ``benchmarks/results/merge_llm.json`` (with the
+load average).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+#: the merges: our method and options, mergekit's method and parameters
+MERGES = {
+    "linear": {
+        "ours": {"method": "linear", "models": ["ft1", "ft2"], "weights": [1.0, 2.0], "options": {}},
+        "mergekit": {"merge_method": "linear", "dtype": "float32",
+                     "models": [{"model": "ft1", "parameters": {"weight": 1.0}},
+                                {"model": "ft2", "parameters": {"weight": 2.0}}]},
+    },
+    "ties": {
+        "ours": {"method": "ties", "base": "base", "models": ["ft1", "ft2"], "weights": [1.0, 0.5],
+                 "options": {"density": 0.3, "trim": "per_tensor", "sign": "weighted_sum"}},
+        "mergekit": {"merge_method": "ties", "base_model": "base", "dtype": "float32",
+                     "models": [{"model": "ft1", "parameters": {"weight": 1.0, "density": 0.3}},
+                                {"model": "ft2", "parameters": {"weight": 0.5, "density": 0.3}}]},
+    },
+    "dare": {
+        "ours": {"method": "dare", "base": "base", "models": ["ft1", "ft2"], "weights": [1.0, 0.5],
+                 "options": {"density": 0.3, "combine": "ties", "rescale": "l1", "sign": "weighted_sum",
+                             "seed": 0}},
+        "mergekit": {"merge_method": "dare_ties", "base_model": "base", "dtype": "float32",
+                     "models": [{"model": "ft1", "parameters": {"weight": 1.0, "density": 0.3}},
+                                {"model": "ft2", "parameters": {"weight": 0.5, "density": 0.3}}]},
+    },
+    "slerp": {
+        "ours": {"method": "slerp", "models": ["ft1", "ft2"], "weights": None, "options": {"t": 0.3}},
+        "mergekit": {"merge_method": "slerp", "base_model": "ft1", "dtype": "float32",
+                     "models": [{"model": "ft1"}, {"model": "ft2"}], "parameters": {"t": 0.3}},
+    },
+}
+
+_MERGEKIT_CHILD = r"""
+import json, resource, sys, time, yaml, torch
+cfg_path, out, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+torch.set_num_threads(threads)
+from mergekit.config import MergeConfiguration
+from mergekit.merge import MergeOptions, run_merge
+t = time.perf_counter()
+with open(cfg_path) as f:
+    cfg = MergeConfiguration.model_validate(yaml.safe_load(f))
+run_merge(cfg, out, MergeOptions(copy_tokenizer=False, write_model_card=False, num_threads=threads,
+                                 random_seed=0, quiet=True))
+hwm = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+print(json.dumps({"wall_s": time.perf_counter() - t, "peak_rss": hwm,
+                  "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def rss() -> dict:
+    """``VmRSS`` and ``VmHWM`` (bytes) of this process."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS", "VmHWM")):
+                out[line.split(":")[0]] = int(line.split()[1]) * 1024
+    return out
+
+
+def gpt2_config(n_layer: int):
+    import transformers as T
+
+    return T.GPT2Config(n_layer=n_layer, use_cache=False)
+
+
+def build_dirs(work: Path, n_layer: int, shard: str) -> dict:
+    """``base``, ``ft1``, ``ft2`` under ``work`` (reused when they exist for this config)."""
+    import transformers as T
+
+    stamp = work / "built.json"
+    want = {"n_layer": n_layer, "shard": shard, "noise": [0.01, 0.02]}
+    if stamp.is_file() and json.loads(stamp.read_text()) == want:
+        return want
+    torch.manual_seed(0)
+    model = T.GPT2LMHeadModel(gpt2_config(n_layer)).eval()
+    model.save_pretrained(work / "base", max_shard_size=shard)
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    for i, scale in enumerate(want["noise"], start=1):
+        g = torch.Generator().manual_seed(i)
+        with torch.no_grad():
+            for k, p in model.named_parameters():
+                b = base[k]
+                p.copy_(b + scale * b.std() * torch.randn(b.shape, generator=g))
+        model.save_pretrained(work / f"ft{i}", max_shard_size=shard)
+    stamp.write_text(json.dumps(want))
+    return want
+
+
+def child_ours(work: Path, name: str, out: Path, threads: int) -> dict:
+    from weightspace.merge import merge_directories
+
+    torch.set_num_threads(threads)
+    m = MERGES[name]["ours"]
+    t = time.perf_counter()
+    plan = merge_directories(m["method"], [work / x for x in m["models"]], out,
+                             base=work / m["base"] if "base" in m else None, weights=m["weights"],
+                             options=m["options"], max_shard_size=200 * 2**20)
+    import resource
+
+    return {"wall_s": time.perf_counter() - t, "peak_rss": rss()["VmHWM"],
+            "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "model_bytes": plan.model_bytes, "shards": len(plan.shards)}
+
+
+def child_rebasin(work: Path, threads: int, seed: int, noise: float) -> dict:
+    import resource
+
+    import transformers as T
+
+    from weightspace.arch.ref import INDEX_FILE
+    from weightspace.core import permutation_spec
+    from weightspace.io import read_json, read_safetensors
+    from weightspace.merge import weight_matching
+    from weightspace.symmetry import apply_permutation, invert_permutation, random_permutation
+
+    torch.set_num_threads(threads)
+    n_layer = json.loads((work / "built.json").read_text())["n_layer"]
+    t = time.perf_counter()
+    with torch.device("meta"):
+        meta = T.GPT2LMHeadModel(gpt2_config(n_layer)).eval()
+        spec = permutation_spec(meta, (torch.zeros(1, 8, dtype=torch.long),), tracer="auto")
+    spec_s = time.perf_counter() - t
+    del meta
+    sd_a: dict = {}
+    for f in sorted(set(read_json(work / "base" / INDEX_FILE)["weight_map"].values())):
+        sd_a.update(read_safetensors(work / "base" / f))
+    for k in spec.param_shapes:  # the tied LM head is not in the files: share the embedding
+        if k not in sd_a and k == "lm_head.weight":
+            sd_a[k] = sd_a["transformer.wte.weight"]
+    perm = random_permutation(spec, seed=seed + 1)
+    sd_b = apply_permutation(sd_a, spec, perm)
+    g = torch.Generator().manual_seed(seed + 2)
+    for k, v in sd_b.items():
+        if v.is_floating_point() and k != "lm_head.weight":
+            v.add_(noise * v.std() * torch.randn(v.shape, generator=g))
+    if "lm_head.weight" in sd_b:
+        sd_b["lm_head.weight"] = sd_b["transformer.wte.weight"]
+    model_bytes = sum(v.numel() * v.element_size() for k, v in sd_a.items() if k != "lm_head.weight")
+    with open("/proc/self/clear_refs", "w") as f:  # peak from here on: two models + the matcher
+        f.write("5")
+    before = rss()
+    t = time.perf_counter()
+    res = weight_matching(sd_a, sd_b, spec, seed=seed)
+    wall = time.perf_counter() - t
+    peak = rss()["VmHWM"]
+    want = invert_permutation(spec, perm)
+    wrong = [k for k in want if not torch.equal(res.perm[k], want[k])]
+    return {
+        "spec_s": spec_s, "groups": len(spec.groups), "wall_s": wall, "sweeps": res.sweeps, "stop": res.info["stop"],
+        "objective": res.objective, "initial_objective": res.info["initial_objective"],
+        "objective_per_sweep": [h["objective"] for h in res.info["history"]],
+        "build_s": res.info["timing"]["build_s"], "lap_s": res.info["timing"]["lap_s"],
+        "steps": res.info["timing"]["steps"], "cache_peak_bytes": res.info["cache_peak_bytes"],
+        "planted_exact": not wrong, "groups_wrong": wrong[:10],
+        "peak_rss": peak, "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_before_models": before["VmRSS"] - 2 * model_bytes, "rss_with_models": before["VmRSS"],
+        "model_bytes": model_bytes, "params": model_bytes // 4,
+    }
+
+
+def run_child(argv: list[str], python: str = sys.executable, env: dict | None = None) -> dict:
+    proc = subprocess.run([python, *argv], capture_output=True, text=True, timeout=3600,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"error": " | ".join(tail) or f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare_dirs(ours: Path, theirs: Path) -> dict:
+    """Tensor-by-tensor comparison of two safetensors directories."""
+    import numpy as np
+    from safetensors import safe_open
+
+    def tensors(d: Path) -> dict:
+        return {k: f for f in sorted(d.glob("*.safetensors")) for k in safe_open(str(f), "pt").keys()}
+
+    a, b = tensors(ours), tensors(theirs)
+    common = sorted(set(a) & set(b))
+    out = {"only_ours": sorted(set(a) - set(b)), "only_mergekit": sorted(set(b) - set(a)), "tensors": len(common),
+           "max_abs_diff": 0.0, "max_ulp": 0.0, "identical_tensors": 0, "worst": None, "equal_fraction": 0.0,
+           "max_diff_over_scale": 0.0, "entries_beyond_rounding": 0}
+    equal = total = 0
+    for k in common:
+        x = safe_open(str(a[k]), "pt").get_tensor(k).float()
+        y = safe_open(str(b[k]), "pt").get_tensor(k).float()
+        if x.shape != y.shape:
+            out.setdefault("shape_mismatch", []).append(k)
+            continue
+        d = (x - y).abs()
+        ulp = np.spacing(np.maximum(x.abs().numpy(), y.abs().numpy()).astype(np.float32))
+        u = float((d.numpy() / ulp).max()) if d.numel() else 0.0
+        m = float(d.max()) if d.numel() else 0.0
+        scale = float(y.abs().max()) if y.numel() else 0.0
+        out["max_diff_over_scale"] = max(out["max_diff_over_scale"], m / scale if scale else m)
+        # beyond float32 rounding: more than 4 ulp of the larger magnitude and of 1e-7 of the tensor's scale
+        tol = np.maximum(4 * ulp, 1e-7 * scale)
+        out["entries_beyond_rounding"] += int((d.numpy() > tol).sum())
+        equal += int((d == 0).sum())
+        total += d.numel()
+        out["identical_tensors"] += int(m == 0.0)
+        if u > out["max_ulp"]:
+            out["max_ulp"], out["worst"] = u, k
+        out["max_abs_diff"] = max(out["max_abs_diff"], m)
+    out["equal_fraction"] = equal / max(total, 1)
+    return out
+
+
+def dare_stats(out: Path, base: Path) -> dict:
+    """Fraction of entries equal to the base (dropped everywhere) in a DARE output."""
+    from safetensors import safe_open
+
+    same = total = 0
+    idx = json.loads((base / "model.safetensors.index.json").read_text())["weight_map"]
+    for f in sorted(out.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as h:
+            for k in h.keys():
+                if k not in idx:
+                    continue
+                x = h.get_tensor(k)
+                y = safe_open(str(base / idx[k]), "pt").get_tensor(k)
+                same += int((x == y).sum())
+                total += x.numel()
+    return {"unchanged_fraction": same / max(total, 1)}
+
+
+def mergekit_yaml(work: Path, name: str) -> str:
+    import yaml
+
+    cfg = json.loads(json.dumps(MERGES[name]["mergekit"]))
+    for m in cfg["models"]:
+        m["model"] = str(work / m["model"])
+    if "base_model" in cfg:
+        cfg["base_model"] = str(work / cfg["base_model"])
+    return yaml.safe_dump(cfg, sort_keys=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/ws_bench_merge_llm"))
+    ap.add_argument("--n-layer", type=int, default=12, help="GPT-2 layers (12: GPT-2 small, 124M)")
+    ap.add_argument("--shard", default="200MB", help="max_shard_size of the input directories")
+    ap.add_argument("--methods", nargs="*", default=list(MERGES))
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of every run (both tools)")
+    ap.add_argument("--mergekit-python", default=None, help="interpreter with mergekit installed")
+    ap.add_argument("--no-rebasin", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--noise", type=float, default=1e-3, help="noise of the Re-Basin pair (x tensor std)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "merge_llm.json")
+    ap.add_argument("--compare-only", action="store_true",
+                    help="recompute the output comparisons of an existing --out JSON from the workdir's outputs")
+    ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.compare_only:
+        payload = json.loads(args.out.read_text())
+        for row in payload["merges"]:
+            ours, mk = args.workdir / f"out_ours_{row['method']}", args.workdir / f"out_mergekit_{row['method']}"
+            if ours.is_dir() and mk.is_dir():
+                row["compare"] = compare_dirs(ours, mk)
+                print(row["method"], json.dumps(row["compare"]))
+        args.out.write_text(json.dumps(payload, indent=2))
+        return
+    if args.child:
+        kind = args.child[0]
+        if kind == "build":
+            res = build_dirs(args.workdir, args.n_layer, args.shard)
+        elif kind == "ours":
+            res = child_ours(args.workdir, args.child[1], Path(args.child[2]), args.threads)
+        else:
+            res = child_rebasin(args.workdir, args.threads, args.seed, args.noise)
+        print(json.dumps(res))
+        return
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    me = [sys.executable, str(Path(__file__).resolve()), "--workdir", str(args.workdir), "--threads",
+          str(args.threads)]
+    t = time.perf_counter()
+    built = run_child(me[1:] + ["--n-layer", str(args.n_layer), "--shard", args.shard, "--child", "build"])
+    if "error" in built:
+        raise SystemExit(f"building the inputs failed: {built['error']}")
+    build_s = time.perf_counter() - t
+
+    def save(rows: list, rebasin: dict | None) -> None:
+        payload = {
+            "torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
+            "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "inputs": built, "build_s": build_s,
+            "mergekit_python": args.mergekit_python, "merges": rows, "rebasin": rebasin,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(payload, indent=2))
+
+    rows = []
+    for name in args.methods:
+        row: dict = {"method": name, "ours_options": MERGES[name]["ours"], "mergekit_config": MERGES[name]["mergekit"]}
+        out_ours = args.workdir / f"out_ours_{name}"
+        row["ours"] = run_child(me[1:] + ["--child", "ours", name, str(out_ours)])
+        if args.mergekit_python:
+            cfg = args.workdir / f"mergekit_{name}.yml"
+            cfg.write_text(mergekit_yaml(args.workdir, name))
+            out_mk = args.workdir / f"out_mergekit_{name}"
+            row["mergekit"] = run_child(["-c", _MERGEKIT_CHILD, str(cfg), str(out_mk), str(args.threads)],
+                                        python=args.mergekit_python)
+            if "error" not in row["mergekit"] and "error" not in row["ours"]:
+                row["compare"] = compare_dirs(out_ours, out_mk)
+                row["time_ratio"] = row["ours"]["wall_s"] / row["mergekit"]["wall_s"]
+                row["rss_ratio"] = row["ours"]["peak_rss"] / row["mergekit"]["peak_rss"]
+                if name == "dare":
+                    row["dare_stats"] = {"ours": dare_stats(out_ours, args.workdir / "base"),
+                                         "mergekit": dare_stats(out_mk, args.workdir / "base")}
+        rows.append(row)
+        save(rows, None)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("ours_options", "mergekit_config")}), flush=True)
+    rebasin = None if args.no_rebasin else run_child(me[1:] + ["--seed", str(args.seed), "--noise", str(args.noise),
+                                                               "--child", "rebasin"])
+    gb = 2**30
+    print(f"\n{'method':8s} {'ours s':>7s} {'ours GB':>8s} | {'mergekit s':>10s} {'mk GB':>6s} | "
+          f"{'time x':>6s} {'mem x':>6s} {'max |d|':>9s} {'|d|/scale':>9s} {'beyond':>7s}")
+    for r in rows:
+        o, mk, c = r["ours"], r.get("mergekit", {}), r.get("compare", {})
+        f = lambda d, k, s, fmt: format(d[k] / s, fmt) if k in d else "-"  # noqa: E731
+        print(f"{r['method']:8s} {f(o, 'wall_s', 1, '7.1f'):>7s} {f(o, 'peak_rss', gb, '8.2f'):>8s} | "
+              f"{f(mk, 'wall_s', 1, '10.1f'):>10s} {f(mk, 'peak_rss', gb, '6.2f'):>6s} | "
+              f"{f(r, 'time_ratio', 1, '6.2f'):>6s} {f(r, 'rss_ratio', 1, '6.2f'):>6s} "
+              f"{f(c, 'max_abs_diff', 1, '9.2e'):>9s} {f(c, 'max_diff_over_scale', 1, '9.2e'):>9s} "
+              f"{f(c, 'entries_beyond_rounding', 1, '7.0f'):>7s}")
+        for side in ("ours", "mergekit"):
+            if "error" in r.get(side, {}):
+                print(f"  {side} error: {r[side]['error']}")
+    if rebasin is not None:
+        if "error" in rebasin:
+            print(f"\nRe-Basin error: {rebasin['error']}")
+        else:
+            rb = rebasin
+            print(f"\nRe-Basin weight matching, {rb['params'] / 1e6:.0f}M params, {rb['groups']} groups: "
+                  f"{rb['wall_s']:.1f} s ({rb['sweeps']} sweeps, stop: {rb['stop']}; spec {rb['spec_s']:.1f} s), "
+                  f"planted exact: {rb['planted_exact']}, peak RSS {rb['peak_rss'] / gb:.2f} GB = "
+                  f"{rb['peak_rss'] / rb['model_bytes']:.2f}x one model "
+                  f"({(rb['peak_rss'] - rb['rss_before_models']) / rb['model_bytes']:.2f}x above imports + spec)")
+            print("  objective per sweep:", ", ".join(f"{v:.6g}" for v in rb["objective_per_sweep"]))
+    save(rows, rebasin)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

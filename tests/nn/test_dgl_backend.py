@@ -8,7 +8,13 @@ import torch
 
 from tests.nn.helpers import BIG_ARCHS, fast_archs, graph_and_permuted
 
+# float32, relative to the output's scale: the backends sum messages in
+# different orders (PyG's embedding_bag gathers vs DGL's kernels). PNA's std
+# aggregator (sqrt(E[x^2] - E[x]^2)) amplifies that rounding: measured
+# 1.36e-5 on node outputs of scale 1.62 (8.4e-6 relative) for the
+# heterogeneous batch, so PNA gets 1e-4 (12x margin); the others stay at 1e-5.
 PARITY_TOL = 1e-5
+PARITY_TOL_PNA = 1e-4
 
 
 def _dgl_importable() -> bool:
@@ -43,8 +49,11 @@ def _parity(archs, aggr, hidden=16, num_layers=2, **kw):
     with torch.no_grad():
         a, b = pyg(graphs), dgl_model(graphs)
     for name in ("graph", "node", "edge"):
-        diff = float((getattr(a, name) - getattr(b, name)).abs().max())
-        assert diff <= PARITY_TOL, f"{name} outputs differ by {diff}"
+        x, y = getattr(a, name), getattr(b, name)
+        diff = float((x - y).abs().max())
+        scale = max(1.0, float(x.abs().max()))
+        tol = PARITY_TOL_PNA if aggr == "pna" else PARITY_TOL
+        assert diff <= tol * scale, f"{name} outputs differ by {diff} (output scale {scale:.3g})"
     return a, b
 
 

@@ -93,6 +93,7 @@ def child(arch: str, case: str, image_size: int) -> dict:
     out = fn()
     t3 = time.perf_counter()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    del out  # kept alive until the peak is read
     return {
         "arch": arch,
         "case": case,

@@ -10,7 +10,17 @@ import torch
 from analyses.inr import run as study
 
 
-def test_siren_bank_matches_the_registry_siren():
+@pytest.fixture
+def siren_bank():
+    """The study's bank, registered for one test and removed afterwards."""
+    from weightspace.arch import registry
+
+    name = study.register_siren_bank()
+    yield name
+    registry._REGISTRY.pop(name, None)
+
+
+def test_siren_bank_matches_the_registry_siren(siren_bank):
     """The study's SirenBank computes the registry's ``siren`` network by
     network (the scale makes the summed loss give each its own gradient)."""
     from weightspace.arch import create_model
@@ -18,7 +28,7 @@ def test_siren_bank_matches_the_registry_siren():
 
     sds = [create_model("siren", seed=s, **study.SIREN).state_dict() for s in range(3)]
     coords = inr_grid(5, 5)
-    bank = create_model("inr_study_siren_bank", n=3, out_scale=2.0)
+    bank = create_model(siren_bank, n=3, out_scale=2.0)
     bank.load_state_dict({study._bank_key(i): study.stack_sirens(sds)[k] for i, k in enumerate(study.SIREN_KEYS)})
     with torch.no_grad():
         got = bank(coords)

@@ -38,3 +38,23 @@ def make_model(name, kw):
 def make_input(name, kw):
     x = zoo.example_input(name, **kw)
     return x.double() if x.is_floating_point() else x
+
+
+_ANALYSES: dict = {}
+
+
+def analysis(name, kw):
+    """``ws.analyze(name, arch_kwargs=kw)``, computed once per process."""
+    import weightspace as ws
+
+    key = (name, tuple(sorted(kw.items())))
+    if key not in _ANALYSES:
+        _ANALYSES[key] = ws.analyze(name, arch_kwargs=kw)
+    return _ANALYSES[key]
+
+
+def arch_params(is_slow):
+    """``ARCHS`` as pytest params, those with ``is_slow(name, kw)`` marked slow."""
+    import pytest
+
+    return [pytest.param(n, k, marks=pytest.mark.slow) if is_slow(n, k) else (n, k) for n, k in ARCHS]

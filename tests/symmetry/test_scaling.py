@@ -19,20 +19,8 @@ from weightspace.symmetry import (
     random_symmetry,
 )
 
-from tests.symmetry.symkit import ARCHS, BIG, IDS, make_input, make_model, perturbed_state
+from tests.symmetry.symkit import BIG, IDS, analysis, arch_params, make_input, make_model, perturbed_state
 
-
-
-@pytest.fixture(scope="module")
-def specs():
-    return {}
-
-
-def _spec(cache, name, kw):
-    key = (name, tuple(sorted(kw.items())))
-    if key not in cache:
-        cache[key] = ws.analyze(name, arch_kwargs=kw).spec
-    return cache[key]
 
 
 def _outputs(model, sd, x):
@@ -54,16 +42,19 @@ def _max_rel(sd1, sd2):
     )
 
 
-@pytest.mark.parametrize(
-    "name,kw", [pytest.param(n, k, marks=pytest.mark.slow) if n == "resnet50" else (n, k) for n, k in ARCHS],
-    ids=IDS,
-)
-def test_random_full_group_element_preserves_function(name, kw, specs):
-    spec = _spec(specs, name, kw)
+def _case(name, kw, seed):
+    """(spec, model, perturbed weights, input, outputs) of one architecture."""
     model = make_model(name, kw)
-    sd = perturbed_state(model, 1)
+    sd = perturbed_state(model, seed)
     x = make_input(name, kw)
-    y = _outputs(model, sd, x)
+    return analysis(name, kw).spec, model, sd, x, _outputs(model, sd, x)
+
+
+@pytest.mark.parametrize(
+    "name,kw", arch_params(lambda n, k: n == "resnet50"), ids=IDS,
+)
+def test_random_full_group_element_preserves_function(name, kw):
+    spec, model, sd, x, y = _case(name, kw, 1)
     for seed in range(1 if name in BIG else 3):
         g = random_symmetry(spec, seed=seed)
         gsd = apply_symmetry(sd, spec, g)
@@ -188,16 +179,11 @@ def test_gelu_units_have_no_symmetry_and_scaling_them_breaks_the_function():
 @pytest.mark.parametrize(
     "name,kw",
     # a Newton solve over every scaled unit: seconds for the wide ResNets
-    [pytest.param(n, k, marks=pytest.mark.slow) if n in BIG or (n == "resnet20" and k) else (n, k)
-     for n, k in ARCHS],
+    arch_params(lambda n, k: n in BIG or (n == "resnet20" and bool(k))),
     ids=IDS,
 )
-def test_canonicalize_is_orbit_invariant_and_idempotent(name, kw, specs):
-    spec = _spec(specs, name, kw)
-    model = make_model(name, kw)
-    sd = perturbed_state(model, 4)
-    x = make_input(name, kw)
-    y = _outputs(model, sd, x)
+def test_canonicalize_is_orbit_invariant_and_idempotent(name, kw):
+    spec, model, sd, x, y = _case(name, kw, 4)
     c, g = canonicalize(sd, spec)
     assert _max_rel(apply_symmetry(sd, spec, g), c) <= 1e-12
     assert _rel(_outputs(model, c, x), y) <= 1e-6

@@ -17,28 +17,18 @@ from weightspace.symmetry import (
     random_permutation,
 )
 
-from tests.symmetry.symkit import ARCHS, BIG, IDS
+from tests.symmetry.symkit import ARCHS, BIG, IDS, analysis
 from tests.symmetry.symkit import make_input as _input
 from tests.symmetry.symkit import make_model as _model
 from tests.symmetry.symkit import perturbed_state as _perturbed_state
 
 
-@pytest.fixture(scope="module")
-def analyses():
-    return {}
 
 
-def _analysis(cache, name, kw):
-    key = (name, tuple(sorted(kw.items())))
-    if key not in cache:
-        cache[key] = ws.analyze(name, arch_kwargs=kw)
-    return cache[key]
-
-
-def _reference(analyses, name, kw, seed):
+def _reference(name, kw, seed):
     """The analysis, perturbed weights ``sd`` (``seed``), the example input
     ``x`` and the model's output ``y`` on it."""
-    a = _analysis(analyses, name, kw)
+    a = analysis(name, kw)
     model = _model(name, kw)
     sd = _perturbed_state(model, seed)
     model.load_state_dict(sd)
@@ -56,8 +46,8 @@ def _max_diff(model, sd, x, y):
 
 
 @pytest.mark.parametrize("name,kw", ARCHS, ids=IDS)
-def test_random_permutation_preserves_function(name, kw, analyses):
-    a, sd, x, y = _reference(analyses, name, kw, 1)
+def test_random_permutation_preserves_function(name, kw):
+    a, sd, x, y = _reference(name, kw, 1)
     other = _model(name, kw)
     for seed in range(1 if name in BIG else 3):
         perm = random_permutation(a.spec, seed=seed)
@@ -69,10 +59,10 @@ def test_random_permutation_preserves_function(name, kw, analyses):
 
 
 @pytest.mark.parametrize("name,kw", ARCHS, ids=IDS)
-def test_one_sided_permutation_changes_function(name, kw, analyses):
+def test_one_sided_permutation_changes_function(name, kw):
     """Permute only the first tensor axis a group acts on (e.g. the rows of the
     layer that produces a residual stream, not its consumers): outputs change."""
-    a, sd, x, y = _reference(analyses, name, kw, 2)
+    a, sd, x, y = _reference(name, kw, 2)
     other = _model(name, kw)
     checked = 0
     for g in a.spec.groups:
@@ -94,8 +84,8 @@ def test_one_sided_permutation_changes_function(name, kw, analyses):
 
 
 @pytest.mark.parametrize("name,kw", ARCHS, ids=IDS)
-def test_invert_compose_canonicalize(name, kw, analyses):
-    a = _analysis(analyses, name, kw)
+def test_invert_compose_canonicalize(name, kw):
+    a = analysis(name, kw)
     sd = _perturbed_state(_model(name, kw), 3)
     p = random_permutation(a.spec, seed=10)
     q = random_permutation(a.spec, seed=11)

@@ -121,7 +121,10 @@ def _canonical_matrix(train: CheckpointSet, vectors: Tensor) -> Tensor:
     spec = train.arch.template().spec
     out = []
     for v in vectors:
-        sd, _ = canonicalize(vector_to_state_dict(train.arch, v), spec)
+        # permutations only: the distances below align by weight matching,
+        # which searches permutations, so scale/sign balancing would make the
+        # pre-filter and the aligned distance disagree
+        sd, _ = canonicalize(vector_to_state_dict(train.arch, v), spec, scale=False, sign=False)
         out.append(state_dict_to_vector(train.arch, sd))
     return torch.stack(out).double()
 

@@ -9,7 +9,7 @@ functions are pure: they return new tensors and never modify their inputs.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -114,25 +114,45 @@ def axis_index_batched(ref: AxisRef, length: int, maps: Sequence[torch.Tensor]) 
     return idx
 
 
-def apply_block_maps_batched(
-    tensors: Mapping[str, torch.Tensor], spec: PermutationSpec, maps: list[torch.Tensor]
+def _permute_axes(
+    tensors: Mapping[str, torch.Tensor],
+    spec: PermutationSpec,
+    permute_axis: Callable[[torch.Tensor, AxisRef], torch.Tensor],
+    lead: int,
 ) -> dict[str, torch.Tensor]:
-    """:func:`apply_block_maps` for ``N`` networks: every tensor has a
-    leading network axis, ``maps`` are ``[N, block size]``."""
+    """Apply ``permute_axis(t, ref)`` along every neuron axis of every tensor
+    (``lead`` leading network axes before the spec's shape); tensors without
+    neuron axes are copied."""
     out: dict[str, torch.Tensor] = {}
     for name, t in tensors.items():
         refs = spec.param_axes.get(name)
         if not refs:
             out[name] = t.clone()
             continue
+        if tuple(t.shape[lead:]) != tuple(spec.param_shapes[name]):
+            raise SpecError(
+                f"tensor {name!r} has shape {tuple(t.shape[lead:])}, the spec expects {spec.param_shapes[name]}"
+            )
         for ref in refs:
-            ax = ref.axis + 1
-            idx = axis_index_batched(ref, t.shape[ax], maps)
-            shape = [t.shape[0]] + [1] * (t.dim() - 1)
-            shape[ax] = t.shape[ax]
-            t = t.gather(ax, idx.view(shape).expand(t.shape))
+            t = permute_axis(t, ref)
         out[name] = t
     return out
+
+
+def apply_block_maps_batched(
+    tensors: Mapping[str, torch.Tensor], spec: PermutationSpec, maps: list[torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """:func:`apply_block_maps` for ``N`` networks: every tensor has a
+    leading network axis, ``maps`` are ``[N, block size]``."""
+
+    def gather(t: torch.Tensor, ref: AxisRef) -> torch.Tensor:
+        ax = ref.axis + 1
+        idx = axis_index_batched(ref, t.shape[ax], maps)
+        shape = [t.shape[0]] + [1] * (t.dim() - 1)
+        shape[ax] = t.shape[ax]
+        return t.gather(ax, idx.view(shape).expand(t.shape))
+
+    return _permute_axes(tensors, spec, gather, lead=1)
 
 
 _axis_index = axis_index  # the former private name
@@ -142,20 +162,9 @@ def apply_block_maps(
     state_dict: Mapping[str, torch.Tensor], spec: PermutationSpec, maps: list[torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Permute every tensor of ``state_dict`` by per-block gather indices."""
-    out: dict[str, torch.Tensor] = {}
-    for name, t in state_dict.items():
-        refs = spec.param_axes.get(name)
-        if not refs:
-            out[name] = t.clone()
-            continue
-        if tuple(t.shape) != tuple(spec.param_shapes[name]):
-            raise SpecError(
-                f"tensor {name!r} has shape {tuple(t.shape)}, the spec expects {spec.param_shapes[name]}"
-            )
-        for ref in refs:
-            t = t.index_select(ref.axis, axis_index(ref, t.shape[ref.axis], maps))
-        out[name] = t
-    return out
+    return _permute_axes(
+        state_dict, spec, lambda t, ref: t.index_select(ref.axis, axis_index(ref, t.shape[ref.axis], maps)), lead=0
+    )
 
 
 def apply_permutation(

@@ -108,3 +108,22 @@ def test_full_group_augmentation_changes_inputs_but_keeps_function(activation):
         net_a.eval(), net_b.eval()
         with torch.no_grad():
             torch.testing.assert_close(net_a(x), net_b(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gbm", "linear"])
+def test_feature_predictor_canonicalize(kind, tmp_path):
+    from weightspace.predict import make_predictor
+
+    graphs = _graphs("relu", 24)
+    y = np.array([float(g.values.abs().mean()) for g in graphs])
+    kw = {"min_samples_leaf": 2, "max_iter": 20} if kind == "gbm" else {}
+    p = make_predictor(kind, canonicalize="scale_sign", **kw).fit(graphs, y)
+    moved = _moved(graphs, 11)
+    np.testing.assert_allclose(p.predict(moved), p.predict(graphs), rtol=1e-4, atol=1e-6)
+    q = load_predictor(p.save(tmp_path / "p"))
+    assert q.canonicalize == "scale_sign"
+    np.testing.assert_allclose(q.predict(moved), p.predict(graphs), rtol=1e-4, atol=1e-6)
+    with pytest.raises(TypeError, match="needs each network's symmetries"):
+        p.predict([g.to_state_dict() for g in graphs[:2]])
+    with pytest.raises(ConfigError, match="canonicalize"):
+        make_predictor(kind, canonicalize="maybe", **kw).fit(graphs, y)

@@ -135,8 +135,10 @@ def main(argv=None) -> int:
         parts = [json.loads(p.read_text()) for p in args.merge]
         merged = {**parts[0], "splits": {}, "runs": []}
         for p in parts:  # later files add methods to a split; a method run twice keeps the first result
-            merged["runs"].append({k: p[k] for k in ("load_before", "wall_seconds")} | {"splits": list(p["splits"])})
+            merged["runs"].append({k: p[k] for k in ("seed", "load_before", "wall_seconds")} | {"splits": list(p["splits"])})
             for name, sp in p["splits"].items():
+                if p["seed"] != parts[0]["seed"]:
+                    name = f"{name}_seed{p['seed']}"
                 into = merged["splits"].setdefault(name, {**sp, "methods": {}})
                 for m, row in sp["methods"].items():
                     into["methods"].setdefault(m, row)

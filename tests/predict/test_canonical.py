@@ -127,3 +127,11 @@ def test_feature_predictor_canonicalize(kind, tmp_path):
         p.predict([g.to_state_dict() for g in graphs[:2]])
     with pytest.raises(ConfigError, match="canonicalize"):
         make_predictor(kind, canonicalize="maybe", **kw).fit(graphs, y)
+
+
+def test_train_config_rejects_unknown_augment_group():
+    from weightspace.nn.train import TrainConfig
+
+    assert TrainConfig(augment_group="full").augment_group == "full"
+    with pytest.raises(ValueError, match="augment_group"):
+        TrainConfig(augment_group="scale")

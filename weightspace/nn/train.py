@@ -40,7 +40,7 @@ from weightspace.io import (
     save_state_dict, validate,
 )
 from weightspace.nn.base import MODEL_REGISTRY, MetaNetwork, build_metanetwork
-from weightspace.symmetry import apply_permutation, random_permutation
+from weightspace.symmetry import apply_permutation, apply_symmetry, random_permutation, random_symmetry
 
 __all__ = [
     "TrainConfig",
@@ -48,6 +48,7 @@ __all__ = [
     "dataset_from_zoo",
     "split_dataset",
     "permute_sample",
+    "symmetry_sample",
     "fit",
     "evaluate_metanetwork",
     "predict_metanetwork",
@@ -78,6 +79,8 @@ class TrainConfig:
         augment: replace every training graph, every epoch, by a random
             spec permutation of itself (:func:`permute_sample`). Useless for
             invariant models, important for :class:`~weightspace.nn.FlatMLP`.
+        augment_group: ``"permute"`` (:func:`permute_sample`) or ``"full"``
+            (:func:`symmetry_sample`: permutation, per-unit scale and sign).
         normalize_targets: standardize regression targets with the training
             mean/std (predictions are mapped back).
         grad_clip: max gradient norm (``None``: off).
@@ -93,6 +96,7 @@ class TrainConfig:
     patience: int = 30
     seed: int = 0
     augment: bool = False
+    augment_group: str = "permute"
     normalize_targets: bool = True
     grad_clip: float | None = 5.0
     progress: bool = False
@@ -103,6 +107,8 @@ class TrainConfig:
             raise ValueError(f"task must be 'regression' or 'classification', got {self.task!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if self.augment_group not in ("permute", "full"):
+            raise ValueError(f"augment_group must be 'permute' or 'full', got {self.augment_group!r}")
 
 
 @dataclass
@@ -192,6 +198,21 @@ def permute_sample(sample: Sample, generator: torch.Generator) -> Sample:
     new = t.graph(apply_permutation(g.to_state_dict(), t.spec, perm))
     if len(sample) > 2 and sample[2] is not None:
         return (new, sample[1], sample[2][t.node_permutation(perm)])
+    return (new, sample[1])
+
+
+def symmetry_sample(sample: Sample, generator: torch.Generator) -> Sample:
+    """The same network under a random element of its spec's full group
+    (:func:`~weightspace.symmetry.random_symmetry`: permutation, per-unit
+    scale and sign; same function); node extras are relabelled with the
+    permutation."""
+    g = sample[0]
+    t = g.template
+    sym = random_symmetry(t.spec, generator=generator)
+    sd = apply_symmetry(g.to_state_dict(), t.spec, sym)
+    new = t.graph(sd)
+    if len(sample) > 2 and sample[2] is not None:
+        return (new, sample[1], sample[2][t.node_permutation(sym.perm)])
     return (new, sample[1])
 
 
@@ -312,7 +333,8 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
             for idx in _batches(len(train), cfg.batch_size, gen):
                 samples = [train[i] for i in idx]
                 if cfg.augment:
-                    samples = [permute_sample(s, aug_gen) for s in samples]
+                    move = symmetry_sample if cfg.augment_group == "full" else permute_sample
+                    samples = [move(s, aug_gen) for s in samples]
                 out = model.predict(_collate(model, samples))
                 loss = _loss(out, norm_y(samples).to(dev), cfg.task)
                 opt.zero_grad(set_to_none=True)

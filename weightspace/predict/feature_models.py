@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from weightspace.io import Field, validate
-from weightspace.errors import StateDictError
+from weightspace.errors import ConfigError, StateDictError
 from weightspace.predict.base import (
     ArchitectureMismatchError,
     BasePredictor,
@@ -21,6 +21,7 @@ from weightspace.predict.base import (
     _unpack_fit,
     register_predictor,
 )
+from weightspace.predict.canonical import CANONICALIZE_MODES, canonicalize_graphs
 from weightspace.predict.features import feature_names, layout_signature, network_layout, weight_features
 from weightspace.predict.persistence import checked_array, no_extra_arrays
 
@@ -29,6 +30,7 @@ __all__ = ["GBMPredictor", "LinearPredictor", "MeanPredictor"]
 
 class _FeaturePredictor(BasePredictor):
     spectral: bool
+    canonicalize: str = "none"
 
     def _features(self, nets: Sequence[Network], *, fitting: bool) -> np.ndarray:
         if not nets:
@@ -44,8 +46,24 @@ class _FeaturePredictor(BasePredictor):
         else:
             nets = self._align(nets)
         self._check_finite(nets)
+        nets = self._canonical(nets)
         X, _ = weight_features(nets, spectral=bool(self.spectral))
         return X
+
+    def _canonical(self, nets: Sequence[Network]) -> Sequence[Network]:
+        from weightspace.graph import ParameterGraph
+
+        mode = self.canonicalize
+        if mode not in CANONICALIZE_MODES:
+            raise ConfigError(f"canonicalize must be one of {list(CANONICALIZE_MODES)}, got {mode!r}",
+                              field="canonicalize")
+        if mode == "none":
+            return nets
+        if not all(isinstance(n, ParameterGraph) for n in nets):
+            raise TypeError(f"canonicalize={mode!r} needs each network's symmetries: pass ParameterGraphs "
+                            "(weightspace.parameter_graph(state_dict, arch=NAME, ...)) or a WeightDataset, "
+                            "not state_dicts")
+        return canonicalize_graphs(nets, mode)
 
     @property
     def feature_names_(self) -> list[str]:
@@ -66,6 +84,10 @@ class GBMPredictor(_FeaturePredictor):
         min_samples_leaf: minimum training rows per leaf.
         l2_regularization: L2 penalty on leaf values.
         spectral: add singular-value features.
+        canonicalize: ``"none"``, ``"scale_sign"`` or ``"full"``: features
+            of each network's canonical form under that part of its symmetry
+            group (:mod:`weightspace.predict.canonical`; needs
+            ParameterGraphs).
         seed: ``random_state`` of the booster.
         n_threads: OpenMP threads while fitting / predicting (default 1:
             the data are small, and on a shared machine more threads can be
@@ -81,12 +103,14 @@ class GBMPredictor(_FeaturePredictor):
         "backend": Field(str, choices=("sklearn", "lightgbm")), "max_iter": Field(int, min=1, max=100_000),
         "learning_rate": Field(float, min=0.0), "max_leaf_nodes": Field(int, min=2, max=2**16),
         "min_samples_leaf": Field(int, min=1, max=2**24), "l2_regularization": Field(float, min=0.0),
-        "spectral": Field(bool), "seed": Field(int, min=0, max=2**32 - 1), "n_threads": Field(int, min=1, max=4096, nullable=True),
+        "spectral": Field(bool), "canonicalize": Field(str, choices=tuple(CANONICALIZE_MODES)),
+        "seed": Field(int, min=0, max=2**32 - 1), "n_threads": Field(int, min=1, max=4096, nullable=True),
     }
 
     def __init__(self, *, backend: str = "sklearn", max_iter: int = 300, learning_rate: float = 0.05,
                  max_leaf_nodes: int = 15, min_samples_leaf: int = 10, l2_regularization: float = 1.0,
-                 spectral: bool = False, seed: int = 0, n_threads: int | None = 1) -> None:
+                 spectral: bool = False, canonicalize: str = "none", seed: int = 0,
+                 n_threads: int | None = 1) -> None:
         self.backend = backend
         self.max_iter = max_iter
         self.learning_rate = learning_rate
@@ -94,6 +118,7 @@ class GBMPredictor(_FeaturePredictor):
         self.min_samples_leaf = min_samples_leaf
         self.l2_regularization = l2_regularization
         self.spectral = spectral
+        self.canonicalize = canonicalize
         self.seed = seed
         self.n_threads = n_threads
 
@@ -210,15 +235,18 @@ class LinearPredictor(_FeaturePredictor):
     Args:
         alphas: candidate ridge penalties.
         spectral: add singular-value features.
+        canonicalize: as for :class:`GBMPredictor`.
     """
 
     kind = "linear"
-    param_schema = {"alphas": Field(list), "spectral": Field(bool)}
+    param_schema = {"alphas": Field(list), "spectral": Field(bool),
+                    "canonicalize": Field(str, choices=tuple(CANONICALIZE_MODES))}
 
     def __init__(self, *, alphas: Sequence[float] = tuple(float(a) for a in np.logspace(-3, 3, 13)),
-                 spectral: bool = False) -> None:
+                 spectral: bool = False, canonicalize: str = "none") -> None:
         self.alphas = alphas
         self.spectral = spectral
+        self.canonicalize = canonicalize
 
     def fit(self, X: Any, y: Any = None) -> "LinearPredictor":
         """Fit on networks ``X`` (one architecture) and targets ``y`` ``[n]``."""

@@ -22,6 +22,7 @@ from weightspace.predict.base import (
     _unpack_fit,
     register_predictor,
 )
+from weightspace.predict.canonical import CANONICALIZE_MODES, canonicalize_graphs
 from weightspace.predict.features import network_layout
 from weightspace.runtime import torch_threads
 
@@ -51,6 +52,14 @@ class MetaNetPredictor(BasePredictor):
         augment: random spec permutations of the training networks each
             epoch; ``None`` = on for ``"flatmlp"`` only (the invariant
             models do not need it).
+        augment_group: what augmentation draws: ``"permute"`` (random spec
+            permutations) or ``"full"`` (random elements of the full group:
+            permutation, per-unit scale and sign; same function).
+        canonicalize: ``"none"``, ``"scale_sign"`` or ``"full"``: replace
+            every network (at fit and at predict) by its canonical form under
+            that part of its symmetry group
+            (:mod:`weightspace.predict.canonical`), so the predictor is
+            invariant to it.
         seed: initialization, validation split, shuffling, augmentation.
         allow_new_architectures: accept networks of architectures not seen
             in training (graph-based models only; see the module docstring).
@@ -67,13 +76,16 @@ class MetaNetPredictor(BasePredictor):
         "epochs": Field(int, min=1, max=10**6), "batch_size": Field(int, min=1, max=2**24), "lr": Field(float, min=0.0),
         "weight_decay": Field(float, min=0.0), "patience": Field(int, min=0, max=10**6),
         "val_fraction": Field(float, min=0.0, max=1.0), "augment": Field(bool, nullable=True),
+        "augment_group": Field(str, choices=("permute", "full")),
+        "canonicalize": Field(str, choices=tuple(CANONICALIZE_MODES)),
         "seed": Field(int, min=0, max=2**63 - 1), "allow_new_architectures": Field(bool), "device": Field(str),
         "progress": Field(bool), "num_threads": Field(int, min=1, max=4096, nullable=True),
     }
 
     def __init__(self, model: str = "gmn", *, model_kwargs: Mapping[str, Any] | None = None, epochs: int = 200,
                  batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 1e-4, patience: int = 40,
-                 val_fraction: float = 0.15, augment: bool | None = None, seed: int = 0,
+                 val_fraction: float = 0.15, augment: bool | None = None,
+                 augment_group: str = "permute", canonicalize: str = "none", seed: int = 0,
                  allow_new_architectures: bool = False, device: str = "cpu", progress: bool = False,
                  num_threads: int | None = 1) -> None:
         self.model = model
@@ -85,6 +97,8 @@ class MetaNetPredictor(BasePredictor):
         self.patience = patience
         self.val_fraction = val_fraction
         self.augment = augment
+        self.augment_group = augment_group
+        self.canonicalize = canonicalize
         self.seed = seed
         self.allow_new_architectures = allow_new_architectures
         self.device = device
@@ -125,6 +139,14 @@ class MetaNetPredictor(BasePredictor):
             return NFN.for_template(t, **kw)
         return build_metanetwork(cls_name, kw)
 
+    def _check_options(self) -> None:
+        if self.canonicalize not in CANONICALIZE_MODES:
+            raise ConfigError(f"canonicalize must be one of {list(CANONICALIZE_MODES)}, got {self.canonicalize!r}",
+                              field="canonicalize")
+        if self.augment_group not in ("permute", "full"):
+            raise ConfigError(f"augment_group must be 'permute' or 'full', got {self.augment_group!r}",
+                              field="augment_group")
+
     def _graphs(self, nets: Sequence[Network]) -> list[ParameterGraph]:
         """ParameterGraphs of ``nets``; state_dicts are matched to a known
         architecture by their tensor names and shapes."""
@@ -160,6 +182,8 @@ class MetaNetPredictor(BasePredictor):
         if not all(isinstance(n, ParameterGraph) for n in nets):
             raise TypeError("fit a metanetwork predictor on ParameterGraphs or a WeightDataset, not state_dicts")
         self._check_finite(nets)
+        self._check_options()
+        nets = canonicalize_graphs(nets, self.canonicalize)
         groups = ds.groups if ds is not None else np.arange(len(nets))
         vf = float(self.val_fraction) if len(np.unique(groups)) > 2 else 0.0
         val_idx, train_idx = group_split(groups, (vf, 1.0 - vf), seed=int(self.seed))
@@ -171,7 +195,8 @@ class MetaNetPredictor(BasePredictor):
         augment = (self.model == "flatmlp") if self.augment is None else bool(self.augment)
         cfg = TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
                           weight_decay=float(self.weight_decay), patience=int(self.patience) if val else 0,
-                          seed=int(self.seed), augment=augment, progress=bool(self.progress), device=self.device)
+                          seed=int(self.seed), augment=augment,
+                          augment_group=str(self.augment_group), progress=bool(self.progress), device=self.device)
         with torch_threads(self.num_threads):
             self.fit_result_ = fit(model, train, val or None, cfg)
         self.model_ = self.fit_result_.model
@@ -187,6 +212,7 @@ class MetaNetPredictor(BasePredictor):
         nets = self._networks(X)
         graphs = self._align(self._graphs(nets))
         self._check_finite(graphs)
+        graphs = canonicalize_graphs(graphs, self.canonicalize)
         with torch_threads(self.num_threads):
             out = predict_metanetwork(self.model_, [(g, 0.0) for g in graphs], None, batch_size=batch_size)
         return out[:, 0].double().numpy() * self.target_std_ + self.target_mean_

@@ -13,7 +13,7 @@ grid), fitted full-batch with Adam. Two regimes:
 
 Fitting is vectorised over networks: ``SirenBank`` (registered here as
 ``inr_study_siren_bank``) holds ``n`` SIRENs side by side and is fitted by
-the library's Reptile inner loop (:func:`weightspace.generate.inr_init._adam_fit`;
+the library's Reptile inner loop (:func:`weightspace.generate.inr_init.fit_signals`;
 no second fitter). Its output is scaled by ``sqrt(n)`` (targets too), so the
 loss is the sum of the networks' own MSEs and every network gets exactly its
 own gradient: Adam then runs as ``n`` independent fits.
@@ -71,7 +71,7 @@ from weightspace.arch import create_model, register_model  # noqa: E402
 from weightspace.common.metrics import bootstrap_ci  # noqa: E402
 from weightspace.common.splits import group_split  # noqa: E402
 from weightspace.generate._common import ArchSpec  # noqa: E402
-from weightspace.generate.inr_init import _adam_fit, psnr  # noqa: E402
+from weightspace.generate.inr_init import fit_signals, psnr  # noqa: E402
 from weightspace.nn import GMN, FlatMLP, StatNN  # noqa: E402
 from weightspace.nn.base import MetaNetwork  # noqa: E402
 from weightspace.nn.baselines import NFN, mlp_layers  # noqa: E402
@@ -185,7 +185,7 @@ def fit_sirens(images: Tensor, inits: dict[str, Tensor], *, steps: int, lr: floa
         scale = math.sqrt(n)
         arch = ArchSpec.of(register_siren_bank(), n=n, out_scale=scale)
         init = {_bank_key(i): inits[k][s:e] for i, k in enumerate(SIREN_KEYS)}
-        fitted, _ = _adam_fit(arch, init, coords, (targets[s:e].T * scale).unsqueeze(0), steps, lr)
+        fitted, _ = fit_signals(arch, init, coords, (targets[s:e].T * scale).unsqueeze(0), steps, lr)
         for i, k in enumerate(SIREN_KEYS):
             out[k].append(fitted[_bank_key(i)][0].detach())
         ws, bs = split_params({k: v[-1] for k, v in out.items()})

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from weightspace.generate import ArchSpec, fit_curve, load_signals, reptile
-from weightspace.generate.inr_init import _adam_fit, psnr
+from weightspace.generate.inr_init import fit_signals, psnr
 
 SIREN = ArchSpec.of("siren", hidden=[8, 8])
 
@@ -30,7 +30,7 @@ def test_load_signals_shapes_and_errors(sig):
 
 def test_batched_fit_matches_torch_adam(sig):
     init = SIREN.module(seed=0).state_dict()
-    params, mses = _adam_fit(SIREN, init, sig.coords, sig.values[1:2], 5, 1e-3, [0, 5])
+    params, mses = fit_signals(SIREN, init, sig.coords, sig.values[1:2], 5, 1e-3, [0, 5])
     m = SIREN.module(seed=0)
     opt = torch.optim.Adam(m.parameters(), lr=1e-3)
     for _ in range(5):

@@ -27,7 +27,7 @@ from torch import Tensor
 from weightspace.data import load_dataset
 from weightspace.generate._common import ArchSpec, AsDictMixin, as_arch
 
-__all__ = ["SignalSet", "load_signals", "fit_curve", "reptile", "ReptileHistory", "psnr"]
+__all__ = ["SignalSet", "load_signals", "fit_curve", "fit_signals", "reptile", "ReptileHistory", "psnr"]
 
 FAMILIES = ("digits", "sample_crops", "sines", "blobs")
 
@@ -100,7 +100,7 @@ def _functional(arch: ArchSpec):
     return mse
 
 
-def _adam_fit(
+def fit_signals(
     arch: ArchSpec,
     init: Mapping[str, Tensor],
     coords: Tensor,
@@ -109,7 +109,8 @@ def _adam_fit(
     lr: float,
     record: Sequence[int] = (),
 ) -> tuple[dict[str, Tensor], dict[int, Tensor]]:
-    """Fit ``S`` signals at once from ``init`` with ``steps`` Adam steps.
+    """Fit ``S`` signals at once from ``init`` with ``steps`` Adam steps
+    (vmapped over signals; public because the INR study fits its zoos with it).
 
     Returns ``(fitted params {name: [S, ...]}, {k: mse [S]} for k in record)``.
     """
@@ -155,7 +156,7 @@ def fit_curve(
     ks = sorted(set(int(k) for k in ks))
     res: dict[int, list[Tensor]] = {k: [] for k in ks}
     for i in range(0, len(signals), chunk):
-        _, mses = _adam_fit(a, init, signals.coords, signals.values[i : i + chunk], ks[-1], lr, ks)
+        _, mses = fit_signals(a, init, signals.coords, signals.values[i : i + chunk], ks[-1], lr, ks)
         for k in ks:
             res[k].append(psnr(mses[k]))
     return {k: torch.cat(v) for k, v in res.items()}
@@ -206,7 +207,7 @@ def reptile(
     S = len(signals)
     for step in tqdm(range(int(outer_steps)), disable=not progress, desc="reptile"):
         idx = torch.randperm(S, generator=gen)[: min(meta_batch, S)]
-        phi, mses = _adam_fit(a, theta, signals.coords, signals.values[idx], inner_steps, inner_lr, [inner_steps])
+        phi, mses = fit_signals(a, theta, signals.coords, signals.values[idx], inner_steps, inner_lr, [inner_steps])
         eps = outer_lr * (1.0 - step / max(1, outer_steps))
         theta = {k: theta[k] + eps * (phi[k].mean(0) - theta[k]) for k in theta}
         hist.inner_psnr.append(float(psnr(mses[inner_steps]).mean()))

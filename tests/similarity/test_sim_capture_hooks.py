@@ -187,17 +187,10 @@ def test_hooks_errors_name_the_layer():
     assert capturable_layers(tw, torch.randn(4, 3), method="hooks") == ["lin"]
     assert _no_hooks_left(tw)
 
-    class Unused(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(3, 3)
-            self.spare = nn.Linear(3, 3)
-
-        def forward(self, x):
-            return self.lin(x)
-
+    unused = ActTwice()
+    unused.spare = nn.Linear(3, 3)  # a submodule forward never calls
     with pytest.raises(SimilarityInputError, match="'spare' did not run"):
-        capture_activations(Unused(), ["spare"], torch.randn(4, 3), method="hooks")
+        capture_activations(unused, ["spare"], torch.randn(4, 3), method="hooks")
 
     # fx fails and there is no submodule to hook: the fx error, plus why hooks cannot help
     with pytest.raises(TraceError, match="control flow.*no submodules"):

@@ -50,6 +50,10 @@ from weightspace.trace.structure import Structure, resolve
 from weightspace.trace.tracer import ComputationGraph
 
 NODE_TYPES = ("input", "hidden", "output", "module", "virtual")
+#: The per-node tensors of a :class:`GraphTemplate` that a PyG ``Data``
+#: (:meth:`ParameterGraph.to_pyg`) and a GMN batch (``weightspace.nn.from_pyg``)
+#: carry unchanged, under these names.
+NODE_FIELDS = ("node_type", "node_layer", "node_role", "node_pos")
 EDGE_TYPES = (
     "tie",
     "contract",
@@ -553,11 +557,8 @@ class ParameterGraph:
             edge_values=self.edge_values(),
             edge_width=t.edge_width(),
             edge_type=t.edge_type(),
-            node_type=t.node_type,
-            node_layer=t.node_layer,
-            node_role=t.node_role,
-            node_pos=t.node_pos,
             num_nodes=t.num_nodes,
+            **{f: getattr(t, f) for f in NODE_FIELDS},
         )
         if padded or width is not None:
             data.edge_attr, data.edge_mask = self.edge_attr(width)

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 
 from weightspace.graph import ParameterGraph, pad_edge_values
-from weightspace.graph.parameter_graph import NodeCount
+from weightspace.graph.parameter_graph import NODE_FIELDS, NodeCount
 
 __all__ = ["GraphBatch", "collate", "from_pyg"]
 
@@ -339,10 +339,7 @@ def from_pyg(data) -> GraphBatch:
         edge_values=values.to(torch.float32),
         edge_width=widths.long(),
         edge_type=data.edge_type,
-        node_type=data.node_type,
-        node_layer=data.node_layer,
-        node_role=data.node_role,
-        node_pos=data.node_pos,
+        **{f: getattr(data, f) for f in NODE_FIELDS},
         node_depth=depth,
         node_batch=node_batch,
         edge_batch=edge_batch,

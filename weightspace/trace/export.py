@@ -528,6 +528,15 @@ def export_program(module: nn.Module, example_inputs: tuple, kwargs: dict | None
             m.training = flag
 
 
+def _meta_of(v: Any) -> Any:
+    """A meta tensor (or a tuple / list of them) like the capture's value ``v``."""
+    if isinstance(v, torch.Tensor):
+        return torch.empty_strided(tuple(v.shape), tuple(v.stride()), dtype=v.dtype, device=_META)
+    if isinstance(v, (tuple, list)):
+        return type(v)(_meta_of(x) for x in v)
+    return v
+
+
 def _walk(module, prog, sd, aliases, named, flat_inputs, *, meta: bool):
     """Run the exported graph node by node through the channel rules (on
     meta tensors when ``meta``); returns ``(state, module_types, ops)``."""
@@ -593,7 +602,10 @@ def _walk(module, prog, sd, aliases, named, flat_inputs, *, meta: bool):
                 if meta:  # tensors made or moved inside forward() (arange, masks, .to(device)) stay on meta
                     args = tuple(_META if isinstance(a, torch.device) else a for a in args)
                     kwargs = {k: _META if isinstance(v, torch.device) else v for k, v in kwargs.items()}
-                val = node.target(*args, **kwargs)
+                if meta and "val" in node.meta:  # the capture's fake value: its shape, dtype and strides
+                    val = _meta_of(node.meta["val"])
+                else:
+                    val = node.target(*args, **kwargs)
                 rule = _lookup(node.target)
                 if rule is None:
                     if not any(_holds(env[n][1]) for n in node.all_input_nodes):

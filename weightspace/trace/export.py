@@ -4,9 +4,13 @@ the exported ATen graph.
 ``torch.export.export(module, inputs, strict=False)`` runs the module's
 Python code for real (control flow on shapes, ``torch.arange(T)``,
 ``math.sqrt``, Hugging Face model code all work) and records the ATen ops it
-calls. This front end walks that graph node by node, exactly like the fx
-front end walks its fx graph: every node computes its real value on the
-example input and its axis descriptors through the channel rules of
+calls. By default the graph is captured the way ``torch.export`` captures
+it (``make_fx``, pre-dispatch, fake tensors, ``is_exporting()`` true) but
+without its signature, naming and verification passes; ``torch.export``
+itself is the fallback (``trace_export(..., capture=)``), and both give the
+same :class:`ComputationGraph`. This front end walks that graph node by
+node, exactly like the fx front end walks its fx graph: every node gets its
+value (on the meta device: the capture's shapes) and its axis descriptors through the channel rules of
 :mod:`weightspace.trace.rules`. Most ATen ops have the signature of their
 ``torch`` function, so :data:`ATEN_RULES` maps them to the existing rules;
 adapters cover the rest (``aten.embedding`` takes ``(weight, indices)``,

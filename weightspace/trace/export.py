@@ -4,9 +4,13 @@ the exported ATen graph.
 ``torch.export.export(module, inputs, strict=False)`` runs the module's
 Python code for real (control flow on shapes, ``torch.arange(T)``,
 ``math.sqrt``, Hugging Face model code all work) and records the ATen ops it
-calls. This front end walks that graph node by node, exactly like the fx
-front end walks its fx graph: every node computes its real value on the
-example input and its axis descriptors through the channel rules of
+calls. By default the graph is captured the way ``torch.export`` captures
+it (``make_fx``, pre-dispatch, fake tensors, ``is_exporting()`` true) but
+without its signature, naming and verification passes; ``torch.export``
+itself is the fallback (``trace_export(..., capture=)``), and both give the
+same :class:`ComputationGraph`. This front end walks that graph node by
+node, exactly like the fx front end walks its fx graph: every node gets its
+value (on the meta device: the capture's shapes) and its axis descriptors through the channel rules of
 :mod:`weightspace.trace.rules`. Most ATen ops have the signature of their
 ``torch`` function, so :data:`ATEN_RULES` maps them to the existing rules;
 adapters cover the rest (``aten.embedding`` takes ``(weight, indices)``,
@@ -26,13 +30,18 @@ so are the heads whose head_dim meets those tables.
 
 from __future__ import annotations
 
+import contextlib
 import operator
+import re
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import stateless
+from torch.utils import _pytree as pytree
 
-from weightspace.errors import TraceError, UnsupportedOperationError
+from weightspace.errors import ConfigError, TraceError, UnsupportedOperationError
 from weightspace.trace import rules as R
 from weightspace.trace.axes import Ctx, Resplit, apply_resplit
 from weightspace.trace.channels import ChannelState, Feat, Lazy, SplitAx
@@ -481,6 +490,26 @@ def _export_kwargs(module: nn.Module, kwargs: dict | None = None) -> dict:
     return kwargs
 
 
+@contextlib.contextmanager
+def _capture_context():
+    """What both captures run under: no autograd, no per-node stack traces
+    (not read here; a traceback per node costs about a fifth of a capture)
+    and lazy graph modules (torch.export's passes recompile the graph's
+    Python code six times, which nothing here reads: another sixth)."""
+    from torch.fx._lazy_graph_module import _use_lazy_graph_module
+
+    fx_config = getattr(torch.fx, "config", None)  # torch >= 2.9
+    stack_traces = getattr(fx_config, "do_not_emit_stack_traces", None)
+    if stack_traces is not None:
+        fx_config.do_not_emit_stack_traces = True
+    try:
+        with torch.no_grad(), _use_lazy_graph_module(True):
+            yield
+    finally:
+        if stack_traces is not None:
+            fx_config.do_not_emit_stack_traces = stack_traces
+
+
 def export_program(module: nn.Module, example_inputs: tuple, kwargs: dict | None = None) -> "torch.export.ExportedProgram":
     """``torch.export.export(module, inputs, kwargs, strict=False)`` in eval
     mode (with ``use_cache=False`` where forward() takes it), errors turned
@@ -488,14 +517,8 @@ def export_program(module: nn.Module, example_inputs: tuple, kwargs: dict | None
     training = {m: m.training for m in module.modules()}
     module.eval()
     kwargs = _export_kwargs(module, kwargs)
-    # node stack traces are not read here, and recording them costs about a
-    # fifth of the export (a traceback per node)
-    fx_config = getattr(torch.fx, "config", None)  # torch >= 2.9
-    stack_traces = getattr(fx_config, "do_not_emit_stack_traces", None)
-    if stack_traces is not None:
-        fx_config.do_not_emit_stack_traces = True
     try:
-        with torch.no_grad():
+        with _capture_context():
             return torch.export.export(module, example_inputs, kwargs=kwargs, strict=False)
     except Exception as exc:  # torch.export raises many exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -505,15 +528,24 @@ def export_program(module: nn.Module, example_inputs: tuple, kwargs: dict | None
             "and no data-dependent control flow on tensor values"
         ) from exc
     finally:
-        if stack_traces is not None:
-            fx_config.do_not_emit_stack_traces = stack_traces
         for m, flag in training.items():
             m.training = flag
 
 
-def _walk(module, ep, sd, aliases, named, p_of, b_of, c_of, user_inputs, const_inputs, flat_inputs, *, meta: bool):
+def _meta_of(v: Any) -> Any:
+    """A meta tensor (or a tuple / list of them) like the capture's value ``v``."""
+    if isinstance(v, torch.Tensor):
+        return torch.empty_strided(tuple(v.shape), tuple(v.stride()), dtype=v.dtype, device=_META)
+    if isinstance(v, (tuple, list)):
+        return type(v)(_meta_of(x) for x in v)
+    return v
+
+
+def _walk(module, prog, sd, aliases, named, flat_inputs, *, meta: bool):
     """Run the exported graph node by node through the channel rules (on
     meta tensors when ``meta``); returns ``(state, module_types, ops)``."""
+    p_of, b_of, c_of = prog.p_of, prog.b_of, prog.c_of
+    user_inputs, const_inputs = prog.user_inputs, prog.const_inputs
     state = ChannelState()
     env: dict[torch.fx.Node, tuple[Any, Any]] = {}
     ops: list[tuple[str, str]] = []
@@ -522,19 +554,19 @@ def _walk(module, ep, sd, aliases, named, p_of, b_of, c_of, user_inputs, const_i
     module.eval()
     try:
         with torch.no_grad():
-            for node in ep.graph.nodes:
+            for node in prog.graph.nodes:
                 if node.op == "placeholder":
                     name = node.name
                     if name in p_of or name in b_of:
                         fqn = p_of.get(name) or b_of[name]
-                        val = named[fqn] if fqn in named else ep.state_dict[fqn]
+                        val = named[fqn] if fqn in named else prog.state_dict[fqn]
                         val = _to_meta(val.detach()) if meta else val.detach()
                         if fqn in sd:
                             desc = _tensor_descs(val, ("param", aliases.get(fqn, fqn)))
                         else:  # non-persistent buffer: a constant
                             desc = R.untracked(val)
                     elif name in c_of:
-                        val = ep.constants[c_of[name]]
+                        val = prog.constants[c_of[name]]
                         val = _to_meta(val) if meta else val
                         desc = R.untracked(val)
                     elif name in user_inputs:
@@ -542,7 +574,7 @@ def _walk(module, ep, sd, aliases, named, p_of, b_of, c_of, user_inputs, const_i
                         if i >= len(flat_inputs):
                             raise TraceError(f"exported program takes input {name!r} that no example input provides")
                         val = _to_meta(flat_inputs[i]) if meta else flat_inputs[i]
-                        desc = _tensor_descs(val, ("input", name))
+                        desc = _tensor_descs(val, ("input", prog.input_names.get(name, name)))
                     elif name in const_inputs:  # non-tensor user input (use_cache=False)
                         val, desc = const_inputs[name], None
                     else:
@@ -550,7 +582,7 @@ def _walk(module, ep, sd, aliases, named, p_of, b_of, c_of, user_inputs, const_i
                     env[node] = (val, desc)
                     continue
                 if node.op == "get_attr":
-                    val = getattr(ep.graph_module, str(node.target))
+                    val = getattr(prog.graph_module, str(node.target))
                     val = _to_meta(val) if meta else val
                     env[node] = (val, R.untracked(val) if R.is_tensor(val) else None)
                     continue
@@ -574,7 +606,10 @@ def _walk(module, ep, sd, aliases, named, p_of, b_of, c_of, user_inputs, const_i
                 if meta:  # tensors made or moved inside forward() (arange, masks, .to(device)) stay on meta
                     args = tuple(_META if isinstance(a, torch.device) else a for a in args)
                     kwargs = {k: _META if isinstance(v, torch.device) else v for k, v in kwargs.items()}
-                val = node.target(*args, **kwargs)
+                if meta and "val" in node.meta:  # the capture's fake value: its shape, dtype and strides
+                    val = _meta_of(node.meta["val"])
+                else:
+                    val = node.target(*args, **kwargs)
                 rule = _lookup(node.target)
                 if rule is None:
                     if not any(_holds(env[n][1]) for n in node.all_input_nodes):
@@ -604,37 +639,29 @@ def _walk(module, ep, sd, aliases, named, p_of, b_of, c_of, user_inputs, const_i
     return state, module_types, ops
 
 
-def trace_export(
-    module: nn.Module,
-    example_inputs: ExampleInputs,
-    *,
-    arch: str | None = None,
-) -> ComputationGraph:
-    """Trace ``module`` through ``torch.export`` (non-strict) and derive its
-    channel structure. Same result type and contract as
-    :func:`weightspace.trace.trace`.
+@dataclass
+class _Program:
+    """What the walk reads of a captured program: the ATen graph, its
+    placeholders mapped to parameter / buffer / constant names and user
+    inputs, and the tensors behind ``get_attr`` nodes and lifted constants."""
 
-    Raises:
-        TraceError: ``torch.export`` cannot export the module.
-        UnsupportedOperationError: an ATen op without a channel rule (names
-            the ATen op and the module path).
-    """
-    args, kwargs = split_inputs(example_inputs)
+    graph: torch.fx.Graph
+    graph_module: nn.Module
+    p_of: dict[str, str]
+    b_of: dict[str, str]
+    c_of: dict[str, str]
+    user_inputs: list[str]
+    const_inputs: dict[str, Any]
+    constants: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    flat_inputs: list[torch.Tensor]
+    input_names: dict[str, str] = field(default_factory=dict)  # placeholder -> input name, where they differ
+
+
+def _export_capture(module: nn.Module, args: tuple, kwargs: dict) -> _Program:
+    """The program of ``torch.export.export`` (see :func:`export_program`)."""
     ep = export_program(module, args, kwargs)
     sig = ep.graph_signature
-
-    sd = module.state_dict(keep_vars=True)
-    by_id: dict[int, str] = {}
-    aliases: dict[str, str] = {}
-    for k, v in sd.items():
-        aliases[k] = by_id.setdefault(id(v), k)
-    named = dict(module.named_parameters(remove_duplicate=False))
-    named.update(dict(module.named_buffers(remove_duplicate=False)))
-
-    p_of = dict(sig.inputs_to_parameters)
-    b_of = dict(sig.inputs_to_buffers)
-    c_of = dict(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {})
-    user_inputs = [n for n in sig.user_inputs if isinstance(n, str)]
     const_inputs = {
         spec.arg.name: spec.arg.value
         for spec in sig.input_specs
@@ -650,19 +677,209 @@ def trace_export(
         call_kwargs = reorder_kwargs(call_kwargs, ep.call_spec.in_spec)
     except (ImportError, AssertionError, ValueError, AttributeError):
         pass  # keep the caller's order
-    flat_inputs = [v for v in torch.utils._pytree.tree_leaves((args, call_kwargs)) if isinstance(v, torch.Tensor)]
+    return _Program(
+        graph=ep.graph,
+        graph_module=ep.graph_module,
+        p_of=dict(sig.inputs_to_parameters),
+        b_of=dict(sig.inputs_to_buffers),
+        c_of=dict(getattr(sig, "inputs_to_lifted_tensor_constants", {}) or {}),
+        user_inputs=[n for n in sig.user_inputs if isinstance(n, str)],
+        const_inputs=const_inputs,
+        constants=ep.constants,
+        state_dict=ep.state_dict,
+        flat_inputs=[v for v in pytree.tree_leaves((args, call_kwargs)) if isinstance(v, torch.Tensor)],
+    )
 
-    # Shapes are all the rules need: walk the graph on the meta device first
-    # (no arithmetic, no weight is read), and on real tensors only if an op
-    # has no meta kernel or needs a value.
-    walk = (ep, sd, aliases, named, p_of, b_of, c_of, user_inputs, const_inputs, flat_inputs)
+
+def _make_fx_capture(module: nn.Module, args: tuple, kwargs: dict) -> _Program:
+    """The pre-dispatch ATen graph that ``torch.export`` builds before its
+    passes, captured with ``make_fx`` directly (fake tensors, parameters and
+    buffers as leading inputs, as in ``torch.export``'s own capture; module
+    stack from :func:`_module_stack_meta`): less work than
+    :func:`export_program` (no signature, verifier, lifting, naming or
+    run-time-assertion passes, no attribute proxies), for the same ATen ops."""
+    from torch._export.utils import _compiling_state_context, _insert_aten_to_metadata_assert_pass
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    kwargs = _export_kwargs(module, kwargs)
+    named = dict(module.named_parameters(remove_duplicate=False))
+    named.update(dict(module.named_buffers(remove_duplicate=False)))
+    names = list(named)
+    n = len(names)
+    leaves, in_spec = pytree.tree_flatten((tuple(args), kwargs))
+    at = [i for i, v in enumerate(leaves) if isinstance(v, torch.Tensor)]
+    flat_inputs = [leaves[i] for i in at]
+
+    def fn(*flat):
+        lv = list(leaves)
+        for i, t in zip(at, flat[n:]):
+            lv[i] = t
+        a, kw = pytree.tree_unflatten(lv, in_spec)
+        with stateless._reparametrize_module(module, dict(zip(names, flat[:n]))):
+            out = module(*a, **kw)
+        return tuple(pytree.tree_leaves(out))
+
+    training = {m: m.training for m in module.modules()}
+    module.eval()
     try:
-        state, module_types, ops = _walk(module, *walk, meta=True)
-    except (UnsupportedOperationError, TraceError):
-        raise
-    except Exception:
-        state, module_types, ops = _walk(module, *walk, meta=False)
+        # torch.compiler.is_exporting() is true, as under torch.export (model
+        # code such as Hugging Face masks takes its export branch)
+        with _capture_context(), _compiling_state_context(), _module_stack_meta(module):
+            gm = make_fx(fn, tracing_mode="fake", pre_dispatch=True,
+                         _allow_non_fake_inputs=True)(*[t.detach() for t in named.values()], *flat_inputs)
+    finally:
+        for m, flag in training.items():
+            m.training = flag
+    _insert_aten_to_metadata_assert_pass(gm)  # as torch.export does after its capture
+    ph = [nd.name for nd in gm.graph.nodes if nd.op == "placeholder"]
+    params = {k for k, _ in module.named_parameters(remove_duplicate=False)}
+    return _Program(
+        graph=gm.graph,
+        graph_module=gm,
+        p_of={p: k for p, k in zip(ph, names) if k in params},
+        b_of={p: k for p, k in zip(ph, names) if k not in params},
+        c_of={},
+        user_inputs=ph[n:],
+        const_inputs={},
+        constants={},
+        state_dict={},
+        flat_inputs=flat_inputs,
+        input_names=dict(zip(ph[n:], _input_names(module, args, kwargs, flat_inputs))),
+    )
 
+
+@contextlib.contextmanager
+def _module_stack_meta(root: nn.Module):
+    """Record ``nn_module_stack`` (``{key: (module path, class)}``, the form
+    ``torch.export`` writes) on every node traced inside, from global module
+    forward hooks and fx's preserved node meta: a fifth of the capture cheaper
+    than make_fx's own module-stack tracer, which proxies every attribute
+    access. A module reached under two names gets its first name."""
+    from torch.fx import traceback as fx_traceback
+    from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+    paths: dict[int, str] = {}
+    for path, m in root.named_modules(remove_duplicate=False):
+        paths.setdefault(id(m), path)
+    stack: list[tuple[str, tuple[str, str]]] = []
+
+    def publish():
+        fx_traceback.current_meta["nn_module_stack"] = dict(stack)
+
+    def pre(mod, args):
+        path = paths.get(id(mod))
+        if path is not None:
+            t = type(mod)
+            stack.append((f"{path}#{len(stack)}", (path, f"{t.__module__}.{t.__qualname__}")))
+            publish()
+
+    def post(mod, args, out):
+        if paths.get(id(mod)) is not None and stack:
+            stack.pop()
+            publish()
+
+    with fx_traceback.preserve_node_meta():
+        h_pre = register_module_forward_pre_hook(pre)
+        h_post = register_module_forward_hook(post)
+        try:
+            yield
+        finally:
+            h_pre.remove()
+            h_post.remove()
+
+
+def _input_names(module: nn.Module, args: tuple, kwargs: dict, flat_inputs: list[torch.Tensor]) -> list[str]:
+    """The names ``torch.export`` gives the tensor inputs ``flat_inputs``:
+    forward()'s parameter names, joined with the pytree path of nested
+    inputs (``x_a``, ``x_b_0``), suffixed on collision."""
+    from collections import defaultdict
+
+    from torch._export.utils import _bind_signature_to_inputs, _rename_without_collisions
+
+    def key(k) -> str:
+        if isinstance(k, pytree.MappingKey):
+            return re.sub(r"[^a-zA-Z0-9]", "_", str(k.key))
+        if isinstance(k, pytree.SequenceKey):
+            return str(k.idx)
+        if isinstance(k, pytree.GetAttrKey):
+            return k.name
+        raise TraceError(f"input path key {k!r} has no export name")
+
+    name_map: dict[str, str] = {}
+    used: set[str] = set()
+    available: dict[str, int] = defaultdict(int)
+    by_id: dict[int, str] = {}
+    with_path, _ = pytree.tree_flatten_with_path(_bind_signature_to_inputs(module, args, kwargs))
+    for i, (path, leaf) in enumerate(with_path):
+        _rename_without_collisions(name_map, available, used, str(i),
+                                   "_".join(key(k).lower() for k in path), is_placeholder=True)
+        if isinstance(leaf, torch.Tensor):
+            by_id.setdefault(id(leaf), name_map[str(i)])
+    if len({id(t) for t in flat_inputs}) != len(flat_inputs) or any(id(t) not in by_id for t in flat_inputs):
+        raise TraceError("example inputs repeat a tensor: no export names")
+    return [by_id[id(t)] for t in flat_inputs]
+
+
+CAPTURES = ("auto", "make_fx", "export")
+
+
+def trace_export(
+    module: nn.Module,
+    example_inputs: ExampleInputs,
+    *,
+    arch: str | None = None,
+    capture: str = "auto",
+) -> ComputationGraph:
+    """Trace ``module`` through ``torch.export`` (non-strict) and derive its
+    channel structure. Same result type and contract as
+    :func:`weightspace.trace.trace`.
+
+    Args:
+        capture: how the ATen graph is captured. ``"export"``:
+            ``torch.export.export``; ``"make_fx"``: its pre-dispatch capture
+            alone (faster, the same ops); ``"auto"``: ``make_fx``, and
+            ``torch.export`` when that capture or its walk fails.
+
+    Raises:
+        ConfigError: unknown ``capture``.
+        TraceError: ``torch.export`` cannot export the module.
+        UnsupportedOperationError: an ATen op without a channel rule (names
+            the ATen op and the module path).
+    """
+    if capture not in CAPTURES:
+        raise ConfigError(f"unknown capture {capture!r}; expected one of {', '.join(CAPTURES)}", field="capture")
+    args, kwargs = split_inputs(example_inputs)
+    sd = module.state_dict(keep_vars=True)
+    by_id: dict[int, str] = {}
+    aliases: dict[str, str] = {}
+    for k, v in sd.items():
+        aliases[k] = by_id.setdefault(id(v), k)
+    named = dict(module.named_parameters(remove_duplicate=False))
+    named.update(dict(module.named_buffers(remove_duplicate=False)))
+
+    def walk(prog: _Program):
+        # Shapes are all the rules need: walk the graph on the meta device
+        # first (no arithmetic, no weight is read), and on real tensors only
+        # if an op has no meta kernel or needs a value.
+        w = (prog, sd, aliases, named, prog.flat_inputs)
+        try:
+            return _walk(module, *w, meta=True)
+        except (UnsupportedOperationError, TraceError):
+            raise
+        except Exception:
+            return _walk(module, *w, meta=False)
+
+    result = None
+    if capture in ("auto", "make_fx"):
+        try:
+            result = walk(_make_fx_capture(module, args, kwargs))
+        except Exception:
+            if capture == "make_fx":
+                raise
+            result = None  # torch.export decides, and names the error
+    if result is None:
+        result = walk(_export_capture(module, args, kwargs))
+    state, module_types, ops = result
     return finish_graph(
         state, sd, aliases, module_types, ops,
         input_shapes(args, kwargs), arch, None,

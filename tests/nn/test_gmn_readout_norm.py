@@ -56,3 +56,23 @@ def test_readout_norm_is_saved_and_checked(tmp_path):
     with pytest.raises(ValueError, match="readout_norm"):
         GMN(readout_norm="layer")
 
+
+def test_fit_sets_exact_batchnorm_statistics_for_the_kept_weights():
+    """``fit`` recomputes BatchNorm running statistics over the training set
+    before validating, so the restored model's readout mean is the training
+    graphs' mean at its own weights (the running average lagged them)."""
+    from weightspace.nn.train import TrainConfig, fit
+
+    graphs = [graph_and_permuted("siren", seed=s)[0] for s in range(4)]
+    data = [(g, i % 3) for i, g in enumerate(graphs)]
+    m = _model()
+    fit(m, data, data[:2], TrainConfig(task="classification", epochs=2, batch_size=2, lr=1e-2, seed=0))
+    seen = []
+    h = m.readout_norm.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    try:
+        with torch.no_grad():
+            m(graphs)
+    finally:
+        h.remove()
+    assert torch.allclose(m.readout_norm.running_mean, seen[0].mean(0), atol=1e-5)
+    assert float(m.readout_norm.num_batches_tracked) == 2  # two batches of the 4 training graphs

@@ -288,6 +288,32 @@ def evaluate(model: MetaNetwork, samples: Sequence[Sample], result: FitResult | 
     return evaluate_metanetwork(model, samples, result, task=task)
 
 
+@torch.no_grad()
+def _recompute_batchnorm_(model: MetaNetwork, train: Sequence[Sample], batch_size: int) -> None:
+    """Set the running statistics of ``model``'s BatchNorm layers to their
+    exact average over ``train`` at the current weights (no-op without
+    BatchNorm). The exponential running averages lag the weights: where a
+    feature's spread across networks is far smaller than its drift per step
+    (a GMN's graph readout, ``readout_norm="batch"``), the lagging statistics
+    made the validation loss explode and early stopping keep the first epoch."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    was = model.training
+    model.train()
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
+        for idx in _batches(len(train), batch_size, None):
+            model.predict(_collate(model, [train[i] for i in idx]))
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.train(was)
+
+
 def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | None = None,
         config: TrainConfig | None = None) -> FitResult:
     """Train ``model`` on ``train`` with early stopping on ``val``.
@@ -345,6 +371,7 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
                 total += float(loss.detach()) * len(idx)
                 count += len(idx)
             row = {"epoch": epoch, "train_loss": total / count}
+            _recompute_batchnorm_(model, train, cfg.batch_size)
             if val_batches:
                 model.eval()
                 with torch.no_grad():

@@ -80,9 +80,9 @@ from weightspace.predict.features import weight_features  # noqa: E402
 
 SIREN = {"in_features": 2, "hidden": [32, 32], "out_features": 1, "w0": 30.0, "w0_first": 30.0}
 SIREN_KEYS = ("layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias", "out.weight", "out.bias")
-CLASSIFIERS = ("gmn", "gmn_probe", "statnn", "flatmlp", "flatmlp_aug", "nfn_ws", "gbm", "nfn_np", "nfn_hnp", "pixels")
+CLASSIFIERS = ("gmn", "gmn_rn", "gmn_probe", "statnn", "flatmlp", "flatmlp_aug", "nfn_ws", "gbm", "nfn_np", "nfn_hnp", "pixels")
 LABELS = {
-    "gmn": "GMN", "gmn_probe": "GMN + probe features", "statnn": "StatNN", "flatmlp": "FlatMLP", "flatmlp_aug": "FlatMLP + perm. aug.",
+    "gmn": "GMN", "gmn_rn": "GMN, readout norm.", "gmn_probe": "GMN, readout norm. + probe features", "statnn": "StatNN", "flatmlp": "FlatMLP", "flatmlp_aug": "FlatMLP + perm. aug.",
     "nfn_ws": "NFN (weightspace.nn)", "gbm": "stats + GBM", "nfn_np": "NFN-NP (nfn package)",
     "nfn_hnp": "NFN-HNP (nfn package)", "pixels": "pixels + logistic reg. (reference)",
 }
@@ -460,8 +460,10 @@ def classify(s: INRSet, method: str, parts, *, epochs: int, seed: int, log, batc
     torch.manual_seed(seed)
     if method == "gmn":
         model: MetaNetwork = GMN(out_dim=10)
+    elif method == "gmn_rn":
+        model = GMN(out_dim=10, readout_norm="batch")
     elif method == "gmn_probe":
-        model = GMN(out_dim=10, extra_dim=N_PROBES)
+        model = GMN(out_dim=10, readout_norm="batch", extra_dim=N_PROBES)
     elif method == "statnn":
         model = StatNN.for_template(template, out_dim=10)
     elif method in ("flatmlp", "flatmlp_aug"):

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from weightspace.common.batchnorm import recalibrate_batchnorm_
 from weightspace.common.metrics import classification_metrics, regression_metrics
 from weightspace.common.zoo_samples import zoo_checkpoints
 from weightspace.graph import ParameterGraph
@@ -288,7 +289,6 @@ def evaluate(model: MetaNetwork, samples: Sequence[Sample], result: FitResult | 
     return evaluate_metanetwork(model, samples, result, task=task)
 
 
-@torch.no_grad()
 def _recompute_batchnorm_(model: MetaNetwork, train: Sequence[Sample], batch_size: int) -> None:
     """Set the running statistics of ``model``'s BatchNorm layers to their
     exact average over ``train`` at the current weights (no-op without
@@ -296,22 +296,8 @@ def _recompute_batchnorm_(model: MetaNetwork, train: Sequence[Sample], batch_siz
     feature's spread across networks is far smaller than its drift per step
     (a GMN's graph readout, ``readout_norm="batch"``), the lagging statistics
     made the validation loss explode and early stopping keep the first epoch."""
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
-        return
-    momenta = [m.momentum for m in bns]
-    was = model.training
-    model.train()
-    try:
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average
-        for idx in _batches(len(train), batch_size, None):
-            model.predict(_collate(model, [train[i] for i in idx]))
-    finally:
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
-        model.train(was)
+    batches = (_collate(model, [train[i] for i in idx]) for idx in _batches(len(train), batch_size, None))
+    recalibrate_batchnorm_(model, batches, model.predict)
 
 
 def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | None = None,

@@ -72,7 +72,7 @@ from weightspace.common.metrics import bootstrap_ci  # noqa: E402
 from weightspace.common.splits import group_split  # noqa: E402
 from weightspace.generate._common import ArchSpec  # noqa: E402
 from weightspace.generate.inr_init import fit_signals, psnr  # noqa: E402
-from weightspace.nn import GMN, FlatMLP, StatNN  # noqa: E402
+from weightspace.nn import GMN, FlatMLP, StatNN, probe_features  # noqa: E402
 from weightspace.nn.base import MetaNetwork  # noqa: E402
 from weightspace.nn.baselines import NFN, mlp_layers  # noqa: E402
 from weightspace.nn.train import TrainConfig, fit, predict_metanetwork  # noqa: E402
@@ -80,9 +80,9 @@ from weightspace.predict.features import weight_features  # noqa: E402
 
 SIREN = {"in_features": 2, "hidden": [32, 32], "out_features": 1, "w0": 30.0, "w0_first": 30.0}
 SIREN_KEYS = ("layers.0.weight", "layers.0.bias", "layers.1.weight", "layers.1.bias", "out.weight", "out.bias")
-CLASSIFIERS = ("gmn", "statnn", "flatmlp", "flatmlp_aug", "nfn_ws", "gbm", "nfn_np", "nfn_hnp", "pixels")
+CLASSIFIERS = ("gmn", "gmn_rn", "gmn_probe", "statnn", "flatmlp", "flatmlp_aug", "nfn_ws", "gbm", "nfn_np", "nfn_hnp", "pixels")
 LABELS = {
-    "gmn": "GMN", "statnn": "StatNN", "flatmlp": "FlatMLP", "flatmlp_aug": "FlatMLP + perm. aug.",
+    "gmn": "GMN", "gmn_rn": "GMN, readout norm.", "gmn_probe": "GMN, readout norm. + probe features", "statnn": "StatNN", "flatmlp": "FlatMLP", "flatmlp_aug": "FlatMLP + perm. aug.",
     "nfn_ws": "NFN (weightspace.nn)", "gbm": "stats + GBM", "nfn_np": "NFN-NP (nfn package)",
     "nfn_hnp": "NFN-HNP (nfn package)", "pixels": "pixels + logistic reg. (reference)",
 }
@@ -403,12 +403,36 @@ def graphs_of(s: INRSet, template) -> list:
     return _GRAPHS[id(s)]
 
 
+N_PROBES = 32
+
+
+def probe_extras(s: INRSet, template, graphs: Sequence, train_rows: np.ndarray, seed: int) -> list[Tensor]:
+    """Neural-Graphs probe features (:func:`weightspace.nn.probe_features`):
+    every neuron's pre-activation at ``N_PROBES`` fixed random coordinates
+    in ``[-1, 1]^2`` (the output node's row is the image at those points),
+    divided by one RMS per block (node layer) over the training networks, a
+    scalar per block, so the features stay equivariant."""
+    gen = torch.Generator().manual_seed(seed)
+    probes = torch.rand(N_PROBES, 2, generator=gen) * 2 - 1
+    module = create_model("siren", **SIREN)
+    feats = [probe_features(g, module, probes) for g in graphs]
+    layer = template.node_layer
+    tr = torch.stack([feats[i] for i in train_rows])  # [n, N, P]
+    scale = torch.ones(int(layer.max()) + 1)
+    for b in range(len(scale)):
+        rms = tr[:, layer == b].pow(2).mean().sqrt()
+        scale[b] = rms if rms > 1e-8 else 1.0
+    return [f / scale[layer][:, None] for f in feats]
+
+
 def accuracy(t: np.ndarray, p: np.ndarray) -> float:
     return float(np.mean(np.asarray(t) == np.asarray(p)))
 
 
-def classify(s: INRSet, method: str, parts, *, epochs: int, seed: int, log) -> np.ndarray:
-    """Predicted labels of the test rows."""
+def classify(s: INRSet, method: str, parts, *, epochs: int, seed: int, log, batch_size: int = 16,
+             raw: INRSet | None = None) -> np.ndarray:
+    """Predicted labels of the test rows. ``raw``: the uncentred networks of
+    a centred ``s`` (probe features need networks that compute the image)."""
     tr, va, te = parts
     y = s.labels
     sds = s.state_dicts()
@@ -430,9 +454,16 @@ def classify(s: INRSet, method: str, parts, *, epochs: int, seed: int, log) -> n
     template = ArchSpec.of("siren", **SIREN).template()
     graphs = graphs_of(s, template)
     data = [(g, int(lab)) for g, lab in zip(graphs, y)]
+    if method == "gmn_probe":
+        src = raw if raw is not None else s
+        data = [(g, lab, x) for (g, lab), x in zip(data, probe_extras(src, template, graphs_of(src, template), tr, seed))]
     torch.manual_seed(seed)
     if method == "gmn":
         model: MetaNetwork = GMN(out_dim=10)
+    elif method == "gmn_rn":
+        model = GMN(out_dim=10, readout_norm="batch")
+    elif method == "gmn_probe":
+        model = GMN(out_dim=10, readout_norm="batch", extra_dim=N_PROBES)
     elif method == "statnn":
         model = StatNN.for_template(template, out_dim=10)
     elif method in ("flatmlp", "flatmlp_aug"):
@@ -443,10 +474,13 @@ def classify(s: INRSet, method: str, parts, *, epochs: int, seed: int, log) -> n
         model = NFNPackage([2, 32, 32, 1], kind=method.split("_")[1], out_dim=10)
     else:
         raise ValueError(method)
-    cfg = TrainConfig(task="classification", epochs=epochs, batch_size=64, lr=1e-3, patience=max(5, epochs // 4),
-                      seed=seed, augment=method == "flatmlp_aug")
+    # patience: a GMN sits on a plateau (near-constant output) for its first
+    # ~100 Adam steps before its loss moves; a short patience stops it there
+    cfg = TrainConfig(task="classification", epochs=epochs, batch_size=batch_size, lr=1e-3,
+                      patience=max(10, epochs // 3), seed=seed, augment=method == "flatmlp_aug")
     res = fit(model, [data[i] for i in tr], [data[i] for i in va], cfg)
-    log(f"    {method}: best epoch {res.best_epoch + 1}/{len(res.history)}")
+    curve = " ".join(f"{h['train_loss']:.2f}/{h.get('val_loss', float('nan')):.2f}" for h in res.history)
+    log(f"    {method}: best epoch {res.best_epoch + 1}/{len(res.history)}; train/val loss {curve}")
     return predict_metanetwork(res.model, [data[i] for i in te]).argmax(1).numpy()
 
 
@@ -679,9 +713,10 @@ def merge_results(paths: Sequence[Path]) -> dict:
 
 
 def run_set(s: INRSet, *, methods, epochs: int, edit_epochs: int, seed: int, out: Path, log,
-            center: bool = False) -> dict:
+            center: bool = False, batch_size: int = 16) -> dict:
     parts = split_set(s, seed)
     tr, va, te = parts
+    raw = s
     if center:
         # subtract the training networks' mean, entry by entry (DWSNets-style
         # per-entry statistics): with a shared init this removes the init, which
@@ -696,7 +731,7 @@ def run_set(s: INRSet, *, methods, epochs: int, edit_epochs: int, seed: int, out
                            "coord_order": s.coord_order, "classification": {}}
     for m in methods:
         t0 = time.time()
-        pred = classify(s, m, parts, epochs=epochs, seed=seed, log=log)
+        pred = classify(s, m, parts, epochs=epochs, seed=seed, log=log, batch_size=batch_size, raw=raw)
         ci = bootstrap_ci(s.labels[te], pred, accuracy, groups=s.groups[te], seed=seed)
         res["classification"][m] = {"accuracy": ci.value, "low": ci.low, "high": ci.high,
                                     "seconds": round(time.time() - t0, 1)}
@@ -720,6 +755,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--chunk", type=int, default=256, help="networks fitted at once")
     ap.add_argument("--epochs", type=int, default=None, help="classifier epochs (default 40, --small 8)")
+    ap.add_argument("--batch-size", type=int, default=16, help="metanetwork batch size (every classifier)")
     ap.add_argument("--edit-epochs", type=int, default=None, help="editor epochs (default 30, --small 4; 0: no editing)")
     ap.add_argument("--methods", default=",".join(CLASSIFIERS))
     ap.add_argument("--regimes", default="independent,shared")
@@ -769,7 +805,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     meta = {"study_images": args.study_images, "argv": list(sys.argv[1:] if argv is None else argv), "python": platform.python_version(),
             "torch": torch.__version__, "threads": args.threads, "loadavg_start": list(os.getloadavg()),
-            "images": n_images, "seeds": seeds, "steps": args.steps, "epochs": epochs, "edit_epochs": edit_epochs}
+            "images": n_images, "seeds": seeds, "steps": args.steps, "epochs": epochs, "edit_epochs": edit_epochs,
+            "batch_size": args.batch_size}
     sets: list[INRSet] = []
     builds = {}
     if not args.skip_fit:
@@ -801,7 +838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for s in sets:
         name = f"{s.name}_centred" if args.center else s.name
         results[name] = run_set(s, methods=methods, epochs=epochs, edit_epochs=edit_epochs, seed=args.seed,
-                                out=out, log=log, center=args.center)
+                                out=out, log=log, center=args.center, batch_size=args.batch_size)
         if s.name in builds:
             results[name]["build"] = builds[s.name]
     meta["loadavg_end"] = list(os.getloadavg())

@@ -141,3 +141,32 @@ def test_merge_results_of_split_runs(tmp_path):
         {"meta": {}, "results": {"shared": {**base, "networks": 11, "classification": {}}}}))
     with pytest.raises(SystemExit, match="set 'shared' has networks 11"):
         study.merge_results([tmp_path / "a", tmp_path / "c"])
+
+
+def test_probe_extras_are_the_network_at_the_probes_and_move_with_its_neurons():
+    """GMN + probe features: the output node's row is the INR's value at
+    the probe points (over its block's training RMS), and a permutation of
+    the hidden neurons permutes the hidden rows the same way."""
+    import numpy as np
+
+    from weightspace.arch import create_model
+    from weightspace.generate._common import ArchSpec
+    from weightspace.symmetry import apply_permutation, random_permutation
+
+    sds = [create_model("siren", seed=s, **study.SIREN).state_dict() for s in range(3)]
+    template = ArchSpec.of("siren", **study.SIREN).template()
+    perm = random_permutation(template.spec, generator=torch.Generator().manual_seed(1))
+    sds.append(apply_permutation(sds[0], template.spec, perm))
+    s = study.INRSet("t", study.stack_sirens(sds), np.zeros(4, dtype=int), np.arange(4), torch.zeros(4, 8, 8))
+    graphs = [template.graph(sd) for sd in sds]
+    feats = study.probe_extras(s, template, graphs, np.arange(3), seed=0)
+    assert feats[0].shape == (template.num_nodes, study.N_PROBES)
+    probes = torch.rand(study.N_PROBES, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    m = create_model("siren", **study.SIREN)
+    m.load_state_dict(sds[1])
+    out_rows = template.node_type == 2  # the output node
+    with torch.no_grad():
+        values = m(probes)[:, 0]
+    ratio = feats[1][out_rows][0] / values
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4) and float(ratio[0]) > 0
+    assert torch.allclose(feats[3], feats[0][template.node_permutation(perm)], atol=1e-5)

@@ -16,6 +16,7 @@ from torch import nn
 
 from weightspace import arch as _arch
 from weightspace import data as _data
+from weightspace.common.batchnorm import recalibrate_batchnorm_
 from weightspace.core import analyze, graph_template
 from weightspace.errors import ConfigError, InputFileError, NonFiniteWeightsError
 from weightspace.io import read_safetensors, read_safetensors_metadata, save_state_dict, validate
@@ -226,24 +227,10 @@ def has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
-@torch.no_grad()
 def _recalibrate_bn_(module: nn.Module, x: torch.Tensor, batch_size: int = 256) -> None:
     """Re-estimate BatchNorm running statistics of ``module`` on ``x`` in place
     (cumulative average over the whole of ``x``)."""
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    saved = [(m.momentum, m.training) for m in bns]
-    was = module.training
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    module.train()
-    for i in range(0, len(x), batch_size):
-        module(x[i : i + batch_size])
-    for m, (mom, _) in zip(bns, saved):
-        m.momentum = mom
-    module.train(was)
+    recalibrate_batchnorm_(module, (x[i : i + batch_size] for i in range(0, len(x), batch_size)))
 
 
 @torch.no_grad()

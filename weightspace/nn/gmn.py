@@ -85,6 +85,14 @@ class GMN(MetaNetwork):
         node_out, edge_out: sizes of the equivariant readouts (0: off).
         edge_residual: edge readout = input values + MLP output.
         pool: graph readout pooling, ``"mean"`` | ``"sum"`` | ``"max"``.
+        readout_norm: ``"none"`` or ``"batch"``: standardize the graph
+            readout's input (global vector, pooled nodes and edges) across
+            the graphs of a batch (``BatchNorm1d`` without affine; running
+            statistics in eval). At init the per-network part of those
+            features can be ~0.1 % of their size (constant type / position
+            embeddings; mean pooling cancels per-weight changes), so the
+            graph output is nearly constant and training plateaus; this
+            removes the constant part. Invariance is unaffected.
         layer_encoding: ``"embedding"`` (block id, for zoos of one
             architecture), ``"depth"`` (normalized depth, comparable across
             architectures) or ``"both"``.
@@ -115,6 +123,7 @@ class GMN(MetaNetwork):
         edge_out: int = 0,
         edge_residual: bool = False,
         pool: str = "mean",
+        readout_norm: str = "none",
         layer_encoding: str = "both",
         max_layers: int = 64,
         max_roles: int = 16,
@@ -131,6 +140,8 @@ class GMN(MetaNetwork):
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if pool not in ("mean", "sum", "max"):
             raise ValueError(f"pool must be 'mean', 'sum' or 'max', got {pool!r}")
+        if readout_norm not in ("none", "batch"):
+            raise ValueError(f"readout_norm must be 'none' or 'batch', got {readout_norm!r}")
         if layer_encoding not in LAYER_ENCODINGS:
             raise ValueError(f"layer_encoding must be one of {LAYER_ENCODINGS}, got {layer_encoding!r}")
         if edge_residual and edge_out < edge_dim:
@@ -140,7 +151,7 @@ class GMN(MetaNetwork):
         self.hparams = dict(
             out_dim=out_dim, hidden=hidden, num_layers=num_layers, aggr=aggr, norm=norm, act=act,
             dropout=dropout, edge_dim=edge_dim, node_out=node_out, edge_out=edge_out,
-            edge_residual=edge_residual, pool=pool, layer_encoding=layer_encoding, max_layers=max_layers,
+            edge_residual=edge_residual, pool=pool, readout_norm=readout_norm, layer_encoding=layer_encoding, max_layers=max_layers,
             max_roles=max_roles, max_pos=max_pos, extra_dim=extra_dim, backend=backend,
         )
         self.backend = backend
@@ -165,6 +176,8 @@ class GMN(MetaNetwork):
         conv_cls = self._conv_class(backend)
         self.convs = nn.ModuleList(conv_cls(h, aggr=aggr, norm=norm, act=act_cls, dropout=dropout) for _ in range(num_layers))
         self.graph_head = mlp(3 * h, h, out_dim, act_cls) if out_dim else None
+        self.readout_norm = (nn.BatchNorm1d(3 * h, affine=False)
+                             if out_dim and readout_norm == "batch" else None)
         self.node_head = mlp(h, h, node_out, act_cls) if node_out else None
         self.edge_head = mlp(h, h, edge_out, act_cls) if edge_out else None
         self.reset_parameters()
@@ -309,7 +322,13 @@ class GMN(MetaNetwork):
         graph = node = edge = None
         if self.graph_head is not None:
             pool = self.hparams["pool"]
-            graph = self.graph_head(torch.cat([u, ctx.pool(x, "node", pool), ctx.pool(e, "edge", pool)], dim=1))
+            z = torch.cat([u, ctx.pool(x, "node", pool), ctx.pool(e, "edge", pool)], dim=1)
+            rn = self.readout_norm
+            if rn is not None and self.training and z.shape[0] < 2:  # one graph: no batch statistics
+                z = torch.nn.functional.batch_norm(z, rn.running_mean, rn.running_var, training=False, eps=rn.eps)
+            elif rn is not None:
+                z = rn(z)
+            graph = self.graph_head(z)
         if self.node_head is not None:
             node = self.node_head(x)
         if self.edge_head is not None:

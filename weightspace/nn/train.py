@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from weightspace.common.batchnorm import recalibrate_batchnorm_
 from weightspace.common.metrics import classification_metrics, regression_metrics
 from weightspace.common.zoo_samples import zoo_checkpoints
 from weightspace.graph import ParameterGraph
@@ -288,6 +289,17 @@ def evaluate(model: MetaNetwork, samples: Sequence[Sample], result: FitResult | 
     return evaluate_metanetwork(model, samples, result, task=task)
 
 
+def _recompute_batchnorm_(model: MetaNetwork, train: Sequence[Sample], batch_size: int) -> None:
+    """Set the running statistics of ``model``'s BatchNorm layers to their
+    exact average over ``train`` at the current weights (no-op without
+    BatchNorm). The exponential running averages lag the weights: where a
+    feature's spread across networks is far smaller than its drift per step
+    (a GMN's graph readout, ``readout_norm="batch"``), the lagging statistics
+    made the validation loss explode and early stopping keep the first epoch."""
+    batches = (_collate(model, [train[i] for i in idx]) for idx in _batches(len(train), batch_size, None))
+    recalibrate_batchnorm_(model, batches, model.predict)
+
+
 def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | None = None,
         config: TrainConfig | None = None) -> FitResult:
     """Train ``model`` on ``train`` with early stopping on ``val``.
@@ -345,6 +357,7 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
                 total += float(loss.detach()) * len(idx)
                 count += len(idx)
             row = {"epoch": epoch, "train_loss": total / count}
+            _recompute_batchnorm_(model, train, cfg.batch_size)
             if val_batches:
                 model.eval()
                 with torch.no_grad():

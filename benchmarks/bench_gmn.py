@@ -1,7 +1,7 @@
 """GMN forward throughput (networks/s) and memory per graph, PyG and DGL.
 
 Batch of 64 ``cnn_small`` parameter graphs (63 nodes, 746 edges each), CPU,
-eval mode, ``no_grad``. Reports the forward pass on a collated batch, the
+eval mode, ``torch.inference_mode``. Reports the forward pass on a collated batch, the
 end-to-end time (collate + forward), and memory per graph (input tensors,
 and peak resident-memory growth over a forward of the batch). Targets:
 issue 5, >= 1000 small CNNs/s forward on CPU; issue 17, >= 1500/s median on
@@ -67,7 +67,7 @@ def bench(backend: str, *, batch: int, repeats: int, hidden: int, layers: int, a
         b.edge_index, b.edge_values, b.edge_width, b.edge_type, b.node_type, b.node_layer, b.node_role,
         b.node_pos, b.node_depth, b.node_batch, b.edge_batch) if v is not None)
     fwd, e2e, col, cpu = [], [], [], []
-    with torch.no_grad():
+    with torch.inference_mode():  # a forward benchmark: no autograd bookkeeping at all
         for _ in range(3):  # warm-up (allocator, PyG templates, DGL graph build)
             model.predict(model.collate(graphs))
         rss0 = _rss_mb()

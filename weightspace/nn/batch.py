@@ -128,6 +128,24 @@ class GraphBatch(NodeCount):
             self._cache["width_groups"] = groups
         return self._cache["width_groups"]
 
+    def value_layout(self) -> dict[str, torch.Tensor]:
+        """Where each value sits, for encoders that read the compact
+        ``edge_values`` in one pass (cached): ``value_start [E]`` (each
+        edge's first value: ``edge_values[value_start[e] : value_start[e] +
+        edge_width[e]]`` are edge ``e``'s) and ``value_key [V]``, ``p * T +
+        t`` for a value in column ``p`` of an edge of type ``t`` (``T =
+        len(EDGE_TYPES)``; read per template where the batch holds its
+        graphs)."""
+        if "value_layout" not in self._cache:
+            w = self.edge_width
+            start = torch.cumsum(w, 0) - w
+            if self.graphs is not None:
+                key = torch.cat([_template_value_key(g.template) for g in self.graphs])
+            else:
+                key = _value_key(w, self.edge_type, self.edge_values.numel())
+            self._cache["value_layout"] = {"value_start": start, "value_key": key.to(w.device)}
+        return self._cache["value_layout"]
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "GraphBatch":
         """A copy with every tensor on ``device`` and every floating tensor
         in ``dtype`` (``None``: unchanged)."""
@@ -187,6 +205,17 @@ class GraphBatch(NodeCount):
 _TEMPLATE_CACHE: dict[int, tuple[object, dict]] = {}
 
 
+def _value_key(width: torch.Tensor, edge_type: torch.Tensor, num_values: int) -> torch.Tensor:
+    """``[V]`` ``column * len(EDGE_TYPES) + edge type`` of every value (edge order)."""
+    from weightspace.graph import EDGE_TYPES
+
+    start = torch.cumsum(width, 0) - width
+    value_edge = torch.repeat_interleave(torch.arange(width.numel(), device=width.device), width,
+                                         output_size=num_values)
+    pos = torch.arange(num_values, device=width.device) - start.index_select(0, value_edge)
+    return pos * len(EDGE_TYPES) + edge_type.index_select(0, value_edge)
+
+
 def _template_tensors(template) -> dict:
     """Structural tensors of one template (cached by identity; templates are
     immutable after construction)."""
@@ -214,6 +243,15 @@ def _template_tensors(template) -> dict:
         _TEMPLATE_CACHE.clear()
     _TEMPLATE_CACHE[id(template)] = (template, d)
     return d
+
+
+def _template_value_key(template) -> torch.Tensor:
+    """:func:`_value_key` of a template (cached with its structural tensors
+    on first use: collate alone does not build it)."""
+    d = _template_tensors(template)
+    if "value_key" not in d:
+        d["value_key"] = _value_key(d["edge_width"], d["edge_type"], template.num_values)
+    return d["value_key"]
 
 
 def collate(
@@ -259,12 +297,9 @@ def collate(
              "node_depth", "perm_in", "perm_out")
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in names}
     values = []
-    for i, g in enumerate(graphs):
+    for g in graphs:
         d = _template_tensors(g.template)
-        parts["edge_index"].append(d["edge_index"] + node_ptr[i])
-        for k in ("perm_in", "perm_out"):
-            parts[k].append(d[k] + edge_ptr[i])
-        for k in names[1:8]:
+        for k in names:
             parts[k].append(d[k])
         values.append(g.edge_values())
     node_batch = torch.repeat_interleave(torch.arange(B), n_nodes)
@@ -278,6 +313,13 @@ def collate(
                 raise ValueError(f"node_extra entry has {x.shape[0]} rows, the graph has {g.num_nodes} nodes")
         extra = torch.cat([x.to(dtype) for x in node_extra])
     cat = {k: torch.cat(v, dim=1 if k == "edge_index" else 0) for k, v in parts.items()}
+    # node / edge ids offset per graph, in place on the concatenation (one copy
+    # of each index tensor, not two: ResNet-50's are 15.5M edges)
+    if B > 1:
+        cat["edge_index"] += node_ptr.index_select(0, edge_batch)
+        edge_offset = edge_ptr.index_select(0, edge_batch)
+        cat["perm_in"] += edge_offset
+        cat["perm_out"] += edge_offset
     batch = GraphBatch(
         num_graphs=B,
         edge_index=cat["edge_index"],

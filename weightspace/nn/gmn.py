@@ -263,9 +263,9 @@ class GMN(MetaNetwork):
         the values and of their mask (an edge of width ``w`` uses the first
         ``w`` columns of both maps).
 
-        From the compact ``edge_values`` (the default batch), each group of
-        edges of one width is encoded with its own ``w`` columns and the mask
-        term is a per-width constant, so no ``[E, widest]`` table is built;
+        From the compact ``edge_values`` (the default batch) the encoding is
+        one ``embedding_bag`` over the value columns and a (type, width) table
+        (:meth:`GraphBatch.value_layout`), so no ``[E, widest]`` table is built;
         a batch with explicit ``edge_attr`` / ``edge_mask`` (a caller's own
         edge features) is encoded from those. Both give the same features.
         """
@@ -277,15 +277,19 @@ class GMN(MetaNetwork):
             e = self.edge_type_emb(batch.edge_type)
             e = e + torch.nn.functional.linear(attr, self.edge_val.weight[:, :F])
             return e + torch.nn.functional.linear(batch.edge_mask.to(attr.dtype), self.edge_mask_lin.weight[:, :F])
-        # type embedding + mask term in one lookup: row (type, w) = emb[type] + sum of the first w mask columns
-        mask_w = torch.cat([self.edge_mask_lin.weight.new_zeros(1, self.hparams["hidden"]),
+        # one embedding_bag over the values: a value in column p of an edge of type t weights row
+        # p * T + t (its value_key) of the value map scaled by 1 / edge_scale[t]; plus one lookup of the edge's
+        # (width, type) row of a table holding the type embedding + the sum of its first w mask
+        # columns. No [E, F] table is built; the indices are structure, cached on the batch.
+        T, H = len(EDGE_TYPES), self.hparams["hidden"]
+        lay = batch.value_layout()
+        rows = (self.edge_val.weight[:, :F].t()[:, None, :] / self.edge_scale[None, :, None]).flatten(0, 1)
+        e = torch.nn.functional.embedding_bag(lay["value_key"], rows, lay["value_start"], mode="sum",
+                                              per_sample_weights=batch.edge_values)  # [E, H]
+        mask_w = torch.cat([self.edge_mask_lin.weight.new_zeros(1, H),
                             self.edge_mask_lin.weight[:, :F].t().cumsum(0)])  # [F + 1, H]
-        table = (self.edge_type_emb.weight[:, None, :] + mask_w[None]).flatten(0, 1)
-        e = torch.nn.functional.embedding(batch.edge_type * (F + 1) + batch.edge_width, table)
-        for w, rows, idx in batch.width_groups():
-            vals = batch.edge_values[idx] / self.edge_scale[batch.edge_type[rows]][:, None]  # [E_w, w]
-            e.index_add_(0, rows, torch.nn.functional.linear(vals, self.edge_val.weight[:, :w]))  # e: fresh
-        return e
+        table = (mask_w[:, None, :] + self.edge_type_emb.weight[None]).flatten(0, 1)  # row w * T + t
+        return e + torch.nn.functional.embedding(batch.edge_width * T + batch.edge_type, table)
 
     def fit_normalization(self, graphs: Sequence[ParameterGraph]) -> "GMN":
         """Set ``edge_scale``: the RMS of the input values of each edge type

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from weightspace.errors import NonFiniteWeightsError, StateDictError
+from weightspace.graph import all_finite
 from weightspace.merge._common import (
     MergeError,
     check_finite_data,
@@ -97,8 +98,31 @@ def _check_same(sds: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str] 
                 )
     for i, sd in enumerate(sds):
         for k, v in sd.items():
-            if v.is_floating_point() and not torch.isfinite(v).all():
+            if v.is_floating_point() and not all_finite(v):
                 raise NonFiniteWeightsError(f"{model_label(i, names)}: tensor {k!r} has NaN/Inf values")
+
+
+#: entries per float64 working block of the elementwise merges (2 MiB: stays in cache)
+BLOCK = 1 << 18
+
+
+def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float], dtype: torch.dtype) -> torch.Tensor:
+    """``sum_i weights[i] * tensors[i]`` computed in float64 (left to right), returned in ``dtype``.
+
+    Works through the flattened entries in blocks of :data:`BLOCK`: the sum
+    is elementwise, so the result is bit for bit that of whole float64
+    copies, without them (one output tensor, a few cache-sized blocks).
+    """
+    flat = [t.reshape(-1) for t in tensors]
+    n = flat[0].numel()
+    out = torch.empty(n, dtype=dtype)
+    for s in range(0, n, BLOCK):
+        e = min(s + BLOCK, n)
+        acc = flat[0][s:e].to(torch.float64, copy=True).mul_(float(weights[0]))
+        for w, f in zip(weights[1:], flat[1:]):
+            acc.add_(f[s:e].to(torch.float64, copy=True).mul_(float(w)))
+        out[s:e] = acc
+    return out.reshape(tensors[0].shape)
 
 
 def average(
@@ -126,8 +150,7 @@ def average(
     out = {}
     for k, v in sds[0].items():
         if v.is_floating_point():
-            acc = sum(float(w[i]) * sds[i][k].double() for i in range(n))
-            out[k] = acc.to(v.dtype)
+            out[k] = weighted_sum([sd[k] for sd in sds], w.tolist(), v.dtype)
         else:
             out[k] = merge_non_float(k, [sd[k] for sd in sds], names)
     return out
@@ -141,7 +164,7 @@ def interpolate(
     out = {}
     for k, v in sd_a.items():
         if v.is_floating_point():
-            out[k] = ((1 - lam) * v.double() + lam * sd_b[k].double()).to(v.dtype)
+            out[k] = weighted_sum([v, sd_b[k]], [1 - lam, lam], v.dtype)
         else:
             out[k] = merge_non_float(k, [v, sd_b[k]])
     return out
@@ -187,14 +210,31 @@ def task_arithmetic(
     out = {}
     for k, v in base.items():
         if v.is_floating_point():
-            acc = v.double().clone()
-            for si, ft, mi in zip(s, finetuned, masks):
-                tau = ft[k].double() - v.double()
-                acc += si * (tau if mi is None else tau * mi[k])
-            out[k] = acc.to(v.dtype)
+            out[k] = _task_sum(v, [ft[k] for ft in finetuned], s, [None if mi is None else mi[k] for mi in masks])
         else:
             out[k] = merge_non_float(k, [v] + [ft[k] for ft in finetuned], labels)
     return out
+
+
+def _task_sum(base: torch.Tensor, fts: Sequence[torch.Tensor], scales: Sequence[float],
+              masks: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """``base + sum_i scales[i] * masks[i] * (fts[i] - base)`` in float64, in
+    blocks of :data:`BLOCK` (elementwise: bit for bit the whole-tensor form)."""
+    b = base.reshape(-1)
+    flat = [f.reshape(-1) for f in fts]
+    ms = [None if m is None else m.reshape(-1) for m in masks]
+    out = torch.empty(b.numel(), dtype=base.dtype)
+    for s in range(0, b.numel(), BLOCK):
+        e = min(s + BLOCK, b.numel())
+        b64 = b[s:e].double()
+        acc = b64.clone()
+        for si, f, m in zip(scales, flat, ms):
+            tau = f[s:e].to(torch.float64, copy=True).sub_(b64)
+            if m is not None:
+                tau.mul_(m[s:e])
+            acc.add_(tau.mul_(si))
+        out[s:e] = acc
+    return out.reshape(base.shape)
 
 
 def diagonal_fisher(

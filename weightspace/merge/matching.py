@@ -55,7 +55,6 @@ from weightspace.symmetry import (
     PermGroup,
     Permutation,
     PermutationSpec,
-    apply_block_maps,
     apply_permutation,
     axis_index,
     block_index_maps,
@@ -131,17 +130,30 @@ def match_objective(
 
 def _objective(sd_a, sd_b, spec: PermutationSpec, keys, maps) -> float:
     """:func:`match_objective` over ``keys`` with ``b`` gathered by block ``maps``
-    (``None``: as it is), one tensor at a time."""
+    (``None``: as it is), in float64 blocks of rows: neither a permuted copy
+    of a tensor nor a float64 copy of it is ever made (an embedding is 38M entries)."""
     total = 0.0
     for k in keys:
-        b = sd_b[k] if maps is None else apply_block_maps({k: sd_b[k]}, spec, maps)[k]
-        a, b = sd_a[k].reshape(-1), b.reshape(-1)
-        for i in range(0, a.numel(), _CHUNK):  # float64 products in bounded chunks (an embedding is 38M entries)
-            total += float((a[i : i + _CHUNK].double() * b[i : i + _CHUNK].double()).sum())
+        a, b = sd_a[k], sd_b[k]
+        if a.dim() == 0:
+            total += float(a.double() * b.double())
+            continue
+        index: dict[int, torch.Tensor] = {}  # per axis, the composed gather index
+        for ref in spec.param_axes.get(k, ()) if maps is not None else ():
+            ix = axis_index(ref, b.shape[ref.axis], maps)
+            index[ref.axis] = ix if ref.axis not in index else index[ref.axis][ix]
+        rows = max(1, _CHUNK // max(1, a[0].numel()))
+        for s in range(0, a.shape[0], rows):
+            e = min(s + rows, a.shape[0])
+            bb = b.index_select(0, index[0][s:e]) if 0 in index else b[s:e]
+            for axis, ix in index.items():
+                if axis:
+                    bb = bb.index_select(axis, ix)
+            total += float((a[s:e].double() * bb.double()).sum())
     return total
 
 
-_CHUNK = 1 << 22
+_CHUNK = 1 << 20
 
 
 def weight_matching(

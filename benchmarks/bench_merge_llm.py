@@ -187,11 +187,12 @@ def child_rebasin(work: Path, threads: int, seed: int, noise: float) -> dict:
 
     torch.set_num_threads(threads)
     n_layer = json.loads((work / "built.json").read_text())["n_layer"]
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     with torch.device("meta"):
         meta = T.GPT2LMHeadModel(gpt2_config(n_layer)).eval()
+        build_meta = (time.perf_counter() - t, time.process_time() - c)
         spec = permutation_spec(meta, (torch.zeros(1, 8, dtype=torch.long),), tracer="auto")
-    spec_s = time.perf_counter() - t
+    spec_s, spec_cpu_s = time.perf_counter() - t, time.process_time() - c
     del meta
     sd_a: dict = {}
     for f in sorted(set(read_json(work / "base" / INDEX_FILE)["weight_map"].values())):
@@ -211,14 +212,16 @@ def child_rebasin(work: Path, threads: int, seed: int, noise: float) -> dict:
     with open("/proc/self/clear_refs", "w") as f:  # peak from here on: two models + the matcher
         f.write("5")
     before = rss()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     res = weight_matching(sd_a, sd_b, spec, seed=seed)
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
     peak = rss()["VmHWM"]
     want = invert_permutation(spec, perm)
     wrong = [k for k in want if not torch.equal(res.perm[k], want[k])]
     return {
-        "spec_s": spec_s, "groups": len(spec.groups), "wall_s": wall, "sweeps": res.sweeps, "stop": res.info["stop"],
+        "spec_s": spec_s, "spec_cpu_s": spec_cpu_s, "meta_model_build_s": build_meta[0],
+        "meta_model_build_cpu_s": build_meta[1], "groups": len(spec.groups), "wall_s": wall, "cpu_s": cpu,
+        "objective_per_sweep_kind": res.info.get("objective_per_sweep"), "load_avg_before": os.getloadavg(), "sweeps": res.sweeps, "stop": res.info["stop"],
         "objective": res.objective, "initial_objective": res.info["initial_objective"],
         "objective_per_sweep": [h["objective"] for h in res.info["history"]],
         "build_s": res.info["timing"]["build_s"], "lap_s": res.info["timing"]["lap_s"],
@@ -435,7 +438,9 @@ def main() -> None:
         else:
             rb = rebasin
             print(f"\nRe-Basin weight matching, {rb['params'] / 1e6:.0f}M params, {rb['groups']} groups: "
-                  f"{rb['wall_s']:.1f} s ({rb['sweeps']} sweeps, stop: {rb['stop']}; spec {rb['spec_s']:.1f} s), "
+                  f"{rb['wall_s']:.1f} s, CPU {rb['cpu_s']:.1f} s ({rb['sweeps']} sweeps, stop: {rb['stop']}; "
+                  f"spec {rb['spec_s']:.1f} s, CPU {rb['spec_cpu_s']:.1f} s of which the meta model "
+                  f"{rb['meta_model_build_cpu_s']:.1f} s), "
                   f"planted exact: {rb['planted_exact']}, peak RSS {rb['peak_rss'] / gb:.2f} GB = "
                   f"{rb['peak_rss'] / rb['model_bytes']:.2f}x one model "
                   f"({(rb['peak_rss'] - rb['rss_before_models']) / rb['model_bytes']:.2f}x above imports + spec)")

@@ -36,7 +36,13 @@ built in a subprocess too.
   generator in its task order; here: one generator per (seed, model,
   tensor)), so its outputs are compared by statistics, not equality.
 
-Run: nice -n 10 python benchmarks/bench_merge_llm.py [--mergekit-python PATH]
+The machine may be shared: every run records its wall time and CPU time
+(``resource.getrusage``: the merge itself, and ``process_*`` the whole
+child with its imports, from ``RUSAGE_CHILDREN``) and the load average
+before it; with ``--repeats N`` the two tools run back to back in
+alternation and the medians are reported (the peak RSS: the largest).
+
+Run: nice -n 10 python benchmarks/bench_merge_llm.py [--mergekit-python PATH] [--repeats N]
 Prints a table and writes ``benchmarks/results/merge_llm.json`` (with the
 load average).
 """

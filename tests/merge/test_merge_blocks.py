@@ -68,3 +68,21 @@ def test_blocked_magnitude_mask_keeps_the_earliest_ties(monkeypatch, density):
     want = torch.zeros(flat.numel(), dtype=torch.bool)
     want[torch.argsort(flat, descending=True, stable=True)[:k]] = True
     assert torch.equal(sp.magnitude_mask(tau, density).reshape(-1), want)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_inputs_are_found_by_the_output_check_even_at_weight_zero(bad):
+    from weightspace.errors import NonFiniteWeightsError
+
+    base, fts = _models(torch.float32)
+    fts[1]["b"][2] = bad
+    with pytest.raises(NonFiniteWeightsError, match=r"model 2.*'b'"):
+        average([base, *fts], [1.0, 1.0, 0.0])  # 0 * Inf is NaN, 0 * NaN too
+    with pytest.raises(NonFiniteWeightsError, match=r"finetuned 1.*'b'"):
+        task_arithmetic(base, fts, [1.0, 0.0])
+
+
+def test_an_overflowing_task_arithmetic_of_finite_models_is_no_input_error():
+    base, fts = _models(torch.float32)
+    out = task_arithmetic(base, fts, [1e40, 1e40])  # as before the output check: inf, not an error
+    assert not torch.isfinite(out["w"]).all()

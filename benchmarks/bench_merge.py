@@ -9,13 +9,18 @@ reports the objective it reached (higher is better; computed with
 ``weightspace.merge.match_objective`` on the returned weights) and whether it
 recovers a planted permutation exactly.
 
-``rebasin`` 0.0.47 runs in its own environment, which sees this one's
-packages after its own (to build the models) through a ``.pth`` file::
+``rebasin`` 0.0.47 runs in its own environment; its child process appends
+this environment's site-packages to ``sys.path`` (after rebasin's own) to
+build the models::
 
     python3.11 -m venv /work/venvs/rebasin
     /work/venvs/rebasin/bin/pip install rebasin==0.0.47 "torch==2.13.*"
-    python -c "import site; print(site.getsitepackages()[0])" > /work/venvs/rebasin/lib/python3.11/site-packages/ws.pth
     python benchmarks/bench_merge.py --rebasin-python /work/venvs/rebasin/bin/python
+
+Ours and rebasin run back to back, in alternation (``--repeats`` each);
+both wall and CPU time (``time.process_time``: this process for ours, the
+rebasin child's own for rebasin) are recorded with the load average before
+each run: the machine is shared.
 
 Prints a table and writes ``benchmarks/results/merge.json``.
 """
@@ -72,7 +77,9 @@ def trained_pair(label: str) -> tuple[dict, dict]:
     return load_state_dict(str(paths[0])), load_state_dict(str(paths[1]))
 
 _REBASIN_SCRIPT = r"""
-import json, sys, time, torch, zoo
+import json, os, sys, time
+sys.path.append(os.environ["WS_SITE_PACKAGES"])  # this environment's packages, after rebasin's own
+import torch, zoo
 torch.set_num_threads(int(sys.argv[5]))
 from rebasin import PermutationCoordinateDescent
 from weightspace.io import load_state_dict, save_state_dict
@@ -80,13 +87,13 @@ arch, kw, pa, pb = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4
 a = zoo.create_model(arch, **kw).eval(); a.load_state_dict(load_state_dict(pa))
 b = zoo.create_model(arch, **kw).eval(); b.load_state_dict(load_state_dict(pb))
 x = zoo.example_input(arch, batch_size=2, **kw)
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 pcd = PermutationCoordinateDescent(a, b, x)
-t1 = time.perf_counter()
+t1, c1 = time.perf_counter(), time.process_time()
 pcd.rebasin()
-t2 = time.perf_counter()
+t2, c2 = time.perf_counter(), time.process_time()
 save_state_dict(b.state_dict(), pb + ".rebasin.safetensors")
-print(json.dumps({"init_s": t1 - t0, "match_s": t2 - t1}))
+print(json.dumps({"init_s": t1 - t0, "match_s": t2 - t1, "init_cpu_s": c1 - c0, "match_cpu_s": c2 - c1}))
 """
 
 
@@ -111,7 +118,10 @@ def run_rebasin(python: str, arch: str, kw: dict, sd_a: dict, sd_b: dict, thread
         pa, pb = os.path.join(d, "a.safetensors"), os.path.join(d, "b.safetensors")
         save_state_dict(sd_a, pa)
         save_state_dict(sd_b, pb)
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        import sysconfig
+
+        env = dict(os.environ, PYTHONPATH=str(ROOT), WS_SITE_PACKAGES=sysconfig.get_paths()["purelib"])
+        load = os.getloadavg()
         proc = subprocess.run(
             [python, "-c", _REBASIN_SCRIPT, arch, json.dumps(kw), pa, pb, str(threads)],
             capture_output=True, text=True, env=env, timeout=3600,
@@ -119,11 +129,13 @@ def run_rebasin(python: str, arch: str, kw: dict, sd_a: dict, sd_b: dict, thread
         if proc.returncode != 0:
             return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
         out = json.loads(proc.stdout.strip().splitlines()[-1])
+        out["load_avg_before"] = load
         out["state_dict"] = load_state_dict(pb + ".rebasin.safetensors")
         return out
 
 
-def bench_pair(label: str, repeats: int, rebasin_python: str | None, threads: int, seed: int) -> dict:
+def bench_pair(label: str, repeats: int, rebasin_python: str | None, threads: int, seed: int,
+               options: dict | None = None) -> dict:
     arch, kw = PAIRS[label]
     t0 = time.perf_counter()
     spec = ws.permutation_spec(arch, **kw)
@@ -137,30 +149,42 @@ def bench_pair(label: str, repeats: int, rebasin_python: str | None, threads: in
     res: dict = {"pair": label, "arch": arch, "arch_kwargs": kw, "trained": TRAINED.get(label), "groups": len(spec),
                  "spec_s": spec_s,
                  "parameters": sum(v.numel() for v in sd_a.values())}
-    times, last = [], None
-    for r in range(repeats):
-        t = time.perf_counter()
-        last = weight_matching(sd_a, sd_b, spec, seed=seed + r)
+    times, cpus, loads, last = [], [], [], None
+    rb_runs: list[dict] = []
+    for r in range(repeats):  # ours and rebasin back to back, in alternation
+        loads.append(os.getloadavg())
+        t, c = time.perf_counter(), time.process_time()
+        last = weight_matching(sd_a, sd_b, spec, seed=seed + r, **(options or {}))
         times.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+        if rebasin_python:
+            rb_runs.append(run_rebasin(rebasin_python, arch, kw, sd_a, sd_b, threads))
     res["ours"] = {
-        "wall_s_median": statistics.median(times), "wall_s": times, "sweeps": last.sweeps,
+        "wall_s_median": statistics.median(times), "wall_s": times, "cpu_s_median": statistics.median(cpus),
+        "cpu_s": cpus, "load_avg_before": loads, "options": options or {}, "sweeps": last.sweeps,
         "objective": last.objective, "build_s": last.info["timing"]["build_s"],
         "lap_s": last.info["timing"]["lap_s"], "steps": last.info["timing"]["steps"],
         "stop": last.info["stop"], "objective_per_sweep": [h["objective"] for h in last.info["history"]],
         "per_group": last.info["per_group"],
     }
     t = time.perf_counter()
-    rec = weight_matching(sd_a, planted, spec, seed=seed)
+    rec = weight_matching(sd_a, planted, spec, seed=seed, **(options or {}))
     res["ours"]["planted_s"] = time.perf_counter() - t
     back = rec.apply(planted)
     res["ours"]["planted_exact"] = all(torch.equal(back[k], sd_a[k]) for k in sd_a)
     res["identity_objective"] = match_objective(sd_a, sd_b, spec)
     if rebasin_python:
-        rb = run_rebasin(rebasin_python, arch, kw, sd_a, sd_b, threads)
-        if "error" in rb:
-            res["rebasin"] = {"error": rb["error"]}
+        bad = [rb for rb in rb_runs if "error" in rb]
+        if bad:
+            res["rebasin"] = {"error": bad[0]["error"]}
         else:
-            rb_sd = rb.pop("state_dict")
+            rb_sd = rb_runs[-1].pop("state_dict")
+            for rb in rb_runs:
+                rb.pop("state_dict", None)
+            rb = {"match_s_median": statistics.median(x["match_s"] for x in rb_runs),
+                  "match_cpu_s_median": statistics.median(x["match_cpu_s"] for x in rb_runs),
+                  "init_s_median": statistics.median(x["init_s"] for x in rb_runs), "runs": rb_runs}
+            rb["match_s"], rb["init_s"] = rb["match_s_median"], rb["init_s_median"]
             rb["objective"] = match_objective(sd_a, rb_sd, spec)
             rb["wall_s"] = rb["init_s"] + rb["match_s"]
             rbp = run_rebasin(rebasin_python, arch, kw, sd_a, planted, threads)
@@ -172,6 +196,7 @@ def bench_pair(label: str, repeats: int, rebasin_python: str | None, threads: in
                 )
             res["rebasin"] = rb
             res["speedup_match_only"] = rb["match_s"] / res["ours"]["wall_s_median"]
+            res["speedup_match_only_cpu"] = rb["match_cpu_s_median"] / res["ours"]["cpu_s_median"]
             res["speedup_with_setup"] = rb["wall_s"] / (res["ours"]["wall_s_median"] + spec_s)
     return res
 
@@ -184,6 +209,7 @@ def main() -> None:
     ap.add_argument("--pairs", nargs="*", default=list(PAIRS))
     ap.add_argument("--rebasin-python", default=None, help="interpreter that can `import rebasin` (see module doc)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "merge.json")
+    ap.add_argument("--options", default="{}", help="JSON keyword arguments of weight_matching (ours)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rebasin_python = args.rebasin_python
@@ -197,18 +223,20 @@ def main() -> None:
             rebasin_note = f"rebasin not importable here ({exc}); pass --rebasin-python"
     if rebasin_python is not None and not Path(rebasin_python).exists():
         raise SystemExit(f"--rebasin-python {rebasin_python}: no such interpreter; build it as the module docstring says")
-    results = [bench_pair(p, args.repeats, rebasin_python, args.threads, args.seed) for p in args.pairs]
+    results = [bench_pair(p, args.repeats, rebasin_python, args.threads, args.seed, json.loads(args.options))
+               for p in args.pairs]
     print(f"{'pair':12s} {'groups':>6s} {'spec s':>7s} {'WM s':>7s} {'build s':>8s} {'LAP s':>7s} {'sweeps':>6s} "
-          f"{'objective':>11s} {'planted':>7s} | {'rebasin s':>9s} {'objective':>11s} {'planted':>7s} {'speedup':>7s}")
+          f"{'objective':>11s} {'planted':>7s} | {'rebasin s':>9s} {'objective':>11s} {'planted':>7s} {'speedup wall/cpu':>16s}")
     for r in results:
         o, rb = r["ours"], r.get("rebasin", {})
         rb_s = f"{rb['match_s']:9.2f}" if "match_s" in rb else f"{'-':>9s}"
         rb_o = f"{rb['objective']:11.2f}" if "objective" in rb else f"{'-':>11s}"
         rb_p = str(rb.get("planted_exact", "-"))
-        sp = f"{r['speedup_match_only']:7.1f}" if "speedup_match_only" in r else f"{'-':>7s}"
+        sp = (f"{r['speedup_match_only']:.1f}/{r['speedup_match_only_cpu']:.1f}"
+              if "speedup_match_only" in r else "-")
         print(f"{r['pair']:12s} {r['groups']:6d} {r['spec_s']:7.2f} {o['wall_s_median']:7.2f} {o['build_s']:8.2f} "
               f"{o['lap_s']:7.3f} {o['sweeps']:6d} {o['objective']:11.2f} {str(o['planted_exact']):>7s} | "
-              f"{rb_s} {rb_o} {rb_p:>7s} {sp}")
+              f"{rb_s} {rb_o} {rb_p:>7s} {sp:>16s}")
     for r in results:
         print(f"\n{r['pair']}: per group (build s / LAP s / steps)")
         for g, t in r["ours"]["per_group"].items():

@@ -36,7 +36,13 @@ built in a subprocess too.
   generator in its task order; here: one generator per (seed, model,
   tensor)), so its outputs are compared by statistics, not equality.
 
-Run: nice -n 10 python benchmarks/bench_merge_llm.py [--mergekit-python PATH]
+The machine may be shared: every run records its wall time and CPU time
+(``resource.getrusage``: the merge itself, and ``process_*`` the whole
+child with its imports, from ``RUSAGE_CHILDREN``) and the load average
+before it; with ``--repeats N`` the two tools run back to back in
+alternation and the medians are reported (the peak RSS: the largest).
+
+Run: nice -n 10 python benchmarks/bench_merge_llm.py [--mergekit-python PATH] [--repeats N]
 Prints a table and writes ``benchmarks/results/merge_llm.json`` (with the
 load average).
 """
@@ -81,6 +87,14 @@ MERGES = {
                      "models": [{"model": "ft1", "parameters": {"weight": 1.0, "density": 0.3}},
                                 {"model": "ft2", "parameters": {"weight": 0.5, "density": 0.3}}]},
     },
+    "task_arithmetic": {
+        "ours": {"method": "task_arithmetic", "base": "base", "models": ["ft1", "ft2"], "weights": None,
+                 "options": {"scale": [1.0, 0.5]}},
+        "mergekit": {"merge_method": "task_arithmetic", "base_model": "base", "dtype": "float32",
+                     "parameters": {"normalize": False},
+                     "models": [{"model": "ft1", "parameters": {"weight": 1.0}},
+                                {"model": "ft2", "parameters": {"weight": 0.5}}]},
+    },
     "slerp": {
         "ours": {"method": "slerp", "models": ["ft1", "ft2"], "weights": None, "options": {"t": 0.3}},
         "mergekit": {"merge_method": "slerp", "base_model": "ft1", "dtype": "float32",
@@ -95,12 +109,15 @@ torch.set_num_threads(threads)
 from mergekit.config import MergeConfiguration
 from mergekit.merge import MergeOptions, run_merge
 t = time.perf_counter()
+r0 = resource.getrusage(resource.RUSAGE_SELF)
 with open(cfg_path) as f:
     cfg = MergeConfiguration.model_validate(yaml.safe_load(f))
 run_merge(cfg, out, MergeOptions(copy_tokenizer=False, write_model_card=False, num_threads=threads,
                                  random_seed=0, quiet=True))
 hwm = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
+r1 = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"wall_s": time.perf_counter() - t, "peak_rss": hwm,
+                  "cpu_s": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
                   "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
@@ -148,14 +165,17 @@ def child_ours(work: Path, name: str, out: Path, threads: int) -> dict:
     from weightspace.merge import merge_directories
 
     torch.set_num_threads(threads)
+    import resource
+
     m = MERGES[name]["ours"]
     t = time.perf_counter()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     plan = merge_directories(m["method"], [work / x for x in m["models"]], out,
                              base=work / m["base"] if "base" in m else None, weights=m["weights"],
                              options=m["options"], max_shard_size=200 * 2**20)
-    import resource
-
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
     return {"wall_s": time.perf_counter() - t, "peak_rss": rss()["VmHWM"],
+            "cpu_s": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
             "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "model_bytes": plan.model_bytes, "shards": len(plan.shards)}
 
@@ -173,11 +193,12 @@ def child_rebasin(work: Path, threads: int, seed: int, noise: float) -> dict:
 
     torch.set_num_threads(threads)
     n_layer = json.loads((work / "built.json").read_text())["n_layer"]
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     with torch.device("meta"):
         meta = T.GPT2LMHeadModel(gpt2_config(n_layer)).eval()
+        build_meta = (time.perf_counter() - t, time.process_time() - c)
         spec = permutation_spec(meta, (torch.zeros(1, 8, dtype=torch.long),), tracer="auto")
-    spec_s = time.perf_counter() - t
+    spec_s, spec_cpu_s = time.perf_counter() - t, time.process_time() - c
     del meta
     sd_a: dict = {}
     for f in sorted(set(read_json(work / "base" / INDEX_FILE)["weight_map"].values())):
@@ -197,14 +218,16 @@ def child_rebasin(work: Path, threads: int, seed: int, noise: float) -> dict:
     with open("/proc/self/clear_refs", "w") as f:  # peak from here on: two models + the matcher
         f.write("5")
     before = rss()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     res = weight_matching(sd_a, sd_b, spec, seed=seed)
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
     peak = rss()["VmHWM"]
     want = invert_permutation(spec, perm)
     wrong = [k for k in want if not torch.equal(res.perm[k], want[k])]
     return {
-        "spec_s": spec_s, "groups": len(spec.groups), "wall_s": wall, "sweeps": res.sweeps, "stop": res.info["stop"],
+        "spec_s": spec_s, "spec_cpu_s": spec_cpu_s, "meta_model_build_s": build_meta[0],
+        "meta_model_build_cpu_s": build_meta[1], "groups": len(spec.groups), "wall_s": wall, "cpu_s": cpu,
+        "objective_per_sweep_kind": res.info.get("objective_per_sweep"), "load_avg_before": os.getloadavg(), "sweeps": res.sweeps, "stop": res.info["stop"],
         "objective": res.objective, "initial_objective": res.info["initial_objective"],
         "objective_per_sweep": [h["objective"] for h in res.info["history"]],
         "build_s": res.info["timing"]["build_s"], "lap_s": res.info["timing"]["lap_s"],
@@ -217,12 +240,27 @@ def child_rebasin(work: Path, threads: int, seed: int, noise: float) -> dict:
 
 
 def run_child(argv: list[str], python: str = sys.executable, env: dict | None = None) -> dict:
+    """One fresh subprocess; adds its whole CPU time (imports included, from
+    ``RUSAGE_CHILDREN``), its wall time and the load average before it."""
+    import resource
+
+    load = os.getloadavg()
+    r0, t = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     proc = subprocess.run([python, *argv], capture_output=True, text=True, timeout=3600,
                           env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
+    r1, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - t
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         return {"error": " | ".join(tail) or f"exit {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res.update(process_wall_s=wall, process_cpu_s=r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
+               load_avg_before=load)
+    return res
+
+
+def _median(runs: list[dict], key: str) -> float | None:
+    vals = sorted(r[key] for r in runs if key in r)
+    return vals[len(vals) // 2] if vals else None
 
 
 def compare_dirs(ours: Path, theirs: Path) -> dict:
@@ -301,6 +339,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", default=list(MERGES))
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every run (both tools)")
     ap.add_argument("--mergekit-python", default=None, help="interpreter with mergekit installed")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs per tool and method, the two tools in alternation (medians reported)")
     ap.add_argument("--no-rebasin", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise", type=float, default=1e-3, help="noise of the Re-Basin pair (x tensor std)")
@@ -351,34 +391,48 @@ def main() -> None:
     for name in args.methods:
         row: dict = {"method": name, "ours_options": MERGES[name]["ours"], "mergekit_config": MERGES[name]["mergekit"]}
         out_ours = args.workdir / f"out_ours_{name}"
-        row["ours"] = run_child(me[1:] + ["--child", "ours", name, str(out_ours)])
+        out_mk = args.workdir / f"out_mergekit_{name}"
         if args.mergekit_python:
             cfg = args.workdir / f"mergekit_{name}.yml"
             cfg.write_text(mergekit_yaml(args.workdir, name))
-            out_mk = args.workdir / f"out_mergekit_{name}"
-            row["mergekit"] = run_child(["-c", _MERGEKIT_CHILD, str(cfg), str(out_mk), str(args.threads)],
-                                        python=args.mergekit_python)
-            if "error" not in row["mergekit"] and "error" not in row["ours"]:
-                row["compare"] = compare_dirs(out_ours, out_mk)
-                row["time_ratio"] = row["ours"]["wall_s"] / row["mergekit"]["wall_s"]
-                row["rss_ratio"] = row["ours"]["peak_rss"] / row["mergekit"]["peak_rss"]
-                if name == "dare":
-                    row["dare_stats"] = {"ours": dare_stats(out_ours, args.workdir / "base"),
-                                         "mergekit": dare_stats(out_mk, args.workdir / "base")}
+        runs: dict[str, list] = {"ours": [], "mergekit": []}
+        for _ in range(args.repeats):  # the two tools back to back, in alternation
+            runs["ours"].append(run_child(me[1:] + ["--child", "ours", name, str(out_ours)]))
+            if args.mergekit_python:
+                runs["mergekit"].append(run_child(["-c", _MERGEKIT_CHILD, str(cfg), str(out_mk), str(args.threads)],
+                                                  python=args.mergekit_python))
+        for side, rs in runs.items():
+            if not rs:
+                continue
+            bad = [r for r in rs if "error" in r]
+            row[side] = bad[0] if bad else {
+                "wall_s": _median(rs, "wall_s"), "cpu_s": _median(rs, "cpu_s"), "peak_rss": max(r["peak_rss"] for r in rs),
+                "process_wall_s": _median(rs, "process_wall_s"), "process_cpu_s": _median(rs, "process_cpu_s"),
+                "runs": rs,
+            }
+        if "mergekit" in row and "error" not in row["mergekit"] and "error" not in row["ours"]:
+            row["compare"] = compare_dirs(out_ours, out_mk)
+            row["time_ratio"] = row["ours"]["wall_s"] / row["mergekit"]["wall_s"]
+            row["cpu_ratio"] = row["ours"]["cpu_s"] / row["mergekit"]["cpu_s"]
+            row["rss_ratio"] = row["ours"]["peak_rss"] / row["mergekit"]["peak_rss"]
+            if name == "dare":
+                row["dare_stats"] = {"ours": dare_stats(out_ours, args.workdir / "base"),
+                                     "mergekit": dare_stats(out_mk, args.workdir / "base")}
         rows.append(row)
         save(rows, None)
         print(json.dumps({k: v for k, v in row.items() if k not in ("ours_options", "mergekit_config")}), flush=True)
     rebasin = None if args.no_rebasin else run_child(me[1:] + ["--seed", str(args.seed), "--noise", str(args.noise),
                                                                "--child", "rebasin"])
     gb = 2**30
-    print(f"\n{'method':8s} {'ours s':>7s} {'ours GB':>8s} | {'mergekit s':>10s} {'mk GB':>6s} | "
-          f"{'time x':>6s} {'mem x':>6s} {'max |d|':>9s} {'|d|/scale':>9s} {'beyond':>7s}")
+    print(f"\n{'method':8s} {'ours s':>7s} {'cpu s':>6s} {'ours GB':>8s} | {'mergekit s':>10s} {'cpu s':>6s} "
+          f"{'mk GB':>6s} | {'time x':>6s} {'cpu x':>6s} {'mem x':>6s} {'max |d|':>9s} {'|d|/scale':>9s} {'beyond':>7s}")
     for r in rows:
         o, mk, c = r["ours"], r.get("mergekit", {}), r.get("compare", {})
         f = lambda d, k, s, fmt: format(d[k] / s, fmt) if k in d else "-"  # noqa: E731
-        print(f"{r['method']:8s} {f(o, 'wall_s', 1, '7.1f'):>7s} {f(o, 'peak_rss', gb, '8.2f'):>8s} | "
-              f"{f(mk, 'wall_s', 1, '10.1f'):>10s} {f(mk, 'peak_rss', gb, '6.2f'):>6s} | "
-              f"{f(r, 'time_ratio', 1, '6.2f'):>6s} {f(r, 'rss_ratio', 1, '6.2f'):>6s} "
+        print(f"{r['method'][:8]:8s} {f(o, 'wall_s', 1, '7.1f'):>7s} {f(o, 'cpu_s', 1, '6.1f'):>6s} "
+              f"{f(o, 'peak_rss', gb, '8.2f'):>8s} | {f(mk, 'wall_s', 1, '10.1f'):>10s} {f(mk, 'cpu_s', 1, '6.1f'):>6s} "
+              f"{f(mk, 'peak_rss', gb, '6.2f'):>6s} | {f(r, 'time_ratio', 1, '6.2f'):>6s} "
+              f"{f(r, 'cpu_ratio', 1, '6.2f'):>6s} {f(r, 'rss_ratio', 1, '6.2f'):>6s} "
               f"{f(c, 'max_abs_diff', 1, '9.2e'):>9s} {f(c, 'max_diff_over_scale', 1, '9.2e'):>9s} "
               f"{f(c, 'entries_beyond_rounding', 1, '7.0f'):>7s}")
         for side in ("ours", "mergekit"):
@@ -390,7 +444,9 @@ def main() -> None:
         else:
             rb = rebasin
             print(f"\nRe-Basin weight matching, {rb['params'] / 1e6:.0f}M params, {rb['groups']} groups: "
-                  f"{rb['wall_s']:.1f} s ({rb['sweeps']} sweeps, stop: {rb['stop']}; spec {rb['spec_s']:.1f} s), "
+                  f"{rb['wall_s']:.1f} s, CPU {rb['cpu_s']:.1f} s ({rb['sweeps']} sweeps, stop: {rb['stop']}; "
+                  f"spec {rb['spec_s']:.1f} s, CPU {rb['spec_cpu_s']:.1f} s of which the meta model "
+                  f"{rb['meta_model_build_cpu_s']:.1f} s), "
                   f"planted exact: {rb['planted_exact']}, peak RSS {rb['peak_rss'] / gb:.2f} GB = "
                   f"{rb['peak_rss'] / rb['model_bytes']:.2f}x one model "
                   f"({(rb['peak_rss'] - rb['rss_before_models']) / rb['model_bytes']:.2f}x above imports + spec)")

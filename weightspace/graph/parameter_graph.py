@@ -409,7 +409,7 @@ class GraphTemplate(NodeCount):
         validate_state_dict(state_dict, self.shapes, self.keys + self.extra_keys, allow_nonfinite=True)
         dtype = self.value_dtype
         values = torch.cat([state_dict[k].detach().reshape(-1).to(dtype) for k in self.keys]) if self.keys else torch.zeros(0)
-        if not allow_nonfinite and not _all_finite(values):
+        if not allow_nonfinite and not all_finite(values):
             # one check on the flat vector; name the culprit only on failure
             validate_state_dict(state_dict, self.shapes, self.keys + self.extra_keys, allow_nonfinite=False)
         extras = {k: state_dict[k].detach().clone() for k in self.extra_keys}
@@ -609,7 +609,7 @@ def to_pyg_batch(graphs: Sequence[ParameterGraph], *, padded: bool = False):
     return Batch.from_data_list([g.to_pyg() for g in graphs])
 
 
-def _all_finite(values: torch.Tensor) -> bool:
+def all_finite(values: torch.Tensor) -> bool:
     """Whether every value is finite. One pass without a temporary: a finite
     sum proves it (NaN and Inf propagate through a sum); only a sum that is
     not finite (NaN/Inf inside, or an overflow) needs the elementwise check."""
@@ -663,7 +663,7 @@ def validate_state_dict(
             raise StateDictError(
                 f"state_dict entry {k!r} has shape {tuple(v.shape)}, the architecture expects {tuple(shapes[k])}"
             )
-        if not allow_nonfinite and v.is_floating_point() and not torch.isfinite(v).all():
+        if not allow_nonfinite and v.is_floating_point() and not all_finite(v):
             bad = int((~torch.isfinite(v)).sum())
             raise NonFiniteWeightsError(
                 f"state_dict entry {k!r} has {bad} NaN/Inf value(s); pass allow_nonfinite=True to keep them"

@@ -31,28 +31,35 @@ __all__ = [
 ]
 
 
-def linear_assignment(cost: torch.Tensor) -> tuple[np.ndarray, float]:
+def linear_assignment(cost: torch.Tensor, *, overwrite: bool = False) -> tuple[np.ndarray, float]:
     """Maximising assignment of a square similarity matrix.
 
     When the row maxima already form a permutation, that is the optimum (no
     assignment can beat every row's maximum) and scipy is skipped; otherwise
-    ``scipy.optimize.linear_sum_assignment(maximize=True)`` solves it.
+    ``scipy.optimize.linear_sum_assignment`` solves it (minimising ``-cost``).
 
     Args:
         cost: ``[n, n]`` similarity of row ``i`` (model ``a``) and column
             ``j`` (model ``b``); any float dtype, solved in float64.
+        overwrite: ``cost`` may be overwritten (negated in place when it is
+            contiguous float64): no ``[n, n]`` copy for scipy.
 
     Returns:
         ``(cols, value)``: int ``ndarray [n]`` with row ``i`` assigned to
         column ``cols[i]``, and ``sum_i cost[i, cols[i]]`` (float64).
     """
-    c = cost.detach().to(torch.float64).numpy()
+    src = cost.detach()
+    c = src.to(torch.float64).contiguous().numpy()
     n = c.shape[0]
     best = c.argmax(1)
     if np.unique(best).size == n:
         return best, float(c[np.arange(n), best].sum())
-    rows, cols = linear_sum_assignment(c, maximize=True)
-    return cols, float(c[rows, cols].sum())
+    if overwrite or src.dtype != torch.float64 or not src.is_contiguous():  # c is ours: negate it in place
+        neg = np.negative(c, out=c)
+    else:
+        neg = -c
+    rows, cols = linear_sum_assignment(neg)  # scipy's maximize=True negates the same way, into a copy
+    return cols, -float(neg[rows, cols].sum())
 
 
 def head_assignment(

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from weightspace.errors import NonFiniteWeightsError, StateDictError
+from weightspace.graph import all_finite
 from weightspace.merge._common import (
     MergeError,
     check_finite_data,
@@ -76,7 +77,11 @@ def merge_non_float(
     )
 
 
-def _check_same(sds: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str] | None = None) -> None:
+def _check_same(sds: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str] | None = None, *,
+                finite: bool = True) -> None:
+    """Same keys and shapes in every model, and (``finite``) no NaN/Inf in a
+    floating tensor: :class:`~weightspace.errors.WeightspaceError` naming the
+    model and tensor. ``finite=False`` leaves that to :func:`_check_output`."""
     if not sds:
         raise MergeError("need at least one state_dict")
     ref = sds[0]
@@ -95,10 +100,50 @@ def _check_same(sds: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str] 
                     f"{model_label(0, names)} has {tuple(ref[k].shape)}: different widths? "
                     "Use ot_fusion for models of different widths"
                 )
+    if finite:
+        _check_finite(sds, names)
+
+
+def _check_finite(sds: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str] | None = None) -> None:
     for i, sd in enumerate(sds):
         for k, v in sd.items():
-            if v.is_floating_point() and not torch.isfinite(v).all():
+            if v.is_floating_point() and not all_finite(v):
                 raise NonFiniteWeightsError(f"{model_label(i, names)}: tensor {k!r} has NaN/Inf values")
+
+
+def _check_output(out: torch.Tensor, sds: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str] | None,
+                  state: list[bool]) -> None:
+    """The finite check of merges whose every output entry is a finite-weighted
+    sum over all inputs' entries (NaN/Inf in an input makes the output's entry
+    NaN/Inf, ``0 * Inf`` included): one pass over the output instead of one
+    per input; only a non-finite output (bad input, or an overflow) checks the
+    inputs, once (``state[0]``), raising what :func:`_check_same` would."""
+    if not state[0] and not all_finite(out):
+        _check_finite(sds, names)
+        state[0] = True
+
+
+#: entries per float64 working block of the elementwise merges (2 MiB: stays in cache)
+BLOCK = 1 << 18
+
+
+def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float], dtype: torch.dtype) -> torch.Tensor:
+    """``sum_i weights[i] * tensors[i]`` computed in float64 (left to right), returned in ``dtype``.
+
+    Works through the flattened entries in blocks of :data:`BLOCK`: the sum
+    is elementwise, so the result is bit for bit that of whole float64
+    copies, without them (one output tensor, a few cache-sized blocks).
+    """
+    flat = [t.reshape(-1) for t in tensors]
+    n = flat[0].numel()
+    out = torch.empty(n, dtype=dtype)
+    for s in range(0, n, BLOCK):
+        e = min(s + BLOCK, n)
+        acc = flat[0][s:e].to(torch.float64, copy=True).mul_(float(weights[0]))
+        for w, f in zip(weights[1:], flat[1:]):
+            acc.add_(f[s:e].to(torch.float64, copy=True).mul_(float(w)))
+        out[s:e] = acc
+    return out.reshape(tensors[0].shape)
 
 
 def average(
@@ -117,17 +162,17 @@ def average(
     Returns:
         new state_dict (floating tensors in the first model's dtype).
     """
-    _check_same(sds, names)
+    _check_same(sds, names, finite=False)
     n = len(sds)
     w = torch.ones(n, dtype=torch.float64) if weights is None else torch.as_tensor(list(weights), dtype=torch.float64)
     if w.shape != (n,) or (w < 0).any() or not torch.isfinite(w).all() or float(w.sum()) <= 0:
         raise MergeError(f"weights must be {n} finite non-negative numbers with a positive sum, got {list(weights or [])}")
     w = w / w.sum()
-    out = {}
+    out, checked = {}, [False]
     for k, v in sds[0].items():
         if v.is_floating_point():
-            acc = sum(float(w[i]) * sds[i][k].double() for i in range(n))
-            out[k] = acc.to(v.dtype)
+            out[k] = weighted_sum([sd[k] for sd in sds], w.tolist(), v.dtype)
+            _check_output(out[k], sds, names, checked)
         else:
             out[k] = merge_non_float(k, [sd[k] for sd in sds], names)
     return out
@@ -141,7 +186,7 @@ def interpolate(
     out = {}
     for k, v in sd_a.items():
         if v.is_floating_point():
-            out[k] = ((1 - lam) * v.double() + lam * sd_b[k].double()).to(v.dtype)
+            out[k] = weighted_sum([v, sd_b[k]], [1 - lam, lam], v.dtype)
         else:
             out[k] = merge_non_float(k, [v, sd_b[k]])
     return out
@@ -171,12 +216,13 @@ def task_arithmetic(
             mergekit does).
     """
     labels = ["base"] + [f"finetuned {i}" for i in range(len(finetuned))]
-    _check_same([base, *finetuned], labels)
     n = len(finetuned)
+    d = per_model(density, n, "density")
+    dense = all(di == 1 for di in d)  # no trim: the output check finds NaN/Inf inputs
+    _check_same([base, *finetuned], labels, finite=not dense)
     s = [float(scale)] * n if isinstance(scale, (int, float)) else [float(x) for x in scale]
     if len(s) != n:
         raise MergeError(f"scale has {len(s)} entries for {n} fine-tuned models")
-    d = per_model(density, n, "density")
     if trim not in ("global", "per_tensor"):
         trim_masks({}, 1.0, trim)  # raises the one error for a bad trim
     fkeys = [k for k, v in base.items() if v.is_floating_point()]
@@ -184,17 +230,35 @@ def task_arithmetic(
         trim_masks({k: ft[k].double() - base[k].double() for k in fkeys}, di, trim) if di < 1 else None
         for di, ft in zip(d, finetuned)
     ]
-    out = {}
+    out, checked = {}, [not dense]
     for k, v in base.items():
         if v.is_floating_point():
-            acc = v.double().clone()
-            for si, ft, mi in zip(s, finetuned, masks):
-                tau = ft[k].double() - v.double()
-                acc += si * (tau if mi is None else tau * mi[k])
-            out[k] = acc.to(v.dtype)
+            out[k] = _task_sum(v, [ft[k] for ft in finetuned], s, [None if mi is None else mi[k] for mi in masks])
+            _check_output(out[k], [base, *finetuned], labels, checked)
         else:
             out[k] = merge_non_float(k, [v] + [ft[k] for ft in finetuned], labels)
     return out
+
+
+def _task_sum(base: torch.Tensor, fts: Sequence[torch.Tensor], scales: Sequence[float],
+              masks: Sequence[torch.Tensor | None]) -> torch.Tensor:
+    """``base + sum_i scales[i] * masks[i] * (fts[i] - base)`` in float64, in
+    blocks of :data:`BLOCK` (elementwise: bit for bit the whole-tensor form)."""
+    b = base.reshape(-1)
+    flat = [f.reshape(-1) for f in fts]
+    ms = [None if m is None else m.reshape(-1) for m in masks]
+    out = torch.empty(b.numel(), dtype=base.dtype)
+    for s in range(0, b.numel(), BLOCK):
+        e = min(s + BLOCK, b.numel())
+        b64 = b[s:e].double()
+        acc = b64.clone()
+        for si, f, m in zip(scales, flat, ms):
+            tau = f[s:e].to(torch.float64, copy=True).sub_(b64)
+            if m is not None:
+                tau.mul_(m[s:e])
+            acc.add_(tau.mul_(si))
+        out[s:e] = acc
+    return out.reshape(base.shape)
 
 
 def diagonal_fisher(

@@ -55,18 +55,35 @@ def magnitude_mask(tau: torch.Tensor, density: float) -> torch.Tensor:
     Returns:
         bool mask, ``tau``'s shape.
     """
-    flat = tau.reshape(-1).abs()
+    flat = tau.reshape(-1)
     n = flat.numel()
     k = int(density * n)
     if k <= 0 or k >= n:
         return torch.full(tau.shape, k > 0, dtype=torch.bool)
-    # the k-th largest magnitude, then the earliest entries equal to it: what
-    # a stable descending sort keeps, without its n int64 indices
-    thr = flat.kthvalue(n - k + 1).values
-    mask = flat > thr
-    ties = (flat == thr).nonzero().squeeze(1)
-    mask[ties[: k - int(mask.sum())]] = True
+    # the k-th largest magnitude: numpy's introselect in place on our own
+    # |tau| (no index array, unlike kthvalue); then, block by block, the
+    # entries above it and the earliest entries equal to it: what a stable
+    # descending sort keeps
+    mag = flat.abs() if flat.dtype in (torch.float32, torch.float64) else flat.abs().double()  # exact
+    mag.numpy().partition(n - k)
+    thr = float(mag[n - k])
+    del mag
+    mask = torch.empty(n, dtype=torch.bool)
+    above, equal, n_equal = 0, [], 0
+    for s in range(0, n, _BLOCK):
+        a = flat[s : s + _BLOCK].abs()
+        above += int(torch.gt(a, thr, out=mask[s : s + _BLOCK]).sum())
+        if n_equal < k - above:  # the earliest ties that may still be needed
+            idx = torch.eq(a, thr).nonzero().squeeze(1)[: k - above - n_equal] + s
+            equal.append(idx)
+            n_equal += idx.numel()
+    if equal:
+        mask[torch.cat(equal)[: k - above]] = True
     return mask.reshape(tau.shape)
+
+
+#: entries per block of :func:`magnitude_mask`'s passes (cache-sized)
+_BLOCK = 1 << 18
 
 
 def trim_masks(taus: Mapping[str, torch.Tensor], density: float, trim: str = "global") -> dict[str, torch.Tensor]:
@@ -126,12 +143,19 @@ def dare_mask(shape: Sequence[int], density: float, generator: torch.Generator) 
 
 
 def rescale_kept(tau: torch.Tensor, mask: torch.Tensor, density: float, rescale: str) -> torch.Tensor:
-    kept = tau * mask
+    """DARE's kept entries ``mask * tau``, rescaled: ``/ density``
+    (``"inverse_density"``), ``* |tau|_1 / |mask * tau|_1`` (``"l1"``) or not
+    (``"none"``). A new tensor; :func:`rescale_kept_` overwrites ``tau``."""
+    return rescale_kept_(tau.clone(), mask, density, rescale)
+
+
+def rescale_kept_(tau: torch.Tensor, mask: torch.Tensor, density: float, rescale: str) -> torch.Tensor:
+    """:func:`rescale_kept` in place (``tau`` becomes the result, no copy)."""
+    full = float(tau.abs().sum()) if rescale == "l1" else 0.0
+    kept = tau.mul_(mask)
     if rescale == "inverse_density":
-        return kept / density if density > 0 else kept
+        return kept.div_(density) if density > 0 else kept
     if rescale == "l1":
-        full, part = float(tau.abs().sum()), float(kept.abs().sum())
-        return kept * (full / part) if full >= 1e-8 and part >= 1e-8 else kept
+        part = float(kept.abs().sum())
+        return kept.mul_(full / part) if full >= 1e-8 and part >= 1e-8 else kept
     return kept
-
-

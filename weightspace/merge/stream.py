@@ -9,6 +9,8 @@ mapping stays resident), merges that tensor with the in-memory function
 writes sharded safetensors plus ``model.safetensors.index.json`` with
 :func:`weightspace.io.atomic_write`. Peak memory is about one output shard
 plus the working copies of the largest tensor (see :class:`StreamPlan`).
+Tensors are not copied on read (safetensors maps the file copy-on-write)
+and each shard is written from the merged tensors as they are.
 
 The paper's global TIES trim (``trim="global"``) ranks a whole task vector
 and cannot stream: give ``trim: per_tensor`` (mergekit's convention).
@@ -81,8 +83,9 @@ class StreamPlan:
         shards: output file name -> its tensor names.
         model_bytes: bytes of one model (the output).
         peak_bytes: estimated peak memory of the merge: the largest output
-            shard plus, for the largest tensor, every model's copy and the
-            float64 working copies.
+            shard plus, for the largest tensor, every model's copy, the
+            output and the method's float64 working vectors (the elementwise
+            steps work in cache-sized blocks).
     """
 
     method: str
@@ -131,11 +134,14 @@ class _Dir:
                                  path=p) from None
 
     def read(self, name: str) -> torch.Tensor:
-        """One tensor; the file is opened for it and closed again."""
+        """One tensor; the file is opened for it and closed again. Not
+        copied: safetensors maps the file copy-on-write, so the tensor reads
+        the page cache (writes to it would stay private) and the mapping goes
+        when the tensor does."""
         fname = self.weight_map[name]
         try:
             with self._open(fname) as f:
-                return f.get_tensor(name).clone()
+                return f.get_tensor(name)
         except InputFileError:
             raise
         except Exception as exc:
@@ -195,7 +201,11 @@ def _plan(method: str, opts: dict, first: _Dir, others: Sequence[_Dir], max_shar
     for t in plan.tensors:
         t.shard = where[t.name]
     n_in = 1 + len(others)
-    plan.peak_bytes = max(shard_sizes) + biggest * (4 * n_in + 8 * (n_in + 4))
+    # the largest tensor: every model's copy (mapped from the page cache) and
+    # the output; slerp adds one float64 vector, the task-vector methods the
+    # float64 base, one task vector per model and one |tau| for the trim
+    work = {"linear": 0, "task_arithmetic": 0, "slerp": 8}.get(method, 8 * (n_in + 1))
+    plan.peak_bytes = max(shard_sizes) + biggest * (4 * (n_in + 1) + work)
     return plan
 
 

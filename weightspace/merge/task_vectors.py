@@ -44,7 +44,7 @@ from typing import Mapping, Sequence
 import torch
 
 from weightspace.merge._common import MergeConfigError, MergeError
-from weightspace.merge.average import _check_same, merge_non_float
+from weightspace.merge.average import BLOCK, _check_same, merge_non_float, weighted_sum
 from weightspace.merge.sparsify import (
     COMBINE,
     RESCALE,
@@ -55,7 +55,7 @@ from weightspace.merge.sparsify import (
     dare_mask,
     magnitude_mask,
     per_model,
-    rescale_kept,
+    rescale_kept_,
     seed_of,
     trim_masks,
 )
@@ -103,7 +103,7 @@ def _combine(taus: Sequence[torch.Tensor], w: Sequence[float], combine: str, sig
     return out.reshape(taus[0].shape)
 
 
-_CHUNK = 1 << 22
+_CHUNK = BLOCK  # cache-sized: every temporary of the combine stays in cache
 
 
 def _combine_block(taus: Sequence[torch.Tensor], w: Sequence[float], combine: str, sign: str,
@@ -207,7 +207,7 @@ def ties(
                  for i, ft in enumerate(finetuned)]
         sparsify = lambda i, k, tau: tau * masks[i][k]  # noqa: E731
     else:
-        sparsify = lambda i, k, tau: tau * magnitude_mask(tau, d[i])  # noqa: E731
+        sparsify = lambda i, k, tau: tau.mul_(magnitude_mask(tau, d[i]))  # noqa: E731  (tau is _apply's own)
     return _apply(base, finetuned, labels, sparsify, w, float(lam), "ties", sign, normalize)
 
 
@@ -258,7 +258,7 @@ def dare(
 
     def sparsify(i: int, k: str, tau: torch.Tensor) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed_of(seed, i, k))
-        return rescale_kept(tau, dare_mask(tau.shape, d[i], gen), d[i], rescale)
+        return rescale_kept_(tau, dare_mask(tau.shape, d[i], gen), d[i], rescale)  # tau is _apply's own
 
     return _apply(base, finetuned, labels, sparsify, w, float(lam), combine, sign, normalize)
 
@@ -322,7 +322,7 @@ def _t_at(anchors: Sequence[float], pos: float) -> float:
 
 
 def slerp_tensor(t: float, a: torch.Tensor, b: torch.Tensor, *, dot_threshold: float = 0.9995,
-                 eps: float = 1e-8) -> torch.Tensor:
+                 eps: float = 1e-8, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Spherical linear interpolation of two tensors, flattened (Shoemake
     1985, as mergekit applies it to weights)::
 
@@ -334,19 +334,32 @@ def slerp_tensor(t: float, a: torch.Tensor, b: torch.Tensor, *, dot_threshold: f
     ``cos Omega ~ 0``: it is treated as orthogonal to the other
     (``Omega = pi/2``).
 
+    Everything is computed in float64 with one float64 working vector (the
+    norms and the dot product reduce whole vectors; the elementwise steps
+    go block by block, see :func:`~weightspace.merge.average.weighted_sum`).
+
+    Args:
+        dtype: the result's dtype (float64 by default; the merge casts to the model's).
+
     Returns:
-        float64 tensor, ``a``'s shape.
+        ``a``'s shape, ``dtype``.
     """
-    a64, b64 = a.double(), b.double()
-    na, nb = float(a64.norm()), float(b64.norm())
-    ua = a64 / na if na > eps else a64
-    ub = b64 / nb if nb > eps else b64
-    dot = float((ua * ub).sum())
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    n = fa.numel()
+    work = torch.empty(n, dtype=torch.float64)
+    na = float(work.copy_(fa).norm())
+    nb = float(work.copy_(fb).norm())
+    for s in range(0, n, BLOCK):
+        e = min(s + BLOCK, n)
+        ua, ub = fa[s:e].to(torch.float64, copy=True), fb[s:e].to(torch.float64, copy=True)
+        torch.mul(ua.div_(na) if na > eps else ua, ub.div_(nb) if nb > eps else ub, out=work[s:e])
+    dot = float(work.sum())
+    del work
     if abs(dot) > dot_threshold:
-        return (1 - t) * a64 + t * b64
+        return weighted_sum([a, b], [1 - t, t], dtype)
     omega = math.acos(max(-1.0, min(1.0, dot)))
-    s = math.sin(omega)
-    return (math.sin((1 - t) * omega) / s) * a64 + (math.sin(t * omega) / s) * b64
+    sn = math.sin(omega)
+    return weighted_sum([a, b], [math.sin((1 - t) * omega) / sn, math.sin(t * omega) / sn], dtype)
 
 
 def slerp(
@@ -398,5 +411,5 @@ def slerp(
             continue
         li = layer_index(k)
         tk = td if li is None else _t_at(anchors, li / (n_layers - 1) if n_layers > 1 else 0.0)
-        out[k] = slerp_tensor(tk, v, sd_b[k], dot_threshold=dot_threshold, eps=eps).to(v.dtype)
+        out[k] = slerp_tensor(tk, v, sd_b[k], dot_threshold=dot_threshold, eps=eps, dtype=v.dtype)
     return out

@@ -13,6 +13,7 @@ import functools
 
 import torch
 
+from tests.perturb import perturb_
 from tests.trace.tracekit import NanoGPT
 
 
@@ -119,17 +120,7 @@ def perturbed_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float64
     got seeded noise (the default init has zero biases and unit norm weights,
     which would hide a bias-edge or norm bug); tied parameters stay tied."""
     make, _ = build(name)
-    model = make(seed).to(dtype).eval()
-    gen = torch.Generator().manual_seed(1000 + seed)
-    with torch.no_grad():
-        for p in model.parameters():  # tied parameters appear once
-            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-        for k, b in model.named_buffers():
-            if k.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=gen, dtype=b.dtype))
-            elif k.endswith("running_mean"):
-                b.copy_(0.1 * torch.randn(b.shape, generator=gen, dtype=b.dtype))
-    return model
+    return perturb_(make(seed).to(dtype).eval(), 1000 + seed, scale=0.1, mean_scale=0.1)
 
 
 @functools.lru_cache(maxsize=None)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.nn.helpers import graph_and_permuted
+from tests.perturb import perturb_
 from weightspace.graph import pad_edge_values
 from weightspace.nn import GMN, collate
 
@@ -97,16 +98,7 @@ def reference_forward(model: GMN, batch):
 def _randomize_(model: GMN, seed: int) -> GMN:
     """Non-default norm affines, biases, u0 and BatchNorm statistics (the
     defaults 1 / 0 would hide a folded scale or shift)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-        for name, buf in model.named_buffers():
-            if name.endswith("running_var"):
-                buf.copy_(0.5 + torch.rand(buf.shape, generator=gen, dtype=buf.dtype))
-            elif name.endswith("running_mean"):
-                buf.copy_(0.3 * torch.randn(buf.shape, generator=gen, dtype=buf.dtype))
-    return model
+    return perturb_(model, seed, scale=0.2, mean_scale=0.3)
 
 
 CASES = [

@@ -68,7 +68,7 @@ LABELS = {"mean": "mean", "linear": "linear (stats)", "gbm": "GBM (stats)", "sta
 KINDS = {"gmn_best": "gmn"}
 #: the settings of ``gmn_best`` on top of ``method_params("gmn")``, chosen by the
 #: validation sweep of ``sweep_gmn.py`` (SWEEP.md), not on any test member
-GMN_BEST: dict = {}
+GMN_BEST: dict = {"stats_readout": True}
 
 
 def digits_recipe(n: int) -> zoo.Recipe:

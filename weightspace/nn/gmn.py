@@ -13,10 +13,11 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from weightspace.common.tensor_stats import STATS
+from weightspace.common.tensor_stats import STATS, tensor_statistics
 from weightspace.graph import EDGE_TYPES, NODE_TYPES, ParameterGraph
 from weightspace.nn.base import MetaNetwork, register_metanetwork
 from weightspace.nn.batch import GraphBatch, collate, from_pyg
@@ -333,9 +334,10 @@ class GMN(MetaNetwork):
 
     def graph_statistics(self, graphs: Sequence[ParameterGraph]) -> Tensor:
         """``[B, stats_dim]`` per-tensor :data:`STATS` of ``graphs`` (float64,
-        zero padded), computed in torch for all graphs of one template at once
-        and cached per graph object while it lives (training re-batches the
-        same graphs every epoch)."""
+        zero padded; :func:`~weightspace.common.tensor_stats.tensor_statistics`
+        of each tensor, for all graphs of one template at once), cached per
+        graph object while it lives (training re-batches the same graphs
+        every epoch)."""
         d = self.hparams["stats_dim"]
         out = torch.zeros(len(graphs), d, dtype=torch.float64)
         todo: dict[int, list[int]] = {}
@@ -345,20 +347,15 @@ class GMN(MetaNetwork):
                 out[i, : hit[1].numel()] = hit[1]
             else:
                 todo.setdefault(id(g.template), []).append(i)
-        q = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0], dtype=torch.float64)
         for rows in todo.values():
             t = graphs[rows[0]].template
             if self.stats_width(t) > d:
                 raise ValueError(f"a graph gives {self.stats_width(t)} statistics > stats_dim={d}; "
                                  "build the GMN with stats_dim=GMN.stats_width(template)")
-            v = torch.stack([graphs[i].values.detach().cpu().to(torch.float64) for i in rows])  # [b, P]
-            cols = []
-            for k in t.keys:
-                n = int(math.prod(t.shapes[k]))
-                w = v[:, t.offsets[k] : t.offsets[k] + n]
-                cols += [w.mean(1, keepdim=True), w.var(1, unbiased=False, keepdim=True),
-                         torch.quantile(w, q, dim=1).t(), w.abs().sum(1, keepdim=True), w.norm(dim=1, keepdim=True)]
-            f = torch.cat(cols, dim=1)
+            v = torch.stack([graphs[i].values.detach().cpu().to(torch.float64) for i in rows]).numpy()  # [b, P]
+            f = torch.from_numpy(np.concatenate(
+                [tensor_statistics(v[:, t.offsets[k] : t.offsets[k] + int(math.prod(t.shapes[k]))]) for k in t.keys],
+                axis=1))
             out[torch.as_tensor(rows), : f.shape[1]] = f
             for j, i in enumerate(rows):
                 _cache_stats(graphs[i], f[j])

@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as study  # noqa: E402  (the study's method_params, splits and zoo options)
+from canonicalization import tau_difference  # noqa: E402  (paired bootstrap of a τ difference)
 
 import zoo  # noqa: E402
 from weightspace.common.splits import resolve_column  # noqa: E402
@@ -102,10 +103,16 @@ def merge(paths: list[Path], out: Path) -> int:
     out.write_text(json.dumps(merged, indent=2, default=str))
     for task, r in merged["runs"].items():
         print(f"## {task} ({r['n_train']} train / {r['n_val']} validation networks)\n")
-        print("| variant | val τ [95% CI] | R² | epochs run (best) | fit s | CPU s |\n|---|---|---|---|---|---|")
+        print("| variant | val τ [95% CI] | Δτ vs plain [95% CI] | R² | epochs run (best) | fit s | CPU s |\n"
+              "|---|---|---|---|---|---|---|")
+        base = r["variants"].get("plain", {})
         for v, row in r["variants"].items():
             ep = f"{row['epochs_run']} ({row['best_epoch']})" if "epochs_run" in row else "–"
-            print(f"| {v} | {study.fmt(row['kendall_tau'])} | {row['r2']['value']:.3f} | {ep} | "
+            d = "–"
+            if v != "plain" and "pred" in row and "pred" in base:  # paired: same bootstrap resamples
+                d = study.fmt(tau_difference(np.array(r["val_y"]), np.array(row["pred"]), np.array(base["pred"]),
+                                             np.array(r["val_groups"]), r["seed"]))
+            print(f"| {v} | {study.fmt(row['kendall_tau'])} | {d} | {row['r2']['value']:.3f} | {ep} | "
                   f"{row['fit_seconds']:.0f} | {row['cpu_seconds']:.0f} |")
         print()
     return 0
@@ -137,7 +144,8 @@ def main(argv=None) -> int:
     train, val = ds.subset(tr), ds.subset(va)
     res = {"task": args.task, "zoo": str(args.zoo), "members": args.members, "pool_members": pool_size,
            "epochs": args.epochs, "seed": args.seed, "n_train": len(train), "n_val": len(val),
-           "loadavg_start": os.getloadavg(), "variants": {}}
+           "loadavg_start": os.getloadavg(), "val_y": val.y.tolist(), "val_groups": val.groups.tolist(),
+           "variants": {}}
     for v in variants:
         kind, params = params_for(v, args.epochs, args.seed)
         t, c = time.time(), time.process_time()
@@ -146,7 +154,7 @@ def main(argv=None) -> int:
         row = {k: m.to_dict() for k, m in evaluate_predictions(val.y, pred, groups=val.groups, n_resamples=1000,
                                                                  seed=args.seed).items()}
         row.update(fit_seconds=time.time() - t, cpu_seconds=time.process_time() - c, params=params,
-                   loadavg=os.getloadavg())
+                   loadavg=os.getloadavg(), pred=pred.tolist())
         if hasattr(p, "fit_result_"):
             row.update(best_epoch=int(p.fit_result_.best_epoch), epochs_run=len(p.history_))
         res["variants"][v] = row

@@ -221,3 +221,17 @@ def test_renamed_functions_and_their_deprecated_aliases():
         assert nt.evaluate(r.model, data, r) == want
     with pytest.warns(DeprecationWarning, match="predict_metanetwork"):
         assert torch.equal(nt.predict(r.model, data, r), nt.predict_metanetwork(r.model, data, r))
+
+
+def test_cosine_schedule_anneals_to_zero_and_bad_schedule_is_refused():
+    data = _toy_data(6)
+    runs = {}
+    for sched in ("constant", "cosine"):
+        torch.manual_seed(0)
+        runs[sched] = fit(GMN(out_dim=1, hidden=8, num_layers=1), data[:4], data[4:],
+                          TrainConfig(epochs=4, batch_size=2, lr=1e-2, patience=0, seed=0, lr_schedule=sched))
+    assert [row["lr"] for row in runs["constant"].history] == [1e-2] * 4
+    lrs = [row["lr"] for row in runs["cosine"].history]
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[0] < 1e-2 and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainConfig(lr_schedule="step")

@@ -11,7 +11,7 @@ import torch
 
 import weightspace as ws
 import zoo
-from weightspace.errors import NonFiniteWeightsError
+from weightspace.errors import ConfigError, NonFiniteWeightsError
 from weightspace.predict import (
     ArchitectureMismatchError,
     GBMPredictor,
@@ -98,7 +98,8 @@ def test_mean_predictor_scores_zero_r2(tiny_dataset):
     assert m.score(tiny_dataset) == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.mark.parametrize("kind,params", [("gbm", {}), ("linear", {"spectral": True}), ("gmn", {"epochs": 3})])
+@pytest.mark.parametrize("kind,params", [("gbm", {}), ("linear", {"spectral": True}), ("gmn", {"epochs": 3}),
+                                         ("gmn", {"epochs": 2, "stats_readout": True, "lr_schedule": "cosine"})])
 def test_save_load_roundtrip(tiny_dataset, tiny_split, tmp_path, kind, params):
     train, test = tiny_dataset.subset(tiny_split.train), tiny_dataset.subset(tiny_split.test)
     p = make_predictor(kind, **params).fit(train)
@@ -185,6 +186,10 @@ def test_bad_arguments(tiny_dataset, tmp_path):
         GBMPredictor().set_params(depth=3)
     with pytest.raises(TypeError, match="ParameterGraphs or a WeightDataset"):
         make_predictor("gmn").fit([g.to_state_dict() for g in graphs], np.arange(6.0))
+    with pytest.raises(ConfigError, match="stats_readout is a GMN option"):
+        make_predictor("statnn", stats_readout=True).fit(graphs, np.arange(6.0))
+    with pytest.raises(ConfigError, match="lr_schedule must be"):
+        make_predictor("gmn").set_params(lr_schedule="step").fit(graphs, np.arange(6.0))
 
 
 def test_load_rejects_what_is_not_a_predictor(tiny_dataset, tmp_path):

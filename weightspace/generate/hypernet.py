@@ -169,15 +169,13 @@ class GraphHyperNetwork(nn.Module):
         norm: str = "layer",
         output_correction: float = 10.0,
     ) -> None:
+        # the arguments but the probe tensor (a buffer), for saving and copies
+        hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__", "probes")}
         super().__init__()
         if kernel_grid < 1 or generic_width < 1:
             raise ValueError("kernel_grid and generic_width must be >= 1")
 
-        self.hparams = dict(
-            hidden=hidden, num_layers=num_layers, kernel_grid=kernel_grid,
-            generic_width=generic_width, gain=gain, rank=rank, output_scale=output_scale, correction=correction, aggr=aggr, norm=norm,
-            output_correction=output_correction,
-        )
+        self.hparams = hparams
         self.grid = int(kernel_grid)
         self.generic = int(generic_width)
         self.width = self.grid * self.grid + self.generic

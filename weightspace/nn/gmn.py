@@ -9,12 +9,15 @@ is symmetric. See :class:`~weightspace.nn.conv.GMNConv` for the layer.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from weightspace.common.tensor_stats import STATS, tensor_statistics
 from weightspace.graph import EDGE_TYPES, NODE_TYPES, ParameterGraph
 from weightspace.nn.base import MetaNetwork, register_metanetwork
 from weightspace.nn.batch import GraphBatch, collate, from_pyg
@@ -27,6 +30,16 @@ __all__ = ["GMN", "GMNOutput", "BACKENDS"]
 BACKENDS = ("pyg", "dgl")
 LAYER_ENCODINGS = ("embedding", "depth", "both")
 _DEPTH_FREQS = 4
+
+
+#: per-tensor statistics of live graphs for the hybrid readout:
+#: ``id(graph) -> (weakref to graph, [stats])``; an entry leaves with its graph
+_STATS_CACHE: dict[int, tuple[weakref.ref, Tensor]] = {}
+
+
+def _cache_stats(graph: ParameterGraph, stats: Tensor) -> None:
+    key = id(graph)
+    _STATS_CACHE[key] = (weakref.ref(graph, lambda _r, key=key: _STATS_CACHE.pop(key, None)), stats.clone())
 
 
 @dataclass
@@ -99,6 +112,17 @@ class GMN(MetaNetwork):
         max_layers, max_roles, max_pos: embedding table sizes (larger ids
             share the last row).
         extra_dim: width of per-node extra features (0: none).
+        stats_dim: hybrid readout (0: off): the graph readout also sees the
+            per-tensor weight statistics of each input network
+            (:data:`~weightspace.common.tensor_stats.STATS`: mean, variance,
+            five quantiles, L1 and L2 norm of every tensor, the features the
+            gradient-boosting predictor reads), standardized with training
+            statistics (:meth:`fit_normalization`) and encoded by an MLP.
+            ``stats_dim`` is their width, ``len(STATS) * num_tensors``
+            (:meth:`stats_width`; networks with fewer tensors are zero
+            padded). Each statistic is a symmetric function of one tensor's
+            entries, so the model stays permutation invariant. Needs batches
+            that keep their graphs (the default of :meth:`collate`).
         backend: ``"pyg"`` (default) or ``"dgl"``; the parameters are the same,
             so a state_dict moves between backends (:meth:`with_backend`).
 
@@ -130,7 +154,9 @@ class GMN(MetaNetwork):
         max_pos: int = 128,
         extra_dim: int = 0,
         backend: str = "pyg",
+        stats_dim: int = 0,
     ) -> None:
+        hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__")}  # the arguments, for with_backend / saving
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -148,12 +174,7 @@ class GMN(MetaNetwork):
             raise ValueError("edge_residual needs edge_out >= edge_dim (the output adds to the input values)")
         if hidden < 1 or num_layers < 0 or edge_dim < 1:
             raise ValueError("hidden and edge_dim must be >= 1 and num_layers >= 0")
-        self.hparams = dict(
-            out_dim=out_dim, hidden=hidden, num_layers=num_layers, aggr=aggr, norm=norm, act=act,
-            dropout=dropout, edge_dim=edge_dim, node_out=node_out, edge_out=edge_out,
-            edge_residual=edge_residual, pool=pool, readout_norm=readout_norm, layer_encoding=layer_encoding, max_layers=max_layers,
-            max_roles=max_roles, max_pos=max_pos, extra_dim=extra_dim, backend=backend,
-        )
+        self.hparams = hparams
         self.backend = backend
         h = hidden
         act_cls = activation(act)
@@ -175,7 +196,11 @@ class GMN(MetaNetwork):
         self.register_buffer("edge_scale", torch.ones(len(EDGE_TYPES)))
         conv_cls = self._conv_class(backend)
         self.convs = nn.ModuleList(conv_cls(h, aggr=aggr, norm=norm, act=act_cls, dropout=dropout) for _ in range(num_layers))
-        self.graph_head = mlp(3 * h, h, out_dim, act_cls) if out_dim else None
+        if stats_dim:  # hybrid readout: standardized per-tensor statistics -> MLP, next to the pooled features
+            self.register_buffer("stats_mean", torch.zeros(stats_dim))
+            self.register_buffer("stats_std", torch.ones(stats_dim))
+            self.stats_enc = mlp(stats_dim, h, h, act_cls)
+        self.graph_head = mlp((4 if stats_dim else 3) * h, h, out_dim, act_cls) if out_dim else None
         self.readout_norm = (nn.BatchNorm1d(3 * h, affine=False)
                              if out_dim and readout_norm == "batch" else None)
         self.node_head = mlp(h, h, node_out, act_cls) if node_out else None
@@ -305,7 +330,56 @@ class GMN(MetaNetwork):
             num += torch.bincount(value_type, minlength=n).double()
         rms = torch.where(num > 0, (tot / num.clamp(min=1)).sqrt(), torch.ones_like(tot))
         self.edge_scale.copy_(rms.clamp(min=1e-8).to(self.edge_scale.dtype))
+        if self.hparams["stats_dim"]:
+            s = torch.cat([self.graph_statistics(graphs[i : i + 256]) for i in range(0, len(graphs), 256)])
+            std = s.std(0, unbiased=False) if len(graphs) > 1 else torch.ones_like(s[0])
+            self.stats_mean.copy_(s.mean(0).to(self.stats_mean.dtype))
+            # constant features (e.g. padding) keep scale 1
+            self.stats_std.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)).to(self.stats_std.dtype))
         return self
+
+    @staticmethod
+    def stats_width(template) -> int:
+        """``stats_dim`` of the hybrid readout for an architecture
+        (a :class:`~weightspace.graph.GraphTemplate`)."""
+        return len(STATS) * len(template.keys)
+
+    def graph_statistics(self, graphs: Sequence[ParameterGraph]) -> Tensor:
+        """``[B, stats_dim]`` per-tensor :data:`STATS` of ``graphs`` (float64,
+        zero padded; :func:`~weightspace.common.tensor_stats.tensor_statistics`
+        of each tensor, for all graphs of one template at once), cached per
+        graph object while it lives (training re-batches the same graphs
+        every epoch)."""
+        d = self.hparams["stats_dim"]
+        out = torch.zeros(len(graphs), d, dtype=torch.float64)
+        todo: dict[int, list[int]] = {}
+        for i, g in enumerate(graphs):
+            hit = _STATS_CACHE.get(id(g))
+            if hit is not None and hit[0]() is g:
+                out[i, : hit[1].numel()] = hit[1]
+            else:
+                todo.setdefault(id(g.template), []).append(i)
+        for rows in todo.values():
+            t = graphs[rows[0]].template
+            if self.stats_width(t) > d:
+                raise ValueError(f"a graph gives {self.stats_width(t)} statistics > stats_dim={d}; "
+                                 "build the GMN with stats_dim=GMN.stats_width(template)")
+            v = torch.stack([graphs[i].values.detach().cpu().to(torch.float64) for i in rows]).numpy()  # [b, P]
+            f = torch.from_numpy(np.concatenate(
+                [tensor_statistics(v[:, t.offsets[k] : t.offsets[k] + int(math.prod(t.shapes[k]))]) for k in t.keys],
+                axis=1))
+            out[torch.as_tensor(rows), : f.shape[1]] = f
+            for j, i in enumerate(rows):
+                _cache_stats(graphs[i], f[j])
+        return out
+
+    def _standardized_stats(self, batch: GraphBatch) -> Tensor:
+        if batch.graphs is None:
+            raise ValueError("this GMN has a statistics readout (stats_dim > 0): collate with keep_graphs=True")
+        if "stats" not in batch._cache:
+            batch._cache["stats"] = self.graph_statistics(batch.graphs)
+        s = batch._cache["stats"].to(self.stats_mean.device, self.stats_mean.dtype)
+        return ((s - self.stats_mean) / self.stats_std).clamp(-10.0, 10.0)
 
     # --------------------------------------------------------------- forward
     def forward(self, batch: Any) -> GMNOutput:
@@ -332,6 +406,8 @@ class GMN(MetaNetwork):
                 z = torch.nn.functional.batch_norm(z, rn.running_mean, rn.running_var, training=False, eps=rn.eps)
             elif rn is not None:
                 z = rn(z)
+            if self.hparams["stats_dim"]:
+                z = torch.cat([z, self.stats_enc(self._standardized_stats(batch))], dim=1)
             graph = self.graph_head(z)
         if self.node_head is not None:
             node = self.node_head(x)

@@ -82,6 +82,8 @@ class TrainConfig:
             invariant models, important for :class:`~weightspace.nn.FlatMLP`.
         augment_group: ``"permute"`` (:func:`permute_sample`) or ``"full"``
             (:func:`symmetry_sample`: permutation, per-unit scale and sign).
+        lr_schedule: ``"constant"`` or ``"cosine"`` (per step, from ``lr``
+            to 0 over ``epochs``; early stopping may end it sooner).
         normalize_targets: standardize regression targets with the training
             mean/std (predictions are mapped back).
         grad_clip: max gradient norm (``None``: off).
@@ -98,6 +100,7 @@ class TrainConfig:
     seed: int = 0
     augment: bool = False
     augment_group: str = "permute"
+    lr_schedule: str = "constant"
     normalize_targets: bool = True
     grad_clip: float | None = 5.0
     progress: bool = False
@@ -110,6 +113,8 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         if self.augment_group not in ("permute", "full"):
             raise ValueError(f"augment_group must be 'permute' or 'full', got {self.augment_group!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
 
 
 @dataclass
@@ -121,7 +126,8 @@ class FitResult:
         config: the :class:`TrainConfig`.
         target_mean, target_std: regression target standardization.
         best_epoch: epoch of the restored state (0-based).
-        history: per epoch ``{"epoch", "train_loss", "val_loss"}``.
+        history: per epoch ``{"epoch", "train_loss", "val_loss", "lr"}``
+            (``lr``: at the end of the epoch).
     """
 
     model: MetaNetwork
@@ -332,6 +338,10 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
         val_batches = [(_collate(model, [val[i] for i in idx]), norm_y([val[i] for i in idx]).to(dev))
                        for idx in _batches(len(val), cfg.batch_size, None)]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = None
+    if cfg.lr_schedule == "cosine":
+        steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
     best = (math.inf, -1, None)
     devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -354,9 +364,11 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
                 if cfg.grad_clip:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
+                if sched is not None:
+                    sched.step()
                 total += float(loss.detach()) * len(idx)
                 count += len(idx)
-            row = {"epoch": epoch, "train_loss": total / count}
+            row = {"epoch": epoch, "train_loss": total / count, "lr": float(opt.param_groups[0]["lr"])}
             _recompute_batchnorm_(model, train, cfg.batch_size)
             if val_batches:
                 model.eval()

@@ -60,6 +60,10 @@ class MetaNetPredictor(BasePredictor):
             that part of its symmetry group
             (:mod:`weightspace.predict.canonical`), so the predictor is
             invariant to it.
+        stats_readout: GMN only: the hybrid readout that also sees the
+            per-tensor weight statistics (``GMN(stats_dim=...)``, sized for
+            the widest training architecture); still permutation invariant.
+        lr_schedule: ``"constant"`` or ``"cosine"`` (to 0 over ``epochs``).
         seed: initialization, validation split, shuffling, augmentation.
         allow_new_architectures: accept networks of architectures not seen
             in training (graph-based models only; see the module docstring).
@@ -80,6 +84,7 @@ class MetaNetPredictor(BasePredictor):
         "canonicalize": Field(str, choices=tuple(CANONICALIZE_MODES)),
         "seed": Field(int, min=0, max=2**63 - 1), "allow_new_architectures": Field(bool), "device": Field(str),
         "progress": Field(bool), "num_threads": Field(int, min=1, max=4096, nullable=True),
+        "stats_readout": Field(bool), "lr_schedule": Field(str, choices=("constant", "cosine")),
     }
 
     def __init__(self, model: str = "gmn", *, model_kwargs: Mapping[str, Any] | None = None, epochs: int = 200,
@@ -87,7 +92,7 @@ class MetaNetPredictor(BasePredictor):
                  val_fraction: float = 0.15, augment: bool | None = None,
                  augment_group: str = "permute", canonicalize: str = "none", seed: int = 0,
                  allow_new_architectures: bool = False, device: str = "cpu", progress: bool = False,
-                 num_threads: int | None = 1) -> None:
+                 num_threads: int | None = 1, stats_readout: bool = False, lr_schedule: str = "constant") -> None:
         self.model = model
         self.model_kwargs = model_kwargs
         self.epochs = epochs
@@ -104,6 +109,8 @@ class MetaNetPredictor(BasePredictor):
         self.device = device
         self.progress = progress
         self.num_threads = num_threads
+        self.stats_readout = stats_readout
+        self.lr_schedule = lr_schedule
 
     @classmethod
     def _from_kind(cls, kind: str, **params: Any) -> "MetaNetPredictor":
@@ -127,6 +134,10 @@ class MetaNetPredictor(BasePredictor):
         t = graphs[0].template
         if cls_name == "GMN":
             kw.setdefault("edge_dim", max(64, max(g.template.max_width for g in graphs)))
+            if self.stats_readout:
+                from weightspace.nn import GMN
+
+                kw.setdefault("stats_dim", max(GMN.stats_width(g.template) for g in graphs))
         elif cls_name == "StatNN":
             from weightspace.nn.baselines import NUM_STATS
 
@@ -143,6 +154,11 @@ class MetaNetPredictor(BasePredictor):
         if self.canonicalize not in CANONICALIZE_MODES:
             raise ConfigError(f"canonicalize must be one of {list(CANONICALIZE_MODES)}, got {self.canonicalize!r}",
                               field="canonicalize")
+        if self.stats_readout and self.model != "gmn":
+            raise ConfigError(f"stats_readout is a GMN option, not one of model={self.model!r}", field="stats_readout")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}",
+                              field="lr_schedule")
         if self.augment_group not in ("permute", "full"):
             raise ConfigError(f"augment_group must be 'permute' or 'full', got {self.augment_group!r}",
                               field="augment_group")
@@ -196,7 +212,7 @@ class MetaNetPredictor(BasePredictor):
         cfg = TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
                           weight_decay=float(self.weight_decay), patience=int(self.patience) if val else 0,
                           seed=int(self.seed), augment=augment,
-                          augment_group=str(self.augment_group), progress=bool(self.progress), device=self.device)
+                          augment_group=str(self.augment_group), lr_schedule=str(self.lr_schedule), progress=bool(self.progress), device=self.device)
         with torch_threads(self.num_threads):
             self.fit_result_ = fit(model, train, val or None, cfg)
         self.model_ = self.fit_result_.model

@@ -318,7 +318,7 @@ def main(argv=None) -> int:
         zoos.append(("digits_cnn_small", z, True))
     if not args.skip_mnist1d:
         z = zoo.Zoo(args.mnist1d_zoo) if args.mnist1d_zoo else build_or_open(mnist1d_recipe(n_mnist), work / f"mnist1d_{n_mnist}", args.workers, log)
-        zoos.append(("mnist1d_cnn1d", z, False))
+        zoos.append(("mnist1d_cnn1d", z, True))  # its recipe varies the activation too (relu/gelu/tanh/silu)
     if args.small_cnn_zoo:
         from zoo.loaders import import_small_cnn_zoo
 

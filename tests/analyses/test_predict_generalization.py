@@ -34,3 +34,18 @@ def test_sweep_pool_excludes_both_test_sets():
     assert not {m for m in used if acts[m % 4] == "tanh"}
     assert pool == len(set(range(80)) - rnd_test - {m for m in range(80) if m % 4 == 3})
     assert set(meta["config.model.activation"].to_numpy()[tasks["ood_proxy"][1]]) == {"silu"}
+
+
+def test_paired_differences_against_the_reference(tmp_path):
+    from analyses.predict_generalization import paired
+
+    rng = np.random.default_rng(0)
+    y = rng.random(120)
+    df = pd.DataFrame({"member_id": np.repeat(np.arange(40), 3), "epoch": np.tile([1, 2, 5], 40), "true": y,
+                       "pred_mean": np.full(120, y.mean()), "pred_gbm": y + rng.normal(0, 0.3, 120),
+                       "pred_exact": y, "pred_noise": rng.random(120)})
+    df.to_csv(tmp_path / "p.csv", index=False)
+    res = paired.paired_table(tmp_path / "p.csv", "gbm")
+    assert set(res) == {"exact", "noise"}  # not the reference, not the constant mean
+    assert res["exact"]["low"] > 0 and res["noise"]["high"] < 0
+    assert res["exact"]["low"] <= res["exact"]["value"] <= res["exact"]["high"]

@@ -54,7 +54,8 @@ ENTRY_POINT_GROUP = "weightspace.datasets"
 
 @runtime_checkable
 class Dataset(Protocol):
-    """A dataset, already split (``zoo.datasets.Dataset`` is one).
+    """A dataset, already split (``zoo.datasets.Dataset`` is one: a dataclass
+    of exactly these fields, in this order, built from this definition).
 
     Attributes:
         name: dataset name.

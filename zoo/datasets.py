@@ -43,7 +43,6 @@ import functools
 import inspect
 import math
 import random
-from dataclasses import field, make_dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -67,22 +66,13 @@ __all__ = [
 MEMBER_LEVEL_DATA_KEYS = ("train_fraction", "label_noise")
 
 
-# The fields are the library's protocol's (:class:`weightspace.data.Dataset`),
-# stated once there: zoo datasets are built from that definition, in its order.
-_DatasetFields = make_dataclass(
-    "_DatasetFields",
-    [(n, t, field(default_factory=dict)) if n == "meta" else (n, t) for n, t in _data.Dataset.__annotations__.items()],
-)
-
-
-class Dataset(_DatasetFields):
-    """Tensors of one dataset, already split: a dataclass of the fields of
-    :class:`weightspace.data.Dataset` (``name``, ``task``, ``x_train``,
-    ``y_train``, ``x_val``, ``y_val``, ``x_test``, ``y_test``,
-    ``num_classes``, ``meta``; ``meta`` defaults to ``{}``), with the helpers
-    below. Classification targets are class ids, int64 ``(N,)``; INR
-    targets are signal values, float32 ``(N, C)``; ``meta`` holds e.g. the
-    digit ``label`` of an INR image and the grid shape.
+class Dataset(_data.Dataset):
+    """Tensors of one dataset, already split: :class:`weightspace.data.Dataset`
+    (its fields ``name``, ``task``, ``x_train`` ... ``y_test``,
+    ``num_classes``, ``meta``) with the helpers below. Classification targets
+    are class ids, int64 ``(N,)``; INR targets are signal values, float32
+    ``(N, C)``; ``meta`` holds e.g. the digit ``label`` of an INR image and
+    the grid shape.
     """
 
     @property

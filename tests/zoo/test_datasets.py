@@ -73,9 +73,10 @@ def test_unknown_dataset_and_option():
         load_dataset("digits", colour=True)
 
 
-def test_dataset_is_the_library_protocol_as_a_dataclass():
-    """zoo's Dataset takes its fields from weightspace.data.Dataset, in order."""
-    assert [f.name for f in dataclasses.fields(Dataset)] == list(wdata.Dataset.__annotations__)
+def test_dataset_is_the_library_dataclass():
+    """zoo's Dataset is weightspace.data.Dataset plus helpers: same fields, in order."""
+    assert issubclass(Dataset, wdata.Dataset)
+    assert [f.name for f in dataclasses.fields(Dataset)] == [f.name for f in dataclasses.fields(wdata.Dataset)]
     x, y = torch.zeros(4, 1, 2), torch.zeros(4, dtype=torch.long)
     ds = Dataset("t", "classification", x, y, x[:1], y[:1], x[:2], y[:2], 2)
     assert isinstance(ds, wdata.Dataset) and ds.meta == {} and ds.meta is not Dataset("t", "c", *[x] * 6, 1).meta

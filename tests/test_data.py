@@ -15,8 +15,8 @@ from weightspace.errors import ConfigError, UnknownNameError
 def _tiny(name="t_tiny", k=2):
     x = torch.arange(8.0).reshape(4, 2)
     y = torch.tensor([0, 1, 0, 1])
-    return types.SimpleNamespace(name=name, task="classification", x_train=x, y_train=y, x_val=x, y_val=y,
-                                 x_test=x * k, y_test=y, num_classes=2, meta={})
+    return data.Dataset(name=name, task="classification", x_train=x, y_train=y, x_val=x, y_val=y,
+                        x_test=x * k, y_test=y, num_classes=2)
 
 
 @pytest.fixture
@@ -48,6 +48,10 @@ def test_register_load_and_cache(clean_registry, monkeypatch):
         data.load_dataset("t_tiny", colour=True)
     with pytest.raises(ValueError, match="already registered"):
         data.register_dataset("t_tiny")(lambda: _tiny())
+    # a loader may return any object with the fields (duck typing): returned as is
+    duck = types.SimpleNamespace(**vars(_tiny("t_duck")))
+    data.register_dataset("t_duck")(lambda: duck)
+    assert data.load_dataset("t_duck") is duck
 
 
 def test_unknown_name_is_one_line_with_did_you_mean(clean_registry, monkeypatch):

@@ -25,6 +25,7 @@ Zoos are passed in as objects: anything with the members interface
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 import json
 import importlib
 from importlib import metadata
@@ -52,9 +53,11 @@ __all__ = [
 ENTRY_POINT_GROUP = "weightspace.datasets"
 
 
-@runtime_checkable
-class Dataset(Protocol):
-    """A dataset, already split (``zoo.datasets.Dataset`` is one).
+@dataclass
+class Dataset:
+    """A dataset, already split: the one definition of its fields.
+    ``zoo.datasets.Dataset`` subclasses it (adding helpers); a user's loader
+    returns either, or any object with these attributes.
 
     Attributes:
         name: dataset name.
@@ -62,7 +65,8 @@ class Dataset(Protocol):
             (coordinates ``[P, d]`` -> values ``[P, C]``).
         x_train, y_train, x_val, y_val, x_test, y_test: the splits.
         num_classes: classes (classification) or output channels (INR).
-        meta: extra facts (e.g. an INR image's grid ``height``/``width``).
+        meta: extra facts (e.g. an INR image's grid ``height``/``width``,
+            its digit ``label``); defaults to ``{}``.
     """
 
     name: str
@@ -74,7 +78,7 @@ class Dataset(Protocol):
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
-    meta: dict
+    meta: dict = field(default_factory=dict)
 
 
 _LOADERS: dict[str, Callable[..., Dataset]] = {}

@@ -43,7 +43,6 @@ import functools
 import inspect
 import math
 import random
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -67,29 +66,14 @@ __all__ = [
 MEMBER_LEVEL_DATA_KEYS = ("train_fraction", "label_noise")
 
 
-@dataclass
-class Dataset:
-    """Tensors of one dataset, already split (a :class:`weightspace.data.Dataset`).
-
-    Attributes:
-        name: dataset name.
-        task: ``"classification"`` (targets are class ids, int64 ``(N,)``) or
-            ``"inr"`` (targets are signal values, float32 ``(N, C)``).
-        x_train, y_train, x_val, y_val, x_test, y_test: the splits.
-        num_classes: number of classes (classification) or output channels (INR).
-        meta: extra facts (e.g. the digit ``label`` of an INR image, the grid shape).
+class Dataset(_data.Dataset):
+    """Tensors of one dataset, already split: :class:`weightspace.data.Dataset`
+    (its fields ``name``, ``task``, ``x_train`` ... ``y_test``,
+    ``num_classes``, ``meta``) with the helpers below. Classification targets
+    are class ids, int64 ``(N,)``; INR targets are signal values, float32
+    ``(N, C)``; ``meta`` holds e.g. the digit ``label`` of an INR image and
+    the grid shape.
     """
-
-    name: str
-    task: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    num_classes: int
-    meta: dict = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

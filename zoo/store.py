@@ -1256,13 +1256,8 @@ class Zoo:
         return problems
 
     # ------------------------------------------------------------------ parameter graphs
-    # >>> PARAMETER GRAPHS: wired by the owner of ``weightspace.graph`` <<<
-    # This is the one place where a zoo becomes batched parameter graphs
-    # (``weightspace.graph``). Expected shape of the API: build each member's
-    # ParameterGraph from ``member.module()`` (or from ``member.arch`` +
-    # ``member.model_kwargs`` + ``zoo.registry.example_input``) once per
-    # architecture, fill in the weights of each checkpoint, and return a batch
-    # (e.g. a PyG ``Batch``) together with the metrics as targets.
+    # The zoo -> graphs loop is the library's one (weightspace.common.zoo_samples),
+    # shared with nn.train.dataset_from_zoo and predict.zoo_dataset.
     def parameter_graphs(
         self,
         epoch: int | None = None,

@@ -10,14 +10,7 @@ import torch
 
 import weightspace as ws
 from weightspace.errors import SpecError
-from weightspace.symmetry import (
-    Symmetry,
-    apply_scaling,
-    apply_symmetry,
-    canonicalize,
-    identity_symmetry,
-    random_symmetry,
-)
+import weightspace.symmetry as sym
 
 from tests.symmetry.symkit import BIG, IDS, analysis, arch_params, make_input, make_model, perturbed_state
 
@@ -60,11 +53,11 @@ def _case(name, kw, seed):
 def test_random_full_group_element_preserves_function(name, kw):
     spec, model, sd, x, y = _case(name, kw, 1)
     for seed in range(1 if name in BIG else 3):
-        g = random_symmetry(spec, seed=seed)
-        gsd = apply_symmetry(sd, spec, g)
+        g = sym.random_symmetry(spec, seed=seed)
+        gsd = sym.apply_symmetry(sd, spec, g)
         for s in spec.scalings:  # the factors really moved weights
             ax = s.axes[0]
-            assert not torch.equal(gsd[ax.param], apply_symmetry(sd, spec, Symmetry(g.perm, {}))[ax.param])
+            assert not torch.equal(gsd[ax.param], sym.apply_symmetry(sd, spec, sym.Symmetry(g.perm, {}))[ax.param])
         assert _rel(_outputs(model, gsd, x), y) <= 1e-6, (name, seed)
 
 
@@ -158,11 +151,11 @@ def test_wrong_direction_changes_function():
         x = make_input(name, kw)
         s = spec.scalings[0]
         with pytest.raises(SpecError, match="factors must be"):
-            apply_scaling(sd, spec, {s.name: torch.full((s.size,), f, dtype=torch.float64)})
-        forced = ws.symmetry.ScaleGroup(s.name, s.group, s.size, ("scale", "sign"), s.axes)
+            sym.apply_scaling(sd, spec, {s.name: torch.full((s.size,), f, dtype=torch.float64)})
+        forced = sym.ScaleGroup(s.name, s.group, s.size, ("scale", "sign"), s.axes)
         fspec = type(spec)(spec.groups, spec.blocks, spec.param_axes, spec.param_shapes, spec.float_keys,
                            spec.extra_keys, spec.arch, (forced,))
-        bad = apply_scaling(sd, fspec, {s.name: torch.full((s.size,), f, dtype=torch.float64)})
+        bad = sym.apply_scaling(sd, fspec, {s.name: torch.full((s.size,), f, dtype=torch.float64)})
         assert _rel(_outputs(model, bad, x), _outputs(model, sd, x)) > 1e-3, name
 
 
@@ -176,7 +169,7 @@ def test_gelu_units_have_no_symmetry_and_scaling_them_breaks_the_function():
     x = make_input("mlp", kw)
     s = relu.scalings[0]  # the ReLU net's scaling, same tensors
     d = torch.full((s.size,), 2.0, dtype=torch.float64)
-    moved = apply_scaling(sd, relu, {s.name: d})
+    moved = sym.apply_scaling(sd, relu, {s.name: d})
     assert _rel(_outputs(model, moved, x), _outputs(model, sd, x)) > 1e-3
 
 
@@ -191,19 +184,19 @@ def test_gelu_units_have_no_symmetry_and_scaling_them_breaks_the_function():
 )
 def test_canonicalize_is_orbit_invariant_and_idempotent(name, kw):
     spec, model, sd, x, y = _case(name, kw, 4)
-    c, g = canonicalize(sd, spec)
-    assert _max_rel(apply_symmetry(sd, spec, g), c) <= 1e-12
+    c, g = sym.canonicalize(sd, spec)
+    assert _max_rel(sym.apply_symmetry(sd, spec, g), c) <= 1e-12
     assert _rel(_outputs(model, c, x), y) <= 1e-6
-    assert _max_rel(canonicalize(c, spec)[0], c) <= 1e-8
+    assert _max_rel(sym.canonicalize(c, spec)[0], c) <= 1e-8
     for seed in range(2):
-        c2, _ = canonicalize(apply_symmetry(sd, spec, random_symmetry(spec, seed=seed)), spec)
+        c2, _ = sym.canonicalize(sym.apply_symmetry(sd, spec, sym.random_symmetry(spec, seed=seed)), spec)
         assert _max_rel(c2, c) <= 1e-8, (name, seed)
 
 
 def test_canonical_scale_is_balanced_and_sign_rule_holds():
     spec = ws.permutation_spec("cnn_small")
     sd = perturbed_state(make_model("cnn_small", {}), 5)
-    c, _ = canonicalize(sd, spec, permute=False)
+    c, _ = sym.canonicalize(sd, spec, permute=False)
     for s in spec.scalings:
         norms = {}
         for ax in s.axes:
@@ -213,7 +206,7 @@ def test_canonical_scale_is_balanced_and_sign_rule_holds():
         torch.testing.assert_close(norms["in"], norms["out"], rtol=1e-9, atol=0)
     tspec = ws.permutation_spec("mlp", activation="tanh")
     sd = perturbed_state(make_model("mlp", {"activation": "tanh"}), 5)
-    c, g = canonicalize(sd, tspec, permute=False)
+    c, g = sym.canonicalize(sd, tspec, permute=False)
     first = tspec.scalings[0]  # layers.0: incoming = weight rows and bias
     rows = torch.cat([c["layers.0.weight"], c["layers.0.bias"][:, None]], dim=1)
     pick = rows.gather(1, rows.abs().argmax(1, keepdim=True))
@@ -224,14 +217,14 @@ def test_canonical_scale_is_balanced_and_sign_rule_holds():
 def test_batched_canonicalize_matches_single():
     spec = ws.permutation_spec("cnn_small")
     nets = [perturbed_state(make_model("cnn_small", {}), s) for s in range(3)]
-    nets[1] = apply_symmetry(nets[1], spec, random_symmetry(spec, seed=9))
+    nets[1] = sym.apply_symmetry(nets[1], spec, sym.random_symmetry(spec, seed=9))
     batch = {k: torch.stack([n[k] for n in nets]) for k in nets[0]}
-    cb, gb = canonicalize(batch, spec, batched=True)
+    cb, gb = sym.canonicalize(batch, spec, batched=True)
     for i, n in enumerate(nets):
-        c, g = canonicalize(n, spec)
+        c, g = sym.canonicalize(n, spec)
         assert _max_rel({k: v[i] for k, v in cb.items()}, c) <= 1e-12
         assert all(torch.equal(gb.perm[k][i], g.perm[k]) for k in g.perm)
-    again = apply_symmetry(batch, spec, gb, batched=True)
+    again = sym.apply_symmetry(batch, spec, gb, batched=True)
     assert _max_rel(again, cb) <= 1e-12
 
 
@@ -239,24 +232,24 @@ def test_symmetry_api_errors_and_purity():
     spec = ws.permutation_spec("mlp")
     sd = make_model("mlp", {}).state_dict()
     with pytest.raises(ValueError, match="seed"):
-        random_symmetry(spec)
-    a, b = random_symmetry(spec, seed=3), random_symmetry(spec, seed=3)
+        sym.random_symmetry(spec)
+    a, b = sym.random_symmetry(spec, seed=3), sym.random_symmetry(spec, seed=3)
     assert all(torch.equal(a.scale[k], b.scale[k]) for k in a.scale)
     s = spec.scalings[0]
     with pytest.raises(SpecError, match="unknown scale group"):
-        apply_scaling(sd, spec, {"nope": torch.ones(3)})
+        sym.apply_scaling(sd, spec, {"nope": torch.ones(3)})
     with pytest.raises(SpecError, match="expected factors of shape"):
-        apply_scaling(sd, spec, {s.name: torch.ones(s.size + 1)})
+        sym.apply_scaling(sd, spec, {s.name: torch.ones(s.size + 1)})
     with pytest.raises(SpecError, match="finite and nonzero"):
-        apply_scaling(sd, spec, {s.name: torch.zeros(s.size)})
+        sym.apply_scaling(sd, spec, {s.name: torch.zeros(s.size)})
     with pytest.raises(SpecError, match="spec expects"):
-        apply_symmetry({**sd, s.axes[0].param: torch.zeros(3, 3)}, spec, identity_symmetry(spec))
+        sym.apply_symmetry({**sd, s.axes[0].param: torch.zeros(3, 3)}, spec, sym.identity_symmetry(spec))
     with pytest.raises(SpecError, match="lacks"):
-        canonicalize({k: v for k, v in sd.items() if k != s.axes[0].param}, spec)
+        sym.canonicalize({k: v for k, v in sd.items() if k != s.axes[0].param}, spec)
     copy = {k: v.clone() for k, v in sd.items()}
-    apply_symmetry(sd, spec, random_symmetry(spec, seed=0))
-    canonicalize(sd, spec)
+    sym.apply_symmetry(sd, spec, sym.random_symmetry(spec, seed=0))
+    sym.canonicalize(sd, spec)
     assert all(torch.equal(copy[k], sd[k]) for k in sd)
     # a plain permutation dict is accepted as (P, 1)
-    perm = random_symmetry(spec, seed=1).perm
-    assert all(torch.equal(apply_symmetry(sd, spec, perm)[k], ws.apply_permutation(sd, spec, perm)[k]) for k in sd)
+    perm = sym.random_symmetry(spec, seed=1).perm
+    assert all(torch.equal(sym.apply_symmetry(sd, spec, perm)[k], ws.apply_permutation(sd, spec, perm)[k]) for k in sd)

@@ -1,10 +1,12 @@
+import dataclasses
 import random
 
 import numpy as np
 import pytest
 import torch
 
-from zoo.datasets import list_datasets, load_dataset
+import weightspace.data as wdata
+from zoo.datasets import Dataset, list_datasets, load_dataset
 from zoo.errors import RecipeError
 
 
@@ -69,3 +71,13 @@ def test_unknown_dataset_and_option():
         load_dataset("cifar")
     with pytest.raises(RecipeError, match="digits"):
         load_dataset("digits", colour=True)
+
+
+def test_dataset_is_the_library_dataclass():
+    """zoo's Dataset is weightspace.data.Dataset plus helpers: same fields, in order."""
+    assert issubclass(Dataset, wdata.Dataset)
+    assert [f.name for f in dataclasses.fields(Dataset)] == [f.name for f in dataclasses.fields(wdata.Dataset)]
+    x, y = torch.zeros(4, 1, 2), torch.zeros(4, dtype=torch.long)
+    ds = Dataset("t", "classification", x, y, x[:1], y[:1], x[:2], y[:2], 2)
+    assert isinstance(ds, wdata.Dataset) and ds.meta == {} and ds.meta is not Dataset("t", "c", *[x] * 6, 1).meta
+    assert ds.input_shape == (1, 2) and ds.sizes() == {"train": 4, "val": 1, "test": 2}

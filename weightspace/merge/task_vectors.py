@@ -77,14 +77,22 @@ StateDict = dict[str, torch.Tensor]
 
 
 
-def _inputs(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torch.Tensor]],
-            weights: Sequence[float] | None, names: Sequence[str] | None) -> tuple[list[str], list[float]]:
+def _prepare(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torch.Tensor]],
+             weights: Sequence[float] | None, names: Sequence[str] | None, density: float | Sequence[float],
+             lam: float, combine: str, sign: str) -> tuple[list[str], list[float], list[float]]:
+    """The checks every task-vector method starts with: the state_dicts, the
+    per-model ``weights`` and ``density``, ``lam``, ``combine`` and ``sign``.
+    Returns ``(labels, weights, densities)``; ``labels[0]`` is the base."""
     if not finetuned:
         raise MergeError("need at least one fine-tuned state_dict")
     labels = ["base", *(names or [f"finetuned {i}" for i in range(len(finetuned))])]
     _check_same([base, *finetuned], labels)
     w = per_model(1.0 if weights is None else weights, len(finetuned), "weights", lo=None, hi=None)
-    return labels, w
+    d = per_model(density, len(finetuned), "density")
+    per_model(lam, 1, "lam", lo=None, hi=None)
+    check_choice(combine, "combine", COMBINE)
+    check_choice(sign, "sign", SIGN)
+    return labels, w, d
 
 
 # ------------------------------------------------------------- combining
@@ -152,12 +160,6 @@ def _apply(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, to
     return out
 
 
-def _check_common(lam: float, combine: str, sign: str) -> None:
-    per_model(lam, 1, "lam", lo=None, hi=None)
-    check_choice(combine, "combine", COMBINE)
-    check_choice(sign, "sign", SIGN)
-
-
 # ---------------------------------------------------------------- methods
 def ties(
     base: Mapping[str, torch.Tensor],
@@ -197,9 +199,7 @@ def ties(
     Returns:
         new state_dict (floating tensors in ``base``'s dtypes).
     """
-    labels, w = _inputs(base, finetuned, weights, names)
-    d = per_model(density, len(finetuned), "density")
-    _check_common(lam, "ties", sign)
+    labels, w, d = _prepare(base, finetuned, weights, names, density, lam, "ties", sign)
     check_choice(trim, "trim", TRIM)
     fkeys = [k for k, v in base.items() if v.is_floating_point()]
     if trim == "global":
@@ -251,9 +251,7 @@ def dare(
         seed: seed of the drop masks.
         base, finetuned, weights, names: as in :func:`ties`.
     """
-    labels, w = _inputs(base, finetuned, weights, names)
-    d = per_model(density, len(finetuned), "density")
-    _check_common(lam, combine, sign)
+    labels, w, d = _prepare(base, finetuned, weights, names, density, lam, combine, sign)
     check_choice(rescale, "rescale", RESCALE)
 
     def sparsify(i: int, k: str, tau: torch.Tensor) -> torch.Tensor:
@@ -292,10 +290,8 @@ def breadcrumbs(
         lam, combine, sign, normalize: as in :func:`dare`.
         base, finetuned, weights, names: as in :func:`ties`.
     """
-    labels, w = _inputs(base, finetuned, weights, names)
-    d = per_model(density, len(finetuned), "density")
+    labels, w, d = _prepare(base, finetuned, weights, names, density, lam, combine, sign)
     beta = per_model(beta, 1, "beta")[0]
-    _check_common(lam, combine, sign)
     sparsify = lambda i, k, tau: tau * breadcrumbs_mask(tau, d[i], beta)  # noqa: E731
     return _apply(base, finetuned, labels, sparsify, w, float(lam), combine, sign, normalize)
 

@@ -377,31 +377,14 @@ def activation_matching(
     free, heads = split_groups(spec)
     want = matching_slabs(spec)
     slabs = _activation_slabs(model_a, spec, want)
-    moments, missing, stats = slab_moments(
-        model_a, model_b, data, slabs, batch_size=batch_size, max_samples=max_samples, max_bytes=max_bytes,
-        dtype=dtype, progress=progress,
-    )
     perm = identity_permutation(spec)
-    todo: list[str] = []
-    total = 0.0
-    for g in free:
-        if any(k not in moments for k in want[g.name]):
-            todo.append(g.name)
-            continue
-        C = sum(moments.pop(k).corr().double() for k in want[g.name])
-        cols, v = linear_assignment(C, overwrite=True)
-        del C
-        perm[g.name] = torch.as_tensor(cols, dtype=torch.long)
-        total += v
-    for L in heads:
-        H = L.group
-        if any(k not in moments for k in want[H.name]):
-            todo.append(H.name)
-            continue
-        S, R = head_costs_from_slabs(L, {k: moments.pop(k).corr() for k in want[H.name]})
-        sigma, pis, v = head_assignment(S, R)
-        set_head_assignment_(perm, L, sigma, pis)
-        total += v
+    solver = _ActivationSolver(free, heads, want, perm)
+    _, missing, stats = slab_moments(
+        model_a, model_b, data, slabs, batch_size=batch_size, max_samples=max_samples, max_bytes=max_bytes,
+        dtype=dtype, progress=progress, consume=solver.consume,
+    )
+    todo = [name for name in want if name not in solver.solved]
+    total = solver.total
     info: dict = {"fallback_groups": todo, "uncaptured_blocks": sorted({slabs[k].module for k in missing}), **stats}
     if todo:
         if fallback == "error":
@@ -412,6 +395,54 @@ def activation_matching(
         wm = weight_matching(sd_a, sd_b, spec, seed=seed, init=perm, groups=todo, validate=False)
         perm = wm.perm
     return MatchResult(perm, spec, "activation", total, 1, True, info)
+
+
+class _ActivationSolver:
+    """Activation matching's coordinates, solved as soon as the statistics of
+    all their slabs are in (:func:`slab_moments` ``consume``): a group
+    outside heads sums its slabs' correlations into one float64 ``[n, n]``
+    cost as they arrive (the residual stream spans every layer); a head group
+    solves from its regions' correlations. Each pass's statistics are freed
+    after it, so at most one pass's are held."""
+
+    def __init__(self, free, heads, want, perm: Permutation) -> None:
+        self.free = {g.name: g for g in free}
+        self.heads = {L.group.name: L for L in heads}
+        self.group_of = {k: name for name, keys in want.items() for k in keys}
+        self.left = {name: set(keys) for name, keys in want.items()}
+        self.parts: dict[str, Any] = {}
+        self.perm = perm
+        self.solved: set[str] = set()
+        self.total = 0.0
+
+    def consume(self, acc: dict) -> None:
+        for k in list(acc):
+            name = self.group_of[k]
+            c = acc.pop(k).corr()
+            if name in self.free:
+                if name not in self.parts:
+                    self.parts[name] = c.double()
+                else:
+                    self.parts[name] += c
+            else:
+                self.parts.setdefault(name, {})[k] = c
+            del c
+            self.left[name].discard(k)
+            if not self.left[name]:
+                self._solve(name)
+
+    def _solve(self, name: str) -> None:
+        part = self.parts.pop(name)
+        if name in self.free:
+            cols, v = linear_assignment(part, overwrite=True)
+            self.perm[name] = torch.as_tensor(cols, dtype=torch.long)
+        else:
+            L = self.heads[name]
+            S, R = head_costs_from_slabs(L, part)
+            sigma, pis, v = head_assignment(S, R)
+            set_head_assignment_(self.perm, L, sigma, pis)
+        self.total += v
+        self.solved.add(name)
 
 
 def _activation_slabs(

@@ -29,7 +29,6 @@ from torch import nn
 
 from weightspace.merge._common import MergeError, as_samples, channel_axis, check_finite_data, iter_batches
 from weightspace.symmetry import HeadLayout, PermutationSpec, split_groups
-from weightspace.similarity.capture import ActivationCapture, capturable_layers
 
 __all__ = ["STATS_BYTES", "block_moments", "head_costs_from_blocks", "slab_moments"]
 
@@ -52,8 +51,9 @@ def block_moments(
     """Streaming second moments between the neurons of each block of ``a``
     and ``b`` (the same architecture family; widths may differ).
 
-    Activations are the outputs of the op that creates the block
-    (``spec.blocks[b].producer``), captured through an fx trace; spatial
+    Activations are the outputs of the module that creates the block
+    (``spec.blocks[b].producer``), taken by forward hooks
+    (:func:`slab_moments`, whole blocks, float64, one pass); spatial
     positions and tokens count as samples.
 
     Args:
@@ -69,37 +69,15 @@ def block_moments(
     spec_b = spec_b or spec_a
     want = set(range(len(spec_a.blocks))) if blocks is None else set(blocks)
     want = {b for b in want if not spec_a.blocks[b].fixed}
-    plan, missing = _capture_plan(model_a, spec_a, want)
-    layers = sorted({v[0] for v in plan.values()})
-    acc = {b: _CrossCorr(spec_a.blocks[b].size, spec_b.blocks[b].size) for b in plan}
-    if layers:
-        cap_a, cap_b = ActivationCapture(model_a, layers), ActivationCapture(model_b, layers)
-        seen = 0
-        dtype = next(model_a.parameters()).dtype
-        for x, _ in iter_batches(data, batch_size, max_samples):
-            x = torch.as_tensor(x)
-            check_finite_data(x)
-            if x.is_floating_point():
-                x = x.to(dtype)
-            seen += x.shape[0]
-            oa, ob = cap_a(x), cap_b(x)
-            for b, (layer, axis) in list(plan.items()):
-                ta, tb = oa[layer], ob[layer]
-                ok = (
-                    isinstance(ta, torch.Tensor)
-                    and isinstance(tb, torch.Tensor)
-                    and ta.ndim >= 2
-                    and ta.shape[axis] == spec_a.blocks[b].size
-                    and tb.shape[axis] == spec_b.blocks[b].size
-                )
-                if not ok:
-                    missing.append(b)
-                    del plan[b], acc[b]
-                    continue
-                acc[b].update(as_samples(ta, axis), as_samples(tb, axis))
-        if seen == 0:
-            raise MergeError("data yielded no samples to capture activations from")
-    return acc, sorted(set(missing))
+    mods = dict(model_a.named_modules())
+    slabs = {}
+    for b in sorted(want):
+        blk, blk_b = spec_a.blocks[b], spec_b.blocks[b]
+        slabs[b] = Slab(blk.producer, channel_axis(mods.get(blk.producer)), (0, blk.size), (0, blk_b.size),
+                        blk.size, blk_b.size)
+    acc, missing, _ = slab_moments(model_a, model_b, data, slabs, batch_size=batch_size, max_samples=max_samples,
+                                   max_bytes=None, dtype=torch.float64)
+    return acc, sorted(missing)
 
 
 def head_costs_from_blocks(
@@ -494,19 +472,3 @@ def _update_pass(
                 h.remove()
         if len(ran) != len(by_mod):
             raise MergeError(f"modules {sorted(set(by_mod) - ran)} did not run on this batch")
-
-
-def _capture_plan(model: nn.Module, spec: PermutationSpec, blocks: set[int]) -> tuple[dict[int, tuple[str, int]], list[int]]:
-    """Which blocks can be captured as module outputs: ``{block: (layer, axis)}``
-    and the blocks that cannot (their groups fall back to weights)."""
-
-    names = set(capturable_layers(model))
-    mods = dict(model.named_modules())
-    plan, missing = {}, []
-    for b in sorted(blocks):
-        prod = spec.blocks[b].producer
-        if prod in names and prod in mods:
-            plan[b] = (prod, channel_axis(mods[prod]))
-        else:
-            missing.append(b)
-    return plan, missing

@@ -25,6 +25,15 @@ built in a subprocess too.
   (``/proc/self/clear_refs``), so the peak counts the two models and the
   matcher; the RSS before loading the models (imports + spec) is reported
   beside it.
+* ``--activation``: activation matching (``weightspace.merge.activation_matching``)
+  of the same planted pair (:func:`planted_pair`, shared with the Re-Basin
+  part) on seeded random token ids (``--act-sequences`` x ``--act-seq-len``;
+  random ids suffice to tell a planted permutation: a neuron of ``b`` is a
+  noisy copy of one of ``a``'s on any input). The two models are resident
+  (meta-device modules given the tensors); statistics are streamed
+  (``--act-max-bytes`` per pass over the data, default the library's
+  ``STATS_BYTES``). Reports time (wall + CPU), passes, peak RSS (reset after
+  the models are loaded, as above), tokens and exact recovery.
 * ``--mergekit-python PATH``: the same merges by mergekit (an interpreter
   with ``mergekit`` installed, e.g. ``/work/venvs/mergekit/bin/python``) on
   the same directories; outputs are compared tensor by tensor (max abs
@@ -43,6 +52,7 @@ before it; with ``--repeats N`` the two tools run back to back in
 alternation and the medians are reported (the peak RSS: the largest).
 
 Run: nice -n 10 python benchmarks/bench_merge_llm.py [--mergekit-python PATH] [--repeats N]
+     nice -n 10 python benchmarks/bench_merge_llm.py --methods --no-rebasin --activation  (activation matching only)
 Prints a table and writes ``benchmarks/results/merge_llm.json`` (with the
 load average).
 """

@@ -199,3 +199,15 @@ def test_yaml_bad_inputs_get_one_line_errors(hf_dirs, tmp_path, top, field):
     lines = [ln for ln in res.output.strip().splitlines() if ln.startswith("error")]
     assert len(lines) == 1 and field in lines[0], res.output
     assert "Traceback" not in res.output
+
+
+def test_consume_gets_each_pass_once_and_nothing_is_kept():
+    spec, model, permuted, _ = _pair("nanogpt")
+    from weightspace.merge.matching import _activation_slabs
+
+    slabs = _activation_slabs(model, spec, matching_slabs(spec))
+    seen = []
+    acc, missing, info = slab_moments(model, permuted, make_inputs("nanogpt", 8), slabs, batch_size=4,
+                                      max_bytes=20_000, dtype=torch.float32, consume=lambda cur: seen.append(set(cur)))
+    assert acc == {} and missing == [] and info["passes"] == len(seen) > 1
+    assert set().union(*seen) == set(slabs) and sum(map(len, seen)) == len(slabs)

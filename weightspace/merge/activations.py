@@ -19,15 +19,15 @@ the data (in the order they run, so early passes stop early).
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from weightspace.merge._common import MergeError, as_samples, channel_axis, check_finite_data, iter_batches
+from weightspace.similarity.capture import _eval_mode  # eval + no_grad, training flags restored
 from weightspace.symmetry import HeadLayout, PermutationSpec, split_groups
 
 __all__ = ["STATS_BYTES", "block_moments", "head_costs_from_blocks", "slab_moments"]
@@ -303,7 +303,7 @@ def slab_moments(
     passes: list[list[str]] | None = None
     done = 0
     bar = tqdm(disable=not progress, desc="activation statistics", leave=False)
-    with _eval_no_grad(model_a), _eval_no_grad(model_b), bar:
+    with _eval_mode(model_a), _eval_mode(model_b), bar:
         while passes is None or done < len(passes):
             seen = 0
             for x, _ in iter_batches(data, batch_size, max_samples):
@@ -351,19 +351,6 @@ def slab_moments(
                 consume(cur)
             del cur
     return acc, sorted(set(missing), key=str), info
-
-
-@contextlib.contextmanager
-def _eval_no_grad(model: nn.Module) -> Iterator[None]:
-    """Eval mode + no_grad for the duration; every ``training`` flag restored."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _output(out: Any) -> Any:

@@ -25,6 +25,15 @@ built in a subprocess too.
   (``/proc/self/clear_refs``), so the peak counts the two models and the
   matcher; the RSS before loading the models (imports + spec) is reported
   beside it.
+* ``--activation``: activation matching (``weightspace.merge.activation_matching``)
+  of the same planted pair (:func:`planted_pair`, shared with the Re-Basin
+  part) on seeded random token ids (``--act-sequences`` x ``--act-seq-len``;
+  random ids suffice to tell a planted permutation: a neuron of ``b`` is a
+  noisy copy of one of ``a``'s on any input). The two models are resident
+  (meta-device modules given the tensors); statistics are streamed
+  (``--act-max-bytes`` per pass over the data, default the library's
+  ``STATS_BYTES``). Reports time (wall + CPU), passes, peak RSS (reset after
+  the models are loaded, as above), tokens and exact recovery.
 * ``--mergekit-python PATH``: the same merges by mergekit (an interpreter
   with ``mergekit`` installed, e.g. ``/work/venvs/mergekit/bin/python``) on
   the same directories; outputs are compared tensor by tensor (max abs
@@ -43,6 +52,7 @@ before it; with ``--repeats N`` the two tools run back to back in
 alternation and the medians are reported (the peak RSS: the largest).
 
 Run: nice -n 10 python benchmarks/bench_merge_llm.py [--mergekit-python PATH] [--repeats N]
+     nice -n 10 python benchmarks/bench_merge_llm.py --methods --no-rebasin --activation  (activation matching only)
 Prints a table and writes ``benchmarks/results/merge_llm.json`` (with the
 load average).
 """
@@ -180,16 +190,18 @@ def child_ours(work: Path, name: str, out: Path, threads: int) -> dict:
             "model_bytes": plan.model_bytes, "shards": len(plan.shards)}
 
 
-def child_rebasin(work: Path, threads: int, seed: int, noise: float) -> dict:
-    import resource
-
+def planted_pair(work: Path, threads: int, seed: int, noise: float) -> dict:
+    """The Re-Basin pair: ``base`` (read from ``work``) and a copy under a
+    planted random permutation of every group of its spec plus noise (``noise``
+    of each tensor's std). The spec is traced on the meta device. Returns
+    ``spec``, ``sd_a``, ``sd_b``, ``perm`` (the planted one), ``model_bytes``,
+    ``n_layer`` and the spec timings."""
     import transformers as T
 
     from weightspace.arch.ref import INDEX_FILE
     from weightspace.core import permutation_spec
     from weightspace.io import read_json, read_safetensors
-    from weightspace.merge import weight_matching
-    from weightspace.symmetry import apply_permutation, invert_permutation, random_permutation
+    from weightspace.symmetry import apply_permutation, random_permutation
 
     torch.set_num_threads(threads)
     n_layer = json.loads((work / "built.json").read_text())["n_layer"]
@@ -215,6 +227,21 @@ def child_rebasin(work: Path, threads: int, seed: int, noise: float) -> dict:
     if "lm_head.weight" in sd_b:
         sd_b["lm_head.weight"] = sd_b["transformer.wte.weight"]
     model_bytes = sum(v.numel() * v.element_size() for k, v in sd_a.items() if k != "lm_head.weight")
+    return {"spec": spec, "sd_a": sd_a, "sd_b": sd_b, "perm": perm, "model_bytes": model_bytes, "n_layer": n_layer,
+            "spec_s": spec_s, "spec_cpu_s": spec_cpu_s, "meta_model_build_s": build_meta[0],
+            "meta_model_build_cpu_s": build_meta[1]}
+
+
+def child_rebasin(work: Path, threads: int, seed: int, noise: float) -> dict:
+    import resource
+
+    from weightspace.merge import weight_matching
+    from weightspace.symmetry import invert_permutation
+
+    pp = planted_pair(work, threads, seed, noise)
+    spec, sd_a, sd_b, perm, model_bytes = pp["spec"], pp["sd_a"], pp["sd_b"], pp["perm"], pp["model_bytes"]
+    spec_s, spec_cpu_s = pp["spec_s"], pp["spec_cpu_s"]
+    build_meta = (pp["meta_model_build_s"], pp["meta_model_build_cpu_s"])
     with open("/proc/self/clear_refs", "w") as f:  # peak from here on: two models + the matcher
         f.write("5")
     before = rss()
@@ -236,6 +263,53 @@ def child_rebasin(work: Path, threads: int, seed: int, noise: float) -> dict:
         "peak_rss": peak, "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "rss_before_models": before["VmRSS"] - 2 * model_bytes, "rss_with_models": before["VmRSS"],
         "model_bytes": model_bytes, "params": model_bytes // 4,
+    }
+
+
+def child_activation(work: Path, threads: int, seed: int, noise: float, sequences: int, seq_len: int,
+                     batch: int, max_bytes: int | None, dtype: str) -> dict:
+    """Activation matching of the Re-Basin pair (:func:`planted_pair`) on
+    seeded random token ids: time, peak RSS (two models + the matcher; the
+    peak is reset after the models are loaded), exact recovery."""
+    import resource
+
+    import transformers as T
+
+    from weightspace.merge import activation_matching
+    from weightspace.symmetry import invert_permutation
+
+    pp = planted_pair(work, threads, seed, noise)
+    spec, perm, model_bytes = pp["spec"], pp["perm"], pp["model_bytes"]
+    models = []
+    for sd in (pp.pop("sd_a"), pp.pop("sd_b")):  # modules on the meta device take the tensors as they are
+        with torch.device("meta"):
+            m = T.GPT2LMHeadModel(gpt2_config(pp["n_layer"])).eval()
+        m.load_state_dict(sd, assign=True)
+        models.append(m)
+    del sd
+    vocab = models[0].config.vocab_size
+    x = torch.randint(0, vocab, (sequences, seq_len), generator=torch.Generator().manual_seed(seed + 3))
+    with open("/proc/self/clear_refs", "w") as f:  # peak from here on: two models + the matcher
+        f.write("5")
+    before = rss()
+    load = os.getloadavg()
+    t, c = time.perf_counter(), time.process_time()
+    res = activation_matching(models[0], models[1], x, spec, batch_size=batch, max_bytes=max_bytes,
+                              dtype=getattr(torch, dtype), seed=seed)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    peak = rss()["VmHWM"]
+    want = invert_permutation(spec, perm)
+    wrong = [k for k in want if not torch.equal(res.perm[k], want[k])]
+    return {
+        "spec_s": pp["spec_s"], "spec_cpu_s": pp["spec_cpu_s"], "groups": len(spec.groups), "wall_s": wall,
+        "cpu_s": cpu, "load_avg_before": load, "load_avg_after": os.getloadavg(), "tokens": sequences * seq_len,
+        "sequences": sequences, "seq_len": seq_len, "batch_sequences": batch, "data": "seeded random token ids",
+        "max_bytes": max_bytes, "dtype": dtype, "passes": res.info["passes"], "stats_bytes": res.info["stats_bytes"],
+        "fallback_groups": res.info["fallback_groups"], "objective": res.objective,
+        "planted_exact": not wrong, "groups_wrong": wrong[:10], "groups_checked": len(want),
+        "peak_rss": peak, "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_before_models": before["VmRSS"] - 2 * model_bytes, "rss_with_models": before["VmRSS"],
+        "model_bytes": model_bytes, "params": model_bytes // 4, "threads": threads,
     }
 
 
@@ -344,6 +418,14 @@ def main() -> None:
     ap.add_argument("--no-rebasin", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise", type=float, default=1e-3, help="noise of the Re-Basin pair (x tensor std)")
+    ap.add_argument("--activation", action="store_true",
+                    help="also run activation matching on the Re-Basin pair (seeded random token ids)")
+    ap.add_argument("--act-sequences", type=int, default=16, help="activation matching: token sequences")
+    ap.add_argument("--act-seq-len", type=int, default=128, help="activation matching: tokens per sequence")
+    ap.add_argument("--act-batch", type=int, default=4, help="activation matching: sequences per forward")
+    ap.add_argument("--act-max-bytes", type=int, default=None,
+                    help="activation matching: statistics per pass (default: the library's STATS_BYTES; 0: one pass)")
+    ap.add_argument("--act-dtype", default="float32", choices=["float32", "float64"])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "merge_llm.json")
     ap.add_argument("--compare-only", action="store_true",
                     help="recompute the output comparisons of an existing --out JSON from the workdir's outputs")
@@ -364,6 +446,12 @@ def main() -> None:
             res = build_dirs(args.workdir, args.n_layer, args.shard)
         elif kind == "ours":
             res = child_ours(args.workdir, args.child[1], Path(args.child[2]), args.threads)
+        elif kind == "activation":
+            from weightspace.merge.activations import STATS_BYTES
+
+            mb = STATS_BYTES if args.act_max_bytes is None else (args.act_max_bytes or None)
+            res = child_activation(args.workdir, args.threads, args.seed, args.noise, args.act_sequences,
+                                   args.act_seq_len, args.act_batch, mb, args.act_dtype)
         else:
             res = child_rebasin(args.workdir, args.threads, args.seed, args.noise)
         print(json.dumps(res))
@@ -378,12 +466,16 @@ def main() -> None:
         raise SystemExit(f"building the inputs failed: {built['error']}")
     build_s = time.perf_counter() - t
 
+    activation = None
+
     def save(rows: list, rebasin: dict | None) -> None:
         payload = {
             "torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "inputs": built, "build_s": build_s,
             "mergekit_python": args.mergekit_python, "merges": rows, "rebasin": rebasin,
         }
+        if activation is not None:
+            payload["activation"] = activation
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(payload, indent=2))
 
@@ -423,6 +515,13 @@ def main() -> None:
         print(json.dumps({k: v for k, v in row.items() if k not in ("ours_options", "mergekit_config")}), flush=True)
     rebasin = None if args.no_rebasin else run_child(me[1:] + ["--seed", str(args.seed), "--noise", str(args.noise),
                                                                "--child", "rebasin"])
+    if args.activation:
+        activation = run_child(me[1:] + ["--seed", str(args.seed), "--noise", str(args.noise),
+                                         "--act-sequences", str(args.act_sequences), "--act-seq-len",
+                                         str(args.act_seq_len), "--act-batch", str(args.act_batch),
+                                         "--act-dtype", args.act_dtype]
+                               + ([] if args.act_max_bytes is None else ["--act-max-bytes", str(args.act_max_bytes)])
+                               + ["--child", "activation"])
     gb = 2**30
     print(f"\n{'method':8s} {'ours s':>7s} {'cpu s':>6s} {'ours GB':>8s} | {'mergekit s':>10s} {'cpu s':>6s} "
           f"{'mk GB':>6s} | {'time x':>6s} {'cpu x':>6s} {'mem x':>6s} {'max |d|':>9s} {'|d|/scale':>9s} {'beyond':>7s}")
@@ -451,8 +550,24 @@ def main() -> None:
                   f"{rb['peak_rss'] / rb['model_bytes']:.2f}x one model "
                   f"({(rb['peak_rss'] - rb['rss_before_models']) / rb['model_bytes']:.2f}x above imports + spec)")
             print("  objective per sweep:", ", ".join(f"{v:.6g}" for v in rb["objective_per_sweep"]))
+    if activation is not None:
+        print_activation(activation)
     save(rows, rebasin)
     print(f"\nwrote {args.out}")
+
+
+def print_activation(ac: dict) -> None:
+    gb = 2**30
+    if "error" in ac:
+        print(f"\nactivation matching error: {ac['error']}")
+        return
+    print(f"\nactivation matching, {ac['params'] / 1e6:.0f}M params, {ac['groups']} groups, {ac['tokens']} tokens "
+          f"({ac['data']}; {ac['passes']} passes, statistics {ac['stats_bytes'] / 2**20:.0f} MiB per pass, "
+          f"{ac['dtype']}, {ac['threads']} threads): {ac['wall_s']:.1f} s, CPU {ac['cpu_s']:.1f} s, "
+          f"load {ac['load_avg_before'][0]:.1f}; planted exact: {ac['planted_exact']} "
+          f"(fallback groups {ac['fallback_groups']}); peak RSS {ac['peak_rss'] / gb:.2f} GB = "
+          f"{ac['peak_rss'] / ac['model_bytes']:.2f}x one model "
+          f"({(ac['peak_rss'] - ac['rss_before_models']) / ac['model_bytes']:.2f}x above imports + spec)")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,8 @@ def merge(
         typer.echo(f"model {i}    {m}")
     for name, ev in s.get("eval", {}).items():
         typer.echo(f"{name:10s} loss {ev['loss']:.4f}  accuracy {ev['accuracy']:.4f}")
+    if "eval_skipped" in s:
+        typer.echo(f"eval       skipped: {s['eval_skipped']}")
     if "barrier" in s:
         b = s["barrier"]
         typer.echo(

@@ -188,7 +188,7 @@ def _split_top(text: str, sep: str) -> list[str]:
 _SIMPLE_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 _SEQUENCE_TYPES = ("Sequence", "list", "tuple")
 # ranges and choices of option names the methods share
-_POSITIVE = {"batch_size", "max_samples", "max_sweeps", "max_rounds", "num_itermax", "steps", "num_lambdas"}
+_POSITIVE = {"batch_size", "max_samples", "max_bytes", "max_sweeps", "max_rounds", "num_itermax", "steps", "num_lambdas"}
 _NON_NEGATIVE = {"lr", "reg", "eps", "tol", "rtol", "lam"}
 _CHOICES = {
     "fallback": ("weights", "error"),
@@ -589,8 +589,12 @@ def load_data(data: Mapping, *, source: Path | None = None) -> tuple[tuple[torch
     return (x, y), evl
 
 
-def _check_data_fits(module: torch.nn.Module, fit: tuple, evl: tuple, data: Mapping, source: Path | None) -> None:
-    """The model runs on the data and has an output for every class label."""
+def _check_data_fits(module: torch.nn.Module, fit: tuple, evl: tuple, data: Mapping, source: Path | None) -> bool:
+    """The model runs on the data and has an output for every class label.
+    Returns whether its output is a tensor of class scores (a Hugging Face
+    model returns a ``ModelOutput``: token ids feed activation statistics,
+    but there is no classifier to evaluate)."""
+    scores = True
     if "path" in data:
         where = [(data["path"], "x", "y", fit), (data["path"], "x_test", "y_test", evl)]
     else:
@@ -606,11 +610,15 @@ def _check_data_fits(module: torch.nn.Module, fit: tuple, evl: tuple, data: Mapp
                 f"the model cannot run on samples of shape {tuple(x.shape[1:])} ({type(exc).__name__}: {first[:200]})",
                 path=path, field=xk,
             ) from None
+        if not isinstance(out, torch.Tensor):
+            scores = False
+            continue
         if out.dim() == 2 and int(y.max()) >= out.shape[1]:
             raise InputFileError(
                 f"class label {int(y.max())} is out of range for a model with {out.shape[1]} outputs",
                 path=path, field=yk,
             )
+    return scores
 
 
 # ------------------------------------------------------------------ running
@@ -779,10 +787,15 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
     base_sd = (_load_weights(cfg.base, of(cfg.base)[1], src, hf.get(cfg.base.key), of(cfg.base)[0])
                if method.needs_base else None)
     fit = evl = None
+    scores = True
     if cfg.data is not None:
         fit, evl = load_data(cfg.data, source=src)
         for mod in {id(b[0]): b[0] for b in built.values()}.values():
-            _check_data_fits(mod, fit, evl, cfg.data, src)
+            scores = _check_data_fits(mod, fit, evl, cfg.data, src) and scores
+    if not scores and cfg.barrier is not None:
+        raise MergeConfigError("the barrier evaluates a classifier's loss and accuracy; these models do not return "
+                               "class scores (e.g. a Hugging Face language model): drop 'barrier'",
+                               path=src, field="barrier")
     weights = [m.weight for m in cfg.models]
     summary: dict = {"method": cfg.method, "models": names, "arch": ref.arch, "arch_kwargs": ref.arch_kwargs}
     n = len(sds)
@@ -807,7 +820,9 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
     summary["repair"] = cfg.repair
 
     path = path_naive = None
-    if evl is not None:
+    if evl is not None and not scores:
+        summary["eval_skipped"] = "the models do not return class scores (the data only feeds activation statistics)"
+    elif evl is not None:
         summary["eval"] = {}
         if len(arch_keys) == 1:
             for i, sd in enumerate(sds):

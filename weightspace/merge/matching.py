@@ -33,6 +33,7 @@ from weightspace.core import permutation_spec
 from weightspace.errors import SpecError
 from weightspace.merge._common import (
     MergeError,
+    channel_axis,
     coordinates,
     check_finite_data,
     check_state_dicts,
@@ -43,7 +44,13 @@ from weightspace.merge._common import (
     resolve_spec,
     unit_rows,
 )
-from weightspace.merge.activations import block_moments, head_costs_from_blocks
+from weightspace.merge.activations import (
+    STATS_BYTES,
+    Slab,
+    head_costs_from_slabs,
+    matching_slabs,
+    slab_moments,
+)
 from weightspace.merge.assignment import (
     head_assignment,
     head_assignment_value,
@@ -308,6 +315,9 @@ def activation_matching(
     max_samples: int | None = None,
     fallback: str = "weights",
     seed: int = 0,
+    max_bytes: int | None = STATS_BYTES,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
 ) -> MatchResult:
     """Align ``b`` to ``a`` by activation correlation (Git Re-Basin, Sec. 3.1).
 
@@ -315,69 +325,138 @@ def activation_matching(
     all blocks the group spans (both sides of a residual add, ...), between
     the neurons of ``a`` and ``b`` on ``data``; one LAP per group (no
     coordinate descent: activations of ``b`` do not depend on how its other
-    layers are permuted). Heads: as in :func:`weight_matching`.
+    layers are permuted). Heads: as in :func:`weight_matching`, from the
+    correlations inside each head region.
+
+    Activations are the outputs of the module that creates each block
+    (``spec.blocks[b].producer``), taken by forward hooks; tokens and
+    positions count as samples. Statistics are streamed
+    (:func:`~weightspace.merge.activations.slab_moments`): only the diagonal
+    slab of each group and the head regions are accumulated, no activation
+    is stored beyond one batch, and beyond ``max_bytes`` of statistics the
+    data is run several times (each pass stops its forwards early).
 
     Args:
         model_a, model_b: modules of the same architecture (not modified;
             run in eval mode).
-        data: inputs ``(N, ...)``, ``(x, y)`` or an iterable of batches.
+        data: inputs ``(N, ...)`` (e.g. token ids ``(N, T)``), ``(x, y)`` or
+            an iterable of batches (re-iterable when several passes are
+            needed).
         spec: defaults to the spec traced from ``model_a`` on two samples.
+        batch_size: samples per forward (sequences for a language model).
+        max_samples: use at most that many samples.
         fallback: for groups whose blocks cannot be captured as a module
             output (e.g. ``nn.MultiheadAttention``'s packed in-projection):
             ``"weights"`` matches them by weight matching with the others
             fixed; ``"error"`` raises.
         seed: seed of that weight-matching fallback.
+        max_bytes: bound of the statistics held at once (bytes; ``None``:
+            one pass, everything at once).
+        dtype: of the statistics: float32 (shifted sums, see
+            ``activations._CrossCorr``) or float64.
+        progress: a tqdm bar over passes.
 
     Returns:
-        :class:`MatchResult` (``info["fallback_groups"]`` lists groups matched
-        by weights).
+        :class:`MatchResult` (``objective``: summed correlation of the matched
+        neurons; ``info["fallback_groups"]`` lists groups matched by weights,
+        ``info["passes"]``, ``info["samples"]`` per pass, ``info["stats_bytes"]``).
     """
+    if fallback not in ("weights", "error"):
+        raise MergeError(f"fallback must be 'weights' or 'error', got {fallback!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise MergeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+    if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0):
+        raise MergeError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
     sd_a, sd_b = model_a.state_dict(), model_b.state_dict()
     if spec is None:
-
         x0 = example_input
         if x0 is None:
             x0 = next(iter_batches(data, 2))[0][:2]
         spec = permutation_spec(model_a, x0)
     check_state_dicts([sd_a, sd_b], spec, min_models=2)
     free, heads = split_groups(spec)
-    blocks = {b for g in free for b, _ in g.targets} | {b for L in heads for b, _ in L.group.targets}
-    moments, missing = block_moments(
-        model_a, model_b, data, spec, sorted(blocks), batch_size=batch_size, max_samples=max_samples
-    )
-    corr = {b: m.corr() for b, m in moments.items()}
+    want = matching_slabs(spec)
+    slabs = _activation_slabs(model_a, spec, want)
     perm = identity_permutation(spec)
-    todo: list[str] = []
-    total = 0.0
-    for g in free:
-        if any(b not in corr for b, _ in g.targets):
-            todo.append(g.name)
-            continue
-        C = sum(corr[b][s : s + g.size, s : s + g.size] for b, s in g.targets)
-        cols, v = linear_assignment(C)
-        perm[g.name] = torch.as_tensor(cols, dtype=torch.long)
-        total += v
-    for L in heads:
-        H = L.group
-        if any(b not in corr for b, _ in H.targets):
-            todo.append(H.name)
-            continue
-        S, R = head_costs_from_blocks(L, L, corr)
-        sigma, pis, v = head_assignment(S, R)
-        set_head_assignment_(perm, L, sigma, pis)
-        total += v
-    info: dict = {"fallback_groups": todo, "uncaptured_blocks": [spec.blocks[b].producer for b in missing]}
+    solver = _ActivationSolver(free, heads, want, perm)
+    _, missing, stats = slab_moments(
+        model_a, model_b, data, slabs, batch_size=batch_size, max_samples=max_samples, max_bytes=max_bytes,
+        dtype=dtype, progress=progress, consume=solver.consume,
+    )
+    todo = [name for name in want if name not in solver.solved]
+    total = solver.total
+    info: dict = {"fallback_groups": todo, "uncaptured_blocks": sorted({slabs[k].module for k in missing}), **stats}
     if todo:
         if fallback == "error":
             raise MergeError(
                 f"activation matching cannot capture the outputs of {info['uncaptured_blocks']} "
                 f"(groups {todo}); use fallback='weights'"
             )
-        if fallback != "weights":
-            raise MergeError(f"fallback must be 'weights' or 'error', got {fallback!r}")
         wm = weight_matching(sd_a, sd_b, spec, seed=seed, init=perm, groups=todo, validate=False)
         perm = wm.perm
     return MatchResult(perm, spec, "activation", total, 1, True, info)
+
+
+class _ActivationSolver:
+    """Activation matching's coordinates, solved as soon as the statistics of
+    all their slabs are in (:func:`slab_moments` ``consume``): a group
+    outside heads sums its slabs' correlations into one float64 ``[n, n]``
+    cost as they arrive (the residual stream spans every layer); a head group
+    solves from its regions' correlations. Each pass's statistics are freed
+    after it, so at most one pass's are held."""
+
+    def __init__(self, free, heads, want, perm: Permutation) -> None:
+        self.free = {g.name: g for g in free}
+        self.heads = {L.group.name: L for L in heads}
+        self.group_of = {k: name for name, keys in want.items() for k in keys}
+        self.left = {name: set(keys) for name, keys in want.items()}
+        self.parts: dict[str, Any] = {}
+        self.perm = perm
+        self.solved: set[str] = set()
+        self.total = 0.0
+
+    def consume(self, acc: dict) -> None:
+        for k in list(acc):
+            name = self.group_of[k]
+            c = acc.pop(k).corr()
+            if name in self.free:
+                if name not in self.parts:
+                    self.parts[name] = c.double()
+                else:
+                    self.parts[name] += c
+            else:
+                self.parts.setdefault(name, {})[k] = c
+            del c
+            self.left[name].discard(k)
+            if not self.left[name]:
+                self._solve(name)
+
+    def _solve(self, name: str) -> None:
+        part = self.parts.pop(name)
+        if name in self.free:
+            cols, v = linear_assignment(part, overwrite=True)
+            self.perm[name] = torch.as_tensor(cols, dtype=torch.long)
+        else:
+            L = self.heads[name]
+            S, R = head_costs_from_slabs(L, part)
+            sigma, pis, v = head_assignment(S, R)
+            set_head_assignment_(self.perm, L, sigma, pis)
+        self.total += v
+        self.solved.add(name)
+
+
+def _activation_slabs(
+    model: nn.Module, spec: PermutationSpec, want: Mapping[str, Sequence[tuple[int, int, int]]]
+) -> dict[tuple[int, int, int], Slab]:
+    """The :class:`~weightspace.merge.activations.Slab` of every ``(block,
+    start, stop)`` activation matching reads (same ranges in ``a`` and ``b``)."""
+    mods = dict(model.named_modules())
+    out = {}
+    for keys in want.values():
+        for b, s, e in keys:
+            blk = spec.blocks[b]
+            out[(b, s, e)] = Slab(blk.producer, channel_axis(mods.get(blk.producer)), (s, e), (s, e), blk.size, blk.size)
+    return out
 
 
 # ---------------------------------------------------------------- STE matching

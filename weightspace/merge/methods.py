@@ -174,9 +174,10 @@ def _merge_many(m: MethodInputs) -> MethodOutput:
     return MethodOutput(res.state_dict, res.aligned, {"rounds": res.rounds})
 
 
-@merge_method("activation_matching", options=[(activation_matching, {"spec", "example_input"})], needs_data=True)
+@merge_method("activation_matching", options=[(activation_matching, {"spec", "example_input", "dtype", "progress"})],
+              needs_data=True)
 def _activation_matching(m: MethodInputs) -> MethodOutput:
-    opts = {"seed": m.seed, **m.options}
+    opts = {"seed": m.seed, "progress": m.progress, **m.options}
     mods = [instantiate(m.module, sd) for sd in m.sds]
     return _aligned_average(
         m,

@@ -19,12 +19,16 @@ built in a subprocess too.
   ``dare_ties``; density 0.3), ``slerp`` (ft1 -> ft2, t = 0.3).
 * Re-Basin: weight matching of ``base`` against a copy under a planted random
   permutation of every group of its spec plus noise (1e-3 of each tensor's
-  standard deviation); reports time, sweeps, the objective per sweep,
+  standard deviation), saved as its own sharded directory ``planted-*`` (by
+  a child of its own); reports time, sweeps, the objective per sweep,
   whether the planted permutation is recovered exactly, and peak RSS. The
-  spec is traced on the meta device first, then the peak is reset
-  (``/proc/self/clear_refs``), so the peak counts the two models and the
-  matcher; the RSS before loading the models (imports + spec) is reported
-  beside it.
+  spec is traced on a meta-device model. ``--rebasin-mode directory``
+  (default): out-of-core, ``weight_matching`` on the two directories, then
+  the permuted model written with ``MatchResult.apply_to_directory``; the
+  peak is the whole process's (``ru_maxrss`` = ``VmHWM``: imports, spec,
+  matching and writing), with the peak after the imports + spec and after
+  the matching reported beside it. ``memory``: both state dicts loaded
+  first (the in-memory path, for comparison; nothing written).
 * ``--mergekit-python PATH``: the same merges by mergekit (an interpreter
   with ``mergekit`` installed, e.g. ``/work/venvs/mergekit/bin/python``) on
   the same directories; outputs are compared tensor by tensor (max abs
@@ -180,62 +184,108 @@ def child_ours(work: Path, name: str, out: Path, threads: int) -> dict:
             "model_bytes": plan.model_bytes, "shards": len(plan.shards)}
 
 
-def child_rebasin(work: Path, threads: int, seed: int, noise: float) -> dict:
-    import resource
+#: the tied name of GPT-2 that its directories do not store
+TIED = {"lm_head.weight": "transformer.wte.weight"}
 
+
+def _meta_spec(n_layer: int):
+    """GPT-2's spec traced on a meta-device model (no weights allocated)."""
     import transformers as T
 
-    from weightspace.arch.ref import INDEX_FILE
     from weightspace.core import permutation_spec
-    from weightspace.io import read_json, read_safetensors
+
+    with torch.device("meta"):
+        meta = T.GPT2LMHeadModel(gpt2_config(n_layer)).eval()
+        return permutation_spec(meta, (torch.zeros(1, 8, dtype=torch.long),), tracer="auto")
+
+
+def planted_dir(work: Path, seed: int, noise: float) -> Path:
+    return work / f"planted-s{seed}-n{noise:g}"
+
+
+def build_planted(work: Path, seed: int, noise: float) -> dict:
+    """``base`` under the planted permutation (``random_permutation(seed + 1)``)
+    plus seeded noise, saved like ``base`` (reused when it exists)."""
+    import transformers as T
+
+    from weightspace.symmetry import apply_permutation, random_permutation
+
+    out = planted_dir(work, seed, noise)
+    built = json.loads((work / "built.json").read_text())
+    if (out / "config.json").is_file():
+        return {"planted": str(out)}
+    spec = _meta_spec(built["n_layer"])
+    model = T.GPT2LMHeadModel.from_pretrained(work / "base").eval()
+    sd = apply_permutation(model.state_dict(), spec, random_permutation(spec, seed=seed + 1))
+    g = torch.Generator().manual_seed(seed + 2)
+    for k, v in sd.items():
+        if v.is_floating_point() and k != "lm_head.weight":
+            v.add_(noise * v.std() * torch.randn(v.shape, generator=g))
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    model.load_state_dict(sd)
+    model.save_pretrained(out, max_shard_size=built["shard"])
+    return {"planted": str(out)}
+
+
+def child_rebasin(work: Path, threads: int, seed: int, noise: float, mode: str = "directory") -> dict:
+    import resource
+    import shutil
+
     from weightspace.merge import weight_matching
-    from weightspace.symmetry import apply_permutation, invert_permutation, random_permutation
+    from weightspace.symmetry import invert_permutation, random_permutation
+
+    def maxrss() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     torch.set_num_threads(threads)
     n_layer = json.loads((work / "built.json").read_text())["n_layer"]
+    rss_start = maxrss()
     t, c = time.perf_counter(), time.process_time()
-    with torch.device("meta"):
-        meta = T.GPT2LMHeadModel(gpt2_config(n_layer)).eval()
-        build_meta = (time.perf_counter() - t, time.process_time() - c)
-        spec = permutation_spec(meta, (torch.zeros(1, 8, dtype=torch.long),), tracer="auto")
+    spec = _meta_spec(n_layer)
     spec_s, spec_cpu_s = time.perf_counter() - t, time.process_time() - c
-    del meta
-    sd_a: dict = {}
-    for f in sorted(set(read_json(work / "base" / INDEX_FILE)["weight_map"].values())):
-        sd_a.update(read_safetensors(work / "base" / f))
-    for k in spec.param_shapes:  # the tied LM head is not in the files: share the embedding
-        if k not in sd_a and k == "lm_head.weight":
-            sd_a[k] = sd_a["transformer.wte.weight"]
-    perm = random_permutation(spec, seed=seed + 1)
-    sd_b = apply_permutation(sd_a, spec, perm)
-    g = torch.Generator().manual_seed(seed + 2)
-    for k, v in sd_b.items():
-        if v.is_floating_point() and k != "lm_head.weight":
-            v.add_(noise * v.std() * torch.randn(v.shape, generator=g))
-    if "lm_head.weight" in sd_b:
-        sd_b["lm_head.weight"] = sd_b["transformer.wte.weight"]
-    model_bytes = sum(v.numel() * v.element_size() for k, v in sd_a.items() if k != "lm_head.weight")
-    with open("/proc/self/clear_refs", "w") as f:  # peak from here on: two models + the matcher
-        f.write("5")
-    before = rss()
+    a_dir, b_dir = work / "base", planted_dir(work, seed, noise)
+    rss_spec = maxrss()
+    model_bytes = sum(f.stat().st_size for f in a_dir.glob("*.safetensors"))  # headers included (a few kB)
+    out: dict = {}
+    load_avg = os.getloadavg()
     t, c = time.perf_counter(), time.process_time()
-    res = weight_matching(sd_a, sd_b, spec, seed=seed)
+    if mode == "memory":
+        from weightspace.io import load_state_dict
+
+        sds = []
+        for d in (a_dir, b_dir):
+            sd: dict = {}
+            for f in sorted(d.glob("*.safetensors")):
+                sd.update(load_state_dict(str(f)))
+            sd["lm_head.weight"] = sd["transformer.wte.weight"]
+            sds.append(sd)
+        out["load_s"] = time.perf_counter() - t
+        res = weight_matching(sds[0], sds[1], spec, seed=seed)
+    else:
+        res = weight_matching(a_dir, b_dir, spec, seed=seed, tied=TIED)
     wall, cpu = time.perf_counter() - t, time.process_time() - c
-    peak = rss()["VmHWM"]
-    want = invert_permutation(spec, perm)
+    rss_match = maxrss()
+    if mode == "directory":
+        dest = work / "out_rebasin"
+        t, c = time.perf_counter(), time.process_time()
+        res.apply_to_directory(b_dir, dest)
+        out.update(write_s=time.perf_counter() - t, write_cpu_s=time.process_time() - c,
+                   written_bytes=sum(f.stat().st_size for f in dest.glob("*.safetensors")))
+        shutil.rmtree(dest)
+    want = invert_permutation(spec, random_permutation(spec, seed=seed + 1))
     wrong = [k for k in want if not torch.equal(res.perm[k], want[k])]
     return {
-        "spec_s": spec_s, "spec_cpu_s": spec_cpu_s, "meta_model_build_s": build_meta[0],
-        "meta_model_build_cpu_s": build_meta[1], "groups": len(spec.groups), "wall_s": wall, "cpu_s": cpu,
-        "objective_per_sweep_kind": res.info.get("objective_per_sweep"), "load_avg_before": os.getloadavg(), "sweeps": res.sweeps, "stop": res.info["stop"],
+        "mode": mode, "spec_s": spec_s, "spec_cpu_s": spec_cpu_s, "groups": len(spec.groups), "wall_s": wall,
+        "cpu_s": cpu, "objective_per_sweep_kind": res.info.get("objective_per_sweep"), "load_avg_before": load_avg,
+        "sweeps": res.sweeps, "stop": res.info["stop"],
         "objective": res.objective, "initial_objective": res.info["initial_objective"],
         "objective_per_sweep": [h["objective"] for h in res.info["history"]],
         "build_s": res.info["timing"]["build_s"], "lap_s": res.info["timing"]["lap_s"],
         "steps": res.info["timing"]["steps"], "cache_peak_bytes": res.info["cache_peak_bytes"],
         "planted_exact": not wrong, "groups_wrong": wrong[:10],
-        "peak_rss": peak, "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "rss_before_models": before["VmRSS"] - 2 * model_bytes, "rss_with_models": before["VmRSS"],
-        "model_bytes": model_bytes, "params": model_bytes // 4,
+        "peak_rss": rss()["VmHWM"], "ru_maxrss": maxrss(), "ru_maxrss_start": rss_start,
+        "ru_maxrss_after_spec": rss_spec, "ru_maxrss_after_match": rss_match,
+        "model_bytes": model_bytes, "params": model_bytes // 4, **out,
     }
 
 
@@ -344,6 +394,8 @@ def main() -> None:
     ap.add_argument("--no-rebasin", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise", type=float, default=1e-3, help="noise of the Re-Basin pair (x tensor std)")
+    ap.add_argument("--rebasin-mode", choices=("directory", "memory"), default="directory",
+                    help="Re-Basin out-of-core on the directories (default) or on state dicts loaded first")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "merge_llm.json")
     ap.add_argument("--compare-only", action="store_true",
                     help="recompute the output comparisons of an existing --out JSON from the workdir's outputs")
@@ -364,8 +416,10 @@ def main() -> None:
             res = build_dirs(args.workdir, args.n_layer, args.shard)
         elif kind == "ours":
             res = child_ours(args.workdir, args.child[1], Path(args.child[2]), args.threads)
+        elif kind == "planted":
+            res = build_planted(args.workdir, args.seed, args.noise)
         else:
-            res = child_rebasin(args.workdir, args.threads, args.seed, args.noise)
+            res = child_rebasin(args.workdir, args.threads, args.seed, args.noise, args.rebasin_mode)
         print(json.dumps(res))
         return
 
@@ -421,8 +475,13 @@ def main() -> None:
         rows.append(row)
         save(rows, None)
         print(json.dumps({k: v for k, v in row.items() if k not in ("ours_options", "mergekit_config")}), flush=True)
-    rebasin = None if args.no_rebasin else run_child(me[1:] + ["--seed", str(args.seed), "--noise", str(args.noise),
-                                                               "--child", "rebasin"])
+    rebasin = None
+    if not args.no_rebasin:
+        rb = ["--seed", str(args.seed), "--noise", str(args.noise)]
+        planted = run_child(me[1:] + rb + ["--child", "planted"])
+        if "error" in planted:
+            raise SystemExit(f"building the planted Re-Basin model failed: {planted['error']}")
+        rebasin = run_child(me[1:] + rb + ["--rebasin-mode", args.rebasin_mode, "--child", "rebasin"])
     gb = 2**30
     print(f"\n{'method':8s} {'ours s':>7s} {'cpu s':>6s} {'ours GB':>8s} | {'mergekit s':>10s} {'cpu s':>6s} "
           f"{'mk GB':>6s} | {'time x':>6s} {'cpu x':>6s} {'mem x':>6s} {'max |d|':>9s} {'|d|/scale':>9s} {'beyond':>7s}")
@@ -443,13 +502,14 @@ def main() -> None:
             print(f"\nRe-Basin error: {rebasin['error']}")
         else:
             rb = rebasin
-            print(f"\nRe-Basin weight matching, {rb['params'] / 1e6:.0f}M params, {rb['groups']} groups: "
-                  f"{rb['wall_s']:.1f} s, CPU {rb['cpu_s']:.1f} s ({rb['sweeps']} sweeps, stop: {rb['stop']}; "
-                  f"spec {rb['spec_s']:.1f} s, CPU {rb['spec_cpu_s']:.1f} s of which the meta model "
-                  f"{rb['meta_model_build_cpu_s']:.1f} s), "
-                  f"planted exact: {rb['planted_exact']}, peak RSS {rb['peak_rss'] / gb:.2f} GB = "
-                  f"{rb['peak_rss'] / rb['model_bytes']:.2f}x one model "
-                  f"({(rb['peak_rss'] - rb['rss_before_models']) / rb['model_bytes']:.2f}x above imports + spec)")
+            mb = rb["model_bytes"]
+            print(f"\nRe-Basin weight matching ({rb['mode']}), {rb['params'] / 1e6:.0f}M params, {rb['groups']} "
+                  f"groups: {rb['wall_s']:.1f} s, CPU {rb['cpu_s']:.1f} s ({rb['sweeps']} sweeps, stop: {rb['stop']}; "
+                  f"spec {rb['spec_s']:.1f} s, CPU {rb['spec_cpu_s']:.1f} s), planted exact: {rb['planted_exact']}; "
+                  f"peak RSS of the process {rb['ru_maxrss'] / gb:.2f} GiB = {rb['ru_maxrss'] / mb:.2f}x one model "
+                  f"(after imports + spec {rb['ru_maxrss_after_spec'] / mb:.2f}x, after matching "
+                  f"{rb['ru_maxrss_after_match'] / mb:.2f}x)"
+                  + (f"; writing the permuted model {rb['write_s']:.1f} s" if "write_s" in rb else ""))
             print("  objective per sweep:", ", ".join(f"{v:.6g}" for v in rb["objective_per_sweep"]))
     save(rows, rebasin)
     print(f"\nwrote {args.out}")

@@ -133,32 +133,35 @@ _CHILD = textwrap.dedent(r"""
     spec = spec_of(d + "/a")
     # the baseline is the resident set now (not the high-water mark, which the tracing may have set higher)
     base = [int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith("VmRSS")][0]
+    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if mode == "memory":
         sa, sb = (T.GPT2LMHeadModel.from_pretrained(d + x).state_dict() for x in ("/a", "/b"))
         res = weight_matching(sa, sb, spec, seed=0, cache=False)
+        print(json.dumps({"base": base, "match": peak()}))
     else:
         res = weight_matching(d + "/a", d + "/b", spec, seed=0, tied=tied, cache=False)
+        match = peak()
         res.apply_to_directory(d + "/b", d + "/out")
-    print(json.dumps({"base": base, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+        print(json.dumps({"base": base, "match": match, "write": peak()}))
 """)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_out_of_core_peak_rss_below_target(pair, tmp_path):
-    """A ~50 MB GPT-2 (wide vocabulary, like GPT-2's, so the embedding is the
-    largest tensor) matched from its directories in a fresh process, after a
-    warm-up run on the tiny pair. Its peak RSS (``ru_maxrss``) above the
-    resident set before the matching stays
-    below 3x one model (the issue's target) and below the 2x of the two
-    models resident -- which the in-memory path, measured the same way on the
-    same pair, reaches. No product cache in either (its 128 MiB default is
-    more than this model)."""
-    kw = dict(vocab_size=32768, n_embd=256, n_layer=4, n_head=4)
+    """A ~34 MB GPT-2 (the embedding a quarter of it, as in GPT-2 small)
+    matched from its directories in a fresh process, after a warm-up run on
+    the tiny pair, then the permuted model written. Peak RSS
+    (``ru_maxrss``) above the resident set before the matching: the whole
+    run stays below 3x one model (the issue's target), the matching below
+    the 2x of the two models resident -- which the in-memory path, measured
+    the same way on the same pair, reaches. No product cache in either (its
+    128 MiB default is more than this model)."""
+    kw = dict(vocab_size=8192, n_embd=256, n_layer=8, n_head=4)
     a, b = _model(1, **kw), _model(2, **kw)
     model_bytes = sum(v.numel() * v.element_size() for k, v in a.state_dict().items() if k != "lm_head.weight")
-    a.save_pretrained(tmp_path / "a", max_shard_size="20MB")
-    b.save_pretrained(tmp_path / "b", max_shard_size="20MB")
+    a.save_pretrained(tmp_path / "a", max_shard_size="10MB")
+    b.save_pretrained(tmp_path / "b", max_shard_size="10MB")
     del a, b
     d = pair[0]
     for x in ("a", "b"):
@@ -170,7 +173,7 @@ def test_out_of_core_peak_rss_below_target(pair, tmp_path):
                               env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
         out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-    grow = {m: (r["peak"] - r["base"]) / model_bytes for m, r in out.items()}
-    assert grow["memory"] >= 2, grow  # the measurement sees two resident models
-    assert grow["directory"] < 3, grow
-    assert grow["directory"] < 2, grow
+    grow = {f"{m} {k}": (r[k] - r["base"]) / model_bytes for m, r in out.items() for k in r if k != "base"}
+    assert grow["memory match"] >= 2, grow  # the measurement sees two resident models
+    assert grow["directory write"] < 3, grow
+    assert grow["directory match"] < 2, grow

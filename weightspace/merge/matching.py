@@ -787,8 +787,16 @@ class _WeightCosts:
         idx = self._other_indices(p, ax, maps)
         key = (p, ax, st, n, u)
         hit = self.cache.get(("prod", key))
-        if hit is not None and all(torch.equal(x, y) for (_, x), (_, y) in zip(hit[0], idx)):
-            return hit[1]
+        if hit is not None:
+            moved = [i for i, ((_, x), (_, y)) in enumerate(zip(hit[0], idx)) if not torch.equal(x, y)]
+            if not moved:
+                return hit[1]
+            if len(moved) == 1:
+                axis, new = idx[moved[0]]
+                old = hit[0][moved[0]][1]
+                changed = (old != new).nonzero().flatten()
+                if 2 * changed.numel() < new.numel():  # a low-rank update is cheaper than the product
+                    return self._update(p, ax, st, n, u, key, hit[1], idx, axis, old, changed)
         a = self.cache.get(("rows", key))
         if a is None:
             A = self.a(p)
@@ -802,6 +810,26 @@ class _WeightCosts:
             bt = bt.index_select(axis, ix)
         prod = a @ unit_rows(bt, ax, st, n, u).T
         self.cache.put(("prod", key), (idx, prod), prod.numel() * prod.element_size(), a.shape[1] / prod.element_size())
+        return prod
+
+    def _update(self, p, ax, st, n, u, key, prod, idx, axis, old, changed) -> torch.Tensor:
+        """The cached product ``prod`` after the gather index of one other
+        ``axis`` changed from ``old`` to ``idx``'s at positions ``changed``:
+        only those terms of the contraction differ, so
+        ``rows(A_K) @ rows(B[new_K] - B[old_K])^T`` is added to it in place
+        (float rounding aside, the product itself; cost ``len(changed)`` of
+        the axis' length)."""
+        A, bt = self.a(p), self.b(p)
+        new = None
+        for ax2, ix in idx:  # the other axes as they are gathered now
+            if ax2 != axis:
+                bt = bt.index_select(ax2, ix)
+            else:
+                new = ix
+        diff = bt.index_select(axis, new[changed]) - bt.index_select(axis, old[changed])
+        prod.addmm_(unit_rows(A.index_select(axis, changed), ax, st, n, u), unit_rows(diff, ax, st, n, u).T)
+        worth = u * A.numel() // A.shape[ax] / prod.element_size()  # as for the whole product
+        self.cache.put(("prod", key), (idx, prod), prod.numel() * prod.element_size(), worth)
         return prod
 
     def neuron(self, g: PermGroup, maps) -> torch.Tensor:

@@ -153,10 +153,12 @@ def test_out_of_core_peak_rss_below_target(pair, tmp_path):
     matched from its directories in a fresh process, after a warm-up run on
     the tiny pair, then the permuted model written. Peak RSS
     (``ru_maxrss``) above the resident set before the matching: the whole
-    run stays below 3x one model (the issue's target), the matching below
-    the 2x of the two models resident -- which the in-memory path, measured
-    the same way on the same pair, reaches. No product cache in either (its
-    128 MiB default is more than this model)."""
+    run stays below 3x one model (the issue's target), and the matching
+    takes at least one model less than the in-memory path measured the same
+    way on the same pair (which holds both models: >= 2x). Not a bound on
+    the matching alone: the LAP's [n, n] float64 work arrays (n = 1024 here)
+    do not shrink with the model. No product cache in either (its 128 MiB
+    default is more than this model)."""
     kw = dict(vocab_size=8192, n_embd=256, n_layer=8, n_head=4)
     a, b = _model(1, **kw), _model(2, **kw)
     model_bytes = sum(v.numel() * v.element_size() for k, v in a.state_dict().items() if k != "lm_head.weight")
@@ -176,4 +178,4 @@ def test_out_of_core_peak_rss_below_target(pair, tmp_path):
     grow = {f"{m} {k}": (r[k] - r["base"]) / model_bytes for m, r in out.items() for k in r if k != "base"}
     assert grow["memory match"] >= 2, grow  # the measurement sees two resident models
     assert grow["directory write"] < 3, grow
-    assert grow["directory match"] < 2, grow
+    assert grow["directory match"] < grow["memory match"] - 1, grow  # at least one model less resident

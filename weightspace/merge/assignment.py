@@ -65,7 +65,10 @@ def linear_assignment(
     if np.unique(best).size == n:
         return best, float(c[np.arange(n), best].sum())
     if potentials is not None:
-        rows, cols = linear_sum_assignment(np.subtract(np.negative(c), potentials[None, :]))
+        shifted = np.negative(c)  # one [n, n] array besides c
+        shifted -= potentials[None, :]
+        rows, cols = linear_sum_assignment(shifted)
+        del shifted
         return cols, float(c[rows, cols].sum())
     if overwrite or src.dtype != torch.float64 or not src.is_contiguous():  # c is ours: negate it in place
         neg = np.negative(c, out=c)
@@ -102,9 +105,10 @@ class WarmAssignment:
         c = cost.detach().to(torch.float64).numpy()
         n = c.shape[0]
         slack = np.subtract(c[np.arange(n), cols][:, None], c)  # w_ij - w_i,sigma(i), the minimisation's
+        buf = np.empty_like(slack)  # two [n, n] arrays at most (GPT-2's MLP: 3072 x 3072)
         v = np.zeros(n) if self.potentials is None else self.potentials
         for _ in range(self.rounds):
-            nv = np.minimum(v, (slack + v[cols][:, None]).min(0))
+            nv = np.minimum(v, np.add(slack, v[cols][:, None], out=buf).min(0))
             if np.array_equal(nv, v):
                 break
             v = nv

@@ -19,15 +19,19 @@ built in a subprocess too.
   ``dare_ties``; density 0.3), ``slerp`` (ft1 -> ft2, t = 0.3).
 * Re-Basin: weight matching of ``base`` against a copy under a planted random
   permutation of every group of its spec plus noise (1e-3 of each tensor's
-  standard deviation); reports time, sweeps, the objective per sweep,
+  standard deviation), saved as its own sharded directory ``planted-*`` (by
+  a child of its own); reports time, sweeps, the objective per sweep,
   whether the planted permutation is recovered exactly, and peak RSS. The
-  spec is traced on the meta device first, then the peak is reset
-  (``/proc/self/clear_refs``), so the peak counts the two models and the
-  matcher; the RSS before loading the models (imports + spec) is reported
-  beside it.
+  spec is traced on a meta-device model. ``--rebasin-mode directory``
+  (default): out-of-core, ``weight_matching`` on the two directories, then
+  the permuted model written with ``MatchResult.apply_to_directory``; the
+  peak is the whole process's (``ru_maxrss`` = ``VmHWM``: imports, spec,
+  matching and writing), with the peak after the imports + spec and after
+  the matching reported beside it. ``memory``: both state dicts loaded
+  first (the in-memory path, for comparison; nothing written).
 * ``--activation``: activation matching (``weightspace.merge.activation_matching``)
-  of the same planted pair (:func:`planted_pair`, shared with the Re-Basin
-  part) on seeded random token ids (``--act-sequences`` x ``--act-seq-len``;
+  of the same planted pair (the planted directory of the Re-Basin part, loaded
+  by :func:`planted_pair`) on seeded random token ids (``--act-sequences`` x ``--act-seq-len``;
   random ids suffice to tell a planted permutation: a neuron of ``b`` is a
   noisy copy of one of ``a``'s on any input). The two models are resident
   (meta-device modules given the tensors); statistics are streamed
@@ -190,80 +194,132 @@ def child_ours(work: Path, name: str, out: Path, threads: int) -> dict:
             "model_bytes": plan.model_bytes, "shards": len(plan.shards)}
 
 
-def planted_pair(work: Path, threads: int, seed: int, noise: float) -> dict:
-    """The Re-Basin pair: ``base`` (read from ``work``) and a copy under a
-    planted random permutation of every group of its spec plus noise (``noise``
-    of each tensor's std). The spec is traced on the meta device. Returns
-    ``spec``, ``sd_a``, ``sd_b``, ``perm`` (the planted one), ``model_bytes``,
-    ``n_layer`` and the spec timings."""
+#: the tied name of GPT-2 that its directories do not store
+TIED = {"lm_head.weight": "transformer.wte.weight"}
+
+
+def _meta_spec(n_layer: int):
+    """GPT-2's spec traced on a meta-device model (no weights allocated)."""
     import transformers as T
 
-    from weightspace.arch.ref import INDEX_FILE
     from weightspace.core import permutation_spec
-    from weightspace.io import read_json, read_safetensors
+
+    with torch.device("meta"):
+        meta = T.GPT2LMHeadModel(gpt2_config(n_layer)).eval()
+        return permutation_spec(meta, (torch.zeros(1, 8, dtype=torch.long),), tracer="auto")
+
+
+def planted_dir(work: Path, seed: int, noise: float) -> Path:
+    return work / f"planted-s{seed}-n{noise:g}"
+
+
+def build_planted(work: Path, seed: int, noise: float) -> dict:
+    """``base`` under the planted permutation (``random_permutation(seed + 1)``)
+    plus seeded noise, saved like ``base`` (reused when it exists)."""
+    import transformers as T
+
     from weightspace.symmetry import apply_permutation, random_permutation
+
+    out = planted_dir(work, seed, noise)
+    built = json.loads((work / "built.json").read_text())
+    if (out / "config.json").is_file():
+        return {"planted": str(out)}
+    spec = _meta_spec(built["n_layer"])
+    model = T.GPT2LMHeadModel.from_pretrained(work / "base").eval()
+    sd = apply_permutation(model.state_dict(), spec, random_permutation(spec, seed=seed + 1))
+    g = torch.Generator().manual_seed(seed + 2)
+    for k, v in sd.items():
+        if v.is_floating_point() and k != "lm_head.weight":
+            v.add_(noise * v.std() * torch.randn(v.shape, generator=g))
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    model.load_state_dict(sd)
+    model.save_pretrained(out, max_shard_size=built["shard"])
+    return {"planted": str(out)}
+
+
+def child_rebasin(work: Path, threads: int, seed: int, noise: float, mode: str = "directory") -> dict:
+    import resource
+    import shutil
+
+    from weightspace.merge import weight_matching
+    from weightspace.symmetry import invert_permutation, random_permutation
+
+    def maxrss() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
     torch.set_num_threads(threads)
     n_layer = json.loads((work / "built.json").read_text())["n_layer"]
+    rss_start = maxrss()
     t, c = time.perf_counter(), time.process_time()
-    with torch.device("meta"):
-        meta = T.GPT2LMHeadModel(gpt2_config(n_layer)).eval()
-        build_meta = (time.perf_counter() - t, time.process_time() - c)
-        spec = permutation_spec(meta, (torch.zeros(1, 8, dtype=torch.long),), tracer="auto")
+    spec = _meta_spec(n_layer)
     spec_s, spec_cpu_s = time.perf_counter() - t, time.process_time() - c
-    del meta
-    sd_a: dict = {}
-    for f in sorted(set(read_json(work / "base" / INDEX_FILE)["weight_map"].values())):
-        sd_a.update(read_safetensors(work / "base" / f))
-    for k in spec.param_shapes:  # the tied LM head is not in the files: share the embedding
-        if k not in sd_a and k == "lm_head.weight":
-            sd_a[k] = sd_a["transformer.wte.weight"]
-    perm = random_permutation(spec, seed=seed + 1)
-    sd_b = apply_permutation(sd_a, spec, perm)
-    g = torch.Generator().manual_seed(seed + 2)
-    for k, v in sd_b.items():
-        if v.is_floating_point() and k != "lm_head.weight":
-            v.add_(noise * v.std() * torch.randn(v.shape, generator=g))
-    if "lm_head.weight" in sd_b:
-        sd_b["lm_head.weight"] = sd_b["transformer.wte.weight"]
-    model_bytes = sum(v.numel() * v.element_size() for k, v in sd_a.items() if k != "lm_head.weight")
-    return {"spec": spec, "sd_a": sd_a, "sd_b": sd_b, "perm": perm, "model_bytes": model_bytes, "n_layer": n_layer,
-            "spec_s": spec_s, "spec_cpu_s": spec_cpu_s, "meta_model_build_s": build_meta[0],
-            "meta_model_build_cpu_s": build_meta[1]}
-
-
-def child_rebasin(work: Path, threads: int, seed: int, noise: float) -> dict:
-    import resource
-
-    from weightspace.merge import weight_matching
-    from weightspace.symmetry import invert_permutation
-
-    pp = planted_pair(work, threads, seed, noise)
-    spec, sd_a, sd_b, perm, model_bytes = pp["spec"], pp["sd_a"], pp["sd_b"], pp["perm"], pp["model_bytes"]
-    spec_s, spec_cpu_s = pp["spec_s"], pp["spec_cpu_s"]
-    build_meta = (pp["meta_model_build_s"], pp["meta_model_build_cpu_s"])
-    with open("/proc/self/clear_refs", "w") as f:  # peak from here on: two models + the matcher
-        f.write("5")
-    before = rss()
+    a_dir, b_dir = work / "base", planted_dir(work, seed, noise)
+    rss_spec = maxrss()
+    model_bytes = sum(f.stat().st_size for f in a_dir.glob("*.safetensors"))  # headers included (a few kB)
+    out: dict = {}
+    load_avg = os.getloadavg()
     t, c = time.perf_counter(), time.process_time()
-    res = weight_matching(sd_a, sd_b, spec, seed=seed)
+    if mode == "memory":
+        sds = [_load_dir(d) for d in (a_dir, b_dir)]
+        out["load_s"] = time.perf_counter() - t
+        res = weight_matching(sds[0], sds[1], spec, seed=seed)
+    else:
+        res = weight_matching(a_dir, b_dir, spec, seed=seed, tied=TIED)
     wall, cpu = time.perf_counter() - t, time.process_time() - c
-    peak = rss()["VmHWM"]
-    want = invert_permutation(spec, perm)
+    rss_match = maxrss()
+    if mode == "directory":
+        dest = work / "out_rebasin"
+        t, c = time.perf_counter(), time.process_time()
+        res.apply_to_directory(b_dir, dest)
+        out.update(write_s=time.perf_counter() - t, write_cpu_s=time.process_time() - c,
+                   written_bytes=sum(f.stat().st_size for f in dest.glob("*.safetensors")))
+        shutil.rmtree(dest)
+    want = invert_permutation(spec, random_permutation(spec, seed=seed + 1))
     wrong = [k for k in want if not torch.equal(res.perm[k], want[k])]
     return {
-        "spec_s": spec_s, "spec_cpu_s": spec_cpu_s, "meta_model_build_s": build_meta[0],
-        "meta_model_build_cpu_s": build_meta[1], "groups": len(spec.groups), "wall_s": wall, "cpu_s": cpu,
-        "objective_per_sweep_kind": res.info.get("objective_per_sweep"), "load_avg_before": os.getloadavg(), "sweeps": res.sweeps, "stop": res.info["stop"],
+        "mode": mode, "spec_s": spec_s, "spec_cpu_s": spec_cpu_s, "groups": len(spec.groups), "wall_s": wall,
+        "cpu_s": cpu, "objective_per_sweep_kind": res.info.get("objective_per_sweep"), "load_avg_before": load_avg,
+        "sweeps": res.sweeps, "stop": res.info["stop"],
         "objective": res.objective, "initial_objective": res.info["initial_objective"],
         "objective_per_sweep": [h["objective"] for h in res.info["history"]],
         "build_s": res.info["timing"]["build_s"], "lap_s": res.info["timing"]["lap_s"],
         "steps": res.info["timing"]["steps"], "cache_peak_bytes": res.info["cache_peak_bytes"],
         "planted_exact": not wrong, "groups_wrong": wrong[:10],
-        "peak_rss": peak, "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "rss_before_models": before["VmRSS"] - 2 * model_bytes, "rss_with_models": before["VmRSS"],
-        "model_bytes": model_bytes, "params": model_bytes // 4,
+        "peak_rss": rss()["VmHWM"], "ru_maxrss": maxrss(), "ru_maxrss_start": rss_start,
+        "ru_maxrss_after_spec": rss_spec, "ru_maxrss_after_match": rss_match,
+        "model_bytes": model_bytes, "params": model_bytes // 4, **out,
     }
+
+
+def _load_dir(d: Path) -> dict:
+    """A GPT-2 directory's state dict, the tied LM head sharing the embedding."""
+    from weightspace.io import load_state_dict
+
+    sd: dict = {}
+    for f in sorted(d.glob("*.safetensors")):
+        sd.update(load_state_dict(str(f)))
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    return sd
+
+
+def planted_pair(work: Path, threads: int, seed: int, noise: float) -> dict:
+    """The Re-Basin pair in memory: ``base`` and its planted copy
+    (:func:`build_planted`, built first when missing). Returns ``spec``
+    (traced on the meta device), ``sd_a``, ``sd_b``, ``perm`` (the planted
+    permutation), ``model_bytes``, ``n_layer`` and the spec timings."""
+    from weightspace.symmetry import random_permutation
+
+    torch.set_num_threads(threads)
+    build_planted(work, seed, noise)
+    n_layer = json.loads((work / "built.json").read_text())["n_layer"]
+    t, c = time.perf_counter(), time.process_time()
+    spec = _meta_spec(n_layer)
+    spec_s, spec_cpu_s = time.perf_counter() - t, time.process_time() - c
+    a_dir = work / "base"
+    return {"spec": spec, "sd_a": _load_dir(a_dir), "sd_b": _load_dir(planted_dir(work, seed, noise)),
+            "perm": random_permutation(spec, seed=seed + 1), "n_layer": n_layer, "spec_s": spec_s,
+            "spec_cpu_s": spec_cpu_s,
+            "model_bytes": sum(f.stat().st_size for f in a_dir.glob("*.safetensors"))}
 
 
 def child_activation(work: Path, threads: int, seed: int, noise: float, sequences: int, seq_len: int,
@@ -418,6 +474,9 @@ def main() -> None:
     ap.add_argument("--no-rebasin", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise", type=float, default=1e-3, help="noise of the Re-Basin pair (x tensor std)")
+    ap.add_argument("--rebasin-mode", choices=("directory", "memory"), default="directory",
+                    help="Re-Basin out-of-core on the directories (default) or on state dicts loaded first")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "merge_llm.json")
     ap.add_argument("--activation", action="store_true",
                     help="also run activation matching on the Re-Basin pair (seeded random token ids)")
     ap.add_argument("--act-sequences", type=int, default=16, help="activation matching: token sequences")
@@ -426,7 +485,6 @@ def main() -> None:
     ap.add_argument("--act-max-bytes", type=int, default=None,
                     help="activation matching: statistics per pass (default: the library's STATS_BYTES; 0: one pass)")
     ap.add_argument("--act-dtype", default="float32", choices=["float32", "float64"])
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "merge_llm.json")
     ap.add_argument("--compare-only", action="store_true",
                     help="recompute the output comparisons of an existing --out JSON from the workdir's outputs")
     ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
@@ -446,6 +504,8 @@ def main() -> None:
             res = build_dirs(args.workdir, args.n_layer, args.shard)
         elif kind == "ours":
             res = child_ours(args.workdir, args.child[1], Path(args.child[2]), args.threads)
+        elif kind == "planted":
+            res = build_planted(args.workdir, args.seed, args.noise)
         elif kind == "activation":
             from weightspace.merge.activations import STATS_BYTES
 
@@ -453,7 +513,7 @@ def main() -> None:
             res = child_activation(args.workdir, args.threads, args.seed, args.noise, args.act_sequences,
                                    args.act_seq_len, args.act_batch, mb, args.act_dtype)
         else:
-            res = child_rebasin(args.workdir, args.threads, args.seed, args.noise)
+            res = child_rebasin(args.workdir, args.threads, args.seed, args.noise, args.rebasin_mode)
         print(json.dumps(res))
         return
 
@@ -466,9 +526,7 @@ def main() -> None:
         raise SystemExit(f"building the inputs failed: {built['error']}")
     build_s = time.perf_counter() - t
 
-    activation = None
-
-    def save(rows: list, rebasin: dict | None) -> None:
+    def save(rows: list, rebasin: dict | None, activation: dict | None = None) -> None:
         payload = {
             "torch": torch.__version__, "threads": args.threads, "platform": platform.platform(),
             "cpu_count": os.cpu_count(), "load_avg": os.getloadavg(), "inputs": built, "build_s": build_s,
@@ -513,8 +571,14 @@ def main() -> None:
         rows.append(row)
         save(rows, None)
         print(json.dumps({k: v for k, v in row.items() if k not in ("ours_options", "mergekit_config")}), flush=True)
-    rebasin = None if args.no_rebasin else run_child(me[1:] + ["--seed", str(args.seed), "--noise", str(args.noise),
-                                                               "--child", "rebasin"])
+    rebasin = None
+    if not args.no_rebasin:
+        rb = ["--seed", str(args.seed), "--noise", str(args.noise)]
+        planted = run_child(me[1:] + rb + ["--child", "planted"])
+        if "error" in planted:
+            raise SystemExit(f"building the planted Re-Basin model failed: {planted['error']}")
+        rebasin = run_child(me[1:] + rb + ["--rebasin-mode", args.rebasin_mode, "--child", "rebasin"])
+    activation = None
     if args.activation:
         activation = run_child(me[1:] + ["--seed", str(args.seed), "--noise", str(args.noise),
                                          "--act-sequences", str(args.act_sequences), "--act-seq-len",
@@ -542,17 +606,18 @@ def main() -> None:
             print(f"\nRe-Basin error: {rebasin['error']}")
         else:
             rb = rebasin
-            print(f"\nRe-Basin weight matching, {rb['params'] / 1e6:.0f}M params, {rb['groups']} groups: "
-                  f"{rb['wall_s']:.1f} s, CPU {rb['cpu_s']:.1f} s ({rb['sweeps']} sweeps, stop: {rb['stop']}; "
-                  f"spec {rb['spec_s']:.1f} s, CPU {rb['spec_cpu_s']:.1f} s of which the meta model "
-                  f"{rb['meta_model_build_cpu_s']:.1f} s), "
-                  f"planted exact: {rb['planted_exact']}, peak RSS {rb['peak_rss'] / gb:.2f} GB = "
-                  f"{rb['peak_rss'] / rb['model_bytes']:.2f}x one model "
-                  f"({(rb['peak_rss'] - rb['rss_before_models']) / rb['model_bytes']:.2f}x above imports + spec)")
+            mb = rb["model_bytes"]
+            print(f"\nRe-Basin weight matching ({rb['mode']}), {rb['params'] / 1e6:.0f}M params, {rb['groups']} "
+                  f"groups: {rb['wall_s']:.1f} s, CPU {rb['cpu_s']:.1f} s ({rb['sweeps']} sweeps, stop: {rb['stop']}; "
+                  f"spec {rb['spec_s']:.1f} s, CPU {rb['spec_cpu_s']:.1f} s), planted exact: {rb['planted_exact']}; "
+                  f"peak RSS of the process {rb['ru_maxrss'] / gb:.2f} GiB = {rb['ru_maxrss'] / mb:.2f}x one model "
+                  f"(after imports + spec {rb['ru_maxrss_after_spec'] / mb:.2f}x, after matching "
+                  f"{rb['ru_maxrss_after_match'] / mb:.2f}x)"
+                  + (f"; writing the permuted model {rb['write_s']:.1f} s" if "write_s" in rb else ""))
             print("  objective per sweep:", ", ".join(f"{v:.6g}" for v in rb["objective_per_sweep"]))
     if activation is not None:
         print_activation(activation)
-    save(rows, rebasin)
+    save(rows, rebasin, activation)
     print(f"\nwrote {args.out}")
 
 

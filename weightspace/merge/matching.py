@@ -20,17 +20,22 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from weightspace.arch.ref import INDEX_FILE
 from weightspace.core import permutation_spec
-from weightspace.errors import SpecError
+from weightspace.errors import SpecError, StateDictError
+from weightspace.io import atomic_write
 from weightspace.merge._common import (
     MergeError,
     channel_axis,
@@ -52,16 +57,19 @@ from weightspace.merge.activations import (
     slab_moments,
 )
 from weightspace.merge.assignment import (
+    WarmAssignment,
     head_assignment,
     head_assignment_value,
     linear_assignment,
     set_head_assignment_,
 )
+from weightspace.merge.stream import COPIED_FILES, _Dir
 from weightspace.symmetry import (
     HeadLayout,
     PermGroup,
     Permutation,
     PermutationSpec,
+    apply_block_maps,
     apply_permutation,
     axis_index,
     block_index_maps,
@@ -112,6 +120,96 @@ class MatchResult:
     def apply(self, sd_b: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``sd_b`` permuted into ``a``'s neuron order (a new state_dict)."""
         return apply_permutation(sd_b, self.spec, self.perm)
+
+    def apply_to_directory(self, src: str | os.PathLike, out: str | os.PathLike, *, progress: bool = False) -> Path:
+        """Checkpoint directory ``src`` (model ``b``) permuted into ``a``'s
+        neuron order, written to ``out`` shard by shard: see :func:`permute_directory`."""
+        return permute_directory(src, out, self.spec, self.perm, progress=progress)
+
+
+def permute_directory(
+    src: str | os.PathLike, out: str | os.PathLike, spec: PermutationSpec, perm: Mapping[str, torch.Tensor], *,
+    progress: bool = False,
+) -> Path:
+    """Write safetensors checkpoint directory ``src`` permuted by ``perm`` to ``out``.
+
+    Out-of-core: tensor by tensor, one shard at a time (peak memory: one
+    output shard plus a tensor). ``out`` gets the same shards (and
+    ``model.safetensors.index.json``) as ``src``, every tensor under its
+    stored name and dtype, permuted where ``spec`` says; tensors the spec does
+    not know are copied unchanged. ``config.json`` and the tokenizer files
+    are copied, so ``from_pretrained(out)`` loads it. Every file is written
+    with :func:`weightspace.io.atomic_write`.
+
+    Raises:
+        MissingFileError, InputFileError, StateDictError: ``src`` at fault.
+        SpecError: a stored tensor's shape is not the spec's.
+    """
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    d = _Dir(src, "src")
+    out = Path(out)
+    maps = block_index_maps(spec, perm)
+    meta = {"format": "pt"}
+    files: dict[str, list[str]] = {}
+    for name, fname in d.weight_map.items():
+        files.setdefault(fname, []).append(name)
+    total = 0
+    with tqdm(total=len(d.weight_map), disable=not progress, desc="permute", unit="tensor") as bar:
+        for fname, names in files.items():
+            shard = {}
+            for name in names:
+                shard[name] = apply_block_maps({name: d.read(name)}, spec, maps)[name].contiguous()
+                total += shard[name].numel() * shard[name].element_size()
+                bar.update(1)
+            atomic_write(out / fname, lambda tmp, t=shard: save_file(t, str(tmp), metadata=meta))
+            del shard
+    if (d.dir / INDEX_FILE).is_file():
+        index = {"metadata": {"total_size": total, **meta}, "weight_map": dict(sorted(d.weight_map.items()))}
+        atomic_write(out / INDEX_FILE, json.dumps(index, indent=2))
+    for fname in COPIED_FILES:
+        if (d.dir / fname).is_file():
+            atomic_write(out / fname, (d.dir / fname).read_bytes())
+    return out
+
+
+class _Checkpoint(Mapping):
+    """A safetensors checkpoint directory as a read-only state_dict whose
+    tensors are read on every access and kept by nobody: each one is
+    resident only while it is used (safetensors maps it from the page cache,
+    so a re-read costs no disk I/O). ``tied``: names that are not stored but
+    read as the stored name they are tied to."""
+
+    def __init__(self, directory: str | os.PathLike, key: str, tied: Mapping[str, str] | None = None) -> None:
+        self.dir = _Dir(directory, key)
+        self.tied = {str(k): str(v) for k, v in dict(tied or {}).items() if k not in self.dir.info}
+        for k, v in self.tied.items():
+            if v not in self.dir.info:
+                raise StateDictError(f"tied name {k!r} points to {v!r}, which is not stored ({key})",
+                                     path=self.dir.dir, field=k)
+
+    def __getitem__(self, k: str) -> torch.Tensor:
+        name = self.tied.get(k, k)
+        if name not in self.dir.info:
+            raise KeyError(k)
+        return self.dir.read(name)
+
+    def __contains__(self, k: object) -> bool:
+        return k in self.dir.info or k in self.tied
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.dir.info
+        yield from self.tied
+
+    def __len__(self) -> int:
+        return len(self.dir.info) + len(self.tied)
+
+
+def _state_dict_or_checkpoint(sd: Any, key: str, tied: Mapping[str, str] | None) -> Mapping[str, torch.Tensor]:
+    if isinstance(sd, (str, os.PathLike)):
+        return _Checkpoint(sd, key, tied)
+    return sd
 
 
 def match_objective(
@@ -164,10 +262,11 @@ _CHUNK = 1 << 20
 
 
 def weight_matching(
-    sd_a: Mapping[str, torch.Tensor],
-    sd_b: Mapping[str, torch.Tensor],
+    sd_a: Mapping[str, torch.Tensor] | str | os.PathLike,
+    sd_b: Mapping[str, torch.Tensor] | str | os.PathLike,
     spec: PermutationSpec | str,
     *,
+    tied: Mapping[str, str] | None = None,
     seed: int = 0,
     max_sweeps: int = 100,
     init: Mapping[str, torch.Tensor] | None = None,
@@ -182,11 +281,23 @@ def weight_matching(
 ) -> MatchResult:
     """Align ``b`` to ``a`` by weight matching (Git Re-Basin, Alg. 1).
 
+    Out-of-core: give ``sd_a`` / ``sd_b`` as safetensors checkpoint
+    directories (``model.safetensors``, or shards listed in
+    ``model.safetensors.index.json``) and neither model is held in memory:
+    every cost matrix is built from the tensors that touch its group, read
+    from the files when needed and dropped after (products still reused by
+    ``cache``). Same permutation as with the state_dicts in memory. Write
+    the permuted ``b`` with :meth:`MatchResult.apply_to_directory`.
+
     Args:
-        sd_a: reference state_dict (tensors of the shapes in ``spec.param_shapes``).
-        sd_b: state_dict to permute (same keys and shapes).
+        sd_a: reference state_dict (tensors of the shapes in
+            ``spec.param_shapes``) or checkpoint directory.
+        sd_b: state_dict to permute (same keys and shapes) or checkpoint directory.
         spec: the architecture's :class:`PermutationSpec` (or a registered
             architecture name).
+        tied: for checkpoint directories, spec names that are not stored
+            because they are tied to a stored tensor, e.g.
+            ``{"lm_head.weight": "transformer.wte.weight"}``.
         seed: seeds the random order of coordinates in every sweep.
         max_sweeps: sweeps over all coordinates at most; stops earlier when a
             whole sweep improves nothing, or by ``rtol``.
@@ -226,7 +337,8 @@ def weight_matching(
         ``info["cache_peak_bytes"]``.
     """
     spec = resolve_spec(spec)
-    if validate:
+    sd_a, sd_b = _state_dict_or_checkpoint(sd_a, "sd_a", tied), _state_dict_or_checkpoint(sd_b, "sd_b", tied)
+    if validate:  # a checkpoint: tensor by tensor
         check_state_dicts([sd_a, sd_b], spec, min_models=2)
     keys = {k for k in spec.param_axes if include_buffers or not is_running_stat(k)}
     coords = coordinates(spec)
@@ -252,6 +364,7 @@ def weight_matching(
     touched = [_coord_tensors(c) for c in coords]
     neighbours = [[j for j, t in enumerate(touched) if t & ti] for ti in touched]
     dirty = [True] * len(coords)
+    warm: dict[str, WarmAssignment] = {}
     log = _SweepLog()
     rng = np.random.default_rng(seed)
     maps = block_index_maps(spec, perm)
@@ -276,7 +389,7 @@ def weight_matching(
                 if not dirty[ci]:
                     continue
                 dirty[ci] = False
-                if _solve_coordinate_(coords[ci], costs, maps, perm, tol, log):
+                if _solve_coordinate_(coords[ci], costs, maps, perm, tol, log, warm):
                     improved = True
                     maps = block_index_maps(spec, perm)
                     for j in neighbours[ci]:
@@ -573,12 +686,13 @@ def _coord_tensors(c: tuple[str, Any]) -> set[str]:
 
 def _solve_coordinate_(
     coord: tuple[str, Any], costs: "_WeightCosts", maps: Sequence[torch.Tensor], perm: Permutation, tol: float,
-    log: "_SweepLog",
+    log: "_SweepLog", warm: dict[str, WarmAssignment] | None = None,
 ) -> bool:
     """One coordinate-descent step: solve ``coord`` with the others fixed and
     write it into ``perm`` (the matcher's working copy, in place) when it
     improves the objective by more than ``tol`` (relative). Returns whether
-    it did."""
+    it did. ``warm``: per neuron coordinate, the warm start of its LAP
+    (kept across steps; same assignments, less work)."""
     kind, obj = coord
     name = _coord_name(coord)
     with log.timed(name, "build_s"):
@@ -586,7 +700,10 @@ def _solve_coordinate_(
     with log.timed(name, "lap_s"):
         if kind == "neuron":
             old = float(cost[torch.arange(obj.size), perm[obj.name]].sum())
-            cols, new = linear_assignment(cost, overwrite=True)  # the cost matrix is not needed after
+            if warm is None:
+                cols, new = linear_assignment(cost, overwrite=True)  # the cost matrix is not needed after
+            else:
+                cols, new = warm.setdefault(name, WarmAssignment()).solve(cost)
             del cost
         else:
             S, R = cost
@@ -707,12 +824,33 @@ class _WeightCosts:
         self.spec = spec
         keys = {k for k in keys if k in sd_a and k in sd_b}
         self.keys = keys
-        self.A = {k: sd_a[k].detach().to(dtype) for k in keys}
-        self.B = {k: sd_b[k].detach().to(dtype) for k in keys}
+        # a checkpoint stays on disk: its tensors are read (and converted) per use
+        self.lazy = isinstance(sd_a, _Checkpoint) or isinstance(sd_b, _Checkpoint)
+        self.dtype = dtype
+        if self.lazy:
+            self.A, self.B = sd_a, sd_b
+        else:
+            self.A = {k: sd_a[k].detach().to(dtype) for k in keys}
+            self.B = {k: sd_b[k].detach().to(dtype) for k in keys}
         self.cache = _Cache(budget)
 
+    def a(self, p: str, memo: dict | None = None) -> torch.Tensor:
+        """Tensor ``p`` of ``a`` in ``dtype`` (``memo``: reuse a read within one cost build)."""
+        return self._get(self.A, "a", p, memo)
+
+    def b(self, p: str, memo: dict | None = None) -> torch.Tensor:
+        return self._get(self.B, "b", p, memo)
+
+    def _get(self, sd, side: str, p: str, memo: dict | None) -> torch.Tensor:
+        if memo is not None and (side, p) in memo:
+            return memo[(side, p)]
+        t = sd[p].detach().to(self.dtype) if self.lazy else sd[p]
+        if memo is not None:
+            memo[(side, p)] = t
+        return t
+
     def _other_indices(self, p: str, ax: int, maps) -> tuple[tuple[int, torch.Tensor], ...]:
-        shape = self.B[p].shape
+        shape = self.spec.param_shapes[p]
         return tuple(
             (ref.axis, axis_index(ref, shape[ref.axis], maps)) for ref in self.spec.param_axes.get(p, ()) if ref.axis != ax
         )
@@ -720,7 +858,7 @@ class _WeightCosts:
     def _b_except(self, cache: dict, p: str, ax: int, maps) -> torch.Tensor:
         key = (p, ax)
         if key not in cache:
-            cache[key] = _permute_except(self.B[p], self.spec, p, maps, ax)
+            cache[key] = _permute_except(self.b(p, cache), self.spec, p, maps, ax)
         return cache[key]
 
     def product(self, p: str, ax: int, st: int, n: int, u: int, maps) -> torch.Tensor:
@@ -728,18 +866,49 @@ class _WeightCosts:
         idx = self._other_indices(p, ax, maps)
         key = (p, ax, st, n, u)
         hit = self.cache.get(("prod", key))
-        if hit is not None and all(torch.equal(x, y) for (_, x), (_, y) in zip(hit[0], idx)):
-            return hit[1]
+        if hit is not None:
+            moved = [i for i, ((_, x), (_, y)) in enumerate(zip(hit[0], idx)) if not torch.equal(x, y)]
+            if not moved:
+                return hit[1]
+            if len(moved) == 1:
+                axis, new = idx[moved[0]]
+                old = hit[0][moved[0]][1]
+                changed = (old != new).nonzero().flatten()
+                if 2 * changed.numel() < new.numel():  # a low-rank update is cheaper than the product
+                    return self._update(p, ax, st, n, u, key, hit[1], idx, axis, old, changed)
         a = self.cache.get(("rows", key))
         if a is None:
-            a = unit_rows(self.A[p], ax, st, n, u)
-            copied = a.untyped_storage().data_ptr() != self.A[p].untyped_storage().data_ptr()
-            self.cache.put(("rows", key), a, a.numel() * a.element_size() if copied else 0, 1.0)
-        bt = self.B[p]
+            A = self.a(p)
+            a = unit_rows(A, ax, st, n, u)
+            copied = a.untyped_storage().data_ptr() != A.untyped_storage().data_ptr()
+            if copied or not self.lazy:  # a view of a tensor read from a checkpoint would keep all of it
+                self.cache.put(("rows", key), a, a.numel() * a.element_size() if copied else 0, 1.0)
+            del A
+        bt = self.b(p)
         for axis, ix in idx:
             bt = bt.index_select(axis, ix)
         prod = a @ unit_rows(bt, ax, st, n, u).T
         self.cache.put(("prod", key), (idx, prod), prod.numel() * prod.element_size(), a.shape[1] / prod.element_size())
+        return prod
+
+    def _update(self, p, ax, st, n, u, key, prod, idx, axis, old, changed) -> torch.Tensor:
+        """The cached product ``prod`` after the gather index of one other
+        ``axis`` changed from ``old`` to ``idx``'s at positions ``changed``:
+        only those terms of the contraction differ, so
+        ``rows(A_K) @ rows(B[new_K] - B[old_K])^T`` is added to it in place
+        (float rounding aside, the product itself; cost ``len(changed)`` of
+        the axis' length)."""
+        A, bt = self.a(p), self.b(p)
+        new = None
+        for ax2, ix in idx:  # the other axes as they are gathered now
+            if ax2 != axis:
+                bt = bt.index_select(ax2, ix)
+            else:
+                new = ix
+        diff = bt.index_select(axis, new[changed]) - bt.index_select(axis, old[changed])
+        prod.addmm_(unit_rows(A.index_select(axis, changed), ax, st, n, u), unit_rows(diff, ax, st, n, u).T)
+        worth = u * A.numel() // A.shape[ax] / prod.element_size()  # as for the whole product
+        self.cache.put(("prod", key), (idx, prod), prod.numel() * prod.element_size(), worth)
         return prod
 
     def neuron(self, g: PermGroup, maps) -> torch.Tensor:
@@ -762,7 +931,7 @@ class _WeightCosts:
                 if p not in self.keys:
                     continue
                 bt = self._b_except(cache, p, ax, maps)
-                a = nested_rows(self.A[p], ax, subs, e, n, u)
+                a = nested_rows(self.a(p, cache), ax, subs, e, n, u)
                 b = nested_rows(bt, ax, subs, e, n, u)
                 Sk += (a @ b.T).to(torch.float64)
             S.append(Sk.view(h, n, h, n))
@@ -772,7 +941,7 @@ class _WeightCosts:
                 continue
             rep = ue // H.unit
             sel = mask.repeat_interleave(rep)
-            a = masked_unit_rows(self.A[p], ax, st, h, ue, sel)
+            a = masked_unit_rows(self.a(p, cache), ax, st, h, ue, sel)
             bt = self._b_except(cache, p, ax, maps)
             b = masked_unit_rows(bt, ax, st, h, ue, sel)
             R += (a @ b.T).to(torch.float64)

@@ -1,0 +1,181 @@
+"""Out-of-core weight matching on checkpoint directories: the same
+permutation as the in-memory path, the planted permutation recovered, the
+permuted model written shard by shard (and loadable by ``from_pretrained``),
+clear errors for a broken directory, and peak RSS (measured in a subprocess)
+below three models' worth over the process's baseline."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+T = pytest.importorskip("transformers")
+
+from tests.hf_models import analysis, perturbed_model  # noqa: E402
+from weightspace.errors import MissingFileError, StateDictError  # noqa: E402
+from weightspace.merge import match_objective, weight_matching  # noqa: E402
+from weightspace.merge.matching import permute_directory  # noqa: E402
+from weightspace.symmetry import apply_permutation, invert_permutation, random_permutation  # noqa: E402
+
+TIED = {"lm_head.weight": "transformer.wte.weight"}
+
+
+def _model(seed, **kw):
+    """A tiny GPT-2 (tests.hf_models: vocabulary 100, width 32, 2 layers),
+    every parameter perturbed (float32); ``kw`` overrides its config."""
+    if not kw:
+        return perturbed_model("gpt2", seed, dtype=torch.float32)
+    torch.manual_seed(seed)
+    cfg = T.GPT2Config(**{**dict(n_positions=32, use_cache=False), **kw})
+    return T.GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """Two independently initialised tiny GPT-2s saved sharded (several files)."""
+    d = tmp_path_factory.mktemp("rebasin_ooc")
+    a, b = _model(1), _model(2)
+    a.save_pretrained(d / "a", max_shard_size="40KB")
+    b.save_pretrained(d / "b", max_shard_size="40KB")
+    assert (d / "a" / "model.safetensors.index.json").is_file()
+    return d, a, b, analysis("gpt2").spec
+
+
+def test_directories_give_the_in_memory_permutation(pair):
+    d, a, b, spec = pair
+    mem = weight_matching(a.state_dict(), b.state_dict(), spec, seed=3, rtol=0)
+    ooc = weight_matching(d / "a", d / "b", spec, seed=3, rtol=0, tied=TIED)
+    assert any(not torch.equal(p, torch.arange(len(p))) for p in mem.perm.values())  # not the identity
+    assert ooc.perm.keys() == mem.perm.keys()
+    assert all(torch.equal(ooc.perm[g], mem.perm[g]) for g in mem.perm)
+    assert ooc.objective == mem.objective
+    assert [h["objective"] for h in ooc.info["history"]] == [h["objective"] for h in mem.info["history"]]
+
+
+def test_directories_without_cache_give_the_same_permutation(pair):
+    d, a, b, spec = pair
+    mem = weight_matching(a.state_dict(), b.state_dict(), spec, seed=1)
+    ooc = weight_matching(str(d / "a"), str(d / "b"), spec, seed=1, tied=TIED, cache=False)
+    assert all(torch.equal(ooc.perm[g], mem.perm[g]) for g in mem.perm)
+
+
+def test_planted_permutation_recovered_and_written(pair, tmp_path):
+    d, a, _, spec = pair
+    perm = random_permutation(spec, seed=5)
+    permute_directory(d / "a", tmp_path / "p", spec, perm)
+    # the written shards are the in-memory permutation, under the stored names
+    m = T.GPT2LMHeadModel.from_pretrained(tmp_path / "p").eval()
+    want = apply_permutation(a.state_dict(), spec, perm)
+    assert all(torch.equal(m.state_dict()[k], want[k]) for k in want)
+    assert json.loads((tmp_path / "p" / "model.safetensors.index.json").read_text())["weight_map"] == \
+        json.loads((d / "a" / "model.safetensors.index.json").read_text())["weight_map"]
+    res = weight_matching(d / "a", tmp_path / "p", spec, tied=TIED)
+    inv = invert_permutation(spec, perm)
+    assert all(torch.equal(res.perm[g], inv[g]) for g in inv)
+    res.apply_to_directory(tmp_path / "p", tmp_path / "back")
+    back = T.GPT2LMHeadModel.from_pretrained(tmp_path / "back").eval().state_dict()
+    assert all(torch.equal(back[k], v) for k, v in a.state_dict().items())
+    assert match_objective(a.state_dict(), back, spec) == match_objective(a.state_dict(), a.state_dict(), spec)
+
+
+def test_untied_name_missing_from_directory_is_an_error(pair):
+    d, _, _, spec = pair
+    with pytest.raises(StateDictError, match="lm_head.weight"):
+        weight_matching(d / "a", d / "b", spec)
+
+
+def test_tied_to_a_name_not_stored_is_an_error(pair):
+    d, _, _, spec = pair
+    with pytest.raises(StateDictError, match="not stored"):
+        weight_matching(d / "a", d / "b", spec, tied={"lm_head.weight": "nope.weight"})
+
+
+def test_missing_directory_is_an_error(pair, tmp_path):
+    d, _, _, spec = pair
+    with pytest.raises(MissingFileError, match="no such model directory"):
+        weight_matching(d / "a", tmp_path / "absent", spec, tied=TIED)
+
+
+def test_nonfinite_tensor_in_directory_is_an_error(pair, tmp_path):
+    from weightspace.errors import NonFiniteWeightsError
+
+    d, a, _, spec = pair
+    m = _model(1)
+    with torch.no_grad():
+        m.transformer.h[0].mlp.c_fc.weight[0, 0] = float("nan")
+    m.save_pretrained(tmp_path / "nan")
+    with pytest.raises(NonFiniteWeightsError, match="c_fc.weight"):
+        weight_matching(d / "a", tmp_path / "nan", spec, tied=TIED)
+
+
+_CHILD = textwrap.dedent(r"""
+    import json, resource, sys, torch
+    import transformers as T
+    from weightspace.core import permutation_spec
+    from weightspace.merge import weight_matching
+    torch.set_num_threads(1)
+    d, mode = sys.argv[1], sys.argv[2]
+    tied = {"lm_head.weight": "transformer.wte.weight"}
+
+    def spec_of(path):
+        with torch.device("meta"):
+            meta = T.GPT2LMHeadModel(T.GPT2Config.from_pretrained(path)).eval()
+            return permutation_spec(meta, (torch.zeros(1, 8, dtype=torch.long),), tracer="auto")
+
+    # warm-up on the tiny pair: lazy imports and one-time buffers are not the matcher's memory
+    weight_matching(d + "/tiny_a", d + "/tiny_b", spec_of(d + "/tiny_a"), tied=tied).apply_to_directory(
+        d + "/tiny_b", d + "/tiny_out")
+    spec = spec_of(d + "/a")
+    # the baseline is the resident set now (not the high-water mark, which the tracing may have set higher)
+    base = [int(x.split()[1]) * 1024 for x in open("/proc/self/status") if x.startswith("VmRSS")][0]
+    peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if mode == "memory":
+        sa, sb = (T.GPT2LMHeadModel.from_pretrained(d + x).state_dict() for x in ("/a", "/b"))
+        res = weight_matching(sa, sb, spec, seed=0, cache=False)
+        print(json.dumps({"base": base, "match": peak()}))
+    else:
+        res = weight_matching(d + "/a", d + "/b", spec, seed=0, tied=tied, cache=False)
+        match = peak()
+        res.apply_to_directory(d + "/b", d + "/out")
+        print(json.dumps({"base": base, "match": match, "write": peak()}))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_out_of_core_peak_rss_below_target(pair, tmp_path):
+    """A ~34 MB GPT-2 (the embedding a quarter of it, as in GPT-2 small)
+    matched from its directories in a fresh process, after a warm-up run on
+    the tiny pair, then the permuted model written. Peak RSS
+    (``ru_maxrss``) above the resident set before the matching: the whole
+    run stays below 3x one model (the issue's target), and the matching
+    takes at least one model less than the in-memory path measured the same
+    way on the same pair (which holds both models: >= 2x). Not a bound on
+    the matching alone: the LAP's [n, n] float64 work arrays (n = 1024 here)
+    do not shrink with the model. No product cache in either (its 128 MiB
+    default is more than this model)."""
+    kw = dict(vocab_size=8192, n_embd=256, n_layer=8, n_head=4)
+    a, b = _model(1, **kw), _model(2, **kw)
+    model_bytes = sum(v.numel() * v.element_size() for k, v in a.state_dict().items() if k != "lm_head.weight")
+    a.save_pretrained(tmp_path / "a", max_shard_size="10MB")
+    b.save_pretrained(tmp_path / "b", max_shard_size="10MB")
+    del a, b
+    d = pair[0]
+    for x in ("a", "b"):
+        (tmp_path / f"tiny_{x}").symlink_to(d / x)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    out = {}
+    for mode in ("directory", "memory"):
+        proc = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path), mode], capture_output=True, text=True,
+                              env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
+    grow = {f"{m} {k}": (r[k] - r["base"]) / model_bytes for m, r in out.items() for k in r if k != "base"}
+    assert grow["memory match"] >= 2, grow  # the measurement sees two resident models
+    assert grow["directory write"] < 3, grow
+    assert grow["directory match"] < grow["memory match"] - 1, grow  # at least one model less resident

@@ -86,9 +86,9 @@ LABELS = {
     "nfn_ws": "NFN (weightspace.nn)", "gbm": "stats + GBM", "nfn_np": "NFN-NP (nfn package)",
     "nfn_hnp": "NFN-HNP (nfn package)", "pixels": "pixels + logistic reg. (reference)",
 }
-EDITORS = ("identity", "nfn_np", "flat")
+EDITORS = ("identity", "nfn_np", "gmn", "flat")
 EDIT_LABELS = {"identity": "identity (original INR)", "nfn_np": "NFN-NP editor (nfn package)",
-               "flat": "flat MLP editor"}
+               "gmn": "GMN editor (weightspace.nn)", "flat": "flat MLP editor"}
 
 
 # --------------------------------------------------------------------------- SIRENs side by side
@@ -556,6 +556,46 @@ class FlatEditor(nn.Module):
         return out[0::2], out[1::2]
 
 
+class GMNEditor(nn.Module):
+    """GMN editor: :class:`weightspace.nn.GMN` with a per-edge readout
+    predicting a weight update. In a :class:`~weightspace.graph.ParameterGraph`
+    every value lives on one edge (a bias is the edge from its layer's module
+    node), so one output per edge covers every weight and bias; the library
+    maps it back to tensors (:meth:`GraphBatch.write_back`,
+    :meth:`ParameterGraph.to_state_dict`).
+
+    ``new = w + s * delta``, ``delta`` the edge readout written back as
+    tensors; its last layer starts at zero, so the editor starts as the
+    identity. ``scale`` holds one RMS per tensor over the training networks
+    (a scalar per tensor keeps the edit equivariant). ``input_scale``: the
+    GMN reads each tensor divided by its ``scale`` (else the raw weights;
+    the GMN's own per-edge-type scale would put the SIREN's first layer, RMS
+    ~0.3, and its hidden layer, ~0.02, on one scale). ``update_scale``:
+    ``s`` is the tensor's ``scale`` (else 1)."""
+
+    def __init__(self, hidden: int = 32, num_layers: int = 3, *, input_scale: bool = True,
+                 update_scale: bool = True) -> None:
+        super().__init__()
+        self.template = ArchSpec.of("siren", **SIREN).template()
+        self.gmn = GMN(out_dim=0, hidden=hidden, num_layers=num_layers, edge_dim=1, edge_out=1)
+        with torch.no_grad():
+            self.gmn.edge_head[-1].weight.zero_()
+            self.gmn.edge_head[-1].bias.zero_()
+        self.register_buffer("scale", torch.ones(len(SIREN_KEYS)))
+        self.input_scale, self.update_scale = bool(input_scale), bool(update_scale)
+
+    def forward(self, ws: list[Tensor], bs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        tensors = [t for pair in zip(ws, bs) for t in pair]  # SIREN_KEYS order
+        div = self.scale if self.input_scale else torch.ones_like(self.scale)
+        graphs = [self.template.graph({k: t[i] / div[j] for j, (k, t) in enumerate(zip(SIREN_KEYS, tensors))})
+                  for i in range(tensors[0].shape[0])]
+        out = self.gmn(self.gmn.collate(graphs))
+        delta = [g.to_state_dict() for g in out.batch.write_back(out.edge)]
+        mul = self.scale if self.update_scale else torch.ones_like(self.scale)
+        new = [t + mul[j] * torch.stack([d[k] for d in delta]) for j, (k, t) in enumerate(zip(SIREN_KEYS, tensors))]
+        return new[0::2], new[1::2]
+
+
 def edit(s: INRSet, parts, *, epochs: int, seed: int, log) -> tuple[dict, dict[str, Tensor]]:
     """Train the editors on the train rows; the test MSE per editor (CIs by
     group) and the test renderings of every editor."""
@@ -584,10 +624,11 @@ def edit(s: INRSet, parts, *, epochs: int, seed: int, log) -> tuple[dict, dict[s
         model = None
         if name != "identity":
             torch.manual_seed(seed)
-            model = NPEditor() if name == "nfn_np" else FlatEditor()
+            model = {"nfn_np": NPEditor, "gmn": GMNEditor, "flat": FlatEditor}[name]()
             with torch.no_grad():
-                if name == "nfn_np":
-                    model.scale.copy_(torch.stack([t[tr].pow(2).mean().sqrt() for t in ws + bs]))
+                if name in ("nfn_np", "gmn"):  # NPEditor: weights then biases; GMNEditor: SIREN_KEYS order
+                    order = ws + bs if name == "nfn_np" else [t for pair in zip(ws, bs) for t in pair]
+                    model.scale.copy_(torch.stack([t[tr].pow(2).mean().sqrt() for t in order]))
                 else:
                     flat = torch.cat([t[tr].reshape(len(tr), -1) for pair in zip(ws, bs) for t in pair], 1)
                     model.mean.copy_(flat.mean(0))

@@ -571,10 +571,13 @@ class GMNEditor(nn.Module):
     GMN reads each tensor divided by its ``scale`` (else the raw weights;
     the GMN's own per-edge-type scale would put the SIREN's first layer, RMS
     ~0.3, and its hidden layer, ~0.02, on one scale). ``update_scale``:
-    ``s`` is the tensor's ``scale`` (else 1)."""
+    ``s`` is the tensor's ``scale`` (else 1). The defaults were chosen on
+    the validation images (RESULTS.md): without ``input_scale`` the editor
+    did not learn on the shared-init zoo; ``update_scale`` was worse there
+    and equal on the independent one."""
 
     def __init__(self, hidden: int = 32, num_layers: int = 3, *, input_scale: bool = True,
-                 update_scale: bool = True) -> None:
+                 update_scale: bool = False) -> None:
         super().__init__()
         self.template = ArchSpec.of("siren", **SIREN).template()
         self.gmn = GMN(out_dim=0, hidden=hidden, num_layers=num_layers, edge_dim=1, edge_out=1)

@@ -656,9 +656,18 @@ def edit(s: INRSet, parts, *, epochs: int, seed: int, log) -> tuple[dict, dict[s
             model.eval()
         per, out = test_mse(model)
         ci = bootstrap_ci(np.zeros_like(per), per, lambda t, p: float(np.mean(p)), groups=s.groups[te], seed=seed)
-        results[name] = {"mse": ci.value, "low": ci.low, "high": ci.high, "seconds": round(time.time() - t0, 1)}
+        results[name] = {"mse": ci.value, "low": ci.low, "high": ci.high, "seconds": round(time.time() - t0, 1),
+                         "per_network": [float(v) for v in per]}
         renders[name] = out
         log(f"    edit {name}: test MSE {ci.value:.4f} [{ci.low:.4f}, {ci.high:.4f}] ({time.time() - t0:.0f} s)")
+    # paired: each editor minus the NFN-NP editor on the same test networks (CI resampling images)
+    if "nfn_np" in results:
+        ref = np.array(results["nfn_np"]["per_network"])
+        for name, r in results.items():
+            if name != "nfn_np":
+                d = bootstrap_ci(ref, np.array(r["per_network"]), lambda a, b: float(np.mean(b - a)),
+                                 groups=s.groups[te], seed=seed)
+                r["minus_nfn_np"] = {"value": d.value, "low": d.low, "high": d.high}
     renders["original"] = s.images[te].reshape(len(te), -1)
     renders["target"] = target[te]
     return results, renders
@@ -728,9 +737,13 @@ def table(results: dict) -> str:
                 c = r["classification"][m]
                 lines.append(f"| {LABELS[m]} | {c['accuracy']:.3f} | [{c['low']:.3f}, {c['high']:.3f}] | {c['seconds']} |")
         if r.get("editing"):
-            lines.append("\n| editor (dilation) | test MSE | 95 % CI | seconds |\n|---|---|---|---|")
+            lines.append("\n| editor (dilation) | test MSE | 95 % CI | minus NFN-NP (paired 95 % CI) | seconds |"
+                         "\n|---|---|---|---|---|")
             for e, c in r["editing"].items():
-                lines.append(f"| {EDIT_LABELS[e]} | {c['mse']:.4f} | [{c['low']:.4f}, {c['high']:.4f}] | {c['seconds']} |")
+                d = c.get("minus_nfn_np")
+                paired = f"{d['value']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" if d else "—"
+                lines.append(f"| {EDIT_LABELS[e]} | {c['mse']:.4f} | [{c['low']:.4f}, {c['high']:.4f}] | {paired} "
+                             f"| {c['seconds']} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -265,3 +265,26 @@ def test_gmn_editor_trains_on_the_rendering_loss(one_thread):
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < losses[0] and sum(losses[-5:]) < sum(losses[:5]), losses
+
+
+@pytest.mark.slow
+def test_edit_reports_each_editor_minus_nfn_np_on_the_same_test_networks(one_thread):
+    """``edit`` trains every editor (one epoch, 16 SIRENs) and reports the
+    paired difference to the NFN-NP editor: the mean of the per-network
+    differences, with a CI around it."""
+    import numpy as np
+
+    pytest.importorskip("nfn")
+    s = study.INRSet("t", study.stack_sirens(_sirens(16)), np.zeros(16, dtype=int), np.arange(16),
+                     torch.rand(16, 4, 4, generator=torch.Generator().manual_seed(0)))
+    parts = (np.arange(8), np.arange(8, 11), np.arange(11, 16))
+    res, renders = study.edit(s, parts, epochs=1, seed=0, log=lambda m: None)
+    assert set(res) == set(study.EDITORS) and renders["gmn"].shape == (5, 16)
+    ref = np.array(res["nfn_np"]["per_network"])
+    assert "minus_nfn_np" not in res["nfn_np"]
+    for name in ("identity", "gmn", "flat"):
+        d = res[name]["minus_nfn_np"]
+        assert d["value"] == pytest.approx(float(np.mean(np.array(res[name]["per_network"]) - ref)))
+        assert d["low"] <= d["value"] <= d["high"]
+    assert "minus NFN-NP" in study.table({"t": {"networks": 16, "images": 16, "test_networks": 5, "test_groups": 5,
+                                                "classification": {}, "editing": res}})

@@ -31,8 +31,9 @@ Editing (DWSNets / NFN): map an INR's weights to the weights of an INR of
 the *dilated* image (grey dilation with a 3 x 3 cross). Editors are trained on the
 rendering loss (MSE of the edited INR's image against the dilated image) and
 scored by that MSE on the test images (CIs by image); identity (the original
-INR) is the baseline. Editors: the ``nfn`` package's NP layers (as in NFN)
-and a flat MLP predicting a weight update.
+INR) is the baseline. Editors: the ``nfn`` package's NP layers (as in NFN), a GMN
+(:class:`GMNEditor`, per-edge readout) and a flat MLP, each predicting a weight
+update.
 
 Published INR files (``--dwsnets-dir``, ``--nfn-dir``) go through
 :func:`zoo.loaders.inr.import_inr_zoo` and get the same table (and editing,

@@ -639,7 +639,7 @@ def edit(s: INRSet, parts, *, epochs: int, seed: int, log) -> tuple[dict, dict[s
                     model.std.copy_(flat.std(0).clamp(min=1e-6))
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
             gen = torch.Generator().manual_seed(seed)
-            best = (math.inf, None)
+            best, curve = (math.inf, None, 0), []
             for ep in range(epochs):
                 model.train()
                 order = torch.as_tensor(tr)[torch.randperm(len(tr), generator=gen)]
@@ -651,14 +651,18 @@ def edit(s: INRSet, parts, *, epochs: int, seed: int, log) -> tuple[dict, dict[s
                     opt.step()
                 with torch.no_grad():
                     vl = float(((render(model, torch.as_tensor(va)) - target[va]) ** 2).mean())
+                curve.append(vl)
                 if vl < best[0]:
-                    best = (vl, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                    best = (vl, {k: v.detach().clone() for k, v in model.state_dict().items()}, ep)
             model.load_state_dict(best[1])
             model.eval()
+            log(f"    {name}: best epoch {best[2] + 1}/{epochs}; val MSE " + " ".join(f"{v:.4f}" for v in curve))
         per, out = test_mse(model)
         ci = bootstrap_ci(np.zeros_like(per), per, lambda t, p: float(np.mean(p)), groups=s.groups[te], seed=seed)
         results[name] = {"mse": ci.value, "low": ci.low, "high": ci.high, "seconds": round(time.time() - t0, 1),
                          "per_network": [float(v) for v in per]}
+        if model is not None:
+            results[name].update(best_epoch=best[2] + 1, val_curve=curve)
         renders[name] = out
         log(f"    edit {name}: test MSE {ci.value:.4f} [{ci.low:.4f}, {ci.high:.4f}] ({time.time() - t0:.0f} s)")
     # paired: each editor minus the NFN-NP editor on the same test networks (CI resampling images)

@@ -286,5 +286,7 @@ def test_edit_reports_each_editor_minus_nfn_np_on_the_same_test_networks(one_thr
         d = res[name]["minus_nfn_np"]
         assert d["value"] == pytest.approx(float(np.mean(np.array(res[name]["per_network"]) - ref)))
         assert d["low"] <= d["value"] <= d["high"]
+        if name != "identity":
+            assert res[name]["best_epoch"] == 1 and len(res[name]["val_curve"]) == 1
     assert "minus NFN-NP" in study.table({"t": {"networks": 16, "images": 16, "test_networks": 5, "test_groups": 5,
                                                 "classification": {}, "editing": res}})

@@ -1,4 +1,11 @@
-"""Scratch: GMN editor variants, scored on the VALIDATION images (edit() with test rows = val rows)."""
+"""Scratch (as run, 2026-11-29): GMN editor variants, scored on the VALIDATION
+images (edit() with test rows = val rows), 5 epochs.
+
+    PYTHONPATH=. nice -n 10 python ablate_gmn_editor.py {shared|independent} 5
+
+The variants are spelled out in full (when this ran, the defaults were
+input_scale=True, update_scale=True; the study now uses update_scale=False).
+"""
 import functools, json, os, sys, time
 import torch
 torch.set_num_threads(1)
@@ -10,8 +17,10 @@ tr, va, te = study.split_set(s, 0)
 study.EDITORS = ("gmn",)
 ORIG = study.GMNEditor
 out = {"loadavg_start": os.getloadavg()}
-for name, kw in [("tensor_in+tensor_out", {}), ("tensor_in+raw_out", {"update_scale": False}),
-                 ("raw_in+raw_out", {"input_scale": False, "update_scale": False}), ("raw_in+tensor_out", {"input_scale": False})]:
+for name, kw in [("tensor_in+tensor_out", {"input_scale": True, "update_scale": True}),
+                 ("tensor_in+raw_out", {"input_scale": True, "update_scale": False}),
+                 ("raw_in+raw_out", {"input_scale": False, "update_scale": False}),
+                 ("raw_in+tensor_out", {"input_scale": False, "update_scale": True})]:
     study.GMNEditor = functools.partial(ORIG, **kw)
     t = time.time()
     res, _ = study.edit(s, (tr, va, va), epochs=epochs, seed=0, log=lambda m: None)

@@ -31,8 +31,9 @@ Editing (DWSNets / NFN): map an INR's weights to the weights of an INR of
 the *dilated* image (grey dilation with a 3 x 3 cross). Editors are trained on the
 rendering loss (MSE of the edited INR's image against the dilated image) and
 scored by that MSE on the test images (CIs by image); identity (the original
-INR) is the baseline. Editors: the ``nfn`` package's NP layers (as in NFN)
-and a flat MLP predicting a weight update.
+INR) is the baseline. Editors: the ``nfn`` package's NP layers (as in NFN), a GMN
+(:class:`GMNEditor`, per-edge readout) and a flat MLP, each predicting a weight
+update.
 
 Published INR files (``--dwsnets-dir``, ``--nfn-dir``) go through
 :func:`zoo.loaders.inr.import_inr_zoo` and get the same table (and editing,
@@ -86,9 +87,9 @@ LABELS = {
     "nfn_ws": "NFN (weightspace.nn)", "gbm": "stats + GBM", "nfn_np": "NFN-NP (nfn package)",
     "nfn_hnp": "NFN-HNP (nfn package)", "pixels": "pixels + logistic reg. (reference)",
 }
-EDITORS = ("identity", "nfn_np", "flat")
+EDITORS = ("identity", "nfn_np", "gmn", "flat")
 EDIT_LABELS = {"identity": "identity (original INR)", "nfn_np": "NFN-NP editor (nfn package)",
-               "flat": "flat MLP editor"}
+               "gmn": "GMN editor (weightspace.nn)", "flat": "flat MLP editor"}
 
 
 # --------------------------------------------------------------------------- SIRENs side by side
@@ -556,6 +557,49 @@ class FlatEditor(nn.Module):
         return out[0::2], out[1::2]
 
 
+class GMNEditor(nn.Module):
+    """GMN editor: :class:`weightspace.nn.GMN` with a per-edge readout
+    predicting a weight update. In a :class:`~weightspace.graph.ParameterGraph`
+    every value lives on one edge (a bias is the edge from its layer's module
+    node), so one output per edge covers every weight and bias; the library
+    maps it back to tensors (:meth:`GraphBatch.write_back`,
+    :meth:`ParameterGraph.to_state_dict`).
+
+    ``new = w + s * delta``, ``delta`` the edge readout written back as
+    tensors; its last layer starts at zero, so the editor starts as the
+    identity. ``scale`` holds one RMS per tensor over the training networks
+    (a scalar per tensor keeps the edit equivariant). ``input_scale``: the
+    GMN reads each tensor divided by its ``scale`` (else the raw weights;
+    the GMN's own per-edge-type scale would put the SIREN's first layer, RMS
+    ~0.3, and its hidden layer, ~0.02, on one scale). ``update_scale``:
+    ``s`` is the tensor's ``scale`` (else 1). The defaults were chosen on
+    the validation images (RESULTS.md): without ``input_scale`` the editor
+    did not learn on the shared-init zoo; ``update_scale`` was worse there
+    and equal on the independent one."""
+
+    def __init__(self, hidden: int = 32, num_layers: int = 3, *, input_scale: bool = True,
+                 update_scale: bool = False) -> None:
+        super().__init__()
+        self.template = ArchSpec.of("siren", **SIREN).template()
+        self.gmn = GMN(out_dim=0, hidden=hidden, num_layers=num_layers, edge_dim=1, edge_out=1)
+        with torch.no_grad():
+            self.gmn.edge_head[-1].weight.zero_()
+            self.gmn.edge_head[-1].bias.zero_()
+        self.register_buffer("scale", torch.ones(len(SIREN_KEYS)))
+        self.input_scale, self.update_scale = bool(input_scale), bool(update_scale)
+
+    def forward(self, ws: list[Tensor], bs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        tensors = [t for pair in zip(ws, bs) for t in pair]  # SIREN_KEYS order
+        div = self.scale if self.input_scale else torch.ones_like(self.scale)
+        graphs = [self.template.graph({k: t[i] / div[j] for j, (k, t) in enumerate(zip(SIREN_KEYS, tensors))})
+                  for i in range(tensors[0].shape[0])]
+        out = self.gmn(self.gmn.collate(graphs))
+        delta = [g.to_state_dict() for g in out.batch.write_back(out.edge)]
+        mul = self.scale if self.update_scale else torch.ones_like(self.scale)
+        new = [t + mul[j] * torch.stack([d[k] for d in delta]) for j, (k, t) in enumerate(zip(SIREN_KEYS, tensors))]
+        return new[0::2], new[1::2]
+
+
 def edit(s: INRSet, parts, *, epochs: int, seed: int, log) -> tuple[dict, dict[str, Tensor]]:
     """Train the editors on the train rows; the test MSE per editor (CIs by
     group) and the test renderings of every editor."""
@@ -584,17 +628,18 @@ def edit(s: INRSet, parts, *, epochs: int, seed: int, log) -> tuple[dict, dict[s
         model = None
         if name != "identity":
             torch.manual_seed(seed)
-            model = NPEditor() if name == "nfn_np" else FlatEditor()
+            model = {"nfn_np": NPEditor, "gmn": GMNEditor, "flat": FlatEditor}[name]()
             with torch.no_grad():
-                if name == "nfn_np":
-                    model.scale.copy_(torch.stack([t[tr].pow(2).mean().sqrt() for t in ws + bs]))
+                if name in ("nfn_np", "gmn"):  # NPEditor: weights then biases; GMNEditor: SIREN_KEYS order
+                    order = ws + bs if name == "nfn_np" else [t for pair in zip(ws, bs) for t in pair]
+                    model.scale.copy_(torch.stack([t[tr].pow(2).mean().sqrt() for t in order]))
                 else:
                     flat = torch.cat([t[tr].reshape(len(tr), -1) for pair in zip(ws, bs) for t in pair], 1)
                     model.mean.copy_(flat.mean(0))
                     model.std.copy_(flat.std(0).clamp(min=1e-6))
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
             gen = torch.Generator().manual_seed(seed)
-            best = (math.inf, None)
+            best, curve = (math.inf, None, 0), []
             for ep in range(epochs):
                 model.train()
                 order = torch.as_tensor(tr)[torch.randperm(len(tr), generator=gen)]
@@ -606,15 +651,28 @@ def edit(s: INRSet, parts, *, epochs: int, seed: int, log) -> tuple[dict, dict[s
                     opt.step()
                 with torch.no_grad():
                     vl = float(((render(model, torch.as_tensor(va)) - target[va]) ** 2).mean())
+                curve.append(vl)
                 if vl < best[0]:
-                    best = (vl, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                    best = (vl, {k: v.detach().clone() for k, v in model.state_dict().items()}, ep)
             model.load_state_dict(best[1])
             model.eval()
+            log(f"    {name}: best epoch {best[2] + 1}/{epochs}; val MSE " + " ".join(f"{v:.4f}" for v in curve))
         per, out = test_mse(model)
         ci = bootstrap_ci(np.zeros_like(per), per, lambda t, p: float(np.mean(p)), groups=s.groups[te], seed=seed)
-        results[name] = {"mse": ci.value, "low": ci.low, "high": ci.high, "seconds": round(time.time() - t0, 1)}
+        results[name] = {"mse": ci.value, "low": ci.low, "high": ci.high, "seconds": round(time.time() - t0, 1),
+                         "per_network": [float(v) for v in per]}
+        if model is not None:
+            results[name].update(best_epoch=best[2] + 1, val_curve=curve)
         renders[name] = out
         log(f"    edit {name}: test MSE {ci.value:.4f} [{ci.low:.4f}, {ci.high:.4f}] ({time.time() - t0:.0f} s)")
+    # paired: each editor minus the NFN-NP editor on the same test networks (CI resampling images)
+    if "nfn_np" in results:
+        ref = np.array(results["nfn_np"]["per_network"])
+        for name, r in results.items():
+            if name != "nfn_np":
+                d = bootstrap_ci(ref, np.array(r["per_network"]), lambda a, b: float(np.mean(b - a)),
+                                 groups=s.groups[te], seed=seed)
+                r["minus_nfn_np"] = {"value": d.value, "low": d.low, "high": d.high}
     renders["original"] = s.images[te].reshape(len(te), -1)
     renders["target"] = target[te]
     return results, renders
@@ -684,9 +742,13 @@ def table(results: dict) -> str:
                 c = r["classification"][m]
                 lines.append(f"| {LABELS[m]} | {c['accuracy']:.3f} | [{c['low']:.3f}, {c['high']:.3f}] | {c['seconds']} |")
         if r.get("editing"):
-            lines.append("\n| editor (dilation) | test MSE | 95 % CI | seconds |\n|---|---|---|---|")
+            lines.append("\n| editor (dilation) | test MSE | 95 % CI | minus NFN-NP (paired 95 % CI) | seconds |"
+                         "\n|---|---|---|---|---|")
             for e, c in r["editing"].items():
-                lines.append(f"| {EDIT_LABELS[e]} | {c['mse']:.4f} | [{c['low']:.4f}, {c['high']:.4f}] | {c['seconds']} |")
+                d = c.get("minus_nfn_np")
+                paired = f"{d['value']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]" if d else "—"
+                lines.append(f"| {EDIT_LABELS[e]} | {c['mse']:.4f} | [{c['low']:.4f}, {c['high']:.4f}] | {paired} "
+                             f"| {c['seconds']} |")
         lines.append("")
     return "\n".join(lines)
 

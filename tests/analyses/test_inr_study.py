@@ -170,3 +170,123 @@ def test_probe_extras_are_the_network_at_the_probes_and_move_with_its_neurons():
     ratio = feats[1][out_rows][0] / values
     assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4) and float(ratio[0]) > 0
     assert torch.allclose(feats[3], feats[0][template.node_permutation(perm)], atol=1e-5)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread (on a shared 2-core machine two threads made these
+    small graph ops ~20x slower); the setting is restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _sirens(n, seed=0):
+    from weightspace.arch import create_model
+
+    return [create_model("siren", seed=seed + s, **study.SIREN).state_dict() for s in range(n)]
+
+
+def test_gmn_editor_outputs_state_dicts_of_the_same_keys_and_shapes_and_starts_as_identity(one_thread):
+    """The GMN editor's edit, written back through the library
+    (``GraphBatch.write_back``), is a valid siren state dict; with its
+    zero-initialised head it returns the input weights."""
+    from weightspace.generate._common import ArchSpec
+
+    sds = _sirens(3)
+    ws, bs = study.split_params(study.stack_sirens(sds))
+    editor = study.GMNEditor()
+    editor.scale.copy_(torch.tensor([0.5, 0.1, 0.02, 0.03, 0.2, 0.05]))
+    with torch.no_grad():
+        new_w, new_b = editor(ws, bs)
+        for i in range(3):
+            sd = {k: t[i] for k, t in zip(study.SIREN_KEYS, [t for p in zip(new_w, new_b) for t in p])}
+            assert {k: tuple(v.shape) for k, v in sd.items()} == {k: tuple(v.shape) for k, v in sds[i].items()}
+            ArchSpec.of("siren", **study.SIREN).template().graph(sd)  # validates keys, shapes, finiteness
+            for k in study.SIREN_KEYS:
+                assert torch.allclose(sd[k], sds[i][k], atol=1e-6)
+        # a nonzero head changes every tensor
+        torch.nn.init.normal_(editor.gmn.edge_head[-1].weight, generator=torch.Generator().manual_seed(0))
+        moved_w, moved_b = editor(ws, bs)
+    for a, b in zip(moved_w + moved_b, ws + bs):
+        assert not torch.allclose(a, b)
+
+
+def test_gmn_editor_is_equivariant_to_hidden_unit_permutations(one_thread):
+    """Permuting the input INR's hidden units permutes the predicted
+    weights (and so the update) the same way."""
+    from weightspace.generate._common import ArchSpec
+    from weightspace.symmetry import apply_permutation, random_permutation
+
+    spec = ArchSpec.of("siren", **study.SIREN).template().spec
+    sds = _sirens(2, seed=3)
+    perm = random_permutation(spec, generator=torch.Generator().manual_seed(2))
+    assert any(not torch.equal(p, torch.arange(len(p))) for p in perm.values())
+    permuted = [apply_permutation(sd, spec, perm) for sd in sds]
+    editor = study.GMNEditor().double()
+    editor.scale.copy_(torch.tensor([0.5, 0.1, 0.02, 0.03, 0.2, 0.05], dtype=torch.float64))
+    with torch.no_grad():
+        torch.nn.init.normal_(editor.gmn.edge_head[-1].weight, generator=torch.Generator().manual_seed(0))
+        editor.gmn.edge_head[-1].bias.fill_(0.3)
+
+        def run(batch):
+            w, b = study.split_params({k: v.double() for k, v in study.stack_sirens(batch).items()})
+            nw, nb = editor(w, b)
+            return [{k: t[i] - orig[i] for k, t, orig in zip(study.SIREN_KEYS, [t for p in zip(nw, nb) for t in p],
+                                                              [t for p in zip(w, b) for t in p])}
+                    for i in range(len(batch))]
+
+        delta, delta_p = run(sds), run(permuted)
+    for d, dp in zip(delta, delta_p):
+        expect = apply_permutation(d, spec, perm)
+        assert any(float(v.abs().max()) > 1e-3 for v in d.values())
+        for k in study.SIREN_KEYS:
+            assert torch.allclose(dp[k], expect[k], atol=1e-9), k
+
+
+def test_gmn_editor_trains_on_the_rendering_loss(one_thread):
+    """A few Adam steps on 8 SIRENs lower the rendering loss to their
+    dilated images."""
+    from zoo.loaders.inr import inr_grid
+
+    torch.manual_seed(0)
+    ws, bs = study.split_params(study.stack_sirens(_sirens(8)))
+    coords = inr_grid(4, 4)
+    target = study.dilate(torch.rand(8, 4, 4, generator=torch.Generator().manual_seed(1))).reshape(8, -1)
+    editor = study.GMNEditor(hidden=8, num_layers=2)
+    editor.scale.copy_(torch.stack([t.pow(2).mean().sqrt() for p in zip(ws, bs) for t in p]))
+    opt = torch.optim.AdamW(editor.parameters(), lr=1e-3)  # the study's optimiser
+    losses = []
+    for _ in range(15):
+        loss = ((study.siren_apply(*editor(ws, bs), coords) - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0] and sum(losses[-5:]) < sum(losses[:5]), losses
+
+
+@pytest.mark.slow
+def test_edit_reports_each_editor_minus_nfn_np_on_the_same_test_networks(one_thread):
+    """``edit`` trains every editor (one epoch, 16 SIRENs) and reports the
+    paired difference to the NFN-NP editor: the mean of the per-network
+    differences, with a CI around it."""
+    import numpy as np
+
+    pytest.importorskip("nfn")
+    s = study.INRSet("t", study.stack_sirens(_sirens(16)), np.zeros(16, dtype=int), np.arange(16),
+                     torch.rand(16, 4, 4, generator=torch.Generator().manual_seed(0)))
+    parts = (np.arange(8), np.arange(8, 11), np.arange(11, 16))
+    res, renders = study.edit(s, parts, epochs=1, seed=0, log=lambda m: None)
+    assert set(res) == set(study.EDITORS) and renders["gmn"].shape == (5, 16)
+    ref = np.array(res["nfn_np"]["per_network"])
+    assert "minus_nfn_np" not in res["nfn_np"]
+    for name in ("identity", "gmn", "flat"):
+        d = res[name]["minus_nfn_np"]
+        assert d["value"] == pytest.approx(float(np.mean(np.array(res[name]["per_network"]) - ref)))
+        assert d["low"] <= d["value"] <= d["high"]
+        if name != "identity":
+            assert res[name]["best_epoch"] == 1 and len(res[name]["val_curve"]) == 1
+    assert "minus NFN-NP" in study.table({"t": {"networks": 16, "images": 16, "test_networks": 5, "test_groups": 5,
+                                                "classification": {}, "editing": res}})

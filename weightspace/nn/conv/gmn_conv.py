@@ -316,22 +316,11 @@ class GMNConv(MessagePassing):
                 e = torch.addmm(e, h, out.weight.t()).add_(out.bias)  # residual: a GEMM with beta = 1
             agg_in, agg_out = self.aggregate_edges(ctx, e, "in"), self.aggregate_edges(ctx, e, "out")
         m_in, m_out = self._finish(agg_in), self._finish(agg_out)
-        x = x + self._node_update(xn, m_in, m_out, un, ctx)
+        u_n = un.index_select(0, ctx.node_batch)
+        x = x + self.node_mlp(torch.cat([xn, m_in, m_out, u_n, ctx.log_deg], dim=1))
         pooled = self.pool(ctx, torch.cat([x, m_in], dim=1), "node")
         u = u + self.glob_mlp(torch.cat([un, pooled], dim=1))
         return x, e, u, (agg_in, agg_out)
-
-    def _node_update(self, xn: Tensor, m_in: Tensor, m_out: Tensor, un: Tensor, ctx: Any) -> Tensor:
-        """``phi_v([xn, m_in, m_out, un[node_batch], log_deg])`` with the
-        global input's share of the first layer run per graph (``B`` rows,
-        not ``N``) and gathered to the nodes."""
-        lin, rest = self.node_mlp[0], self.node_mlp[1:]
-        c = xn.shape[1] + m_in.shape[1] + m_out.shape[1]  # the columns before the global input
-        w = lin.weight
-        glob = torch.addmm(lin.bias, un, w[:, c : c + un.shape[1]].t()).index_select(0, ctx.node_batch)
-        z = torch.addmm(glob, torch.cat([xn, m_in, m_out, ctx.log_deg], dim=1),
-                        torch.cat([w[:, :c], w[:, c + un.shape[1] :]], dim=1).t())
-        return rest(z)
 
     def _edge_act(self, pre: Tensor) -> Tensor:
         """The edge activation; in place on ``pre`` (a fresh tensor) where

@@ -50,8 +50,31 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _op_breakdown(model, graphs, collate, n: int = 5, top: int = 14) -> dict[str, float]:
+    """CPU milliseconds per forward of the ``top`` costliest aten ops (the rest
+    summed as ``other``; ``total``). ``torch.profiler`` times ops by the wall
+    clock, which a loaded machine stretches, so each op's share of the
+    profiled self time is scaled to this process's CPU time over the same
+    forwards."""
+    from torch.profiler import ProfilerActivity, profile
+
+    batches = [collate(graphs) for _ in range(n)]
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        c0 = time.process_time()
+        for b in batches:
+            model.predict(b)
+        cpu = (time.process_time() - c0) / n * 1000
+    rows = sorted(((e.key, e.self_cpu_time_total) for e in prof.key_averages() if e.self_cpu_time_total > 0),
+                  key=lambda r: -r[1])
+    wall = sum(v for _, v in rows)
+    out = {k: round(cpu * v / wall, 3) for k, v in rows[:top]}
+    out["other"] = round(cpu * sum(v for _, v in rows[top:]) / wall, 3)
+    out["total"] = round(cpu, 3)
+    return out
+
+
 def bench(backend: str, *, batch: int, repeats: int, hidden: int, layers: int, aggr: str, arch: str,
-          threads: int | None) -> dict:
+          threads: int | None, profile: bool = False) -> dict:
     import weightspace as ws
     import zoo
     from weightspace.nn import GMN, collate
@@ -87,6 +110,7 @@ def bench(backend: str, *, batch: int, repeats: int, hidden: int, layers: int, a
             col.append(t1 - t0)
             e2e.append(t2 - t0)
         peak1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        ops = _op_breakdown(model, graphs, collate) if profile else None
     med_f, med_e = statistics.median(fwd), statistics.median(e2e)
     try:
         load = os.getloadavg()
@@ -115,6 +139,10 @@ def bench(backend: str, *, batch: int, repeats: int, hidden: int, layers: int, a
         "peak_rss_growth_mb_per_graph": max(peak1 - peak0, 0.0) / batch,
         "rss_mb_after_warmup": rss0,
         "repeats": repeats,
+        # CPU ms per forward by aten op (torch.profiler over 5 forwards on fresh batches, shares scaled
+        # to the process CPU time; the profiler adds a little per op, so the total is a bit above
+        # forward_cpu_s_median)
+        "op_breakdown_ms_per_forward": ops,
         "target_networks_per_s": 1500,
         "meets_target": batch / med_f >= 1500,
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -149,6 +177,8 @@ def main() -> None:
     ap.add_argument("--arch", default="cnn_small")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (issue 17 target: 1)")
     ap.add_argument("--runs", type=int, default=1, help="repeat the whole measurement; store the median run")
+    ap.add_argument("--profile", action="store_true",
+                    help="also store the CPU time per forward of the costliest ops (torch.profiler)")
     ap.add_argument("--note", default="", help="conditions of this measurement, stored in the JSON")
     ap.add_argument("--table", action="store_true", help="print the stored JSON results side by side and exit")
     ap.add_argument("--no-save", action="store_true")
@@ -162,7 +192,8 @@ def main() -> None:
     rows = []
     for be in backends:
         runs = [bench(be, batch=args.batch, repeats=args.repeats, hidden=args.hidden, layers=args.layers,
-                      aggr=args.aggr, arch=args.arch, threads=args.threads) for _ in range(args.runs)]
+                      aggr=args.aggr, arch=args.arch, threads=args.threads, profile=args.profile)
+                for _ in range(args.runs)]
         r = dict(sorted(runs, key=lambda x: x["networks_per_s"])[len(runs) // 2])  # the median run
         r["note"] = args.note
         r["runs"] = [{k: x[k] for k in ("networks_per_s", "networks_per_s_best", "networks_per_cpu_s",
@@ -177,6 +208,11 @@ def main() -> None:
             tmp.write_text(json.dumps(r, indent=2))
             os.replace(tmp, out)
     print(_table(rows))
+    for r in rows:
+        if r.get("op_breakdown_ms_per_forward"):
+            print(f"\n{r['backend']}: CPU ms per forward by op (torch.profiler shares x CPU time)")
+            for k, v in r["op_breakdown_ms_per_forward"].items():
+                print(f"  {k:40s} {v:8.2f}")
 
 
 if __name__ == "__main__":

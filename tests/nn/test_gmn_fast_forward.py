@@ -162,3 +162,50 @@ def test_value_layout_from_templates_equals_the_computed_one():
     assert torch.equal(a["value_key"] % T, batch.edge_type[edge])
     assert torch.equal(attr[edge, a["value_key"] // T], batch.edge_values)
     assert torch.equal(a["value_start"][edge] + a["value_key"] // T, torch.arange(batch.edge_values.numel()))
+
+
+LAZY_CASES = [
+    dict(aggr="sum", pool="mean", num_layers=2),
+    dict(aggr="sum", pool="sum", num_layers=1, norm="batch"),
+    dict(aggr="mean", pool="mean", num_layers=3, act="relu"),
+    dict(aggr="mean", pool="sum", num_layers=1, layer_encoding="depth"),
+]
+
+
+@pytest.mark.parametrize("case", LAZY_CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "autograd"])
+def test_last_layer_without_edge_readout_equals_the_plain_formulation(case, grad):
+    """Without an edge readout the last layer aggregates ``h W^T + b``
+    per node instead of building ``e'`` and pools edges from the target
+    nodes' aggregates (GMNConv.step): the same graph and node outputs, and
+    the same gradients, as the plain formulation (graphs of three
+    architectures; input neurons have no incoming edge)."""
+    graphs = [graph_and_permuted(a)[0] for a in ("cnn_small", "mlp", "vit_tiny")]
+    width = max(g.template.max_width for g in graphs)
+    torch.manual_seed(0)
+    model = GMN(out_dim=3, hidden=16, node_out=2, edge_dim=width + 2, **case).fit_normalization(graphs)
+    model = _randomize_(model.double(), seed=4).eval()
+    with torch.set_grad_enabled(grad):
+        out = model(collate(graphs, dtype=torch.float64))
+        ref = reference_forward(model, collate(graphs, dtype=torch.float64))
+    assert out.edge is None and ref[2] is None
+    for name, o, r in (("graph", out.graph, ref[0]), ("node", out.node, ref[1])):
+        assert o.shape == r.shape
+        diff = float((o.detach() - r.detach()).abs().max())
+        assert diff <= TOL * max(1.0, float(r.detach().abs().max())), f"{name}: {diff}"
+    if grad:
+        last = model.convs[-1].edge_out[1].weight  # used only through the aggregates in the lazy layer
+        g_out = torch.autograd.grad(out.graph.sum() + out.node.sum(), [last, model.edge_val.weight])
+        g_ref = torch.autograd.grad(ref[0].sum() + ref[1].sum(), [last, model.edge_val.weight])
+        for a, b in zip(g_out, g_ref):
+            assert float((a - b).abs().max()) <= TOL * max(1.0, float(b.abs().max()))
+
+
+def test_step_with_aggregates_needs_a_linear_aggregation():
+    from weightspace.nn.conv import GMNConv
+
+    conv = GMNConv(4, aggr="max")
+    assert not conv.linear_aggregation
+    with pytest.raises(ValueError, match="sum or mean"):
+        conv.step(torch.zeros(2, 4), torch.zeros(1, 4), torch.zeros(1, 4), None,
+                  e_agg=(torch.zeros(2, 4), torch.zeros(2, 4)), counts=(torch.ones(2, 1), torch.ones(2, 1)))

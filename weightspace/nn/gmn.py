@@ -395,12 +395,23 @@ class GMN(MetaNetwork):
         # without autograd the edge stream (E x H, the bulk of the work) is
         # updated in place: e is this method's own tensor
         inplace = not torch.is_grad_enabled()
-        for conv in self.convs:
-            x, e, u = conv.update(x, e, u, ctx, inplace=inplace)
+        pool = self.hparams["pool"]
+        # without an edge readout the last layer's edge stream is only aggregated and pooled; with a
+        # linear aggregation and a sum / mean pool that needs no E x H output (GMNConv.step)
+        lazy = (len(self.convs) > 0 and self.edge_head is None and self.convs[-1].linear_aggregation
+                and pool in ("mean", "sum"))
+        agg = None
+        for i, conv in enumerate(self.convs):
+            if lazy and i == len(self.convs) - 1:
+                if agg is None:  # a one-layer GMN: aggregate the encoded edges
+                    agg = (conv.aggregate_edges(ctx, e, "in"), conv.aggregate_edges(ctx, e, "out"))
+                x, e, u, agg = conv.step(x, e, u, ctx, e_agg=agg, counts=self._aggregate_counts(batch))
+            else:
+                x, e, u, agg = conv.step(x, e, u, ctx, inplace=inplace)
         graph = node = edge = None
         if self.graph_head is not None:
-            pool = self.hparams["pool"]
-            z = torch.cat([u, ctx.pool(x, "node", pool), ctx.pool(e, "edge", pool)], dim=1)
+            pe = ctx.pool(e, "edge", pool) if e is not None else self._edge_pool_from_aggregates(batch, ctx, agg[0])
+            z = torch.cat([u, ctx.pool(x, "node", pool), pe], dim=1)
             rn = self.readout_norm
             if rn is not None and self.training and z.shape[0] < 2:  # one graph: no batch statistics
                 z = torch.nn.functional.batch_norm(z, rn.running_mean, rn.running_var, training=False, eps=rn.eps)
@@ -417,6 +428,26 @@ class GMN(MetaNetwork):
                 attr, mask = batch.padded()
                 edge = edge + torch.nn.functional.pad(attr * mask, (0, edge.shape[1] - attr.shape[1]))
         return GMNOutput(graph, node, edge, batch)
+
+    def _aggregate_counts(self, batch: GraphBatch) -> tuple[Tensor, Tensor]:
+        """Per node, the aggregate of a constant 1 over its in / out edges
+        (``[N, 1]`` each): the degree for ``sum``, ``degree > 0`` for ``mean``."""
+        din, dout = batch.degrees()
+        if self.hparams["aggr"] == "mean":
+            return (din > 0).to(din.dtype)[:, None], (dout > 0).to(dout.dtype)[:, None]
+        return din[:, None], dout[:, None]
+
+    def _edge_pool_from_aggregates(self, batch: GraphBatch, ctx: Any, agg_in: Tensor) -> Tensor:
+        """Per-graph sum / mean of the edge features ``[B, H]`` from their
+        ``sum`` / ``mean`` aggregates at the target nodes ``[N, H]`` (every
+        edge enters exactly one node, in its own graph)."""
+        if self.hparams["aggr"] == "mean":
+            agg_in = agg_in * batch.degrees()[0][:, None]
+        total = ctx.pool(agg_in, "node", "sum")
+        if self.hparams["pool"] == "sum":
+            return total
+        n_edges = (batch.edge_ptr[1:] - batch.edge_ptr[:-1]).clamp(min=1).to(total.dtype)
+        return total / n_edges[:, None]
 
     def predict(self, batch: Any) -> Tensor:
         """Graph-level output ``[B, out_dim]``."""

@@ -254,6 +254,43 @@ class GMNConv(MessagePassing):
         """:meth:`forward`; ``inplace=True`` writes ``e'`` into ``e`` (saves
         a copy of the largest tensor; only for a caller that owns ``e`` and
         records no gradient)."""
+        x, e, u, _ = self.step(x, e, u, ctx, inplace=inplace)
+        return x, e, u
+
+    @property
+    def linear_aggregation(self) -> bool:
+        """Whether the aggregation is linear in the messages (``sum``,
+        ``mean``): what :meth:`step` needs to skip building ``e'``."""
+        return self.aggr_name in ("sum", "mean")
+
+    def step(
+        self,
+        x: Tensor,
+        e: Tensor,
+        u: Tensor,
+        ctx: Any,
+        *,
+        inplace: bool = False,
+        e_agg: tuple[Tensor, Tensor] | None = None,
+        counts: tuple[Tensor, Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor, tuple[Tensor, Tensor]]:
+        """:meth:`update` that also returns the aggregated edge messages
+        ``(agg_in [N, k*H], agg_out [N, k*H])`` of ``e'`` (before the PNA
+        std transform), and can skip ``e'``.
+
+        With ``e_agg`` (the aggregates of the input ``e``, e.g. from the
+        previous layer's :meth:`step`) and ``counts`` (per node, the
+        aggregate of a constant 1 over its in / out edges, ``[N, 1]``: the
+        degree for ``sum``, ``degree > 0`` for ``mean``), a layer with a
+        :attr:`linear_aggregation` does not build ``e' = e + h W^T + b``
+        (``E x H``, the largest tensor): its aggregates are
+        ``agg(e) + agg(h) W^T + counts * b``, at ``N`` rows. It then
+        returns ``None`` for ``e'``; the caller pools edges from the
+        aggregates (every edge enters exactly one target node).
+        """
+        lazy = e_agg is not None
+        if lazy and (not self.linear_aggregation or counts is None):
+            raise ValueError("step(e_agg=...) needs a sum or mean aggregation and counts")
         # pre-norm residual updates: the residual stream keeps the scale of
         # the weights (post-norm would normalize it away at every layer)
         xn, en, un = self.node_norm(x), self.edge_norm(e), self.glob_norm(u)
@@ -265,17 +302,25 @@ class GMNConv(MessagePassing):
         pre = self.edge_gather(ctx, a, self.lin_dst(xn)).addmm_(en, self.lin_edge.weight.t())
         h = self.edge_out[0](self._edge_act(pre))  # dropout (identity when p = 0 or in eval)
         out = self.edge_out[1]
-        if inplace:
-            e = e.addmm_(h, out.weight.t()).add_(out.bias)
+        if lazy:
+            # the output map and the aggregation commute: N-row GEMMs instead of one E-row GEMM
+            agg_in, agg_out = (
+                torch.addmm(torch.addmm(prev, cnt, out.bias[None]), self.aggregate_edges(ctx, h, d), out.weight.t())
+                for prev, cnt, d in zip(e_agg, counts, ("in", "out"))
+            )
+            e = None
         else:
-            e = torch.addmm(e, h, out.weight.t()).add_(out.bias)  # residual: a GEMM with beta = 1
-        m_in = self._finish(self.aggregate_edges(ctx, e, "in"))
-        m_out = self._finish(self.aggregate_edges(ctx, e, "out"))
+            if inplace:
+                e = e.addmm_(h, out.weight.t()).add_(out.bias)
+            else:
+                e = torch.addmm(e, h, out.weight.t()).add_(out.bias)  # residual: a GEMM with beta = 1
+            agg_in, agg_out = self.aggregate_edges(ctx, e, "in"), self.aggregate_edges(ctx, e, "out")
+        m_in, m_out = self._finish(agg_in), self._finish(agg_out)
         u_n = un.index_select(0, ctx.node_batch)
         x = x + self.node_mlp(torch.cat([xn, m_in, m_out, u_n, ctx.log_deg], dim=1))
         pooled = self.pool(ctx, torch.cat([x, m_in], dim=1), "node")
         u = u + self.glob_mlp(torch.cat([un, pooled], dim=1))
-        return x, e, u
+        return x, e, u, (agg_in, agg_out)
 
     def _edge_act(self, pre: Tensor) -> Tensor:
         """The edge activation; in place on ``pre`` (a fresh tensor) where

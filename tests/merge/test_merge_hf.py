@@ -160,7 +160,9 @@ def test_missing_shard_is_one_line(dirs, tmp_path):
     (tmp_path / "b" / shard).unlink()
     res, _ = _merge(tmp_path, {"method": "average", "models": [{"model": {"hf": "b"}}, {"model": {"hf": "b"}}]})
     assert res.exit_code == 2, res.output
-    assert shard in res.output and "weight_map" in res.output and "Traceback" not in res.output
+    assert shard in res.output and "index.json" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["merge", str(tmp_path / "merge.yaml"), str(tmp_path / "out2"), "--in-memory"])
+    assert res.exit_code == 2 and shard in res.output and "weight_map" in res.output, res.output
 
 
 def test_hf_dir_with_path_is_refused(dirs, tmp_path):
@@ -246,3 +248,72 @@ def test_model_and_arch_together_are_refused(tmp_path):
     res, _ = _merge(tmp_path, {"method": "average", "arch": "mlp", "model": {"factory": "a.b:c"},
                                "models": ["m0.safetensors"]}, "o.safetensors")
     assert res.exit_code == 2 and "model" in res.output and "not both" in res.output
+
+
+# ------------------------------------------------------------ out of core
+def _tensors(out):
+    from safetensors.torch import load_file
+
+    sd = {}
+    for f in sorted(out.glob("*.safetensors")):
+        sd.update(load_file(str(f)))
+    return sd
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("average", {}),
+    ("task_arithmetic", {"base": {"model": {"hf": "a"}}, "options": {"scale": 0.7}}),
+    ("ties", {"base": {"model": {"hf": "a"}}, "options": {"density": 0.5, "trim": "per_tensor"}}),
+    ("dare", {"base": {"model": {"hf": "a"}}, "options": {"density": 0.5}, "seed": 3}),
+    ("breadcrumbs", {"base": {"model": {"hf": "a"}}}),
+    ("slerp", {"options": {"t": 0.3}}),
+])
+def test_streamed_merge_equals_the_in_memory_one(dirs, tmp_path, method, extra):
+    root, _ = dirs
+    for n in ("a", "b"):
+        (tmp_path / n).symlink_to(root / n, target_is_directory=True)
+    cfg = {"method": method, **extra, "models": [{"model": {"hf": "b"}, "weight": 0.6}, {"model": {"hf": "a"}}]}
+    (tmp_path / "merge.yaml").write_text(yaml.safe_dump(cfg))
+    run = lambda out, *flags: CliRunner().invoke(app, ["merge", str(tmp_path / "merge.yaml"), str(tmp_path / out),  # noqa: E731
+                                                         *flags])
+    streamed, memory = run("streamed"), run("memory", "--in-memory")
+    assert streamed.exit_code == 0 and memory.exit_code == 0, streamed.output + memory.output
+    assert "out of core" in streamed.output and "out of core" not in memory.output
+    got, want = _tensors(tmp_path / "streamed"), _tensors(tmp_path / "memory")
+    assert set(got) == set(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    # sharded like the reference source (b: 4 KB shards, with an index)
+    assert (tmp_path / "streamed" / "model.safetensors.index.json").is_file()
+    assert json.loads((tmp_path / "streamed" / "weightspace_merge.json").read_text())["out_of_core"] is True
+    meta = read_safetensors_metadata(sorted((tmp_path / "streamed").glob("*.safetensors"))[0])
+    assert meta["method"] == method and meta["format"] == "pt"
+    with torch.no_grad():
+        assert torch.isfinite(_load(tmp_path / "streamed")(torch.randint(0, 50, (1, 8))).logits).all()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(dirs, tmp_path):
+    root, _ = dirs
+    (tmp_path / "merge.yaml").write_text(yaml.safe_dump({
+        "method": "ties", "base": {"model": {"hf": str(root / "a")}}, "options": {"trim": "per_tensor"},
+        "models": [{"model": {"hf": str(root / "b")}}]}))
+    res = CliRunner().invoke(app, ["merge", str(tmp_path / "merge.yaml"), str(tmp_path / "out"), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "transformer.h.0.mlp.c_fc.weight" in res.output and "(16, 64)" in res.output
+    assert "estimated peak memory" in res.output and "nothing written" in res.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("cfg, flag, words", [
+    ({"method": "weight_matching"}, "--stream", "weight_matching needs whole models"),
+    ({"method": "weight_matching"}, "--dry-run", "--dry-run shows the out-of-core plan"),
+    ({"method": "ties", "base": {"model": {"hf": "a"}}}, "--stream", "trim: per_tensor"),
+])
+def test_configs_that_cannot_stream_are_one_line_exit_2(dirs, tmp_path, cfg, flag, words):
+    root, _ = dirs
+    (tmp_path / "a").symlink_to(root / "a", target_is_directory=True)
+    (tmp_path / "merge.yaml").write_text(yaml.safe_dump({**cfg, "models": [{"model": {"hf": "a"}}]}))
+    res = CliRunner().invoke(app, ["merge", str(tmp_path / "merge.yaml"), str(tmp_path / "out"), flag])
+    assert res.exit_code == 2, res.output
+    assert words in res.output and "merge.yaml" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -42,11 +42,35 @@ def _plot_paths(outcome, png: Path) -> list[Path]:
     return [png, svg]
 
 
+def _echo_plan(cfg, plan, out: Path, dry_run: bool) -> None:
+    """The out-of-core plan: one line per tensor, then the totals."""
+    if dry_run:
+        typer.echo(f"{'tensor':48s} {'shape':>18s} {'dtype':>5s} {'method':>15s}  shard")
+        for t in plan.tensors:
+            typer.echo(f"{t.name[:48]:48s} {str(tuple(t.shape)):>18s} {t.dtype:>5s} {t.method:>15s}  {t.shard}")
+    mib = 2**20
+    typer.echo(f"method     {cfg.method} (out of core: {plan.method})")
+    for i, m in enumerate(cfg.models):
+        typer.echo(f"model {i}    {m.path}")
+    if cfg.base is not None and plan.method not in ("linear", "slerp"):
+        typer.echo(f"base       {cfg.base.path}")
+    typer.echo(f"tensors    {len(plan.tensors)} in {len(plan.shards)} shard(s), {plan.model_bytes / mib:.1f} MiB "
+               f"per model; estimated peak memory {plan.peak_bytes / mib:.1f} MiB")
+    typer.echo("dry run    nothing written" if dry_run else f"wrote      {out}")
+
+
 def merge(
     config: Annotated[Path, typer.Argument(help="YAML merge config (models, method, options, data)")],
     out: Annotated[Path, typer.Argument(help="where to write the merged weights: a .safetensors file, or a "
                                               "directory for Hugging Face models")],
     progress: Annotated[bool, typer.Option("--progress/--quiet", help="show progress bars")] = False,
+    stream: Annotated[Optional[bool], typer.Option(
+        "--stream/--in-memory",
+        help="out of core, tensor by tensor (default where the config allows: Hugging Face directories, an "
+             "elementwise method, no data/repair/barrier) or with the models loaded")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="print the out-of-core plan (tensors, shapes, method per tensor, estimated memory); "
+                          "write nothing")] = False,
 ) -> None:
     """Merge models as a YAML config describes (mergekit-style).
 
@@ -55,25 +79,32 @@ def merge(
     Models given as Hugging Face directories (`model: {hf: DIR}`) merge into
     a directory OUT that `transformers` loads with `from_pretrained`
     (config.json copied, safetensors sharded like the source, method and
-    options in the metadata and in OUT/weightspace_merge.json).
+    options in the metadata and in OUT/weightspace_merge.json). With an
+    elementwise method (average, task_arithmetic, ties, dare, breadcrumbs,
+    slerp) and no data, they merge out of core: tensor by tensor, never a
+    whole model in memory (`--in-memory` loads them instead).
 
     Examples:
 
       weightspace merge merge.yaml merged.safetensors
 
       weightspace merge merge-gpt2.yaml merged-gpt2/
+
+      weightspace merge ties-gpt2.yaml merged-ties/ --dry-run
     """
     from weightspace.arch import save_hf_checkpoint
     from weightspace.errors import InputFileError
     from weightspace.io import atomic_write, save_state_dict
-    from weightspace.merge.config import load_config, run_config
+    from weightspace.merge.config import MergeConfigError, load_config, run_config
 
     # Bad configs, weights and data files raise WeightspaceError subclasses
     # naming the file and key; the app's ErrorBoundary prints them (exit 2).
     cfg = load_config(config)
     ref = cfg.models[cfg.reference].ref
     to_dir = ref is not None and ref.kind == "hf"
-    if to_dir:
+    if dry_run:
+        pass  # nothing is written: OUT is not checked
+    elif to_dir:
         if out.exists() and not out.is_dir():
             raise InputFileError("OUT is a file; Hugging Face models merge into a directory", path=out)
         if out.is_dir() and any(out.iterdir()) and not (out / "weightspace_merge.json").exists():
@@ -85,6 +116,22 @@ def merge(
                                  path=out)
         if out.suffix != ".safetensors":
             raise typer.BadParameter(f"OUT must end in .safetensors, got {out}")
+    from weightspace.merge.config import run_config_streamed, streaming_blocker
+
+    why = streaming_blocker(cfg)
+    if (stream or dry_run) and why is not None:
+        what = "--dry-run shows the out-of-core plan, but" if dry_run else "--stream:"
+        raise MergeConfigError(f"{what} this config cannot merge out of core: {why}", path=config, field="method")
+    if dry_run or (to_dir and why is None and stream is not False):
+        meta = {"method": cfg.method, "options": json.dumps(cfg.options, sort_keys=True)}
+        plan = run_config_streamed(cfg, None if dry_run else out, dry_run=dry_run, progress=progress, metadata=meta)
+        _echo_plan(cfg, plan, out, dry_run)
+        if not dry_run:
+            record = {"method": cfg.method, "options": cfg.options, "reference": cfg.reference,
+                      "models": [str(m.path) for m in cfg.models], "repair": "none", "config": str(config),
+                      "out_of_core": True}
+            atomic_write(out / "weightspace_merge.json", json.dumps(record, indent=2, default=str))
+        return
     outcome = run_config(cfg, progress=progress)
     s = outcome.summary
     meta = {"arch": outcome.arch, "arch_kwargs": json.dumps(outcome.arch_kwargs), "method": s["method"],

@@ -61,7 +61,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from weightspace.arch import HFCheckpoint, ModelRef, create_model, get_model_info, list_models, resolve_model
-from weightspace.arch.ref import _import_factory
+from weightspace.arch.ref import INDEX_FILE, _import_factory
 from weightspace.core import permutation_spec
 from weightspace.data import load_dataset
 from weightspace.errors import ConfigError, InputFileError, MissingFileError, WeightspaceError
@@ -70,8 +70,12 @@ from weightspace.merge._common import MergeConfigError, MergeError, check_state_
 from weightspace.merge.barrier import linear_path, loss_and_accuracy
 from weightspace.merge.methods import METHODS, MethodInputs, get_method
 from weightspace.merge.repair import repair, reset_bn_stats
+from weightspace.merge.stream import StreamPlan, _check_options, merge_directories
 
-__all__ = ["METHODS", "MergeConfig", "MergeConfigError", "MergeOutcome", "ModelEntry", "load_config", "run_config"]
+__all__ = [
+    "METHODS", "MergeConfig", "MergeConfigError", "MergeOutcome", "ModelEntry", "load_config", "run_config",
+    "run_config_streamed", "streaming_blocker",
+]
 
 _REPAIR = ("none", "reset_bn", "repair")
 _SPLITS = ("train", "val", "test")
@@ -724,6 +728,35 @@ def _build_registry(entry: ModelEntry, source: Path | None) -> torch.nn.Module:
         ) from None
 
 
+def _check_architectures(cfg: MergeConfig, mixed_widths: bool) -> tuple[dict, dict, set]:
+    """Open every Hugging Face directory and check the models are of one
+    architecture (and one width unless ``mixed_widths``): ``(hf, ids, arch_keys)``."""
+    src = cfg.source
+    everyone = [*cfg.models, *([cfg.base] if cfg.base is not None else [])]
+    hf = {m.key: _open_hf(m, src) for m in everyone if m.ref is not None and m.ref.kind == "hf"}
+    ids = {m.key: _arch_id(m, hf) for m in everyone}
+    arch_keys = {ids[m.key] for m in cfg.models}
+    if len({a for a, _ in arch_keys}) > 1:
+        raise MergeConfigError(
+            f"models have different architectures {sorted({ids[m.key][0] for m in cfg.models})}; "
+            "only models of one architecture (family) can be merged", path=src, field="models",
+        )
+    if len(arch_keys) > 1 and not mixed_widths:
+        if hf:
+            a, b = (json.loads(ids[m.key][1]) for m in (cfg.models[0], next(m for m in cfg.models
+                                                                          if ids[m.key] != ids[cfg.models[0].key])))
+            k = next(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+            raise MergeConfigError(
+                f"the Hugging Face configs differ in {k!r} ({a.get(k)!r} vs {b.get(k)!r}); only method ot_fusion "
+                "merges different widths", path=src, field="models",
+            )
+        raise MergeConfigError(
+            f"models have different architecture arguments ({[m.arch_kwargs for m in cfg.models]}); "
+            "only method ot_fusion merges different widths", path=src, field="method",
+        )
+    return hf, ids, arch_keys
+
+
 def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
     """Load the models of ``cfg``, merge them, optionally REPAIR and measure
     the barrier. Never prints.
@@ -753,27 +786,7 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
         raise MergeConfigError(f"method {cfg.method} needs 'base: {{path: ...}}'", path=src, field="base")
     ref = cfg.models[cfg.reference]
     everyone = [*cfg.models, *([cfg.base] if cfg.base is not None else [])]
-    hf = {m.key: _open_hf(m, src) for m in everyone if m.ref is not None and m.ref.kind == "hf"}
-    ids = {m.key: _arch_id(m, hf) for m in everyone}
-    arch_keys = {ids[m.key] for m in cfg.models}
-    if len({a for a, _ in arch_keys}) > 1:
-        raise MergeConfigError(
-            f"models have different architectures {sorted({ids[m.key][0] for m in cfg.models})}; "
-            "only models of one architecture (family) can be merged", path=src, field="models",
-        )
-    if len(arch_keys) > 1 and not method.mixed_widths:
-        if hf:
-            a, b = (json.loads(ids[m.key][1]) for m in (cfg.models[0], next(m for m in cfg.models
-                                                                          if ids[m.key] != ids[cfg.models[0].key])))
-            k = next(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
-            raise MergeConfigError(
-                f"the Hugging Face configs differ in {k!r} ({a.get(k)!r} vs {b.get(k)!r}); only method ot_fusion "
-                "merges different widths", path=src, field="models",
-            )
-        raise MergeConfigError(
-            f"models have different architecture arguments ({[m.arch_kwargs for m in cfg.models]}); "
-            "only method ot_fusion merges different widths", path=src, field="method",
-        )
+    hf, ids, arch_keys = _check_architectures(cfg, method.mixed_widths)
     # one module and spec per distinct architecture (several only for ot_fusion)
     built: dict[tuple, tuple[torch.nn.Module, Any]] = {}
     for m in everyone:
@@ -847,3 +860,82 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
         summary["model"] = ref.ref.identity
     return MergeOutcome(merged, ref.arch, dict(ref.arch_kwargs), summary, path, path_naive, hf.get(ref.key),
                         ref.ref.identity if ref.ref is not None else None)
+
+
+# ------------------------------------------------------------ out of core
+#: config method -> :func:`~weightspace.merge.stream.merge_directories` method
+#: (the elementwise methods; the aligning ones need whole models)
+STREAMED = {"average": "linear", "task_arithmetic": "task_arithmetic", "ties": "ties", "dare": "dare",
+            "breadcrumbs": "breadcrumbs", "slerp": "slerp"}
+
+
+def streaming_blocker(cfg: MergeConfig) -> str | None:
+    """Why ``cfg`` cannot merge out of core (``None``: it can).
+
+    A config streams when every model (and the base) is a Hugging Face
+    directory, its method is elementwise (:data:`STREAMED`), its options
+    stream (TIES needs ``trim: per_tensor``) and it has no ``data``,
+    ``repair`` or ``barrier`` (they run the models)."""
+    if cfg.method not in STREAMED:
+        return f"method {cfg.method} needs whole models (out of core: {', '.join(STREAMED)})"
+    entries = [*cfg.models, *([cfg.base] if cfg.base is not None else [])]
+    bad = next((m for m in entries if m.ref is None or m.ref.kind != "hf"), None)
+    if bad is not None:
+        return f"{bad.key} is not a Hugging Face directory (model: {{hf: DIR}})"
+    for key, value in (("data", cfg.data), ("barrier", cfg.barrier)):
+        if value is not None:
+            return f"'{key}' runs the models, which needs them in memory"
+    if cfg.repair != "none":
+        return "'repair' runs the models, which needs them in memory"
+    try:
+        _check_options(STREAMED[cfg.method], cfg.options)
+    except MergeConfigError as exc:
+        return exc.message
+    return None
+
+
+def run_config_streamed(cfg: MergeConfig, out: str | os.PathLike | None, *, dry_run: bool = False,
+                        progress: bool = False, max_shard_size: int | None = None,
+                        metadata: Mapping[str, str] | None = None) -> StreamPlan:
+    """Merge ``cfg`` out of core with :func:`~weightspace.merge.stream.merge_directories`:
+    tensor by tensor from the directories' safetensors, never a whole model
+    in memory; the result equals :func:`run_config`'s. ``dry_run`` returns
+    the plan (tensors, shapes, method per tensor, estimated peak memory)
+    and writes nothing.
+
+    ``max_shard_size`` defaults to the reference directory's largest shard
+    (one file when it has one), so the result is sharded like the source;
+    ``metadata`` goes into every shard's header.
+
+    ``models[i].weight`` is the per-model weight (``average``, ``ties``,
+    ``dare``, ``breadcrumbs``); ``dare`` takes the config's ``seed`` unless
+    its options give one; the base is read only by the methods that use it.
+
+    Raises:
+        MergeConfigError: the config cannot stream (:func:`streaming_blocker`
+            says why) or an option is bad, naming the config file and key.
+        MissingFileError, InputFileError, StateDictError: a directory at fault.
+    """
+    why = streaming_blocker(cfg)
+    if why is not None:
+        raise MergeConfigError(f"cannot merge out of core: {why}", path=cfg.source, field="method")
+    _check_architectures(cfg, False)
+    method = STREAMED[cfg.method]
+    opts = dict(cfg.options)
+    if method == "dare":
+        opts.setdefault("seed", cfg.seed)
+    weights = [m.weight for m in cfg.models] if method in ("linear", "ties", "dare", "breadcrumbs") else None
+    base = cfg.base.path if cfg.base is not None and method not in ("linear", "slerp") else None
+    if max_shard_size is None:
+        ref = Path(cfg.models[cfg.reference].path)
+        shards = sorted(ref.glob("*.safetensors")) if (ref / INDEX_FILE).is_file() else []
+        max_shard_size = max((f.stat().st_size for f in shards), default=2**62)
+    try:
+        return merge_directories(method, [m.path for m in cfg.models], out, base=base, weights=weights,
+                                 options=opts, max_shard_size=max_shard_size, dry_run=dry_run, progress=progress,
+                                 metadata=metadata)
+    except MergeConfigError as exc:
+        if exc.path is not None:
+            raise
+        key = exc.field if exc.field in (None, "models", "base", "weights", "out") else f"options.{exc.field}"
+        raise MergeConfigError(exc.message, path=cfg.source, field=key) from None

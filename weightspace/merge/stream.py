@@ -220,6 +220,7 @@ def merge_directories(
     max_shard_size: int = 2 * 2**30,
     dry_run: bool = False,
     progress: bool = False,
+    metadata: Mapping[str, str] | None = None,
 ) -> StreamPlan:
     """Merge safetensors model directories tensor by tensor into ``out``.
 
@@ -240,6 +241,8 @@ def merge_directories(
         dry_run: only return the plan; nothing is read but the headers and
             nothing is written.
         progress: a tqdm bar over the tensors.
+        metadata: extra string entries for every shard's safetensors header
+            (and the index's metadata).
 
     Returns:
         the :class:`StreamPlan` (after writing, unless ``dry_run``). The
@@ -298,7 +301,8 @@ def merge_directories(
     out = Path(out)
     record = {"method": method, "options": {k: v for k, v in opts.items() if k != "weights"},
               "weights": list(weights) if weights is not None else None}
-    meta = {"format": "pt", "weightspace_merge": json.dumps(record, sort_keys=True)}
+    meta = {**{str(k): str(v) for k, v in (metadata or {}).items()}, "format": "pt",
+            "weightspace_merge": json.dumps(record, sort_keys=True)}
     bar = tqdm(total=len(plan.tensors), disable=not progress, desc=f"merge ({method})", unit="tensor")
     try:
         for fname, names in plan.shards.items():

@@ -11,10 +11,9 @@ whose header is known from the plan (names, dtypes, shapes), so each merged
 tensor goes to its offset as soon as it exists and is freed: peak memory is
 the working copies of the largest tensor (see :class:`StreamPlan`), not a
 shard. Each shard is a :class:`weightspace.io.AtomicFile` (temp file,
-fsync, rename): the kernel is asked to start writing a tensor's pages
-back as soon as they are written (``sync_file_range`` where Linux has it),
-and a complete shard is fsynced and renamed on a background thread while
-the next one is merged, so the disk works while the CPU merges. The index
+fsync, rename); a complete shard is fsynced and renamed on a background
+thread while the next one is merged, so the disk works while the CPU
+merges and only the last shard's fsync is waited for. The index
 ``model.safetensors.index.json`` is written once every shard is durable.
 Tensors are not copied on read (safetensors maps the file copy-on-write)
 nor on write (``os.pwrite`` from the tensor's memory).
@@ -25,8 +24,6 @@ and cannot stream: give ``trim: per_tensor`` (mergekit's convention).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
 import struct
@@ -222,23 +219,6 @@ def _plan(method: str, opts: dict, first: _Dir, others: Sequence[_Dir], max_shar
     return plan
 
 
-def _libc_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """Linux's ``sync_file_range`` (through ctypes), or None where there is none."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).sync_file_range
-    except (OSError, AttributeError):  # pragma: no cover - a libc without it
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SYNC_FILE_RANGE = _libc_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-
-
 class _ShardWriter:
     """One output shard, written tensor by tensor at offsets fixed by its header.
 
@@ -246,8 +226,7 @@ class _ShardWriter:
     tensors (same layout: larger dtypes first, then by name; metadata keys
     sorted), built from the plan, so a merged tensor can be written as soon
     as it exists. :meth:`put` writes one tensor (``os.pwrite`` from its
-    memory, no copy) and asks the kernel to start writing those pages back;
-    :meth:`commit` checks every tensor arrived, fsyncs and renames the file
+    memory, no copy); :meth:`commit` checks every tensor arrived, fsyncs and renames the file
     (:class:`~weightspace.io.AtomicFile`).
     """
 
@@ -284,8 +263,6 @@ class _ShardWriter:
                                  f"{t.dtype} {t.shape}", path=self.path, field=name)
         if n:
             write_all(self.file.fd, tensor.contiguous().reshape(-1).view(torch.uint8).numpy(), self.start + off)
-            if _SYNC_FILE_RANGE is not None:  # start the writeback now; commit's fsync waits for less
-                _SYNC_FILE_RANGE(self.file.fd, self.start + off, n, _SYNC_FILE_RANGE_WRITE)
         self.pending.discard(name)
 
     def commit(self) -> Path:

@@ -5,6 +5,7 @@ required; a failed merge or commit leaves no temp files and no index."""
 from __future__ import annotations
 
 import json
+import os
 import struct
 
 import pytest
@@ -114,3 +115,17 @@ def test_a_failed_commit_stops_the_merge_before_the_index(tmp_path, monkeypatch)
     monkeypatch.setattr(stream.AtomicFile, "commit", commit)
     merge_directories("linear", paths, out, max_shard_size=200)  # a rerun completes the directory
     assert (out / "model.safetensors.index.json").is_file() and len(_read_dir(out)) == 9
+
+
+def test_background_fsyncs_while_writing_change_nothing_but_when_the_disk_writes(tmp_path, monkeypatch):
+    paths = _dirs(tmp_path)
+    synced = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), fsync(fd))[1])
+    merge_directories("linear", paths, tmp_path / "ref", max_shard_size=200)
+    n_ref, synced[:] = len(synced), []
+    monkeypatch.setattr(stream, "SYNC_BYTES", 1)  # an fsync after every tensor
+    plan = merge_directories("linear", paths, tmp_path / "out", max_shard_size=200)
+    assert len(synced) == n_ref + len(plan.tensors)
+    for f in sorted((tmp_path / "ref").iterdir()):
+        assert (tmp_path / "out" / f.name).read_bytes() == f.read_bytes(), f.name

@@ -11,9 +11,10 @@ whose header is known from the plan (names, dtypes, shapes), so each merged
 tensor goes to its offset as soon as it exists and is freed: peak memory is
 the working copies of the largest tensor (see :class:`StreamPlan`), not a
 shard. Each shard is a :class:`weightspace.io.AtomicFile` (temp file,
-fsync, rename); a complete shard is fsynced and renamed on a background
-thread while the next one is merged, so the disk works while the CPU
-merges and only the last shard's fsync is waited for. The index
+fsync, rename); a background thread fsyncs the shard being written after
+every :data:`SYNC_BYTES` and fsyncs and renames each complete shard while
+the next one is merged, so the disk works while the CPU merges and the end
+waits for the last few tensors only. The index
 ``model.safetensors.index.json`` is written once every shard is durable.
 Tensors are not copied on read (safetensors maps the file copy-on-write)
 nor on write (``os.pwrite`` from the tensor's memory).
@@ -64,6 +65,11 @@ _LAYOUT = {d: i for i, d in enumerate(("I64", "F64", "F32", "I32", "BF16", "F16"
 def _fn(method: str) -> Callable[..., dict[str, torch.Tensor]]:
     return {"task_arithmetic": task_arithmetic, "ties": ties, "dare": dare, "breadcrumbs": breadcrumbs}[method]
 
+
+#: bytes written to a shard between two background fsyncs of it: the disk
+#: writes while the merge computes, and the last shard's commit waits for
+#: at most about this much
+SYNC_BYTES = 64 * 2**20
 
 STREAM_METHODS = ("linear", "task_arithmetic", "ties", "dare", "breadcrumbs", "slerp")
 #: methods that merge the models themselves and take no base
@@ -375,15 +381,20 @@ def merge_directories(
                     if fut.done():
                         fut.result()
                 writer = _ShardWriter(out / fname, [by_name[n] for n in names], meta)
+                unsynced = 0
                 for name in names:
                     writer.put(name, merge_one(name))
                     bar.update(1)
+                    unsynced += writer.where[name][1]
+                    if unsynced >= SYNC_BYTES:  # the disk starts on it now, not at the commit
+                        committed.append(pool.submit(os.fsync, writer.file.fd))
+                        unsynced = 0
                 committed.append(pool.submit(writer.commit))
                 writer = None
         except BaseException:
+            wait(committed)  # the pool finishes what it has (before the file goes); then the error is raised
             if writer is not None:
                 writer.file.abort()
-            wait(committed)  # the pool finishes what it has; the first error is the one raised
             raise
         finally:
             bar.close()

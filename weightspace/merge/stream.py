@@ -321,6 +321,10 @@ def merge_directories(
         MergeConfigError: a method that cannot stream or a bad option (naming it).
         MissingFileError, InputFileError, StateDictError: a directory or file
             at fault, or models of different tensors or shapes.
+        OSError: writing or fsyncing a shard failed (e.g. the disk is full).
+            After any error no temporary file is left; shards completed
+            before it stay, but the index is (re)written only once every
+            shard is durable; a rerun rewrites the directory.
     """
     opts = _check_options(method, options or {})
     if method == "slerp":

@@ -51,8 +51,11 @@ built in a subprocess too.
 
 The machine may be shared: every run records its wall time and CPU time
 (``resource.getrusage``: the merge itself, and ``process_*`` the whole
-child with its imports, from ``RUSAGE_CHILDREN``) and the load average
-before it; with ``--repeats N`` the two tools run back to back in
+child with its imports, from ``RUSAGE_CHILDREN``), the main thread's
+``blocked_s`` (wall time neither on a CPU nor waiting for one, from
+``/proc/thread-self/schedstat``: sleeping on I/O such as fsync, whatever
+the load), page faults, context switches, bytes to and from the disk, and
+the load average before it; with ``--repeats N`` the two tools run back to back in
 alternation and the medians are reported (the peak RSS: the largest).
 
 Run: nice -n 10 python benchmarks/bench_merge_llm.py [--mergekit-python PATH] [--repeats N]
@@ -116,23 +119,43 @@ MERGES = {
     },
 }
 
-_MERGEKIT_CHILD = r"""
-import json, resource, sys, time, yaml, torch
+#: where a merge's time goes, for both tools (exec'ed in each child): the main
+#: thread's time on a CPU and waiting for one (``/proc/thread-self/schedstat``),
+#: so ``blocked_s = wall - on CPU - waiting for a CPU`` is the time it slept on
+#: I/O (fsync, disk reads, writeback throttling) whatever the load; page faults
+#: and context switches (``getrusage``) and the bytes read from / written to
+#: the disk (``/proc/self/io``)
+_COUNTERS = r"""
+import resource, time
+def counters():
+    run, runq = (int(x) / 1e9 for x in open("/proc/thread-self/schedstat").read().split()[:2])
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines() if line)
+    return {"t": time.perf_counter(), "run": run, "runq": runq, "cpu": r.ru_utime + r.ru_stime, "sys": r.ru_stime,
+            "minflt": r.ru_minflt, "majflt": r.ru_majflt, "nvcsw": r.ru_nvcsw, "nivcsw": r.ru_nivcsw,
+            "read_bytes": int(io["read_bytes"]), "write_bytes": int(io["write_bytes"])}
+def spent(c0, c1):
+    d = {k: c1[k] - c0[k] for k in c0}
+    return {"wall_s": d["t"], "cpu_s": d["cpu"], "sys_s": d["sys"], "runq_s": d["runq"],
+            "blocked_s": d["t"] - d["run"] - d["runq"], "minflt": d["minflt"], "majflt": d["majflt"],
+            "nvcsw": d["nvcsw"], "nivcsw": d["nivcsw"], "disk_read_bytes": d["read_bytes"],
+            "disk_write_bytes": d["write_bytes"]}
+"""
+
+_MERGEKIT_CHILD = _COUNTERS + r"""
+import json, resource, sys, yaml, torch
 cfg_path, out, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.set_num_threads(threads)
 from mergekit.config import MergeConfiguration
 from mergekit.merge import MergeOptions, run_merge
-t = time.perf_counter()
-r0 = resource.getrusage(resource.RUSAGE_SELF)
+c0 = counters()
 with open(cfg_path) as f:
     cfg = MergeConfiguration.model_validate(yaml.safe_load(f))
 run_merge(cfg, out, MergeOptions(copy_tokenizer=False, write_model_card=False, num_threads=threads,
                                  random_seed=0, quiet=True))
+res = spent(c0, counters())
 hwm = [int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
-r1 = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"wall_s": time.perf_counter() - t, "peak_rss": hwm,
-                  "cpu_s": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
-                  "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({**res, "peak_rss": hwm, "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
 
@@ -182,15 +205,14 @@ def child_ours(work: Path, name: str, out: Path, threads: int) -> dict:
     import resource
 
     m = MERGES[name]["ours"]
-    t = time.perf_counter()
-    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    ns: dict = {}
+    exec(_COUNTERS, ns)
+    c0 = ns["counters"]()
     plan = merge_directories(m["method"], [work / x for x in m["models"]], out,
                              base=work / m["base"] if "base" in m else None, weights=m["weights"],
                              options=m["options"], max_shard_size=200 * 2**20)
-    r1 = resource.getrusage(resource.RUSAGE_SELF)
-    return {"wall_s": time.perf_counter() - t, "peak_rss": rss()["VmHWM"],
-            "cpu_s": r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime,
-            "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    res = ns["spent"](c0, ns["counters"]())
+    return {**res, "peak_rss": rss()["VmHWM"], "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "model_bytes": plan.model_bytes, "shards": len(plan.shards)}
 
 
@@ -556,7 +578,8 @@ def main() -> None:
                 continue
             bad = [r for r in rs if "error" in r]
             row[side] = bad[0] if bad else {
-                "wall_s": _median(rs, "wall_s"), "cpu_s": _median(rs, "cpu_s"), "peak_rss": max(r["peak_rss"] for r in rs),
+                "wall_s": _median(rs, "wall_s"), "cpu_s": _median(rs, "cpu_s"), "blocked_s": _median(rs, "blocked_s"),
+                "peak_rss": max(r["peak_rss"] for r in rs),
                 "process_wall_s": _median(rs, "process_wall_s"), "process_cpu_s": _median(rs, "process_cpu_s"),
                 "runs": rs,
             }
@@ -587,13 +610,14 @@ def main() -> None:
                                + ([] if args.act_max_bytes is None else ["--act-max-bytes", str(args.act_max_bytes)])
                                + ["--child", "activation"])
     gb = 2**30
-    print(f"\n{'method':8s} {'ours s':>7s} {'cpu s':>6s} {'ours GB':>8s} | {'mergekit s':>10s} {'cpu s':>6s} "
-          f"{'mk GB':>6s} | {'time x':>6s} {'cpu x':>6s} {'mem x':>6s} {'max |d|':>9s} {'|d|/scale':>9s} {'beyond':>7s}")
+    print(f"\n{'method':8s} {'ours s':>7s} {'cpu s':>6s} {'blk s':>6s} {'ours GB':>8s} | {'mergekit s':>10s} "
+          f"{'cpu s':>6s} {'blk s':>6s} {'mk GB':>6s} | {'time x':>6s} {'cpu x':>6s} {'mem x':>6s} {'max |d|':>9s} {'|d|/scale':>9s} {'beyond':>7s}")
     for r in rows:
         o, mk, c = r["ours"], r.get("mergekit", {}), r.get("compare", {})
         f = lambda d, k, s, fmt: format(d[k] / s, fmt) if k in d else "-"  # noqa: E731
         print(f"{r['method'][:8]:8s} {f(o, 'wall_s', 1, '7.1f'):>7s} {f(o, 'cpu_s', 1, '6.1f'):>6s} "
-              f"{f(o, 'peak_rss', gb, '8.2f'):>8s} | {f(mk, 'wall_s', 1, '10.1f'):>10s} {f(mk, 'cpu_s', 1, '6.1f'):>6s} "
+              f"{f(o, 'blocked_s', 1, '6.2f'):>6s} {f(o, 'peak_rss', gb, '8.2f'):>8s} | "
+              f"{f(mk, 'wall_s', 1, '10.1f'):>10s} {f(mk, 'cpu_s', 1, '6.1f'):>6s} {f(mk, 'blocked_s', 1, '6.2f'):>6s} "
               f"{f(mk, 'peak_rss', gb, '6.2f'):>6s} | {f(r, 'time_ratio', 1, '6.2f'):>6s} "
               f"{f(r, 'cpu_ratio', 1, '6.2f'):>6s} {f(r, 'rss_ratio', 1, '6.2f'):>6s} "
               f"{f(c, 'max_abs_diff', 1, '9.2e'):>9s} {f(c, 'max_diff_over_scale', 1, '9.2e'):>9s} "

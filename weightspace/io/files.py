@@ -3,8 +3,9 @@
 Every reader here turns a foreign error (``OSError``, ``SafetensorError``,
 ``json``/``yaml`` decode errors, numpy format errors) into an
 :class:`~weightspace.errors.InputFileError` naming the file, so no caller has
-to know which library failed. Every writer goes through :func:`atomic_write`:
-temp file in the same directory, ``fsync``, ``os.replace``, ``fsync`` of the
+to know which library failed. Every writer goes through :func:`atomic_write`
+(or :class:`AtomicFile`, its protocol for content written in pieces): temp
+file in the same directory, ``fsync``, ``os.replace``, ``fsync`` of the
 directory; a crash leaves either the old file or the new one, never half.
 """
 
@@ -14,14 +15,16 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 
 from weightspace.errors import InputFileError, MissingFileError
 
 __all__ = [
+    "AtomicFile",
     "atomic_write",
+    "write_all",
     "fsync_dir",
     "read_text",
     "read_json",
@@ -61,9 +64,91 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class AtomicFile:
+    """A file that replaces ``path`` atomically and durably once complete:
+    the protocol of :func:`atomic_write` for writers that produce the
+    content in several calls (e.g. at offsets, as it is computed) or want
+    to make it durable later, e.g. on another thread.
+
+    The content goes to a temporary file in ``path``'s directory (``fd``,
+    open for reading and writing, or the path ``tmp``); :meth:`commit`
+    fsyncs it, gives it the umask's mode, renames it over ``path`` and
+    fsyncs the directory; :meth:`abort` removes it (``path`` is left as it
+    was). As a context manager it commits on a normal exit and aborts on an
+    exception.
+
+    Args:
+        path: the destination file; its parent directory is created.
+
+    Raises:
+        InputFileError: ``path`` is an existing directory, or its parent
+            cannot be created or written.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path).expanduser()
+        if self.path.is_dir():
+            raise InputFileError("is a directory; give a file name to write", path=self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise InputFileError(f"cannot write here ({exc.strerror or exc})", path=self.path) from None
+        self.tmp = Path(tmp)
+        self.done = False
+
+    def close_fd(self) -> None:
+        """Close ``fd`` (for a writer that opens ``tmp`` itself); :meth:`commit` reopens it."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def commit(self, before_replace: Callable[[], Any] | None = None) -> Path:
+        """Make the content durable and put it at ``path`` (once).
+
+        Args:
+            before_replace: called once the content is fsynced, just before
+                it replaces ``path`` (e.g. to move the old file aside).
+
+        Returns:
+            ``path``. Whatever fails, the temporary file is gone afterwards.
+        """
+        if self.done:
+            raise ValueError(f"{self.path}: already committed or aborted")
+        try:
+            if self.fd < 0:
+                self.fd = os.open(self.tmp, os.O_RDWR)
+            os.fsync(self.fd)
+            self.close_fd()
+            os.chmod(self.tmp, _umask_mode())  # mkstemp creates 0600
+            if before_replace is not None:
+                before_replace()
+            os.replace(self.tmp, self.path)
+            fsync_dir(self.path.parent)
+        finally:
+            self.abort()
+        return self.path
+
+    def abort(self) -> None:
+        """Close and remove the temporary file (a no-op after :meth:`commit`)."""
+        self.done = True
+        self.close_fd()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+    def __enter__(self) -> "AtomicFile":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None and not self.done:
+            self.commit()
+        else:
+            self.abort()
+
+
 def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], None], *,
                  before_replace: Callable[[], Any] | None = None) -> Path:
-    """Write ``path`` atomically and durably.
+    """Write ``path`` atomically and durably (with an :class:`AtomicFile`).
 
     Args:
         path: destination file; its parent directory is created.
@@ -81,36 +166,27 @@ def atomic_write(path: str | os.PathLike, data: bytes | str | Callable[[Path], N
         InputFileError: ``path`` is an existing directory, or its parent cannot
             be created or written.
     """
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise InputFileError("is a directory; give a file name to write", path=path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise InputFileError(f"cannot write here ({exc.strerror or exc})", path=path) from None
+    f = AtomicFile(path)
     try:
         if callable(data):
-            os.close(fd)
-            fd = -1
-            data(Path(tmp))
-            fd = os.open(tmp, os.O_RDWR)
+            f.close_fd()
+            data(f.tmp)
         else:
-            os.write(fd, data.encode() if isinstance(data, str) else bytes(data))
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+            write_all(f.fd, data.encode() if isinstance(data, str) else data)
+        return f.commit(before_replace)
     finally:
-        if fd >= 0:
-            os.close(fd)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        f.abort()
+
+
+def write_all(fd: int, data, offset: int | None = None) -> None:
+    """Write the whole buffer ``data`` (bytes or any object with the buffer
+    protocol, e.g. a numpy array) to ``fd``, at ``offset`` (``os.pwrite``)
+    or at the current position; loops over partial writes."""
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        chunk = view[done:done + (1 << 30)]
+        done += os.write(fd, chunk) if offset is None else os.pwrite(fd, chunk, offset + done)
 
 
 def _check_file(path: str | os.PathLike, what: str) -> Path:

@@ -6,11 +6,18 @@ The elementwise methods (``linear``, ``task_arithmetic``, ``ties``, ``dare``,
 file with ``safetensors.safe_open`` per tensor (closing it again, so no
 mapping stays resident), merges that tensor with the in-memory function
 (:mod:`weightspace.merge.task_vectors`, same result bit for bit), and
-writes sharded safetensors plus ``model.safetensors.index.json`` with
-:func:`weightspace.io.atomic_write`. Peak memory is about one output shard
-plus the working copies of the largest tensor (see :class:`StreamPlan`).
+writes it into its output shard at once. The shards are safetensors files
+whose header is known from the plan (names, dtypes, shapes), so each merged
+tensor goes to its offset as soon as it exists and is freed: peak memory is
+the working copies of the largest tensor (see :class:`StreamPlan`), not a
+shard. Each shard is a :class:`weightspace.io.AtomicFile` (temp file,
+fsync, rename); a background thread fsyncs the shard being written after
+every :data:`SYNC_BYTES` and fsyncs and renames each complete shard while
+the next one is merged, so the disk works while the CPU merges and the end
+waits for the last few tensors only. The index
+``model.safetensors.index.json`` is written once every shard is durable.
 Tensors are not copied on read (safetensors maps the file copy-on-write)
-and each shard is written from the merged tensors as they are.
+nor on write (``os.pwrite`` from the tensor's memory).
 
 The paper's global TIES trim (``trim="global"``) ranks a whole task vector
 and cannot stream: give ``trim: per_tensor`` (mergekit's convention).
@@ -20,18 +27,20 @@ from __future__ import annotations
 
 import json
 import os
+import struct
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from weightspace.arch.ref import INDEX_FILE, SINGLE_FILE, _read_index
 from weightspace.errors import InputFileError, MissingFileError, StateDictError
-from weightspace.io import atomic_write
+from weightspace.io import AtomicFile, atomic_write, write_all
 from weightspace.merge._common import MergeConfigError
 from weightspace.merge.average import average, task_arithmetic
 from weightspace.merge.task_vectors import breadcrumbs, dare, layer_index, slerp, ties
@@ -49,11 +58,18 @@ _DTYPES = {
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
 }
+#: safetensors' order of the dtypes in a file (``save_file`` lays out the larger first, then by name)
+_LAYOUT = {d: i for i, d in enumerate(("I64", "F64", "F32", "I32", "BF16", "F16", "I16", "I8", "U8", "BOOL"))}
 
 
 def _fn(method: str) -> Callable[..., dict[str, torch.Tensor]]:
     return {"task_arithmetic": task_arithmetic, "ties": ties, "dare": dare, "breadcrumbs": breadcrumbs}[method]
 
+
+#: bytes written to a shard between two background fsyncs of it: the disk
+#: writes while the merge computes, and the last shard's commit waits for
+#: at most about this much
+SYNC_BYTES = 64 * 2**20
 
 STREAM_METHODS = ("linear", "task_arithmetic", "ties", "dare", "breadcrumbs", "slerp")
 #: methods that merge the models themselves and take no base
@@ -82,10 +98,10 @@ class StreamPlan:
         tensors: one :class:`TensorPlan` per tensor, in the order merged.
         shards: output file name -> its tensor names.
         model_bytes: bytes of one model (the output).
-        peak_bytes: estimated peak memory of the merge: the largest output
-            shard plus, for the largest tensor, every model's copy, the
-            output and the method's float64 working vectors (the elementwise
-            steps work in cache-sized blocks).
+        peak_bytes: estimated peak memory of the merge: for the largest
+            tensor, every model's copy, the output and the method's float64
+            working vectors (the elementwise steps work in cache-sized
+            blocks); each merged tensor is written to its shard and freed.
     """
 
     method: str
@@ -205,8 +221,62 @@ def _plan(method: str, opts: dict, first: _Dir, others: Sequence[_Dir], max_shar
     # the output; slerp adds one float64 vector, the task-vector methods the
     # float64 base, one task vector per model and one |tau| for the trim
     work = {"linear": 0, "task_arithmetic": 0, "slerp": 8}.get(method, 8 * (n_in + 1))
-    plan.peak_bytes = max(shard_sizes) + biggest * (4 * (n_in + 1) + work)
+    plan.peak_bytes = biggest * (4 * (n_in + 1) + work)
     return plan
+
+
+class _ShardWriter:
+    """One output shard, written tensor by tensor at offsets fixed by its header.
+
+    The header is what ``safetensors.torch.save_file`` writes for these
+    tensors (same layout: larger dtypes first, then by name; metadata keys
+    sorted), built from the plan, so a merged tensor can be written as soon
+    as it exists. :meth:`put` writes one tensor (``os.pwrite`` from its
+    memory, no copy); :meth:`commit` checks every tensor arrived, fsyncs and renames the file
+    (:class:`~weightspace.io.AtomicFile`).
+    """
+
+    def __init__(self, path: Path, tensors: Sequence[TensorPlan], metadata: Mapping[str, str]):
+        if sys.byteorder != "little":  # pragma: no cover - safetensors stores little-endian
+            raise StateDictError("the streamed writer needs a little-endian machine", path=path)
+        header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+        self.where: dict[str, tuple[int, int, TensorPlan]] = {}
+        off = 0
+        for t in sorted(tensors, key=lambda t: (_LAYOUT[t.dtype], t.name)):
+            n = _DTYPES[t.dtype].itemsize
+            for s in t.shape:
+                n *= s
+            header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [off, off + n]}
+            self.where[t.name] = (off, n, t)
+            off += n
+        head = json.dumps(header, separators=(",", ":")).encode()
+        head += b" " * (-len(head) % 8)
+        self.start = 8 + len(head)
+        self.path = path
+        self.file = AtomicFile(path)
+        try:
+            write_all(self.file.fd, struct.pack("<Q", len(head)) + head, 0)
+            os.ftruncate(self.file.fd, self.start + off)
+        except BaseException:
+            self.file.abort()
+            raise
+        self.pending = set(self.where)
+
+    def put(self, name: str, tensor: torch.Tensor) -> None:
+        off, n, t = self.where[name]
+        if tensor.dtype != _DTYPES[t.dtype] or tuple(tensor.shape) != t.shape:
+            raise StateDictError(f"merged tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, the plan says "
+                                 f"{t.dtype} {t.shape}", path=self.path, field=name)
+        if n:
+            write_all(self.file.fd, tensor.contiguous().reshape(-1).view(torch.uint8).numpy(), self.start + off)
+        self.pending.discard(name)
+
+    def commit(self) -> Path:
+        if self.pending:
+            self.file.abort()
+            raise StateDictError(f"{len(self.pending)} tensors of the shard were not written",
+                                 path=self.path, field=sorted(self.pending)[0])
+        return self.file.commit()
 
 
 def merge_directories(
@@ -254,6 +324,10 @@ def merge_directories(
         MergeConfigError: a method that cannot stream or a bad option (naming it).
         MissingFileError, InputFileError, StateDictError: a directory or file
             at fault, or models of different tensors or shapes.
+        OSError: writing or fsyncing a shard failed (e.g. the disk is full).
+            After any error no temporary file is left; shards completed
+            before it stay, but the index is (re)written only once every
+            shard is durable; a rerun rewrites the directory.
     """
     opts = _check_options(method, options or {})
     if method == "slerp":
@@ -304,16 +378,36 @@ def merge_directories(
     meta = {**{str(k): str(v) for k, v in (metadata or {}).items()}, "format": "pt",
             "weightspace_merge": json.dumps(record, sort_keys=True)}
     bar = tqdm(total=len(plan.tensors), disable=not progress, desc=f"merge ({method})", unit="tensor")
-    try:
-        for fname, names in plan.shards.items():
-            shard = {}
-            for name in names:
-                shard[name] = merge_one(name).contiguous()
-                bar.update(1)
-            atomic_write(out / fname, lambda tmp, t=shard: save_file(t, str(tmp), metadata=meta))
-            del shard
-    finally:
-        bar.close()
+    by_name = {t.name: t for t in plan.tensors}
+    committed: list[Future] = []
+    writer = None
+    # one background thread fsyncs and renames each complete shard while the next one is merged
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="weightspace-merge-commit") as pool:
+        try:
+            for fname, names in plan.shards.items():
+                for fut in committed:  # a shard that failed to commit stops the merge
+                    if fut.done():
+                        fut.result()
+                writer = _ShardWriter(out / fname, [by_name[n] for n in names], meta)
+                unsynced = 0
+                for name in names:
+                    writer.put(name, merge_one(name))
+                    bar.update(1)
+                    unsynced += writer.where[name][1]
+                    if unsynced >= SYNC_BYTES:  # the disk starts on it now, not at the commit
+                        committed.append(pool.submit(os.fsync, writer.file.fd))
+                        unsynced = 0
+                committed.append(pool.submit(writer.commit))
+                writer = None
+        except BaseException:
+            wait(committed)  # the pool finishes what it has (before the file goes); then the error is raised
+            if writer is not None:
+                writer.file.abort()
+            raise
+        finally:
+            bar.close()
+        for fut in committed:  # every shard is durable before the index names them
+            fut.result()
     if len(plan.shards) > 1:
         index = {"metadata": {"total_size": plan.model_bytes, **meta},
                  "weight_map": {t.name: t.shard for t in sorted(plan.tensors, key=lambda t: t.name)}}

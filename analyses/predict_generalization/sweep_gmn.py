@@ -57,6 +57,11 @@ VARIANTS = {
     "wd1e-2": {"weight_decay": 1e-2},
     "canon": {"canonicalize": "scale_sign"},
     "stats_canon": {"stats_readout": True, "canonicalize": "scale_sign"},
+    # EMA of the weights, decay per step. 0.95 (time constant 20 steps) because the sweep's tasks have only
+    # 14-17 steps per epoch: that is 1.2-1.4 epochs, the window 0.99 gives on the full 1000-member zoo
+    # (85 steps per epoch); 0.99 here would average over 6-7 of 20 epochs. Chosen before any result.
+    "ema": {"ema_decay": 0.95},
+    "stats_ema": {"stats_readout": True, "ema_decay": 0.95},
 }
 
 
@@ -102,18 +107,21 @@ def merge(paths: list[Path], out: Path) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(merged, indent=2, default=str))
     for task, r in merged["runs"].items():
-        print(f"## {task} ({r['n_train']} train / {r['n_val']} validation networks)\n")
-        print("| variant | val τ [95% CI] | Δτ vs plain [95% CI] | R² | epochs run (best) | fit s | CPU s |\n"
-              "|---|---|---|---|---|---|---|")
-        base = r["variants"].get("plain", {})
+        loads = [r["loadavg_start"][0]] + [row["loadavg"][0] for row in r["variants"].values()]
+        print(f"## {task} ({r['n_train']} train / {r['n_val']} validation networks; "
+              f"1-min load average {min(loads):.1f}–{max(loads):.1f})\n")
+        refs = [b for b in ("plain", "stats", "gbm") if "pred" in r["variants"].get(b, {})]
+        print("| variant | val τ [95% CI] | " + " | ".join(f"Δτ vs {b} [95% CI]" for b in refs)
+              + " | R² | epochs run (best) | fit s | CPU s |\n|" + "---|" * (6 + len(refs)))
         for v, row in r["variants"].items():
             ep = f"{row['epochs_run']} ({row['best_epoch']})" if "epochs_run" in row else "–"
-            d = "–"
-            if v != "plain" and "pred" in row and "pred" in base:  # paired: same bootstrap resamples
-                d = study.fmt(tau_difference(np.array(r["val_y"]), np.array(row["pred"]), np.array(base["pred"]),
-                                             np.array(r["val_groups"]), r["seed"]))
-            print(f"| {v} | {study.fmt(row['kendall_tau'])} | {d} | {row['r2']['value']:.3f} | {ep} | "
-                  f"{row['fit_seconds']:.0f} | {row['cpu_seconds']:.0f} |")
+            ds = []
+            for b in refs:  # paired: the same bootstrap resamples of members for both
+                ds.append("–" if v == b or "pred" not in row else study.fmt(tau_difference(
+                    np.array(r["val_y"]), np.array(row["pred"]), np.array(r["variants"][b]["pred"]),
+                    np.array(r["val_groups"]), r["seed"])))
+            print(f"| {v} | {study.fmt(row['kendall_tau'])} | " + " | ".join(ds)
+                  + f" | {row['r2']['value']:.3f} | {ep} | {row['fit_seconds']:.0f} | {row['cpu_seconds']:.0f} |")
         print()
     return 0
 
@@ -156,7 +164,7 @@ def main(argv=None) -> int:
         row.update(fit_seconds=time.time() - t, cpu_seconds=time.process_time() - c, params=params,
                    loadavg=os.getloadavg(), pred=pred.tolist())
         if hasattr(p, "fit_result_"):
-            row.update(best_epoch=int(p.fit_result_.best_epoch), epochs_run=len(p.history_))
+            row.update(best_epoch=int(p.fit_result_.best_epoch), epochs_run=len(p.history_), history=p.history_)
         res["variants"][v] = row
         print(f"[{time.strftime('%H:%M:%S')}] {args.task} {v:16s} tau {row['kendall_tau']['value']:.3f} "
               f"R2 {row['r2']['value']:.3f} {row.get('epochs_run', '-')}/{row.get('best_epoch', '-')} "

@@ -99,7 +99,8 @@ def test_mean_predictor_scores_zero_r2(tiny_dataset):
 
 
 @pytest.mark.parametrize("kind,params", [("gbm", {}), ("linear", {"spectral": True}), ("gmn", {"epochs": 3}),
-                                         ("gmn", {"epochs": 2, "stats_readout": True, "lr_schedule": "cosine"})])
+                                         ("gmn", {"epochs": 2, "stats_readout": True, "lr_schedule": "cosine"}),
+                                         ("gmn", {"epochs": 2, "ema_decay": 0.9})])
 def test_save_load_roundtrip(tiny_dataset, tiny_split, tmp_path, kind, params):
     train, test = tiny_dataset.subset(tiny_split.train), tiny_dataset.subset(tiny_split.test)
     p = make_predictor(kind, **params).fit(train)
@@ -190,6 +191,10 @@ def test_bad_arguments(tiny_dataset, tmp_path):
         make_predictor("statnn", stats_readout=True).fit(graphs, np.arange(6.0))
     with pytest.raises(ConfigError, match="lr_schedule must be"):
         make_predictor("gmn").set_params(lr_schedule="step").fit(graphs, np.arange(6.0))
+    for bad in (0.0, 1.0, -0.5, True):
+        with pytest.raises(ConfigError, match="ema_decay must be a number in \\(0, 1\\)") as e:
+            make_predictor("gmn", ema_decay=bad).fit(graphs, np.arange(6.0))
+        assert e.value.field == "ema_decay" and "\n" not in str(e.value)
 
 
 def test_load_rejects_what_is_not_a_predictor(tiny_dataset, tmp_path):
@@ -230,3 +235,22 @@ def test_gbm_warns_when_too_few_rows_to_split(tiny_dataset):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         GBMPredictor(min_samples_leaf=2).fit(small)
+
+
+def test_ema_decay_reaches_training_and_a_bad_saved_value_is_refused(tiny_dataset, tmp_path):
+
+    p = make_predictor("gmn", epochs=1, ema_decay=0.9).fit(tiny_dataset)
+    assert p.fit_result_.config.ema_decay == 0.9
+    assert make_predictor("gmn", epochs=1).fit(tiny_dataset).fit_result_.config.ema_decay is None
+    p.save(tmp_path / "p")
+    info_path = tmp_path / "p" / "predictor.json"
+    info = json.loads(info_path.read_text())
+    assert info["params"]["ema_decay"] == 0.9
+    del info["params"]["ema_decay"]  # saved before the option existed: loads, off
+    info_path.write_text(json.dumps(info))
+    assert load_predictor(tmp_path / "p").ema_decay is None
+    info["params"]["ema_decay"] = 2.0
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(ConfigError, match="ema_decay") as e:
+        load_predictor(tmp_path / "p")
+    assert "\n" not in str(e.value)

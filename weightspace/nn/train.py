@@ -87,6 +87,16 @@ class TrainConfig:
         normalize_targets: standardize regression targets with the training
             mean/std (predictions are mapped back).
         grad_clip: max gradient norm (``None``: off).
+        ema_decay: keep an exponential moving average of the weights
+            (``torch.optim.swa_utils.AveragedModel`` with
+            ``get_ema_multi_avg_fn``, buffers included), updated after every
+            optimizer step: ``avg = decay * avg + (1 - decay) * weights``
+            (the first step copies). Its time constant is ``1 / (1 - decay)``
+            steps. After each epoch the average's BatchNorm statistics are
+            recomputed on the training data, the *average* is validated and
+            early stopping keeps the best average, which is what the
+            returned model carries (without validation data: the average
+            at the epoch of lowest training loss). ``None`` (default): off.
         progress: show a tqdm progress bar.
         device: torch device for the model and batches.
     """
@@ -103,6 +113,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     normalize_targets: bool = True
     grad_clip: float | None = 5.0
+    ema_decay: float | None = None
     progress: bool = False
     device: str = "cpu"
 
@@ -115,6 +126,9 @@ class TrainConfig:
             raise ValueError(f"augment_group must be 'permute' or 'full', got {self.augment_group!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float))
+                                               and not isinstance(self.ema_decay, bool) and 0.0 < self.ema_decay < 1.0):
+            raise ValueError(f"ema_decay must be a number in (0, 1) or None, got {self.ema_decay!r}")
 
 
 @dataclass
@@ -122,7 +136,8 @@ class FitResult:
     """What :func:`fit` returns.
 
     Attributes:
-        model: the trained model (best validation state, eval mode).
+        model: the trained model (best validation state, eval mode; with
+            ``ema_decay`` the best moving average of its weights).
         config: the :class:`TrainConfig`.
         target_mean, target_std: regression target standardization.
         best_epoch: epoch of the restored state (0-based).
@@ -314,6 +329,8 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
     AdamW with MSE (standardized targets) or cross-entropy. The model is
     trained in place (it is the thing being fitted) and returned in
     ``FitResult.model`` with its best-validation state, in eval mode.
+    With ``config.ema_decay`` the validated, kept and restored state is the
+    exponential moving average of the weights (see :class:`TrainConfig`).
     """
     from tqdm.auto import tqdm
 
@@ -342,6 +359,12 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
     if cfg.lr_schedule == "cosine":
         steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps))
+    ema = None
+    if cfg.ema_decay is not None:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    scored = model if ema is None else ema.module  # what is validated, kept and restored
     best = (math.inf, -1, None)
     devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -366,19 +389,21 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
                 opt.step()
                 if sched is not None:
                     sched.step()
+                if ema is not None:
+                    ema.update_parameters(model)
                 total += float(loss.detach()) * len(idx)
                 count += len(idx)
             row = {"epoch": epoch, "train_loss": total / count, "lr": float(opt.param_groups[0]["lr"])}
-            _recompute_batchnorm_(model, train, cfg.batch_size)
+            _recompute_batchnorm_(scored, train, cfg.batch_size)
             if val_batches:
-                model.eval()
+                scored.eval()
                 with torch.no_grad():
-                    vl = sum(float(_loss(model.predict(b), y, cfg.task)) * len(y) for b, y in val_batches)
+                    vl = sum(float(_loss(scored.predict(b), y, cfg.task)) * len(y) for b, y in val_batches)
                 row["val_loss"] = vl / len(val)
             result.history.append(row)
             score = row.get("val_loss", row["train_loss"])
             if score < best[0]:
-                best = (score, epoch, {k: v.detach().clone() for k, v in model.state_dict().items()})
+                best = (score, epoch, {k: v.detach().clone() for k, v in scored.state_dict().items()})
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", val=f"{row.get('val_loss', float('nan')):.4f}")
             if cfg.patience and epoch - best[1] >= cfg.patience:
                 break

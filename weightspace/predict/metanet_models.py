@@ -64,6 +64,10 @@ class MetaNetPredictor(BasePredictor):
             per-tensor weight statistics (``GMN(stats_dim=...)``, sized for
             the widest training architecture); still permutation invariant.
         lr_schedule: ``"constant"`` or ``"cosine"`` (to 0 over ``epochs``).
+        ema_decay: validate and keep an exponential moving average of the
+            weights, updated every optimizer step with this decay (in (0, 1);
+            time constant ``1 / (1 - ema_decay)`` steps), instead of the raw
+            weights (:class:`weightspace.nn.train.TrainConfig`); ``None``: off.
         seed: initialization, validation split, shuffling, augmentation.
         allow_new_architectures: accept networks of architectures not seen
             in training (graph-based models only; see the module docstring).
@@ -85,6 +89,7 @@ class MetaNetPredictor(BasePredictor):
         "seed": Field(int, min=0, max=2**63 - 1), "allow_new_architectures": Field(bool), "device": Field(str),
         "progress": Field(bool), "num_threads": Field(int, min=1, max=4096, nullable=True),
         "stats_readout": Field(bool), "lr_schedule": Field(str, choices=("constant", "cosine")),
+        "ema_decay": Field(float, nullable=True, min=0.0, max=1.0),
     }
 
     def __init__(self, model: str = "gmn", *, model_kwargs: Mapping[str, Any] | None = None, epochs: int = 200,
@@ -92,7 +97,8 @@ class MetaNetPredictor(BasePredictor):
                  val_fraction: float = 0.15, augment: bool | None = None,
                  augment_group: str = "permute", canonicalize: str = "none", seed: int = 0,
                  allow_new_architectures: bool = False, device: str = "cpu", progress: bool = False,
-                 num_threads: int | None = 1, stats_readout: bool = False, lr_schedule: str = "constant") -> None:
+                 num_threads: int | None = 1, stats_readout: bool = False, lr_schedule: str = "constant",
+                 ema_decay: float | None = None) -> None:
         self.model = model
         self.model_kwargs = model_kwargs
         self.epochs = epochs
@@ -111,6 +117,7 @@ class MetaNetPredictor(BasePredictor):
         self.num_threads = num_threads
         self.stats_readout = stats_readout
         self.lr_schedule = lr_schedule
+        self.ema_decay = ema_decay
 
     @classmethod
     def _from_kind(cls, kind: str, **params: Any) -> "MetaNetPredictor":
@@ -162,6 +169,9 @@ class MetaNetPredictor(BasePredictor):
         if self.augment_group not in ("permute", "full"):
             raise ConfigError(f"augment_group must be 'permute' or 'full', got {self.augment_group!r}",
                               field="augment_group")
+        d = self.ema_decay
+        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < d < 1.0):
+            raise ConfigError(f"ema_decay must be a number in (0, 1) or None, got {d!r}", field="ema_decay")
 
     def _graphs(self, nets: Sequence[Network]) -> list[ParameterGraph]:
         """ParameterGraphs of ``nets``; state_dicts are matched to a known
@@ -212,7 +222,9 @@ class MetaNetPredictor(BasePredictor):
         cfg = TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
                           weight_decay=float(self.weight_decay), patience=int(self.patience) if val else 0,
                           seed=int(self.seed), augment=augment,
-                          augment_group=str(self.augment_group), lr_schedule=str(self.lr_schedule), progress=bool(self.progress), device=self.device)
+                          augment_group=str(self.augment_group), lr_schedule=str(self.lr_schedule),
+                          ema_decay=None if self.ema_decay is None else float(self.ema_decay),
+                          progress=bool(self.progress), device=self.device)
         with torch_threads(self.num_threads):
             self.fit_result_ = fit(model, train, val or None, cfg)
         self.model_ = self.fit_result_.model

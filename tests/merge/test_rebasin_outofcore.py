@@ -157,7 +157,7 @@ def test_out_of_core_peak_rss_below_target(pair, tmp_path):
     matched from its directories in a fresh process, after a warm-up run on
     the tiny pair, then the permuted model written. Peak RSS
     (``VmHWM``, reset before the matching) above the resident set then: the whole
-    run stays below 3x one model (the issue's target), and the matching
+    matching and writing stay below 3x one model (the issue's target), and the matching
     takes at least one model less than the in-memory path measured the same
     way on the same pair (which holds both models: >= 2x). Not a bound on
     the matching alone: the LAP's [n, n] float64 work arrays (n = 1024 here)

@@ -25,7 +25,7 @@ built in a subprocess too.
   spec is traced on a meta-device model. ``--rebasin-mode directory``
   (default): out-of-core, ``weight_matching`` on the two directories, then
   the permuted model written with ``MatchResult.apply_to_directory``; the
-  peak is the whole process's (``ru_maxrss`` = ``VmHWM``: imports, spec,
+  peak is the whole process's (``VmHWM``: imports, spec,
   matching and writing), with the peak after the imports + spec and after
   the matching reported beside it. ``memory``: both state dicts loaded
   first (the in-memory path, for comparison; nothing written).
@@ -260,14 +260,16 @@ def build_planted(work: Path, seed: int, noise: float) -> dict:
 
 
 def child_rebasin(work: Path, threads: int, seed: int, noise: float, mode: str = "directory") -> dict:
-    import resource
     import shutil
 
     from weightspace.merge import weight_matching
     from weightspace.symmetry import invert_permutation, random_permutation
 
     def maxrss() -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        # VmHWM, not ru_maxrss: Linux carries the spawning process's high-water
+        # mark into the child's ru_maxrss across exec (the parent here has
+        # held merge outputs), VmHWM belongs to this process's own memory
+        return rss()["VmHWM"]
 
     torch.set_num_threads(threads)
     n_layer = json.loads((work / "built.json").read_text())["n_layer"]
@@ -307,8 +309,9 @@ def child_rebasin(work: Path, threads: int, seed: int, noise: float, mode: str =
         "build_s": res.info["timing"]["build_s"], "lap_s": res.info["timing"]["lap_s"],
         "steps": res.info["timing"]["steps"], "cache_peak_bytes": res.info["cache_peak_bytes"],
         "planted_exact": not wrong, "groups_wrong": wrong[:10],
-        "peak_rss": rss()["VmHWM"], "ru_maxrss": maxrss(), "ru_maxrss_start": rss_start,
-        "ru_maxrss_after_spec": rss_spec, "ru_maxrss_after_match": rss_match,
+        "peak_rss": maxrss(), "peak_rss_start": rss_start, "peak_rss_after_spec": rss_spec,
+        "peak_rss_after_match": rss_match,
+        "ru_maxrss": __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss * 1024,
         "model_bytes": model_bytes, "params": model_bytes // 4, **out,
     }
 
@@ -634,9 +637,9 @@ def main() -> None:
             print(f"\nRe-Basin weight matching ({rb['mode']}), {rb['params'] / 1e6:.0f}M params, {rb['groups']} "
                   f"groups: {rb['wall_s']:.1f} s, CPU {rb['cpu_s']:.1f} s ({rb['sweeps']} sweeps, stop: {rb['stop']}; "
                   f"spec {rb['spec_s']:.1f} s, CPU {rb['spec_cpu_s']:.1f} s), planted exact: {rb['planted_exact']}; "
-                  f"peak RSS of the process {rb['ru_maxrss'] / gb:.2f} GiB = {rb['ru_maxrss'] / mb:.2f}x one model "
-                  f"(after imports + spec {rb['ru_maxrss_after_spec'] / mb:.2f}x, after matching "
-                  f"{rb['ru_maxrss_after_match'] / mb:.2f}x)"
+                  f"peak RSS of the process {rb['peak_rss'] / gb:.2f} GiB = {rb['peak_rss'] / mb:.2f}x one model "
+                  f"(after imports + spec {rb['peak_rss_after_spec'] / mb:.2f}x, after matching "
+                  f"{rb['peak_rss_after_match'] / mb:.2f}x)"
                   + (f"; writing the permuted model {rb['write_s']:.1f} s" if "write_s" in rb else ""))
             print("  objective per sweep:", ", ".join(f"{v:.6g}" for v in rb["objective_per_sweep"]))
     if activation is not None:

@@ -42,6 +42,12 @@ def _plot_paths(outcome, png: Path) -> list[Path]:
     return [png, svg]
 
 
+def _merge_record(cfg, config: Path, models: list, repair: str, **extra) -> dict:
+    """What OUT/weightspace_merge.json records of a Hugging Face merge."""
+    return {"method": cfg.method, "options": cfg.options, "reference": cfg.reference, "models": models,
+            "repair": repair, "config": str(config), **extra}
+
+
 def _echo_plan(cfg, plan, out: Path, dry_run: bool) -> None:
     """The out-of-core plan: one line per tensor, then the totals."""
     if dry_run:
@@ -95,15 +101,17 @@ def merge(
     from weightspace.arch import save_hf_checkpoint
     from weightspace.errors import InputFileError
     from weightspace.io import atomic_write, save_state_dict
-    from weightspace.merge.config import MergeConfigError, load_config, run_config
+    from weightspace.merge.config import (
+        MergeConfigError, load_config, run_config, run_config_streamed, streaming_blocker,
+    )
 
     # Bad configs, weights and data files raise WeightspaceError subclasses
     # naming the file and key; the app's ErrorBoundary prints them (exit 2).
     cfg = load_config(config)
     ref = cfg.models[cfg.reference].ref
     to_dir = ref is not None and ref.kind == "hf"
-    if dry_run:
-        pass  # nothing is written: OUT is not checked
+    if dry_run:  # nothing is written: OUT is not checked
+        pass
     elif to_dir:
         if out.exists() and not out.is_dir():
             raise InputFileError("OUT is a file; Hugging Face models merge into a directory", path=out)
@@ -116,8 +124,6 @@ def merge(
                                  path=out)
         if out.suffix != ".safetensors":
             raise typer.BadParameter(f"OUT must end in .safetensors, got {out}")
-    from weightspace.merge.config import run_config_streamed, streaming_blocker
-
     why = streaming_blocker(cfg)
     if (stream or dry_run) and why is not None:
         what = "--dry-run shows the out-of-core plan, but" if dry_run else "--stream:"
@@ -127,9 +133,7 @@ def merge(
         plan = run_config_streamed(cfg, None if dry_run else out, dry_run=dry_run, progress=progress, metadata=meta)
         _echo_plan(cfg, plan, out, dry_run)
         if not dry_run:
-            record = {"method": cfg.method, "options": cfg.options, "reference": cfg.reference,
-                      "models": [str(m.path) for m in cfg.models], "repair": "none", "config": str(config),
-                      "out_of_core": True}
+            record = _merge_record(cfg, config, [str(m.path) for m in cfg.models], "none", out_of_core=True)
             atomic_write(out / "weightspace_merge.json", json.dumps(record, indent=2, default=str))
         return
     outcome = run_config(cfg, progress=progress)
@@ -139,8 +143,7 @@ def merge(
     if outcome.model is not None:
         meta["model"] = outcome.model
     if to_dir:
-        record = {"method": s["method"], "options": cfg.options, "reference": cfg.reference,
-                  "models": s["models"], "repair": s.get("repair", "none"), "config": str(config)}
+        record = _merge_record(cfg, config, s["models"], s.get("repair", "none"))
         save_hf_checkpoint(outcome.state_dict, outcome.hf, out, metadata=meta,
                            extra_files={"weightspace_merge.json": json.dumps(record, indent=2, default=str)})
     else:

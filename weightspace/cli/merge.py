@@ -50,6 +50,8 @@ def _merge_record(cfg, config: Path, models: list, repair: str, **extra) -> dict
 
 def _echo_plan(cfg, plan, out: Path, dry_run: bool) -> None:
     """The out-of-core plan: one line per tensor, then the totals."""
+    from weightspace.merge.stream import NO_BASE
+
     if dry_run:
         typer.echo(f"{'tensor':48s} {'shape':>18s} {'dtype':>5s} {'method':>15s}  shard")
         for t in plan.tensors:
@@ -58,7 +60,7 @@ def _echo_plan(cfg, plan, out: Path, dry_run: bool) -> None:
     typer.echo(f"method     {cfg.method} (out of core: {plan.method})")
     for i, m in enumerate(cfg.models):
         typer.echo(f"model {i}    {m.path}")
-    if cfg.base is not None and plan.method not in ("linear", "slerp"):
+    if cfg.base is not None and plan.method not in NO_BASE:
         typer.echo(f"base       {cfg.base.path}")
     typer.echo(f"tensors    {len(plan.tensors)} in {len(plan.shards)} shard(s), {plan.model_bytes / mib:.1f} MiB "
                f"per model; estimated peak memory {plan.peak_bytes / mib:.1f} MiB")

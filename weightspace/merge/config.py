@@ -70,7 +70,7 @@ from weightspace.merge._common import MergeConfigError, MergeError, check_state_
 from weightspace.merge.barrier import linear_path, loss_and_accuracy
 from weightspace.merge.methods import METHODS, MethodInputs, get_method
 from weightspace.merge.repair import repair, reset_bn_stats
-from weightspace.merge.stream import StreamPlan, _check_options, merge_directories
+from weightspace.merge.stream import NO_BASE, WEIGHTED, StreamPlan, _check_options, merge_directories
 
 __all__ = [
     "METHODS", "MergeConfig", "MergeConfigError", "MergeOutcome", "ModelEntry", "load_config", "run_config",
@@ -924,11 +924,11 @@ def run_config_streamed(cfg: MergeConfig, out: str | os.PathLike | None, *, dry_
     opts = dict(cfg.options)
     if method == "dare":
         opts.setdefault("seed", cfg.seed)
-    weights = [m.weight for m in cfg.models] if method in ("linear", "ties", "dare", "breadcrumbs") else None
-    base = cfg.base.path if cfg.base is not None and method not in ("linear", "slerp") else None
+    weights = [m.weight for m in cfg.models] if method in WEIGHTED else None
+    base = cfg.base.path if cfg.base is not None and method not in NO_BASE else None
     if max_shard_size is None:
         ref = Path(cfg.models[cfg.reference].path)
-        shards = sorted(ref.glob("*.safetensors")) if (ref / INDEX_FILE).is_file() else []
+        shards = list(ref.glob("*.safetensors")) if (ref / INDEX_FILE).is_file() else []
         max_shard_size = max((f.stat().st_size for f in shards), default=2**62)
     try:
         return merge_directories(method, [m.path for m in cfg.models], out, base=base, weights=weights,

@@ -73,7 +73,9 @@ SYNC_BYTES = 64 * 2**20
 
 STREAM_METHODS = ("linear", "task_arithmetic", "ties", "dare", "breadcrumbs", "slerp")
 #: methods that merge the models themselves and take no base
-_NO_BASE = ("linear", "slerp")
+NO_BASE = ("linear", "slerp")
+#: methods that take per-model weights
+WEIGHTED = ("linear", "ties", "dare", "breadcrumbs")
 
 
 @dataclass
@@ -355,7 +357,7 @@ def merge_directories(
     if method == "slerp" and "n_layers" not in opts:
         idx = [i for i in (layer_index(t.name) for t in plan.tensors) if i is not None]
         opts["n_layers"] = max(idx) + 1 if idx else 1
-    if method in ("linear", "ties", "dare", "breadcrumbs") and weights is not None:
+    if method in WEIGHTED and weights is not None:
         opts["weights"] = list(weights)
     elif weights is not None:
         raise MergeConfigError(f"method {method} takes no per-model weights (use its options)", field="weights")

@@ -15,20 +15,28 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["compiler_missing", "linear_nobias"]
+__all__ = ["compiler_missing", "is_compiling", "linear_nobias"]
 
-_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# torch.library.custom_op: torch >= 2.4 (the DGL lane runs torch 2.2, eager only)
+_ONEDNN = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+           and hasattr(torch.library, "custom_op"))
+
+if _ONEDNN:
+
+    @torch.library.custom_op("weightspace::onednn_linear", mutates_args=())
+    def _onednn_linear(x: Tensor, weight: Tensor) -> Tensor:
+        """``x @ weight.T`` by oneDNN (an opaque call for inductor)."""
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.contiguous(), None, "none", [], "")
+
+    @_onednn_linear.register_fake
+    def _(x: Tensor, weight: Tensor) -> Tensor:
+        return x.new_empty(x.shape[0], weight.shape[0])
 
 
-@torch.library.custom_op("weightspace::onednn_linear", mutates_args=())
-def _onednn_linear(x: Tensor, weight: Tensor) -> Tensor:
-    """``x @ weight.T`` by oneDNN (an opaque call for inductor)."""
-    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight.contiguous(), None, "none", [], "")
-
-
-@_onednn_linear.register_fake
-def _(x: Tensor, weight: Tensor) -> Tensor:
-    return x.new_empty(x.shape[0], weight.shape[0])
+def is_compiling() -> bool:
+    """Whether ``torch.compile`` is tracing this call (``False`` on a torch without it)."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def linear_nobias(x: Tensor, weight: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
 from weightspace.nn.conv._common import AGGRS, make_norm, mlp
-from weightspace.nn.conv._compile import linear_nobias
+from weightspace.nn.conv._compile import is_compiling, linear_nobias
 
 _POOLS = ("mean", "sum", "max")
 
@@ -302,7 +302,7 @@ class GMNConv(MessagePassing):
         a = a + self.lin_glob(un).index_select(0, ctx.node_batch)
         # inside torch.compile (GMN.compile_) the same sums in a form inductor fuses: the gather, the
         # add and the activation become one loop over the edges, after a product with no copied input
-        compiling = torch.compiler.is_compiling()
+        compiling = is_compiling()
         if compiling:
             src, dst = ctx.edge_index
             pre = linear_nobias(en, self.lin_edge.weight) + a.index_select(0, src) + self.lin_dst(xn).index_select(0, dst)

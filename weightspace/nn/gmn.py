@@ -444,11 +444,19 @@ class GMN(MetaNetwork):
         gather, activation) into fewer passes and the edge products run
         through oneDNN (:mod:`weightspace.nn.conv._compile`); the outputs
         equal the eager ones up to float32 rounding. The first forward
-        compiles (about a minute of one CPU core, with ``g++``); graph sizes
-        are dynamic, so other batch sizes and architectures reuse the code
-        (a batch of one graph compiles once more). It pays for long
-        inference runs: ``benchmarks/bench_gmn.py --compile`` has the
-        measured speed-up and compile time.
+        compiles (25-60 s of one CPU core with ``g++``; inductor's on-disk
+        cache shortens later processes); graph sizes are dynamic, so other
+        batch sizes and architectures reuse the code (a batch of one graph
+        compiles once more), and so do other GMNs of the same
+        hyperparameters. Each other configuration (depth, width,
+        aggregation, ...) compiles its own code; past torch's cache limit
+        (``torch._dynamo.config.cache_size_limit``, 8) further ones run
+        eager. Measured on one thread of an AMD EPYC (Zen 1), 64
+        ``cnn_small`` graphs: 1.09-1.15x the eager networks per CPU second
+        (1.08x with 8 graphs), so it pays after a few thousand batches of 64:
+        long inference runs, not one-off predictions
+        (``benchmarks/bench_gmn.py --compile``,
+        ``benchmarks/results/gmn_pyg_compile.json``).
 
         Where no C++ compiler is found, or the first compiled forward
         fails, a ``RuntimeWarning`` says why and the model stays eager

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
 from weightspace.nn.conv._common import AGGRS, make_norm, mlp
+from weightspace.nn.conv._compile import is_compiling, linear_nobias
 
 _POOLS = ("mean", "sum", "max")
 
@@ -299,8 +300,16 @@ class GMNConv(MessagePassing):
         # instead of E x H
         a = torch.addmm(self.lin_edge.bias, xn, self.lin_src.weight.t())
         a = a + self.lin_glob(un).index_select(0, ctx.node_batch)
-        pre = self.edge_gather(ctx, a, self.lin_dst(xn)).addmm_(en, self.lin_edge.weight.t())
-        h = self.edge_out[0](self._edge_act(pre))  # dropout (identity when p = 0 or in eval)
+        # inside torch.compile (GMN.compile_) the same sums in a form inductor fuses: the gather, the
+        # add and the activation become one loop over the edges, after a product with no copied input
+        compiling = is_compiling()
+        if compiling:
+            src, dst = ctx.edge_index
+            pre = linear_nobias(en, self.lin_edge.weight) + a.index_select(0, src) + self.lin_dst(xn).index_select(0, dst)
+            h = self.edge_out[0](self.edge_act(pre))
+        else:
+            pre = self.edge_gather(ctx, a, self.lin_dst(xn)).addmm_(en, self.lin_edge.weight.t())
+            h = self.edge_out[0](self._edge_act(pre))  # dropout (identity when p = 0 or in eval)
         out = self.edge_out[1]
         if lazy:
             # the output map and the aggregation commute: N-row GEMMs instead of one E-row GEMM
@@ -310,7 +319,9 @@ class GMNConv(MessagePassing):
             )
             e = None
         else:
-            if inplace:
+            if compiling:  # the bias, the residual and the next layer norm fuse into one pass
+                e = e + linear_nobias(h, out.weight) + out.bias
+            elif inplace:
                 e = e.addmm_(h, out.weight.t()).add_(out.bias)
             else:
                 e = torch.addmm(e, h, out.weight.t()).add_(out.bias)  # residual: a GEMM with beta = 1

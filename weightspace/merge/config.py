@@ -885,9 +885,10 @@ class AlignedStreamPlan(StreamPlan):
         matching: per model matched to the reference (empty for a dry run):
             ``model`` (config key), ``objective``, ``initial_objective``,
             ``objective_per_sweep``, ``sweeps``, ``stop``, ``converged``, ``seconds``.
-        matching_peak_bytes: estimated peak memory of the matching: for the
-            coordinate reading the most, its tensors in both models and its
-            ``[n, n]`` float64 work arrays, plus the product cache's bound.
+        matching_peak_bytes: estimated (upper) peak memory of the matching
+            above the process's baseline: for the coordinate reading the
+            most, its tensors in both models and its ``[n, n]`` float64 work
+            arrays, plus the product cache.
         permute_peak_bytes: estimated peak of writing a model permuted: its
             largest shard (built in memory before it is written) and the
             largest tensor.
@@ -992,19 +993,24 @@ def _tied_names(module: torch.nn.Module, stored: set[str]) -> dict[str, str]:
     return tied
 
 
-def _matching_peak_bytes(spec: Any, coords: list, itemsize: Mapping[str, int], cache: int) -> int:
-    """Estimated peak of weight matching from directories (above the
-    process's baseline): the coordinate whose tensors are the most bytes,
-    those tensors of both models resident, its cost matrix with the LAP's
-    float64 copies (three ``[n, n]``), plus the product cache: at most its
-    bound, and at most one float32 ``[n, n]`` per tensor of every coordinate."""
+def _matching_peak_bytes(spec: Any, coords: list, itemsize: Mapping[str, int], tied: Mapping[str, str],
+                         cache: int) -> int:
+    """Estimated peak of weight matching from directories, above the
+    process's baseline (an upper estimate: the tensors are mapped from the
+    page cache one at a time, and those already used may be dropped): the
+    coordinate whose stored tensors are the most bytes (``tied`` names
+    counted once), those tensors of both models resident, its cost matrix
+    with the LAP's float64 copies (three ``[n, n]``), plus the product
+    cache: at most its bound, and at most one float32 ``[n, n]`` per tensor
+    of every coordinate."""
     from weightspace.merge.matching import _coord_tensors
 
     worst = products = 0
     for kind, g in coords:
         n = g.size if kind == "neuron" else max([g.group.size, *(s.size for subs in g.subs for s in subs)])
         touched = _coord_tensors((kind, g))
-        tensors = sum(itemsize.get(p, 4) * int(torch.Size(spec.param_shapes[p]).numel()) for p in touched)
+        stored = {tied.get(p, p): p for p in touched}
+        tensors = sum(itemsize.get(s, 4) * int(torch.Size(spec.param_shapes[p]).numel()) for s, p in stored.items())
         worst = max(worst, 2 * tensors + 3 * 8 * n * n)
         products += 4 * n * n * len(touched)
     return worst + min(cache, products)
@@ -1110,9 +1116,8 @@ def _run_aligned_streamed(cfg: MergeConfig, hf: Mapping[str, HFCheckpoint], out:
     if opts.get("groups") is not None:
         coords = [c for c in coords if _coord_name(c) in set(opts["groups"])]
     itemsize = {t.name: _DTYPES[t.dtype].itemsize for t in plan.tensors}
-    itemsize.update({k: itemsize.get(v, 4) for k, v in tied.items()})
     cache = opts.get("cache", True)
-    matching_peak = _matching_peak_bytes(spec, coords, itemsize,
+    matching_peak = _matching_peak_bytes(spec, coords, itemsize, tied,
                                          0 if cache is False else CACHE_BYTES if cache is True else int(cache))
     largest = max((int(torch.Size(t.shape).numel()) * itemsize[t.name] for t in plan.tensors), default=0)
     permute_peak = largest + max((f.stat().st_size for i, m in enumerate(cfg.models) if i != cfg.reference

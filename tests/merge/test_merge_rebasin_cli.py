@@ -32,11 +32,12 @@ def _gpt2(seed, **kw):
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
+    """a in one file, b in 8 KB shards with an index."""
     root = tmp_path_factory.mktemp("rebasin_cli")
-    a, b = _gpt2(0), _gpt2(1)
-    a.save_pretrained(root / "a")
-    b.save_pretrained(root / "b", max_shard_size="8KB")  # sharded, with an index
-    return root, a, b
+    models = [_gpt2(0), _gpt2(1)]
+    for name, m, shard in zip("ab", models, ({}, {"max_shard_size": "8KB"})):
+        m.save_pretrained(root / name, **shard)
+    return (root, *models)
 
 
 def _tensors(out):

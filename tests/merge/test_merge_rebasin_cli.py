@@ -161,6 +161,22 @@ def test_barrier_cannot_stream(dirs, tmp_path):
     assert "'barrier' runs the models" in res.output
 
 
+@pytest.mark.parametrize("extra, words", [
+    ({}, None),
+    ({"barrier": True}, "'barrier' runs the models"),
+    ({"repair": "reset_bn"}, "'repair' runs the models"),
+])
+def test_streaming_blocker_of_weight_matching(dirs, tmp_path, extra, words):
+    from weightspace.merge.config import load_config, streaming_blocker
+
+    root, _, _ = dirs
+    _link(root, tmp_path, "a", "b")
+    config = _write(tmp_path, {"method": "weight_matching", **extra,
+                               "models": [{"model": {"hf": "a"}}, {"model": {"hf": "b"}}]})
+    why = streaming_blocker(load_config(config))
+    assert why is None if words is None else words in why
+
+
 def test_different_architectures_are_one_line(dirs, tmp_path):
     root, _, _ = dirs
     _gpt2(0, n_embd=8).save_pretrained(tmp_path / "narrow")

@@ -101,7 +101,8 @@ def main() -> None:
     if all(r["rc"] == 0 for r in runs):
         compare = subprocess.run([sys.executable, "-c", (
             "import sys, json, torch; from pathlib import Path; from safetensors.torch import load_file\n"
-            "def t(d):\n    sd = {}\n    [sd.update(load_file(str(f))) for f in sorted(Path(d).glob('*.safetensors'))]\n"
+            "def t(d):\n    sd = {}\n"
+            "    [sd.update(load_file(str(f))) for f in sorted(Path(d).glob('*.safetensors'))]\n"
             "    return sd\n"
             "s, m = t(sys.argv[1]), t(sys.argv[2])\n"
             "print(json.dumps({'same_names': set(s) == set(m), 'bit_equal': all(torch.equal(s[k], m[k]) for k in m),"

@@ -140,7 +140,8 @@ def test_renamed_stored_tensors_fall_back_to_memory(tmp_path):
     for seed in (0, 1):
         torch.manual_seed(seed)
         T.ViTForImageClassification(cfg).eval().save_pretrained(tmp_path / f"v{seed}")
-    config = _write(tmp_path, {"method": "weight_matching", "models": [{"model": {"hf": "v0"}}, {"model": {"hf": "v1"}}]})
+    config = _write(tmp_path, {"method": "weight_matching",
+                               "models": [{"model": {"hf": "v0"}}, {"model": {"hf": "v1"}}]})
     res = _run(config, tmp_path / "out")
     assert res.exit_code == 0, res.output
     assert "out of core" not in res.output

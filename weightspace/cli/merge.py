@@ -74,8 +74,8 @@ def _echo_plan(cfg, plan, out: Path, dry_run: bool) -> None:
                f"per model; estimated peak memory {plan.peak_bytes / mib:.1f} MiB")
     if groups is not None:
         typer.echo(f"matching   {len(groups)} groups, {sum(s for *_, s in groups)} neurons/heads; estimated peak "
-                   f"memory {plan.matching_peak_bytes / mib:.1f} MiB (permuting {plan.permute_peak_bytes / mib:.1f} MiB, "
-                   f"averaging {plan.merge_peak_bytes / mib:.1f} MiB)")
+                   f"memory {plan.matching_peak_bytes / mib:.1f} MiB (permuting "
+                   f"{plan.permute_peak_bytes / mib:.1f} MiB, averaging {plan.merge_peak_bytes / mib:.1f} MiB)")
         for r in plan.matching:
             typer.echo(f"matched    {r['model']} to {r['reference']}: objective {r['initial_objective']:.6g} -> "
                        f"{r['objective']:.6g} in {r['sweeps']} sweeps ({r['stop']}, {r['seconds']:.1f} s)")
@@ -92,8 +92,8 @@ def merge(
         help="out of core, tensor by tensor (default where the config allows: Hugging Face directories, an "
              "elementwise method or weight_matching, no data/repair/barrier) or with the models loaded")] = None,
     dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="print the out-of-core plan (tensors, shapes, method per tensor, estimated memory); "
-                          "write nothing")] = False,
+        "--dry-run", help="print the out-of-core plan (tensors, shapes, method per tensor, matching groups, "
+                          "estimated memory); write nothing")] = False,
 ) -> None:
     """Merge models as a YAML config describes (mergekit-style).
 

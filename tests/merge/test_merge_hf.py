@@ -305,8 +305,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(dirs, tmp_path):
 
 
 @pytest.mark.parametrize("cfg, flag, words", [
-    ({"method": "weight_matching"}, "--stream", "weight_matching needs whole models"),
-    ({"method": "weight_matching"}, "--dry-run", "--dry-run shows the out-of-core plan"),
+    ({"method": "merge_many"}, "--stream", "merge_many needs whole models"),
+    ({"method": "merge_many"}, "--dry-run", "--dry-run shows the out-of-core plan"),
     ({"method": "ties", "base": {"model": {"hf": "a"}}}, "--stream", "trim: per_tensor"),
 ])
 def test_configs_that_cannot_stream_are_one_line_exit_2(dirs, tmp_path, cfg, flag, words):

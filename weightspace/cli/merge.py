@@ -49,21 +49,36 @@ def _merge_record(cfg, config: Path, models: list, repair: str, **extra) -> dict
 
 
 def _echo_plan(cfg, plan, out: Path, dry_run: bool) -> None:
-    """The out-of-core plan: one line per tensor, then the totals."""
+    """The out-of-core plan: one line per tensor (and, for weight matching,
+    per matching group), then the totals and the matching's results."""
+    from weightspace.merge.config import AlignedStreamPlan
     from weightspace.merge.stream import NO_BASE
 
+    mib = 2**20
+    groups = plan.groups if isinstance(plan, AlignedStreamPlan) else None  # weight matching first
     if dry_run:
         typer.echo(f"{'tensor':48s} {'shape':>18s} {'dtype':>5s} {'method':>15s}  shard")
         for t in plan.tensors:
             typer.echo(f"{t.name[:48]:48s} {str(tuple(t.shape)):>18s} {t.dtype:>5s} {t.method:>15s}  {t.shard}")
-    mib = 2**20
-    typer.echo(f"method     {cfg.method} (out of core: {plan.method})")
+        if groups is not None:
+            typer.echo(f"{'matching group':48s} {'kind':>18s} {'size':>5s}")
+            for name, kind, size in groups:
+                typer.echo(f"{name[:48]:48s} {kind:>18s} {size:>5d}")
+    what = f"{cfg.method} then {plan.method}" if groups is not None else plan.method
+    typer.echo(f"method     {cfg.method} (out of core: {what})")
     for i, m in enumerate(cfg.models):
-        typer.echo(f"model {i}    {m.path}")
+        typer.echo(f"model {i}    {m.path}" + ("  (reference)" if groups is not None and i == cfg.reference else ""))
     if cfg.base is not None and plan.method not in NO_BASE:
         typer.echo(f"base       {cfg.base.path}")
     typer.echo(f"tensors    {len(plan.tensors)} in {len(plan.shards)} shard(s), {plan.model_bytes / mib:.1f} MiB "
                f"per model; estimated peak memory {plan.peak_bytes / mib:.1f} MiB")
+    if groups is not None:
+        typer.echo(f"matching   {len(groups)} groups, {sum(s for *_, s in groups)} neurons/heads; estimated peak "
+                   f"memory {plan.matching_peak_bytes / mib:.1f} MiB (permuting "
+                   f"{plan.permute_peak_bytes / mib:.1f} MiB, averaging {plan.merge_peak_bytes / mib:.1f} MiB)")
+        for r in plan.matching:
+            typer.echo(f"matched    {r['model']} to {r['reference']}: objective {r['initial_objective']:.6g} -> "
+                       f"{r['objective']:.6g} in {r['sweeps']} sweeps ({r['stop']}, {r['seconds']:.1f} s)")
     typer.echo("dry run    nothing written" if dry_run else f"wrote      {out}")
 
 
@@ -75,10 +90,10 @@ def merge(
     stream: Annotated[Optional[bool], typer.Option(
         "--stream/--in-memory",
         help="out of core, tensor by tensor (default where the config allows: Hugging Face directories, an "
-             "elementwise method, no data/repair/barrier) or with the models loaded")] = None,
+             "elementwise method or weight_matching, no data/repair/barrier) or with the models loaded")] = None,
     dry_run: Annotated[bool, typer.Option(
-        "--dry-run", help="print the out-of-core plan (tensors, shapes, method per tensor, estimated memory); "
-                          "write nothing")] = False,
+        "--dry-run", help="print the out-of-core plan (tensors, shapes, method per tensor, matching groups, "
+                          "estimated memory); write nothing")] = False,
 ) -> None:
     """Merge models as a YAML config describes (mergekit-style).
 
@@ -90,7 +105,11 @@ def merge(
     options in the metadata and in OUT/weightspace_merge.json). With an
     elementwise method (average, task_arithmetic, ties, dare, breadcrumbs,
     slerp) and no data, they merge out of core: tensor by tensor, never a
-    whole model in memory (`--in-memory` loads them instead).
+    whole model in memory (`--in-memory` loads them instead). So does
+    weight_matching (Re-Basin): each model is matched to the reference
+    from its directory, written permuted to a temporary directory next to
+    OUT (removed afterwards), then averaged; the matching's objective per
+    sweep goes into OUT/weightspace_merge.json.
 
     Examples:
 
@@ -99,12 +118,14 @@ def merge(
       weightspace merge merge-gpt2.yaml merged-gpt2/
 
       weightspace merge ties-gpt2.yaml merged-ties/ --dry-run
+
+      weightspace merge rebasin-gpt2.yaml merged-rebasin/ --dry-run
     """
     from weightspace.arch import save_hf_checkpoint
     from weightspace.errors import InputFileError
     from weightspace.io import atomic_write, save_state_dict
     from weightspace.merge.config import (
-        MergeConfigError, load_config, run_config, run_config_streamed, streaming_blocker,
+        AlignedStreamPlan, MergeConfigError, load_config, run_config, run_config_streamed, streaming_blocker,
     )
 
     # Bad configs, weights and data files raise WeightspaceError subclasses
@@ -135,7 +156,8 @@ def merge(
         plan = run_config_streamed(cfg, None if dry_run else out, dry_run=dry_run, progress=progress, metadata=meta)
         _echo_plan(cfg, plan, out, dry_run)
         if not dry_run:
-            record = _merge_record(cfg, config, [str(m.path) for m in cfg.models], "none", out_of_core=True)
+            extra = {"matching": plan.matching} if isinstance(plan, AlignedStreamPlan) else {}
+            record = _merge_record(cfg, config, [str(m.path) for m in cfg.models], "none", out_of_core=True, **extra)
             atomic_write(out / "weightspace_merge.json", json.dumps(record, indent=2, default=str))
         return
     outcome = run_config(cfg, progress=progress)

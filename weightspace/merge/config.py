@@ -74,7 +74,7 @@ from weightspace.merge.stream import NO_BASE, WEIGHTED, StreamPlan, _check_optio
 
 __all__ = [
     "METHODS", "MergeConfig", "MergeConfigError", "MergeOutcome", "ModelEntry", "load_config", "run_config",
-    "run_config_streamed", "streaming_blocker",
+    "run_config_streamed", "streaming_blocker", "AlignedStreamPlan", "ALIGNED_STREAMED",
 ]
 
 _REPAIR = ("none", "reset_bn", "repair")
@@ -864,20 +864,58 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
 
 # ------------------------------------------------------------ out of core
 #: config method -> :func:`~weightspace.merge.stream.merge_directories` method
-#: (the elementwise methods; the aligning ones need whole models)
+#: (the elementwise methods)
 STREAMED = {"average": "linear", "task_arithmetic": "task_arithmetic", "ties": "ties", "dare": "dare",
             "breadcrumbs": "breadcrumbs", "slerp": "slerp"}
+#: config methods that align the models first: out of core, every model is
+#: matched to the reference from its directory and written permuted to a
+#: temporary directory, then the directories are averaged (``linear``)
+ALIGNED_STREAMED = {"weight_matching": "linear"}
+
+
+@dataclass
+class AlignedStreamPlan(StreamPlan):
+    """The :class:`~weightspace.merge.stream.StreamPlan` of an aligning merge
+    out of core (:data:`ALIGNED_STREAMED`), with the matching's part.
+
+    Attributes:
+        groups: the matching coordinates, ``(name, kind, size)``: a neuron
+            group and its neurons, or a head group (its nested groups solved
+            with it) and its heads.
+        matching: per model matched to the reference (empty for a dry run):
+            ``model`` (config key), ``objective``, ``initial_objective``,
+            ``objective_per_sweep``, ``sweeps``, ``stop``, ``converged``, ``seconds``.
+        matching_peak_bytes: estimated (upper) peak memory of the matching
+            above the process's baseline: for the coordinate reading the
+            most, its tensors in both models and its ``[n, n]`` float64 work
+            arrays, plus the product cache.
+        permute_peak_bytes: estimated peak of writing a model permuted: its
+            largest shard (built in memory before it is written) and the
+            largest tensor.
+        merge_peak_bytes: the averaging's estimate (``peak_bytes`` is the
+            largest of the three: the steps run one after the other).
+    """
+
+    groups: list[tuple[str, str, int]] = field(default_factory=list)
+    matching: list[dict] = field(default_factory=list)
+    matching_peak_bytes: int = 0
+    permute_peak_bytes: int = 0
+    merge_peak_bytes: int = 0
 
 
 def streaming_blocker(cfg: MergeConfig) -> str | None:
     """Why ``cfg`` cannot merge out of core (``None``: it can).
 
     A config streams when every model (and the base) is a Hugging Face
-    directory, its method is elementwise (:data:`STREAMED`), its options
-    stream (TIES needs ``trim: per_tensor``) and it has no ``data``,
-    ``repair`` or ``barrier`` (they run the models)."""
-    if cfg.method not in STREAMED:
-        return f"method {cfg.method} needs whole models (out of core: {', '.join(STREAMED)})"
+    directory, its method is elementwise (:data:`STREAMED`) or weight
+    matching (:data:`ALIGNED_STREAMED`), its options stream (TIES needs
+    ``trim: per_tensor``) and it has no ``data``, ``repair`` or ``barrier``
+    (they run the models). Weight matching also needs the reference's
+    stored tensor names to be the module's (``transformers`` renames some
+    on load, e.g. ViT's attention): its config is read and the model built
+    on the meta device (no weights) to check."""
+    if cfg.method not in STREAMED and cfg.method not in ALIGNED_STREAMED:
+        return f"method {cfg.method} needs whole models (out of core: {', '.join([*STREAMED, *ALIGNED_STREAMED])})"
     entries = [*cfg.models, *([cfg.base] if cfg.base is not None else [])]
     bad = next((m for m in entries if m.ref is None or m.ref.kind != "hf"), None)
     if bad is not None:
@@ -887,11 +925,114 @@ def streaming_blocker(cfg: MergeConfig) -> str | None:
             return f"'{key}' runs the models, which needs them in memory"
     if cfg.repair != "none":
         return "'repair' runs the models, which needs them in memory"
+    if cfg.method in ALIGNED_STREAMED:
+        ref = cfg.models[cfg.reference]
+        ck = _open_hf(ref, cfg.source)
+        renamed = _renamed_tensors(ck, _meta_module(ref, ck, cfg.source))
+        if renamed:
+            k, v = next(iter(renamed.items()))
+            return (f"{cfg.method}: the checkpoint stores tensors under other names than the module "
+                    f"(e.g. {k!r} as {v!r}); the directory permutation needs them equal")
+        return None
     try:
         _check_options(STREAMED[cfg.method], cfg.options)
     except MergeConfigError as exc:
         return exc.message
     return None
+
+
+def _meta_module(entry: ModelEntry, hf: HFCheckpoint, source: Path | None) -> torch.nn.Module:
+    """``entry``'s model built from its config on the meta device (no weights)."""
+    with torch.device("meta"):
+        try:
+            return hf.build(seed=None, load_weights=False)
+        except WeightspaceError as exc:
+            where = f" ({entry.ref_key}.hf" + (f" of {source})" if source else ")")
+            raise type(exc)(exc.message + where, path=exc.path, field=exc.field or f"{entry.ref_key}.hf") from None
+
+
+def _renamed_tensors(hf: HFCheckpoint, module: torch.nn.Module) -> dict[str, str]:
+    """Module tensor name -> its other stored name (:meth:`HFCheckpoint.key_map`)."""
+    try:
+        km = hf.key_map(module)
+    except ConfigError as exc:  # split or fused on load
+        return {"(split or fused)": exc.message}
+    return {k: v for k, v in km.items() if k != v}
+
+
+def _meta_spec(entry: ModelEntry, hf: HFCheckpoint, source: Path | None) -> tuple[torch.nn.Module, Any]:
+    """The meta-device module of ``entry`` and its spec, traced on the meta
+    device (the in-memory path's spec: same module class, config and example
+    input). Any tracing failure is one :class:`~weightspace.errors.TraceError` line."""
+    from weightspace.arch.ref import _one
+    from weightspace.errors import TraceError
+
+    module = _meta_module(entry, hf, source)
+    where = f"{entry.ref_key}.hf" + (f" of {source}" if source else "")
+    try:
+        return module, permutation_spec(module, hf.example_input().to("meta"))
+    except Exception as exc:
+        msg = exc.message if isinstance(exc, WeightspaceError) else _one(exc)
+        raise TraceError(f"cannot trace {type(module).__name__} for weight matching ({where}): {msg}; "
+                         "weight matching needs the permutation spec", path=hf.directory / "config.json",
+                         field=f"{entry.ref_key}.hf") from None
+
+
+def _tied_names(module: torch.nn.Module, stored: set[str]) -> dict[str, str]:
+    """Parameter names the directory does not store -> the stored name of
+    the parameter they are tied to (e.g. GPT-2's ``lm_head.weight`` ->
+    ``transformer.wte.weight``)."""
+    by_id: dict[int, list[str]] = {}
+    for n, p in module.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(n)
+    tied = {}
+    for names in by_id.values():
+        kept = next((n for n in names if n in stored), None)
+        if kept is not None:
+            tied.update({n: kept for n in names if n not in stored})
+    return tied
+
+
+def _matching_peak_bytes(spec: Any, coords: list, itemsize: Mapping[str, int], tied: Mapping[str, str],
+                         cache: int) -> int:
+    """Estimated peak of weight matching from directories, above the
+    process's baseline (an upper estimate: the tensors are mapped from the
+    page cache one at a time, and those already used may be dropped): the
+    coordinate whose stored tensors are the most bytes (``tied`` names
+    counted once), those tensors of both models resident, its cost matrix
+    with the LAP's float64 copies (three ``[n, n]``), plus the product
+    cache: at most its bound, and at most one float32 ``[n, n]`` per tensor
+    of every coordinate."""
+    from weightspace.merge.matching import _coord_tensors
+
+    worst = products = 0
+    for kind, g in coords:
+        n = g.size if kind == "neuron" else max([g.group.size, *(s.size for subs in g.subs for s in subs)])
+        touched = _coord_tensors((kind, g))
+        stored = {tied.get(p, p): p for p in touched}
+        tensors = sum(itemsize.get(s, 4) * int(torch.Size(spec.param_shapes[p]).numel()) for s, p in stored.items())
+        worst = max(worst, 2 * tensors + 3 * 8 * n * n)
+        products += 4 * n * n * len(touched)
+    return worst + min(cache, products)
+
+
+def _default_shard_size(cfg: MergeConfig) -> int:
+    """The reference directory's largest shard (one file when it has one)."""
+    ref = Path(cfg.models[cfg.reference].path)
+    shards = list(ref.glob("*.safetensors")) if (ref / INDEX_FILE).is_file() else []
+    return max((f.stat().st_size for f in shards), default=2**62)
+
+
+def _merge_dirs(cfg: MergeConfig, method: str, dirs: list, out: Any, *, base: Any = None, weights: Any = None,
+                options: Mapping[str, Any], **kw: Any) -> StreamPlan:
+    """:func:`merge_directories`, its option errors naming the config file and key."""
+    try:
+        return merge_directories(method, dirs, out, base=base, weights=weights, options=options, **kw)
+    except MergeConfigError as exc:
+        if exc.path is not None:
+            raise
+        key = exc.field if exc.field in (None, "models", "base", "weights", "out") else f"options.{exc.field}"
+        raise MergeConfigError(exc.message, path=cfg.source, field=key) from None
 
 
 def run_config_streamed(cfg: MergeConfig, out: str | os.PathLike | None, *, dry_run: bool = False,
@@ -908,34 +1049,115 @@ def run_config_streamed(cfg: MergeConfig, out: str | os.PathLike | None, *, dry_
     ``metadata`` goes into every shard's header.
 
     ``models[i].weight`` is the per-model weight (``average``, ``ties``,
-    ``dare``, ``breadcrumbs``); ``dare`` takes the config's ``seed`` unless
-    its options give one; the base is read only by the methods that use it.
+    ``dare``, ``breadcrumbs``, ``weight_matching``); ``dare`` takes the
+    config's ``seed`` unless its options give one; the base is read only
+    by the methods that use it.
+
+    ``weight_matching`` (Re-Basin): the spec is traced on the reference's
+    model built on the meta device; every other model is matched to the
+    reference from the directories
+    (:func:`~weightspace.merge.matching.weight_matching` out of core, the
+    config's options, ``seed`` defaulting to the config's), written
+    permuted (:meth:`~weightspace.merge.matching.MatchResult.apply_to_directory`)
+    into a temporary directory next to ``out`` (removed afterwards, also
+    on failure), and the directories are averaged with the models' weights
+    (``linear``). Returns an :class:`AlignedStreamPlan`.
 
     Raises:
         MergeConfigError: the config cannot stream (:func:`streaming_blocker`
             says why) or an option is bad, naming the config file and key.
         MissingFileError, InputFileError, StateDictError: a directory at fault.
+        TraceError: weight matching cannot trace the model.
     """
     why = streaming_blocker(cfg)
     if why is not None:
         raise MergeConfigError(f"cannot merge out of core: {why}", path=cfg.source, field="method")
-    _check_architectures(cfg, False)
+    hf = _check_architectures(cfg, False)[0]
+    if max_shard_size is None:
+        max_shard_size = _default_shard_size(cfg)
+    kw = dict(max_shard_size=max_shard_size, progress=progress, metadata=metadata)
+    if cfg.method in ALIGNED_STREAMED:
+        return _run_aligned_streamed(cfg, hf, out, dry_run=dry_run, **kw)
     method = STREAMED[cfg.method]
     opts = dict(cfg.options)
     if method == "dare":
         opts.setdefault("seed", cfg.seed)
     weights = [m.weight for m in cfg.models] if method in WEIGHTED else None
     base = cfg.base.path if cfg.base is not None and method not in NO_BASE else None
-    if max_shard_size is None:
-        ref = Path(cfg.models[cfg.reference].path)
-        shards = list(ref.glob("*.safetensors")) if (ref / INDEX_FILE).is_file() else []
-        max_shard_size = max((f.stat().st_size for f in shards), default=2**62)
+    return _merge_dirs(cfg, method, [m.path for m in cfg.models], out, base=base, weights=weights, options=opts,
+                       dry_run=dry_run, **kw)
+
+
+def _run_aligned_streamed(cfg: MergeConfig, hf: Mapping[str, HFCheckpoint], out: Any, *, dry_run: bool,
+                          max_shard_size: int, progress: bool, metadata: Mapping[str, str] | None
+                          ) -> AlignedStreamPlan:
+    import dataclasses
+    import shutil
+    import tempfile
+    import time
+
+    from weightspace.merge._common import coordinates
+    from weightspace.merge.matching import CACHE_BYTES, _coord_name, weight_matching
+    from weightspace.merge.stream import _DTYPES
+
+    method = ALIGNED_STREAMED[cfg.method]
+    src = cfg.source
+    ref = cfg.models[cfg.reference]
+    dirs = [m.path for m in cfg.models]
+    weights = [m.weight for m in cfg.models]
+    # every directory read (headers), names and shapes compared, before any matching
+    plan = _merge_dirs(cfg, method, dirs, None, weights=weights, options={}, dry_run=True,
+                       max_shard_size=max_shard_size)
+    module, spec = _meta_spec(ref, hf[ref.key], src)
+    stored = {t.name for t in plan.tensors}
+    tied = _tied_names(module, stored)
+    opts = {"seed": cfg.seed, **cfg.options}
+    coords = coordinates(spec)
+    if opts.get("groups") is not None:
+        coords = [c for c in coords if _coord_name(c) in set(opts["groups"])]
+    itemsize = {t.name: _DTYPES[t.dtype].itemsize for t in plan.tensors}
+    cache = opts.get("cache", True)
+    matching_peak = _matching_peak_bytes(spec, coords, itemsize, tied,
+                                         0 if cache is False else CACHE_BYTES if cache is True else int(cache))
+    largest = max((int(torch.Size(t.shape).numel()) * itemsize[t.name] for t in plan.tensors), default=0)
+    permute_peak = largest + max((f.stat().st_size for i, m in enumerate(cfg.models) if i != cfg.reference
+                                  for f in Path(m.path).glob("*.safetensors")), default=0)
+    result = AlignedStreamPlan(
+        **{f.name: getattr(plan, f.name) for f in dataclasses.fields(StreamPlan)},
+        groups=[(_coord_name(c), c[0], c[1].size if c[0] == "neuron" else c[1].group.size) for c in coords],
+        matching_peak_bytes=matching_peak, permute_peak_bytes=permute_peak, merge_peak_bytes=plan.peak_bytes,
+    )
+    result.peak_bytes = max(plan.peak_bytes, matching_peak, permute_peak)
+    if dry_run:
+        return result
+    if out is None:
+        raise MergeConfigError("give an output directory (or dry_run=True)", field="out")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a new directory of ours next to the output (same disk), whatever happens removed again
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.rebasin-", dir=out.parent))
     try:
-        return merge_directories(method, [m.path for m in cfg.models], out, base=base, weights=weights,
-                                 options=opts, max_shard_size=max_shard_size, dry_run=dry_run, progress=progress,
-                                 metadata=metadata)
-    except MergeConfigError as exc:
-        if exc.path is not None:
-            raise
-        key = exc.field if exc.field in (None, "models", "base", "weights", "out") else f"options.{exc.field}"
-        raise MergeConfigError(exc.message, path=cfg.source, field=key) from None
+        inputs: list[Any] = []
+        for i, m in enumerate(cfg.models):
+            if i == cfg.reference:
+                inputs.append(m.path)
+                continue
+            t0 = time.perf_counter()
+            try:
+                res = weight_matching(ref.path, m.path, spec, tied=tied, progress=progress, **opts)
+            except WeightspaceError as exc:
+                where = f" (matching {m.key} to {ref.key}" + (f" of {src})" if src else ")")
+                raise type(exc)(exc.message + where, path=exc.path, field=exc.field) from None
+            inputs.append(res.apply_to_directory(m.path, tmp / f"models{i}", progress=progress))
+            result.matching.append({
+                "model": m.key, "reference": ref.key, "objective": res.objective,
+                "initial_objective": res.info["initial_objective"],
+                "objective_per_sweep": [h["objective"] for h in res.info["history"]],
+                "sweeps": res.sweeps, "stop": res.info["stop"], "converged": res.converged,
+                "seconds": time.perf_counter() - t0,
+            })
+        _merge_dirs(cfg, method, inputs, out, weights=weights, options={}, max_shard_size=max_shard_size,
+                    progress=progress, metadata=metadata)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return result

@@ -280,10 +280,10 @@ def slab_moments(
     Two modules: ``a``'s slices are held until ``b`` produces the same
     module's output, then fed to the accumulator and dropped. A loader for
     either model (a zero-argument callable returning the module, called
-    once per pass and dropped after; give it one that reads the weights
-    from files, not a module kept elsewhere): one model at a time, see
-    below. The sums are the same either way (the same batches, in the same
-    order), so are the results.
+    about once per pass and dropped after; give it one that reads the
+    weights from files, not a module kept elsewhere): one model at a time,
+    see below. Each slab's sums are the same either way (the same batches,
+    in the same order).
 
     One model at a time, in pass ``p`` over modules ``M_p``: the model
     loaded (``a`` in the first pass) runs over every batch and its slabs
@@ -307,7 +307,9 @@ def slab_moments(
         max_bytes: bound of what one pass holds: the sums (``(w_a w_b + 3
             (w_a + w_b))`` entries per slab) and, one model at a time, the
             stored slabs (``rows x max(w_a, w_b)`` entries per slab, rows
-            over the whole data). Modules (with all their slabs) go into
+            over the whole data: samples times a one-sample probe's rows,
+            an upper bound for an output that does not grow with the batch,
+            e.g. a position embedding). Modules (with all their slabs) go into
             passes in the order they run; a module alone may exceed it;
             ``None``: one pass.
         dtype: of the sums and of the stored slabs (see ``_CrossCorr``).
@@ -326,8 +328,9 @@ def slab_moments(
 
     Raises:
         MergeError: ``data`` yields no samples, or a different number of
-            samples in a later pass (a one-shot iterator); a loader that
-            does not return an ``nn.Module``.
+            samples in a later pass (a one-shot iterator), or, one model at
+            a time, other batches to the second model (a shuffling loader);
+            a loader that does not return an ``nn.Module``.
     """
     sides = (_Side(model_a, "model_a"), _Side(model_b, "model_b"))
     if any(s.loader is not None for s in sides):
@@ -548,7 +551,7 @@ def _inputs(data: Any, batch_size: int, max_samples: int | None, model: nn.Modul
 def _check_samples(first: int, seen: int, p: int, n_passes: int, max_bytes: int | None) -> None:
     if seen != first:
         raise MergeError(
-            f"data yielded {first} samples in the first pass but {seen} in pass {p + 1}: the activation "
+            f"data yielded {first} samples the first time but {seen} in pass {p + 1}: the activation "
             f"statistics need {n_passes} passes over the data (max_bytes={max_bytes}; each pass iterates it twice "
             "when a model is given as a loader); pass a tensor or a re-iterable (list, DataLoader), not a one-shot "
             "iterator, or raise max_bytes"

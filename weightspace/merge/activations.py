@@ -379,10 +379,7 @@ def slab_moments(
                 _check_samples(info["samples"], seen, done, len(passes), max_bytes)
             done += 1
             bar.update(1)
-            if consume is None:
-                acc.update(cur)
-            else:
-                consume(cur)
+            (acc.update if consume is None else consume)(cur)
             del cur
     info["held_bytes"] = info["stats_bytes"]
     return acc, sorted(set(missing), key=str), info
@@ -525,10 +522,7 @@ def _sequential_moments(
                 first = 1 - first  # the model loaded now runs first in the next pass
                 del store
                 bar.update(1)
-                if consume is None:
-                    acc.update(cur)
-                else:
-                    consume(cur)
+                (acc.update if consume is None else consume)(cur)
                 del cur
     finally:
         for s in sides:

@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("transformers")
 
 from tests.hf_models import build, make_inputs, perturbed_model, planted  # noqa: E402
+from weightspace.errors import StateDictError  # noqa: E402
 from weightspace.merge import MergeError, activation_matching  # noqa: E402
 from weightspace.merge.activations import matching_slabs  # noqa: E402
 from weightspace.merge.matching import _activation_slabs  # noqa: E402
@@ -159,3 +160,26 @@ def test_bad_loaders_get_one_line_errors(pair):
         activation_matching(lambda: dict(sd), model, x, spec)
     with pytest.raises(MergeError, match="the loader of model_b returned a NoneType"):
         activation_matching(model, lambda: None, x, spec)
+    # a module that does not fit the spec: refused at its first load, naming the model
+    with pytest.raises(StateDictError, match="model 1"):
+        activation_matching(model, lambda: torch.nn.Linear(2, 2), x, spec)
+
+
+def test_spec_traced_from_the_first_load():
+    """Without a spec, it is traced from a's first load (reused for the first
+    pass, not loaded again): the in-memory permutation, passes + 1 loads."""
+    _, sd, perm, sd_p = planted("nanogpt")
+    make, _ = build("nanogpt")
+    x = make_inputs("nanogpt", 8, seed=5)
+
+    def fresh(s):
+        m = make(0).double().eval()
+        m.load_state_dict(s)
+        return m
+
+    ref = activation_matching(fresh(sd), fresh(sd_p), x, batch_size=4, max_bytes=None)
+    t = Track()
+    res = activation_matching(Loader(make, sd, t), Loader(make, sd_p, t), x, batch_size=4, max_bytes=None)
+    assert all(torch.equal(res.perm[g], ref.perm[g]) for g in ref.perm)
+    assert res.objective == ref.objective
+    assert res.info["passes"] == 1 and len(t.alive) == res.info["loads"] == 2 and t.alive == [0, 0]

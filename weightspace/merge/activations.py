@@ -44,7 +44,8 @@ from weightspace.symmetry import HeadLayout, PermutationSpec, split_groups
 __all__ = ["STATS_BYTES", "ModelSource", "block_moments", "head_costs_from_blocks", "load_model", "slab_moments"]
 
 #: default bound (bytes) of the statistics :func:`slab_moments` accumulates in
-#: one pass over the data (more statistics: more passes)
+#: one pass over the data, plus, one model at a time, the slabs it stores
+#: (more bytes: more passes)
 STATS_BYTES = 128 * 2**20
 
 #: a model given to :func:`slab_moments`: the module, or a zero-argument

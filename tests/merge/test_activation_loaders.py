@@ -96,18 +96,21 @@ def test_one_loader_and_one_module(pair):
 
 def test_budget_bounds_statistics_plus_store(pair):
     """Smaller max_bytes: more passes, each holding at most max_bytes of
-    statistics and stored slabs (or one module's, when that alone is more);
-    the permutation does not change."""
+    statistics and stored slabs (a pass of one module may hold more); the
+    permutation does not change."""
     spec, sd, sd_p, make, want = pair
     n, tokens = 8, 8
     x = make_inputs("gpt2", n, seed=5)
     slabs = _activation_slabs(make(0), spec, matching_slabs(spec))
     # the documented need of a module: per slab of width w, (w^2 + 6w) float32 sums + rows x w stored floats,
     # rows counted as tokens (an upper bound: the position embedding's output has T rows per batch, not B x T)
-    need: dict = {}
+    sums: dict = {}
+    kept: dict = {}
     for s in slabs.values():
         w = s.a[1] - s.a[0]
-        need[s.module] = need.get(s.module, 0) + 4 * (w * w + 6 * w) + 4 * n * tokens * w
+        sums[s.module] = sums.get(s.module, 0) + 4 * (w * w + 6 * w)
+        kept[s.module] = kept.get(s.module, 0) + 4 * n * tokens * w
+    need = {m: sums[m] + kept[m] for m in sums}
     runs = {}
     for mb in (None, sum(need.values()) // 2, sum(need.values()) // 5, 1):
         t = Track()
@@ -122,8 +125,8 @@ def test_budget_bounds_statistics_plus_store(pair):
     assert passes[-1] == len(need)  # max_bytes=1: one module per pass
     for mb, r in runs.items():
         assert all(torch.equal(r.perm[g], want[g]) for g in want)
-        if mb is not None:
-            assert r.info["held_bytes"] <= max(mb, max(need.values()))
+        if mb is not None:  # a pass of one module may exceed max_bytes, by its sums and a store beside them
+            assert r.info["held_bytes"] <= max(mb, max(sums.values()) + max(kept.values()))
     # in memory the same budget holds fewer bytes per pass (no store), so fewer passes
     model, permuted = _modules(pair)
     mb = sum(need.values()) // 5
@@ -142,7 +145,7 @@ def test_data_replayed_differently_is_refused(pair):
         def __iter__(self):
             return iter(x[torch.randperm(8, generator=self.g)].split(4))
 
-    with pytest.raises(MergeError, match="different batches"):
+    with pytest.raises(MergeError, match="other batches than the first time"):
         activation_matching(Loader(make, sd, Track()), Loader(make, sd_p, Track()), Shuffled(), spec, max_bytes=None)
     # a one-shot iterator cannot be replayed even for one pass
     with pytest.raises(MergeError, match="one-shot iterator"):

@@ -18,12 +18,12 @@ the order they run, so early passes stop early). Two ways to run the models:
   hooks as it is produced, ``a``'s slabs wait for ``b``'s forward of the
   same batch, then are dropped (no activation store);
 * one model at a time (either model given as a loader, a zero-argument
-  callable returning the module): in each pass one model runs over all the
-  data and its slabs are stored (``rows x width`` per slab, in the
-  statistics' dtype), it is dropped, the other is loaded and runs over the
-  same batches, each of its slabs meeting the stored one of the same batch.
-  ``max_bytes`` then bounds statistics plus store; the model that ran second
-  runs first in the next pass (``passes + 1`` loads).
+  callable returning the module): the models take turns, one run over all
+  the data each, ``passes + 1`` runs (and loads): run ``r`` pairs each of
+  its slabs of pass ``r - 1`` with the one the other model stored in run
+  ``r - 1`` (freed as it is used) and stores its own slabs of pass ``r``
+  (``rows x width`` each, in the statistics' dtype); then it is dropped and
+  the other model is loaded. ``max_bytes`` then bounds statistics plus store.
 """
 
 from __future__ import annotations
@@ -281,18 +281,20 @@ def slab_moments(
     Two modules: ``a``'s slices are held until ``b`` produces the same
     module's output, then fed to the accumulator and dropped. A loader for
     either model (a zero-argument callable returning the module, called
-    about once per pass and dropped after; give it one that reads the
+    about every other pass and dropped after its run; give it one that reads the
     weights from files, not a module kept elsewhere): one model at a time,
     see below. Each slab's sums are the same either way (the same batches,
     in the same order).
 
-    One model at a time, in pass ``p`` over modules ``M_p``: the model
-    loaded (``a`` in the first pass) runs over every batch and its slabs
-    ``X_k`` (``rows x w_k``, ``dtype``) are stored; it is dropped; the other
-    is loaded and runs over the same batches, each of its slabs meeting the
-    stored one of its batch (freed as it is used). The model that ran second
-    runs first in the next pass. The first model's load also probes the
-    data: samples per input shape, and each module's rows per sample.
+    One model at a time, for passes ``p = 1..P`` over modules ``M_p``: the
+    models take turns (``a`` first), ``P + 1`` runs over every batch, each
+    forward stopping after the last module of ``M_{r+1}``. Run ``r`` feeds
+    the accumulators of pass ``r`` with its slabs of ``M_r`` against the
+    other model's stored ones of the same batch (each freed once used) and
+    stores its own slabs ``X_k`` (``rows x w_k``, ``dtype``) of ``M_{r+1}``;
+    the model is dropped after its run. Run 0 only stores, run ``P`` only
+    accumulates. The first model's load also probes the data: samples per
+    input shape, and each module's rows per sample.
 
     Before the first batch, one sample runs through each model with hooks
     on every module: slabs whose module is unknown, does not run exactly
@@ -305,14 +307,15 @@ def slab_moments(
             iterated once per pass (twice with a loader), so several passes
             or a loader need a re-iterable: a tensor, a list, a ``DataLoader``.
         slabs: ``{key: Slab}``.
-        max_bytes: bound of what one pass holds: the sums (``(w_a w_b + 3
-            (w_a + w_b))`` entries per slab) and, one model at a time, the
-            stored slabs (``rows x max(w_a, w_b)`` entries per slab, rows
-            over the whole data: samples times a one-sample probe's rows,
-            an upper bound for an output that does not grow with the batch,
-            e.g. a position embedding). Modules (with all their slabs) go into
-            passes in the order they run; a module alone may exceed it;
-            ``None``: one pass.
+        max_bytes: bound of what one pass holds: its sums ``S_p`` (``(w_a
+            w_b + 3 (w_a + w_b))`` entries per slab) and, one model at a
+            time, the stored slabs ``O_p`` (``rows x max(w_a, w_b)`` entries
+            per slab, rows over the whole data: samples times a one-sample
+            probe's rows, an upper bound for an output that does not grow
+            with the batch, e.g. a position embedding), swapped batch by
+            batch for the next pass's: ``S_p + max(O_p, O_{p+1})``. Modules
+            (with all their slabs) go into passes in the order they run; a
+            pass of one module may exceed it; ``None``: one pass.
         dtype: of the sums and of the stored slabs (see ``_CrossCorr``).
         progress: a tqdm bar over passes.
         consume: called after each pass with that pass's ``{key:
@@ -323,9 +326,9 @@ def slab_moments(
     Returns:
         ``({key: accumulator with .corr() / .sqdist()}, missing keys,
         info)``; ``info``: ``passes``, ``samples`` (per pass),
-        ``stats_bytes`` (largest pass), ``store_bytes`` (largest store of a
-        pass, 0 with two modules), ``held_bytes`` (largest statistics +
-        store of a pass), ``loads`` (calls of the loaders).
+        ``stats_bytes`` (largest pass), ``store_bytes`` (largest store, 0
+        with two modules), ``held_bytes`` (largest statistics + store held
+        at once, before or after a batch), ``loads`` (calls of the loaders).
 
     Raises:
         MergeError: ``data`` yields no samples, or a different number of
@@ -449,6 +452,7 @@ def _sequential_moments(
         rows: Counter = Counter()  # module -> rows over the whole data
         per_shape: dict[tuple, dict[str, int]] = {}  # input shape -> module -> rows per sample
         order: list[str] | None = None
+        marks: list[tuple] = []  # per batch: its shape and a checksum, to see the same batches every time
         with _eval_mode(model):
             for x in _inputs(data, batch_size, max_samples, model):
                 shape = tuple(x.shape[1:])
@@ -463,6 +467,7 @@ def _sequential_moments(
                     per_shape[shape] = _rows_per_sample(runs, live)
                     del runs
                 info["samples"] += x.shape[0]
+                marks.append(_mark(x))
                 for n, r in per_shape[shape].items():
                     rows[n] += r * x.shape[0]
         del model  # held by sides[0] until its first run
@@ -471,60 +476,61 @@ def _sequential_moments(
         store_need = {k: rows[s.module] * max(s.a[1] - s.a[0], s.b[1] - s.b[0]) * itemsize for k, s in live.items()}
         passes = _plan_passes(live, order, max_bytes, dtype, store_need)
         info["passes"] = len(passes)
+        n_pass = len(passes)
+        pass_keys = [[k for k, s in live.items() if s.module in set(mods)] for mods in passes]
         probed = [True, False]
-        first = 0
-        with tqdm(total=len(passes), disable=not progress, desc="activation statistics", leave=False) as bar:
-            for p, pass_mods in enumerate(passes):
-                keys = [k for k, s in live.items() if s.module in set(pass_mods)]
-                cur = {k: _CrossCorr(live[k].a[1] - live[k].a[0], live[k].b[1] - live[k].b[0], dtype) for k in keys}
-                cur_slabs = [live[k] for k in keys]
-                info["stats_bytes"] = max(info["stats_bytes"], _stats_bytes(cur_slabs, dtype))
-                store: list[dict[Hashable, torch.Tensor]] = []
-                marks: list[tuple] = []  # per batch: its shape and a checksum, to see the same batches twice
-                stored = 0
-                for step, side in enumerate((first, 1 - first)):
-                    model = sides[side].get()
-                    seen = 0
-                    with _eval_mode(model):
-                        for i, x in enumerate(_inputs(data, batch_size, max_samples, model)):
-                            if not probed[side]:  # the other model's first load: its slabs are checked too
-                                bad = _bad_slabs(live, _run_probe(model, x[:1], names), side)
-                                missing += bad
-                                for k in bad:
-                                    del live[k]
-                                    cur.pop(k, None)
-                                keys = [k for k in keys if k in cur]
-                                probed[side] = True
-                            sub = {k: live[k] for k in keys}
-                            mark = _mark(x)
-                            if step == 0:
-                                marks.append(mark)
-                                store.append(_run_slabs(model, x, sub, side, dtype))
-                                stored += sum(t.numel() * t.element_size() for t in store[-1].values())
-                            else:
-                                if i >= len(marks) or marks[i] != mark:
-                                    raise MergeError(
-                                        "data yielded different batches to the two models (e.g. a shuffling "
-                                        "DataLoader): one model at a time needs the same batches, in the same "
-                                        "order, every time the data is iterated")
-                                out = _run_slabs(model, x, sub, side, None)
-                                held, store[i] = store[i], {}
-                                for k in keys:
-                                    ka, kb = (held.pop(k), out.pop(k)) if first == 0 else (out.pop(k), held.pop(k))
-                                    cur[k].update(ka, kb)
-                                del held, out
-                            seen += x.shape[0]
-                    del model  # the side holds it; dropped below when it is a loader's
-                    _check_samples(info["samples"], seen, p, len(passes), max_bytes)
-                    if step == 0:
-                        info["store_bytes"] = max(info["store_bytes"], stored)
-                        info["held_bytes"] = max(info["held_bytes"], stored + _stats_bytes(cur_slabs, dtype))
-                        sides[side].drop()
-                first = 1 - first  # the model loaded now runs first in the next pass
-                del store
-                bar.update(1)
-                (acc.update if consume is None else consume)(cur)
+        stored: list[dict[Hashable, torch.Tensor]] = []  # per batch: the other model's slabs of pass r - 1
+        stored_bytes = 0
+        side = 0
+        with tqdm(total=n_pass, disable=not progress, desc="activation statistics", leave=False) as bar:
+            for r in range(n_pass + 1):  # run r: pass r - 1's sums, pass r's slabs stored
+                model = sides[side].get()
+                cur: dict[Hashable, _CrossCorr] = {}
+                stats_now = 0
+                if r:
+                    cur = {k: _CrossCorr(live[k].a[1] - live[k].a[0], live[k].b[1] - live[k].b[0], dtype)
+                           for k in pass_keys[r - 1] if k in live}
+                    stats_now = _stats_bytes([live[k] for k in cur], dtype)
+                    info["stats_bytes"] = max(info["stats_bytes"], stats_now)
+                new: list[dict[Hashable, torch.Tensor]] = []
+                seen = 0
+                with _eval_mode(model):
+                    for i, x in enumerate(_inputs(data, batch_size, max_samples, model)):
+                        if not probed[side]:  # the other model's first run: its slabs are checked too
+                            bad = _bad_slabs(live, _run_probe(model, x[:1], names), side)
+                            missing += bad
+                            for k in bad:
+                                del live[k]
+                                cur.pop(k, None)
+                            probed[side] = True
+                        if i >= len(marks) or marks[i] != _mark(x):
+                            raise MergeError(
+                                "data yielded other batches than the first time (e.g. a shuffling DataLoader): "
+                                "with a loader, the models run one after the other and need the same batches, "
+                                "in the same order, every time the data is iterated")
+                        info["held_bytes"] = max(info["held_bytes"], stats_now + stored_bytes)
+                        held = stored[i] if r else {}
+                        stored_bytes -= _nbytes(held)
+                        keep = {k: live[k] for k in pass_keys[r] if k in live} if r < n_pass else {}
+                        new.append(_run_pass(model, x, side, {k: live[k] for k in cur}, held, cur, keep, dtype))
+                        if r:
+                            stored[i] = {}
+                        del held
+                        stored_bytes += _nbytes(new[-1])
+                        info["store_bytes"] = max(info["store_bytes"], stored_bytes)
+                        info["held_bytes"] = max(info["held_bytes"], stats_now + stored_bytes)
+                        seen += x.shape[0]
+                del model  # the side holds it; dropped below when it is a loader's
+                _check_samples(info["samples"], seen, max(r - 1, 0), n_pass, max_bytes)
+                stored = new
+                del new
+                if r:
+                    bar.update(1)
+                    (acc.update if consume is None else consume)(cur)
                 del cur
+                if r < n_pass:  # the other model runs next
+                    sides[side].drop()
+                    side = 1 - side
     finally:
         for s in sides:
             s.drop()
@@ -634,21 +640,33 @@ def _plan_passes(
     slabs: Mapping[Hashable, Slab], order: Sequence[str], max_bytes: int | None, dtype: torch.dtype,
     store: Mapping[Hashable, int] | None = None,
 ) -> list[list[str]]:
-    """Modules per pass: in the order they run, a new pass whenever the
-    next module's sums (plus its ``store`` bytes, one model at a time) would
-    take the pass beyond ``max_bytes``."""
+    """Modules per pass, in the order they run, a new pass whenever the
+    next module would take the pass beyond ``max_bytes``: its sums ``S_p``;
+    one model at a time also its stored slabs ``O_p`` (``store`` bytes per
+    slab), held beside ``S_p`` while swapped batch by batch for those of the
+    next pass: ``S_p + max(O_p, O_{p+1}) <= max_bytes``, with ``O_{p+1}``
+    at least the next module's (a module alone may exceed it)."""
     need: Counter = Counter()
+    kept: Counter = Counter()
     for k, s in slabs.items():
-        need[s.module] += _CrossCorr.nbytes(s.a[1] - s.a[0], s.b[1] - s.b[0], dtype) + (store or {}).get(k, 0)
+        need[s.module] += _CrossCorr.nbytes(s.a[1] - s.a[0], s.b[1] - s.b[0], dtype)
+        kept[s.module] += (store or {}).get(k, 0)
+    names = [n for n in order if n in need]
     passes: list[list[str]] = []
     cur: list[str] = []
-    total = 0
-    for name in [n for n in order if n in need]:
-        if cur and max_bytes is not None and total + need[name] > max_bytes:
-            passes.append(cur)
-            cur, total = [], 0
+    total = held = 0
+    before: int | None = None  # S of the pass before
+    for i, name in enumerate(names):
+        if cur and max_bytes is not None:
+            nxt = kept[names[i + 1]] if i + 1 < len(names) else 0
+            t, h = total + need[name], held + kept[name]
+            fits = t + max(h, nxt) <= max_bytes and (store is None or before is None or before + h <= max_bytes)
+            if not fits:
+                passes.append(cur)
+                before, cur, total, held = total, [], 0, 0
         cur.append(name)
         total += need[name]
+        held += kept[name]
     return passes + ([cur] if cur else [])
 
 
@@ -686,25 +704,36 @@ def _hooked_forward(model: nn.Module, x: torch.Tensor, modules: Sequence[str], f
         raise MergeError(f"modules {sorted(set(modules) - ran)} did not run on this batch")
 
 
-def _run_slabs(
-    model: nn.Module, x: torch.Tensor, slabs: Mapping[Hashable, Slab], side: int, dtype: torch.dtype | None
+def _run_pass(
+    model: nn.Module, x: torch.Tensor, side: int, pair: Mapping[Hashable, Slab], held: dict[Hashable, torch.Tensor],
+    acc: Mapping[Hashable, _CrossCorr], keep: Mapping[Hashable, Slab], dtype: torch.dtype,
 ) -> dict[Hashable, torch.Tensor]:
-    """One batch through one model: ``{key: slab rows}`` (``side`` 0: ``a``'s
-    channels); with ``dtype``, copies in it (later in-place ops must not
-    change a stored slab)."""
-    by_mod: dict[str, list[Hashable]] = {}
-    for k, s in slabs.items():
-        by_mod.setdefault(s.module, []).append(k)
+    """One batch through one model (``side`` 0: ``a``): each slab of ``pair``
+    meets the other model's ``held`` slab of this batch in its accumulator
+    (popped, so freed as it is used); the slabs of ``keep`` are returned as
+    copies in ``dtype`` (later in-place ops must not change them)."""
+    by_mod: dict[str, tuple[list, list]] = {}
+    for i, slabs in enumerate((pair, keep)):
+        for k, s in slabs.items():
+            by_mod.setdefault(s.module, ([], []))[i].append(k)
     got: dict[Hashable, torch.Tensor] = {}
 
     def take(name: str, out: Any) -> None:
-        for k in by_mod[name]:
-            s = slabs[k]
+        for k in by_mod[name][0]:
+            s = pair[k]
             t = _cut(out, s, s.a if side == 0 else s.b)
-            got[k] = t if dtype is None else t.to(dtype, copy=True)
+            a, b = (t, held.pop(k)) if side == 0 else (held.pop(k), t)
+            acc[k].update(a, b)
+        for k in by_mod[name][1]:
+            s = keep[k]
+            got[k] = _cut(out, s, s.a if side == 0 else s.b).to(dtype, copy=True)
 
     _hooked_forward(model, x, list(by_mod), take)
     return got
+
+
+def _nbytes(tensors: Mapping[Hashable, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def _update_pass(

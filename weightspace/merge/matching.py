@@ -459,16 +459,17 @@ def activation_matching(
     beyond one batch. Give either model as a loader (a zero-argument
     callable returning a fresh module, e.g. one whose tensors are mapped
     from a checkpoint, and keep no other reference to what it returns) and
-    only one model is resident at a time: per pass one model runs over all
-    the data, its slabs are stored (``rows x width`` each, ``dtype``), it is
-    dropped and the other runs against them; ``max_bytes`` then bounds the
+    only one model is resident at a time: the models take turns, each run
+    over all the data pairing its slabs with those the other model stored
+    in its run (``rows x width`` each, ``dtype``) and storing its own for the
+    next pass (``passes + 1`` runs and loads); ``max_bytes`` then bounds the
     statistics plus that store. The permutation is the same either way.
 
     Args:
         model_a, model_b: modules of the same architecture (not modified;
-            run in eval mode), or loaders returning them (called once per
-            pass or so; the same weights each time: the first load of each
-            is checked against ``spec``).
+            run in eval mode), or loaders returning them (each called about
+            every other pass; the same weights each time: the first load of
+            each is checked against ``spec``).
         data: inputs ``(N, ...)`` (e.g. token ids ``(N, T)``), ``(x, y)`` or
             an iterable of batches (re-iterable when several passes or a
             loader are used; the same batches every time).
@@ -483,7 +484,8 @@ def activation_matching(
         max_bytes: bound of what one pass holds (bytes; ``None``: one pass,
             everything at once): the sums, ``(w^2 + 6 w)`` entries of ``dtype``
             per slab of width ``w``, plus, one model at a time, the stored
-            slabs, ``rows x w`` entries each (a module alone may exceed it).
+            slabs, ``rows x w`` entries each, of the pass and of the next
+            one while they are swapped (a pass of one module may exceed it).
         dtype: of the statistics: float32 (shifted sums, see
             ``activations._CrossCorr``) or float64.
         progress: a tqdm bar over passes.

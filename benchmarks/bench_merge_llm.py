@@ -36,10 +36,11 @@ built in a subprocess too.
   neuron of ``b`` is a noisy copy of one of ``a``'s on any input).
   ``--act-mode loader`` (default): each model given as a loader (a
   meta-device GPT-2 given its directory's memory-mapped tensors), so one is
-  resident at a time; ``memory``: both modules loaded first. Statistics
-  (and, with loaders, the stored slabs of the model that runs first) are
-  bounded by ``--act-max-bytes`` per pass over the data (default the
-  library's ``STATS_BYTES``). Reports time (wall + CPU), passes, loads,
+  resident at a time (they take turns, each run over the data storing its
+  slabs for the other's next run); ``memory``: both modules loaded first.
+  Statistics (and, with loaders, the stored slabs) are bounded by
+  ``--act-max-bytes`` per pass over the data (default the library's
+  ``STATS_BYTES``). Reports time (wall + CPU), passes, loads,
   peak RSS (``VmHWM`` reset after the spec, the peak before reported
   beside it), tokens, exact recovery and a digest of the permutation.
 * ``--mergekit-python PATH``: the same merges by mergekit (an interpreter

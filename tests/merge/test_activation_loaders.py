@@ -186,3 +186,22 @@ def test_spec_traced_from_the_first_load():
     assert all(torch.equal(res.perm[g], ref.perm[g]) for g in ref.perm)
     assert res.objective == ref.objective
     assert res.info["passes"] == 1 and len(t.alive) == res.info["loads"] == 2 and t.alive == [0, 0]
+
+
+def test_runs_stop_before_the_lm_head(pair):
+    """Only the probes (one sample per model) run the output layer: every
+    run of a loaded model stops after the last module it reads."""
+    spec, sd, sd_p, make, _ = pair
+    calls = []
+
+    class Hooked(Loader):
+        def __call__(self):
+            m = super().__call__()
+            m.lm_head.register_forward_hook(lambda mod, args, out: calls.append(out.shape[0]))
+            return m
+
+    t = Track()
+    res = activation_matching(Hooked(make, sd, t), Hooked(make, sd_p, t), make_inputs("gpt2", 16, seed=5), spec,
+                              batch_size=4, max_bytes=30_000)
+    assert res.info["passes"] > 1
+    assert calls == [1, 1]

@@ -520,7 +520,8 @@ def _sequential_moments(
                         info["store_bytes"] = max(info["store_bytes"], stored_bytes)
                         info["held_bytes"] = max(info["held_bytes"], stats_now + stored_bytes)
                         seen += x.shape[0]
-                del model  # the side holds it; dropped below when it is a loader's
+                del model
+                sides[side].drop()  # a loader's module goes before the pass is consumed (corr, LAP)
                 _check_samples(info["samples"], seen, max(r - 1, 0), n_pass, max_bytes)
                 stored = new
                 del new
@@ -528,9 +529,7 @@ def _sequential_moments(
                     bar.update(1)
                     (acc.update if consume is None else consume)(cur)
                 del cur
-                if r < n_pass:  # the other model runs next
-                    sides[side].drop()
-                    side = 1 - side
+                side = 1 - side  # the other model runs next
     finally:
         for s in sides:
             s.drop()

@@ -30,14 +30,19 @@ built in a subprocess too.
   the matching reported beside it. ``memory``: both state dicts loaded
   first (the in-memory path, for comparison; nothing written).
 * ``--activation``: activation matching (``weightspace.merge.activation_matching``)
-  of the same planted pair (the planted directory of the Re-Basin part, loaded
-  by :func:`planted_pair`) on seeded random token ids (``--act-sequences`` x ``--act-seq-len``;
-  random ids suffice to tell a planted permutation: a neuron of ``b`` is a
-  noisy copy of one of ``a``'s on any input). The two models are resident
-  (meta-device modules given the tensors); statistics are streamed
-  (``--act-max-bytes`` per pass over the data, default the library's
-  ``STATS_BYTES``). Reports time (wall + CPU), passes, peak RSS (reset after
-  the models are loaded, as above), tokens and exact recovery.
+  of the same planted pair (``base`` and the planted directory of the
+  Re-Basin part) on seeded random token ids (``--act-sequences`` x
+  ``--act-seq-len``; random ids suffice to tell a planted permutation: a
+  neuron of ``b`` is a noisy copy of one of ``a``'s on any input).
+  ``--act-mode loader`` (default): each model given as a loader (a
+  meta-device GPT-2 given its directory's memory-mapped tensors), so one is
+  resident at a time (they take turns, each run over the data storing its
+  slabs for the other's next run); ``memory``: both modules loaded first.
+  Statistics (and, with loaders, the stored slabs) are bounded by
+  ``--act-max-bytes`` per pass over the data (default the library's
+  ``STATS_BYTES``). Reports time (wall + CPU), passes, loads,
+  peak RSS (``VmHWM`` reset after the spec, the peak before reported
+  beside it), tokens, exact recovery and a digest of the permutation.
 * ``--mergekit-python PATH``: the same merges by mergekit (an interpreter
   with ``mergekit`` installed, e.g. ``/work/venvs/mergekit/bin/python``) on
   the same directories; outputs are compared tensor by tensor (max abs
@@ -60,6 +65,7 @@ alternation and the medians are reported (the peak RSS: the largest).
 
 Run: nice -n 10 python benchmarks/bench_merge_llm.py [--mergekit-python PATH] [--repeats N]
      nice -n 10 python benchmarks/bench_merge_llm.py --methods --no-rebasin --activation  (activation matching only)
+     ... --activation --act-mode loader memory  (one model at a time, then both in memory)
 Prints a table and writes ``benchmarks/results/merge_llm.json`` (with the
 load average).
 """
@@ -327,12 +333,21 @@ def _load_dir(d: Path) -> dict:
     return sd
 
 
-def planted_pair(work: Path, threads: int, seed: int, noise: float) -> dict:
-    """The Re-Basin pair in memory: ``base`` and its planted copy
-    (:func:`build_planted`, built first when missing). Returns ``spec``
-    (traced on the meta device), ``sd_a``, ``sd_b``, ``perm`` (the planted
-    permutation), ``model_bytes``, ``n_layer`` and the spec timings."""
-    from weightspace.symmetry import random_permutation
+def child_activation(work: Path, threads: int, seed: int, noise: float, sequences: int, seq_len: int,
+                     batch: int, max_bytes: int | None, dtype: str, mode: str = "loader") -> dict:
+    """Activation matching of the Re-Basin pair (:func:`build_planted`) on
+    seeded random token ids: time, peak RSS, exact recovery. ``mode``
+    ``loader``: the models are given as loaders (a meta-device GPT-2 given
+    the tensors of its directory, memory-mapped), one resident at a time;
+    ``memory``: both modules loaded first. The peak is reset after the spec
+    (and the models, in memory) and read at the end (``VmHWM``); the peak
+    before the reset is reported beside it."""
+    import resource
+
+    import transformers as T
+
+    from weightspace.merge import activation_matching
+    from weightspace.symmetry import invert_permutation, random_permutation
 
     torch.set_num_threads(threads)
     build_planted(work, seed, noise)
@@ -340,37 +355,26 @@ def planted_pair(work: Path, threads: int, seed: int, noise: float) -> dict:
     t, c = time.perf_counter(), time.process_time()
     spec = _meta_spec(n_layer)
     spec_s, spec_cpu_s = time.perf_counter() - t, time.process_time() - c
-    a_dir = work / "base"
-    return {"spec": spec, "sd_a": _load_dir(a_dir), "sd_b": _load_dir(planted_dir(work, seed, noise)),
-            "perm": random_permutation(spec, seed=seed + 1), "n_layer": n_layer, "spec_s": spec_s,
-            "spec_cpu_s": spec_cpu_s,
-            "model_bytes": sum(f.stat().st_size for f in a_dir.glob("*.safetensors"))}
+    perm = random_permutation(spec, seed=seed + 1)
+    dirs = (work / "base", planted_dir(work, seed, noise))
+    model_bytes = sum(f.stat().st_size for f in dirs[0].glob("*.safetensors"))
 
+    def loader(d: Path):
+        def load():  # modules on the meta device take the (mapped) tensors as they are
+            with torch.device("meta"):
+                m = T.GPT2LMHeadModel(gpt2_config(n_layer)).eval()
+            m.load_state_dict(_load_dir(d), assign=True)
+            return m
 
-def child_activation(work: Path, threads: int, seed: int, noise: float, sequences: int, seq_len: int,
-                     batch: int, max_bytes: int | None, dtype: str) -> dict:
-    """Activation matching of the Re-Basin pair (:func:`planted_pair`) on
-    seeded random token ids: time, peak RSS (two models + the matcher; the
-    peak is reset after the models are loaded), exact recovery."""
-    import resource
+        return load
 
-    import transformers as T
-
-    from weightspace.merge import activation_matching
-    from weightspace.symmetry import invert_permutation
-
-    pp = planted_pair(work, threads, seed, noise)
-    spec, perm, model_bytes = pp["spec"], pp["perm"], pp["model_bytes"]
-    models = []
-    for sd in (pp.pop("sd_a"), pp.pop("sd_b")):  # modules on the meta device take the tensors as they are
-        with torch.device("meta"):
-            m = T.GPT2LMHeadModel(gpt2_config(pp["n_layer"])).eval()
-        m.load_state_dict(sd, assign=True)
-        models.append(m)
-    del sd
-    vocab = models[0].config.vocab_size
+    models = [loader(d) for d in dirs]
+    if mode == "memory":
+        models = [load() for load in models]
+    vocab = gpt2_config(n_layer).vocab_size
     x = torch.randint(0, vocab, (sequences, seq_len), generator=torch.Generator().manual_seed(seed + 3))
-    with open("/proc/self/clear_refs", "w") as f:  # peak from here on: two models + the matcher
+    peak_before = rss()["VmHWM"]
+    with open("/proc/self/clear_refs", "w") as f:  # peak from here on: the matcher (and the models in memory)
         f.write("5")
     before = rss()
     load = os.getloadavg()
@@ -382,16 +386,30 @@ def child_activation(work: Path, threads: int, seed: int, noise: float, sequence
     want = invert_permutation(spec, perm)
     wrong = [k for k in want if not torch.equal(res.perm[k], want[k])]
     return {
-        "spec_s": pp["spec_s"], "spec_cpu_s": pp["spec_cpu_s"], "groups": len(spec.groups), "wall_s": wall,
+        "mode": mode, "spec_s": spec_s, "spec_cpu_s": spec_cpu_s, "groups": len(spec.groups), "wall_s": wall,
         "cpu_s": cpu, "load_avg_before": load, "load_avg_after": os.getloadavg(), "tokens": sequences * seq_len,
         "sequences": sequences, "seq_len": seq_len, "batch_sequences": batch, "data": "seeded random token ids",
         "max_bytes": max_bytes, "dtype": dtype, "passes": res.info["passes"], "stats_bytes": res.info["stats_bytes"],
+        "store_bytes": res.info["store_bytes"], "held_bytes": res.info["held_bytes"], "loads": res.info["loads"],
         "fallback_groups": res.info["fallback_groups"], "objective": res.objective,
         "planted_exact": not wrong, "groups_wrong": wrong[:10], "groups_checked": len(want),
-        "peak_rss": peak, "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "rss_before_models": before["VmRSS"] - 2 * model_bytes, "rss_with_models": before["VmRSS"],
-        "model_bytes": model_bytes, "params": model_bytes // 4, "threads": threads,
+        "perm_sha256": _perm_digest(res.perm),
+        "peak_rss": peak, "peak_rss_before_match": peak_before,
+        "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "rss_before_match": before["VmRSS"], "model_bytes": model_bytes, "params": model_bytes // 4,
+        "threads": threads,
     }
+
+
+def _perm_digest(perm: dict) -> str:
+    """sha256 of a permutation (groups in name order, int64 indices): equal
+    digests, identical permutations."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k in sorted(perm):
+        h.update(k.encode() + perm[k].to(torch.int64).numpy().tobytes())
+    return h.hexdigest()
 
 
 def run_child(argv: list[str], python: str = sys.executable, env: dict | None = None) -> dict:
@@ -510,6 +528,10 @@ def main() -> None:
     ap.add_argument("--act-max-bytes", type=int, default=None,
                     help="activation matching: statistics per pass (default: the library's STATS_BYTES; 0: one pass)")
     ap.add_argument("--act-dtype", default="float32", choices=["float32", "float64"])
+    ap.add_argument("--act-mode", nargs="+", default=["loader"], choices=["loader", "memory"],
+                    help="activation matching: models given as loaders, one resident at a time (default), "
+                         "or both loaded first; several: run each in turn (the first is 'activation', the "
+                         "others its 'other_modes')")
     ap.add_argument("--compare-only", action="store_true",
                     help="recompute the output comparisons of an existing --out JSON from the workdir's outputs")
     ap.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
@@ -536,7 +558,7 @@ def main() -> None:
 
             mb = STATS_BYTES if args.act_max_bytes is None else (args.act_max_bytes or None)
             res = child_activation(args.workdir, args.threads, args.seed, args.noise, args.act_sequences,
-                                   args.act_seq_len, args.act_batch, mb, args.act_dtype)
+                                   args.act_seq_len, args.act_batch, mb, args.act_dtype, args.act_mode[0])
         else:
             res = child_rebasin(args.workdir, args.threads, args.seed, args.noise, args.rebasin_mode)
         print(json.dumps(res))
@@ -606,12 +628,14 @@ def main() -> None:
         rebasin = run_child(me[1:] + rb + ["--rebasin-mode", args.rebasin_mode, "--child", "rebasin"])
     activation = None
     if args.activation:
-        activation = run_child(me[1:] + ["--seed", str(args.seed), "--noise", str(args.noise),
-                                         "--act-sequences", str(args.act_sequences), "--act-seq-len",
-                                         str(args.act_seq_len), "--act-batch", str(args.act_batch),
-                                         "--act-dtype", args.act_dtype]
-                               + ([] if args.act_max_bytes is None else ["--act-max-bytes", str(args.act_max_bytes)])
-                               + ["--child", "activation"])
+        runs = [run_child(me[1:] + ["--seed", str(args.seed), "--noise", str(args.noise),
+                                    "--act-sequences", str(args.act_sequences), "--act-seq-len",
+                                    str(args.act_seq_len), "--act-batch", str(args.act_batch),
+                                    "--act-dtype", args.act_dtype, "--act-mode", mode]
+                          + ([] if args.act_max_bytes is None else ["--act-max-bytes", str(args.act_max_bytes)])
+                          + ["--child", "activation"])
+                for mode in args.act_mode]
+        activation = {**runs[0], **({"other_modes": runs[1:]} if runs[1:] else {})}
     gb = 2**30
     print(f"\n{'method':8s} {'ours s':>7s} {'cpu s':>6s} {'blk s':>6s} {'ours GB':>8s} | {'mergekit s':>10s} "
           f"{'cpu s':>6s} {'blk s':>6s} {'mk GB':>6s} | {'time x':>6s} {'cpu x':>6s} {'mem x':>6s} {'max |d|':>9s} {'|d|/scale':>9s} {'beyond':>7s}")
@@ -643,7 +667,14 @@ def main() -> None:
                   + (f"; writing the permuted model {rb['write_s']:.1f} s" if "write_s" in rb else ""))
             print("  objective per sweep:", ", ".join(f"{v:.6g}" for v in rb["objective_per_sweep"]))
     if activation is not None:
-        print_activation(activation)
+        others = activation.get("other_modes", [])
+        for ac in [activation] + others:
+            print_activation(ac)
+        for ac in others:
+            if "error" not in ac and "error" not in activation:
+                print(f"  {ac['mode']} vs {activation['mode']}: same permutation "
+                      f"{ac['perm_sha256'] == activation['perm_sha256']}, objective difference "
+                      f"{ac['objective'] - activation['objective']:.3g}")
     save(rows, rebasin, activation)
     print(f"\nwrote {args.out}")
 
@@ -653,13 +684,15 @@ def print_activation(ac: dict) -> None:
     if "error" in ac:
         print(f"\nactivation matching error: {ac['error']}")
         return
-    print(f"\nactivation matching, {ac['params'] / 1e6:.0f}M params, {ac['groups']} groups, {ac['tokens']} tokens "
-          f"({ac['data']}; {ac['passes']} passes, statistics {ac['stats_bytes'] / 2**20:.0f} MiB per pass, "
-          f"{ac['dtype']}, {ac['threads']} threads): {ac['wall_s']:.1f} s, CPU {ac['cpu_s']:.1f} s, "
-          f"load {ac['load_avg_before'][0]:.1f}; planted exact: {ac['planted_exact']} "
-          f"(fallback groups {ac['fallback_groups']}); peak RSS {ac['peak_rss'] / gb:.2f} GB = "
-          f"{ac['peak_rss'] / ac['model_bytes']:.2f}x one model "
-          f"({(ac['peak_rss'] - ac['rss_before_models']) / ac['model_bytes']:.2f}x above imports + spec)")
+    mb = ac["model_bytes"]
+    print(f"\nactivation matching ({ac['mode']}), {ac['params'] / 1e6:.0f}M params, {ac['groups']} groups, "
+          f"{ac['tokens']} tokens ({ac['data']}; {ac['passes']} passes, {ac['loads']} loads, statistics "
+          f"{ac['stats_bytes'] / 2**20:.0f} MiB, store {ac['store_bytes'] / 2**20:.0f} MiB, held "
+          f"{ac['held_bytes'] / 2**20:.0f} MiB per pass at most, {ac['dtype']}, {ac['threads']} threads): "
+          f"{ac['wall_s']:.1f} s, CPU {ac['cpu_s']:.1f} s, load {ac['load_avg_before'][0]:.1f}; planted exact: "
+          f"{ac['planted_exact']} (fallback groups {ac['fallback_groups']}); peak RSS {ac['peak_rss'] / gb:.2f} GiB = "
+          f"{ac['peak_rss'] / mb:.2f}x one model (before matching: {ac['peak_rss_before_match'] / mb:.2f}x, "
+          f"RSS at its start {ac['rss_before_match'] / mb:.2f}x)")
 
 
 if __name__ == "__main__":

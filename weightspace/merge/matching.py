@@ -41,18 +41,22 @@ from weightspace.merge._common import (
     channel_axis,
     coordinates,
     check_finite_data,
+    check_state_dict,
     check_state_dicts,
     is_running_stat,
     iter_batches,
     masked_unit_rows,
+    model_label,
     nested_rows,
     resolve_spec,
     unit_rows,
 )
 from weightspace.merge.activations import (
     STATS_BYTES,
+    ModelSource,
     Slab,
     head_costs_from_slabs,
+    load_model,
     matching_slabs,
     slab_moments,
 )
@@ -418,8 +422,8 @@ def weight_matching(
 
 
 def activation_matching(
-    model_a: nn.Module,
-    model_b: nn.Module,
+    model_a: ModelSource,
+    model_b: ModelSource,
     data: Any,
     spec: PermutationSpec | None = None,
     *,
@@ -434,37 +438,54 @@ def activation_matching(
 ) -> MatchResult:
     """Align ``b`` to ``a`` by activation correlation (Git Re-Basin, Sec. 3.1).
 
-    For every neuron group the cost is the summed Pearson correlation, over
-    all blocks the group spans (both sides of a residual add, ...), between
-    the neurons of ``a`` and ``b`` on ``data``; one LAP per group (no
-    coordinate descent: activations of ``b`` do not depend on how its other
-    layers are permuted). Heads: as in :func:`weight_matching`, from the
-    correlations inside each head region.
+    For every neuron group ``g`` the cost is the summed Pearson correlation,
+    over all blocks ``t`` the group spans (both sides of a residual add,
+    ...), between the neurons of ``a`` and ``b`` on ``data``:
+    ``C_g[i, j] = sum_t corr(A_t[:, s_t + i], B_t[:, s_t + j])``, ``A_t`` the
+    ``(rows, width)`` output of block ``t``'s producer (tokens and positions
+    count as rows), ``s_t`` the group's offset in it; one LAP per group
+    maximises ``sum_i C_g[i, perm[i]]`` (no coordinate descent: activations
+    of ``b`` do not depend on how its other layers are permuted). Heads: as
+    in :func:`weight_matching`, from the correlations inside each head region.
 
     Activations are the outputs of the module that creates each block
-    (``spec.blocks[b].producer``), taken by forward hooks; tokens and
-    positions count as samples. Statistics are streamed
-    (:func:`~weightspace.merge.activations.slab_moments`): only the diagonal
-    slab of each group and the head regions are accumulated, no activation
-    is stored beyond one batch, and beyond ``max_bytes`` of statistics the
-    data is run several times (each pass stops its forwards early).
+    (``spec.blocks[b].producer``), taken by forward hooks. Statistics are
+    streamed (:func:`~weightspace.merge.activations.slab_moments`): only the
+    diagonal slab of each group (``[n, n]`` sums per block) and the head
+    regions are accumulated, and beyond ``max_bytes`` the data is run several
+    times (each pass stops its forwards early).
+
+    Memory: with two modules both are resident and no activation is kept
+    beyond one batch. Give either model as a loader (a zero-argument
+    callable returning a fresh module, e.g. one whose tensors are mapped
+    from a checkpoint, and keep no other reference to what it returns) and
+    only one model is resident at a time: the models take turns, each run
+    over all the data pairing its slabs with those the other model stored
+    in its run (``rows x width`` each, ``dtype``) and storing its own for the
+    next pass (``passes + 1`` runs and loads); ``max_bytes`` then bounds the
+    statistics plus that store. The permutation is the same either way.
 
     Args:
         model_a, model_b: modules of the same architecture (not modified;
-            run in eval mode).
+            run in eval mode), or loaders returning them (each called about
+            every other pass; the same weights each time: the first load of
+            each is checked against ``spec``).
         data: inputs ``(N, ...)`` (e.g. token ids ``(N, T)``), ``(x, y)`` or
-            an iterable of batches (re-iterable when several passes are
-            needed).
+            an iterable of batches (re-iterable when several passes or a
+            loader are used; the same batches every time).
         spec: defaults to the spec traced from ``model_a`` on two samples.
         batch_size: samples per forward (sequences for a language model).
         max_samples: use at most that many samples.
         fallback: for groups whose blocks cannot be captured as a module
             output (e.g. ``nn.MultiheadAttention``'s packed in-projection):
             ``"weights"`` matches them by weight matching with the others
-            fixed; ``"error"`` raises.
+            fixed (both models loaded for it); ``"error"`` raises.
         seed: seed of that weight-matching fallback.
-        max_bytes: bound of the statistics held at once (bytes; ``None``:
-            one pass, everything at once).
+        max_bytes: bound of what one pass holds (bytes; ``None``: one pass,
+            everything at once): the sums, ``(w^2 + 6 w)`` entries of ``dtype``
+            per slab of width ``w``, plus, one model at a time, the stored
+            slabs, ``rows x w`` entries each, of the pass and of the next
+            one while they are swapped (a pass of one module may exceed it).
         dtype: of the statistics: float32 (shifted sums, see
             ``activations._CrossCorr``) or float64.
         progress: a tqdm bar over passes.
@@ -472,7 +493,8 @@ def activation_matching(
     Returns:
         :class:`MatchResult` (``objective``: summed correlation of the matched
         neurons; ``info["fallback_groups"]`` lists groups matched by weights,
-        ``info["passes"]``, ``info["samples"]`` per pass, ``info["stats_bytes"]``).
+        ``info["passes"]``, ``info["samples"]`` per pass, ``info["stats_bytes"]``
+        and ``info["store_bytes"]`` of the largest pass, ``info["loads"]``).
     """
     if fallback not in ("weights", "error"):
         raise MergeError(f"fallback must be 'weights' or 'error', got {fallback!r}")
@@ -480,20 +502,27 @@ def activation_matching(
         raise MergeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0):
         raise MergeError(f"max_bytes must be a positive int or None, got {max_bytes!r}")
-    sd_a, sd_b = model_a.state_dict(), model_b.state_dict()
+    first_a = model_a if isinstance(model_a, nn.Module) else load_model(model_a, "model_a")
     if spec is None:
         x0 = example_input
         if x0 is None:
             x0 = next(iter_batches(data, 2))[0][:2]
-        spec = permutation_spec(model_a, x0)
-    check_state_dicts([sd_a, sd_b], spec, min_models=2)
+        spec = permutation_spec(first_a, x0)
+    check_state_dict(first_a.state_dict(), spec, model_label(0, None))
     free, heads = split_groups(spec)
     want = matching_slabs(spec)
-    slabs = _activation_slabs(model_a, spec, want)
+    slabs = _activation_slabs(first_a, spec, want)
+    if isinstance(model_b, nn.Module):
+        check_state_dict(model_b.state_dict(), spec, model_label(1, None))
+        src_b: ModelSource = model_b
+    else:
+        src_b = _checked_loader(model_b, spec, 1)
+    src_a = model_a if isinstance(model_a, nn.Module) else _first_then(first_a, model_a)
+    del first_a  # a loader's module: held by src_a until its first run only
     perm = identity_permutation(spec)
     solver = _ActivationSolver(free, heads, want, perm)
     _, missing, stats = slab_moments(
-        model_a, model_b, data, slabs, batch_size=batch_size, max_samples=max_samples, max_bytes=max_bytes,
+        src_a, src_b, data, slabs, batch_size=batch_size, max_samples=max_samples, max_bytes=max_bytes,
         dtype=dtype, progress=progress, consume=solver.consume,
     )
     todo = [name for name in want if name not in solver.solved]
@@ -505,9 +534,37 @@ def activation_matching(
                 f"activation matching cannot capture the outputs of {info['uncaptured_blocks']} "
                 f"(groups {todo}); use fallback='weights'"
             )
+        sd_a, sd_b = (m.state_dict() if isinstance(m, nn.Module) else load_model(m, key).state_dict()
+                      for m, key in ((model_a, "model_a"), (model_b, "model_b")))
         wm = weight_matching(sd_a, sd_b, spec, seed=seed, init=perm, groups=todo, validate=False)
         perm = wm.perm
     return MatchResult(perm, spec, "activation", total, 1, True, info)
+
+
+def _checked_loader(loader: Any, spec: PermutationSpec, i: int) -> Any:
+    """``loader`` whose first module is checked against ``spec``."""
+    key = ("model_a", "model_b")[i]
+    checked = []
+
+    def load() -> nn.Module:
+        m = load_model(loader, key)
+        if not checked:
+            check_state_dict(m.state_dict(), spec, model_label(i, None))
+            checked.append(True)
+        return m
+
+    return load
+
+
+def _first_then(module: nn.Module, loader: Any) -> Any:
+    """A loader giving ``module`` on its first call (then kept by nobody
+    here), ``loader()`` after."""
+    box = [module]
+
+    def load() -> nn.Module:
+        return box.pop() if box else load_model(loader, "model_a")
+
+    return load
 
 
 class _ActivationSolver:

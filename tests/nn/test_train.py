@@ -298,3 +298,35 @@ def test_bad_ema_decay_is_one_line_error(bad):
     with pytest.raises(ValueError, match="ema_decay must be a number in \\(0, 1\\)") as e:
         TrainConfig(ema_decay=bad)
     assert "\n" not in str(e.value)
+
+
+def test_snapshots_keep_the_k_best_epochs_by_validation_loss():
+    """``snapshots=k`` keeps the states of the k lowest validation losses,
+    best first, each reproducing its logged loss; the restored model and the
+    history are those of ``snapshots=1``."""
+    cfg = dict(epochs=6, batch_size=2, lr=1e-2, patience=0, seed=0)
+    one = fit(*_toy_data_model_and_split(), TrainConfig(**cfg))
+    model, train, val = _toy_data_model_and_split()
+    r = fit(model, train, val, TrainConfig(**cfg, snapshots=3))
+    assert TrainConfig().snapshots == 1 and len(one.snapshots) == 1 and one.snapshot_epochs == [one.best_epoch]
+    assert r.history == one.history and r.best_epoch == one.best_epoch
+    losses = [h["val_loss"] for h in r.history]
+    assert r.snapshot_epochs == sorted(range(len(losses)), key=lambda e: (losses[e], e))[:3]
+    assert r.snapshot_epochs[0] == r.best_epoch
+    for k, v in r.model.state_dict().items():
+        torch.testing.assert_close(v, one.model.state_dict()[k])
+    y = (torch.tensor([s[1] for s in val]) - r.target_mean) / r.target_std
+    for epoch, state in zip(r.snapshot_epochs, r.snapshots):
+        m, _, _ = _toy_data_model_and_split()
+        m.load_state_dict(state)
+        pred = predict_metanetwork(m, val)[:, 0]
+        assert float(((pred - y) ** 2).mean()) == pytest.approx(losses[epoch], rel=1e-4)
+    short = fit(*_toy_data_model_and_split(), TrainConfig(**{**cfg, "epochs": 2}, snapshots=5))
+    assert len(short.snapshots) == 2  # fewer epochs than snapshots: all of them
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
+def test_bad_snapshots_is_one_line_error(bad):
+    with pytest.raises(ValueError, match="snapshots must be an integer >= 1") as e:
+        TrainConfig(snapshots=bad)
+    assert "\n" not in str(e.value)

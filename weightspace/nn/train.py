@@ -97,6 +97,12 @@ class TrainConfig:
             early stopping keeps the best average, which is what the
             returned model carries (without validation data: the average
             at the epoch of lowest training loss). ``None`` (default): off.
+        snapshots: also keep the states of the ``snapshots`` best epochs
+            by validation loss (training loss without validation data),
+            best first, in :attr:`FitResult.snapshots` (for a snapshot
+            ensemble: average the predictions of these states). The
+            restored model is the first of them either way; ``1`` (default)
+            keeps only that one.
         progress: show a tqdm progress bar.
         device: torch device for the model and batches.
     """
@@ -114,6 +120,7 @@ class TrainConfig:
     normalize_targets: bool = True
     grad_clip: float | None = 5.0
     ema_decay: float | None = None
+    snapshots: int = 1
     progress: bool = False
     device: str = "cpu"
 
@@ -129,6 +136,8 @@ class TrainConfig:
         if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float))
                                                and not isinstance(self.ema_decay, bool) and 0.0 < self.ema_decay < 1.0):
             raise ValueError(f"ema_decay must be a number in (0, 1) or None, got {self.ema_decay!r}")
+        if isinstance(self.snapshots, bool) or not isinstance(self.snapshots, int) or self.snapshots < 1:
+            raise ValueError(f"snapshots must be an integer >= 1, got {self.snapshots!r}")
 
 
 @dataclass
@@ -143,6 +152,10 @@ class FitResult:
         best_epoch: epoch of the restored state (0-based).
         history: per epoch ``{"epoch", "train_loss", "val_loss", "lr"}``
             (``lr``: at the end of the epoch).
+        snapshots: state dicts of the ``config.snapshots`` best epochs
+            (fewer if fewer epochs ran), best first; the first is the
+            restored model's.
+        snapshot_epochs: their epochs (0-based), in the same order.
     """
 
     model: MetaNetwork
@@ -151,6 +164,8 @@ class FitResult:
     target_std: float = 1.0
     best_epoch: int = -1
     history: list[dict] = field(default_factory=list)
+    snapshots: list[dict] = field(default_factory=list)
+    snapshot_epochs: list[int] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------- data
@@ -365,7 +380,7 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     scored = model if ema is None else ema.module  # what is validated, kept and restored
-    best = (math.inf, -1, None)
+    kept: list[tuple[float, int, dict]] = []  # the cfg.snapshots best (score, epoch, state), best first
     devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(cfg.seed)
@@ -402,14 +417,18 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
                 row["val_loss"] = vl / len(val)
             result.history.append(row)
             score = row.get("val_loss", row["train_loss"])
-            if score < best[0]:
-                best = (score, epoch, {k: v.detach().clone() for k, v in scored.state_dict().items()})
+            if score < math.inf and (len(kept) < cfg.snapshots or score < kept[-1][0]):  # ties: earlier first
+                at = next((i for i, item in enumerate(kept) if score < item[0]), len(kept))
+                kept.insert(at, (score, epoch, {k: v.detach().clone() for k, v in scored.state_dict().items()}))
+                del kept[cfg.snapshots:]
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", val=f"{row.get('val_loss', float('nan')):.4f}")
-            if cfg.patience and epoch - best[1] >= cfg.patience:
+            if cfg.patience and epoch - (kept[0][1] if kept else -1) >= cfg.patience:
                 break
-    if best[2] is not None:
-        model.load_state_dict(best[2])
-    result.best_epoch = best[1]
+    if kept:
+        model.load_state_dict(kept[0][2])
+    result.best_epoch = kept[0][1] if kept else -1
+    result.snapshots = [k[2] for k in kept]
+    result.snapshot_epochs = [k[1] for k in kept]
     model.eval()
     return result
 

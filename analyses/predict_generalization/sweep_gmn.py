@@ -62,6 +62,12 @@ VARIANTS = {
     # (85 steps per epoch); 0.99 here would average over 6-7 of 20 epochs. Chosen before any result.
     "ema": {"ema_decay": 0.95},
     "stats_ema": {"stats_readout": True, "ema_decay": 0.95},
+    # Ensembles on top of the hybrid readout (2026-11-29 evening; sizes fixed before any result):
+    # the mean of the 3 best epochs by early-stopping loss (no extra training), and of 3 seeds (3x the cost).
+    "stats_snap3": {"stats_readout": True, "snapshot_ensemble": 3},
+    "stats_ens3": {"stats_readout": True, "ensemble": 3},
+    # MSE + 1.0 x a pairwise logistic ranking loss (weight fixed before any result)
+    "stats_rank": {"stats_readout": True, "rank_weight": 1.0},
 }
 
 

@@ -105,3 +105,14 @@ def test_bad_ensemble_sizes_are_one_line_errors(tiny_dataset, name, bad):
     with pytest.raises(ConfigError, match=f"{name} must be an integer in \\[1, 1024\\]") as e:
         make_predictor("gmn", **{name: bad}).fit(graphs, np.arange(6.0))
     assert e.value.field == name and "\n" not in str(e.value)
+
+
+def test_rank_weight_reaches_training_and_bad_values_are_one_line_errors(tiny_dataset):
+    p = make_predictor("gmn", **{**SMALL, "epochs": 1}, rank_weight=0.5).fit(tiny_dataset)
+    assert p.fit_result_.config.rank_weight == 0.5
+    assert make_predictor("gmn", **{**SMALL, "epochs": 1}).fit(tiny_dataset).fit_result_.config.rank_weight == 0.0
+    graphs = tiny_dataset.graphs[:6]
+    for bad in (-1.0, float("inf"), True, "1"):
+        with pytest.raises(ConfigError, match="rank_weight must be a finite number >= 0") as e:
+            make_predictor("gmn", rank_weight=bad).fit(graphs, np.arange(6.0))
+        assert e.value.field == "rank_weight" and "\n" not in str(e.value)

@@ -49,6 +49,7 @@ __all__ = [
     "dataset_from_zoo",
     "split_dataset",
     "permute_sample",
+    "pairwise_logistic_loss",
     "symmetry_sample",
     "fit",
     "evaluate_metanetwork",
@@ -97,6 +98,12 @@ class TrainConfig:
             early stopping keeps the best average, which is what the
             returned model carries (without validation data: the average
             at the epoch of lowest training loss). ``None`` (default): off.
+        rank_weight: regression only: add ``rank_weight`` times a pairwise
+            logistic ranking loss (RankNet: ``softplus(-(out_i - out_j))``
+            averaged over the pairs of a batch with ``y_i > y_j``, per output
+            column; :func:`pairwise_logistic_loss`) to the MSE, in training
+            and in the early-stopping validation loss. It rewards ordering
+            the targets rather than fitting their values. ``0`` (default): MSE.
         snapshots: also keep the states of the ``snapshots`` best epochs
             by validation loss (training loss without validation data),
             best first, in :attr:`FitResult.snapshots` (for a snapshot
@@ -120,6 +127,7 @@ class TrainConfig:
     normalize_targets: bool = True
     grad_clip: float | None = 5.0
     ema_decay: float | None = None
+    rank_weight: float = 0.0
     snapshots: int = 1
     progress: bool = False
     device: str = "cpu"
@@ -136,6 +144,11 @@ class TrainConfig:
         if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float))
                                                and not isinstance(self.ema_decay, bool) and 0.0 < self.ema_decay < 1.0):
             raise ValueError(f"ema_decay must be a number in (0, 1) or None, got {self.ema_decay!r}")
+        w = self.rank_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w < math.inf:
+            raise ValueError(f"rank_weight must be a finite number >= 0, got {w!r}")
+        if w and self.task != "regression":
+            raise ValueError(f"rank_weight is for regression; task is {self.task!r}")
         if isinstance(self.snapshots, bool) or not isinstance(self.snapshots, int) or self.snapshots < 1:
             raise ValueError(f"snapshots must be an integer >= 1, got {self.snapshots!r}")
 
@@ -273,10 +286,25 @@ def _batches(n: int, size: int, generator: torch.Generator | None) -> Iterable[l
         yield order[i : i + size]
 
 
-def _loss(out: Tensor, y: Tensor, task: str) -> Tensor:
+def pairwise_logistic_loss(out: Tensor, y: Tensor) -> Tensor:
+    """RankNet's pairwise logistic loss of predictions ``out`` ``[n, d]``
+    against targets ``y`` ``[n, d]``: the mean of ``softplus(out_j - out_i)``
+    over the pairs with ``y_i > y_j`` (each unordered pair once; ties left
+    out), averaged over the ``d`` columns. ``log 2`` when ``out`` is constant;
+    0 when no pair differs in ``y``."""
+    losses = []
+    for c in range(y.shape[1]):
+        higher = y[:, c, None] > y[None, :, c]  # [i, j]: y_i > y_j
+        if higher.any():
+            losses.append(torch.nn.functional.softplus(out[None, :, c] - out[:, c, None])[higher].mean())
+    return torch.stack(losses).mean() if losses else out.sum() * 0.0
+
+
+def _loss(out: Tensor, y: Tensor, task: str, rank_weight: float = 0.0) -> Tensor:
     if task == "classification":
         return torch.nn.functional.cross_entropy(out, y)
-    return torch.nn.functional.mse_loss(out, y)
+    loss = torch.nn.functional.mse_loss(out, y)
+    return loss + rank_weight * pairwise_logistic_loss(out, y) if rank_weight else loss
 
 
 @torch.no_grad()
@@ -396,7 +424,7 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
                     move = symmetry_sample if cfg.augment_group == "full" else permute_sample
                     samples = [move(s, aug_gen) for s in samples]
                 out = model.predict(_collate(model, samples))
-                loss = _loss(out, norm_y(samples).to(dev), cfg.task)
+                loss = _loss(out, norm_y(samples).to(dev), cfg.task, cfg.rank_weight)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -413,7 +441,8 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
             if val_batches:
                 scored.eval()
                 with torch.no_grad():
-                    vl = sum(float(_loss(scored.predict(b), y, cfg.task)) * len(y) for b, y in val_batches)
+                    vl = sum(float(_loss(scored.predict(b), y, cfg.task, cfg.rank_weight)) * len(y)
+                             for b, y in val_batches)
                 row["val_loss"] = vl / len(val)
             result.history.append(row)
             score = row.get("val_loss", row["train_loss"])

@@ -80,6 +80,9 @@ class MetaNetPredictor(BasePredictor):
             weights, updated every optimizer step with this decay (in (0, 1);
             time constant ``1 / (1 - ema_decay)`` steps), instead of the raw
             weights (:class:`weightspace.nn.train.TrainConfig`); ``None``: off.
+        rank_weight: add this weight times a pairwise logistic ranking loss
+            on the standardized targets to the MSE (training and early
+            stopping; ``TrainConfig.rank_weight``); ``0`` (default): MSE only.
         snapshot_ensemble: keep the states of the ``k`` best epochs by
             validation loss (``TrainConfig.snapshots``) and predict the mean
             of their predictions; no extra training. ``1`` (default): the
@@ -112,7 +115,8 @@ class MetaNetPredictor(BasePredictor):
         "progress": Field(bool), "num_threads": Field(int, min=1, max=4096, nullable=True),
         "stats_readout": Field(bool), "lr_schedule": Field(str, choices=("constant", "cosine")),
         "ema_decay": Field(float, nullable=True, min=0.0, max=1.0),
-        "snapshot_ensemble": Field(int, min=1, max=MAX_ENSEMBLE), "ensemble": Field(int, min=1, max=MAX_ENSEMBLE),
+        "rank_weight": Field(float, min=0.0), "snapshot_ensemble": Field(int, min=1, max=MAX_ENSEMBLE),
+        "ensemble": Field(int, min=1, max=MAX_ENSEMBLE),
     }
 
     def __init__(self, model: str = "gmn", *, model_kwargs: Mapping[str, Any] | None = None, epochs: int = 200,
@@ -121,7 +125,8 @@ class MetaNetPredictor(BasePredictor):
                  augment_group: str = "permute", canonicalize: str = "none", seed: int = 0,
                  allow_new_architectures: bool = False, device: str = "cpu", progress: bool = False,
                  num_threads: int | None = 1, stats_readout: bool = False, lr_schedule: str = "constant",
-                 ema_decay: float | None = None, snapshot_ensemble: int = 1, ensemble: int = 1) -> None:
+                 ema_decay: float | None = None, rank_weight: float = 0.0, snapshot_ensemble: int = 1,
+                 ensemble: int = 1) -> None:
         self.model = model
         self.model_kwargs = model_kwargs
         self.epochs = epochs
@@ -141,6 +146,7 @@ class MetaNetPredictor(BasePredictor):
         self.stats_readout = stats_readout
         self.lr_schedule = lr_schedule
         self.ema_decay = ema_decay
+        self.rank_weight = rank_weight
         self.snapshot_ensemble = snapshot_ensemble
         self.ensemble = ensemble
 
@@ -197,6 +203,9 @@ class MetaNetPredictor(BasePredictor):
         d = self.ema_decay
         if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < d < 1.0):
             raise ConfigError(f"ema_decay must be a number in (0, 1) or None, got {d!r}", field="ema_decay")
+        w = self.rank_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w < float("inf"):
+            raise ConfigError(f"rank_weight must be a finite number >= 0, got {w!r}", field="rank_weight")
         for name in ("snapshot_ensemble", "ensemble"):
             n = getattr(self, name)
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_ENSEMBLE:
@@ -256,7 +265,8 @@ class MetaNetPredictor(BasePredictor):
                               seed=seed, augment=augment,
                               augment_group=str(self.augment_group), lr_schedule=str(self.lr_schedule),
                               ema_decay=None if self.ema_decay is None else float(self.ema_decay),
-                              snapshots=int(self.snapshot_ensemble), progress=bool(self.progress), device=self.device)
+                              rank_weight=float(self.rank_weight), snapshots=int(self.snapshot_ensemble),
+                              progress=bool(self.progress), device=self.device)
             with torch_threads(self.num_threads):
                 r = fit(model, train, val or None, cfg)
             results.append(r)

@@ -61,11 +61,19 @@ import zoo
 from weightspace.predict import (evaluate_predictions, hyperparameter_split, kendall_tau, make_predictor, random_split,
                                  zoo_dataset)
 
-METHODS = ("mean", "linear", "gbm", "statnn", "flatmlp", "gmn", "gmn_best")
+METHODS = ("mean", "linear", "gbm", "statnn", "flatmlp", "gmn", "gmn_best", "gmn_best_snap3", "gmn_best_ens3",
+           "gmn_best_rank")
 LABELS = {"mean": "mean", "linear": "linear (stats)", "gbm": "GBM (stats)", "statnn": "StatNN",
-          "flatmlp": "FlatMLP (+aug)", "gmn": "GMN", "gmn_best": "GMN + stats readout"}
+          "flatmlp": "FlatMLP (+aug)", "gmn": "GMN", "gmn_best": "GMN + stats readout",
+          "gmn_best_snap3": "GMN + stats, 3-snapshot ensemble", "gmn_best_ens3": "GMN + stats, 3-seed ensemble",
+          "gmn_best_rank": "GMN + stats, MSE + rank loss"}
 #: study methods that are a predictor kind with other settings: method -> kind
-KINDS = {"gmn_best": "gmn"}
+KINDS = {"gmn_best": "gmn", "gmn_best_snap3": "gmn", "gmn_best_ens3": "gmn", "gmn_best_rank": "gmn"}
+#: what the ``gmn_best_*`` methods add to ``gmn_best`` (the sweep's variants
+#: ``stats_snap3``, ``stats_ens3``, ``stats_rank``; chosen between on
+#: validation only, RESULTS.md)
+GMN_BEST_EXTRA = {"gmn_best_snap3": {"snapshot_ensemble": 3}, "gmn_best_ens3": {"ensemble": 3},
+                  "gmn_best_rank": {"rank_weight": 1.0}}
 #: the settings of ``gmn_best`` on top of ``method_params("gmn")``: the variant
 #: the validation sweep (``sweep_gmn.py``, never a test member) puts forward.
 #: Today the hybrid statistics readout, launched as the first sweep result
@@ -99,8 +107,8 @@ def method_params(method: str, small: bool, seed: int, epochs: int | None, gmn_e
     p = {"epochs": ep, "patience": max(10, ep // 4), "seed": seed, "lr": 1e-3, "batch_size": 32}
     if kind == "gmn":
         p["model_kwargs"] = {"hidden": 32, "num_layers": 3}
-    if method == "gmn_best":
-        best = dict(GMN_BEST)
+    if method.startswith("gmn_best"):
+        best = {**GMN_BEST, **GMN_BEST_EXTRA.get(method, {})}
         p["model_kwargs"].update(best.pop("model_kwargs", {}))
         p.update(best)
     return p

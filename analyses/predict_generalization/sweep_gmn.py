@@ -62,6 +62,12 @@ VARIANTS = {
     # (85 steps per epoch); 0.99 here would average over 6-7 of 20 epochs. Chosen before any result.
     "ema": {"ema_decay": 0.95},
     "stats_ema": {"stats_readout": True, "ema_decay": 0.95},
+    # Ensembles on top of the hybrid readout (2026-11-29 evening; sizes fixed before any result):
+    # the mean of the 3 best epochs by early-stopping loss (no extra training), and of 3 seeds (3x the cost).
+    "stats_snap3": {"stats_readout": True, "snapshot_ensemble": 3},
+    "stats_ens3": {"stats_readout": True, "ensemble": 3},
+    # MSE + 1.0 x a pairwise logistic ranking loss (weight fixed before any result)
+    "stats_rank": {"stats_readout": True, "rank_weight": 1.0},
 }
 
 
@@ -103,7 +109,16 @@ def merge(paths: list[Path], out: Path) -> int:
     merged: dict = {"runs": {}}
     for p in paths:
         r = json.loads(p.read_text())
-        merged["runs"][r["task"]] = r
+        prev = merged["runs"].get(r["task"])
+        if prev is None:
+            merged["runs"][r["task"]] = r
+            continue
+        # several processes of one task (variants split for CPU): same validation networks, variants joined
+        same = ("zoo", "members", "epochs", "seed", "val_y", "val_groups")
+        if any(prev[k] != r[k] for k in same):
+            raise SystemExit(f"{p}: task {r['task']} ran on other settings than the file before it ({same})")
+        prev["variants"].update(r["variants"])
+        prev.setdefault("loadavg_start_other", []).append(r["loadavg_start"])
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(merged, indent=2, default=str))
     for task, r in merged["runs"].items():
@@ -111,6 +126,7 @@ def merge(paths: list[Path], out: Path) -> int:
         print(f"## {task} ({r['n_train']} train / {r['n_val']} validation networks; "
               f"1-min load average {min(loads):.1f}–{max(loads):.1f})\n")
         refs = [b for b in ("plain", "stats", "gbm") if "pred" in r["variants"].get(b, {})]
+        loads += [x[0] for x in r.get("loadavg_start_other", [])]
         print("| variant | val τ [95% CI] | " + " | ".join(f"Δτ vs {b} [95% CI]" for b in refs)
               + " | R² | epochs run (best) | fit s | CPU s |\n|" + "---|" * (6 + len(refs)))
         for v, row in r["variants"].items():

@@ -298,3 +298,76 @@ def test_bad_ema_decay_is_one_line_error(bad):
     with pytest.raises(ValueError, match="ema_decay must be a number in \\(0, 1\\)") as e:
         TrainConfig(ema_decay=bad)
     assert "\n" not in str(e.value)
+
+
+def test_snapshots_keep_the_k_best_epochs_by_validation_loss():
+    """``snapshots=k`` keeps the states of the k lowest validation losses,
+    best first, each reproducing its logged loss; the restored model and the
+    history are those of ``snapshots=1``."""
+    cfg = dict(epochs=6, batch_size=2, lr=1e-2, patience=0, seed=0)
+    one = fit(*_toy_data_model_and_split(), TrainConfig(**cfg))
+    model, train, val = _toy_data_model_and_split()
+    r = fit(model, train, val, TrainConfig(**cfg, snapshots=3))
+    assert TrainConfig().snapshots == 1 and len(one.snapshots) == 1 and one.snapshot_epochs == [one.best_epoch]
+    assert r.history == one.history and r.best_epoch == one.best_epoch
+    losses = [h["val_loss"] for h in r.history]
+    assert r.snapshot_epochs == sorted(range(len(losses)), key=lambda e: (losses[e], e))[:3]
+    assert r.snapshot_epochs[0] == r.best_epoch
+    for k, v in r.model.state_dict().items():
+        torch.testing.assert_close(v, one.model.state_dict()[k])
+    y = (torch.tensor([s[1] for s in val]) - r.target_mean) / r.target_std
+    for epoch, state in zip(r.snapshot_epochs, r.snapshots):
+        m, _, _ = _toy_data_model_and_split()
+        m.load_state_dict(state)
+        pred = predict_metanetwork(m, val)[:, 0]
+        assert float(((pred - y) ** 2).mean()) == pytest.approx(losses[epoch], rel=1e-4)
+    short = fit(*_toy_data_model_and_split(), TrainConfig(**{**cfg, "epochs": 2}, snapshots=5))
+    assert len(short.snapshots) == 2  # fewer epochs than snapshots: all of them
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "3"])
+def test_bad_snapshots_is_one_line_error(bad):
+    with pytest.raises(ValueError, match="snapshots must be an integer >= 1") as e:
+        TrainConfig(snapshots=bad)
+    assert "\n" not in str(e.value)
+
+
+def test_pairwise_logistic_loss_by_hand():
+    from weightspace.nn.train import pairwise_logistic_loss
+
+    y = torch.tensor([[0.3], [0.1], [0.3], [0.9]])
+    out = torch.tensor([[0.5], [-1.0], [2.0], [0.0]])
+    pairs = [(i, j) for i in range(4) for j in range(4) if y[i, 0] > y[j, 0]]  # the tie (0, 2) is left out
+    want = np.mean([np.log1p(np.exp(float(out[j, 0] - out[i, 0]))) for i, j in pairs])
+    assert len(pairs) == 5
+    assert float(pairwise_logistic_loss(out, y)) == pytest.approx(want, rel=1e-6)
+    assert float(pairwise_logistic_loss(torch.zeros(4, 1), y)) == pytest.approx(np.log(2))
+    assert float(pairwise_logistic_loss(out, torch.ones(4, 1))) == 0.0
+    # the right order costs less than the reversed one
+    assert pairwise_logistic_loss(y * 5, y) < pairwise_logistic_loss(-y * 5, y)
+
+
+def test_rank_weight_adds_the_ranking_loss_to_training_and_validation():
+    cfg = dict(epochs=2, batch_size=2, lr=1e-2, patience=0, seed=0)
+    base = fit(*_toy_data_model_and_split(), TrainConfig(**cfg))
+    zero = fit(*_toy_data_model_and_split(), TrainConfig(**cfg, rank_weight=0.0))
+    assert TrainConfig().rank_weight == 0.0 and zero.history == base.history
+    model, train, val = _toy_data_model_and_split()
+    r = fit(model, train, val, TrainConfig(**cfg, rank_weight=2.0))
+    assert [h["train_loss"] for h in r.history] != [h["train_loss"] for h in base.history]
+    # the logged validation loss of the restored model is MSE + 2 * ranking loss on the standardized targets
+    from weightspace.nn.train import pairwise_logistic_loss
+
+    pred = predict_metanetwork(r.model, val)
+    y = ((torch.tensor([s[1] for s in val]) - r.target_mean) / r.target_std)[:, None]
+    want = float(((pred - y) ** 2).mean() + 2.0 * pairwise_logistic_loss(pred, y))  # len(val) <= batch_size
+    assert len(val) <= 2 and r.history[r.best_epoch]["val_loss"] == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("inf"), float("nan"), True, "1"])
+def test_bad_rank_weight_is_one_line_error(bad):
+    with pytest.raises(ValueError, match="rank_weight must be a finite number >= 0") as e:
+        TrainConfig(rank_weight=bad)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="rank_weight is for regression"):
+        TrainConfig(task="classification", rank_weight=1.0)

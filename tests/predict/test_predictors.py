@@ -100,7 +100,8 @@ def test_mean_predictor_scores_zero_r2(tiny_dataset):
 
 @pytest.mark.parametrize("kind,params", [("gbm", {}), ("linear", {"spectral": True}), ("gmn", {"epochs": 3}),
                                          ("gmn", {"epochs": 2, "stats_readout": True, "lr_schedule": "cosine"}),
-                                         ("gmn", {"epochs": 2, "ema_decay": 0.9})])
+                                         ("gmn", {"epochs": 2, "ema_decay": 0.9}),
+                                         ("gmn", {"epochs": 2, "rank_weight": 0.5, "snapshot_ensemble": 2})])
 def test_save_load_roundtrip(tiny_dataset, tiny_split, tmp_path, kind, params):
     train, test = tiny_dataset.subset(tiny_split.train), tiny_dataset.subset(tiny_split.test)
     p = make_predictor(kind, **params).fit(train)

@@ -49,6 +49,7 @@ __all__ = [
     "dataset_from_zoo",
     "split_dataset",
     "permute_sample",
+    "pairwise_logistic_loss",
     "symmetry_sample",
     "fit",
     "evaluate_metanetwork",
@@ -97,6 +98,18 @@ class TrainConfig:
             early stopping keeps the best average, which is what the
             returned model carries (without validation data: the average
             at the epoch of lowest training loss). ``None`` (default): off.
+        rank_weight: regression only: add ``rank_weight`` times a pairwise
+            logistic ranking loss (RankNet: ``softplus(-(out_i - out_j))``
+            averaged over the pairs of a batch with ``y_i > y_j``, per output
+            column; :func:`pairwise_logistic_loss`) to the MSE, in training
+            and in the early-stopping validation loss. It rewards ordering
+            the targets rather than fitting their values. ``0`` (default): MSE.
+        snapshots: also keep the states of the ``snapshots`` best epochs
+            by validation loss (training loss without validation data),
+            best first, in :attr:`FitResult.snapshots` (for a snapshot
+            ensemble: average the predictions of these states). The
+            restored model is the first of them either way; ``1`` (default)
+            keeps only that one.
         progress: show a tqdm progress bar.
         device: torch device for the model and batches.
     """
@@ -114,6 +127,8 @@ class TrainConfig:
     normalize_targets: bool = True
     grad_clip: float | None = 5.0
     ema_decay: float | None = None
+    rank_weight: float = 0.0
+    snapshots: int = 1
     progress: bool = False
     device: str = "cpu"
 
@@ -129,6 +144,13 @@ class TrainConfig:
         if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float))
                                                and not isinstance(self.ema_decay, bool) and 0.0 < self.ema_decay < 1.0):
             raise ValueError(f"ema_decay must be a number in (0, 1) or None, got {self.ema_decay!r}")
+        w = self.rank_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w < math.inf:
+            raise ValueError(f"rank_weight must be a finite number >= 0, got {w!r}")
+        if w and self.task != "regression":
+            raise ValueError(f"rank_weight is for regression; task is {self.task!r}")
+        if isinstance(self.snapshots, bool) or not isinstance(self.snapshots, int) or self.snapshots < 1:
+            raise ValueError(f"snapshots must be an integer >= 1, got {self.snapshots!r}")
 
 
 @dataclass
@@ -143,6 +165,10 @@ class FitResult:
         best_epoch: epoch of the restored state (0-based).
         history: per epoch ``{"epoch", "train_loss", "val_loss", "lr"}``
             (``lr``: at the end of the epoch).
+        snapshots: state dicts of the ``config.snapshots`` best epochs
+            (fewer if fewer epochs ran), best first; the first is the
+            restored model's.
+        snapshot_epochs: their epochs (0-based), in the same order.
     """
 
     model: MetaNetwork
@@ -151,6 +177,8 @@ class FitResult:
     target_std: float = 1.0
     best_epoch: int = -1
     history: list[dict] = field(default_factory=list)
+    snapshots: list[dict] = field(default_factory=list)
+    snapshot_epochs: list[int] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------- data
@@ -258,10 +286,25 @@ def _batches(n: int, size: int, generator: torch.Generator | None) -> Iterable[l
         yield order[i : i + size]
 
 
-def _loss(out: Tensor, y: Tensor, task: str) -> Tensor:
+def pairwise_logistic_loss(out: Tensor, y: Tensor) -> Tensor:
+    """RankNet's pairwise logistic loss of predictions ``out`` ``[n, d]``
+    against targets ``y`` ``[n, d]``: the mean of ``softplus(out_j - out_i)``
+    over the pairs with ``y_i > y_j`` (each unordered pair once; ties left
+    out), averaged over the ``d`` columns. ``log 2`` when ``out`` is constant;
+    0 when no pair differs in ``y``."""
+    losses = []
+    for c in range(y.shape[1]):
+        higher = y[:, c, None] > y[None, :, c]  # [i, j]: y_i > y_j
+        if higher.any():
+            losses.append(torch.nn.functional.softplus(out[None, :, c] - out[:, c, None])[higher].mean())
+    return torch.stack(losses).mean() if losses else out.sum() * 0.0
+
+
+def _loss(out: Tensor, y: Tensor, task: str, rank_weight: float = 0.0) -> Tensor:
     if task == "classification":
         return torch.nn.functional.cross_entropy(out, y)
-    return torch.nn.functional.mse_loss(out, y)
+    loss = torch.nn.functional.mse_loss(out, y)
+    return loss + rank_weight * pairwise_logistic_loss(out, y) if rank_weight else loss
 
 
 @torch.no_grad()
@@ -365,7 +408,7 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
 
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     scored = model if ema is None else ema.module  # what is validated, kept and restored
-    best = (math.inf, -1, None)
+    kept: list[tuple[float, int, dict]] = []  # the cfg.snapshots best (score, epoch, state), best first
     devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(cfg.seed)
@@ -381,7 +424,7 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
                     move = symmetry_sample if cfg.augment_group == "full" else permute_sample
                     samples = [move(s, aug_gen) for s in samples]
                 out = model.predict(_collate(model, samples))
-                loss = _loss(out, norm_y(samples).to(dev), cfg.task)
+                loss = _loss(out, norm_y(samples).to(dev), cfg.task, cfg.rank_weight)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip:
@@ -398,18 +441,23 @@ def fit(model: MetaNetwork, train: Sequence[Sample], val: Sequence[Sample] | Non
             if val_batches:
                 scored.eval()
                 with torch.no_grad():
-                    vl = sum(float(_loss(scored.predict(b), y, cfg.task)) * len(y) for b, y in val_batches)
+                    vl = sum(float(_loss(scored.predict(b), y, cfg.task, cfg.rank_weight)) * len(y)
+                             for b, y in val_batches)
                 row["val_loss"] = vl / len(val)
             result.history.append(row)
             score = row.get("val_loss", row["train_loss"])
-            if score < best[0]:
-                best = (score, epoch, {k: v.detach().clone() for k, v in scored.state_dict().items()})
+            if score < math.inf and (len(kept) < cfg.snapshots or score < kept[-1][0]):  # ties: earlier first
+                at = next((i for i, item in enumerate(kept) if score < item[0]), len(kept))
+                kept.insert(at, (score, epoch, {k: v.detach().clone() for k, v in scored.state_dict().items()}))
+                del kept[cfg.snapshots:]
             bar.set_postfix(loss=f"{row['train_loss']:.4f}", val=f"{row.get('val_loss', float('nan')):.4f}")
-            if cfg.patience and epoch - best[1] >= cfg.patience:
+            if cfg.patience and epoch - (kept[0][1] if kept else -1) >= cfg.patience:
                 break
-    if best[2] is not None:
-        model.load_state_dict(best[2])
-    result.best_epoch = best[1]
+    if kept:
+        model.load_state_dict(kept[0][2])
+    result.best_epoch = kept[0][1] if kept else -1
+    result.snapshots = [k[2] for k in kept]
+    result.snapshot_epochs = [k[1] for k in kept]
     model.eval()
     return result
 

@@ -5,6 +5,7 @@ StatNN, FlatMLP, NFN) to regress the target: kinds ``"gmn"``, ``"statnn"``,
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -30,6 +31,17 @@ __all__ = ["METANETWORKS", "MetaNetPredictor"]
 
 #: ``kind -> weightspace.nn class name``
 METANETWORKS = {"gmn": "GMN", "statnn": "StatNN", "flatmlp": "FlatMLP", "nfn": "NFN"}
+#: upper limit of ``ensemble`` and ``snapshot_ensemble`` (each is a model to train or keep)
+MAX_ENSEMBLE = 1024
+
+
+def member_seed(seed: int, member: int) -> int:
+    """Seed of ensemble member ``member``: ``seed`` itself for member 0 (so
+    ``ensemble=1`` is the plain predictor), else one drawn from
+    ``numpy.random.SeedSequence((seed, member))``."""
+    if member == 0:
+        return int(seed)
+    return int(np.random.SeedSequence((int(seed), int(member))).generate_state(1, np.uint64)[0] & (2**63 - 1))
 
 
 @register_predictor(*METANETWORKS)
@@ -68,6 +80,19 @@ class MetaNetPredictor(BasePredictor):
             weights, updated every optimizer step with this decay (in (0, 1);
             time constant ``1 / (1 - ema_decay)`` steps), instead of the raw
             weights (:class:`weightspace.nn.train.TrainConfig`); ``None``: off.
+        rank_weight: add this weight times a pairwise logistic ranking loss
+            on the standardized targets to the MSE (training and early
+            stopping; ``TrainConfig.rank_weight``); ``0`` (default): MSE only.
+        snapshot_ensemble: keep the states of the ``k`` best epochs by
+            validation loss (``TrainConfig.snapshots``) and predict the mean
+            of their predictions; no extra training. ``1`` (default): the
+            best epoch only.
+        ensemble: train ``n`` metanetworks and predict the mean of their
+            predictions (with ``snapshot_ensemble``: of all ``n * k``
+            states). Member 0 uses ``seed``, member ``i > 0`` a seed derived
+            from ``(seed, i)`` (``numpy.random.SeedSequence``) for its
+            initialization and batch order; all share the early-stopping
+            hold-out drawn with ``seed``. ``n`` times the training cost.
         seed: initialization, validation split, shuffling, augmentation.
         allow_new_architectures: accept networks of architectures not seen
             in training (graph-based models only; see the module docstring).
@@ -90,6 +115,8 @@ class MetaNetPredictor(BasePredictor):
         "progress": Field(bool), "num_threads": Field(int, min=1, max=4096, nullable=True),
         "stats_readout": Field(bool), "lr_schedule": Field(str, choices=("constant", "cosine")),
         "ema_decay": Field(float, nullable=True, min=0.0, max=1.0),
+        "rank_weight": Field(float, min=0.0), "snapshot_ensemble": Field(int, min=1, max=MAX_ENSEMBLE),
+        "ensemble": Field(int, min=1, max=MAX_ENSEMBLE),
     }
 
     def __init__(self, model: str = "gmn", *, model_kwargs: Mapping[str, Any] | None = None, epochs: int = 200,
@@ -98,7 +125,8 @@ class MetaNetPredictor(BasePredictor):
                  augment_group: str = "permute", canonicalize: str = "none", seed: int = 0,
                  allow_new_architectures: bool = False, device: str = "cpu", progress: bool = False,
                  num_threads: int | None = 1, stats_readout: bool = False, lr_schedule: str = "constant",
-                 ema_decay: float | None = None) -> None:
+                 ema_decay: float | None = None, rank_weight: float = 0.0, snapshot_ensemble: int = 1,
+                 ensemble: int = 1) -> None:
         self.model = model
         self.model_kwargs = model_kwargs
         self.epochs = epochs
@@ -118,6 +146,9 @@ class MetaNetPredictor(BasePredictor):
         self.stats_readout = stats_readout
         self.lr_schedule = lr_schedule
         self.ema_decay = ema_decay
+        self.rank_weight = rank_weight
+        self.snapshot_ensemble = snapshot_ensemble
+        self.ensemble = ensemble
 
     @classmethod
     def _from_kind(cls, kind: str, **params: Any) -> "MetaNetPredictor":
@@ -172,6 +203,13 @@ class MetaNetPredictor(BasePredictor):
         d = self.ema_decay
         if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < d < 1.0):
             raise ConfigError(f"ema_decay must be a number in (0, 1) or None, got {d!r}", field="ema_decay")
+        w = self.rank_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w < float("inf"):
+            raise ConfigError(f"rank_weight must be a finite number >= 0, got {w!r}", field="rank_weight")
+        for name in ("snapshot_ensemble", "ensemble"):
+            n = getattr(self, name)
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_ENSEMBLE:
+                raise ConfigError(f"{name} must be an integer in [1, {MAX_ENSEMBLE}], got {n!r}", field=name)
 
     def _graphs(self, nets: Sequence[Network]) -> list[ParameterGraph]:
         """ParameterGraphs of ``nets``; state_dicts are matched to a known
@@ -215,19 +253,33 @@ class MetaNetPredictor(BasePredictor):
         val_idx, train_idx = group_split(groups, (vf, 1.0 - vf), seed=int(self.seed))
         train = [(nets[i], float(y[i])) for i in train_idx]
         val = [(nets[i], float(y[i])) for i in val_idx]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.seed))
-            model = self._build(nets)
         augment = (self.model == "flatmlp") if self.augment is None else bool(self.augment)
-        cfg = TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
-                          weight_decay=float(self.weight_decay), patience=int(self.patience) if val else 0,
-                          seed=int(self.seed), augment=augment,
-                          augment_group=str(self.augment_group), lr_schedule=str(self.lr_schedule),
-                          ema_decay=None if self.ema_decay is None else float(self.ema_decay),
-                          progress=bool(self.progress), device=self.device)
-        with torch_threads(self.num_threads):
-            self.fit_result_ = fit(model, train, val or None, cfg)
-        self.model_ = self.fit_result_.model
+        results, models = [], []
+        for member in range(int(self.ensemble)):
+            seed = member_seed(int(self.seed), member)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                model = self._build(nets)
+            cfg = TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
+                              weight_decay=float(self.weight_decay), patience=int(self.patience) if val else 0,
+                              seed=seed, augment=augment,
+                              augment_group=str(self.augment_group), lr_schedule=str(self.lr_schedule),
+                              ema_decay=None if self.ema_decay is None else float(self.ema_decay),
+                              rank_weight=float(self.rank_weight), snapshots=int(self.snapshot_ensemble),
+                              progress=bool(self.progress), device=self.device)
+            with torch_threads(self.num_threads):
+                r = fit(model, train, val or None, cfg)
+            results.append(r)
+            models.append(r.model)
+            for state in r.snapshots[1:]:  # the first snapshot is r.model's state
+                snap = copy.deepcopy(r.model)
+                snap.load_state_dict(state)
+                models.append(snap.eval())
+            r.snapshots = []  # the states live on in ``models``
+        self.fit_result_ = results[0]
+        self.fit_results_ = results
+        self.models_ = models
+        self.model_ = models[0]
         self.target_mean_ = float(self.fit_result_.target_mean)
         self.target_std_ = float(self.fit_result_.target_std)
         return self._fitted(nets, ds)
@@ -241,9 +293,11 @@ class MetaNetPredictor(BasePredictor):
         graphs = self._align(self._graphs(nets))
         self._check_finite(graphs)
         graphs = canonicalize_graphs(graphs, self.canonicalize)
+        samples = [(g, 0.0) for g in graphs]
         with torch_threads(self.num_threads):
-            out = predict_metanetwork(self.model_, [(g, 0.0) for g in graphs], None, batch_size=batch_size)
-        return out[:, 0].double().numpy() * self.target_std_ + self.target_mean_
+            outs = [predict_metanetwork(m, samples, None, batch_size=batch_size)[:, 0].double().numpy()
+                    for m in self.models_]
+        return np.mean(outs, axis=0) * self.target_std_ + self.target_mean_
 
     @property
     def history_(self) -> list[dict]:
@@ -251,11 +305,14 @@ class MetaNetPredictor(BasePredictor):
         return list(self.fit_result_.history)
 
     def _state(self):
-        sd = {f"model.{k}": v.detach().cpu().numpy() for k, v in self.model_.state_dict().items()}
+        # the first model's arrays are ``model.*`` (as before ensembles existed), model j's ``model{j}.*``
+        sd = {f"{_prefix(j)}{k}": v.detach().cpu().numpy()
+              for j, m in enumerate(self.models_) for k, v in m.state_dict().items()}
         state = {
             "class": type(self.model_).__name__, "config": self.model_.config(),
             "target_mean": self.target_mean_, "target_std": self.target_std_,
             "best_epoch": int(self.fit_result_.best_epoch), "history": self.fit_result_.history,
+            "n_models": len(self.models_),
         }
         return state, sd
 
@@ -267,20 +324,35 @@ class MetaNetPredictor(BasePredictor):
             "class": Field(str, required=True), "config": Field(dict, required=True),
             "target_mean": Field(float, required=True), "target_std": Field(float, required=True, min=0.0),
             "best_epoch": Field(int, required=True, min=-1), "history": Field(list, required=True),
+            "n_models": Field(int, min=1, max=MAX_ENSEMBLE**2),
         }, path=ipath, where="state")
         if state["class"] != METANETWORKS.get(self.model):
             raise ConfigError(f"saved metanetwork class {state['class']!r} does not match model={self.model!r}",
                               path=ipath, field="state.class")
-        tensors = {}
+        n = int(state.get("n_models", 1))  # files saved before ensembles hold one model
+        if n > int(self.ensemble) * int(self.snapshot_ensemble):
+            raise ConfigError(f"{n} saved models, more than ensemble * snapshot_ensemble = "
+                              f"{int(self.ensemble) * int(self.snapshot_ensemble)}", path=ipath, field="state.n_models")
+        tensors: list[dict] = [{} for _ in range(n)]
+        prefixes = {_prefix(j): j for j in range(n)}
         for k, v in arrays.items():
-            if not k.startswith("model."):
-                raise StateDictError("unexpected array in the file (metanetwork weights are named model.*)",
+            pre, dot, rest = k.partition(".")
+            if not dot or f"{pre}." not in prefixes:
+                raise StateDictError(f"unexpected array in the file (the weights of {n} metanetwork(s) are named "
+                                     f"{', '.join(list(prefixes)[:3])}{'...' if n > 3 else ''}*)",
                                      path=path / "arrays.safetensors", field=k)
-            tensors[k[len("model."):]] = torch.from_numpy(np.array(v))
-        model = load_metanetwork(state["class"], state["config"], tensors, path=path / "arrays.safetensors",
-                                 config_path=ipath, where="state.config")
+            tensors[prefixes[f"{pre}."]][rest] = torch.from_numpy(np.array(v))
+        models = [load_metanetwork(state["class"], state["config"], t, path=path / "arrays.safetensors",
+                                   config_path=ipath, where="state.config") for t in tensors]
+        model = models[0]
+        self.models_ = models
         self.model_ = model
         self.target_mean_, self.target_std_ = float(state["target_mean"]), float(state["target_std"])
         self.fit_result_ = FitResult(model=model, config=TrainConfig(), target_mean=self.target_mean_,
                                      target_std=self.target_std_, best_epoch=int(state["best_epoch"]),
                                      history=list(state["history"]))
+
+
+def _prefix(j: int) -> str:
+    """Name prefix of model ``j``'s arrays in ``arrays.safetensors``."""
+    return "model." if j == 0 else f"model{j}."

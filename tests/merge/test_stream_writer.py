@@ -129,3 +129,44 @@ def test_background_fsyncs_while_writing_change_nothing_but_when_the_disk_writes
     assert len(synced) == n_ref + len(plan.tensors)
     for f in sorted((tmp_path / "ref").iterdir()):
         assert (tmp_path / "out" / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_tensors_merged_into_the_mapped_file_are_not_written_again(tmp_path, monkeypatch):
+    ts = _tensors()
+    save_file(ts, str(tmp_path / "ref.safetensors"), metadata=META)
+    writes = []
+    write_all = stream.write_all
+    monkeypatch.setattr(stream, "write_all", lambda fd, data, off: (writes.append(off), write_all(fd, data, off)))
+    w = _ShardWriter(tmp_path / "out.safetensors", _plans(ts), META)
+    n_header = len(writes)
+    mapped = []
+    for k, v in ts.items():
+        dest = w.target(k)
+        if dest is None:  # an empty tensor has no bytes to map
+            assert v.numel() == 0
+            w.put(k, v)
+            continue
+        assert dest.dtype == v.dtype and dest.shape == v.shape
+        if v.is_floating_point():
+            w.put(k, dest.copy_(v))  # merged straight into the file
+            mapped.append(k)
+        else:
+            w.put(k, v.clone())  # any other tensor is written from its memory
+        del dest
+    w.commit()
+    assert len(writes) - n_header == len(ts) - len(mapped) - 1  # the mapped ones and the empty one: no write
+    got, want = (tmp_path / "out.safetensors").read_bytes(), (tmp_path / "ref.safetensors").read_bytes()
+    assert _split(got) == _split(want) and len(got) == len(want)
+
+
+def test_a_full_disk_fails_when_the_shard_is_allocated_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    paths = _dirs(tmp_path)
+
+    def full(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(stream.os, "posix_fallocate", full)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        merge_directories("linear", paths, out, max_shard_size=200)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]

@@ -123,27 +123,45 @@ def _check_output(out: torch.Tensor, sds: Sequence[Mapping[str, torch.Tensor]], 
         state[0] = True
 
 
-#: entries per float64 working block of the elementwise merges (2 MiB: stays in cache)
-BLOCK = 1 << 18
+#: entries per float64 working block of the elementwise merges (1 MiB: stays in cache)
+BLOCK = 1 << 17
 
 
-def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float], dtype: torch.dtype) -> torch.Tensor:
+def destination(out: torch.Tensor | None, shape: torch.Size | Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    """``out`` (checked: ``shape``, ``dtype``, contiguous) or a new empty tensor:
+    where a merge writes one merged tensor (the streamed merge passes a view
+    of its output file, so the result is written there without a copy)."""
+    if out is None:
+        return torch.empty(tuple(shape), dtype=dtype)
+    if out.dtype != dtype or tuple(out.shape) != tuple(shape) or not out.is_contiguous():
+        raise MergeError(f"out must be a contiguous {dtype} tensor of shape {tuple(shape)}, "
+                         f"got {out.dtype} {tuple(out.shape)}")
+    return out
+
+
+def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float], dtype: torch.dtype,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """``sum_i weights[i] * tensors[i]`` computed in float64 (left to right), returned in ``dtype``.
 
-    Works through the flattened entries in blocks of :data:`BLOCK`: the sum
-    is elementwise, so the result is bit for bit that of whole float64
-    copies, without them (one output tensor, a few cache-sized blocks).
+    Works through the flattened entries in blocks of :data:`BLOCK` with two
+    reused float64 buffers: the sum is elementwise, so the result is bit
+    for bit that of whole float64 copies, without them (one output tensor,
+    two cache-sized blocks). ``out``: write the result there (see
+    :func:`destination`) and return it.
     """
-    flat = [t.reshape(-1) for t in tensors]
-    n = flat[0].numel()
-    out = torch.empty(n, dtype=dtype)
+    res = destination(out, tensors[0].shape, dtype)
+    flat, dest = [t.reshape(-1) for t in tensors], res.view(-1)
+    n = dest.numel()
+    w = [float(x) for x in weights]
+    acc = torch.empty(min(BLOCK, n), dtype=torch.float64)
+    tmp = torch.empty(min(BLOCK, n) if len(flat) > 1 else 0, dtype=torch.float64)
     for s in range(0, n, BLOCK):
         e = min(s + BLOCK, n)
-        acc = flat[0][s:e].to(torch.float64, copy=True).mul_(float(weights[0]))
-        for w, f in zip(weights[1:], flat[1:]):
-            acc.add_(f[s:e].to(torch.float64, copy=True).mul_(float(w)))
-        out[s:e] = acc
-    return out.reshape(tensors[0].shape)
+        a = acc[: e - s].copy_(flat[0][s:e]).mul_(w[0])
+        for wi, f in zip(w[1:], flat[1:]):
+            a.add_(tmp[: e - s].copy_(f[s:e]).mul_(wi))
+        dest[s:e] = a
+    return res
 
 
 def average(
@@ -151,6 +169,7 @@ def average(
     weights: Sequence[float] | None = None,
     *,
     names: Sequence[str] | None = None,
+    out: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """(Weighted) average ``sum_i w_i * sd_i`` with ``w`` normalised to sum 1.
 
@@ -158,6 +177,10 @@ def average(
         sds: ``N`` state_dicts of the same shapes.
         weights: ``N`` non-negative weights (default uniform).
         names: labels of the models for error messages.
+        out: destinations of floating tensors, ``{name: tensor}`` (the
+            tensor's shape, the first model's dtype, contiguous), written and
+            returned in the result instead of new tensors (the streamed
+            merge passes views of its output file); any subset of the names.
 
     Returns:
         new state_dict (floating tensors in the first model's dtype).
@@ -168,14 +191,14 @@ def average(
     if w.shape != (n,) or (w < 0).any() or not torch.isfinite(w).all() or float(w.sum()) <= 0:
         raise MergeError(f"weights must be {n} finite non-negative numbers with a positive sum, got {list(weights or [])}")
     w = w / w.sum()
-    out, checked = {}, [False]
+    res, checked, dest = {}, [False], out or {}
     for k, v in sds[0].items():
         if v.is_floating_point():
-            out[k] = weighted_sum([sd[k] for sd in sds], w.tolist(), v.dtype)
-            _check_output(out[k], sds, names, checked)
+            res[k] = weighted_sum([sd[k] for sd in sds], w.tolist(), v.dtype, dest.get(k))
+            _check_output(res[k], sds, names, checked)
         else:
-            out[k] = merge_non_float(k, [sd[k] for sd in sds], names)
-    return out
+            res[k] = merge_non_float(k, [sd[k] for sd in sds], names)
+    return res
 
 
 def interpolate(
@@ -199,6 +222,7 @@ def task_arithmetic(
     *,
     density: float | Sequence[float] = 1.0,
     trim: str = "global",
+    out: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """``base + sum_i scale_i * m_i * (finetuned_i - base)`` (task vectors;
     Ilharco et al. 2023, "Editing Models with Task Arithmetic").
@@ -214,6 +238,7 @@ def task_arithmetic(
         trim: ``"global"`` (top ``density`` of the whole task vector) or
             ``"per_tensor"`` (exactly ``int(density * numel)`` per tensor, as
             mergekit does).
+        out: destinations of floating tensors, as in :func:`average`.
     """
     labels = ["base"] + [f"finetuned {i}" for i in range(len(finetuned))]
     n = len(finetuned)
@@ -230,35 +255,39 @@ def task_arithmetic(
         trim_masks({k: ft[k].double() - base[k].double() for k in fkeys}, di, trim) if di < 1 else None
         for di, ft in zip(d, finetuned)
     ]
-    out, checked = {}, [not dense]
+    res, checked, dest = {}, [not dense], out or {}
     for k, v in base.items():
         if v.is_floating_point():
-            out[k] = _task_sum(v, [ft[k] for ft in finetuned], s, [None if mi is None else mi[k] for mi in masks])
-            _check_output(out[k], [base, *finetuned], labels, checked)
+            res[k] = _task_sum(v, [ft[k] for ft in finetuned], s, [None if mi is None else mi[k] for mi in masks],
+                               dest.get(k))
+            _check_output(res[k], [base, *finetuned], labels, checked)
         else:
-            out[k] = merge_non_float(k, [v] + [ft[k] for ft in finetuned], labels)
-    return out
+            res[k] = merge_non_float(k, [v] + [ft[k] for ft in finetuned], labels)
+    return res
 
 
 def _task_sum(base: torch.Tensor, fts: Sequence[torch.Tensor], scales: Sequence[float],
-              masks: Sequence[torch.Tensor | None]) -> torch.Tensor:
+              masks: Sequence[torch.Tensor | None], out: torch.Tensor | None = None) -> torch.Tensor:
     """``base + sum_i scales[i] * masks[i] * (fts[i] - base)`` in float64, in
-    blocks of :data:`BLOCK` (elementwise: bit for bit the whole-tensor form)."""
-    b = base.reshape(-1)
+    blocks of :data:`BLOCK` with reused buffers (elementwise: bit for bit the
+    whole-tensor form); written into ``out`` if given (:func:`destination`)."""
+    res = destination(out, base.shape, base.dtype)
+    b, dest = base.reshape(-1), res.view(-1)
     flat = [f.reshape(-1) for f in fts]
     ms = [None if m is None else m.reshape(-1) for m in masks]
-    out = torch.empty(b.numel(), dtype=base.dtype)
-    for s in range(0, b.numel(), BLOCK):
-        e = min(s + BLOCK, b.numel())
-        b64 = b[s:e].double()
-        acc = b64.clone()
+    n = dest.numel()
+    b64, acc, tau = (torch.empty(min(BLOCK, n), dtype=torch.float64) for _ in range(3))
+    for s in range(0, n, BLOCK):
+        e = min(s + BLOCK, n)
+        bb = b64[: e - s].copy_(b[s:e])
+        a = acc[: e - s].copy_(bb)
         for si, f, m in zip(scales, flat, ms):
-            tau = f[s:e].to(torch.float64, copy=True).sub_(b64)
+            t = tau[: e - s].copy_(f[s:e]).sub_(bb)
             if m is not None:
-                tau.mul_(m[s:e])
-            acc.add_(tau.mul_(si))
-        out[s:e] = acc
-    return out.reshape(base.shape)
+                t.mul_(m[s:e])
+            a.add_(t.mul_(si))
+        dest[s:e] = a
+    return res
 
 
 def diagonal_fisher(

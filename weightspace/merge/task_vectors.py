@@ -44,7 +44,7 @@ from typing import Mapping, Sequence
 import torch
 
 from weightspace.merge._common import MergeConfigError, MergeError
-from weightspace.merge.average import BLOCK, _check_same, merge_non_float, weighted_sum
+from weightspace.merge.average import BLOCK, _check_same, destination, merge_non_float, weighted_sum
 from weightspace.merge.sparsify import (
     COMBINE,
     RESCALE,
@@ -97,18 +97,17 @@ def _prepare(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, 
 
 # ------------------------------------------------------------- combining
 def _combine(taus: Sequence[torch.Tensor], w: Sequence[float], combine: str, sign: str,
-             normalize: bool) -> torch.Tensor:
-    """:func:`_combine_block` over chunks of the flattened entries (it is
-    elementwise): the working copies stay bounded for an embedding-sized
-    tensor. Same result bit for bit."""
-    flat = [t.reshape(-1) for t in taus]
-    n = flat[0].numel()
-    if n <= _CHUNK:
-        return _combine_block(flat, w, combine, sign, normalize).reshape(taus[0].shape)
-    out = torch.empty(n, dtype=torch.float64)
-    for i in range(0, n, _CHUNK):
-        out[i : i + _CHUNK] = _combine_block([f[i : i + _CHUNK] for f in flat], w, combine, sign, normalize)
-    return out.reshape(taus[0].shape)
+             normalize: bool, base: torch.Tensor, lam: float, out: torch.Tensor) -> torch.Tensor:
+    """``base + lam * combine(taus)`` (float64 ``base``) written into ``out``:
+    :func:`_combine_block` over chunks of the flattened entries (it is
+    elementwise), each added to the base and cast into ``out`` at once, so
+    the working copies stay bounded for an embedding-sized tensor. Same
+    result bit for bit as whole tensors."""
+    flat, b, dest = [t.reshape(-1) for t in taus], base.reshape(-1), out.view(-1)
+    for i in range(0, dest.numel(), _CHUNK):
+        mixed = _combine_block([f[i : i + _CHUNK] for f in flat], w, combine, sign, normalize)
+        dest[i : i + _CHUNK] = mixed.mul_(lam).add_(b[i : i + _CHUNK])  # = b + lam * mixed (+ commutes exactly)
+    return out
 
 
 _CHUNK = BLOCK  # cache-sized: every temporary of the combine stays in cache
@@ -145,19 +144,21 @@ def _combine_block(taus: Sequence[torch.Tensor], w: Sequence[float], combine: st
 
 
 def _apply(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torch.Tensor]], labels: list[str],
-           sparsify, w: Sequence[float], lam: float, combine: str, sign: str, normalize: bool) -> StateDict:
-    """``base + lam * combine(sparsify(i, key, tau_i))`` tensor by tensor."""
-    out: StateDict = {}
+           sparsify, w: Sequence[float], lam: float, combine: str, sign: str, normalize: bool,
+           out: Mapping[str, torch.Tensor] | None = None) -> StateDict:
+    """``base + lam * combine(sparsify(i, key, tau_i))`` tensor by tensor;
+    floating tensors written into ``out[key]`` where given (:func:`destination`)."""
+    res: StateDict = {}
+    dest = out or {}
     for k, v in base.items():
         if not v.is_floating_point():
-            out[k] = merge_non_float(k, [v, *(ft[k] for ft in finetuned)], labels)
+            res[k] = merge_non_float(k, [v, *(ft[k] for ft in finetuned)], labels)
             continue
         b = v.double()
         taus = [sparsify(i, k, ft[k].to(torch.float64, copy=True).sub_(b)) for i, ft in enumerate(finetuned)]
-        mixed = _combine(taus, w, combine, sign, normalize)
+        res[k] = _combine(taus, w, combine, sign, normalize, b, lam, destination(dest.get(k), v.shape, v.dtype))
         del taus
-        out[k] = mixed.mul_(lam).add_(b).to(v.dtype)  # = b + lam * mixed (addition commutes exactly)
-    return out
+    return res
 
 
 # ---------------------------------------------------------------- methods
@@ -172,6 +173,7 @@ def ties(
     sign: str = "sum",
     normalize: bool = True,
     names: Sequence[str] | None = None,
+    out: Mapping[str, torch.Tensor] | None = None,
 ) -> StateDict:
     """TIES-merging (Yadav et al. 2023, "TIES-Merging: Resolving Interference
     When Merging Models"): trim, elect sign, disjoint merge.
@@ -195,6 +197,9 @@ def ties(
         normalize: divide by the agreeing models' weights (the disjoint mean);
             ``False`` sums them.
         names: labels of the fine-tuned models for error messages.
+        out: destinations of floating tensors, ``{name: tensor}`` (shape and
+            dtype of ``base``'s, contiguous), written and returned instead of
+            new tensors (:func:`~weightspace.merge.average.average`'s ``out``).
 
     Returns:
         new state_dict (floating tensors in ``base``'s dtypes).
@@ -208,7 +213,7 @@ def ties(
         sparsify = lambda i, k, tau: tau * masks[i][k]  # noqa: E731
     else:
         sparsify = lambda i, k, tau: tau.mul_(magnitude_mask(tau, d[i]))  # noqa: E731  (tau is _apply's own)
-    return _apply(base, finetuned, labels, sparsify, w, float(lam), "ties", sign, normalize)
+    return _apply(base, finetuned, labels, sparsify, w, float(lam), "ties", sign, normalize, out)
 
 
 def dare(
@@ -224,6 +229,7 @@ def dare(
     normalize: bool = False,
     seed: int = 0,
     names: Sequence[str] | None = None,
+    out: Mapping[str, torch.Tensor] | None = None,
 ) -> StateDict:
     """DARE, drop and rescale (Yu et al. 2024, "Language Models are Super
     Mario: Absorbing Abilities from Homologous Models as a Free Lunch").
@@ -249,7 +255,7 @@ def dare(
         sign: sign election with ``combine="ties"``: ``"sum"`` or ``"weighted_sum"``.
         normalize: divide by the (agreeing) models' weights.
         seed: seed of the drop masks.
-        base, finetuned, weights, names: as in :func:`ties`.
+        base, finetuned, weights, names, out: as in :func:`ties`.
     """
     labels, w, d = _prepare(base, finetuned, weights, names, density, lam, combine, sign)
     check_choice(rescale, "rescale", RESCALE)
@@ -258,7 +264,7 @@ def dare(
         gen = torch.Generator().manual_seed(seed_of(seed, i, k))
         return rescale_kept_(tau, dare_mask(tau.shape, d[i], gen), d[i], rescale)  # tau is _apply's own
 
-    return _apply(base, finetuned, labels, sparsify, w, float(lam), combine, sign, normalize)
+    return _apply(base, finetuned, labels, sparsify, w, float(lam), combine, sign, normalize, out)
 
 
 def breadcrumbs(
@@ -273,6 +279,7 @@ def breadcrumbs(
     sign: str = "sum",
     normalize: bool = False,
     names: Sequence[str] | None = None,
+    out: Mapping[str, torch.Tensor] | None = None,
 ) -> StateDict:
     """Model breadcrumbs (Davari & Belilovsky 2024, "Model Breadcrumbs:
     Scaling Multi-Task Model Merging with Sparse Masks").
@@ -288,12 +295,12 @@ def breadcrumbs(
         density: fraction kept (one, or one per model), in ``[0, 1]``.
         beta: fraction of largest magnitudes masked, in ``[0, 1]``.
         lam, combine, sign, normalize: as in :func:`dare`.
-        base, finetuned, weights, names: as in :func:`ties`.
+        base, finetuned, weights, names, out: as in :func:`ties`.
     """
     labels, w, d = _prepare(base, finetuned, weights, names, density, lam, combine, sign)
     beta = per_model(beta, 1, "beta")[0]
     sparsify = lambda i, k, tau: tau * breadcrumbs_mask(tau, d[i], beta)  # noqa: E731
-    return _apply(base, finetuned, labels, sparsify, w, float(lam), combine, sign, normalize)
+    return _apply(base, finetuned, labels, sparsify, w, float(lam), combine, sign, normalize, out)
 
 
 # ------------------------------------------------------------------ SLERP
@@ -317,8 +324,15 @@ def _t_at(anchors: Sequence[float], pos: float) -> float:
     return (1 - frac) * float(anchors[i0]) + frac * float(anchors[i0 + 1])
 
 
+#: entries per partial sum of :func:`slerp_tensor`'s norms and dot product.
+#: Unlike the elementwise blocks (:data:`~weightspace.merge.average.BLOCK`)
+#: it is part of the result (the float64 rounding of the sums): keep it fixed
+DOT_BLOCK = 1 << 17
+
+
 def slerp_tensor(t: float, a: torch.Tensor, b: torch.Tensor, *, dot_threshold: float = 0.9995,
-                 eps: float = 1e-8, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                 eps: float = 1e-8, dtype: torch.dtype = torch.float64,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """Spherical linear interpolation of two tensors, flattened (Shoemake
     1985, as mergekit applies it to weights)::
 
@@ -330,32 +344,35 @@ def slerp_tensor(t: float, a: torch.Tensor, b: torch.Tensor, *, dot_threshold: f
     ``cos Omega ~ 0``: it is treated as orthogonal to the other
     (``Omega = pi/2``).
 
-    Everything is computed in float64 with one float64 working vector (the
-    norms and the dot product reduce whole vectors; the elementwise steps
-    go block by block, see :func:`~weightspace.merge.average.weighted_sum`).
+    Everything is computed in float64, in one pass over cache-sized blocks
+    of :data:`DOT_BLOCK` entries: each block's ``<a, a>``, ``<b, b>`` and
+    ``<a, b>`` are added up in order, then ``cos Omega = <a, b> / (|a|
+    |b|)``; the interpolation is :func:`~weightspace.merge.average.weighted_sum`.
+    No whole-tensor copy.
 
     Args:
         dtype: the result's dtype (float64 by default; the merge casts to the model's).
+        out: write the result there (``a``'s shape, ``dtype``, contiguous) and return it.
 
     Returns:
         ``a``'s shape, ``dtype``.
     """
     fa, fb = a.reshape(-1), b.reshape(-1)
     n = fa.numel()
-    work = torch.empty(n, dtype=torch.float64)
-    na = float(work.copy_(fa).norm())
-    nb = float(work.copy_(fb).norm())
-    for s in range(0, n, BLOCK):
-        e = min(s + BLOCK, n)
-        ua, ub = fa[s:e].to(torch.float64, copy=True), fb[s:e].to(torch.float64, copy=True)
-        torch.mul(ua.div_(na) if na > eps else ua, ub.div_(nb) if nb > eps else ub, out=work[s:e])
-    dot = float(work.sum())
-    del work
+    ua, ub = (torch.empty(min(DOT_BLOCK, n), dtype=torch.float64) for _ in range(2))
+    aa = bb = ab = 0.0
+    for s in range(0, n, DOT_BLOCK):
+        e = min(s + DOT_BLOCK, n)
+        x, y = ua[: e - s].copy_(fa[s:e]), ub[: e - s].copy_(fb[s:e])
+        aa, bb, ab = aa + float(torch.dot(x, x)), bb + float(torch.dot(y, y)), ab + float(torch.dot(x, y))
+    del ua, ub
+    na, nb = math.sqrt(aa), math.sqrt(bb)
+    dot = ab / ((na if na > eps else 1.0) * (nb if nb > eps else 1.0))
     if abs(dot) > dot_threshold:
-        return weighted_sum([a, b], [1 - t, t], dtype)
+        return weighted_sum([a, b], [1 - t, t], dtype, out)
     omega = math.acos(max(-1.0, min(1.0, dot)))
     sn = math.sin(omega)
-    return weighted_sum([a, b], [math.sin((1 - t) * omega) / sn, math.sin(t * omega) / sn], dtype)
+    return weighted_sum([a, b], [math.sin((1 - t) * omega) / sn, math.sin(t * omega) / sn], dtype, out)
 
 
 def slerp(
@@ -368,6 +385,7 @@ def slerp(
     eps: float = 1e-8,
     n_layers: int | None = None,
     names: Sequence[str] | None = None,
+    out: Mapping[str, torch.Tensor] | None = None,
 ) -> StateDict:
     """SLERP of two models, tensor by tensor (:func:`slerp_tensor`);
     ``t = 0`` gives ``sd_a``, ``t = 1`` gives ``sd_b``.
@@ -388,6 +406,7 @@ def slerp(
         n_layers: ``L`` (default: from the names in ``sd_a``; give it when
             merging a part of a model, as the streaming merge does).
         names: labels of the two models for error messages.
+        out: destinations of floating tensors, as in :func:`ties`.
     """
     labels = list(names) if names else ["model a", "model b"]
     _check_same([sd_a, sd_b], labels)
@@ -400,12 +419,13 @@ def slerp(
     idx = [i for i in (layer_index(k) for k in sd_a) if i is not None]
     if n_layers is None:
         n_layers = max(idx) + 1 if idx else 1
-    out: StateDict = {}
+    res: StateDict = {}
+    dest = out or {}
     for k, v in sd_a.items():
         if not v.is_floating_point():
-            out[k] = merge_non_float(k, [v, sd_b[k]], labels)
+            res[k] = merge_non_float(k, [v, sd_b[k]], labels)
             continue
         li = layer_index(k)
         tk = td if li is None else _t_at(anchors, li / (n_layers - 1) if n_layers > 1 else 0.0)
-        out[k] = slerp_tensor(tk, v, sd_b[k], dot_threshold=dot_threshold, eps=eps, dtype=v.dtype)
-    return out
+        res[k] = slerp_tensor(tk, v, sd_b[k], dot_threshold=dot_threshold, eps=eps, dtype=v.dtype, out=dest.get(k))
+    return res

@@ -99,22 +99,6 @@ def test_streaming_equals_the_in_memory_merge(dirs, method):
     assert rec["weights"] == weights
 
 
-@pytest.mark.parametrize("method", CASES)
-def test_every_method_merges_its_floating_tensors_straight_into_the_mapped_shard(dirs, monkeypatch, method):
-    import weightspace.merge.stream as stream
-
-    root, sds, paths = dirs
-    opts, weights, _ = CASES[method]
-    written = []
-    write_all = stream.write_all
-    monkeypatch.setattr(stream, "write_all", lambda fd, data, off: (written.append(len(data)), write_all(fd, data, off)))
-    plan = merge_directories(method, paths[1:], root / "out", base=None if method in _NO_BASE else paths[0],
-                             weights=weights, options=opts, max_shard_size=200)
-    # one header per shard, and the one integer tensor (pos_ids): the floating tensors are never copied out
-    assert len(written) == len(plan.shards) + 1
-    assert sorted(written)[0] == sds[0]["pos_ids"].numel() * 8
-
-
 def test_dry_run_returns_the_plan_and_writes_nothing(dirs):
     root, sds, paths = dirs
     plan = merge_directories("dare", paths[1:], root / "out", base=paths[0], dry_run=True, max_shard_size=10**6)

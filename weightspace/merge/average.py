@@ -127,29 +127,15 @@ def _check_output(out: torch.Tensor, sds: Sequence[Mapping[str, torch.Tensor]], 
 BLOCK = 1 << 17
 
 
-def destination(out: torch.Tensor | None, shape: torch.Size | Sequence[int], dtype: torch.dtype) -> torch.Tensor:
-    """``out`` (checked: ``shape``, ``dtype``, contiguous) or a new empty tensor:
-    where a merge writes one merged tensor (the streamed merge passes a view
-    of its output file, so the result is written there without a copy)."""
-    if out is None:
-        return torch.empty(tuple(shape), dtype=dtype)
-    if out.dtype != dtype or tuple(out.shape) != tuple(shape) or not out.is_contiguous():
-        raise MergeError(f"out must be a contiguous {dtype} tensor of shape {tuple(shape)}, "
-                         f"got {out.dtype} {tuple(out.shape)}")
-    return out
-
-
-def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float], dtype: torch.dtype,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float], dtype: torch.dtype) -> torch.Tensor:
     """``sum_i weights[i] * tensors[i]`` computed in float64 (left to right), returned in ``dtype``.
 
     Works through the flattened entries in blocks of :data:`BLOCK` with two
     reused float64 buffers: the sum is elementwise, so the result is bit
     for bit that of whole float64 copies, without them (one output tensor,
-    two cache-sized blocks). ``out``: write the result there (see
-    :func:`destination`) and return it.
+    two cache-sized blocks).
     """
-    res = destination(out, tensors[0].shape, dtype)
+    res = torch.empty(tuple(tensors[0].shape), dtype=dtype)
     flat, dest = [t.reshape(-1) for t in tensors], res.view(-1)
     n = dest.numel()
     w = [float(x) for x in weights]
@@ -169,7 +155,6 @@ def average(
     weights: Sequence[float] | None = None,
     *,
     names: Sequence[str] | None = None,
-    out: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """(Weighted) average ``sum_i w_i * sd_i`` with ``w`` normalised to sum 1.
 
@@ -177,10 +162,6 @@ def average(
         sds: ``N`` state_dicts of the same shapes.
         weights: ``N`` non-negative weights (default uniform).
         names: labels of the models for error messages.
-        out: destinations of floating tensors, ``{name: tensor}`` (the
-            tensor's shape, the first model's dtype, contiguous), written and
-            returned in the result instead of new tensors (the streamed
-            merge passes views of its output file); any subset of the names.
 
     Returns:
         new state_dict (floating tensors in the first model's dtype).
@@ -191,14 +172,14 @@ def average(
     if w.shape != (n,) or (w < 0).any() or not torch.isfinite(w).all() or float(w.sum()) <= 0:
         raise MergeError(f"weights must be {n} finite non-negative numbers with a positive sum, got {list(weights or [])}")
     w = w / w.sum()
-    res, checked, dest = {}, [False], out or {}
+    out, checked = {}, [False]
     for k, v in sds[0].items():
         if v.is_floating_point():
-            res[k] = weighted_sum([sd[k] for sd in sds], w.tolist(), v.dtype, dest.get(k))
-            _check_output(res[k], sds, names, checked)
+            out[k] = weighted_sum([sd[k] for sd in sds], w.tolist(), v.dtype)
+            _check_output(out[k], sds, names, checked)
         else:
-            res[k] = merge_non_float(k, [sd[k] for sd in sds], names)
-    return res
+            out[k] = merge_non_float(k, [sd[k] for sd in sds], names)
+    return out
 
 
 def interpolate(
@@ -222,7 +203,6 @@ def task_arithmetic(
     *,
     density: float | Sequence[float] = 1.0,
     trim: str = "global",
-    out: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """``base + sum_i scale_i * m_i * (finetuned_i - base)`` (task vectors;
     Ilharco et al. 2023, "Editing Models with Task Arithmetic").
@@ -238,7 +218,6 @@ def task_arithmetic(
         trim: ``"global"`` (top ``density`` of the whole task vector) or
             ``"per_tensor"`` (exactly ``int(density * numel)`` per tensor, as
             mergekit does).
-        out: destinations of floating tensors, as in :func:`average`.
     """
     labels = ["base"] + [f"finetuned {i}" for i in range(len(finetuned))]
     n = len(finetuned)
@@ -255,23 +234,22 @@ def task_arithmetic(
         trim_masks({k: ft[k].double() - base[k].double() for k in fkeys}, di, trim) if di < 1 else None
         for di, ft in zip(d, finetuned)
     ]
-    res, checked, dest = {}, [not dense], out or {}
+    out, checked = {}, [not dense]
     for k, v in base.items():
         if v.is_floating_point():
-            res[k] = _task_sum(v, [ft[k] for ft in finetuned], s, [None if mi is None else mi[k] for mi in masks],
-                               dest.get(k))
-            _check_output(res[k], [base, *finetuned], labels, checked)
+            out[k] = _task_sum(v, [ft[k] for ft in finetuned], s, [None if mi is None else mi[k] for mi in masks])
+            _check_output(out[k], [base, *finetuned], labels, checked)
         else:
-            res[k] = merge_non_float(k, [v] + [ft[k] for ft in finetuned], labels)
-    return res
+            out[k] = merge_non_float(k, [v] + [ft[k] for ft in finetuned], labels)
+    return out
 
 
 def _task_sum(base: torch.Tensor, fts: Sequence[torch.Tensor], scales: Sequence[float],
-              masks: Sequence[torch.Tensor | None], out: torch.Tensor | None = None) -> torch.Tensor:
+              masks: Sequence[torch.Tensor | None]) -> torch.Tensor:
     """``base + sum_i scales[i] * masks[i] * (fts[i] - base)`` in float64, in
     blocks of :data:`BLOCK` with reused buffers (elementwise: bit for bit the
-    whole-tensor form); written into ``out`` if given (:func:`destination`)."""
-    res = destination(out, base.shape, base.dtype)
+    whole-tensor form)."""
+    res = torch.empty(tuple(base.shape), dtype=base.dtype)
     b, dest = base.reshape(-1), res.view(-1)
     flat = [f.reshape(-1) for f in fts]
     ms = [None if m is None else m.reshape(-1) for m in masks]

@@ -161,12 +161,10 @@ def rescale_kept(tau: torch.Tensor, mask: torch.Tensor, density: float, rescale:
 
 def rescale_kept_(tau: torch.Tensor, mask: torch.Tensor, density: float, rescale: str) -> torch.Tensor:
     """:func:`rescale_kept` in place (``tau`` becomes the result, no copy)."""
-    if rescale == "l1":
-        mag = tau.abs()
-        full = float(mag.sum())
+    if rescale == "l1":  # the 1-norms in one pass each, no |tau| temporary
+        full = float(torch.linalg.vector_norm(tau, 1))
         kept = tau.mul_(mask)
-        part = float(mag.mul_(mask).sum())  # = |mask * tau| entry by entry, so the same sum
-        del mag
+        part = float(torch.linalg.vector_norm(kept, 1))
         return kept.mul_(full / part) if full >= 1e-8 and part >= 1e-8 else kept
     kept = tau.mul_(mask)
     if rescale == "inverse_density":

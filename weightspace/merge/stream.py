@@ -26,7 +26,6 @@ and cannot stream: give ``trim: per_tensor`` (mergekit's convention).
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import struct
 import sys
@@ -234,13 +233,9 @@ class _ShardWriter:
     The header is what ``safetensors.torch.save_file`` writes for these
     tensors (same layout: larger dtypes first, then by name; metadata keys
     sorted), built from the plan, so a merged tensor can be written as soon
-    as it exists. The file's data is allocated up front (``posix_fallocate``:
-    a full disk is an ``OSError`` here, not later). :meth:`target` maps one
-    tensor's bytes of the file as a writable tensor, so a merge writes its
-    result straight into the page cache (no output buffer, no copy);
-    :meth:`put` marks it written (any other tensor is written with
-    ``os.pwrite`` from its memory); :meth:`commit` checks every tensor
-    arrived, fsyncs and renames the file (:class:`~weightspace.io.AtomicFile`).
+    as it exists. :meth:`put` writes one tensor (``os.pwrite`` from its
+    memory, no copy); :meth:`commit` checks every tensor arrived, fsyncs and renames the file
+    (:class:`~weightspace.io.AtomicFile`).
     """
 
     def __init__(self, path: Path, tensors: Sequence[TensorPlan], metadata: Mapping[str, str]):
@@ -264,36 +259,17 @@ class _ShardWriter:
         try:
             write_all(self.file.fd, struct.pack("<Q", len(head)) + head, 0)
             os.ftruncate(self.file.fd, self.start + off)
-            if off:
-                os.posix_fallocate(self.file.fd, self.start, off)
         except BaseException:
             self.file.abort()
             raise
         self.pending = set(self.where)
-        self.mapped: dict[str, int] = {}
-
-    def target(self, name: str) -> torch.Tensor | None:
-        """Tensor ``name``'s place in the file as a writable tensor of its
-        planned dtype and shape (a shared mapping of those bytes, unmapped
-        when the tensor is freed); ``None`` for an empty tensor. Whatever is
-        written into it is the file's content once :meth:`put` is given it."""
-        off, n, t = self.where[name]
-        if not n:
-            return None
-        pos = self.start + off
-        lo = pos - pos % mmap.ALLOCATIONGRANULARITY
-        view = torch.frombuffer(mmap.mmap(self.file.fd, pos + n - lo, offset=lo), dtype=torch.uint8, count=n,
-                                offset=pos - lo)
-        self.mapped[name] = view.data_ptr()
-        return view.view(_DTYPES[t.dtype]).view(t.shape)
 
     def put(self, name: str, tensor: torch.Tensor) -> None:
         off, n, t = self.where[name]
         if tensor.dtype != _DTYPES[t.dtype] or tuple(tensor.shape) != t.shape:
             raise StateDictError(f"merged tensor {name!r} is {tensor.dtype} {tuple(tensor.shape)}, the plan says "
                                  f"{t.dtype} {t.shape}", path=self.path, field=name)
-        in_place = self.mapped.pop(name, None) == tensor.data_ptr() and tensor.is_contiguous()
-        if n and not in_place:
+        if n:
             write_all(self.file.fd, tensor.contiguous().reshape(-1).view(torch.uint8).numpy(), self.start + off)
         self.pending.discard(name)
 
@@ -388,14 +364,13 @@ def merge_directories(
     if dry_run:
         return plan
 
-    def merge_one(name: str, dest: torch.Tensor | None) -> torch.Tensor:
+    def merge_one(name: str) -> torch.Tensor:
         tensors = [first.read(name)] + [d.read(name) for d in others]
-        out = None if dest is None else {name: dest}  # the result goes straight into the shard
         if method == "slerp":
-            return slerp({name: tensors[0]}, {name: tensors[1]}, out=out, **opts)[name]
+            return slerp({name: tensors[0]}, {name: tensors[1]}, **opts)[name]
         if method == "linear":
-            return average([{name: t} for t in tensors], out=out, **opts)[name]
-        return _fn(method)({name: tensors[0]}, [{name: t} for t in tensors[1:]], out=out, **opts)[name]
+            return average([{name: t} for t in tensors], **opts)[name]
+        return _fn(method)({name: tensors[0]}, [{name: t} for t in tensors[1:]], **opts)[name]
 
     if out is None:
         raise MergeConfigError("give an output directory (or dry_run=True)", field="out")
@@ -418,8 +393,7 @@ def merge_directories(
                 writer = _ShardWriter(out / fname, [by_name[n] for n in names], meta)
                 unsynced = 0
                 for name in names:
-                    floating = by_name[name].method != "non_float"
-                    writer.put(name, merge_one(name, writer.target(name) if floating else None))
+                    writer.put(name, merge_one(name))
                     bar.update(1)
                     unsynced += writer.where[name][1]
                     if unsynced >= SYNC_BYTES:  # the disk starts on it now, not at the commit

@@ -44,7 +44,7 @@ from typing import Mapping, Sequence
 import torch
 
 from weightspace.merge._common import MergeConfigError, MergeError
-from weightspace.merge.average import BLOCK, _check_same, destination, merge_non_float, weighted_sum
+from weightspace.merge.average import BLOCK, _check_same, merge_non_float, weighted_sum
 from weightspace.merge.sparsify import (
     COMBINE,
     RESCALE,
@@ -144,21 +144,18 @@ def _combine_block(taus: Sequence[torch.Tensor], w: Sequence[float], combine: st
 
 
 def _apply(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, torch.Tensor]], labels: list[str],
-           sparsify, w: Sequence[float], lam: float, combine: str, sign: str, normalize: bool,
-           out: Mapping[str, torch.Tensor] | None = None) -> StateDict:
-    """``base + lam * combine(sparsify(i, key, tau_i))`` tensor by tensor;
-    floating tensors written into ``out[key]`` where given (:func:`destination`)."""
-    res: StateDict = {}
-    dest = out or {}
+           sparsify, w: Sequence[float], lam: float, combine: str, sign: str, normalize: bool) -> StateDict:
+    """``base + lam * combine(sparsify(i, key, tau_i))`` tensor by tensor."""
+    out: StateDict = {}
     for k, v in base.items():
         if not v.is_floating_point():
-            res[k] = merge_non_float(k, [v, *(ft[k] for ft in finetuned)], labels)
+            out[k] = merge_non_float(k, [v, *(ft[k] for ft in finetuned)], labels)
             continue
         b = v.double()
         taus = [sparsify(i, k, ft[k].to(torch.float64, copy=True).sub_(b)) for i, ft in enumerate(finetuned)]
-        res[k] = _combine(taus, w, combine, sign, normalize, b, lam, destination(dest.get(k), v.shape, v.dtype))
+        out[k] = _combine(taus, w, combine, sign, normalize, b, lam, torch.empty(tuple(v.shape), dtype=v.dtype))
         del taus
-    return res
+    return out
 
 
 # ---------------------------------------------------------------- methods
@@ -173,7 +170,6 @@ def ties(
     sign: str = "sum",
     normalize: bool = True,
     names: Sequence[str] | None = None,
-    out: Mapping[str, torch.Tensor] | None = None,
 ) -> StateDict:
     """TIES-merging (Yadav et al. 2023, "TIES-Merging: Resolving Interference
     When Merging Models"): trim, elect sign, disjoint merge.
@@ -197,9 +193,6 @@ def ties(
         normalize: divide by the agreeing models' weights (the disjoint mean);
             ``False`` sums them.
         names: labels of the fine-tuned models for error messages.
-        out: destinations of floating tensors, ``{name: tensor}`` (shape and
-            dtype of ``base``'s, contiguous), written and returned instead of
-            new tensors (:func:`~weightspace.merge.average.average`'s ``out``).
 
     Returns:
         new state_dict (floating tensors in ``base``'s dtypes).
@@ -213,7 +206,7 @@ def ties(
         sparsify = lambda i, k, tau: tau * masks[i][k]  # noqa: E731
     else:
         sparsify = lambda i, k, tau: tau.mul_(magnitude_mask(tau, d[i]))  # noqa: E731  (tau is _apply's own)
-    return _apply(base, finetuned, labels, sparsify, w, float(lam), "ties", sign, normalize, out)
+    return _apply(base, finetuned, labels, sparsify, w, float(lam), "ties", sign, normalize)
 
 
 def dare(
@@ -229,7 +222,6 @@ def dare(
     normalize: bool = False,
     seed: int = 0,
     names: Sequence[str] | None = None,
-    out: Mapping[str, torch.Tensor] | None = None,
 ) -> StateDict:
     """DARE, drop and rescale (Yu et al. 2024, "Language Models are Super
     Mario: Absorbing Abilities from Homologous Models as a Free Lunch").
@@ -255,7 +247,7 @@ def dare(
         sign: sign election with ``combine="ties"``: ``"sum"`` or ``"weighted_sum"``.
         normalize: divide by the (agreeing) models' weights.
         seed: seed of the drop masks.
-        base, finetuned, weights, names, out: as in :func:`ties`.
+        base, finetuned, weights, names: as in :func:`ties`.
     """
     labels, w, d = _prepare(base, finetuned, weights, names, density, lam, combine, sign)
     check_choice(rescale, "rescale", RESCALE)
@@ -264,7 +256,7 @@ def dare(
         gen = torch.Generator().manual_seed(seed_of(seed, i, k))
         return rescale_kept_(tau, dare_mask(tau.shape, d[i], gen), d[i], rescale)  # tau is _apply's own
 
-    return _apply(base, finetuned, labels, sparsify, w, float(lam), combine, sign, normalize, out)
+    return _apply(base, finetuned, labels, sparsify, w, float(lam), combine, sign, normalize)
 
 
 def breadcrumbs(
@@ -279,7 +271,6 @@ def breadcrumbs(
     sign: str = "sum",
     normalize: bool = False,
     names: Sequence[str] | None = None,
-    out: Mapping[str, torch.Tensor] | None = None,
 ) -> StateDict:
     """Model breadcrumbs (Davari & Belilovsky 2024, "Model Breadcrumbs:
     Scaling Multi-Task Model Merging with Sparse Masks").
@@ -295,12 +286,12 @@ def breadcrumbs(
         density: fraction kept (one, or one per model), in ``[0, 1]``.
         beta: fraction of largest magnitudes masked, in ``[0, 1]``.
         lam, combine, sign, normalize: as in :func:`dare`.
-        base, finetuned, weights, names, out: as in :func:`ties`.
+        base, finetuned, weights, names: as in :func:`ties`.
     """
     labels, w, d = _prepare(base, finetuned, weights, names, density, lam, combine, sign)
     beta = per_model(beta, 1, "beta")[0]
     sparsify = lambda i, k, tau: tau * breadcrumbs_mask(tau, d[i], beta)  # noqa: E731
-    return _apply(base, finetuned, labels, sparsify, w, float(lam), combine, sign, normalize, out)
+    return _apply(base, finetuned, labels, sparsify, w, float(lam), combine, sign, normalize)
 
 
 # ------------------------------------------------------------------ SLERP
@@ -331,8 +322,7 @@ DOT_BLOCK = 1 << 17
 
 
 def slerp_tensor(t: float, a: torch.Tensor, b: torch.Tensor, *, dot_threshold: float = 0.9995,
-                 eps: float = 1e-8, dtype: torch.dtype = torch.float64,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+                 eps: float = 1e-8, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Spherical linear interpolation of two tensors, flattened (Shoemake
     1985, as mergekit applies it to weights)::
 
@@ -352,7 +342,6 @@ def slerp_tensor(t: float, a: torch.Tensor, b: torch.Tensor, *, dot_threshold: f
 
     Args:
         dtype: the result's dtype (float64 by default; the merge casts to the model's).
-        out: write the result there (``a``'s shape, ``dtype``, contiguous) and return it.
 
     Returns:
         ``a``'s shape, ``dtype``.
@@ -369,10 +358,10 @@ def slerp_tensor(t: float, a: torch.Tensor, b: torch.Tensor, *, dot_threshold: f
     na, nb = math.sqrt(aa), math.sqrt(bb)
     dot = ab / ((na if na > eps else 1.0) * (nb if nb > eps else 1.0))
     if abs(dot) > dot_threshold:
-        return weighted_sum([a, b], [1 - t, t], dtype, out)
+        return weighted_sum([a, b], [1 - t, t], dtype)
     omega = math.acos(max(-1.0, min(1.0, dot)))
     sn = math.sin(omega)
-    return weighted_sum([a, b], [math.sin((1 - t) * omega) / sn, math.sin(t * omega) / sn], dtype, out)
+    return weighted_sum([a, b], [math.sin((1 - t) * omega) / sn, math.sin(t * omega) / sn], dtype)
 
 
 def slerp(
@@ -385,7 +374,6 @@ def slerp(
     eps: float = 1e-8,
     n_layers: int | None = None,
     names: Sequence[str] | None = None,
-    out: Mapping[str, torch.Tensor] | None = None,
 ) -> StateDict:
     """SLERP of two models, tensor by tensor (:func:`slerp_tensor`);
     ``t = 0`` gives ``sd_a``, ``t = 1`` gives ``sd_b``.
@@ -406,7 +394,6 @@ def slerp(
         n_layers: ``L`` (default: from the names in ``sd_a``; give it when
             merging a part of a model, as the streaming merge does).
         names: labels of the two models for error messages.
-        out: destinations of floating tensors, as in :func:`ties`.
     """
     labels = list(names) if names else ["model a", "model b"]
     _check_same([sd_a, sd_b], labels)
@@ -419,13 +406,12 @@ def slerp(
     idx = [i for i in (layer_index(k) for k in sd_a) if i is not None]
     if n_layers is None:
         n_layers = max(idx) + 1 if idx else 1
-    res: StateDict = {}
-    dest = out or {}
+    out: StateDict = {}
     for k, v in sd_a.items():
         if not v.is_floating_point():
-            res[k] = merge_non_float(k, [v, sd_b[k]], labels)
+            out[k] = merge_non_float(k, [v, sd_b[k]], labels)
             continue
         li = layer_index(k)
         tk = td if li is None else _t_at(anchors, li / (n_layers - 1) if n_layers > 1 else 0.0)
-        res[k] = slerp_tensor(tk, v, sd_b[k], dot_threshold=dot_threshold, eps=eps, dtype=v.dtype, out=dest.get(k))
-    return res
+        out[k] = slerp_tensor(tk, v, sd_b[k], dot_threshold=dot_threshold, eps=eps, dtype=v.dtype)
+    return out

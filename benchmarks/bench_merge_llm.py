@@ -49,6 +49,12 @@ built in a subprocess too.
   generator in its task order; here: one generator per (seed, model,
   tensor)), so its outputs are compared by statistics, not equality.
 
+* ``--baseline-root PATH``: another version of weightspace (a checkout or
+  ``git archive`` of, e.g., main) runs the same streamed merges as a third
+  tool, in alternation with ours and mergekit (its own bench script with
+  ``PYTHONPATH=PATH``): an A/B of two versions under the same load; reports
+  ours/baseline wall, CPU and peak RSS and whether the outputs are byte-identical.
+
 The machine may be shared: every run records its wall time and CPU time
 (``resource.getrusage``: the merge itself, and ``process_*`` the whole
 child with its imports, from ``RUSAGE_CHILDREN``), the main thread's

@@ -152,6 +152,19 @@ def dare_mask(shape: Sequence[int], density: float, generator: torch.Generator) 
     return mask.reshape(tuple(shape))
 
 
+def mask_(tau: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``tau *= mask`` in place (``mask``: bool, ``tau``'s shape), block by
+    block: a whole ``tau.mul_(mask)`` first converts the mask to ``tau``'s
+    dtype as one full-size temporary; here each conversion is one
+    cache-sized block. Same values bit for bit."""
+    if not tau.is_contiguous() or mask.shape != tau.shape:  # strided or broadcast: the plain product
+        return tau.mul_(mask)
+    t, m = tau.view(-1), mask.reshape(-1)
+    for s in range(0, t.numel(), _BLOCK):
+        t[s : s + _BLOCK].mul_(m[s : s + _BLOCK])
+    return tau
+
+
 def rescale_kept(tau: torch.Tensor, mask: torch.Tensor, density: float, rescale: str) -> torch.Tensor:
     """DARE's kept entries ``mask * tau``, rescaled: ``/ density``
     (``"inverse_density"``), ``* |tau|_1 / |mask * tau|_1`` (``"l1"``) or not
@@ -163,10 +176,10 @@ def rescale_kept_(tau: torch.Tensor, mask: torch.Tensor, density: float, rescale
     """:func:`rescale_kept` in place (``tau`` becomes the result, no copy)."""
     if rescale == "l1":  # the 1-norms in one pass each, no |tau| temporary
         full = float(torch.linalg.vector_norm(tau, 1))
-        kept = tau.mul_(mask)
+        kept = mask_(tau, mask)
         part = float(torch.linalg.vector_norm(kept, 1))
         return kept.mul_(full / part) if full >= 1e-8 and part >= 1e-8 else kept
-    kept = tau.mul_(mask)
+    kept = mask_(tau, mask)
     if rescale == "inverse_density":
         return kept.div_(density) if density > 0 else kept
     return kept

@@ -54,6 +54,7 @@ from weightspace.merge.sparsify import (
     check_choice,
     dare_mask,
     magnitude_mask,
+    mask_,
     per_model,
     rescale_kept_,
     seed_of,
@@ -203,9 +204,9 @@ def ties(
     if trim == "global":
         masks = [trim_masks({k: ft[k].double() - base[k].double() for k in fkeys}, d[i], "global")
                  for i, ft in enumerate(finetuned)]
-        sparsify = lambda i, k, tau: tau * masks[i][k]  # noqa: E731
+        sparsify = lambda i, k, tau: mask_(tau, masks[i][k])  # noqa: E731  (tau is _apply's own)
     else:
-        sparsify = lambda i, k, tau: tau.mul_(magnitude_mask(tau, d[i]))  # noqa: E731  (tau is _apply's own)
+        sparsify = lambda i, k, tau: mask_(tau, magnitude_mask(tau, d[i]))  # noqa: E731  (tau is _apply's own)
     return _apply(base, finetuned, labels, sparsify, w, float(lam), "ties", sign, normalize)
 
 
@@ -290,7 +291,7 @@ def breadcrumbs(
     """
     labels, w, d = _prepare(base, finetuned, weights, names, density, lam, combine, sign)
     beta = per_model(beta, 1, "beta")[0]
-    sparsify = lambda i, k, tau: tau * breadcrumbs_mask(tau, d[i], beta)  # noqa: E731
+    sparsify = lambda i, k, tau: mask_(tau, breadcrumbs_mask(tau, d[i], beta))  # noqa: E731  (tau is _apply's own)
     return _apply(base, finetuned, labels, sparsify, w, float(lam), combine, sign, normalize)
 
 

@@ -54,6 +54,12 @@ built in a subprocess too.
   generator in its task order; here: one generator per (seed, model,
   tensor)), so its outputs are compared by statistics, not equality.
 
+* ``--baseline-root PATH``: another version of weightspace (a checkout or
+  ``git archive`` of, e.g., main) runs the same streamed merges as a third
+  tool, in alternation with ours and mergekit (its own bench script with
+  ``PYTHONPATH=PATH``): an A/B of two versions under the same load; reports
+  ours/baseline wall, CPU and peak RSS and whether the outputs are byte-identical.
+
 The machine may be shared: every run records its wall time and CPU time
 (``resource.getrusage``: the merge itself, and ``process_*`` the whole
 child with its imports, from ``RUSAGE_CHILDREN``), the main thread's
@@ -420,7 +426,7 @@ def run_child(argv: list[str], python: str = sys.executable, env: dict | None = 
     load = os.getloadavg()
     r0, t = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     proc = subprocess.run([python, *argv], capture_output=True, text=True, timeout=3600,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     r1, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter() - t
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
@@ -514,6 +520,9 @@ def main() -> None:
     ap.add_argument("--mergekit-python", default=None, help="interpreter with mergekit installed")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs per tool and method, the two tools in alternation (medians reported)")
+    ap.add_argument("--baseline-root", type=Path, default=None,
+                    help="a checkout of another version of weightspace (e.g. `git archive main`): its "
+                         "streamed merges run as a third tool, in alternation with ours (A/B, same inputs)")
     ap.add_argument("--no-rebasin", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise", type=float, default=1e-3, help="noise of the Re-Basin pair (x tensor std)")
@@ -589,12 +598,18 @@ def main() -> None:
         row: dict = {"method": name, "ours_options": MERGES[name]["ours"], "mergekit_config": MERGES[name]["mergekit"]}
         out_ours = args.workdir / f"out_ours_{name}"
         out_mk = args.workdir / f"out_mergekit_{name}"
+        out_base = args.workdir / f"out_baseline_{name}"
         if args.mergekit_python:
             cfg = args.workdir / f"mergekit_{name}.yml"
             cfg.write_text(mergekit_yaml(args.workdir, name))
-        runs: dict[str, list] = {"ours": [], "mergekit": []}
-        for _ in range(args.repeats):  # the two tools back to back, in alternation
+        runs: dict[str, list] = {"ours": [], "baseline": [], "mergekit": []}
+        for _ in range(args.repeats):  # the tools back to back, in alternation
             runs["ours"].append(run_child(me[1:] + ["--child", "ours", name, str(out_ours)]))
+            if args.baseline_root:  # its own bench script and package (PYTHONPATH), no bytecode written there
+                base_me = [str(args.baseline_root / "benchmarks" / "bench_merge_llm.py"), *me[2:]]
+                runs["baseline"].append(run_child(base_me + ["--child", "ours", name, str(out_base)],
+                                                  env={"PYTHONPATH": str(args.baseline_root),
+                                                       "PYTHONDONTWRITEBYTECODE": "1"}))
             if args.mergekit_python:
                 runs["mergekit"].append(run_child(["-c", _MERGEKIT_CHILD, str(cfg), str(out_mk), str(args.threads)],
                                                   python=args.mergekit_python))
@@ -616,6 +631,14 @@ def main() -> None:
             if name == "dare":
                 row["dare_stats"] = {"ours": dare_stats(out_ours, args.workdir / "base"),
                                      "mergekit": dare_stats(out_mk, args.workdir / "base")}
+        if "baseline" in row and "error" not in row["baseline"] and "error" not in row["ours"]:
+            row["baseline_identical"] = all(
+                (out_base / f.name).is_file() and (out_base / f.name).read_bytes() == f.read_bytes()
+                for f in sorted(out_ours.glob("*.safetensors")))
+            row["vs_baseline"] = {k: row["ours"][k] / row["baseline"][k] for k in ("wall_s", "cpu_s", "peak_rss")}
+            if "mergekit" in row and "error" not in row["mergekit"]:
+                row["baseline_time_ratio"] = row["baseline"]["wall_s"] / row["mergekit"]["wall_s"]
+                row["baseline_cpu_ratio"] = row["baseline"]["cpu_s"] / row["mergekit"]["cpu_s"]
         rows.append(row)
         save(rows, None)
         print(json.dumps({k: v for k, v in row.items() if k not in ("ours_options", "mergekit_config")}), flush=True)
@@ -649,9 +672,14 @@ def main() -> None:
               f"{f(r, 'cpu_ratio', 1, '6.2f'):>6s} {f(r, 'rss_ratio', 1, '6.2f'):>6s} "
               f"{f(c, 'max_abs_diff', 1, '9.2e'):>9s} {f(c, 'max_diff_over_scale', 1, '9.2e'):>9s} "
               f"{f(c, 'entries_beyond_rounding', 1, '7.0f'):>7s}")
-        for side in ("ours", "mergekit"):
+        for side in ("ours", "baseline", "mergekit"):
             if "error" in r.get(side, {}):
                 print(f"  {side} error: {r[side]['error']}")
+        if "vs_baseline" in r:
+            b = r["baseline"]
+            print(f"  baseline {b['wall_s']:7.1f} {b['cpu_s']:6.1f} {b['blocked_s']:6.2f} {b['peak_rss'] / gb:8.2f}"
+                  f" | ours/baseline wall {r['vs_baseline']['wall_s']:.2f} cpu {r['vs_baseline']['cpu_s']:.2f}"
+                  f" rss {r['vs_baseline']['peak_rss']:.2f}, outputs identical: {r['baseline_identical']}")
     if rebasin is not None:
         if "error" in rebasin:
             print(f"\nRe-Basin error: {rebasin['error']}")

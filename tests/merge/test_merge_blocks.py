@@ -86,3 +86,19 @@ def test_an_overflowing_task_arithmetic_of_finite_models_is_no_input_error():
     base, fts = _models(torch.float32)
     out = task_arithmetic(base, fts, [1e40, 1e40])  # as before the output check: inf, not an error
     assert not torch.isfinite(out["w"]).all()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "broadcast"])
+def test_blocked_mask_product_equals_the_whole_product(monkeypatch, layout):
+    monkeypatch.setattr(sp, "_BLOCK", 5)
+    g = torch.Generator().manual_seed(1)
+    tau = torch.randn(7, 13, generator=g, dtype=torch.float64)
+    tau[0, :3] = torch.tensor([-0.0, float("inf"), float("nan")])  # signed zero, inf * 0, nan
+    mask = torch.rand(7, 13, generator=g) < 0.5
+    if layout == "transposed":
+        tau, mask = tau.t(), mask.t()
+    elif layout == "broadcast":
+        mask = mask[:1]
+    want = tau * mask
+    got = sp.mask_(tau.clone(), mask)
+    assert torch.equal(got.contiguous().view(-1).view(torch.int64), want.contiguous().view(-1).view(torch.int64))

@@ -402,3 +402,22 @@ def test_chunked_combine_is_bit_identical_and_leaves_inputs_alone(monkeypatch, c
     chunked = dare(base, fts, [1.0, 0.5, 2.0], density=0.6, combine=combine, sign="weighted_sum", normalize=True, seed=2)
     assert torch.equal(whole["w"], chunked["w"])
     assert all(torch.equal(a[k], b[k]) for a, b in zip(copies, [base, *fts]) for k in a)
+
+
+def test_slerp_over_several_dot_blocks_matches_whole_float64_vectors():
+    import weightspace.merge.task_vectors as tv
+
+    g = torch.Generator().manual_seed(4)
+    n = 2 * tv.DOT_BLOCK + 123  # three partial sums, the last one short
+    a = torch.randn(n, generator=g, dtype=torch.float64)
+    b = 0.6 * a + torch.randn(n, generator=g, dtype=torch.float64)
+
+    def whole(a, b):
+        om = math.acos(float(a @ b / (a.norm() * b.norm())))
+        return (math.sin(0.7 * om) * a + math.sin(0.3 * om) * b) / math.sin(om)
+
+    # float64 rounding of the sums only: relative to the entries' scale (~1), not to entries near 0
+    torch.testing.assert_close(slerp_tensor(0.3, a, b), whole(a, b), atol=1e-14, rtol=1e-12)
+    a32, b32 = a.float(), b.float()
+    got32 = slerp_tensor(0.3, a32, b32, dtype=torch.float32)
+    torch.testing.assert_close(got32, whole(a32.double(), b32.double()).float(), atol=0, rtol=2**-23)  # <= 1 ulp

@@ -123,27 +123,31 @@ def _check_output(out: torch.Tensor, sds: Sequence[Mapping[str, torch.Tensor]], 
         state[0] = True
 
 
-#: entries per float64 working block of the elementwise merges (2 MiB: stays in cache)
-BLOCK = 1 << 18
+#: entries per float64 working block of the elementwise merges (1 MiB: stays in cache)
+BLOCK = 1 << 17
 
 
 def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float], dtype: torch.dtype) -> torch.Tensor:
     """``sum_i weights[i] * tensors[i]`` computed in float64 (left to right), returned in ``dtype``.
 
-    Works through the flattened entries in blocks of :data:`BLOCK`: the sum
-    is elementwise, so the result is bit for bit that of whole float64
-    copies, without them (one output tensor, a few cache-sized blocks).
+    Works through the flattened entries in blocks of :data:`BLOCK` with two
+    reused float64 buffers: the sum is elementwise, so the result is bit
+    for bit that of whole float64 copies, without them (one output tensor,
+    two cache-sized blocks).
     """
-    flat = [t.reshape(-1) for t in tensors]
-    n = flat[0].numel()
-    out = torch.empty(n, dtype=dtype)
+    res = torch.empty(tuple(tensors[0].shape), dtype=dtype)
+    flat, dest = [t.reshape(-1) for t in tensors], res.view(-1)
+    n = dest.numel()
+    w = [float(x) for x in weights]
+    acc = torch.empty(min(BLOCK, n), dtype=torch.float64)
+    tmp = torch.empty(min(BLOCK, n) if len(flat) > 1 else 0, dtype=torch.float64)
     for s in range(0, n, BLOCK):
         e = min(s + BLOCK, n)
-        acc = flat[0][s:e].to(torch.float64, copy=True).mul_(float(weights[0]))
-        for w, f in zip(weights[1:], flat[1:]):
-            acc.add_(f[s:e].to(torch.float64, copy=True).mul_(float(w)))
-        out[s:e] = acc
-    return out.reshape(tensors[0].shape)
+        a = acc[: e - s].copy_(flat[0][s:e]).mul_(w[0])
+        for wi, f in zip(w[1:], flat[1:]):
+            a.add_(tmp[: e - s].copy_(f[s:e]).mul_(wi))
+        dest[s:e] = a
+    return res
 
 
 def average(
@@ -243,22 +247,25 @@ def task_arithmetic(
 def _task_sum(base: torch.Tensor, fts: Sequence[torch.Tensor], scales: Sequence[float],
               masks: Sequence[torch.Tensor | None]) -> torch.Tensor:
     """``base + sum_i scales[i] * masks[i] * (fts[i] - base)`` in float64, in
-    blocks of :data:`BLOCK` (elementwise: bit for bit the whole-tensor form)."""
-    b = base.reshape(-1)
+    blocks of :data:`BLOCK` with reused buffers (elementwise: bit for bit the
+    whole-tensor form)."""
+    res = torch.empty(tuple(base.shape), dtype=base.dtype)
+    b, dest = base.reshape(-1), res.view(-1)
     flat = [f.reshape(-1) for f in fts]
     ms = [None if m is None else m.reshape(-1) for m in masks]
-    out = torch.empty(b.numel(), dtype=base.dtype)
-    for s in range(0, b.numel(), BLOCK):
-        e = min(s + BLOCK, b.numel())
-        b64 = b[s:e].double()
-        acc = b64.clone()
+    n = dest.numel()
+    b64, acc, tau = (torch.empty(min(BLOCK, n), dtype=torch.float64) for _ in range(3))
+    for s in range(0, n, BLOCK):
+        e = min(s + BLOCK, n)
+        bb = b64[: e - s].copy_(b[s:e])
+        a = acc[: e - s].copy_(bb)
         for si, f, m in zip(scales, flat, ms):
-            tau = f[s:e].to(torch.float64, copy=True).sub_(b64)
+            t = tau[: e - s].copy_(f[s:e]).sub_(bb)
             if m is not None:
-                tau.mul_(m[s:e])
-            acc.add_(tau.mul_(si))
-        out[s:e] = acc
-    return out.reshape(base.shape)
+                t.mul_(m[s:e])
+            a.add_(t.mul_(si))
+        dest[s:e] = a
+    return res
 
 
 def diagonal_fisher(

@@ -139,7 +139,30 @@ def dare_mask(shape: Sequence[int], density: float, generator: torch.Generator) 
         shape: the tensor's shape.
         generator: the randomness (seed it for a reproducible mask).
     """
-    return torch.rand(tuple(shape), generator=generator, dtype=torch.float64) < density
+    n = math.prod(shape)
+    mask = torch.empty(n, dtype=torch.bool)
+    # the uniforms are drawn one by one from the generator, so drawing them
+    # block by block into one cache-sized buffer gives the same mask as one
+    # full-size float64 tensor, without it
+    u = torch.empty(min(_BLOCK, n), dtype=torch.float64)
+    for s in range(0, n, _BLOCK):
+        e = min(s + _BLOCK, n)
+        torch.lt(torch.rand(e - s, generator=generator, dtype=torch.float64, out=u[: e - s]), density,
+                 out=mask[s:e])
+    return mask.reshape(tuple(shape))
+
+
+def mask_(tau: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``tau *= mask`` in place (``mask``: bool, ``tau``'s shape), block by
+    block: a whole ``tau.mul_(mask)`` first converts the mask to ``tau``'s
+    dtype as one full-size temporary; here each conversion is one
+    cache-sized block. Same values bit for bit."""
+    if not tau.is_contiguous() or mask.shape != tau.shape:  # strided or broadcast: the plain product
+        return tau.mul_(mask)
+    t, m = tau.view(-1), mask.reshape(-1)
+    for s in range(0, t.numel(), _BLOCK):
+        t[s : s + _BLOCK].mul_(m[s : s + _BLOCK])
+    return tau
 
 
 def rescale_kept(tau: torch.Tensor, mask: torch.Tensor, density: float, rescale: str) -> torch.Tensor:
@@ -151,11 +174,12 @@ def rescale_kept(tau: torch.Tensor, mask: torch.Tensor, density: float, rescale:
 
 def rescale_kept_(tau: torch.Tensor, mask: torch.Tensor, density: float, rescale: str) -> torch.Tensor:
     """:func:`rescale_kept` in place (``tau`` becomes the result, no copy)."""
-    full = float(tau.abs().sum()) if rescale == "l1" else 0.0
-    kept = tau.mul_(mask)
+    if rescale == "l1":  # the 1-norms in one pass each, no |tau| temporary
+        full = float(torch.linalg.vector_norm(tau, 1))
+        kept = mask_(tau, mask)
+        part = float(torch.linalg.vector_norm(kept, 1))
+        return kept.mul_(full / part) if full >= 1e-8 and part >= 1e-8 else kept
+    kept = mask_(tau, mask)
     if rescale == "inverse_density":
         return kept.div_(density) if density > 0 else kept
-    if rescale == "l1":
-        part = float(kept.abs().sum())
-        return kept.mul_(full / part) if full >= 1e-8 and part >= 1e-8 else kept
     return kept

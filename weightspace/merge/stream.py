@@ -220,9 +220,10 @@ def _plan(method: str, opts: dict, first: _Dir, others: Sequence[_Dir], max_shar
         t.shard = where[t.name]
     n_in = 1 + len(others)
     # the largest tensor: every model's copy (mapped from the page cache) and
-    # the output; slerp adds one float64 vector, the task-vector methods the
-    # float64 base, one task vector per model and one |tau| for the trim
-    work = {"linear": 0, "task_arithmetic": 0, "slerp": 8}.get(method, 8 * (n_in + 1))
+    # the output (linear, task arithmetic and slerp work in cache-sized float64
+    # blocks); the task-vector methods add the float64 base, one task vector
+    # per model and one |tau| for the trim
+    work = {"linear": 0, "task_arithmetic": 0, "slerp": 0}.get(method, 8 * (n_in + 1))
     plan.peak_bytes = biggest * (4 * (n_in + 1) + work)
     return plan
 

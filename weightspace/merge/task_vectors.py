@@ -54,6 +54,7 @@ from weightspace.merge.sparsify import (
     check_choice,
     dare_mask,
     magnitude_mask,
+    mask_,
     per_model,
     rescale_kept_,
     seed_of,
@@ -97,18 +98,17 @@ def _prepare(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, 
 
 # ------------------------------------------------------------- combining
 def _combine(taus: Sequence[torch.Tensor], w: Sequence[float], combine: str, sign: str,
-             normalize: bool) -> torch.Tensor:
-    """:func:`_combine_block` over chunks of the flattened entries (it is
-    elementwise): the working copies stay bounded for an embedding-sized
-    tensor. Same result bit for bit."""
-    flat = [t.reshape(-1) for t in taus]
-    n = flat[0].numel()
-    if n <= _CHUNK:
-        return _combine_block(flat, w, combine, sign, normalize).reshape(taus[0].shape)
-    out = torch.empty(n, dtype=torch.float64)
-    for i in range(0, n, _CHUNK):
-        out[i : i + _CHUNK] = _combine_block([f[i : i + _CHUNK] for f in flat], w, combine, sign, normalize)
-    return out.reshape(taus[0].shape)
+             normalize: bool, base: torch.Tensor, lam: float, out: torch.Tensor) -> torch.Tensor:
+    """``base + lam * combine(taus)`` (float64 ``base``) written into ``out``:
+    :func:`_combine_block` over chunks of the flattened entries (it is
+    elementwise), each added to the base and cast into ``out`` at once, so
+    the working copies stay bounded for an embedding-sized tensor. Same
+    result bit for bit as whole tensors."""
+    flat, b, dest = [t.reshape(-1) for t in taus], base.reshape(-1), out.view(-1)
+    for i in range(0, dest.numel(), _CHUNK):
+        mixed = _combine_block([f[i : i + _CHUNK] for f in flat], w, combine, sign, normalize)
+        dest[i : i + _CHUNK] = mixed.mul_(lam).add_(b[i : i + _CHUNK])  # = b + lam * mixed (+ commutes exactly)
+    return out
 
 
 _CHUNK = BLOCK  # cache-sized: every temporary of the combine stays in cache
@@ -154,9 +154,8 @@ def _apply(base: Mapping[str, torch.Tensor], finetuned: Sequence[Mapping[str, to
             continue
         b = v.double()
         taus = [sparsify(i, k, ft[k].to(torch.float64, copy=True).sub_(b)) for i, ft in enumerate(finetuned)]
-        mixed = _combine(taus, w, combine, sign, normalize)
+        out[k] = _combine(taus, w, combine, sign, normalize, b, lam, torch.empty(tuple(v.shape), dtype=v.dtype))
         del taus
-        out[k] = mixed.mul_(lam).add_(b).to(v.dtype)  # = b + lam * mixed (addition commutes exactly)
     return out
 
 
@@ -205,9 +204,9 @@ def ties(
     if trim == "global":
         masks = [trim_masks({k: ft[k].double() - base[k].double() for k in fkeys}, d[i], "global")
                  for i, ft in enumerate(finetuned)]
-        sparsify = lambda i, k, tau: tau * masks[i][k]  # noqa: E731
+        sparsify = lambda i, k, tau: mask_(tau, masks[i][k])  # noqa: E731  (tau is _apply's own)
     else:
-        sparsify = lambda i, k, tau: tau.mul_(magnitude_mask(tau, d[i]))  # noqa: E731  (tau is _apply's own)
+        sparsify = lambda i, k, tau: mask_(tau, magnitude_mask(tau, d[i]))  # noqa: E731  (tau is _apply's own)
     return _apply(base, finetuned, labels, sparsify, w, float(lam), "ties", sign, normalize)
 
 
@@ -292,7 +291,7 @@ def breadcrumbs(
     """
     labels, w, d = _prepare(base, finetuned, weights, names, density, lam, combine, sign)
     beta = per_model(beta, 1, "beta")[0]
-    sparsify = lambda i, k, tau: tau * breadcrumbs_mask(tau, d[i], beta)  # noqa: E731
+    sparsify = lambda i, k, tau: mask_(tau, breadcrumbs_mask(tau, d[i], beta))  # noqa: E731  (tau is _apply's own)
     return _apply(base, finetuned, labels, sparsify, w, float(lam), combine, sign, normalize)
 
 
@@ -317,6 +316,12 @@ def _t_at(anchors: Sequence[float], pos: float) -> float:
     return (1 - frac) * float(anchors[i0]) + frac * float(anchors[i0 + 1])
 
 
+#: entries per partial sum of :func:`slerp_tensor`'s norms and dot product.
+#: Unlike the elementwise blocks (:data:`~weightspace.merge.average.BLOCK`)
+#: it is part of the result (the float64 rounding of the sums): keep it fixed
+DOT_BLOCK = 1 << 17
+
+
 def slerp_tensor(t: float, a: torch.Tensor, b: torch.Tensor, *, dot_threshold: float = 0.9995,
                  eps: float = 1e-8, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Spherical linear interpolation of two tensors, flattened (Shoemake
@@ -330,9 +335,11 @@ def slerp_tensor(t: float, a: torch.Tensor, b: torch.Tensor, *, dot_threshold: f
     ``cos Omega ~ 0``: it is treated as orthogonal to the other
     (``Omega = pi/2``).
 
-    Everything is computed in float64 with one float64 working vector (the
-    norms and the dot product reduce whole vectors; the elementwise steps
-    go block by block, see :func:`~weightspace.merge.average.weighted_sum`).
+    Everything is computed in float64, in one pass over cache-sized blocks
+    of :data:`DOT_BLOCK` entries: each block's ``<a, a>``, ``<b, b>`` and
+    ``<a, b>`` are added up in order, then ``cos Omega = <a, b> / (|a|
+    |b|)``; the interpolation is :func:`~weightspace.merge.average.weighted_sum`.
+    No whole-tensor copy.
 
     Args:
         dtype: the result's dtype (float64 by default; the merge casts to the model's).
@@ -342,15 +349,15 @@ def slerp_tensor(t: float, a: torch.Tensor, b: torch.Tensor, *, dot_threshold: f
     """
     fa, fb = a.reshape(-1), b.reshape(-1)
     n = fa.numel()
-    work = torch.empty(n, dtype=torch.float64)
-    na = float(work.copy_(fa).norm())
-    nb = float(work.copy_(fb).norm())
-    for s in range(0, n, BLOCK):
-        e = min(s + BLOCK, n)
-        ua, ub = fa[s:e].to(torch.float64, copy=True), fb[s:e].to(torch.float64, copy=True)
-        torch.mul(ua.div_(na) if na > eps else ua, ub.div_(nb) if nb > eps else ub, out=work[s:e])
-    dot = float(work.sum())
-    del work
+    ua, ub = (torch.empty(min(DOT_BLOCK, n), dtype=torch.float64) for _ in range(2))
+    aa = bb = ab = 0.0
+    for s in range(0, n, DOT_BLOCK):
+        e = min(s + DOT_BLOCK, n)
+        x, y = ua[: e - s].copy_(fa[s:e]), ub[: e - s].copy_(fb[s:e])
+        aa, bb, ab = aa + float(torch.dot(x, x)), bb + float(torch.dot(y, y)), ab + float(torch.dot(x, y))
+    del ua, ub
+    na, nb = math.sqrt(aa), math.sqrt(bb)
+    dot = ab / ((na if na > eps else 1.0) * (nb if nb > eps else 1.0))
     if abs(dot) > dot_threshold:
         return weighted_sum([a, b], [1 - t, t], dtype)
     omega = math.acos(max(-1.0, min(1.0, dot)))

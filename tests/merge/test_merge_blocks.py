@@ -42,7 +42,7 @@ def test_blocked_merges_do_not_depend_on_the_block_size_and_leave_inputs_alone(m
     base, fts = _models(dtype)
     copies = [{k: v.clone() for k, v in sd.items()} for sd in [base, *fts]]
     whole = _runs()[name](base, fts)
-    for mod, attr in ((avg, "BLOCK"), (tv, "BLOCK"), (tv, "_CHUNK"), (sp, "_BLOCK")):
+    for mod, attr in ((avg, "BLOCK"), (tv, "BLOCK"), (tv, "_CHUNK"), (sp, "BLOCK")):
         monkeypatch.setattr(mod, attr, 7)  # 99 entries in 15 blocks
     blocked = _runs()[name](base, fts)
     for k in whole:
@@ -60,7 +60,7 @@ def test_weighted_sum_equals_the_float64_sum():
 
 @pytest.mark.parametrize("density", [0.13, 0.5, 0.99])
 def test_blocked_magnitude_mask_keeps_the_earliest_ties(monkeypatch, density):
-    monkeypatch.setattr(sp, "_BLOCK", 5)
+    monkeypatch.setattr(sp, "BLOCK", 5)
     g = torch.Generator().manual_seed(0)
     tau = torch.randint(-2, 3, (7, 13), generator=g).float()  # magnitudes 0..2: ties span blocks
     flat = tau.reshape(-1).abs()
@@ -90,7 +90,7 @@ def test_an_overflowing_task_arithmetic_of_finite_models_is_no_input_error():
 
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "broadcast"])
 def test_blocked_mask_product_equals_the_whole_product(monkeypatch, layout):
-    monkeypatch.setattr(sp, "_BLOCK", 5)
+    monkeypatch.setattr(sp, "BLOCK", 5)
     g = torch.Generator().manual_seed(1)
     tau = torch.randn(7, 13, generator=g, dtype=torch.float64)
     tau[0, :3] = torch.tensor([-0.0, float("inf"), float("nan")])  # signed zero, inf * 0, nan

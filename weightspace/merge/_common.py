@@ -17,6 +17,11 @@ from weightspace.errors import ConfigError, NonFiniteWeightsError, StateDictErro
 from weightspace.graph import validate_state_dict
 from weightspace.symmetry import HeadLayout, PermGroup, PermutationSpec, split_groups
 
+#: entries per block of the merges' blockwise passes (float64 working
+#: buffers of the elementwise merges, mask passes): 1 MiB of float64, stays
+#: in cache. Elementwise work, so the results do not depend on it.
+BLOCK = 1 << 17
+
 class MergeError(WeightspaceError, ValueError):
     """Models cannot be merged as asked (different architectures, wrong
     weights, missing data, unknown method, ...)."""

@@ -20,6 +20,7 @@ from torch import nn
 from weightspace.errors import NonFiniteWeightsError, StateDictError
 from weightspace.graph import all_finite
 from weightspace.merge._common import (
+    BLOCK,
     MergeError,
     check_finite_data,
     instantiate,
@@ -121,10 +122,6 @@ def _check_output(out: torch.Tensor, sds: Sequence[Mapping[str, torch.Tensor]], 
     if not state[0] and not all_finite(out):
         _check_finite(sds, names)
         state[0] = True
-
-
-#: entries per float64 working block of the elementwise merges (1 MiB: stays in cache)
-BLOCK = 1 << 17
 
 
 def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float], dtype: torch.dtype) -> torch.Tensor:

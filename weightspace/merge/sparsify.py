@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from weightspace.merge._common import MergeConfigError
+from weightspace.merge._common import BLOCK, MergeConfigError
 
 __all__ = ["breadcrumbs_mask", "dare_mask", "magnitude_mask", "trim_masks"]
 
@@ -70,9 +70,9 @@ def magnitude_mask(tau: torch.Tensor, density: float) -> torch.Tensor:
     del mag
     mask = torch.empty(n, dtype=torch.bool)
     above, equal, n_equal = 0, [], 0
-    for s in range(0, n, _BLOCK):
-        a = flat[s : s + _BLOCK].abs()
-        above += int(torch.gt(a, thr, out=mask[s : s + _BLOCK]).sum())
+    for s in range(0, n, BLOCK):
+        a = flat[s : s + BLOCK].abs()
+        above += int(torch.gt(a, thr, out=mask[s : s + BLOCK]).sum())
         if n_equal < k - above:  # the earliest ties that may still be needed
             idx = torch.eq(a, thr).nonzero().squeeze(1)[: k - above - n_equal] + s
             equal.append(idx)
@@ -80,10 +80,6 @@ def magnitude_mask(tau: torch.Tensor, density: float) -> torch.Tensor:
     if equal:
         mask[torch.cat(equal)[: k - above]] = True
     return mask.reshape(tau.shape)
-
-
-#: entries per block of :func:`magnitude_mask`'s passes (cache-sized)
-_BLOCK = 1 << 18
 
 
 def trim_masks(taus: Mapping[str, torch.Tensor], density: float, trim: str = "global") -> dict[str, torch.Tensor]:
@@ -144,9 +140,9 @@ def dare_mask(shape: Sequence[int], density: float, generator: torch.Generator) 
     # the uniforms are drawn one by one from the generator, so drawing them
     # block by block into one cache-sized buffer gives the same mask as one
     # full-size float64 tensor, without it
-    u = torch.empty(min(_BLOCK, n), dtype=torch.float64)
-    for s in range(0, n, _BLOCK):
-        e = min(s + _BLOCK, n)
+    u = torch.empty(min(BLOCK, n), dtype=torch.float64)
+    for s in range(0, n, BLOCK):
+        e = min(s + BLOCK, n)
         torch.lt(torch.rand(e - s, generator=generator, dtype=torch.float64, out=u[: e - s]), density,
                  out=mask[s:e])
     return mask.reshape(tuple(shape))
@@ -160,8 +156,8 @@ def mask_(tau: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if not tau.is_contiguous() or mask.shape != tau.shape:  # strided or broadcast: the plain product
         return tau.mul_(mask)
     t, m = tau.view(-1), mask.reshape(-1)
-    for s in range(0, t.numel(), _BLOCK):
-        t[s : s + _BLOCK].mul_(m[s : s + _BLOCK])
+    for s in range(0, t.numel(), BLOCK):
+        t[s : s + BLOCK].mul_(m[s : s + BLOCK])
     return tau
 
 

@@ -43,8 +43,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from weightspace.merge._common import MergeConfigError, MergeError
-from weightspace.merge.average import BLOCK, _check_same, merge_non_float, weighted_sum
+from weightspace.merge._common import BLOCK, MergeConfigError, MergeError
+from weightspace.merge.average import _check_same, merge_non_float, weighted_sum
 from weightspace.merge.sparsify import (
     COMBINE,
     RESCALE,
@@ -317,7 +317,7 @@ def _t_at(anchors: Sequence[float], pos: float) -> float:
 
 
 #: entries per partial sum of :func:`slerp_tensor`'s norms and dot product.
-#: Unlike the elementwise blocks (:data:`~weightspace.merge.average.BLOCK`)
+#: Unlike the elementwise blocks (:data:`~weightspace.merge._common.BLOCK`)
 #: it is part of the result (the float64 rounding of the sums): keep it fixed
 DOT_BLOCK = 1 << 17
 

@@ -51,11 +51,27 @@ from weightspace.errors import ConfigError, MissingFileError, StateDictError, We
 from weightspace.io import atomic_write, did_you_mean, read_json, read_safetensors
 
 __all__ = ["HFCheckpoint", "ModelRef", "ModelRefError", "ResolvedModel", "config_example_input", "module_example_input",
-           "resolve_model", "save_hf_checkpoint"]
+           "resolve_model", "save_hf_checkpoint", "tied_names"]
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+
+
+def tied_names(module: nn.Module, stored: set[str]) -> dict[str, str]:
+    """Parameter names a checkpoint does not store -> the stored name of the
+    parameter they are tied to (the first of its names in ``stored``, in
+    ``named_parameters`` order; e.g. GPT-2's ``lm_head.weight`` ->
+    ``transformer.wte.weight``). Untied missing names are left out."""
+    by_id: dict[int, list[str]] = {}
+    for n, p in module.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(n)
+    tied = {}
+    for names in by_id.values():
+        kept = next((n for n in names if n in stored), None)
+        if kept is not None:
+            tied.update({n: kept for n in names if n not in stored})
+    return tied
 TOKEN_LENGTH = 8
 
 
@@ -504,19 +520,16 @@ class HFCheckpoint:
             if tuple(v.shape) != tuple(expected[k].shape):
                 raise StateDictError(f"shape {list(v.shape)} stored, but {what} needs {list(expected[k].shape)}",
                                      path=path, field=k)
-        by_id: dict[int, str] = {}
-        for n, p in module.named_parameters(remove_duplicate=False):
-            if n in tensors:
-                by_id.setdefault(id(p), n)
+        tied = tied_names(module, set(tensors))
         out: dict[str, torch.Tensor] = {}
         for n, v in expected.items():
             if n in tensors:
                 out[n] = tensors[n]
             elif isinstance(v, nn.Parameter):
-                if id(v) not in by_id:
+                if n not in tied:
                     raise StateDictError(f"parameter missing from the weights: {what} needs it with shape "
                                          f"{list(v.shape)}", path=path, field=n)
-                out[n] = tensors[by_id[id(v)]]
+                out[n] = tensors[tied[n]]
             else:
                 out[n] = v.detach()
         return out

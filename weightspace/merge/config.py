@@ -51,9 +51,13 @@ file and the dotted key (``models[1].weight``). Relative paths (``models``,
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import json
 import os
+import shutil
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -61,16 +65,17 @@ from typing import Any, Callable, Mapping
 import torch
 
 from weightspace.arch import HFCheckpoint, ModelRef, create_model, get_model_info, list_models, resolve_model
-from weightspace.arch.ref import INDEX_FILE, _import_factory
+from weightspace.arch.ref import INDEX_FILE, _import_factory, _one, tied_names
 from weightspace.core import permutation_spec
 from weightspace.data import load_dataset
-from weightspace.errors import ConfigError, InputFileError, MissingFileError, WeightspaceError
+from weightspace.errors import ConfigError, InputFileError, MissingFileError, TraceError, WeightspaceError
 from weightspace.io import Field, check_type, did_you_mean, load_state_dict, read_npy, read_yaml, validate
-from weightspace.merge._common import MergeConfigError, MergeError, check_state_dict
+from weightspace.merge._common import MergeConfigError, MergeError, check_state_dict, coordinates
 from weightspace.merge.barrier import linear_path, loss_and_accuracy
+from weightspace.merge.matching import CACHE_BYTES, _coord_name, _coord_tensors, weight_matching
 from weightspace.merge.methods import METHODS, MethodInputs, get_method
 from weightspace.merge.repair import repair, reset_bn_stats
-from weightspace.merge.stream import NO_BASE, WEIGHTED, StreamPlan, _check_options, merge_directories
+from weightspace.merge.stream import _DTYPES, NO_BASE, WEIGHTED, StreamPlan, _check_options, merge_directories
 
 __all__ = [
     "METHODS", "MergeConfig", "MergeConfigError", "MergeOutcome", "ModelEntry", "load_config", "run_config",
@@ -964,9 +969,6 @@ def _meta_spec(entry: ModelEntry, hf: HFCheckpoint, source: Path | None) -> tupl
     """The meta-device module of ``entry`` and its spec, traced on the meta
     device (the in-memory path's spec: same module class, config and example
     input). Any tracing failure is one :class:`~weightspace.errors.TraceError` line."""
-    from weightspace.arch.ref import _one
-    from weightspace.errors import TraceError
-
     module = _meta_module(entry, hf, source)
     where = f"{entry.ref_key}.hf" + (f" of {source}" if source else "")
     try:
@@ -976,21 +978,6 @@ def _meta_spec(entry: ModelEntry, hf: HFCheckpoint, source: Path | None) -> tupl
         raise TraceError(f"cannot trace {type(module).__name__} for weight matching ({where}): {msg}; "
                          "weight matching needs the permutation spec", path=hf.directory / "config.json",
                          field=f"{entry.ref_key}.hf") from None
-
-
-def _tied_names(module: torch.nn.Module, stored: set[str]) -> dict[str, str]:
-    """Parameter names the directory does not store -> the stored name of
-    the parameter they are tied to (e.g. GPT-2's ``lm_head.weight`` ->
-    ``transformer.wte.weight``)."""
-    by_id: dict[int, list[str]] = {}
-    for n, p in module.named_parameters(remove_duplicate=False):
-        by_id.setdefault(id(p), []).append(n)
-    tied = {}
-    for names in by_id.values():
-        kept = next((n for n in names if n in stored), None)
-        if kept is not None:
-            tied.update({n: kept for n in names if n not in stored})
-    return tied
 
 
 def _matching_peak_bytes(spec: Any, coords: list, itemsize: Mapping[str, int], tied: Mapping[str, str],
@@ -1003,8 +990,6 @@ def _matching_peak_bytes(spec: Any, coords: list, itemsize: Mapping[str, int], t
     with the LAP's float64 copies (three ``[n, n]``), plus the product
     cache: at most its bound, and at most one float32 ``[n, n]`` per tensor
     of every coordinate."""
-    from weightspace.merge.matching import _coord_tensors
-
     worst = products = 0
     for kind, g in coords:
         n = g.size if kind == "neuron" else max([g.group.size, *(s.size for subs in g.subs for s in subs)])
@@ -1091,15 +1076,6 @@ def run_config_streamed(cfg: MergeConfig, out: str | os.PathLike | None, *, dry_
 def _run_aligned_streamed(cfg: MergeConfig, hf: Mapping[str, HFCheckpoint], out: Any, *, dry_run: bool,
                           max_shard_size: int, progress: bool, metadata: Mapping[str, str] | None
                           ) -> AlignedStreamPlan:
-    import dataclasses
-    import shutil
-    import tempfile
-    import time
-
-    from weightspace.merge._common import coordinates
-    from weightspace.merge.matching import CACHE_BYTES, _coord_name, weight_matching
-    from weightspace.merge.stream import _DTYPES
-
     method = ALIGNED_STREAMED[cfg.method]
     src = cfg.source
     ref = cfg.models[cfg.reference]
@@ -1110,7 +1086,7 @@ def _run_aligned_streamed(cfg: MergeConfig, hf: Mapping[str, HFCheckpoint], out:
                        max_shard_size=max_shard_size)
     module, spec = _meta_spec(ref, hf[ref.key], src)
     stored = {t.name for t in plan.tensors}
-    tied = _tied_names(module, stored)
+    tied = tied_names(module, stored)
     opts = {"seed": cfg.seed, **cfg.options}
     coords = coordinates(spec)
     if opts.get("groups") is not None:

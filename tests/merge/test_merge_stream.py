@@ -5,8 +5,6 @@ dry-run plan, one-line errors, and peak memory (a ~50M-parameter model)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -16,6 +14,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from tests import peak_rss
 from weightspace.errors import ConfigError, StateDictError
 from weightspace.io import read_safetensors
 from weightspace.merge import average, breadcrumbs, dare, merge_directories, slerp, task_arithmetic, ties
@@ -138,22 +137,22 @@ def test_streaming_errors_name_the_option_or_tensor(dirs):
 
 
 _RSS_SCRIPT = textwrap.dedent("""
-    import resource, sys, torch
+    import json, sys, torch
     from weightspace.merge import merge_directories
-    base, a, b, out = sys.argv[1:5]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    plan = merge_directories("ties", [a, b], out, base=base, options={"density": 0.3, "trim": "per_tensor"},
+    base_dir, a, b, out = sys.argv[1:5]
+    base = reset()
+    plan = merge_directories("ties", [a, b], out, base=base_dir, options={"density": 0.3, "trim": "per_tensor"},
                              max_shard_size=40 * 2**20)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(before * 1024, after * 1024, plan.model_bytes, len(plan.shards))
+    print(json.dumps({"base": base, "peak": peak(), "model_bytes": plan.model_bytes, "shards": len(plan.shards)}))
 """)
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_peak_memory_of_a_50m_parameter_merge_stays_below_one_and_a_half_models(tmp_path):
     """Three ~50M-parameter fp16 models (48 tensors of 1M); the merge's growth
-    of peak RSS (measured in a fresh process, after its imports) must stay
-    below 1.5x one model."""
+    of peak RSS (``VmHWM`` reset after the imports of a fresh process, as
+    ``tests.peak_rss`` says) must stay below 1.5x one model."""
     g = torch.Generator().manual_seed(0)
     paths = []
     for m in range(3):
@@ -168,12 +167,9 @@ def test_peak_memory_of_a_50m_parameter_merge_stays_below_one_and_a_half_models(
               for s in range(4) for i in range(12)}
         (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
         paths.append(str(d))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, *paths, str(tmp_path / "out")],
-                       capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    before, after, model_bytes, shards = map(int, r.stdout.split())
-    assert model_bytes == 48 * 2**20 * 2 and shards == 3
-    print(f"peak RSS growth {(after - before) / 2**20:.0f} MiB, one model {model_bytes / 2**20:.0f} MiB")
-    assert after - before < 1.5 * model_bytes, (after - before, model_bytes)
+    r = peak_rss.run(_RSS_SCRIPT, [*paths, tmp_path / "out"])
+    grow, model_bytes = r["peak"] - r["base"], r["model_bytes"]
+    assert model_bytes == 48 * 2**20 * 2 and r["shards"] == 3
+    print(f"peak RSS growth {grow / 2**20:.0f} MiB, one model {model_bytes / 2**20:.0f} MiB")
+    assert 0 < grow < 1.5 * model_bytes, (grow, model_bytes)
     assert len(list((tmp_path / "out").glob("*.safetensors"))) == 3

@@ -1,7 +1,13 @@
-"""``weightspace merge`` of a ``method: weight_matching`` YAML on two GPT-2-small
-Hugging Face directories: out of core (the default: matched from the
-directories, B written permuted to a temporary directory, streamed average)
-against ``--in-memory`` (both models and the result loaded).
+"""``weightspace merge`` of a ``method: weight_matching`` (or, with ``--method
+activation_matching``, that) YAML on two GPT-2-small Hugging Face
+directories: out of core (the default: matched from the directories, or by
+activations with one model mapped from its directory at a time; B written
+permuted to a temporary directory, streamed average) against
+``--in-memory`` (both models and the result loaded).
+
+Activation matching runs on ``--seqs`` random token sequences of
+``--tokens`` tokens (``data: {path: tokens.npz}``, written into the workdir)
+with ``batch_size: 8``.
 
 Each run is the CLI in a fresh process (``nice -n 10 python -m
 weightspace.cli merge CONFIG OUT [--in-memory]``); the runner waits for it
@@ -19,6 +25,8 @@ builder into ``--workdir``).
 
     nice -n 10 python benchmarks/bench_merge_rebasin_cli.py \
         --out benchmarks/results/merge_llm_s6_rebasin_cli.json
+    nice -n 10 python benchmarks/bench_merge_rebasin_cli.py --method activation_matching \
+        --out benchmarks/results/merge_llm_s7_activation_cli.json
 """
 
 from __future__ import annotations
@@ -62,6 +70,9 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/s6wm"))
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--method", choices=("weight_matching", "activation_matching"), default="weight_matching")
+    ap.add_argument("--seqs", type=int, default=8, help="activation matching: token sequences")
+    ap.add_argument("--tokens", type=int, default=128, help="activation matching: tokens per sequence")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/merge_llm_s6_rebasin_cli.json")
     args = ap.parse_args()
     work = args.workdir
@@ -73,9 +84,17 @@ def main() -> None:
                         "from benchmarks.bench_merge_llm import build_dirs; "
                         "build_dirs(Path(sys.argv[1]), 12, '200MB')", str(work)], check=True, env=env, cwd=ROOT)
         a, b = work / "base", work / "ft1"
-    config = work / "rebasin.yaml"
-    config.write_text(json.dumps({"method": "weight_matching", "seed": args.seed,
-                                  "models": [{"model": {"hf": str(a)}}, {"model": {"hf": str(b)}}]}))
+    config = work / f"{args.method}.yaml"
+    cfg = {"method": args.method, "seed": args.seed, "models": [{"model": {"hf": str(a)}}, {"model": {"hf": str(b)}}]}
+    if args.method == "activation_matching":
+        import numpy as np
+
+        vocab = json.loads((a / "config.json").read_text())["vocab_size"]
+        rng = np.random.default_rng(args.seed)
+        np.savez(work / "tokens.npz", x=rng.integers(0, vocab, (args.seqs, args.tokens)),
+                 y=np.zeros(args.seqs, dtype=np.int64))
+        cfg.update(data={"path": str(work / "tokens.npz")}, options={"batch_size": 8})
+    config.write_text(json.dumps(cfg))
     model_bytes = sum(f.stat().st_size for f in a.glob("*.safetensors"))
     cli = [sys.executable, "-m", "weightspace.cli", "merge", str(config)]
 
@@ -112,7 +131,7 @@ def main() -> None:
             {"error": compare.stderr[-2000:]}
     for mode in ("stream", "memory"):
         shutil.rmtree(work / f"out_{mode}", ignore_errors=True)
-    leftovers = sorted(p.name for p in work.iterdir() if ".rebasin-" in p.name)
+    leftovers = sorted(p.name for p in work.iterdir() if f".{args.method}-" in p.name)
 
     def med(mode: str, key: str) -> float:
         xs = sorted(r[key] for r in runs if r["mode"] == mode and r["rc"] == 0)
@@ -122,7 +141,8 @@ def main() -> None:
                       "peak_rss_max": max((r["peak_rss"] for r in runs if r["mode"] == mode), default=None)}
                for mode in ("stream", "memory")}
     result = {
-        "benchmark": "bench_merge_rebasin_cli", "a": str(a), "b": str(b), "model_bytes": model_bytes,
+        "benchmark": "bench_merge_rebasin_cli", "method": args.method, "config": cfg, "a": str(a), "b": str(b),
+        "model_bytes": model_bytes,
         "nice": 10, "cpus": os.cpu_count(), "omp_num_threads": env["OMP_NUM_THREADS"],
         "load_avg_start": baseline["load_avg_before"], "load_avg_end": os.getloadavg(),
         "baseline": baseline, "dry_run": {**dry, "estimated_peak_mib": est}, "runs": runs, "summary": summary,

@@ -3,7 +3,8 @@
 The child script starts with :data:`PROLOGUE`'s functions: after its imports
 and warm-up it calls ``reset()`` (the resident set now is the baseline and the
 high-water mark ``VmHWM`` is reset to it, ``/proc/self/clear_refs`` 5; Linux
-only), then ``peak()`` after each phase. ``run`` returns the JSON the child
+only), then ``peak()`` after each phase (``anon()``: the anonymous part of the
+resident set now, i.e. without mapped files). ``run`` returns the JSON the child
 prints on its last line.
 
 glibc's malloc is pinned to map every block of 128 KiB or more
@@ -39,6 +40,9 @@ def reset():
 
 def peak():
     return _status("VmHWM")
+
+def anon():
+    return _status("RssAnon")
 """
 
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}

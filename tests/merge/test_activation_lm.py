@@ -166,21 +166,26 @@ def hf_dirs(tmp_path_factory):
     return root, a
 
 
-def _merge(root, tmp_path, **top):
+def _merge(root, tmp_path, *flags, **top):
     from weightspace.cli.app import app
 
     cfg = {"method": "activation_matching", "data": {"path": str(root / "tokens.npz")},
            "models": [{"model": {"hf": str(root / "a")}}, {"model": {"hf": str(root / "a_perm")}}], **top}
     p = tmp_path / "merge.yaml"
     p.write_text(yaml.safe_dump(cfg))
-    return CliRunner().invoke(app, ["merge", str(p), str(tmp_path / "out")])
+    return CliRunner().invoke(app, ["merge", str(p), str(tmp_path / "out"), *flags])
 
 
-def test_yaml_activation_matching_of_hf_dirs_undoes_the_planted_permutation(hf_dirs, tmp_path):
+@pytest.mark.parametrize("flags", [(), ("--in-memory",)])
+def test_yaml_activation_matching_of_hf_dirs_undoes_the_planted_permutation(hf_dirs, tmp_path, flags):
+    """Out of core (the default: one model mapped at a time) and in memory."""
     root, a = hf_dirs
-    res = _merge(root, tmp_path, options={"batch_size": 4, "max_bytes": 4096})
+    res = _merge(root, tmp_path, *flags, options={"batch_size": 4, "max_bytes": 4096})
     assert res.exit_code == 0, res.output
-    assert "eval       skipped" in res.output
+    if flags:
+        assert "eval       skipped" in res.output
+    else:
+        assert "out of core: activation_matching then linear" in res.output
     m = T.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out"), local_files_only=True)
     for k, v in a.state_dict().items():
         assert torch.allclose(m.state_dict()[k], v, atol=1e-5), k

@@ -474,9 +474,43 @@ class HFCheckpoint:
         self.dtypes = {k: v.dtype for k, v in out.items()}
         return out
 
-    def build(self, *, seed: int | None = 0, load_weights: bool = True) -> nn.Module:
+    def build(self, *, seed: int | None = 0, load_weights: bool = True, mapped: bool = False) -> nn.Module:
         """The model, built from the config (seeded) and, with ``load_weights``,
-        carrying the directory's weights; eval mode."""
+        carrying the directory's weights; eval mode.
+
+        ``mapped``: the module's tensors are the stored ones, mapped from the
+        safetensors files (copy-on-write; pages are read from the page cache
+        when touched), not copies: the module costs no memory of its own
+        beyond what is converted (a stored dtype other than the module's).
+        It is built on the meta device and the tensors assigned; a module
+        with tensors the checkpoint does not store (e.g. rotary frequencies)
+        is built on the CPU instead (``seed``), then assigned. Writes to its
+        tensors stay private to the process. Implies ``load_weights``."""
+        if mapped:
+            tensors = self.read_weights()
+            with torch.device("meta"):
+                module = self._new(None)
+            self._assign(module, tensors)
+            if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
+                # a tensor that is not stored (an unsaved buffer): only a real build has its value
+                module = self._new(seed)
+                self._assign(module, tensors)
+            return module
+        module = self._new(seed)
+        if load_weights:
+            self.load_into(module, self.read_weights())
+        return module
+
+    def _assign(self, module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+        """``module``'s tensors replaced by ``tensors`` (checked as in :meth:`complete`; converted where
+        the stored dtype is not the module's)."""
+        full = self.complete(module, tensors)
+        want = module.state_dict(keep_vars=True)
+        full = {k: v if v.dtype == want[k].dtype else v.to(want[k].dtype) for k, v in full.items()}
+        module.load_state_dict(full, strict=False, assign=True)
+
+    def _new(self, seed: int | None) -> nn.Module:
+        """``model_class(config)`` in eval mode, initialised with ``seed`` (``None``: the global RNG)."""
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(int(seed))
@@ -485,10 +519,7 @@ class HFCheckpoint:
             except Exception as exc:
                 raise ConfigError(f"{self.model_class.__name__} cannot be built from this config ({_one(exc)})",
                                   path=self.directory / "config.json") from None
-        module.eval()
-        if load_weights:
-            self.load_into(module, self.read_weights())
-        return module
+        return module.eval()
 
     def complete(self, module: nn.Module, tensors: Mapping[str, torch.Tensor], *, path: object = None
                  ) -> dict[str, torch.Tensor]:

@@ -77,8 +77,13 @@ def _echo_plan(cfg, plan, out: Path, dry_run: bool) -> None:
                    f"memory {plan.matching_peak_bytes / mib:.1f} MiB (permuting "
                    f"{plan.permute_peak_bytes / mib:.1f} MiB, averaging {plan.merge_peak_bytes / mib:.1f} MiB)")
         for r in plan.matching:
-            typer.echo(f"matched    {r['model']} to {r['reference']}: objective {r['initial_objective']:.6g} -> "
-                       f"{r['objective']:.6g} in {r['sweeps']} sweeps ({r['stop']}, {r['seconds']:.1f} s)")
+            if "sweeps" in r:  # weight matching
+                typer.echo(f"matched    {r['model']} to {r['reference']}: objective {r['initial_objective']:.6g} -> "
+                           f"{r['objective']:.6g} in {r['sweeps']} sweeps ({r['stop']}, {r['seconds']:.1f} s)")
+            else:
+                by_weights = f"; by weights: {', '.join(r['fallback_groups'])}" if r["fallback_groups"] else ""
+                typer.echo(f"matched    {r['model']} to {r['reference']}: summed correlation {r['objective']:.6g} "
+                           f"over {r['passes']} passes, {r['loads']} loads ({r['seconds']:.1f} s{by_weights})")
     typer.echo("dry run    nothing written" if dry_run else f"wrote      {out}")
 
 
@@ -90,7 +95,8 @@ def merge(
     stream: Annotated[Optional[bool], typer.Option(
         "--stream/--in-memory",
         help="out of core, tensor by tensor (default where the config allows: Hugging Face directories, an "
-             "elementwise method or weight_matching, no data/repair/barrier) or with the models loaded")] = None,
+             "elementwise method, weight_matching or activation_matching, no repair/barrier) or with the models "
+             "loaded")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="print the out-of-core plan (tensors, shapes, method per tensor, matching groups, "
                           "estimated memory); write nothing")] = False,
@@ -109,7 +115,9 @@ def merge(
     weight_matching (Re-Basin): each model is matched to the reference
     from its directory, written permuted to a temporary directory next to
     OUT (removed afterwards), then averaged; the matching's objective per
-    sweep goes into OUT/weightspace_merge.json.
+    sweep goes into OUT/weightspace_merge.json. activation_matching does
+    the same with the config's data, one model in memory at a time (its
+    tensors mapped from its directory).
 
     Examples:
 

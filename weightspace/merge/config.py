@@ -72,7 +72,10 @@ from weightspace.errors import ConfigError, InputFileError, MissingFileError, Tr
 from weightspace.io import Field, check_type, did_you_mean, load_state_dict, read_npy, read_yaml, validate
 from weightspace.merge._common import MergeConfigError, MergeError, check_state_dict, coordinates
 from weightspace.merge.barrier import linear_path, loss_and_accuracy
-from weightspace.merge.matching import CACHE_BYTES, _coord_name, _coord_tensors, weight_matching
+from weightspace.merge.activations import STATS_BYTES
+from weightspace.merge.matching import (
+    CACHE_BYTES, _coord_name, _coord_tensors, _first_then, activation_matching, weight_matching,
+)
 from weightspace.merge.methods import METHODS, MethodInputs, get_method
 from weightspace.merge.repair import repair, reset_bn_stats
 from weightspace.merge.stream import _DTYPES, NO_BASE, WEIGHTED, StreamPlan, _check_options, merge_directories
@@ -608,7 +611,8 @@ def _check_data_fits(module: torch.nn.Module, fit: tuple, evl: tuple, data: Mapp
         where = [(data["path"], "x", "y", fit), (data["path"], "x_test", "y_test", evl)]
     else:
         where = [(source, "data.split", "data.split", fit), (source, "data.eval_split", "data.eval_split", evl)]
-    m = copy.deepcopy(module).eval()
+    # a module in eval mode runs as it is (no copy of a model mapped from its directory)
+    m = module if not module.training else copy.deepcopy(module).eval()
     for path, xk, yk, (x, y) in where:
         try:
             with torch.no_grad():
@@ -873,9 +877,10 @@ def run_config(cfg: MergeConfig, *, progress: bool = False) -> MergeOutcome:
 STREAMED = {"average": "linear", "task_arithmetic": "task_arithmetic", "ties": "ties", "dare": "dare",
             "breadcrumbs": "breadcrumbs", "slerp": "slerp"}
 #: config methods that align the models first: out of core, every model is
-#: matched to the reference from its directory and written permuted to a
+#: matched to the reference (weight matching from its directory, activation
+#: matching with one model mapped at a time) and written permuted to a
 #: temporary directory, then the directories are averaged (``linear``)
-ALIGNED_STREAMED = {"weight_matching": "linear"}
+ALIGNED_STREAMED = {"weight_matching": "linear", "activation_matching": "linear"}
 
 
 @dataclass
@@ -888,12 +893,19 @@ class AlignedStreamPlan(StreamPlan):
             group and its neurons, or a head group (its nested groups solved
             with it) and its heads.
         matching: per model matched to the reference (empty for a dry run):
-            ``model`` (config key), ``objective``, ``initial_objective``,
-            ``objective_per_sweep``, ``sweeps``, ``stop``, ``converged``, ``seconds``.
+            ``model`` (config key), ``reference``, ``objective``, ``seconds``;
+            weight matching: ``initial_objective``, ``objective_per_sweep``,
+            ``sweeps``, ``stop``, ``converged``; activation matching
+            (``objective``: summed correlation of the matched neurons):
+            ``passes``, ``loads``, ``samples``, ``fallback_groups``.
         matching_peak_bytes: estimated (upper) peak memory of the matching
-            above the process's baseline: for the coordinate reading the
-            most, its tensors in both models and its ``[n, n]`` float64 work
-            arrays, plus the product cache.
+            above the process's baseline. Weight matching: for the
+            coordinate reading the most, its tensors in both models and its
+            ``[n, n]`` float64 work arrays, plus the product cache.
+            Activation matching: one model (its tensors mapped from its
+            directory; a model built on the CPU first, see
+            :meth:`~weightspace.arch.HFCheckpoint.build`, holds a second
+            while it loads) plus ``max_bytes`` (statistics and stored slabs).
         permute_peak_bytes: estimated peak of writing a model permuted: its
             largest shard (built in memory before it is written) and the
             largest tensor.
@@ -912,10 +924,11 @@ def streaming_blocker(cfg: MergeConfig) -> str | None:
     """Why ``cfg`` cannot merge out of core (``None``: it can).
 
     A config streams when every model (and the base) is a Hugging Face
-    directory, its method is elementwise (:data:`STREAMED`) or weight
-    matching (:data:`ALIGNED_STREAMED`), its options stream (TIES needs
-    ``trim: per_tensor``) and it has no ``data``, ``repair`` or ``barrier``
-    (they run the models). Weight matching also needs the reference's
+    directory, its method is elementwise (:data:`STREAMED`) or weight or
+    activation matching (:data:`ALIGNED_STREAMED`), its options stream (TIES
+    needs ``trim: per_tensor``) and it has no ``repair`` or ``barrier``, nor
+    ``data`` other than activation matching's (they run the models). The
+    matchings also need the reference's
     stored tensor names to be the module's (``transformers`` renames some
     on load, e.g. ViT's attention): its config is read and the model built
     on the meta device (no weights) to check."""
@@ -926,7 +939,7 @@ def streaming_blocker(cfg: MergeConfig) -> str | None:
     if bad is not None:
         return f"{bad.key} is not a Hugging Face directory (model: {{hf: DIR}})"
     for key, value in (("data", cfg.data), ("barrier", cfg.barrier)):
-        if value is not None:
+        if value is not None and not (key == "data" and cfg.method == "activation_matching"):
             return f"'{key}' runs the models, which needs them in memory"
     if cfg.repair != "none":
         return "'repair' runs the models, which needs them in memory"
@@ -1048,6 +1061,13 @@ def run_config_streamed(cfg: MergeConfig, out: str | os.PathLike | None, *, dry_
     on failure), and the directories are averaged with the models' weights
     (``linear``). Returns an :class:`AlignedStreamPlan`.
 
+    ``activation_matching``: the same, the permutation found by
+    :func:`~weightspace.merge.matching.activation_matching` on the config's
+    ``data`` (fit split) with the models given as loaders, each built with
+    its tensors mapped from its directory
+    (:meth:`~weightspace.arch.HFCheckpoint.build` ``mapped=True``): one
+    model resident at a time, the same permutation as with both in memory.
+
     Raises:
         MergeConfigError: the config cannot stream (:func:`streaming_blocker`
             says why) or an option is bad, naming the config file and key.
@@ -1081,6 +1101,10 @@ def _run_aligned_streamed(cfg: MergeConfig, hf: Mapping[str, HFCheckpoint], out:
     ref = cfg.models[cfg.reference]
     dirs = [m.path for m in cfg.models]
     weights = [m.weight for m in cfg.models]
+    activations = cfg.method == "activation_matching"
+    if activations and cfg.data is None:
+        raise MergeConfigError("method activation_matching needs 'data' in the config (data: {path: data.npz} "
+                               "or {dataset: ...})", path=src, field="data")
     # every directory read (headers), names and shapes compared, before any matching
     plan = _merge_dirs(cfg, method, dirs, None, weights=weights, options={}, dry_run=True,
                        max_shard_size=max_shard_size)
@@ -1089,12 +1113,16 @@ def _run_aligned_streamed(cfg: MergeConfig, hf: Mapping[str, HFCheckpoint], out:
     tied = tied_names(module, stored)
     opts = {"seed": cfg.seed, **cfg.options}
     coords = coordinates(spec)
-    if opts.get("groups") is not None:
+    if not activations and opts.get("groups") is not None:
         coords = [c for c in coords if _coord_name(c) in set(opts["groups"])]
     itemsize = {t.name: _DTYPES[t.dtype].itemsize for t in plan.tensors}
-    cache = opts.get("cache", True)
-    matching_peak = _matching_peak_bytes(spec, coords, itemsize, tied,
-                                         0 if cache is False else CACHE_BYTES if cache is True else int(cache))
+    if activations:
+        stats = opts.get("max_bytes", STATS_BYTES)
+        matching_peak = 2 * plan.model_bytes + (0 if stats is None else int(stats))
+    else:
+        cache = opts.get("cache", True)
+        matching_peak = _matching_peak_bytes(spec, coords, itemsize, tied,
+                                             0 if cache is False else CACHE_BYTES if cache is True else int(cache))
     largest = max((int(torch.Size(t.shape).numel()) * itemsize[t.name] for t in plan.tensors), default=0)
     permute_peak = largest + max((f.stat().st_size for i, m in enumerate(cfg.models) if i != cfg.reference
                                   for f in Path(m.path).glob("*.safetensors")), default=0)
@@ -1104,14 +1132,22 @@ def _run_aligned_streamed(cfg: MergeConfig, hf: Mapping[str, HFCheckpoint], out:
         matching_peak_bytes=matching_peak, permute_peak_bytes=permute_peak, merge_peak_bytes=plan.peak_bytes,
     )
     result.peak_bytes = max(plan.peak_bytes, matching_peak, permute_peak)
+    fit = None
+    if activations:
+        fit, evl = load_data(cfg.data, source=src)  # a bad data file fails a dry run too
     if dry_run:
         return result
     if out is None:
         raise MergeConfigError("give an output directory (or dry_run=True)", field="out")
+    if activations:
+        first = _mapped_loader(ref, hf[ref.key], src)()
+        _check_data_fits(first, fit, evl, cfg.data, src)
+        ref_source = _first_then(first, _mapped_loader(ref, hf[ref.key], src))
+        del first
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # a new directory of ours next to the output (same disk), whatever happens removed again
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.rebasin-", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{cfg.method}-", dir=out.parent))
     try:
         inputs: list[Any] = []
         for i, m in enumerate(cfg.models):
@@ -1120,20 +1156,42 @@ def _run_aligned_streamed(cfg: MergeConfig, hf: Mapping[str, HFCheckpoint], out:
                 continue
             t0 = time.perf_counter()
             try:
-                res = weight_matching(ref.path, m.path, spec, tied=tied, progress=progress, **opts)
+                if activations:
+                    res = activation_matching(ref_source, _mapped_loader(m, hf[m.key], src), fit[0], spec,
+                                              progress=progress, **opts)
+                    ref_source = _mapped_loader(ref, hf[ref.key], src)
+                else:
+                    res = weight_matching(ref.path, m.path, spec, tied=tied, progress=progress, **opts)
             except WeightspaceError as exc:
                 where = f" (matching {m.key} to {ref.key}" + (f" of {src})" if src else ")")
                 raise type(exc)(exc.message + where, path=exc.path, field=exc.field) from None
             inputs.append(res.apply_to_directory(m.path, tmp / f"models{i}", progress=progress))
-            result.matching.append({
-                "model": m.key, "reference": ref.key, "objective": res.objective,
-                "initial_objective": res.info["initial_objective"],
-                "objective_per_sweep": [h["objective"] for h in res.info["history"]],
-                "sweeps": res.sweeps, "stop": res.info["stop"], "converged": res.converged,
-                "seconds": time.perf_counter() - t0,
-            })
+            record = {"model": m.key, "reference": ref.key, "objective": res.objective}
+            if activations:
+                record.update({k: res.info[k] for k in ("passes", "loads", "samples", "fallback_groups")})
+            else:
+                record.update({
+                    "initial_objective": res.info["initial_objective"],
+                    "objective_per_sweep": [h["objective"] for h in res.info["history"]],
+                    "sweeps": res.sweeps, "stop": res.info["stop"], "converged": res.converged,
+                })
+            record["seconds"] = time.perf_counter() - t0
+            result.matching.append(record)
         _merge_dirs(cfg, method, inputs, out, weights=weights, options={}, max_shard_size=max_shard_size,
                     progress=progress, metadata=metadata)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def _mapped_loader(entry: ModelEntry, hf: HFCheckpoint, source: Path | None) -> Callable[[], torch.nn.Module]:
+    """A loader of ``entry``'s model with its tensors mapped from its directory
+    (:meth:`HFCheckpoint.build` ``mapped=True``), errors naming the config key."""
+
+    def load() -> torch.nn.Module:
+        try:
+            return hf.build(seed=None, mapped=True)
+        except WeightspaceError as exc:
+            raise _at_key(exc, entry, source) from None
+
+    return load

@@ -1,0 +1,177 @@
+"""`weightspace merge` with `method: activation_matching` on Hugging Face
+directories, out of core: the models given to activation matching as
+loaders of modules whose tensors are mapped from their directories (one
+model in memory at a time), B written permuted to a temporary directory
+next to OUT, then averaged tensor by tensor. Bit for bit the in-memory
+path; plan with --dry-run; bad input is one line, exit 2; the mapped build
+holds no copy of the weights (tiny GPT-2s written with save_pretrained,
+offline)."""
+
+import copy
+import json
+import shutil
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+T = pytest.importorskip("transformers")
+
+from tests import peak_rss  # noqa: E402
+from tests.merge.test_merge_rebasin_cli import _gpt2, _link, _one_line_exit_2, _run, _tensors, _write  # noqa: E402
+from weightspace.arch import HFCheckpoint  # noqa: E402
+from weightspace.core import permutation_spec  # noqa: E402
+from weightspace.merge import activation_matching  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    """a in one file, b in 8 KB shards with an index, token ids (y unused by an LM)."""
+    root = tmp_path_factory.mktemp("activation_cli")
+    models = [_gpt2(0), _gpt2(1)]
+    for name, m, shard in zip("ab", models, ({}, {"max_shard_size": "8KB"})):
+        m.save_pretrained(root / name, **shard)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 50, (24, 8))
+    np.savez(root / "tokens.npz", x=x, y=np.zeros(24, dtype=np.int64))
+    return root, *models, torch.as_tensor(x)
+
+
+def _config(tmp_path, models=("a", "b"), **top):
+    return _write(tmp_path, {"method": "activation_matching", "data": {"path": "tokens.npz"},
+                             "models": [{"model": {"hf": m}} for m in models], **top})
+
+
+def test_streamed_activation_matching_equals_the_in_memory_one(dirs, tmp_path):
+    root, a, b, x = dirs
+    _link(root, tmp_path, "a", "b")
+    (tmp_path / "tokens.npz").symlink_to(root / "tokens.npz")
+    # reference 1 (a), b weighted 0.6; a small max_bytes: several passes
+    config = _write(tmp_path, {"method": "activation_matching", "reference": 1, "data": {"path": "tokens.npz"},
+                               "options": {"batch_size": 8, "max_bytes": 6000},
+                               "models": [{"model": {"hf": "b"}, "weight": 0.6}, {"model": {"hf": "a"}}]})
+    (tmp_path / "mine.txt").write_text("the user's")
+    streamed, memory = _run(config, tmp_path / "streamed"), _run(config, tmp_path / "memory", "--in-memory")
+    assert streamed.exit_code == 0 and memory.exit_code == 0, streamed.output + memory.output
+    assert "out of core: activation_matching then linear" in streamed.output and "out of core" not in memory.output
+    got, want = _tensors(tmp_path / "streamed"), _tensors(tmp_path / "memory")
+    assert set(got) == set(want)
+    for k in want:  # the same permutation and the same averaging function: bit for bit
+        assert torch.equal(got[k], want[k]), k
+    spec = permutation_spec(a, torch.zeros(1, 8, dtype=torch.long))
+    direct = activation_matching(a, b, x, spec, batch_size=8, max_bytes=6000)
+    assert any(not torch.equal(p, torch.arange(len(p))) for p in direct.perm.values())
+    rec = json.loads((tmp_path / "streamed" / "weightspace_merge.json").read_text())
+    assert rec["out_of_core"] is True and len(rec["matching"]) == 1
+    m = rec["matching"][0]
+    assert m["model"] == "models[0]" and m["reference"] == "models[1]"
+    assert m["objective"] == pytest.approx(direct.objective, rel=1e-6)
+    # as with loaders given to the library (the stored slabs count in max_bytes: more passes than with modules)
+    loaded = activation_matching(lambda: copy.deepcopy(a), lambda: copy.deepcopy(b), x, spec, batch_size=8,
+                                 max_bytes=6000)
+    assert all(torch.equal(loaded.perm[g], direct.perm[g]) for g in direct.perm)
+    assert m["passes"] == loaded.info["passes"] > 1 and m["loads"] == loaded.info["loads"] == m["passes"] + 1
+    assert m["fallback_groups"] == []
+    assert f"over {m['passes']} passes" in streamed.output
+    merged = T.GPT2LMHeadModel.from_pretrained(str(tmp_path / "streamed"), local_files_only=True).eval()
+    with torch.no_grad():
+        assert torch.isfinite(merged(x[:2]).logits).all()
+    # the temporary directory is gone; the user's files stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "memory", "merge.yaml", "mine.txt", "streamed",
+                                                          "tokens.npz"]
+
+
+def test_three_models_each_matched_to_the_reference(dirs, tmp_path):
+    root, _, _, _ = dirs
+    _gpt2(5).save_pretrained(tmp_path / "c")
+    _link(root, tmp_path, "a", "b")
+    (tmp_path / "tokens.npz").symlink_to(root / "tokens.npz")
+    config = _config(tmp_path, ("a", "b", "c"), options={"batch_size": 8})
+    streamed, memory = _run(config, tmp_path / "streamed"), _run(config, tmp_path / "memory", "--in-memory")
+    assert streamed.exit_code == 0 and memory.exit_code == 0, streamed.output + memory.output
+    got, want = _tensors(tmp_path / "streamed"), _tensors(tmp_path / "memory")
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    rec = json.loads((tmp_path / "streamed" / "weightspace_merge.json").read_text())
+    assert [m["model"] for m in rec["matching"]] == ["models[1]", "models[2]"]
+
+
+def test_dry_run_prints_groups_and_memory_and_writes_nothing(dirs, tmp_path):
+    root, _, _, _ = dirs
+    _link(root, tmp_path, "a", "b")
+    (tmp_path / "tokens.npz").symlink_to(root / "tokens.npz")
+    res = _run(_config(tmp_path), tmp_path / "out", "--dry-run")
+    assert res.exit_code == 0, res.output
+    assert "matching   5 groups, 148 neurons/heads" in res.output
+    assert "estimated peak memory" in res.output and "nothing written" in res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "merge.yaml", "tokens.npz"]
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("missing_data", "tokens.npz"),
+    ("token_out_of_vocabulary", "cannot run on samples"),
+    ("missing_shard", "models[1]"),
+    ("no_data_key", "needs 'data'"),
+])
+def test_bad_input_is_one_line_and_nothing_is_left(dirs, tmp_path, bad, words):
+    root, _, _, _ = dirs
+    _link(root, tmp_path, "a")
+    if bad == "missing_shard":
+        shutil.copytree(root / "b", tmp_path / "b")
+        index = json.loads((tmp_path / "b" / "model.safetensors.index.json").read_text())
+        (tmp_path / "b" / sorted(set(index["weight_map"].values()))[-1]).unlink()
+    else:
+        _link(root, tmp_path, "b")
+    if bad == "token_out_of_vocabulary":
+        np.savez(tmp_path / "tokens.npz", x=np.full((4, 8), 99), y=np.zeros(4, dtype=np.int64))
+    elif bad != "missing_data":
+        (tmp_path / "tokens.npz").symlink_to(root / "tokens.npz")
+    top = {"data": None} if bad == "no_data_key" else {}
+    config = _config(tmp_path, **top)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    res = _run(config, tmp_path / "out")
+    _one_line_exit_2(res)
+    assert words in res.output, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_mapped_build_equals_the_copied_one(tmp_path):
+    """GPT-2 (built on the meta device, then its stored tensors assigned) and
+    Llama (unsaved rotary buffers: built on the CPU, then assigned)."""
+    llama = T.LlamaConfig(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                          num_key_value_heads=2, vocab_size=50)
+    for name, model in (("gpt2", _gpt2(3)), ("llama", T.LlamaForCausalLM(llama).eval())):
+        model.save_pretrained(tmp_path / name)
+        ck = HFCheckpoint.open(tmp_path / name)
+        copied, mapped = ck.build(), ck.build(mapped=True)
+        assert not mapped.training
+        assert all(not t.is_meta for t in (*mapped.parameters(), *mapped.buffers()))
+        x = torch.randint(0, 50, (2, 8))
+        with torch.no_grad():
+            assert torch.equal(mapped(x).logits, copied(x).logits)
+            assert torch.equal(mapped(x).logits, model(x).logits)
+
+
+_MAPPED = textwrap.dedent("""
+    import json, sys, torch
+    from weightspace.arch import HFCheckpoint
+    ck = HFCheckpoint.open(sys.argv[1])
+    x = torch.zeros(1, 8, dtype=torch.long)
+    with torch.no_grad():
+        ck.build(mapped=True)(x)  # warm-up: imports, the first forward's buffers
+        base, anon0 = reset(), anon()
+        ck.build(mapped=True)(x)
+    print(json.dumps({"peak": peak() - base, "anon": anon() - anon0}))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_mapped_build_holds_no_copy_of_the_weights(tmp_path):
+    """A ~16 MB GPT-2 built mapped and run: its anonymous memory grows by
+    less than a tenth of the model (the tensors are the file's pages)."""
+    m = _gpt2(0, vocab_size=8192, n_embd=128, n_layer=4, n_head=4)
+    model_bytes = sum(v.numel() * v.element_size() for k, v in m.state_dict().items() if k != "lm_head.weight")
+    m.save_pretrained(tmp_path / "m")
+    r = peak_rss.run(_MAPPED, [tmp_path / "m"])
+    assert r["anon"] < 0.1 * model_bytes, (r, model_bytes)

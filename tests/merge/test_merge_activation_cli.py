@@ -8,10 +8,12 @@ holds no copy of the weights (tiny GPT-2s written with save_pretrained,
 offline)."""
 
 import copy
+import gc
 import json
 import shutil
 import sys
 import textwrap
+import weakref
 
 import numpy as np
 import pytest
@@ -151,6 +153,21 @@ def test_mapped_build_equals_the_copied_one(tmp_path):
         with torch.no_grad():
             assert torch.equal(mapped(x).logits, copied(x).logits)
             assert torch.equal(mapped(x).logits, model(x).logits)
+
+
+def test_a_built_module_is_not_kept_alive_by_its_checkpoint(tmp_path):
+    """HFCheckpoint remembers the last module's tensor names, not the module:
+    a mapped model freed by its user unmaps its files (one model resident
+    while activation matching takes turns)."""
+    _gpt2(0).save_pretrained(tmp_path / "m")
+    ck = HFCheckpoint.open(tmp_path / "m")
+    for mapped in (False, True):
+        m = ck.build(mapped=mapped)
+        assert ck.key_map(m)["transformer.wte.weight"] == "transformer.wte.weight"
+        ref = weakref.ref(m)
+        del m
+        gc.collect()
+        assert ref() is None
 
 
 _MAPPED = textwrap.dedent("""

@@ -38,6 +38,7 @@ import importlib
 import json
 import os
 import re
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -571,7 +572,7 @@ class HFCheckpoint:
         ``attention.q_proj``) and back on save; only one-to-one renamings are
         followed (a model whose stored tensors are split or fused on load is
         a :class:`ConfigError`)."""
-        if getattr(self, "_key_map", None) is not None and self._key_map[0] is module:
+        if getattr(self, "_key_map", None) is not None and self._key_map[0]() is module:
             return self._key_map[1]
         T = _transformers()
         revert = getattr(getattr(T, "modeling_utils", None), "revert_weight_conversion", None)
@@ -588,7 +589,7 @@ class HFCheckpoint:
                                       f"({sorted(back)[:3]}); such checkpoints are not supported yet",
                                       path=self.directory / "config.json")
                 out[k] = next(iter(back))
-        self._key_map = (module, out)
+        self._key_map = (weakref.ref(module), out)  # not keeping the module (its weights) alive
         return out
 
     def load_into(self, module: nn.Module, tensors: Mapping[str, torch.Tensor], *, path: object = None) -> None:

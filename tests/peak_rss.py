@@ -56,3 +56,20 @@ def run(script: str, args: Sequence[str], *, timeout: float = 600) -> dict:
                           text=True, env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def save_gpt2_pair(root: Path) -> int:
+    """Two independently initialised ~34 MB GPT-2s (vocabulary 8192, width
+    256, 8 layers; the embedding a quarter of the model, as in GPT-2 small)
+    saved in 10 MB shards to ``root/a`` and ``root/b``. Returns one model's
+    bytes (stored tensors: ``lm_head.weight`` is tied)."""
+    import torch
+    import transformers as T
+
+    cfg = T.GPT2Config(vocab_size=8192, n_embd=256, n_layer=8, n_head=4, n_positions=32, use_cache=False,
+                       bos_token_id=0, eos_token_id=0)
+    for seed, name in ((1, "a"), (2, "b")):
+        torch.manual_seed(seed)
+        m = T.GPT2LMHeadModel(cfg).eval()
+        m.save_pretrained(Path(root) / name, max_shard_size="10MB")
+    return sum(v.numel() * v.element_size() for k, v in m.state_dict().items() if k != "lm_head.weight")

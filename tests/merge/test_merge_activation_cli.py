@@ -22,7 +22,9 @@ import torch
 T = pytest.importorskip("transformers")
 
 from tests import peak_rss  # noqa: E402
-from tests.merge.test_merge_rebasin_cli import _gpt2, _link, _one_line_exit_2, _run, _tensors, _write  # noqa: E402
+from tests.merge.test_merge_rebasin_cli import (  # noqa: E402
+    _gpt2, _link, _one_line_exit_2, _run, _streamed_and_in_memory, _write,
+)
 from weightspace.arch import HFCheckpoint  # noqa: E402
 from weightspace.core import permutation_spec  # noqa: E402
 from weightspace.merge import activation_matching  # noqa: E402
@@ -55,13 +57,7 @@ def test_streamed_activation_matching_equals_the_in_memory_one(dirs, tmp_path):
                                "options": {"batch_size": 8, "max_bytes": 6000},
                                "models": [{"model": {"hf": "b"}, "weight": 0.6}, {"model": {"hf": "a"}}]})
     (tmp_path / "mine.txt").write_text("the user's")
-    streamed, memory = _run(config, tmp_path / "streamed"), _run(config, tmp_path / "memory", "--in-memory")
-    assert streamed.exit_code == 0 and memory.exit_code == 0, streamed.output + memory.output
-    assert "out of core: activation_matching then linear" in streamed.output and "out of core" not in memory.output
-    got, want = _tensors(tmp_path / "streamed"), _tensors(tmp_path / "memory")
-    assert set(got) == set(want)
-    for k in want:  # the same permutation and the same averaging function: bit for bit
-        assert torch.equal(got[k], want[k]), k
+    streamed, _ = _streamed_and_in_memory(config, tmp_path, "activation_matching")
     spec = permutation_spec(a, torch.zeros(1, 8, dtype=torch.long))
     direct = activation_matching(a, b, x, spec, batch_size=8, max_bytes=6000)
     assert any(not torch.equal(p, torch.arange(len(p))) for p in direct.perm.values())
@@ -91,10 +87,7 @@ def test_three_models_each_matched_to_the_reference(dirs, tmp_path):
     _link(root, tmp_path, "a", "b")
     (tmp_path / "tokens.npz").symlink_to(root / "tokens.npz")
     config = _config(tmp_path, ("a", "b", "c"), options={"batch_size": 8})
-    streamed, memory = _run(config, tmp_path / "streamed"), _run(config, tmp_path / "memory", "--in-memory")
-    assert streamed.exit_code == 0 and memory.exit_code == 0, streamed.output + memory.output
-    got, want = _tensors(tmp_path / "streamed"), _tensors(tmp_path / "memory")
-    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    _streamed_and_in_memory(config, tmp_path, "activation_matching")
     rec = json.loads((tmp_path / "streamed" / "weightspace_merge.json").read_text())
     assert [m["model"] for m in rec["matching"]] == ["models[1]", "models[2]"]
 
@@ -223,12 +216,7 @@ def test_streamed_activation_matching_holds_one_model(dirs, tmp_path):
     import yaml
 
     root, _, _, _ = dirs
-    kw = dict(vocab_size=8192, n_embd=256, n_layer=8, n_head=4)
-    a, b = _gpt2(1, **kw), _gpt2(2, **kw)
-    model_bytes = sum(v.numel() * v.element_size() for k, v in a.state_dict().items() if k != "lm_head.weight")
-    a.save_pretrained(tmp_path / "a", max_shard_size="10MB")
-    b.save_pretrained(tmp_path / "b", max_shard_size="10MB")
-    del a, b
+    model_bytes = peak_rss.save_gpt2_pair(tmp_path)
     rng = np.random.default_rng(0)
     for name, models, vocab in (("merge", ("a", "b"), 8192), ("tiny", (root / "a", root / "b"), 50)):
         np.savez(tmp_path / f"{name}.npz", x=rng.integers(0, vocab, (16, 16)), y=np.zeros(16, dtype=np.int64))

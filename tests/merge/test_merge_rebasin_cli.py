@@ -63,6 +63,20 @@ def _link(root, tmp_path, *names):
         (tmp_path / n).symlink_to(root / n, target_is_directory=True)
 
 
+def _streamed_and_in_memory(config, tmp_path, method):
+    """``config`` merged out of core (OUT ``streamed``) and ``--in-memory``
+    (``memory``): both succeed and write the same tensors, bit for bit (the
+    same permutation and the same averaging function). Returns both results."""
+    streamed, memory = _run(config, tmp_path / "streamed"), _run(config, tmp_path / "memory", "--in-memory")
+    assert streamed.exit_code == 0 and memory.exit_code == 0, streamed.output + memory.output
+    assert f"out of core: {method} then linear" in streamed.output and "out of core" not in memory.output
+    got, want = _tensors(tmp_path / "streamed"), _tensors(tmp_path / "memory")
+    assert set(got) == set(want)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    return streamed, memory
+
+
 def _one_line_exit_2(res):
     assert res.exit_code == 2, res.output
     assert res.output.startswith("error:") and len(res.output.strip().splitlines()) == 1, res.output
@@ -76,13 +90,7 @@ def test_streamed_rebasin_equals_the_in_memory_one(dirs, tmp_path):
     config = _write(tmp_path, {"method": "weight_matching", "reference": 1, "options": {"max_sweeps": 50},
                                "seed": 2, "models": [{"model": {"hf": "b"}, "weight": 0.6}, {"model": {"hf": "a"}}]})
     (tmp_path / "mine.txt").write_text("the user's")
-    streamed, memory = _run(config, tmp_path / "streamed"), _run(config, tmp_path / "memory", "--in-memory")
-    assert streamed.exit_code == 0 and memory.exit_code == 0, streamed.output + memory.output
-    assert "out of core: weight_matching then linear" in streamed.output and "out of core" not in memory.output
-    got, want = _tensors(tmp_path / "streamed"), _tensors(tmp_path / "memory")
-    assert set(got) == set(want)
-    for k in want:  # the same permutation and the same averaging function: bit for bit
-        assert torch.equal(got[k], want[k]), k
+    _streamed_and_in_memory(config, tmp_path, "weight_matching")
     # the matching is the in-memory one, on the model's state_dicts
     spec = permutation_spec(a, torch.zeros(1, 8, dtype=torch.long))
     direct = weight_matching(a.state_dict(), b.state_dict(), spec, seed=2, max_sweeps=50)
@@ -109,10 +117,7 @@ def test_sharded_reference_and_three_models(dirs, tmp_path):
     _link(root, tmp_path, "a", "b")
     config = _write(tmp_path, {"method": "weight_matching",
                                "models": [{"model": {"hf": "b"}}, {"model": {"hf": "a"}}, {"model": {"hf": "c"}}]})
-    streamed, memory = _run(config, tmp_path / "streamed"), _run(config, tmp_path / "memory", "--in-memory")
-    assert streamed.exit_code == 0 and memory.exit_code == 0, streamed.output + memory.output
-    got, want = _tensors(tmp_path / "streamed"), _tensors(tmp_path / "memory")
-    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    _streamed_and_in_memory(config, tmp_path, "weight_matching")
     assert (tmp_path / "streamed" / "model.safetensors.index.json").is_file()  # b's shards
     rec = json.loads((tmp_path / "streamed" / "weightspace_merge.json").read_text())
     assert [m["model"] for m in rec["matching"]] == ["models[1]", "models[2]"]

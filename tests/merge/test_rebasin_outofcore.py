@@ -157,12 +157,7 @@ def test_out_of_core_peak_rss_below_target(pair, tmp_path):
     default is more than this model). Measured as ``tests.peak_rss`` says, with
     glibc's malloc pinned: 1.4x one model (directory) and 3.0x (memory) on
     every run here; unpinned, glibc's retained heap made it 2.2x-3.1x."""
-    kw = dict(vocab_size=8192, n_embd=256, n_layer=8, n_head=4)
-    a, b = _model(1, **kw), _model(2, **kw)
-    model_bytes = sum(v.numel() * v.element_size() for k, v in a.state_dict().items() if k != "lm_head.weight")
-    a.save_pretrained(tmp_path / "a", max_shard_size="10MB")
-    b.save_pretrained(tmp_path / "b", max_shard_size="10MB")
-    del a, b
+    model_bytes = peak_rss.save_gpt2_pair(tmp_path)
     d = pair[0]
     for x in ("a", "b"):
         (tmp_path / f"tiny_{x}").symlink_to(d / x)

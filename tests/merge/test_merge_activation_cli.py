@@ -23,7 +23,7 @@ T = pytest.importorskip("transformers")
 
 from tests import peak_rss  # noqa: E402
 from tests.merge.test_merge_rebasin_cli import (  # noqa: E402
-    _gpt2, _link, _one_line_exit_2, _run, _streamed_and_in_memory, _write,
+    _gpt2, _link, _matching_record, _one_line_exit_2, _run, _save_pair, _streamed_and_in_memory, _write,
 )
 from weightspace.arch import HFCheckpoint  # noqa: E402
 from weightspace.core import permutation_spec  # noqa: E402
@@ -32,15 +32,14 @@ from weightspace.merge import activation_matching  # noqa: E402
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    """a in one file, b in 8 KB shards with an index, token ids (y unused by an LM)."""
+    """The weight-matching tests' pair (a in one file, b in 8 KB shards with
+    an index) and token ids (y unused by an LM)."""
     root = tmp_path_factory.mktemp("activation_cli")
-    models = [_gpt2(0), _gpt2(1)]
-    for name, m, shard in zip("ab", models, ({}, {"max_shard_size": "8KB"})):
-        m.save_pretrained(root / name, **shard)
+    a, b = _save_pair(root)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 50, (24, 8))
     np.savez(root / "tokens.npz", x=x, y=np.zeros(24, dtype=np.int64))
-    return root, *models, torch.as_tensor(x)
+    return root, a, b, torch.as_tensor(x)
 
 
 def _config(tmp_path, models=("a", "b"), **top):
@@ -61,10 +60,7 @@ def test_streamed_activation_matching_equals_the_in_memory_one(dirs, tmp_path):
     spec = permutation_spec(a, torch.zeros(1, 8, dtype=torch.long))
     direct = activation_matching(a, b, x, spec, batch_size=8, max_bytes=6000)
     assert any(not torch.equal(p, torch.arange(len(p))) for p in direct.perm.values())
-    rec = json.loads((tmp_path / "streamed" / "weightspace_merge.json").read_text())
-    assert rec["out_of_core"] is True and len(rec["matching"]) == 1
-    m = rec["matching"][0]
-    assert m["model"] == "models[0]" and m["reference"] == "models[1]"
+    m = _matching_record(tmp_path / "streamed")
     assert m["objective"] == pytest.approx(direct.objective, rel=1e-6)
     # as with loaders given to the library (the stored slabs count in max_bytes: more passes than with modules)
     loaded = activation_matching(lambda: copy.deepcopy(a), lambda: copy.deepcopy(b), x, spec, batch_size=8,

@@ -30,14 +30,18 @@ def _gpt2(seed, **kw):
     return T.GPT2LMHeadModel(_cfg(**kw)).eval()
 
 
-@pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-    """a in one file, b in 8 KB shards with an index."""
-    root = tmp_path_factory.mktemp("rebasin_cli")
+def _save_pair(root):
+    """Two tiny GPT-2s: ``root/a`` in one file, ``root/b`` in 8 KB shards with an index."""
     models = [_gpt2(0), _gpt2(1)]
     for name, m, shard in zip("ab", models, ({}, {"max_shard_size": "8KB"})):
         m.save_pretrained(root / name, **shard)
-    return (root, *models)
+    return models
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rebasin_cli")
+    return (root, *_save_pair(root))
 
 
 def _tensors(out):
@@ -77,6 +81,16 @@ def _streamed_and_in_memory(config, tmp_path, method):
     return streamed, memory
 
 
+def _matching_record(out):
+    """The one matching record of a two-model out-of-core merge into ``out``:
+    models[0] matched to the reference models[1]."""
+    rec = json.loads((out / "weightspace_merge.json").read_text())
+    assert rec["out_of_core"] is True and len(rec["matching"]) == 1
+    m = rec["matching"][0]
+    assert m["model"] == "models[0]" and m["reference"] == "models[1]"
+    return m
+
+
 def _one_line_exit_2(res):
     assert res.exit_code == 2, res.output
     assert res.output.startswith("error:") and len(res.output.strip().splitlines()) == 1, res.output
@@ -95,10 +109,7 @@ def test_streamed_rebasin_equals_the_in_memory_one(dirs, tmp_path):
     spec = permutation_spec(a, torch.zeros(1, 8, dtype=torch.long))
     direct = weight_matching(a.state_dict(), b.state_dict(), spec, seed=2, max_sweeps=50)
     assert any(not torch.equal(p, torch.arange(len(p))) for p in direct.perm.values())
-    rec = json.loads((tmp_path / "streamed" / "weightspace_merge.json").read_text())
-    assert rec["out_of_core"] is True and len(rec["matching"]) == 1
-    m = rec["matching"][0]
-    assert m["model"] == "models[0]" and m["reference"] == "models[1]"
+    m = _matching_record(tmp_path / "streamed")
     assert m["objective"] == pytest.approx(direct.objective, rel=1e-12)
     assert m["objective_per_sweep"] == pytest.approx([h["objective"] for h in direct.info["history"]], rel=1e-12)
     assert m["sweeps"] == direct.sweeps and m["stop"] == direct.info["stop"]

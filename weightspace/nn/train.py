@@ -45,6 +45,7 @@ from weightspace.symmetry import apply_permutation, apply_symmetry, random_permu
 
 __all__ = [
     "TrainConfig",
+    "check_train_options",
     "FitResult",
     "dataset_from_zoo",
     "split_dataset",
@@ -137,20 +138,29 @@ class TrainConfig:
             raise ValueError(f"task must be 'regression' or 'classification', got {self.task!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
-        if self.augment_group not in ("permute", "full"):
-            raise ValueError(f"augment_group must be 'permute' or 'full', got {self.augment_group!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
-        if self.ema_decay is not None and not (isinstance(self.ema_decay, (int, float))
-                                               and not isinstance(self.ema_decay, bool) and 0.0 < self.ema_decay < 1.0):
-            raise ValueError(f"ema_decay must be a number in (0, 1) or None, got {self.ema_decay!r}")
-        w = self.rank_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w < math.inf:
-            raise ValueError(f"rank_weight must be a finite number >= 0, got {w!r}")
-        if w and self.task != "regression":
+        check_train_options(augment_group=self.augment_group, lr_schedule=self.lr_schedule,
+                            ema_decay=self.ema_decay, rank_weight=self.rank_weight)
+        if self.rank_weight and self.task != "regression":
             raise ValueError(f"rank_weight is for regression; task is {self.task!r}")
         if isinstance(self.snapshots, bool) or not isinstance(self.snapshots, int) or self.snapshots < 1:
             raise ValueError(f"snapshots must be an integer >= 1, got {self.snapshots!r}")
+
+
+def check_train_options(*, augment_group: str, lr_schedule: str, ema_decay: float | None,
+                        rank_weight: float) -> None:
+    """The training options :class:`TrainConfig` and the estimators that build
+    one share, checked once: a :class:`~weightspace.errors.ConfigError` (a
+    ``ValueError``) whose ``field`` names the option."""
+    if augment_group not in ("permute", "full"):
+        raise ConfigError(f"augment_group must be 'permute' or 'full', got {augment_group!r}", field="augment_group")
+    if lr_schedule not in ("constant", "cosine"):
+        raise ConfigError(f"lr_schedule must be 'constant' or 'cosine', got {lr_schedule!r}", field="lr_schedule")
+    d = ema_decay
+    if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < d < 1.0):
+        raise ConfigError(f"ema_decay must be a number in (0, 1) or None, got {d!r}", field="ema_decay")
+    w = rank_weight
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w < math.inf:
+        raise ConfigError(f"rank_weight must be a finite number >= 0, got {w!r}", field="rank_weight")
 
 
 @dataclass

@@ -194,18 +194,10 @@ class MetaNetPredictor(BasePredictor):
                               field="canonicalize")
         if self.stats_readout and self.model != "gmn":
             raise ConfigError(f"stats_readout is a GMN option, not one of model={self.model!r}", field="stats_readout")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ConfigError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}",
-                              field="lr_schedule")
-        if self.augment_group not in ("permute", "full"):
-            raise ConfigError(f"augment_group must be 'permute' or 'full', got {self.augment_group!r}",
-                              field="augment_group")
-        d = self.ema_decay
-        if d is not None and (isinstance(d, bool) or not isinstance(d, (int, float)) or not 0.0 < d < 1.0):
-            raise ConfigError(f"ema_decay must be a number in (0, 1) or None, got {d!r}", field="ema_decay")
-        w = self.rank_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w < float("inf"):
-            raise ConfigError(f"rank_weight must be a finite number >= 0, got {w!r}", field="rank_weight")
+        from weightspace.nn.train import check_train_options
+
+        check_train_options(augment_group=self.augment_group, lr_schedule=self.lr_schedule,
+                            ema_decay=self.ema_decay, rank_weight=self.rank_weight)
         for name in ("snapshot_ensemble", "ensemble"):
             n = getattr(self, name)
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_ENSEMBLE:

@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/s6wm"))
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--modes", nargs="+", choices=("stream", "memory"), default=["stream", "memory"])
     ap.add_argument("--method", choices=("weight_matching", "activation_matching"), default="weight_matching")
     ap.add_argument("--seqs", type=int, default=8, help="activation matching: token sequences")
     ap.add_argument("--tokens", type=int, default=128, help="activation matching: tokens per sequence")
@@ -105,7 +106,7 @@ def main() -> None:
     est = [float(x) for x in re.findall(r"estimated peak memory ([\d.]+) MiB", dry["output"])]
     runs = []
     for r in range(args.repeats):
-        for mode in ("stream", "memory") if r % 2 == 0 else ("memory", "stream"):
+        for mode in args.modes if r % 2 == 0 else args.modes[::-1]:
             out = work / f"out_{mode}"
             shutil.rmtree(out, ignore_errors=True)
             res = measure([*cli, str(out), *(["--in-memory"] if mode == "memory" else [])], env)
@@ -117,7 +118,7 @@ def main() -> None:
                   f"peak {mib(res['peak_rss']):7.0f} MiB  load {res['load_avg_before'][0]:.2f}", flush=True)
 
     compare = None
-    if all(r["rc"] == 0 for r in runs):
+    if all(r["rc"] == 0 for r in runs) and len(args.modes) == 2:
         compare = subprocess.run([sys.executable, "-c", (
             "import sys, json, torch; from pathlib import Path; from safetensors.torch import load_file\n"
             "def t(d):\n    sd = {}\n"

@@ -1067,6 +1067,10 @@ def run_config_streamed(cfg: MergeConfig, out: str | os.PathLike | None, *, dry_
     its tensors mapped from its directory
     (:meth:`~weightspace.arch.HFCheckpoint.build` ``mapped=True``): one
     model resident at a time, the same permutation as with both in memory.
+    ``max_bytes`` (statistics plus the slabs stored between the models'
+    turns) defaults to one model's bytes (at least the library's 128 MiB):
+    the stored slabs grow with the tokens, and a small budget means many
+    passes, each a run of both models.
 
     Raises:
         MergeConfigError: the config cannot stream (:func:`streaming_blocker`
@@ -1117,7 +1121,9 @@ def _run_aligned_streamed(cfg: MergeConfig, hf: Mapping[str, HFCheckpoint], out:
         coords = [c for c in coords if _coord_name(c) in set(opts["groups"])]
     itemsize = {t.name: _DTYPES[t.dtype].itemsize for t in plan.tensors}
     if activations:
-        stats = opts.get("max_bytes", STATS_BYTES)
+        # the memory the in-memory path spends on the second model buys fewer passes over the data here
+        opts.setdefault("max_bytes", max(STATS_BYTES, plan.model_bytes))
+        stats = opts["max_bytes"]
         matching_peak = 2 * plan.model_bytes + (0 if stats is None else int(stats))
     else:
         cache = opts.get("cache", True)

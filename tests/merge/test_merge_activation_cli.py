@@ -225,3 +225,17 @@ def test_streamed_activation_matching_holds_one_model(dirs, tmp_path):
     print("peak growth / model", grow)
     assert grow["stream"] < 2.5, grow
     assert grow["stream"] < grow["memory"] - 1, grow
+
+
+def test_default_budget_grows_with_the_rows_up_to_one_model():
+    from weightspace.merge.activations import STATS_BYTES
+    from weightspace.merge.config import _stream_stats_bytes
+
+    model = 475 * 2**20
+    ids = torch.zeros(8, 128, dtype=torch.long)  # 1024 tokens
+    assert _stream_stats_bytes(ids, model) == STATS_BYTES
+    assert _stream_stats_bytes(torch.zeros(16, 128, dtype=torch.long), model) == 2 * STATS_BYTES
+    assert _stream_stats_bytes(torch.zeros(64, 128, dtype=torch.long), model) == model  # 8192 tokens: capped
+    assert _stream_stats_bytes(torch.zeros(64, 128, dtype=torch.long), 2**20) == STATS_BYTES  # never below
+    assert _stream_stats_bytes(torch.zeros(4, 3, 32, 32), 2**30) == 4 * STATS_BYTES  # 4 x 1024 positions
+    assert _stream_stats_bytes(torch.zeros(100, 64), model) == STATS_BYTES  # 100 feature rows

@@ -1068,9 +1068,8 @@ def run_config_streamed(cfg: MergeConfig, out: str | os.PathLike | None, *, dry_
     (:meth:`~weightspace.arch.HFCheckpoint.build` ``mapped=True``): one
     model resident at a time, the same permutation as with both in memory.
     ``max_bytes`` (statistics plus the slabs stored between the models'
-    turns) defaults to one model's bytes (at least the library's 128 MiB):
-    the stored slabs grow with the tokens, and a small budget means many
-    passes, each a run of both models.
+    turns) defaults to 128 MiB per 1024 rows of the data, at most one
+    model's bytes (``_stream_stats_bytes``).
 
     Raises:
         MergeConfigError: the config cannot stream (:func:`streaming_blocker`
@@ -1120,9 +1119,10 @@ def _run_aligned_streamed(cfg: MergeConfig, hf: Mapping[str, HFCheckpoint], out:
     if not activations and opts.get("groups") is not None:
         coords = [c for c in coords if _coord_name(c) in set(opts["groups"])]
     itemsize = {t.name: _DTYPES[t.dtype].itemsize for t in plan.tensors}
+    fit = None
     if activations:
-        # the memory the in-memory path spends on the second model buys fewer passes over the data here
-        opts.setdefault("max_bytes", max(STATS_BYTES, plan.model_bytes))
+        fit, evl = load_data(cfg.data, source=src)  # a bad data file fails a dry run too
+        opts.setdefault("max_bytes", _stream_stats_bytes(fit[0], plan.model_bytes))
         stats = opts["max_bytes"]
         matching_peak = 2 * plan.model_bytes + (0 if stats is None else int(stats))
     else:
@@ -1138,9 +1138,6 @@ def _run_aligned_streamed(cfg: MergeConfig, hf: Mapping[str, HFCheckpoint], out:
         matching_peak_bytes=matching_peak, permute_peak_bytes=permute_peak, merge_peak_bytes=plan.peak_bytes,
     )
     result.peak_bytes = max(plan.peak_bytes, matching_peak, permute_peak)
-    fit = None
-    if activations:
-        fit, evl = load_data(cfg.data, source=src)  # a bad data file fails a dry run too
     if dry_run:
         return result
     if out is None:
@@ -1188,6 +1185,20 @@ def _run_aligned_streamed(cfg: MergeConfig, hf: Mapping[str, HFCheckpoint], out:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return result
+
+
+def _stream_stats_bytes(x: torch.Tensor, model_bytes: int) -> int:
+    """Default ``max_bytes`` of activation matching with loaders: 128 MiB
+    (:data:`~weightspace.merge.activations.STATS_BYTES`) per 1024 rows of
+    activations, at most one model's bytes (what the in-memory path spends
+    on the second model). The slabs stored between the models' turns grow
+    with the rows, and a small budget then means many passes, each a run of
+    both models (GPT-2 small, 8192 tokens: 37 passes at 128 MiB, 8 at one
+    model). Rows: the tokens of integer ids ``(N, T)``, else the positions
+    of each channel (``x.numel() / x.shape[1]``, an upper bound for a
+    convolution or patch embedding)."""
+    rows = x.numel() if not x.is_floating_point() or x.dim() < 2 else x.numel() // max(1, x.shape[1])
+    return int(min(max(STATS_BYTES, model_bytes), STATS_BYTES * max(1, -(-rows // 1024))))
 
 
 def _mapped_loader(entry: ModelEntry, hf: HFCheckpoint, source: Path | None) -> Callable[[], torch.nn.Module]:

@@ -906,11 +906,11 @@ class AlignedStreamPlan(StreamPlan):
             directory; a model built on the CPU first, see
             :meth:`~weightspace.arch.HFCheckpoint.build`, holds a second
             while it loads) plus ``max_bytes`` (statistics and stored
-            slabs), not counting one batch's forward (a language model's
-            logits are batch x tokens x vocabulary: 206 MiB for GPT-2 small
-            at 8 x 128 tokens; GPT-2 small measured 861 MiB above the
-            imports at 1024 tokens against 1077 estimated, 1698 MiB at
-            8192 against 1424).
+            slabs), not counting one batch's forward activations, the
+            swap of two passes' stored slabs, nor freed memory the
+            allocator keeps (GPT-2 small measured 861 MiB above the imports
+            at 1024 tokens against 1077 estimated, 1698 MiB at 8192
+            against 1424).
         permute_peak_bytes: estimated peak of writing a model permuted: its
             largest shard (built in memory before it is written) and the
             largest tensor.

@@ -23,14 +23,10 @@ from weightspace.symmetry import apply_permutation, invert_permutation, random_p
 TIED = {"lm_head.weight": "transformer.wte.weight"}
 
 
-def _model(seed, **kw):
+def _model(seed):
     """A tiny GPT-2 (tests.hf_models: vocabulary 100, width 32, 2 layers),
-    every parameter perturbed (float32); ``kw`` overrides its config."""
-    if not kw:
-        return perturbed_model("gpt2", seed, dtype=torch.float32)
-    torch.manual_seed(seed)
-    cfg = T.GPT2Config(**{**dict(n_positions=32, use_cache=False), **kw})
-    return T.GPT2LMHeadModel(cfg).eval()
+    every parameter perturbed (float32)."""
+    return perturbed_model("gpt2", seed, dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")
